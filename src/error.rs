@@ -1,0 +1,168 @@
+//! The one error type of the server. Every failure a client can see maps to an HTTP
+//! status and a FHIR `OperationOutcome` issue; nothing else leaves the process.
+
+use serde_json::{json, Value};
+
+/// One problem found in a request, with the FHIRPath-like location when known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issue {
+    /// FHIR `IssueType` code (`invalid`, `structure`, `value`, `required`, `not-found` …).
+    pub code: &'static str,
+    pub message: String,
+    pub expression: Option<String>,
+}
+
+impl Issue {
+    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
+        Issue {
+            code,
+            message: message.into(),
+            expression: None,
+        }
+    }
+
+    pub fn at(mut self, expression: impl Into<String>) -> Self {
+        self.expression = Some(expression.into());
+        self
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FhirError {
+    /// 400: the request is malformed (bad id, bad parameter, unparseable body).
+    #[error("{}", first_message(.0))]
+    BadRequest(Vec<Issue>),
+    /// 422: the body parses but is not a valid resource.
+    #[error("{}", first_message(.0))]
+    Unprocessable(Vec<Issue>),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Gone(String),
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    PreconditionFailed(String),
+    #[error("{0}")]
+    NotAcceptable(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("request body is larger than the limit of {0} bytes")]
+    PayloadTooLarge(usize),
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// 500: a fault of the server, never of the input. Details are logged, not sent.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+fn first_message(issues: &[Issue]) -> String {
+    issues
+        .first()
+        .map(|i| i.message.clone())
+        .unwrap_or_else(|| "invalid request".to_owned())
+}
+
+impl FhirError {
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        FhirError::BadRequest(vec![Issue::new("invalid", message)])
+    }
+
+    pub fn status(&self) -> u16 {
+        match self {
+            FhirError::BadRequest(_) => 400,
+            FhirError::Unprocessable(_) => 422,
+            FhirError::NotFound(_) => 404,
+            FhirError::Gone(_) => 410,
+            FhirError::MethodNotAllowed(_) => 405,
+            FhirError::Conflict(_) => 409,
+            FhirError::PreconditionFailed(_) => 412,
+            FhirError::NotAcceptable(_) => 406,
+            FhirError::UnsupportedMediaType(_) => 415,
+            FhirError::PayloadTooLarge(_) => 413,
+            FhirError::Unavailable(_) => 503,
+            FhirError::Internal(_) => 500,
+        }
+    }
+
+    fn issues(&self) -> Vec<Issue> {
+        let single = |code: &'static str, message: String| vec![Issue::new(code, message)];
+        match self {
+            FhirError::BadRequest(issues) | FhirError::Unprocessable(issues) => issues.clone(),
+            FhirError::NotFound(m) | FhirError::Gone(m) => single("not-found", m.clone()),
+            FhirError::MethodNotAllowed(m) | FhirError::NotAcceptable(m) => {
+                single("not-supported", m.clone())
+            }
+            FhirError::UnsupportedMediaType(m) => single("not-supported", m.clone()),
+            FhirError::Conflict(m) => single("conflict", m.clone()),
+            FhirError::PreconditionFailed(m) => single("conflict", m.clone()),
+            FhirError::PayloadTooLarge(_) => single("too-costly", self.to_string()),
+            FhirError::Unavailable(_) => single("transient", "database unavailable".to_owned()),
+            FhirError::Internal(_) => single("exception", "internal server error".to_owned()),
+        }
+    }
+
+    /// The `OperationOutcome` sent to the client.
+    pub fn operation_outcome(&self) -> Value {
+        operation_outcome("error", &self.issues())
+    }
+}
+
+/// Builds an `OperationOutcome` with the given severity for every issue.
+pub fn operation_outcome(severity: &str, issues: &[Issue]) -> Value {
+    let issues: Vec<Value> = issues
+        .iter()
+        .map(|issue| {
+            let mut v = json!({
+                "severity": severity,
+                "code": issue.code,
+                "diagnostics": issue.message,
+            });
+            if let Some(expr) = &issue.expression {
+                v["expression"] = json!([expr]);
+            }
+            v
+        })
+        .collect();
+    json!({ "resourceType": "OperationOutcome", "issue": issues })
+}
+
+impl From<tokio_postgres::Error> for FhirError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        if e.is_closed() {
+            return FhirError::Unavailable(e.to_string());
+        }
+        FhirError::Internal(format!("database: {e}"))
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for FhirError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        FhirError::Unavailable(e.to_string())
+    }
+}
+
+pub type FhirResult<T> = Result<T, FhirError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcome_carries_expression_and_status() {
+        let err =
+            FhirError::Unprocessable(vec![Issue::new("value", "bad date").at("Patient.birthDate")]);
+        assert_eq!(err.status(), 422);
+        let oo = err.operation_outcome();
+        assert_eq!(oo["issue"][0]["expression"][0], "Patient.birthDate");
+        assert_eq!(oo["issue"][0]["severity"], "error");
+    }
+
+    #[test]
+    fn internal_errors_do_not_leak_details() {
+        let oo = FhirError::Internal("secret sql".into()).operation_outcome();
+        assert!(!oo.to_string().contains("secret"));
+    }
+}

@@ -1,0 +1,416 @@
+//! Maps each FHIR REST request to a service call and its result to a reply: status
+//! codes, conditional headers, `Prefer`, Bundles and links, as R4's http page says.
+
+use axum::body::Bytes;
+use axum::http::{header, HeaderMap, HeaderName, Method, StatusCode};
+use serde_json::json;
+
+use super::negotiate;
+use super::respond::{bundle, with_raw_member, Reply, VersionRef};
+use super::route::Route;
+use crate::error::{operation_outcome, FhirError, FhirResult, Issue};
+use crate::fhir::{self, datetime};
+use crate::search::Handling;
+use crate::service::{self, capability, Written};
+use crate::state::AppState;
+use crate::store::{Method as StoreMethod, StoredVersion};
+
+/// A FHIR request, parsed at the edge.
+pub struct FhirRequest {
+    pub method: Method,
+    pub route: Route,
+    pub params: Vec<(String, String)>,
+    pub raw_query: Option<String>,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub base: String,
+}
+
+impl FhirRequest {
+    fn header(&self, name: header::HeaderName) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// `Prefer` directives (`return=…`, `handling=…`).
+    fn prefer(&self, key: &str) -> Option<String> {
+        self.headers
+            .get_all("prefer")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split([',', ';']))
+            .find_map(|d| {
+                let (k, v) = d.trim().split_once('=')?;
+                (k.trim().eq_ignore_ascii_case(key)).then(|| v.trim().trim_matches('"').to_owned())
+            })
+    }
+
+    fn handling(&self) -> Handling {
+        match self.prefer("handling").as_deref() {
+            Some("strict") => Handling::Strict,
+            _ => Handling::Lenient,
+        }
+    }
+
+    /// The version a client names in `If-Match` (`W/"3"` or `"3"`).
+    fn if_match(&self) -> FhirResult<Option<i64>> {
+        self.header(header::IF_MATCH)
+            .map(|value| {
+                parse_etag(value).ok_or_else(|| {
+                    FhirError::bad_request(format!(
+                        "If-Match '{value}' is not a version ETag like W/\"1\""
+                    ))
+                })
+            })
+            .transpose()
+    }
+
+    /// The resource in the body, in the format its `Content-Type` names.
+    fn resource(&self) -> FhirResult<serde_json::Value> {
+        let format = negotiate::request_format(self.header(header::CONTENT_TYPE), &self.body)?;
+        fhir::parse_resource(&self.body, format)
+    }
+
+    /// The query parameters that are search criteria (not result-shaping ones).
+    fn criteria(&self) -> Vec<(String, String)> {
+        self.params
+            .iter()
+            .filter(|(k, _)| !matches!(k.as_str(), "_format" | "_pretty"))
+            .cloned()
+            .collect()
+    }
+}
+
+/// What to escape in a query component: all but the unreserved characters of RFC 3986.
+const QUERY_VALUE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+fn parse_etag(value: &str) -> Option<i64> {
+    let v = value.trim();
+    let v = v.strip_prefix("W/").unwrap_or(v);
+    v.trim_matches('"').parse().ok()
+}
+
+/// Parses an `application/x-www-form-urlencoded` string (query or form body).
+pub fn parse_query(query: &str) -> Vec<(String, String)> {
+    let decode = |s: &str| {
+        let spaced = s.replace('+', " ");
+        percent_encoding::percent_decode_str(&spaced)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (decode(k), decode(v))
+        })
+        .collect()
+}
+
+fn not_allowed(method: &Method, route: &Route) -> FhirError {
+    FhirError::MethodNotAllowed(format!("{method} is not supported on {}", route.template()))
+}
+
+pub async fn handle(state: &AppState, req: FhirRequest) -> FhirResult<Reply> {
+    let pool = &state.pool;
+    let method = if req.method == Method::HEAD {
+        Method::GET
+    } else {
+        req.method.clone()
+    };
+    match (&method, &req.route) {
+        (&Method::GET, Route::Metadata) => {
+            let cs = capability::capability_statement(
+                &req.base,
+                env!("CARGO_PKG_VERSION"),
+                &state.settings.started,
+            );
+            Ok(Reply::new(StatusCode::OK, Some(cs.to_string())))
+        }
+        (&Method::GET, Route::Type(t)) => search(state, &req, t, req.criteria()).await,
+        (&Method::POST, Route::TypeSearch(t)) => {
+            let mut params = req.criteria();
+            params.extend(parse_query(&String::from_utf8_lossy(&req.body)));
+            search(state, &req, t, params).await
+        }
+        (&Method::POST, Route::Type(t)) => {
+            let resource = req.resource()?;
+            let if_none_exist = req
+                .header(HeaderName::from_static("if-none-exist"))
+                .map(|v| {
+                    // Clients send either `identifier=x` or `Patient?identifier=x`.
+                    let query = v.split_once('?').map_or(v, |(_, q)| q);
+                    parse_query(query)
+                });
+            let written = service::create(pool, t, resource, if_none_exist).await?;
+            written_reply(&req, &written, true)
+        }
+        (&Method::PUT, Route::Type(t)) => {
+            let resource = req.resource()?;
+            let written =
+                service::conditional_update(pool, t, &req.criteria(), resource, req.if_match()?)
+                    .await?;
+            written_reply(&req, &written, true)
+        }
+        (&Method::DELETE, Route::Type(t)) => {
+            match service::conditional_delete(pool, t, &req.criteria()).await? {
+                Some(written) => written_reply(&req, &written, false),
+                None => Ok(Reply::new(StatusCode::NO_CONTENT, None)),
+            }
+        }
+        (&Method::GET, Route::Instance(t, id)) => {
+            let version = service::read(pool, t, id).await?;
+            read_reply(&req, &version)
+        }
+        (&Method::PUT, Route::Instance(t, id)) => {
+            let resource = req.resource()?;
+            let written = service::update(pool, t, id, resource, req.if_match()?).await?;
+            written_reply(&req, &written, true)
+        }
+        (&Method::DELETE, Route::Instance(t, id)) => {
+            let written = service::delete(pool, t, id, req.if_match()?).await?;
+            written_reply(&req, &written, false)
+        }
+        (&Method::GET, Route::Version(t, id, vid)) => {
+            let version = service::vread(pool, t, id, vid).await?;
+            read_reply(&req, &version)
+        }
+        (&Method::GET, Route::SystemHistory) => history(state, &req, None, None).await,
+        (&Method::GET, Route::TypeHistory(t)) => history(state, &req, Some(t), None).await,
+        (&Method::GET, Route::InstanceHistory(t, id)) => {
+            history(state, &req, Some(t), Some(id)).await
+        }
+        (m, route) => Err(not_allowed(m, route)),
+    }
+}
+
+fn version_ref(v: &StoredVersion) -> VersionRef<'_> {
+    VersionRef {
+        res_type: &v.res_type,
+        res_id: &v.res_id,
+        version_id: v.version_id,
+        last_updated: v.last_updated,
+    }
+}
+
+/// A read or vread, honouring `If-None-Match` and `If-Modified-Since` (304).
+fn read_reply(req: &FhirRequest, v: &StoredVersion) -> FhirResult<Reply> {
+    let not_modified = match (
+        req.header(header::IF_NONE_MATCH),
+        req.header(header::IF_MODIFIED_SINCE),
+    ) {
+        (Some(etags), _) => etags
+            .split(',')
+            .any(|e| e.trim() == "*" || parse_etag(e) == Some(v.version_id)),
+        (None, Some(since)) => datetime::parse_http_date(since)
+            .is_some_and(|since| v.last_updated.timestamp() <= since.timestamp()),
+        (None, None) => false,
+    };
+    let status = if not_modified {
+        StatusCode::NOT_MODIFIED
+    } else {
+        StatusCode::OK
+    };
+    let body = (!not_modified).then(|| v.json.clone()).flatten();
+    Ok(Reply::new(status, body).versioned(&req.base, &version_ref(v)))
+}
+
+/// The reply to a write, shaped by `Prefer: return=`.
+fn written_reply(req: &FhirRequest, w: &Written, has_body: bool) -> FhirResult<Reply> {
+    let status = match (&w.json, w.created) {
+        (None, _) => StatusCode::NO_CONTENT,
+        (Some(_), true) => StatusCode::CREATED,
+        (Some(_), false) => StatusCode::OK,
+    };
+    let reference = VersionRef {
+        res_type: &w.res_type,
+        res_id: &w.res_id,
+        version_id: w.version_id,
+        last_updated: w.last_updated,
+    };
+    let body = match req.prefer("return").as_deref() {
+        Some("minimal") => None,
+        Some("OperationOutcome") => {
+            let message = match (status, has_body) {
+                (StatusCode::NO_CONTENT, _) => format!("{}/{} deleted", w.res_type, w.res_id),
+                (StatusCode::CREATED, _) => format!("{}/{} created", w.res_type, w.res_id),
+                _ => format!("{}/{} is at version {}", w.res_type, w.res_id, w.version_id),
+            };
+            Some(
+                operation_outcome("information", &[Issue::new("informational", message)])
+                    .to_string(),
+            )
+        }
+        _ => w.json.clone(),
+    };
+    let status = if status == StatusCode::NO_CONTENT && body.is_some() {
+        StatusCode::OK
+    } else {
+        status
+    };
+    if w.version_id == 0 {
+        // Nothing existed to delete: no version to name.
+        return Ok(Reply::new(status, body));
+    }
+    let mut reply = Reply::new(status, body).versioned(&req.base, &reference);
+    if w.json.is_some() {
+        reply = reply.header(header::LOCATION, &reference.url(&req.base));
+    }
+    Ok(reply)
+}
+
+/// The URL of a page: the request's own URL with parameters replaced.
+fn page_url(
+    req: &FhirRequest,
+    path: &str,
+    keep: &[(String, String)],
+    extra: &[(&str, String)],
+) -> String {
+    let encode = |s: &str| percent_encoding::utf8_percent_encode(s, QUERY_VALUE).to_string();
+    let mut pairs: Vec<String> = keep
+        .iter()
+        .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+        .collect();
+    pairs.extend(extra.iter().map(|(k, v)| format!("{k}={}", encode(v))));
+    if pairs.is_empty() {
+        format!("{}{path}", req.base)
+    } else {
+        format!("{}{path}?{}", req.base, pairs.join("&"))
+    }
+}
+
+fn self_url(req: &FhirRequest, path: &str) -> String {
+    match &req.raw_query {
+        Some(q) if !q.is_empty() => format!("{}{path}?{q}", req.base),
+        _ => format!("{}{path}", req.base),
+    }
+}
+
+fn route_path(route: &Route) -> String {
+    match route {
+        Route::SystemHistory => "/_history".to_owned(),
+        Route::TypeHistory(t) => format!("/{t}/_history"),
+        Route::InstanceHistory(t, id) => format!("/{t}/{id}/_history"),
+        Route::Type(t) | Route::TypeSearch(t) => format!("/{t}"),
+        _ => String::new(),
+    }
+}
+
+async fn history(
+    state: &AppState,
+    req: &FhirRequest,
+    res_type: Option<&str>,
+    res_id: Option<&str>,
+) -> FhirResult<Reply> {
+    let page = service::history(&state.pool, res_type, res_id, &req.params).await?;
+    let path = route_path(&req.route);
+    let mut links = vec![("self", self_url(req, &path))];
+    if let Some(cursor) = &page.next {
+        let keep: Vec<(String, String)> = req
+            .params
+            .iter()
+            .filter(|(k, _)| k != "_page")
+            .cloned()
+            .collect();
+        links.push((
+            "next",
+            page_url(req, &path, &keep, &[("_page", cursor.clone())]),
+        ));
+    }
+    let entries: Vec<String> = page
+        .versions
+        .iter()
+        .map(|v| history_entry(&req.base, v))
+        .collect();
+    Ok(Reply::new(
+        StatusCode::OK,
+        Some(bundle("history", None, &links, &entries)),
+    ))
+}
+
+fn history_entry(base: &str, v: &StoredVersion) -> String {
+    let (request_url, status) = match v.method {
+        StoreMethod::Post => (v.res_type.clone(), "201 Created"),
+        StoreMethod::Put => (format!("{}/{}", v.res_type, v.res_id), "200 OK"),
+        StoreMethod::Delete => (format!("{}/{}", v.res_type, v.res_id), "204 No Content"),
+    };
+    let entry = json!({
+        "fullUrl": format!("{base}/{}/{}", v.res_type, v.res_id),
+        "request": {"method": v.method.as_str(), "url": request_url},
+        "response": {
+            "status": status,
+            "etag": format!("W/\"{}\"", v.version_id),
+            "lastModified": datetime::format_instant(v.last_updated),
+        },
+    })
+    .to_string();
+    match &v.json {
+        Some(resource) => with_raw_member(&entry, "resource", resource),
+        None => entry,
+    }
+}
+
+async fn search(
+    state: &AppState,
+    req: &FhirRequest,
+    res_type: &str,
+    params: Vec<(String, String)>,
+) -> FhirResult<Reply> {
+    let page = service::search(&state.pool, res_type, &params, req.handling()).await?;
+    let path = format!("/{res_type}");
+    let keep: Vec<(String, String)> = params
+        .iter()
+        .filter(|(k, _)| k != "_after")
+        .cloned()
+        .collect();
+    let mut links = vec![("self", page_url(req, &path, &params, &[]))];
+    if let Some(after) = &page.next_after {
+        links.push((
+            "next",
+            page_url(req, &path, &keep, &[("_after", after.clone())]),
+        ));
+    }
+    let mut entries: Vec<String> = page
+        .matches
+        .iter()
+        .filter_map(|v| {
+            let entry = json!({
+                "fullUrl": format!("{}/{}/{}", req.base, v.res_type, v.res_id),
+                "search": {"mode": "match"},
+            })
+            .to_string();
+            v.json
+                .as_deref()
+                .map(|r| with_raw_member(&entry, "resource", r))
+        })
+        .collect();
+    if !page.plan.ignored.is_empty() {
+        let outcome = operation_outcome("warning", &page.plan.ignored).to_string();
+        let entry = json!({"search": {"mode": "outcome"}}).to_string();
+        entries.push(with_raw_member(&entry, "resource", &outcome));
+    }
+    Ok(Reply::new(
+        StatusCode::OK,
+        Some(bundle("searchset", Some(page.total), &links, &entries)),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etags_and_queries() {
+        assert_eq!(parse_etag("W/\"3\""), Some(3));
+        assert_eq!(parse_etag("\"12\""), Some(12));
+        assert_eq!(parse_etag("abc"), None);
+        let q = parse_query("identifier=urn%3Aoid%3A1.2%7Cabc&name=a+b&flag");
+        assert_eq!(q[0], ("identifier".into(), "urn:oid:1.2|abc".into()));
+        assert_eq!(q[1].1, "a b");
+        assert_eq!(q[2], ("flag".into(), String::new()));
+    }
+}

@@ -1,0 +1,152 @@
+//! The HTTP layer: the router, the request span, body limits and content
+//! negotiation at the edge. Everything below it is transport-independent.
+
+mod handlers;
+mod negotiate;
+mod respond;
+mod route;
+
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use axum::Router;
+use tracing::Instrument;
+
+use crate::error::FhirError;
+use crate::state::AppState;
+use crate::store;
+use handlers::FhirRequest;
+use respond::Rendering;
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/health/live", get(|| async { "ok" }))
+        .route("/health/ready", get(ready))
+        .route("/fhir", any(fhir))
+        .route("/fhir/", any(fhir))
+        .route("/fhir/{*rest}", any(fhir))
+        .with_state(state)
+        .layer(middleware::from_fn(trace_request))
+}
+
+async fn ready(State(state): State<AppState>) -> Response {
+    if store::is_ready(&state.pool).await {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "database not reachable or not migrated",
+        )
+            .into_response()
+    }
+}
+
+/// One span per request with method, route template, status and latency; the
+/// database work of the request nests under it.
+async fn trace_request(req: Request, next: Next) -> Response {
+    let span = tracing::info_span!(
+        "request",
+        method = %req.method(),
+        route = tracing::field::Empty,
+        status = tracing::field::Empty,
+        latency_ms = tracing::field::Empty,
+    );
+    let started = Instant::now();
+    let response = next.run(req).instrument(span.clone()).await;
+    let latency = started.elapsed().as_secs_f64() * 1000.0;
+    span.record("status", response.status().as_u16());
+    span.record("latency_ms", latency);
+    span.in_scope(|| tracing::debug!("done"));
+    response
+}
+
+/// The public base URL of the FHIR endpoint for this request.
+fn base_url(state: &AppState, headers: &axum::http::HeaderMap) -> String {
+    if let Some(base) = &state.settings.base_url {
+        return base.trim_end_matches('/').to_owned();
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost");
+    format!("http://{host}/fhir")
+}
+
+async fn fhir(State(state): State<AppState>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let raw_query = parts.uri.query().map(str::to_owned);
+    let params = handlers::parse_query(raw_query.as_deref().unwrap_or(""));
+    let param = |name: &str| {
+        params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let accept = parts
+        .headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok());
+    let mut rendering = Rendering {
+        pretty: param("_pretty") == Some("true"),
+        ..Rendering::default()
+    };
+    match negotiate::response_format(param("_format"), accept) {
+        Ok(negotiated) => rendering.negotiated = negotiated,
+        Err(err) => return respond::error_response(&err, rendering),
+    }
+    let path = parts.uri.path();
+    let below_base = path.strip_prefix("/fhir").unwrap_or(path);
+    let route = match route::parse(below_base) {
+        Ok(route) => route,
+        Err(err) => return respond::error_response(&err, rendering),
+    };
+    tracing::Span::current().record("route", route.template());
+    let body = match read_body(body, &parts.headers, state.settings.max_body_bytes).await {
+        Ok(body) => body,
+        Err(err) => return respond::error_response(&err, rendering),
+    };
+    let request = FhirRequest {
+        method: parts.method,
+        base: base_url(&state, &parts.headers),
+        route,
+        params,
+        raw_query,
+        headers: parts.headers,
+        body,
+    };
+    match handlers::handle(&state, request).await {
+        Ok(reply) => respond::render(reply, rendering),
+        Err(err) => respond::error_response(&err, rendering),
+    }
+}
+
+/// Reads the whole body, refusing more than `limit` bytes with 413.
+async fn read_body(
+    body: Body,
+    headers: &axum::http::HeaderMap,
+    limit: usize,
+) -> Result<axum::body::Bytes, FhirError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(FhirError::PayloadTooLarge(limit));
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let inner = e.into_inner();
+        if inner
+            .downcast_ref::<http_body_util::LengthLimitError>()
+            .is_some()
+        {
+            FhirError::PayloadTooLarge(limit)
+        } else {
+            FhirError::bad_request(format!("could not read the request body: {inner}"))
+        }
+    })
+}

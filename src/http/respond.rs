@@ -1,0 +1,191 @@
+//! Turning results into HTTP responses: headers of versioned resources, Bundles of
+//! stored JSON, OperationOutcomes, and the JSON or XML rendering.
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::Response;
+use chrono::{DateTime, Utc};
+use serde_json::{json, Value};
+
+use super::negotiate::Negotiated;
+use crate::error::FhirError;
+use crate::fhir::{datetime, Format, FHIR_VERSION};
+
+/// A response before rendering: the body, if any, is FHIR JSON text.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Option<String>,
+}
+
+impl Reply {
+    pub fn new(status: StatusCode, body: Option<String>) -> Self {
+        Reply {
+            status,
+            headers: HeaderMap::new(),
+            body,
+        }
+    }
+
+    pub fn header(mut self, name: HeaderName, value: &str) -> Self {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            self.headers.insert(name, v);
+        }
+        self
+    }
+
+    /// ETag, Last-Modified and Content-Location of one version of a resource.
+    pub fn versioned(self, base: &str, v: &VersionRef<'_>) -> Self {
+        self.header(header::ETAG, &format!("W/\"{}\"", v.version_id))
+            .header(
+                header::LAST_MODIFIED,
+                &datetime::format_http_date(v.last_updated),
+            )
+            .header(header::CONTENT_LOCATION, &v.url(base))
+    }
+}
+
+/// What names one version: enough for headers and links.
+pub struct VersionRef<'a> {
+    pub res_type: &'a str,
+    pub res_id: &'a str,
+    pub version_id: i64,
+    pub last_updated: DateTime<Utc>,
+}
+
+impl VersionRef<'_> {
+    pub fn url(&self, base: &str) -> String {
+        format!(
+            "{base}/{}/{}/_history/{}",
+            self.res_type, self.res_id, self.version_id
+        )
+    }
+}
+
+/// How to render: the negotiated format and `_pretty`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Rendering {
+    pub negotiated: Negotiated,
+    pub pretty: bool,
+}
+
+pub fn render(reply: Reply, how: Rendering) -> Response {
+    let Reply {
+        status,
+        headers,
+        body,
+    } = reply;
+    let bytes = match body.map(|json| encode(json, how)) {
+        None => None,
+        Some(Ok(bytes)) => Some(bytes),
+        Some(Err(err)) => return error_response(&err, Rendering::default()),
+    };
+    let has_body = bytes.is_some();
+    let mut response = Response::new(bytes.map_or_else(Body::empty, Body::from));
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    if has_body {
+        let content_type = format!(
+            "{}; charset=utf-8; fhirVersion={}",
+            how.negotiated.mime,
+            &FHIR_VERSION[..3]
+        );
+        if let Ok(v) = HeaderValue::from_str(&content_type) {
+            response.headers_mut().insert(header::CONTENT_TYPE, v);
+        }
+    }
+    response
+}
+
+fn encode(json: String, how: Rendering) -> Result<Vec<u8>, FhirError> {
+    match (how.negotiated.format, how.pretty) {
+        (Format::Json, false) => Ok(json.into_bytes()),
+        (Format::Json, true) => serde_json::from_str::<Value>(&json)
+            .and_then(|v| serde_json::to_vec_pretty(&v))
+            .map_err(|e| FhirError::Internal(format!("pretty-printing: {e}"))),
+        // Only content the typed model cannot hold gets here (see fhir::parse_resource).
+        (Format::Xml, _) => fhir_codec::json_to_xml(json.as_bytes()).map_err(|e| {
+            FhirError::NotAcceptable(format!(
+                "this content cannot be written as XML ({e}); ask for JSON"
+            ))
+        }),
+    }
+}
+
+/// An error as an OperationOutcome response. Server faults are logged here.
+pub fn error_response(err: &FhirError, how: Rendering) -> Response {
+    let status = StatusCode::from_u16(err.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    if status.is_server_error() {
+        tracing::error!(error = %err, "request failed");
+    }
+    let body = err.operation_outcome().to_string();
+    let mut reply = Reply::new(status, Some(body));
+    if let FhirError::MethodNotAllowed(_) = err {
+        reply = reply.header(header::ALLOW, "GET, HEAD, POST, PUT, DELETE");
+    }
+    render(reply, how)
+}
+
+/// `{"key": raw, ...rest}`: puts already-serialised JSON into a serialised object
+/// without parsing it again (resources are stored as text).
+pub fn with_raw_member(object: &str, key: &str, raw: &str) -> String {
+    let rest = object.strip_prefix('{').unwrap_or(object);
+    if rest.trim_start().starts_with('}') {
+        format!("{{\"{key}\":{raw}}}")
+    } else {
+        format!("{{\"{key}\":{raw},{rest}")
+    }
+}
+
+/// A Bundle of the given type; entries are serialised JSON objects.
+pub fn bundle(
+    kind: &str,
+    total: Option<i64>,
+    links: &[(&str, String)],
+    entries: &[String],
+) -> String {
+    let links: Vec<Value> = links
+        .iter()
+        .map(|(relation, url)| json!({"relation": relation, "url": url}))
+        .collect();
+    let mut head = json!({
+        "resourceType": "Bundle",
+        "id": uuid::Uuid::new_v4().to_string(),
+        "meta": {"lastUpdated": datetime::format_instant(Utc::now())},
+        "type": kind,
+    });
+    if let Some(total) = total {
+        head["total"] = json!(total);
+    }
+    if !links.is_empty() {
+        head["link"] = Value::Array(links);
+    }
+    let head = head.to_string();
+    if entries.is_empty() {
+        return head;
+    }
+    let head = head.strip_suffix('}').unwrap_or(&head);
+    format!("{head},\"entry\":[{}]}}", entries.join(","))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_members_and_bundles_are_valid_json() {
+        let entry = with_raw_member(
+            r#"{"fullUrl":"x"}"#,
+            "resource",
+            r#"{"resourceType":"Basic","code":{"text":"note"}}"#,
+        );
+        let v: Value = serde_json::from_str(&entry).expect("json");
+        assert_eq!(v["resource"]["resourceType"], "Basic");
+        let b = bundle("history", Some(1), &[("self", "http://x".into())], &[entry]);
+        let v: Value = serde_json::from_str(&b).expect("bundle json");
+        assert_eq!(v["entry"][0]["fullUrl"], "x");
+        assert_eq!(v["total"], 1);
+        crate::fhir::validate::validate_resource(&v).expect("valid Bundle");
+    }
+}

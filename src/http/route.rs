@@ -1,0 +1,112 @@
+//! The FHIR REST URL space below the base, parsed into a route. Pure.
+
+use crate::error::{FhirError, FhirResult};
+use crate::fhir::{self, definitions::R4};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// `[base]`
+    System,
+    /// `[base]/metadata`
+    Metadata,
+    /// `[base]/_history`
+    SystemHistory,
+    /// `[base]/[type]`
+    Type(String),
+    /// `[base]/[type]/_search`
+    TypeSearch(String),
+    /// `[base]/[type]/_history`
+    TypeHistory(String),
+    /// `[base]/[type]/[id]`
+    Instance(String, String),
+    /// `[base]/[type]/[id]/_history`
+    InstanceHistory(String, String),
+    /// `[base]/[type]/[id]/_history/[vid]`
+    Version(String, String, String),
+}
+
+impl Route {
+    /// The route's template, for logs and traces (no ids in span names).
+    pub fn template(&self) -> &'static str {
+        match self {
+            Route::System => "/fhir",
+            Route::Metadata => "/fhir/metadata",
+            Route::SystemHistory => "/fhir/_history",
+            Route::Type(_) => "/fhir/{type}",
+            Route::TypeSearch(_) => "/fhir/{type}/_search",
+            Route::TypeHistory(_) => "/fhir/{type}/_history",
+            Route::Instance(..) => "/fhir/{type}/{id}",
+            Route::InstanceHistory(..) => "/fhir/{type}/{id}/_history",
+            Route::Version(..) => "/fhir/{type}/{id}/_history/{vid}",
+        }
+    }
+}
+
+fn resource_type(segment: &str) -> FhirResult<String> {
+    if R4.is_resource_type(segment) {
+        Ok(segment.to_owned())
+    } else {
+        Err(FhirError::NotFound(format!(
+            "'{segment}' is not a resource type known to this server"
+        )))
+    }
+}
+
+fn resource_id(segment: &str) -> FhirResult<String> {
+    if fhir::is_valid_id(segment) {
+        Ok(segment.to_owned())
+    } else {
+        Err(FhirError::bad_request(format!(
+            "'{segment}' is not a valid resource id ([A-Za-z0-9-.]{{1,64}})"
+        )))
+    }
+}
+
+/// Parses the path below the FHIR base (`""`, `"Patient/1"` …).
+pub fn parse(path: &str) -> FhirResult<Route> {
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    match segments.as_slice() {
+        [] => Ok(Route::System),
+        ["metadata"] => Ok(Route::Metadata),
+        ["_history"] => Ok(Route::SystemHistory),
+        [t] => Ok(Route::Type(resource_type(t)?)),
+        [t, "_search"] => Ok(Route::TypeSearch(resource_type(t)?)),
+        [t, "_history"] => Ok(Route::TypeHistory(resource_type(t)?)),
+        [t, id] if id.starts_with('$') => {
+            resource_type(t)?;
+            Err(FhirError::NotFound(format!(
+                "operation '{id}' is not supported"
+            )))
+        }
+        [t, id] => Ok(Route::Instance(resource_type(t)?, resource_id(id)?)),
+        [t, id, "_history"] => Ok(Route::InstanceHistory(resource_type(t)?, resource_id(id)?)),
+        [t, id, "_history", vid] => Ok(Route::Version(
+            resource_type(t)?,
+            resource_id(id)?,
+            (*vid).to_owned(),
+        )),
+        _ => Err(FhirError::NotFound(format!("no FHIR endpoint at '{path}'"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_rest_url_space() {
+        assert_eq!(parse("").expect("system"), Route::System);
+        assert_eq!(parse("metadata").expect("md"), Route::Metadata);
+        assert_eq!(
+            parse("Patient").expect("type"),
+            Route::Type("Patient".into())
+        );
+        assert_eq!(
+            parse("Patient/p-1.2/_history/3").expect("vread"),
+            Route::Version("Patient".into(), "p-1.2".into(), "3".into())
+        );
+        assert_eq!(parse("Nope/1").expect_err("type").status(), 404);
+        assert_eq!(parse("Patient/a_b").expect_err("id").status(), 400);
+        assert_eq!(parse("Patient/1/x/y/z").expect_err("deep").status(), 404);
+    }
+}

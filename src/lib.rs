@@ -1,0 +1,15 @@
+//! Passerelle: a FHIR R4 server for care coordination between hospitals and
+//! community care. Layers, top to bottom: `http` → `service` (interactions and the
+//! single write path) → `fhir` (model, validation) and `search` (plans, index rows)
+//! → `store` (PostgreSQL). See docs/architecture.md.
+
+pub mod bench;
+pub mod error;
+pub mod fhir;
+pub mod http;
+pub mod search;
+pub mod server;
+pub mod service;
+pub mod state;
+pub mod store;
+pub mod telemetry;

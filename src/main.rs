@@ -1,0 +1,125 @@
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use passerelle::bench::{self, BenchOptions};
+use passerelle::server::{self, DatabaseChoice, ServeOptions};
+use passerelle::telemetry;
+
+#[derive(Parser)]
+#[command(
+    name = "passerelle",
+    version,
+    about = "FHIR R4 server for care coordination"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct DatabaseArgs {
+    /// PostgreSQL connection string (libpq URL). Without it, an embedded cluster is
+    /// started under --data-dir.
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: Option<String>,
+    /// Folder of the embedded PostgreSQL cluster (used when no database URL is given).
+    #[arg(long, env = "PASSERELLE_DATA_DIR", default_value = "./data")]
+    data_dir: PathBuf,
+}
+
+impl DatabaseArgs {
+    fn choice(&self) -> DatabaseChoice {
+        match self.database_url.as_deref().filter(|u| !u.is_empty()) {
+            Some(url) => DatabaseChoice::Url(url.to_owned()),
+            None => DatabaseChoice::Embedded(self.data_dir.clone()),
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the FHIR API (migrates the schema first).
+    Serve {
+        #[arg(long, env = "PASSERELLE_LISTEN", default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Public base URL of the FHIR endpoint, when behind a proxy.
+        #[arg(long, env = "PASSERELLE_BASE_URL")]
+        base_url: Option<String>,
+        /// Largest accepted request body in bytes.
+        #[arg(long, env = "PASSERELLE_MAX_BODY_BYTES", default_value_t = 16 * 1024 * 1024)]
+        max_body_bytes: usize,
+        /// Database connections in the pool.
+        #[arg(long, env = "PASSERELLE_POOL_SIZE", default_value_t = 16)]
+        pool_size: usize,
+        #[command(flatten)]
+        db: DatabaseArgs,
+    },
+    /// Apply the schema migrations and exit.
+    Migrate {
+        #[command(flatten)]
+        db: DatabaseArgs,
+    },
+    /// Measure create and read throughput against a fresh bench database.
+    Bench {
+        #[arg(long, default_value_t = 10_000)]
+        resources: usize,
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        #[command(flatten)]
+        db: DatabaseArgs,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let _telemetry = telemetry::init();
+    let result = match cli.command {
+        Command::Serve {
+            listen,
+            base_url,
+            max_body_bytes,
+            pool_size,
+            db,
+        } => match server::open_database(&db.choice(), pool_size).await {
+            Ok(database) => {
+                let options = ServeOptions {
+                    listen,
+                    base_url,
+                    max_body_bytes,
+                };
+                server::serve(database, options).await
+            }
+            Err(e) => Err(e),
+        },
+        Command::Migrate { db } => match server::open_database(&db.choice(), 1).await {
+            Ok(database) => {
+                database.close().await;
+                println!("schema is up to date");
+                Ok(())
+            }
+            Err(e) => Err(e),
+        },
+        Command::Bench {
+            resources,
+            concurrency,
+            db,
+        } => bench::run(BenchOptions {
+            database: db.choice(),
+            resources: resources.max(1),
+            concurrency: concurrency.max(1),
+        })
+        .await
+        .map(|report| println!("{report}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("passerelle: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

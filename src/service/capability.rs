@@ -1,0 +1,89 @@
+//! The CapabilityStatement, generated from what the server really implements: the
+//! R4 resource types of the definitions table, the interactions of the REST layer and
+//! the search parameters of the search module.
+
+use serde_json::{json, Value};
+
+use crate::fhir::{definitions::R4, FHIR_VERSION};
+use crate::search;
+
+/// Instance and type interactions served for every resource type.
+const TYPE_INTERACTIONS: &[&str] = &[
+    "read",
+    "vread",
+    "update",
+    "delete",
+    "history-instance",
+    "history-type",
+    "create",
+    "search-type",
+];
+
+pub fn capability_statement(base_url: &str, software_version: &str, started: &str) -> Value {
+    let resources: Vec<Value> = R4
+        .resource_types()
+        .into_iter()
+        .map(|rt| {
+            let params: Vec<Value> = search::supported_params(rt)
+                .into_iter()
+                .map(|(name, kind)| json!({"name": name, "type": kind}))
+                .collect();
+            let interactions: Vec<Value> = TYPE_INTERACTIONS
+                .iter()
+                .map(|code| json!({"code": code}))
+                .collect();
+            json!({
+                "type": rt,
+                "interaction": interactions,
+                "versioning": "versioned-update",
+                "readHistory": true,
+                "updateCreate": true,
+                "conditionalCreate": true,
+                "conditionalRead": "modified-since",
+                "conditionalUpdate": true,
+                "conditionalDelete": "single",
+                "searchParam": params,
+            })
+        })
+        .collect();
+    json!({
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": started,
+        "publisher": "Passerelle",
+        "kind": "instance",
+        "software": {"name": "Passerelle", "version": software_version},
+        "implementation": {"description": "Passerelle FHIR server", "url": base_url},
+        "fhirVersion": FHIR_VERSION,
+        "format": ["application/fhir+json", "application/fhir+xml"],
+        "rest": [{
+            "mode": "server",
+            "resource": resources,
+            "interaction": [{"code": "history-system"}],
+        }],
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_every_resource_with_its_parameters() {
+        let cs = capability_statement("http://x/fhir", "0", "2026-11-25");
+        let resources = cs["rest"][0]["resource"].as_array().expect("resources");
+        assert_eq!(resources.len(), R4.resource_types().len());
+        let patient = resources
+            .iter()
+            .find(|r| r["type"] == "Patient")
+            .expect("Patient");
+        let names: Vec<&str> = patient["searchParam"]
+            .as_array()
+            .expect("params")
+            .iter()
+            .filter_map(|p| p["name"].as_str())
+            .collect();
+        assert_eq!(names, vec!["_id", "_lastUpdated", "identifier"]);
+        crate::fhir::validate::validate_resource(&cs).expect("a valid CapabilityStatement");
+    }
+}

@@ -1,0 +1,376 @@
+//! The FHIR interactions, independent of HTTP: each takes parsed input, runs in one
+//! database transaction, and returns what happened. The HTTP layer maps requests to
+//! these calls and their results to responses.
+
+pub mod capability;
+pub mod write;
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::Pool;
+use serde_json::Value;
+
+use crate::error::{FhirError, FhirResult};
+use crate::fhir::{self, datetime};
+use crate::search::{self, Handling, SearchPlan};
+use crate::store::{self, HistoryFilter, StoredVersion};
+pub use write::{Change, ChangeKind, Written};
+
+/// What a conditional interaction found for its criteria.
+enum Matches {
+    None,
+    One(String),
+}
+
+/// Runs the search of a conditional interaction inside `tx`; more than one match is
+/// a 412, as the spec says. The criteria are locked for the transaction so that two
+/// requests with the same criteria cannot both see "no match" and both create.
+async fn conditional_match(
+    tx: &deadpool_postgres::Transaction<'_>,
+    res_type: &str,
+    criteria: &[(String, String)],
+) -> FhirResult<Matches> {
+    if criteria.is_empty() {
+        return Err(FhirError::bad_request(
+            "a conditional interaction needs search criteria",
+        ));
+    }
+    let plan = search::parse(res_type, criteria, Handling::Strict)?;
+    let mut key: Vec<String> = criteria.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    key.sort();
+    store::lock_key(tx, &format!("{res_type}?{}", key.join("&"))).await?;
+    let mut ids = store::matching_ids(tx, &plan, 2).await?;
+    match ids.len() {
+        0 => Ok(Matches::None),
+        1 => Ok(Matches::One(ids.remove(0))),
+        _ => Err(FhirError::PreconditionFailed(format!(
+            "the criteria match more than one {res_type}"
+        ))),
+    }
+}
+
+fn check_type(res_type: &str, resource: &Value) -> FhirResult<()> {
+    let body_type = fhir::resource_type(resource);
+    if body_type != res_type {
+        return Err(FhirError::bad_request(format!(
+            "the body is a {body_type} but the URL is for {res_type}"
+        )));
+    }
+    Ok(())
+}
+
+/// `POST [type]`, with `If-None-Exist` criteria when given. Returns the written
+/// resource, or the existing one (not created) when the criteria match one.
+pub async fn create(
+    pool: &Pool,
+    res_type: &str,
+    resource: Value,
+    if_none_exist: Option<Vec<(String, String)>>,
+) -> FhirResult<Written> {
+    check_type(res_type, &resource)?;
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    if let Some(criteria) = if_none_exist {
+        if let Matches::One(id) = conditional_match(&tx, res_type, &criteria).await? {
+            let existing = store::read_latest(&tx, res_type, &id)
+                .await?
+                .ok_or_else(|| FhirError::Internal("matched resource vanished".into()))?;
+            return Ok(written_from_stored(existing));
+        }
+    }
+    let change = Change {
+        res_type: res_type.to_owned(),
+        res_id: uuid::Uuid::new_v4().to_string(),
+        kind: ChangeKind::Create,
+        resource: Some(resource),
+        if_match: None,
+    };
+    let written = write::apply(&tx, change).await?;
+    tx.commit().await?;
+    Ok(written)
+}
+
+fn written_from_stored(v: StoredVersion) -> Written {
+    Written {
+        created: false,
+        res_type: v.res_type,
+        res_id: v.res_id,
+        version_id: v.version_id,
+        last_updated: v.last_updated,
+        json: v.json,
+    }
+}
+
+/// `PUT [type]/[id]`: update, or create with the client's id.
+pub async fn update(
+    pool: &Pool,
+    res_type: &str,
+    res_id: &str,
+    resource: Value,
+    if_match: Option<i64>,
+) -> FhirResult<Written> {
+    check_type(res_type, &resource)?;
+    match fhir::resource_id(&resource) {
+        Some(body_id) if body_id == res_id => {}
+        Some(body_id) => {
+            return Err(FhirError::bad_request(format!(
+                "the body's id '{body_id}' differs from the id '{res_id}' in the URL"
+            )))
+        }
+        None => {
+            return Err(FhirError::bad_request(
+                "an update needs the resource's id in the body, equal to the id in the URL",
+            ))
+        }
+    }
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let written = write::apply(
+        &tx,
+        Change {
+            res_type: res_type.to_owned(),
+            res_id: res_id.to_owned(),
+            kind: ChangeKind::Update,
+            resource: Some(resource),
+            if_match,
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(written)
+}
+
+/// `PUT [type]?criteria`: update the one match, or create when none matches.
+pub async fn conditional_update(
+    pool: &Pool,
+    res_type: &str,
+    criteria: &[(String, String)],
+    resource: Value,
+    if_match: Option<i64>,
+) -> FhirResult<Written> {
+    check_type(res_type, &resource)?;
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let body_id = fhir::resource_id(&resource).map(str::to_owned);
+    let res_id = match conditional_match(&tx, res_type, criteria).await? {
+        Matches::One(id) => {
+            if body_id.as_ref().is_some_and(|b| *b != id) {
+                return Err(FhirError::bad_request(format!(
+                    "the body's id differs from the id '{id}' of the matching resource"
+                )));
+            }
+            id
+        }
+        Matches::None => body_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+    };
+    let written = write::apply(
+        &tx,
+        Change {
+            res_type: res_type.to_owned(),
+            res_id,
+            kind: ChangeKind::Update,
+            resource: Some(resource),
+            if_match,
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(written)
+}
+
+/// `DELETE [type]/[id]`.
+pub async fn delete(
+    pool: &Pool,
+    res_type: &str,
+    res_id: &str,
+    if_match: Option<i64>,
+) -> FhirResult<Written> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let written = write::apply(
+        &tx,
+        Change {
+            res_type: res_type.to_owned(),
+            res_id: res_id.to_owned(),
+            kind: ChangeKind::Delete,
+            resource: None,
+            if_match,
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(written)
+}
+
+/// `DELETE [type]?criteria`: deletes the one match; none is not an error.
+pub async fn conditional_delete(
+    pool: &Pool,
+    res_type: &str,
+    criteria: &[(String, String)],
+) -> FhirResult<Option<Written>> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let Matches::One(res_id) = conditional_match(&tx, res_type, criteria).await? else {
+        return Ok(None);
+    };
+    let written = write::apply(
+        &tx,
+        Change {
+            res_type: res_type.to_owned(),
+            res_id,
+            kind: ChangeKind::Delete,
+            resource: None,
+            if_match: None,
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Some(written))
+}
+
+/// `GET [type]/[id]`: 404 when it never existed, 410 when its latest version is a delete.
+pub async fn read(pool: &Pool, res_type: &str, res_id: &str) -> FhirResult<StoredVersion> {
+    let client = pool.get().await?;
+    let version = store::read_latest(&client, res_type, res_id)
+        .await?
+        .ok_or_else(|| FhirError::NotFound(format!("{res_type}/{res_id} is not known")))?;
+    if version.is_deleted() {
+        return Err(FhirError::Gone(format!(
+            "{res_type}/{res_id} was deleted (version {})",
+            version.version_id
+        )));
+    }
+    Ok(version)
+}
+
+/// `GET [type]/[id]/_history/[vid]`.
+pub async fn vread(
+    pool: &Pool,
+    res_type: &str,
+    res_id: &str,
+    version_id: &str,
+) -> FhirResult<StoredVersion> {
+    let vid: i64 = version_id.parse().ok().filter(|v| *v > 0).ok_or_else(|| {
+        FhirError::NotFound(format!("no version '{version_id}' of {res_type}/{res_id}"))
+    })?;
+    let client = pool.get().await?;
+    let version = store::read_version(&client, res_type, res_id, vid)
+        .await?
+        .ok_or_else(|| FhirError::NotFound(format!("{res_type}/{res_id} has no version {vid}")))?;
+    if version.is_deleted() {
+        return Err(FhirError::Gone(format!(
+            "version {vid} of {res_type}/{res_id} is a deletion"
+        )));
+    }
+    Ok(version)
+}
+
+/// A page of history, newest first, and the cursor of the next page if any.
+pub struct HistoryPage {
+    pub versions: Vec<StoredVersion>,
+    pub next: Option<String>,
+}
+
+/// The opaque cursor of history paging: the (last_updated, seq) of the last entry.
+fn encode_cursor(v: &StoredVersion) -> String {
+    format!("{}.{}", v.last_updated.timestamp_micros(), v.seq)
+}
+
+fn decode_cursor(text: &str) -> FhirResult<(DateTime<Utc>, i64)> {
+    let bad = || FhirError::bad_request(format!("'{text}' is not a valid page cursor"));
+    let (micros, seq) = text.split_once('.').ok_or_else(bad)?;
+    let micros: i64 = micros.parse().map_err(|_| bad())?;
+    let seq: i64 = seq.parse().map_err(|_| bad())?;
+    let t = DateTime::<Utc>::from_timestamp_micros(micros).ok_or_else(bad)?;
+    Ok((t, seq))
+}
+
+/// The parameters of a history request that the server understands.
+pub const HISTORY_PARAMS: &[&str] = &["_since", "_at", "_count", "_page"];
+
+/// `_history` at system, type or instance level.
+pub async fn history(
+    pool: &Pool,
+    res_type: Option<&str>,
+    res_id: Option<&str>,
+    params: &[(String, String)],
+) -> FhirResult<HistoryPage> {
+    let mut filter = HistoryFilter {
+        res_type: res_type.map(str::to_owned),
+        res_id: res_id.map(str::to_owned),
+        count: search::DEFAULT_COUNT,
+        ..HistoryFilter::default()
+    };
+    for (name, value) in params {
+        let bad = |what: &str| FhirError::bad_request(format!("'{value}' is not a valid {what}"));
+        match name.as_str() {
+            "_since" => {
+                let range = datetime::parse_range(value)
+                    .filter(|_| value.contains('T'))
+                    .ok_or_else(|| bad("_since instant"))?;
+                filter.since = Some(range.low);
+            }
+            "_at" => filter.at = Some(datetime::parse_range(value).ok_or_else(|| bad("_at date"))?),
+            "_count" => {
+                let n: usize = value.parse().map_err(|_| bad("_count"))?;
+                filter.count = n.clamp(1, search::MAX_COUNT);
+            }
+            "_page" => filter.before = Some(decode_cursor(value)?),
+            _ => {}
+        }
+    }
+    let client = pool.get().await?;
+    // One more than asked tells whether a next page exists.
+    let wanted = filter.count;
+    filter.count += 1;
+    let mut versions = store::history(&client, &filter).await?;
+    let next = if versions.len() > wanted {
+        versions.truncate(wanted);
+        versions.last().map(encode_cursor)
+    } else {
+        None
+    };
+    Ok(HistoryPage { versions, next })
+}
+
+/// A page of search results.
+pub struct SearchPage {
+    pub plan: SearchPlan,
+    pub matches: Vec<StoredVersion>,
+    pub total: i64,
+    /// The id after which the next page starts, if there is one.
+    pub next_after: Option<String>,
+}
+
+/// `GET [type]?params`.
+pub async fn search(
+    pool: &Pool,
+    res_type: &str,
+    params: &[(String, String)],
+    handling: Handling,
+) -> FhirResult<SearchPage> {
+    let after = params
+        .iter()
+        .find(|(k, _)| k == "_after")
+        .map(|(_, v)| v.clone());
+    let criteria: Vec<(String, String)> = params
+        .iter()
+        .filter(|(k, _)| k != "_after")
+        .cloned()
+        .collect();
+    let plan = search::parse(res_type, &criteria, handling)?;
+    let client = pool.get().await?;
+    let total = store::count(&client, &plan).await?;
+    let mut matches = store::search(&client, &plan, after.as_deref(), plan.count + 1).await?;
+    let next_after = if matches.len() > plan.count {
+        matches.truncate(plan.count);
+        matches.last().map(|v| v.res_id.clone())
+    } else {
+        None
+    };
+    Ok(SearchPage {
+        plan,
+        matches,
+        total,
+        next_after,
+    })
+}

@@ -1,0 +1,175 @@
+//! The one place every change to a resource goes through, whatever the interaction
+//! (create, update, delete, and later PATCH and transaction entries): precondition
+//! checks, the server's `meta`, index rows and the stored version all happen here,
+//! inside the caller's database transaction. Authorisation and outbox events for
+//! subscriptions join here too.
+
+use chrono::{DateTime, Duration, DurationRound, Utc};
+use deadpool_postgres::Transaction;
+use serde_json::Value;
+
+use crate::error::{FhirError, FhirResult};
+use crate::fhir;
+use crate::search::index;
+use crate::store::{self, Method, NewVersion};
+
+/// What a change does to one resource.
+#[derive(Debug)]
+pub enum ChangeKind {
+    /// A new resource with a server-assigned id.
+    Create,
+    /// Write a version at a known id; creates the resource if it does not exist.
+    Update,
+    Delete,
+}
+
+#[derive(Debug)]
+pub struct Change {
+    pub res_type: String,
+    pub res_id: String,
+    pub kind: ChangeKind,
+    /// The validated resource for create and update.
+    pub resource: Option<Value>,
+    /// `If-Match`: the version the client expects to replace.
+    pub if_match: Option<i64>,
+}
+
+/// The result of a change.
+#[derive(Debug, Clone)]
+pub struct Written {
+    pub res_type: String,
+    pub res_id: String,
+    pub version_id: i64,
+    pub last_updated: DateTime<Utc>,
+    /// True when the change brought the resource into existence (201).
+    pub created: bool,
+    /// The stored resource as JSON text; `None` after a delete.
+    pub json: Option<String>,
+}
+
+/// The instant of a new version: now, but always after the previous version, so
+/// that versions of one resource are ordered by time even across clock skew.
+fn next_instant(previous: Option<DateTime<Utc>>) -> DateTime<Utc> {
+    let now = Utc::now()
+        .duration_trunc(Duration::microseconds(1))
+        .unwrap_or_else(|_| Utc::now());
+    match previous {
+        Some(p) if p >= now => p + Duration::microseconds(1),
+        _ => now,
+    }
+}
+
+/// Applies one change inside `tx`.
+#[tracing::instrument(skip_all, fields(res_type = %change.res_type, res_id = %change.res_id, kind = ?change.kind))]
+pub async fn apply(tx: &Transaction<'_>, change: Change) -> FhirResult<Written> {
+    let Change {
+        res_type,
+        res_id,
+        kind,
+        resource,
+        if_match,
+    } = change;
+    let claim = !matches!(kind, ChangeKind::Delete);
+    let current = store::lock_current(tx, &res_type, &res_id, claim).await?;
+    if let Some(expected) = if_match {
+        let actual = current.filter(|c| !c.deleted).map(|c| c.version_id);
+        if actual != Some(expected) {
+            return Err(FhirError::PreconditionFailed(format!(
+                "If-Match expected version {expected} of {res_type}/{res_id}, but the current version is {}",
+                actual.map_or_else(|| "absent".to_owned(), |v| v.to_string())
+            )));
+        }
+    }
+    let method = match kind {
+        ChangeKind::Create if current.is_some() => {
+            return Err(FhirError::Conflict(format!(
+                "{res_type}/{res_id} already exists"
+            )))
+        }
+        ChangeKind::Create => Method::Post,
+        ChangeKind::Update => Method::Put,
+        ChangeKind::Delete => Method::Delete,
+    };
+    if method == Method::Delete {
+        if let Some(cur) = current.filter(|c| !c.deleted) {
+            let last_updated = next_instant(Some(cur.last_updated));
+            let version_id = cur.version_id + 1;
+            store::write_version(
+                tx,
+                &NewVersion {
+                    res_type: &res_type,
+                    res_id: &res_id,
+                    version_id,
+                    last_updated,
+                    method,
+                    resource: None,
+                    tokens: &[],
+                },
+            )
+            .await?;
+            return Ok(Written {
+                res_type,
+                res_id,
+                version_id,
+                last_updated,
+                created: false,
+                json: None,
+            });
+        }
+        // Deleting what is absent or already deleted changes nothing.
+        return Ok(Written {
+            version_id: current.map_or(0, |c| c.version_id),
+            last_updated: current.map_or_else(Utc::now, |c| c.last_updated),
+            res_type,
+            res_id,
+            created: false,
+            json: None,
+        });
+    }
+    let Some(mut resource) = resource else {
+        return Err(FhirError::Internal("a write without a resource".to_owned()));
+    };
+    let version_id = current.map_or(1, |c| c.version_id + 1);
+    let last_updated = next_instant(current.map(|c| c.last_updated));
+    fhir::stamp(&mut resource, &res_id, version_id, last_updated);
+    let tokens = index::token_rows(&res_type, &resource);
+    store::write_version(
+        tx,
+        &NewVersion {
+            res_type: &res_type,
+            res_id: &res_id,
+            version_id,
+            last_updated,
+            method,
+            resource: Some(&resource),
+            tokens: &tokens,
+        },
+    )
+    .await?;
+    let json = serde_json::to_string(&resource)
+        .map_err(|e| FhirError::Internal(format!("serialising a resource: {e}")))?;
+    Ok(Written {
+        created: current.is_none_or(|c| c.deleted),
+        res_type,
+        res_id,
+        version_id,
+        last_updated,
+        json: Some(json),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_move_forward_in_time() {
+        let future = Utc::now() + Duration::hours(1);
+        assert_eq!(
+            next_instant(Some(future)),
+            future + Duration::microseconds(1)
+        );
+        let past = Utc::now() - Duration::hours(1);
+        assert!(next_instant(Some(past)) > past + Duration::minutes(59));
+    }
+}

@@ -1,0 +1,23 @@
+//! What every request handler shares. Kept free of HTTP types so that lower layers
+//! never import the HTTP layer.
+
+use std::sync::Arc;
+
+use deadpool_postgres::Pool;
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Public base URL of the FHIR endpoint (e.g. `https://host/fhir`); when `None`
+    /// it is derived from each request's `Host` header.
+    pub base_url: Option<String>,
+    /// Largest accepted request body, in bytes.
+    pub max_body_bytes: usize,
+    /// When the server started (CapabilityStatement `date`).
+    pub started: String,
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: Pool,
+    pub settings: Arc<Settings>,
+}

@@ -1,0 +1,74 @@
+//! Schema migrations, embedded in the binary and applied in order. Safe to run from
+//! several instances at once: one transaction under an advisory lock.
+
+use deadpool_postgres::Client;
+
+use crate::error::FhirResult;
+
+const MIGRATIONS: &[(i32, &str, &str)] = &[(
+    1,
+    "resources",
+    include_str!("migrations/0001_resources.sql"),
+)];
+
+/// Arbitrary constant naming the migration lock.
+const MIGRATION_LOCK: i64 = 0x5041_5353_4552_454c; // "PASSEREL"
+
+/// The newest schema version this binary knows.
+pub fn latest_version() -> i32 {
+    MIGRATIONS.last().map_or(0, |m| m.0)
+}
+
+#[tracing::instrument(skip_all)]
+pub async fn migrate(client: &mut Client) -> FhirResult<Vec<i32>> {
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS schema_migration (
+            version    integer PRIMARY KEY,
+            name       text NOT NULL,
+            applied_at timestamptz NOT NULL DEFAULT now())",
+    )
+    .await?;
+    let applied: Vec<i32> = tx
+        .query("SELECT version FROM schema_migration", &[])
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let mut newly = Vec::new();
+    for (version, name, sql) in MIGRATIONS {
+        if applied.contains(version) {
+            continue;
+        }
+        tracing::info!(version, name, "applying migration");
+        tx.batch_execute(sql).await?;
+        tx.execute(
+            "INSERT INTO schema_migration (version, name) VALUES ($1, $2)",
+            &[version, name],
+        )
+        .await?;
+        newly.push(*version);
+    }
+    tx.commit().await?;
+    Ok(newly)
+}
+
+/// The schema version of the database, 0 when none is applied.
+pub async fn current_version(client: &Client) -> FhirResult<i32> {
+    let exists: bool = client
+        .query_one("SELECT to_regclass('schema_migration') IS NOT NULL", &[])
+        .await?
+        .get(0);
+    if !exists {
+        return Ok(0);
+    }
+    let row = client
+        .query_one(
+            "SELECT coalesce(max(version), 0) FROM schema_migration",
+            &[],
+        )
+        .await?;
+    Ok(row.get(0))
+}

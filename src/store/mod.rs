@@ -1,0 +1,420 @@
+//! PostgreSQL storage: the versioned resource tables, their index rows, and the SQL
+//! of searches and history. Every write happens inside a transaction handed in by
+//! the caller, so that one request's changes commit or roll back together.
+
+pub mod embedded;
+pub mod migrate;
+mod search_sql;
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::{GenericClient, Pool, Transaction};
+use serde_json::Value;
+use tokio_postgres::Row;
+
+use crate::error::{FhirError, FhirResult};
+use crate::fhir::datetime::Range;
+use crate::search::index::TokenRow;
+use crate::search::SearchPlan;
+
+/// How a version came to be: the HTTP verb of the interaction that wrote it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Post,
+    Put,
+    Delete,
+}
+
+impl Method {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Post => "POST",
+            Method::Put => "PUT",
+            Method::Delete => "DELETE",
+        }
+    }
+
+    fn parse(text: &str) -> Method {
+        match text {
+            "POST" => Method::Post,
+            "DELETE" => Method::Delete,
+            _ => Method::Put,
+        }
+    }
+}
+
+/// One stored version, as read back.
+#[derive(Debug, Clone)]
+pub struct StoredVersion {
+    pub res_type: String,
+    pub res_id: String,
+    pub version_id: i64,
+    pub last_updated: DateTime<Utc>,
+    pub method: Method,
+    /// Position in the global change order (history paging cursor).
+    pub seq: i64,
+    /// The resource's JSON text, `resourceType` first; `None` for a delete.
+    pub json: Option<String>,
+}
+
+impl StoredVersion {
+    pub fn is_deleted(&self) -> bool {
+        self.json.is_none()
+    }
+}
+
+/// The current state of a resource, locked for update.
+#[derive(Debug, Clone, Copy)]
+pub struct Current {
+    pub version_id: i64,
+    pub last_updated: DateTime<Utc>,
+    pub deleted: bool,
+}
+
+/// A version about to be written.
+pub struct NewVersion<'a> {
+    pub res_type: &'a str,
+    pub res_id: &'a str,
+    pub version_id: i64,
+    pub last_updated: DateTime<Utc>,
+    pub method: Method,
+    /// `None` writes a delete tombstone.
+    pub resource: Option<&'a Value>,
+    pub tokens: &'a [TokenRow],
+}
+
+/// The columns every version query selects, in the order [`version_from_row`] reads.
+const VERSION_COLUMNS: &str =
+    "v.res_type, v.res_id, v.version_id, v.last_updated, v.method, v.seq, \
+     (v.resource - 'resourceType')::text";
+
+/// JSONB sorts keys; FHIR readers expect `resourceType` first, so it is put back
+/// in front of the stored text (which the query returns without it).
+fn with_type_first(res_type: &str, rest: &str) -> String {
+    let inner = rest.trim_start().strip_prefix('{').unwrap_or(rest);
+    if inner.trim_start().starts_with('}') {
+        format!("{{\"resourceType\": \"{res_type}\"}}")
+    } else {
+        format!("{{\"resourceType\": \"{res_type}\", {}", inner.trim_start())
+    }
+}
+
+fn version_from_row(row: &Row) -> StoredVersion {
+    let res_type: String = row.get(0);
+    let rest: Option<String> = row.get(6);
+    let json = rest.map(|rest| with_type_first(&res_type, &rest));
+    StoredVersion {
+        res_id: row.get(1),
+        version_id: row.get(2),
+        last_updated: row.get(3),
+        method: Method::parse(row.get(4)),
+        seq: row.get(5),
+        json,
+        res_type,
+    }
+}
+
+/// The newest version of a resource (deleted or not), `None` if it never existed.
+#[tracing::instrument(skip(client))]
+pub async fn read_latest(
+    client: &impl GenericClient,
+    res_type: &str,
+    res_id: &str,
+) -> FhirResult<Option<StoredVersion>> {
+    let sql = format!(
+        "SELECT {VERSION_COLUMNS} FROM resource_version v
+         WHERE v.res_type = $1 AND v.res_id = $2 ORDER BY v.version_id DESC LIMIT 1"
+    );
+    let stmt = client.prepare_cached(&sql).await?;
+    let row = client.query_opt(&stmt, &[&res_type, &res_id]).await?;
+    Ok(row.as_ref().map(version_from_row))
+}
+
+#[tracing::instrument(skip(client))]
+pub async fn read_version(
+    client: &impl GenericClient,
+    res_type: &str,
+    res_id: &str,
+    version_id: i64,
+) -> FhirResult<Option<StoredVersion>> {
+    let sql = format!(
+        "SELECT {VERSION_COLUMNS} FROM resource_version v
+         WHERE v.res_type = $1 AND v.res_id = $2 AND v.version_id = $3"
+    );
+    let stmt = client.prepare_cached(&sql).await?;
+    let row = client
+        .query_opt(&stmt, &[&res_type, &res_id, &version_id])
+        .await?;
+    Ok(row.as_ref().map(version_from_row))
+}
+
+/// Locks the resource's row for this transaction. With `claim`, a resource that
+/// does not exist yet gets a placeholder row first, so that two racing creates of
+/// the same id serialise on it instead of failing on the primary key.
+#[tracing::instrument(skip(tx))]
+pub async fn lock_current(
+    tx: &Transaction<'_>,
+    res_type: &str,
+    res_id: &str,
+    claim: bool,
+) -> FhirResult<Option<Current>> {
+    let select = tx
+        .prepare_cached(
+            "SELECT version_id, last_updated, deleted FROM resource
+             WHERE res_type = $1 AND res_id = $2 FOR UPDATE",
+        )
+        .await?;
+    let to_current = |row: Row| Current {
+        version_id: row.get(0),
+        last_updated: row.get(1),
+        deleted: row.get(2),
+    };
+    if let Some(row) = tx.query_opt(&select, &[&res_type, &res_id]).await? {
+        return Ok(Some(to_current(row)).filter(|c| c.version_id > 0));
+    }
+    if !claim {
+        return Ok(None);
+    }
+    let insert = tx
+        .prepare_cached(
+            "INSERT INTO resource (res_type, res_id, version_id, last_updated, deleted)
+             VALUES ($1, $2, 0, now(), true) ON CONFLICT DO NOTHING",
+        )
+        .await?;
+    tx.execute(&insert, &[&res_type, &res_id]).await?;
+    let row = tx.query_one(&select, &[&res_type, &res_id]).await?;
+    Ok(Some(to_current(row)).filter(|c| c.version_id > 0))
+}
+
+/// Writes a new version: the version row, the current pointer and the index rows.
+#[tracing::instrument(skip_all, fields(res_type = new.res_type, res_id = new.res_id, version = new.version_id))]
+pub async fn write_version(tx: &Transaction<'_>, new: &NewVersion<'_>) -> FhirResult<()> {
+    let insert = tx
+        .prepare_cached(
+            "INSERT INTO resource_version
+                (res_type, res_id, version_id, last_updated, method, deleted, resource)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .await?;
+    let deleted = new.resource.is_none();
+    let body = new.resource.map(tokio_postgres::types::Json);
+    tx.execute(
+        &insert,
+        &[
+            &new.res_type,
+            &new.res_id,
+            &new.version_id,
+            &new.last_updated,
+            &new.method.as_str(),
+            &deleted,
+            &body,
+        ],
+    )
+    .await
+    .map_err(|e| match e.code() {
+        // Raised by PostgreSQL for JSON it cannot store (e.g. \u0000 in a string).
+        Some(code) if code.code().starts_with("22") => {
+            FhirError::bad_request(format!("the resource cannot be stored: {e}"))
+        }
+        _ => FhirError::from(e),
+    })?;
+    let upsert = tx
+        .prepare_cached(
+            "INSERT INTO resource (res_type, res_id, version_id, last_updated, deleted)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (res_type, res_id) DO UPDATE
+             SET version_id = EXCLUDED.version_id, last_updated = EXCLUDED.last_updated,
+                 deleted = EXCLUDED.deleted",
+        )
+        .await?;
+    tx.execute(
+        &upsert,
+        &[
+            &new.res_type,
+            &new.res_id,
+            &new.version_id,
+            &new.last_updated,
+            &deleted,
+        ],
+    )
+    .await?;
+    replace_tokens(tx, new).await
+}
+
+async fn replace_tokens(tx: &Transaction<'_>, new: &NewVersion<'_>) -> FhirResult<()> {
+    if new.version_id > 1 {
+        let delete = tx
+            .prepare_cached("DELETE FROM search_token WHERE res_type = $1 AND res_id = $2")
+            .await?;
+        tx.execute(&delete, &[&new.res_type, &new.res_id]).await?;
+    }
+    if new.tokens.is_empty() {
+        return Ok(());
+    }
+    let insert = tx
+        .prepare_cached(
+            "INSERT INTO search_token (res_type, res_id, param, system, code)
+             SELECT $1, $2, p, s, c FROM unnest($3::text[], $4::text[], $5::text[]) AS t(p, s, c)",
+        )
+        .await?;
+    let params: Vec<&str> = new.tokens.iter().map(|t| t.param).collect();
+    let systems: Vec<Option<&str>> = new.tokens.iter().map(|t| t.system.as_deref()).collect();
+    let codes: Vec<Option<&str>> = new.tokens.iter().map(|t| t.code.as_deref()).collect();
+    tx.execute(
+        &insert,
+        &[&new.res_type, &new.res_id, &params, &systems, &codes],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Which versions a history request wants; `None` fields do not filter.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryFilter {
+    pub res_type: Option<String>,
+    pub res_id: Option<String>,
+    /// Versions written at or after this instant.
+    pub since: Option<DateTime<Utc>>,
+    /// Versions that were current at some point in this range.
+    pub at: Option<Range>,
+    /// Paging cursor: versions strictly older than this (last_updated, seq).
+    pub before: Option<(DateTime<Utc>, i64)>,
+    pub count: usize,
+}
+
+/// Versions newest first, at most `count`.
+#[tracing::instrument(skip(client))]
+pub async fn history(
+    client: &impl GenericClient,
+    filter: &HistoryFilter,
+) -> FhirResult<Vec<StoredVersion>> {
+    let mut q = search_sql::SqlCondition::new();
+    if let Some(t) = &filter.res_type {
+        let p = q.bind(Box::new(t.clone()));
+        q.clauses.push(format!("v.res_type = {p}"));
+    }
+    if let Some(id) = &filter.res_id {
+        let p = q.bind(Box::new(id.clone()));
+        q.clauses.push(format!("v.res_id = {p}"));
+    }
+    if let Some(since) = filter.since {
+        let p = q.bind(Box::new(since));
+        q.clauses.push(format!("v.last_updated >= {p}"));
+    }
+    if let Some(at) = filter.at {
+        let high = q.bind(Box::new(at.high));
+        let low = q.bind(Box::new(at.low));
+        q.clauses.push(format!(
+            "v.last_updated < {high} AND NOT EXISTS (SELECT 1 FROM resource_version n
+               WHERE n.res_type = v.res_type AND n.res_id = v.res_id
+                 AND n.version_id = v.version_id + 1 AND n.last_updated <= {low})"
+        ));
+    }
+    if let Some((t, seq)) = filter.before {
+        let t = q.bind(Box::new(t));
+        let seq = q.bind(Box::new(seq));
+        q.clauses
+            .push(format!("(v.last_updated, v.seq) < ({t}, {seq})"));
+    }
+    let limit = q.bind(Box::new(filter.count as i64));
+    let where_sql = if q.clauses.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", q.clauses.join(" AND "))
+    };
+    let sql = format!(
+        "SELECT {VERSION_COLUMNS} FROM resource_version v {where_sql}
+         ORDER BY v.last_updated DESC, v.seq DESC LIMIT {limit}"
+    );
+    let rows = client.query(&sql, &q.param_refs()).await?;
+    Ok(rows.iter().map(version_from_row).collect())
+}
+
+/// Current, non-deleted resources matching a search, ordered by id, at most `limit`,
+/// starting after the id `after` (keyset paging).
+#[tracing::instrument(skip(client, plan), fields(res_type = %plan.resource_type))]
+pub async fn search(
+    client: &impl GenericClient,
+    plan: &SearchPlan,
+    after: Option<&str>,
+    limit: usize,
+) -> FhirResult<Vec<StoredVersion>> {
+    let mut query = search_sql::matching(plan);
+    if let Some(after) = after {
+        let p = query.bind(Box::new(after.to_owned()));
+        query.clauses.push(format!("r.res_id > {p}"));
+    }
+    let limit = query.bind(Box::new(limit as i64));
+    let sql = format!(
+        "SELECT {VERSION_COLUMNS} FROM resource r
+         JOIN resource_version v USING (res_type, res_id, version_id)
+         WHERE {} ORDER BY r.res_id LIMIT {limit}",
+        query.clauses.join(" AND ")
+    );
+    let rows = client.query(&sql, &query.param_refs()).await?;
+    Ok(rows.iter().map(version_from_row).collect())
+}
+
+/// How many current resources match a search.
+#[tracing::instrument(skip(client, plan), fields(res_type = %plan.resource_type))]
+pub async fn count(client: &impl GenericClient, plan: &SearchPlan) -> FhirResult<i64> {
+    let query = search_sql::matching(plan);
+    let sql = format!(
+        "SELECT count(*) FROM resource r WHERE {}",
+        query.clauses.join(" AND ")
+    );
+    let row = client.query_one(&sql, &query.param_refs()).await?;
+    Ok(row.get(0))
+}
+
+/// The ids of current resources matching a search (for conditional interactions),
+/// at most `limit`.
+#[tracing::instrument(skip(client, plan), fields(res_type = %plan.resource_type))]
+pub async fn matching_ids(
+    client: &impl GenericClient,
+    plan: &SearchPlan,
+    limit: usize,
+) -> FhirResult<Vec<String>> {
+    let mut query = search_sql::matching(plan);
+    let limit = query.bind(Box::new(limit as i64));
+    let sql = format!(
+        "SELECT r.res_id FROM resource r WHERE {} ORDER BY r.res_id LIMIT {limit}",
+        query.clauses.join(" AND ")
+    );
+    let rows = client.query(&sql, &query.param_refs()).await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Takes a transaction-scoped lock on a key (e.g. the criteria of a conditional
+/// create), so that two requests with the same criteria run one after the other.
+pub async fn lock_key(tx: &Transaction<'_>, key: &str) -> FhirResult<()> {
+    let stmt = tx
+        .prepare_cached("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .await?;
+    tx.execute(&stmt, &[&key]).await?;
+    Ok(())
+}
+
+/// True when the database answers and has this binary's schema.
+pub async fn is_ready(pool: &Pool) -> bool {
+    let Ok(client) = pool.get().await else {
+        return false;
+    };
+    matches!(migrate::current_version(&client).await, Ok(v) if v >= migrate::latest_version())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resource_type_goes_first() {
+        assert_eq!(
+            with_type_first("Patient", r#"{"id": "1", "active": true}"#),
+            r#"{"resourceType": "Patient", "id": "1", "active": true}"#
+        );
+        assert_eq!(
+            with_type_first("Basic", "{}"),
+            r#"{"resourceType": "Basic"}"#
+        );
+    }
+}

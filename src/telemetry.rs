@@ -1,0 +1,64 @@
+//! Logs and traces: structured logs to stderr (`RUST_LOG` honoured, `info` by
+//! default) and, when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, the same spans exported
+//! over OTLP/HTTP. Without that variable nothing is exported.
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::Resource;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::EnvFilter;
+
+/// Keeps the exporter alive; flushes pending spans when dropped.
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take() {
+            if let Err(e) = provider.shutdown() {
+                eprintln!("flushing traces: {e}");
+            }
+        }
+    }
+}
+
+pub fn init() -> Telemetry {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false);
+    let provider = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .and_then(|_| {
+            // The exporter reads the endpoint and headers from the OTEL_* variables.
+            match opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .build()
+            {
+                Ok(exporter) => Some(
+                    SdkTracerProvider::builder()
+                        .with_batch_exporter(exporter)
+                        .with_resource(Resource::builder().with_service_name("passerelle").build())
+                        .build(),
+                ),
+                Err(e) => {
+                    eprintln!("OTLP exporter not started: {e}");
+                    None
+                }
+            }
+        });
+    let otel = provider
+        .as_ref()
+        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("passerelle")));
+    // A second init (tests start several servers in one process) is harmless.
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .with(otel)
+        .try_init();
+    Telemetry { provider }
+}

@@ -1,0 +1,148 @@
+use std::collections::HashSet;
+
+use serde_json::{json, Value};
+
+use crate::support::{json_of, outcome_of, TestServer};
+
+fn entries(bundle: &Value) -> Vec<Value> {
+    bundle["entry"].as_array().cloned().unwrap_or_default()
+}
+
+fn next_link(bundle: &Value) -> Option<String> {
+    bundle["link"]
+        .as_array()?
+        .iter()
+        .find(|l| l["relation"] == "next")
+        .and_then(|l| l["url"].as_str())
+        .map(str::to_owned)
+}
+
+#[tokio::test]
+async fn instance_type_and_system_history() {
+    let s = TestServer::start().await;
+    let body = json!({"resourceType": "Patient", "id": "h1", "active": true});
+    s.put_json("Patient/h1", &body).await;
+    s.put_json(
+        "Patient/h1",
+        &json!({"resourceType": "Patient", "id": "h1", "active": false}),
+    )
+    .await;
+    s.http
+        .delete(s.url("Patient/h1"))
+        .send()
+        .await
+        .expect("delete");
+    s.create(&json!({"resourceType": "Organization", "name": "CH de Tulle"}))
+        .await;
+
+    let instance = json_of(s.get("Patient/h1/_history").await, 200).await;
+    assert_eq!(instance["type"], "history");
+    let e = entries(&instance);
+    assert_eq!(e.len(), 3);
+    // Newest first: the delete, then version 2, then version 1.
+    assert_eq!(e[0]["request"]["method"], "DELETE");
+    assert!(e[0].get("resource").is_none());
+    assert_eq!(e[1]["resource"]["meta"]["versionId"], "2");
+    assert_eq!(e[1]["request"]["method"], "PUT");
+    assert_eq!(e[2]["response"]["etag"], "W/\"1\"");
+    assert_eq!(e[2]["fullUrl"], s.url("Patient/h1"));
+
+    let by_type = json_of(s.get("Patient/_history").await, 200).await;
+    assert_eq!(entries(&by_type).len(), 3);
+    let system = json_of(s.get("_history").await, 200).await;
+    assert_eq!(entries(&system).len(), 4);
+    assert_eq!(
+        entries(&system)[0]["resource"]["resourceType"],
+        "Organization"
+    );
+    assert_eq!(entries(&system)[0]["request"]["method"], "POST");
+}
+
+#[tokio::test]
+async fn since_and_at() {
+    let s = TestServer::start().await;
+    let v1 = json_of(
+        s.put_json(
+            "Patient/t1",
+            &json!({"resourceType": "Patient", "id": "t1", "active": true}),
+        )
+        .await,
+        201,
+    )
+    .await;
+    let t1 = v1["meta"]["lastUpdated"].as_str().expect("t1").to_owned();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let v2 = json_of(
+        s.put_json(
+            "Patient/t1",
+            &json!({"resourceType": "Patient", "id": "t1", "active": false}),
+        )
+        .await,
+        200,
+    )
+    .await;
+    let t2 = v2["meta"]["lastUpdated"].as_str().expect("t2").to_owned();
+    let enc = |t: &str| t.replace('+', "%2B");
+    // _since is inclusive.
+    let since = json_of(
+        s.get(&format!("Patient/t1/_history?_since={}", enc(&t2)))
+            .await,
+        200,
+    )
+    .await;
+    assert_eq!(entries(&since).len(), 1);
+    let since_all = json_of(s.get(&format!("_history?_since={}", enc(&t1))).await, 200).await;
+    assert_eq!(entries(&since_all).len(), 2);
+    // _at: the version current at t1 is version 1; at t2, version 2.
+    let at1 = json_of(
+        s.get(&format!("Patient/t1/_history?_at={}", enc(&t1)))
+            .await,
+        200,
+    )
+    .await;
+    assert_eq!(entries(&at1).len(), 1);
+    assert_eq!(entries(&at1)[0]["resource"]["meta"]["versionId"], "1");
+    let at2 = json_of(
+        s.get(&format!("Patient/t1/_history?_at={}", enc(&t2)))
+            .await,
+        200,
+    )
+    .await;
+    assert_eq!(entries(&at2)[0]["resource"]["meta"]["versionId"], "2");
+    // A whole year covers both.
+    let year = &t1[..4];
+    let at_year = json_of(s.get(&format!("Patient/t1/_history?_at={year}")).await, 200).await;
+    assert_eq!(entries(&at_year).len(), 2);
+    outcome_of(s.get("_history?_since=yesterday").await, 400).await;
+    outcome_of(s.get("_history?_since=2026-01-01").await, 400).await;
+    outcome_of(s.get("_history?_count=abc").await, 400).await;
+}
+
+#[tokio::test]
+async fn paging_neither_skips_nor_repeats_while_writes_continue() {
+    let s = TestServer::start().await;
+    for i in 0..25 {
+        s.create(&json!({"resourceType": "Patient", "id": format!("x{i}"), "active": true}))
+            .await;
+    }
+    let mut seen = HashSet::new();
+    let mut url = s.url("Patient/_history?_count=10");
+    let mut pages = 0;
+    loop {
+        let page = json_of(s.http.get(&url).send().await.expect("page"), 200).await;
+        pages += 1;
+        // Writes between pages must not disturb the pages already being read.
+        s.create(&json!({"resourceType": "Patient", "active": false}))
+            .await;
+        for e in entries(&page) {
+            let key = format!("{}#{}", e["fullUrl"], e["response"]["etag"]);
+            assert!(seen.insert(key.clone()), "repeated {key}");
+        }
+        match next_link(&page) {
+            Some(next) => url = next,
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(seen.len(), 25);
+}

@@ -1,0 +1,10 @@
+//! End-to-end tests: real HTTP against the real server on a real PostgreSQL.
+
+mod conditional;
+mod errors;
+mod fidelity;
+mod formats;
+mod history;
+mod process;
+mod rest;
+mod support;

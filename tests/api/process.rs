@@ -1,0 +1,126 @@
+//! The `passerelle` binary as a user runs it: `serve` on its embedded default
+//! (initdb on first start, reuse afterwards, clean stop), and `migrate`.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::support::fresh_database;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn spawn_serve(data_dir: &std::path::Path, port: u16) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_passerelle"))
+        .arg("serve")
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env_remove("DATABASE_URL")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn passerelle serve")
+}
+
+async fn wait_ready(http: &reqwest::Client, port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let ready = http
+            .get(format!("http://127.0.0.1:{port}/health/ready"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200);
+        if ready {
+            return;
+        }
+        assert!(Instant::now() < deadline, "server not ready in time");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn terminate(mut child: Child) {
+    // SAFETY: sending SIGTERM to a child process we spawned.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "serve exited with {status}");
+}
+
+#[tokio::test]
+async fn serve_on_the_embedded_default_keeps_data_across_restarts() {
+    let data_dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("serve-{}", uuid::Uuid::new_v4().simple()));
+    let http = reqwest::Client::new();
+    let port = free_port();
+    let child = spawn_serve(&data_dir, port);
+    wait_ready(&http, port).await;
+    let base = format!("http://127.0.0.1:{port}/fhir");
+    let resp = http
+        .put(format!("{base}/Organization/ch-tulle"))
+        .header("content-type", "application/fhir+json")
+        .body(
+            json!({"resourceType": "Organization", "id": "ch-tulle", "name": "CH de Tulle"})
+                .to_string(),
+        )
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(resp.status(), 201);
+    terminate(child);
+    // Stopped cleanly: the cluster's postmaster is gone with it.
+    let pid_file = data_dir.join("postgres/data/postmaster.pid");
+    assert!(
+        !pid_file.exists(),
+        "the embedded PostgreSQL is still running"
+    );
+
+    let port = free_port();
+    let child = spawn_serve(&data_dir, port);
+    wait_ready(&http, port).await;
+    let resp = http
+        .get(format!(
+            "http://127.0.0.1:{port}/fhir/Organization/ch-tulle"
+        ))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(resp.status(), 200, "data kept across restarts");
+    terminate(child);
+    let _ = std::fs::remove_dir_all(&data_dir);
+}
+
+#[tokio::test]
+async fn migrate_against_a_database_url_is_idempotent() {
+    let config = fresh_database().await;
+    let host = match &config.get_hosts()[0] {
+        tokio_postgres::config::Host::Tcp(h) => h.clone(),
+        tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let url = format!(
+        "host={host} port={port} user={} dbname={}",
+        config.get_user().unwrap_or("postgres"),
+        config.get_dbname().unwrap_or("postgres")
+    );
+    for _ in 0..2 {
+        let out = Command::new(env!("CARGO_BIN_EXE_passerelle"))
+            .arg("migrate")
+            .env("DATABASE_URL", &url)
+            .output()
+            .expect("run migrate");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("schema is up to date"));
+    }
+}

@@ -1,0 +1,220 @@
+//! Test harness: a real PostgreSQL (the embedded cluster under the target folder,
+//! or `DATABASE_URL` when set), one fresh database per test cloned from a migrated
+//! template, and the real HTTP server on an ephemeral port.
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use passerelle::server::{self, ServeOptions};
+use passerelle::store::embedded::Cluster;
+use serde_json::Value;
+use tokio_postgres::NoTls;
+
+static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+static TEMPLATE: tokio::sync::OnceCell<tokio_postgres::Config> = tokio::sync::OnceCell::const_new();
+
+const TEMPLATE_DB: &str = "passerelle_test_template";
+
+extern "C" fn stop_cluster() {
+    if let Some(cluster) = CLUSTER.get() {
+        cluster.stop();
+    }
+}
+
+/// The server every test database lives on, with a database to connect to.
+fn admin_config() -> tokio_postgres::Config {
+    if let Ok(url) = std::env::var("DATABASE_URL") {
+        if !url.is_empty() {
+            return url
+                .parse()
+                .expect("DATABASE_URL must be a valid connection string");
+        }
+    }
+    let cluster = CLUSTER.get_or_init(|| {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("test-pg");
+        let cluster = Cluster::start(&dir).expect("start the embedded PostgreSQL for tests");
+        // SAFETY: registering a plain extern "C" function with no captured state.
+        unsafe {
+            libc::atexit(stop_cluster);
+        }
+        cluster
+    });
+    cluster.config("postgres")
+}
+
+async fn connect(config: &tokio_postgres::Config) -> tokio_postgres::Client {
+    let (client, connection) = config.connect(NoTls).await.expect("connect to PostgreSQL");
+    tokio::spawn(connection);
+    client
+}
+
+/// Creates the migrated template once per test process.
+async fn template() -> &'static tokio_postgres::Config {
+    TEMPLATE
+        .get_or_init(|| async {
+            let admin = admin_config();
+            let client = connect(&admin).await;
+            client
+                .batch_execute(&format!(
+                    "DROP DATABASE IF EXISTS {TEMPLATE_DB} WITH (FORCE)"
+                ))
+                .await
+                .expect("drop old template");
+            client
+                .batch_execute(&format!("CREATE DATABASE {TEMPLATE_DB}"))
+                .await
+                .expect("create template");
+            let mut config = admin.clone();
+            config.dbname(TEMPLATE_DB);
+            let pool = server::pool_for(config, 1).expect("pool");
+            let mut c = pool.get().await.expect("template connection");
+            passerelle::store::migrate::migrate(&mut c)
+                .await
+                .expect("migrate template");
+            drop(c);
+            pool.close();
+            admin
+        })
+        .await
+}
+
+/// A fresh, migrated database for one test.
+pub async fn fresh_database() -> tokio_postgres::Config {
+    let admin = template().await;
+    let name = format!("passerelle_test_{}", uuid::Uuid::new_v4().simple());
+    let client = connect(admin).await;
+    // CREATE DATABASE … TEMPLATE fails while another clone of it is starting: retry.
+    let mut attempts = 0;
+    loop {
+        match client
+            .batch_execute(&format!("CREATE DATABASE {name} TEMPLATE {TEMPLATE_DB}"))
+            .await
+        {
+            Ok(()) => break,
+            Err(_) if attempts < 50 => {
+                attempts += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("create test database: {e}"),
+        }
+    }
+    let mut config = admin.clone();
+    config.dbname(&name);
+    config
+}
+
+/// The real server on an ephemeral port, over a fresh database.
+pub struct TestServer {
+    pub base: String,
+    pub http: reqwest::Client,
+    pub pool: deadpool_postgres::Pool,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        Self::start_with_limit(16 * 1024 * 1024).await
+    }
+
+    pub async fn start_with_limit(max_body_bytes: usize) -> TestServer {
+        let config = fresh_database().await;
+        let pool = server::pool_for(config, 8).expect("pool");
+        let options = ServeOptions {
+            listen: "127.0.0.1:0".parse().expect("address"),
+            base_url: None,
+            max_body_bytes,
+        };
+        let listener = tokio::net::TcpListener::bind(options.listen)
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let app = passerelle::http::router(server::app_state(pool.clone(), &options));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        TestServer {
+            base: format!("http://{addr}/fhir"),
+            http: reqwest::Client::new(),
+            pool,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}/{}", self.base, path.trim_start_matches('/'))
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.http
+            .post(self.url(path))
+            .header("content-type", "application/fhir+json")
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("POST")
+    }
+
+    pub async fn put_json(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.http
+            .put(self.url(path))
+            .header("content-type", "application/fhir+json")
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("PUT")
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http.get(self.url(path)).send().await.expect("GET")
+    }
+
+    /// Creates a resource and returns its id.
+    pub async fn create(&self, body: &Value) -> String {
+        let rt = body["resourceType"].as_str().expect("resourceType");
+        let resp = self.post_json(rt, body).await;
+        assert_eq!(resp.status(), 201, "create {rt}");
+        let json = body_json(resp).await;
+        json["id"].as_str().expect("id").to_owned()
+    }
+
+    /// Rows in the version table: to prove that a failed request wrote nothing.
+    pub async fn version_count(&self) -> i64 {
+        let client = self.pool.get().await.expect("connection");
+        client
+            .query_one("SELECT count(*) FROM resource_version", &[])
+            .await
+            .expect("count")
+            .get(0)
+    }
+}
+
+/// Reads a response body as JSON.
+pub async fn body_json(resp: reqwest::Response) -> Value {
+    let text = resp.text().await.expect("body");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+/// Reads a response as JSON, asserting its status.
+pub async fn json_of(resp: reqwest::Response, status: u16) -> Value {
+    let actual = resp.status().as_u16();
+    let text = resp.text().await.expect("body");
+    assert_eq!(actual, status, "unexpected status; body: {text}");
+    serde_json::from_str(&text).expect("JSON body")
+}
+
+/// Asserts an OperationOutcome with the given status and returns it.
+pub async fn outcome_of(resp: reqwest::Response, status: u16) -> Value {
+    let oo = json_of(resp, status).await;
+    assert_eq!(oo["resourceType"], "OperationOutcome", "{oo}");
+    assert!(oo["issue"][0]["diagnostics"].is_string(), "{oo}");
+    oo
+}
+
+/// The shared reference folder (`../shared` beside the repository), if present.
+pub fn shared_dir() -> Option<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared");
+    if dir.is_dir() {
+        Some(dir)
+    } else {
+        eprintln!(
+            "../shared is not present: skipping the tests that read the reference definitions"
+        );
+        None
+    }
+}
