@@ -2,9 +2,13 @@
 //! database, beside the ceiling measured in the same run (the same reads as a
 //! prepared SQL `SELECT` through the same pool).
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
 
 use serde_json::json;
 
@@ -14,6 +18,8 @@ use crate::store;
 pub struct BenchOptions {
     pub database: DatabaseChoice,
     pub resources: usize,
+    /// How many times each resource is read (longer read phases, steadier figures).
+    pub read_passes: usize,
     pub concurrency: usize,
 }
 
@@ -50,37 +56,40 @@ impl Phase {
     }
 }
 
-/// Runs `total` operations on `workers` tasks; `op(i)` performs operation i.
-async fn run_phase<F, Fut>(
+/// Hands out operation numbers to workers until `total` is reached.
+#[derive(Clone)]
+struct Counter {
+    next: Arc<AtomicUsize>,
+    total: usize,
+}
+
+impl Counter {
+    fn next(&self) -> Option<usize> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed);
+        (i < self.total).then_some(i)
+    }
+}
+
+/// Runs `workers` tasks that share `total` operations; each returns the latencies
+/// of the operations it did.
+async fn run_phase<W, Fut>(
     name: &'static str,
     total: usize,
     workers: usize,
-    op: F,
+    worker: W,
 ) -> Result<Phase, String>
 where
-    F: Fn(usize) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = Result<(), String>> + Send,
+    W: Fn(Counter) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<Duration>, String>> + Send + 'static,
 {
-    let op = Arc::new(op);
-    let next = Arc::new(AtomicUsize::new(0));
+    let counter = Counter {
+        next: Arc::new(AtomicUsize::new(0)),
+        total,
+    };
     let started = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..workers {
-        let op = op.clone();
-        let next = next.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= total {
-                    return Ok::<_, String>(latencies);
-                }
-                let t = Instant::now();
-                op(i).await?;
-                latencies.push(t.elapsed());
-            }
-        }));
-    }
+    let tasks: Vec<_> = (0..workers)
+        .map(|_| tokio::spawn(worker(counter.clone())))
+        .collect();
     let mut latencies = Vec::with_capacity(total);
     for task in tasks {
         latencies.extend(task.await.map_err(|e| e.to_string())??);
@@ -91,6 +100,80 @@ where
         wall: started.elapsed(),
         latencies,
     })
+}
+
+/// A minimal HTTP/1.1 keep-alive client: one connection per worker, as a load tool
+/// such as wrk does, so that the client costs little of the CPU it shares with the
+/// server.
+struct Connection {
+    stream: BufReader<TcpStream>,
+    host: String,
+}
+
+struct HttpReply {
+    status: u16,
+    location: Option<String>,
+}
+
+impl Connection {
+    async fn open(addr: SocketAddr) -> Result<Self, String> {
+        let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        stream.set_nodelay(true).map_err(|e| e.to_string())?;
+        Ok(Connection {
+            stream: BufReader::new(stream),
+            host: addr.to_string(),
+        })
+    }
+
+    async fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+    ) -> Result<HttpReply, String> {
+        let io = |e: std::io::Error| e.to_string();
+        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\n", self.host);
+        if let Some(body) = body {
+            head.push_str(&format!(
+                "Content-Type: application/fhir+json\r\nPrefer: return=minimal\r\nContent-Length: {}\r\n",
+                body.len()
+            ));
+        }
+        head.push_str("\r\n");
+        let mut request = head.into_bytes();
+        request.extend_from_slice(body.unwrap_or_default());
+        self.stream
+            .get_mut()
+            .write_all(&request)
+            .await
+            .map_err(io)?;
+        let mut line = String::new();
+        self.stream.read_line(&mut line).await.map_err(io)?;
+        let status = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| format!("bad status line '{line}'"))?;
+        let (mut length, mut location) = (0usize, None);
+        loop {
+            line.clear();
+            self.stream.read_line(&mut line).await.map_err(io)?;
+            let header = line.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = header.split_once(':') {
+                match name.to_ascii_lowercase().as_str() {
+                    "content-length" => length = value.trim().parse().unwrap_or(0),
+                    "location" => location = Some(value.trim().to_owned()),
+                    _ => {}
+                }
+            }
+        }
+        let mut body = vec![0u8; length];
+        self.stream.read_exact(&mut body).await.map_err(io)?;
+        Ok(HttpReply { status, location })
+    }
 }
 
 /// A plausible French patient, deterministic in `i`.
@@ -135,83 +218,92 @@ pub async fn run(options: BenchOptions) -> Result<String, StartError> {
     };
     let listener = tokio::net::TcpListener::bind(serve.listen).await?;
     let addr = listener.local_addr()?;
-    let app = crate::http::router(server::app_state(database.pool.clone(), &serve));
-    let server_task = tokio::spawn(async move { axum::serve(listener, app).await });
-    let base = format!("http://{addr}/fhir");
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(options.concurrency)
-        .build()
-        .map_err(|e| db_err(e.to_string()))?;
+    let state = server::app_state(database.pool.clone(), &serve);
+    let server_task = tokio::spawn(server::serve_on(listener, state, std::future::pending()));
     let n = options.resources;
-    let ids: Arc<Vec<std::sync::OnceLock<String>>> =
-        Arc::new((0..n).map(|_| std::sync::OnceLock::new()).collect());
+    let ids: Arc<Vec<OnceLock<String>>> = Arc::new((0..n).map(|_| OnceLock::new()).collect());
 
-    let (c, b, ids_w) = (client.clone(), base.clone(), ids.clone());
-    let create = run_phase("create (HTTP POST)", n, options.concurrency, move |i| {
-        let (c, b, ids) = (c.clone(), b.clone(), ids_w.clone());
+    let ids_w = ids.clone();
+    let create = run_phase("create (HTTP POST)", n, options.concurrency, |counter| {
+        let ids = ids_w.clone();
         async move {
-            let resp = c
-                .post(format!("{b}/Patient"))
-                .header("content-type", "application/fhir+json")
-                .header("prefer", "return=minimal")
-                .body(patient(i).to_string())
-                .send()
-                .await
-                .map_err(|e| e.to_string())?;
-            if resp.status() != 201 {
-                return Err(format!("create answered {}", resp.status()));
+            let mut conn = Connection::open(addr).await?;
+            let mut latencies = Vec::new();
+            while let Some(i) = counter.next() {
+                let body = patient(i).to_string();
+                let t = Instant::now();
+                let reply = conn
+                    .send("POST", "/fhir/Patient", Some(body.as_bytes()))
+                    .await?;
+                latencies.push(t.elapsed());
+                if reply.status != 201 {
+                    return Err(format!("create answered {}", reply.status));
+                }
+                let id = reply
+                    .location
+                    .as_deref()
+                    .and_then(|l| l.split('/').rev().nth(2))
+                    .ok_or("no Location")?;
+                let _ = ids[i].set(id.to_owned());
             }
-            let location = resp
-                .headers()
-                .get("location")
-                .and_then(|l| l.to_str().ok())
-                .and_then(|l| l.split('/').rev().nth(2))
-                .ok_or("no Location")?
-                .to_owned();
-            let _ = ids[i].set(location);
-            Ok(())
+            Ok(latencies)
         }
     })
     .await
     .map_err(db_err)?;
 
-    // Reads in a scrambled order so that they do not follow insertion order.
+    // Reads in a scrambled order so that they do not follow insertion order (7919 is
+    // prime: a permutation of 0..n unless n is a multiple of it).
     let order = move |i: usize| (i * 7919) % n;
-    let (c, b, ids_r) = (client.clone(), base.clone(), ids.clone());
-    let read = run_phase("read (HTTP GET by id)", n, options.concurrency, move |i| {
-        let (c, b, ids) = (c.clone(), b.clone(), ids_r.clone());
-        async move {
-            let id = ids[order(i)].get().ok_or("missing id")?;
-            let resp = c
-                .get(format!("{b}/Patient/{id}"))
-                .send()
-                .await
-                .map_err(|e| e.to_string())?;
-            if resp.status() != 200 {
-                return Err(format!("read answered {}", resp.status()));
+    let ids_r = ids.clone();
+    let reads = n * options.read_passes;
+    let read = run_phase(
+        "read (HTTP GET by id)",
+        reads,
+        options.concurrency,
+        |counter| {
+            let ids = ids_r.clone();
+            async move {
+                let mut conn = Connection::open(addr).await?;
+                let mut latencies = Vec::new();
+                while let Some(i) = counter.next() {
+                    let path =
+                        format!("/fhir/Patient/{}", ids[order(i)].get().ok_or("missing id")?);
+                    let t = Instant::now();
+                    let reply = conn.send("GET", &path, None).await?;
+                    latencies.push(t.elapsed());
+                    if reply.status != 200 {
+                        return Err(format!("read answered {}", reply.status));
+                    }
+                }
+                Ok(latencies)
             }
-            resp.bytes().await.map_err(|e| e.to_string())?;
-            Ok(())
-        }
-    })
+        },
+    )
     .await
     .map_err(db_err)?;
 
-    let (pool, ids_s) = (database.pool.clone(), ids.clone());
+    let ids_s = ids.clone();
+    let pool = database.pool.clone();
     let ceiling = run_phase(
         "ceiling (prepared SELECT)",
-        n,
+        reads,
         options.concurrency,
-        move |i| {
-            let (pool, ids) = (pool.clone(), ids_s.clone());
+        |counter| {
+            let (ids, pool) = (ids_s.clone(), pool.clone());
             async move {
-                let id = ids[order(i)].get().ok_or("missing id")?;
-                let client = pool.get().await.map_err(|e| e.to_string())?;
-                store::read_latest(&client, "Patient", id)
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .ok_or("not found")?;
-                Ok(())
+                let mut latencies = Vec::new();
+                while let Some(i) = counter.next() {
+                    let id = ids[order(i)].get().ok_or("missing id")?;
+                    let t = Instant::now();
+                    let client = pool.get().await.map_err(|e| e.to_string())?;
+                    store::read_latest(&client, "Patient", id)
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .ok_or("not found")?;
+                    latencies.push(t.elapsed());
+                }
+                Ok(latencies)
             }
         },
     )

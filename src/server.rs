@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use axum::serve::ListenerExt;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::NoTls;
 
@@ -188,6 +189,21 @@ pub fn app_state(pool: Pool, options: &ServeOptions) -> AppState {
     }
 }
 
+/// Serves the FHIR API on `listener` until `shutdown` completes.
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    // Responses are written whole; do not let Nagle hold back the last segment.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, http::router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
 /// Serves until SIGINT or SIGTERM, then shuts down gracefully.
 pub async fn serve(database: Database, options: ServeOptions) -> Result<(), StartError> {
     let listener = tokio::net::TcpListener::bind(options.listen)
@@ -195,10 +211,8 @@ pub async fn serve(database: Database, options: ServeOptions) -> Result<(), Star
         .map_err(|e| StartError::Listen(options.listen, e))?;
     let local = listener.local_addr()?;
     tracing::info!(%local, "Passerelle listening; FHIR base is http://{local}/fhir");
-    let app = http::router(app_state(database.pool.clone(), &options));
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await;
+    let state = app_state(database.pool.clone(), &options);
+    let result = serve_on(listener, state, shutdown_signal()).await;
     tracing::info!("shutting down");
     database.close().await;
     result.map_err(StartError::Io)

@@ -3,7 +3,10 @@
 //! A partial date is a range (`2026-11` is the whole month), which is what search and
 //! `_since`/`_at` need: every value becomes `[low, high)` in UTC.
 
-use chrono::{DateTime, Duration, FixedOffset, NaiveDate, NaiveDateTime, TimeZone, Utc};
+use chrono::{
+    DateTime, Datelike, Duration, FixedOffset, NaiveDate, NaiveDateTime, SecondsFormat, TimeZone,
+    Timelike, Utc,
+};
 
 /// A half-open interval of instants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,12 +118,25 @@ pub fn is_valid_calendar_date(text: &str) -> bool {
 
 /// The server's `meta.lastUpdated` form: UTC with microseconds.
 pub fn format_instant(t: DateTime<Utc>) -> String {
-    t.format("%Y-%m-%dT%H:%M:%S%.6f+00:00").to_string()
+    t.to_rfc3339_opts(SecondsFormat::Micros, false)
 }
 
-/// RFC 7231 HTTP-date, for `Last-Modified`.
+/// RFC 7231 HTTP-date, for `Last-Modified` (on every read: no format parsing).
 pub fn format_http_date(t: DateTime<Utc>) -> String {
-    t.format("%a, %d %b %Y %H:%M:%S GMT").to_string()
+    const DAYS: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    format!(
+        "{}, {:02} {} {:04} {:02}:{:02}:{:02} GMT",
+        DAYS[t.weekday().num_days_from_monday() as usize],
+        t.day(),
+        MONTHS[t.month0() as usize],
+        t.year(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
 }
 
 /// Parses an RFC 7231 HTTP-date (`If-Modified-Since`).

@@ -97,19 +97,24 @@ async fn serve_on_the_embedded_default_keeps_data_across_restarts() {
     let _ = std::fs::remove_dir_all(&data_dir);
 }
 
-#[tokio::test]
-async fn migrate_against_a_database_url_is_idempotent() {
+/// A fresh test database as a `DATABASE_URL` value (libpq key=value form).
+async fn fresh_database_url() -> String {
     let config = fresh_database().await;
     let host = match &config.get_hosts()[0] {
         tokio_postgres::config::Host::Tcp(h) => h.clone(),
         tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
     };
     let port = config.get_ports().first().copied().unwrap_or(5432);
-    let url = format!(
+    format!(
         "host={host} port={port} user={} dbname={}",
         config.get_user().unwrap_or("postgres"),
         config.get_dbname().unwrap_or("postgres")
-    );
+    )
+}
+
+#[tokio::test]
+async fn migrate_against_a_database_url_is_idempotent() {
+    let url = fresh_database_url().await;
     for _ in 0..2 {
         let out = Command::new(env!("CARGO_BIN_EXE_passerelle"))
             .arg("migrate")
@@ -123,4 +128,57 @@ async fn migrate_against_a_database_url_is_idempotent() {
         );
         assert!(String::from_utf8_lossy(&out.stdout).contains("schema is up to date"));
     }
+}
+
+/// With `OTEL_EXPORTER_OTLP_ENDPOINT` set, request spans reach an OTLP/HTTP receiver.
+#[tokio::test]
+async fn spans_are_exported_over_otlp_when_configured() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let receiver = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let endpoint = format!("http://{}", receiver.local_addr().expect("addr"));
+    let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = receiver.accept().await {
+            let seen = seen_tx.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                let n = socket.read(&mut buf).await.unwrap_or(0);
+                let head = String::from_utf8_lossy(&buf[..n])
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .to_owned();
+                let _ = seen.send(head);
+                let _ = socket
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    .await;
+            });
+        }
+    });
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_passerelle"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .env("DATABASE_URL", fresh_database_url().await)
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let http = reqwest::Client::new();
+    wait_ready(&http, port).await;
+    let resp = http
+        .get(format!("http://127.0.0.1:{port}/fhir/metadata"))
+        .send()
+        .await
+        .expect("metadata");
+    assert_eq!(resp.status(), 200);
+    terminate(child);
+    let first = tokio::time::timeout(Duration::from_secs(10), seen_rx.recv())
+        .await
+        .expect("an export within 10 s")
+        .expect("a request");
+    assert!(first.starts_with("POST /v1/traces"), "{first}");
 }

@@ -127,8 +127,8 @@ impl TestServer {
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("address");
-        let app = passerelle::http::router(server::app_state(pool.clone(), &options));
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        let state = server::app_state(pool.clone(), &options);
+        tokio::spawn(server::serve_on(listener, state, std::future::pending()));
         TestServer {
             base: format!("http://{addr}/fhir"),
             http: reqwest::Client::new(),
