@@ -1,49 +1,371 @@
-//! Index rows extracted from a resource at write time, stored in the same
-//! transaction. Pure: no I/O.
+//! Index rows extracted from a resource at write time, for every search parameter
+//! of its type, and stored in the same transaction as the resource. Pure.
 
 use serde_json::Value;
 
-use crate::fhir::definitions::R4;
+use super::fhirpath::{self, Node};
+use super::params::{ParamType, SearchParam, COLUMN_PARAMS, PARAMS};
+use crate::fhir::datetime;
 
-/// A token index row: `param` matched by `system|code`.
+/// Open ends of periods and ranges: inside PostgreSQL's timestamptz range.
+pub fn far_past() -> chrono::DateTime<chrono::Utc> {
+    datetime::parse_range("0001")
+        .map(|r| r.low)
+        .unwrap_or_default()
+}
+
+pub fn far_future() -> chrono::DateTime<chrono::Utc> {
+    datetime::parse_range("9999")
+        .map(|r| r.high)
+        .unwrap_or_default()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StringRow {
+    pub param: String,
+    /// Lower case without accents: what the default (prefix) search compares.
+    pub normalized: String,
+    pub exact: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenRow {
-    pub param: &'static str,
+    pub param: String,
     pub system: Option<String>,
     pub code: Option<String>,
+    /// Normalised display or text, for `:text`.
+    pub text: Option<String>,
 }
 
-/// True when the type's `identifier` element is an `Identifier` (not every type has one).
-pub fn has_identifier(resource_type: &str) -> bool {
-    R4.element(&format!("{resource_type}.identifier"))
-        .is_some_and(|e| e.types.iter().any(|t| t == "Identifier"))
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReferenceRow {
+    pub param: String,
+    pub target_type: Option<String>,
+    pub target_id: Option<String>,
+    /// Absolute or canonical URL, as written.
+    pub url: Option<String>,
+    /// `Reference.identifier`, for `:identifier`.
+    pub identifier_system: Option<String>,
+    pub identifier_value: Option<String>,
 }
 
-/// The token rows of a resource.
-pub fn token_rows(resource_type: &str, resource: &Value) -> Vec<TokenRow> {
-    if !has_identifier(resource_type) {
-        return Vec::new();
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DateRow {
+    pub param: String,
+    pub low: chrono::DateTime<chrono::Utc>,
+    pub high: chrono::DateTime<chrono::Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NumberRow {
+    pub param: String,
+    /// The decimal as written (PostgreSQL casts it to numeric).
+    pub value: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuantityRow {
+    pub param: String,
+    pub value: String,
+    pub system: Option<String>,
+    pub code: Option<String>,
+    pub unit: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UriRow {
+    pub param: String,
+    pub uri: String,
+}
+
+/// Every index row of one resource.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct IndexRows {
+    pub strings: Vec<StringRow>,
+    pub tokens: Vec<TokenRow>,
+    pub references: Vec<ReferenceRow>,
+    pub dates: Vec<DateRow>,
+    pub numbers: Vec<NumberRow>,
+    pub quantities: Vec<QuantityRow>,
+    pub uris: Vec<UriRow>,
+}
+
+/// Lower case, Latin accents removed (`Lefèvre` → `lefevre`, `Œuvre` → `oeuvre`):
+/// how string parameters are compared by default.
+pub fn normalize(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars().flat_map(char::to_lowercase) {
+        let plain = match c {
+            'à'..='å' | 'ā' | 'ă' | 'ą' => "a",
+            'ç' | 'ć' | 'ĉ' | 'ċ' | 'č' => "c",
+            'ď' | 'đ' => "d",
+            'è'..='ë' | 'ē' | 'ĕ' | 'ė' | 'ę' | 'ě' => "e",
+            'ĝ' | 'ğ' | 'ġ' | 'ģ' => "g",
+            'ì'..='ï' | 'ĩ' | 'ī' | 'ĭ' | 'į' | 'ı' => "i",
+            'ñ' | 'ń' | 'ņ' | 'ň' => "n",
+            'ò'..='ö' | 'ø' | 'ō' | 'ŏ' | 'ő' => "o",
+            'ù'..='ü' | 'ũ' | 'ū' | 'ŭ' | 'ů' | 'ű' | 'ų' => "u",
+            'ý' | 'ÿ' => "y",
+            'ł' | 'ľ' | 'ĺ' | 'ļ' => "l",
+            'ř' | 'ŕ' | 'ŗ' => "r",
+            'ś' | 'š' | 'ş' | 'ŝ' => "s",
+            'ť' | 'ţ' => "t",
+            'ź' | 'ż' | 'ž' => "z",
+            'œ' => "oe",
+            'æ' => "ae",
+            'ß' => "ss",
+            _ => {
+                out.push(c);
+                continue;
+            }
+        };
+        out.push_str(plain);
     }
-    let identifiers: Vec<&Value> = match resource.get("identifier") {
-        Some(Value::Array(items)) => items.iter().collect(),
-        Some(single @ Value::Object(_)) => vec![single],
-        _ => Vec::new(),
+    out
+}
+
+fn text_of<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
+    v.get(key).and_then(Value::as_str)
+}
+
+fn owned(v: &Value, key: &str) -> Option<String> {
+    text_of(v, key).map(str::to_owned)
+}
+
+/// Strings of a node, for string parameters.
+fn strings_of(node: &Node<'_>) -> Vec<String> {
+    let v = node.value;
+    let pick = |keys: &[&str]| -> Vec<String> {
+        keys.iter()
+            .filter_map(|k| v.get(*k))
+            .flat_map(|x| match x {
+                Value::Array(items) => items
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect(),
+                other => other
+                    .as_str()
+                    .map(str::to_owned)
+                    .into_iter()
+                    .collect::<Vec<_>>(),
+            })
+            .collect()
     };
-    identifiers
-        .into_iter()
-        .map(|ident| TokenRow {
-            param: "identifier",
-            system: ident
-                .get("system")
-                .and_then(Value::as_str)
-                .map(str::to_owned),
-            code: ident
-                .get("value")
-                .and_then(Value::as_str)
-                .map(str::to_owned),
-        })
-        .filter(|row| row.system.is_some() || row.code.is_some())
-        .collect()
+    match node.type_code.as_str() {
+        "HumanName" => pick(&["family", "given", "prefix", "suffix", "text"]),
+        "Address" => pick(&[
+            "line",
+            "city",
+            "district",
+            "state",
+            "postalCode",
+            "country",
+            "text",
+        ]),
+        _ => v.as_str().map(str::to_owned).into_iter().collect(),
+    }
+}
+
+fn tokens_of(param: &str, node: &Node<'_>, out: &mut Vec<TokenRow>) {
+    let mut token = |system: Option<String>, code: Option<String>, text: Option<&str>| {
+        if system.is_some() || code.is_some() || text.is_some() {
+            out.push(TokenRow {
+                param: param.to_owned(),
+                system,
+                code,
+                text: text.map(normalize),
+            });
+        }
+    };
+    let v = node.value;
+    match node.type_code.as_str() {
+        "Coding" => token(owned(v, "system"), owned(v, "code"), text_of(v, "display")),
+        "CodeableConcept" => {
+            for coding in v
+                .get("coding")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                token(
+                    owned(coding, "system"),
+                    owned(coding, "code"),
+                    text_of(coding, "display"),
+                );
+            }
+            token(None, None, text_of(v, "text"));
+        }
+        "Identifier" => {
+            let type_text = v.get("type").and_then(|t| text_of(t, "text"));
+            token(owned(v, "system"), owned(v, "value"), type_text);
+        }
+        "ContactPoint" => token(owned(v, "system"), owned(v, "value"), None),
+        "boolean" => token(None, v.as_bool().map(|b| b.to_string()), None),
+        _ => token(None, v.as_str().map(str::to_owned), None),
+    }
+}
+
+/// Splits `Type/id` or `[base]/Type/id[/_history/v]` into its type and id.
+pub fn split_reference(reference: &str) -> Option<(&str, &str)> {
+    let reference = reference.split("/_history/").next().unwrap_or(reference);
+    let mut parts = reference.rsplit('/');
+    let id = parts.next().filter(|id| crate::fhir::is_valid_id(id))?;
+    let target = parts
+        .next()
+        .filter(|t| crate::fhir::definitions::R4.is_resource_type(t))?;
+    Some((target, id))
+}
+
+fn references_of(param: &str, node: &Node<'_>, out: &mut Vec<ReferenceRow>) {
+    let v = node.value;
+    let mut row = ReferenceRow {
+        param: param.to_owned(),
+        target_type: None,
+        target_id: None,
+        url: None,
+        identifier_system: None,
+        identifier_value: None,
+    };
+    match node.type_code.as_str() {
+        "Reference" => {
+            if let Some(reference) = text_of(v, "reference").filter(|r| !r.starts_with('#')) {
+                if let Some((t, id)) = split_reference(reference) {
+                    row.target_type = Some(t.to_owned());
+                    row.target_id = Some(id.to_owned());
+                }
+                if reference.contains(':') {
+                    row.url = Some(reference.to_owned());
+                }
+            }
+            if row.target_type.is_none() {
+                row.target_type = fhirpath::reference_type(v).map(str::to_owned);
+            }
+            if let Some(identifier) = v.get("identifier") {
+                row.identifier_system = owned(identifier, "system");
+                row.identifier_value = owned(identifier, "value");
+            }
+        }
+        _ => row.url = v.as_str().map(str::to_owned),
+    }
+    if row.target_id.is_some() || row.url.is_some() || row.identifier_value.is_some() {
+        out.push(row);
+    }
+}
+
+fn dates_of(param: &str, node: &Node<'_>, out: &mut Vec<DateRow>) {
+    let v = node.value;
+    let range_of = |text: Option<&str>| text.and_then(datetime::parse_range);
+    let (low, high) = match node.type_code.as_str() {
+        "Period" => {
+            let start = range_of(text_of(v, "start"));
+            let end = range_of(text_of(v, "end"));
+            if start.is_none() && end.is_none() {
+                return;
+            }
+            (
+                start.map_or_else(far_past, |r| r.low),
+                end.map_or_else(far_future, |r| r.high),
+            )
+        }
+        "Timing" => {
+            let events: Vec<_> = v
+                .get("event")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|e| range_of(e.as_str()))
+                .collect();
+            match (
+                events.iter().map(|r| r.low).min(),
+                events.iter().map(|r| r.high).max(),
+            ) {
+                (Some(low), Some(high)) => (low, high),
+                _ => return,
+            }
+        }
+        _ => match range_of(v.as_str()) {
+            Some(r) => (r.low, r.high),
+            None => return,
+        },
+    };
+    out.push(DateRow {
+        param: param.to_owned(),
+        low,
+        high,
+    });
+}
+
+fn number_text(v: &Value) -> Option<String> {
+    v.as_number().map(|n| n.to_string())
+}
+
+fn quantities_of(param: &str, node: &Node<'_>, out: &mut Vec<QuantityRow>) {
+    let v = node.value;
+    let Some(value) = v.get("value").and_then(number_text) else {
+        return;
+    };
+    let row = if node.type_code == "Money" {
+        QuantityRow {
+            param: param.to_owned(),
+            value,
+            system: Some("urn:iso:std:iso:4217".to_owned()),
+            code: owned(v, "currency"),
+            unit: None,
+        }
+    } else {
+        QuantityRow {
+            param: param.to_owned(),
+            value,
+            system: owned(v, "system"),
+            code: owned(v, "code"),
+            unit: owned(v, "unit"),
+        }
+    };
+    out.push(row);
+}
+
+fn extract_param(param: &SearchParam, resource: &Value, rows: &mut IndexRows) {
+    let code = param.code.as_str();
+    for node in fhirpath::evaluate(&param.expression, resource) {
+        match param.kind {
+            ParamType::String => {
+                rows.strings
+                    .extend(strings_of(&node).into_iter().map(|s| StringRow {
+                        param: code.to_owned(),
+                        normalized: normalize(&s),
+                        exact: s,
+                    }))
+            }
+            ParamType::Token => tokens_of(code, &node, &mut rows.tokens),
+            ParamType::Reference => references_of(code, &node, &mut rows.references),
+            ParamType::Date => dates_of(code, &node, &mut rows.dates),
+            ParamType::Number => {
+                rows.numbers
+                    .extend(number_text(node.value).map(|value| NumberRow {
+                        param: code.to_owned(),
+                        value,
+                    }))
+            }
+            ParamType::Quantity => quantities_of(code, &node, &mut rows.quantities),
+            ParamType::Uri => rows.uris.extend(node.value.as_str().map(|u| UriRow {
+                param: code.to_owned(),
+                uri: u.to_owned(),
+            })),
+            ParamType::Composite | ParamType::Special => {}
+        }
+    }
+}
+
+/// The index rows of a resource for every parameter of its type.
+pub fn extract(resource_type: &str, resource: &Value) -> IndexRows {
+    let mut rows = IndexRows::default();
+    for param in PARAMS.for_type(resource_type) {
+        if !COLUMN_PARAMS.contains(&param.code.as_str()) {
+            extract_param(param, resource, &mut rows);
+        }
+    }
+    rows
 }
 
 #[cfg(test)]
@@ -52,15 +374,102 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn identifiers_become_token_rows() {
-        let p = json!({"resourceType":"Patient","identifier":[
-            {"system":"urn:oid:1.2.250.1.213.1.4.10","value":"1"},{"value":"2"},{"use":"old"}]});
-        let rows = token_rows("Patient", &p);
-        assert_eq!(rows.len(), 2);
-        assert_eq!(rows[1].system, None);
-        // Bundle.identifier is a single Identifier, not an array.
-        let b = json!({"resourceType":"Bundle","type":"collection","identifier":{"system":"s","value":"v"}});
-        assert_eq!(token_rows("Bundle", &b).len(), 1);
-        assert!(token_rows("Parameters", &json!({"resourceType":"Parameters"})).is_empty());
+    fn accents_and_case() {
+        assert_eq!(normalize("Lefèvre"), "lefevre");
+        assert_eq!(normalize("ŒUVRE Ça"), "oeuvre ca");
+    }
+
+    #[test]
+    fn patient_rows() {
+        let p = json!({"resourceType":"Patient","active":true,
+            "identifier":[{"system":"urn:oid:1.2.250.1.213.1.4.10","value":"1"},{"use":"old"}],
+            "name":[{"family":"Lefèvre","given":["Jeanne","Marie"]}],
+            "birthDate":"1974-05",
+            "telecom":[{"system":"email","value":"j@x.fr"}],
+            "generalPractitioner":[{"reference":"Practitioner/dr-martin"}],
+            "meta":{"tag":[{"system":"http://t","code":"demo"}],"profile":["http://p"]}});
+        let rows = extract("Patient", &p);
+        assert!(rows
+            .strings
+            .iter()
+            .any(|s| s.param == "family" && s.normalized == "lefevre"));
+        assert!(rows
+            .strings
+            .iter()
+            .any(|s| s.param == "name" && s.exact == "Marie"));
+        assert!(rows
+            .tokens
+            .iter()
+            .any(|t| t.param == "identifier" && t.code.as_deref() == Some("1")));
+        assert!(rows
+            .tokens
+            .iter()
+            .any(|t| t.param == "active" && t.code.as_deref() == Some("true")));
+        assert!(rows
+            .tokens
+            .iter()
+            .any(|t| t.param == "email" && t.code.as_deref() == Some("j@x.fr")));
+        assert!(rows
+            .tokens
+            .iter()
+            .any(|t| t.param == "_tag" && t.code.as_deref() == Some("demo")));
+        assert!(rows
+            .uris
+            .iter()
+            .any(|u| u.param == "_profile" && u.uri == "http://p"));
+        let gp = rows
+            .references
+            .iter()
+            .find(|r| r.param == "general-practitioner")
+            .expect("gp");
+        assert_eq!(
+            (gp.target_type.as_deref(), gp.target_id.as_deref()),
+            (Some("Practitioner"), Some("dr-martin"))
+        );
+        let birth = rows
+            .dates
+            .iter()
+            .find(|d| d.param == "birthdate")
+            .expect("birthdate");
+        assert_eq!(
+            datetime::format_instant(birth.high),
+            "1974-06-01T00:00:00.000000+00:00"
+        );
+    }
+
+    #[test]
+    fn periods_quantities_and_absolute_references() {
+        let e = json!({"resourceType":"Encounter","status":"finished","class":{"system":"http://terminology.hl7.org/CodeSystem/v3-ActCode","code":"IMP"},
+            "period":{"start":"2026-11-20T08:00:00+01:00"},
+            "length":{"value":3.5,"unit":"d","system":"http://unitsofmeasure.org","code":"d"},
+            "subject":{"reference":"https://autre.fr/fhir/Patient/p9"},
+            "serviceProvider":{"identifier":{"system":"https://finess.esante.gouv.fr","value":"190000042"}}});
+        let rows = extract("Encounter", &e);
+        let date = rows.dates.iter().find(|d| d.param == "date").expect("date");
+        assert_eq!(date.high, far_future());
+        assert!(rows
+            .quantities
+            .iter()
+            .any(|q| q.param == "length" && q.value == "3.5"));
+        let subject = rows
+            .references
+            .iter()
+            .find(|r| r.param == "subject")
+            .expect("subject");
+        assert_eq!(
+            subject.url.as_deref(),
+            Some("https://autre.fr/fhir/Patient/p9")
+        );
+        assert_eq!(subject.target_id.as_deref(), Some("p9"));
+        let provider = rows
+            .references
+            .iter()
+            .find(|r| r.param == "service-provider")
+            .expect("provider");
+        assert_eq!(provider.identifier_value.as_deref(), Some("190000042"));
+        assert!(rows
+            .tokens
+            .iter()
+            .any(|t| t.param == "class" && t.code.as_deref() == Some("IMP")));
     }
 }

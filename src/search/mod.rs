@@ -1,19 +1,22 @@
 //! Search requests as data: parsing of the query string into a plan that the store
-//! renders as SQL. Pure: no I/O. The parameters known today are `_id`,
-//! `_lastUpdated` and `identifier`; the full R4 parameter table plugs in here.
+//! renders as SQL, against the R4 search parameter table. Pure: no I/O.
 
+pub mod fhirpath;
 pub mod index;
+pub mod params;
 
 use crate::error::{FhirError, FhirResult, Issue};
 use crate::fhir::datetime::{self, Range};
 use crate::fhir::definitions::R4;
+use params::{ParamType, COLUMN_PARAMS, PARAMS};
 
 /// Default and largest page sizes.
 pub const DEFAULT_COUNT: usize = 50;
 pub const MAX_COUNT: usize = 1000;
 
+/// The comparison prefixes of number, date and quantity values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DatePrefix {
+pub enum Prefix {
     Eq,
     Ne,
     Gt,
@@ -22,6 +25,7 @@ pub enum DatePrefix {
     Le,
     Sa,
     Eb,
+    Ap,
 }
 
 /// A token value: `code`, `system|code`, `|code` (no system) or `system|`.
@@ -32,12 +36,61 @@ pub struct Token {
     pub code: Option<String>,
 }
 
-/// One search condition; the values of a condition are OR-ed, conditions are AND-ed.
+/// How a parameter's values are compared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Modifier {
+    None,
+    Exact,
+    Contains,
+    Text,
+    Not,
+    Below,
+    Above,
+    Identifier,
+    /// `subject:Patient=…`
+    Type(String),
+}
+
+/// One value of a parameter (values of a parameter are OR-ed).
+#[derive(Debug, Clone, PartialEq)]
+pub enum SearchValue {
+    String(String),
+    Token(Token),
+    /// Reference: the type when known, the id, or a full URL.
+    Reference {
+        target_type: Option<String>,
+        id: String,
+        url: Option<String>,
+    },
+    Date(Prefix, Range),
+    /// Decimal as written, for number parameters.
+    Number(Prefix, String),
+    Quantity {
+        prefix: Prefix,
+        value: String,
+        system: Option<String>,
+        code: Option<String>,
+    },
+    Uri(String),
+}
+
+/// One search condition; conditions are AND-ed.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Condition {
     Id(Vec<String>),
-    LastUpdated(Vec<(DatePrefix, Range)>),
-    Token { param: String, values: Vec<Token> },
+    LastUpdated(Vec<(Prefix, Range)>),
+    Param {
+        param: String,
+        kind: ParamType,
+        modifier: Modifier,
+        values: Vec<SearchValue>,
+    },
+    /// `param:missing=true|false`
+    Missing {
+        param: String,
+        kind: ParamType,
+        missing: bool,
+    },
 }
 
 /// A parsed search over one resource type.
@@ -50,12 +103,18 @@ pub struct SearchPlan {
     pub ignored: Vec<Issue>,
 }
 
-/// The search parameters a resource type supports today, with their FHIR types.
-pub fn supported_params(resource_type: &str) -> Vec<(&'static str, &'static str)> {
-    let mut params = vec![("_id", "token"), ("_lastUpdated", "date")];
-    if index::has_identifier(resource_type) {
-        params.push(("identifier", "token"));
-    }
+/// The search parameters a resource type supports, with their FHIR types.
+pub fn supported_params(resource_type: &str) -> Vec<(String, &'static str)> {
+    let mut params: Vec<(String, &'static str)> = vec![
+        ("_id".to_owned(), "token"),
+        ("_lastUpdated".to_owned(), "date"),
+    ];
+    params.extend(
+        PARAMS
+            .for_type(resource_type)
+            .filter(|p| !COLUMN_PARAMS.contains(&p.code.as_str()))
+            .map(|p| (p.code.clone(), p.kind.as_str())),
+    );
     params
 }
 
@@ -120,22 +179,107 @@ pub fn parse_token(text: &str) -> Token {
     }
 }
 
-fn parse_date_value(text: &str) -> Option<(DatePrefix, Range)> {
-    let prefixes = [
-        ("eq", DatePrefix::Eq),
-        ("ne", DatePrefix::Ne),
-        ("gt", DatePrefix::Gt),
-        ("lt", DatePrefix::Lt),
-        ("ge", DatePrefix::Ge),
-        ("le", DatePrefix::Le),
-        ("sa", DatePrefix::Sa),
-        ("eb", DatePrefix::Eb),
+/// Splits a leading comparison prefix off a value.
+fn split_prefix(text: &str) -> (Prefix, &str) {
+    const PREFIXES: [(&str, Prefix); 9] = [
+        ("eq", Prefix::Eq),
+        ("ne", Prefix::Ne),
+        ("gt", Prefix::Gt),
+        ("lt", Prefix::Lt),
+        ("ge", Prefix::Ge),
+        ("le", Prefix::Le),
+        ("sa", Prefix::Sa),
+        ("eb", Prefix::Eb),
+        ("ap", Prefix::Ap),
     ];
-    let (prefix, rest) = prefixes
+    PREFIXES
         .iter()
         .find_map(|(p, d)| text.strip_prefix(p).map(|rest| (*d, rest)))
-        .unwrap_or((DatePrefix::Eq, text));
+        .unwrap_or((Prefix::Eq, text))
+}
+
+fn is_decimal(text: &str) -> bool {
+    crate::fhir::validate::primitive_problem(&R4, "decimal", text).is_none()
+}
+
+fn parse_date_value(text: &str) -> Option<(Prefix, Range)> {
+    let (prefix, rest) = split_prefix(text);
     datetime::parse_range(rest).map(|range| (prefix, range))
+}
+
+/// Parses one value of a parameter of the given kind.
+fn parse_value(kind: ParamType, modifier: &Modifier, raw: &str) -> Result<SearchValue, String> {
+    let bad = |what: &str| format!("'{raw}' is not a valid {what} search value");
+    match kind {
+        ParamType::String => Ok(SearchValue::String(unescape(raw))),
+        ParamType::Uri => Ok(SearchValue::Uri(unescape(raw))),
+        ParamType::Token => Ok(SearchValue::Token(parse_token(raw))),
+        ParamType::Date => parse_date_value(raw)
+            .map(|(p, r)| SearchValue::Date(p, r))
+            .ok_or_else(|| bad("date")),
+        ParamType::Number => {
+            let (prefix, rest) = split_prefix(raw);
+            is_decimal(rest)
+                .then(|| SearchValue::Number(prefix, rest.to_owned()))
+                .ok_or_else(|| bad("number"))
+        }
+        ParamType::Quantity => {
+            let (prefix, rest) = split_prefix(raw);
+            let parts = split_escaped(rest, '|');
+            let value = parts.first().cloned().unwrap_or_default();
+            if !is_decimal(&value) {
+                return Err(bad("quantity"));
+            }
+            let non_empty = |s: Option<&String>| s.filter(|s| !s.is_empty()).map(|s| unescape(s));
+            Ok(SearchValue::Quantity {
+                prefix,
+                value,
+                system: non_empty(parts.get(1)),
+                code: non_empty(parts.get(2)),
+            })
+        }
+        ParamType::Reference => {
+            let text = unescape(raw);
+            if *modifier == Modifier::Identifier {
+                return Ok(SearchValue::Token(parse_token(raw)));
+            }
+            let url = text.contains(':').then(|| text.clone());
+            let (target_type, id) = match index::split_reference(&text) {
+                Some((t, id)) => (Some(t.to_owned()), id.to_owned()),
+                None if crate::fhir::is_valid_id(&text) => (None, text.clone()),
+                None if url.is_some() => (None, String::new()),
+                None => return Err(bad("reference")),
+            };
+            let target_type = match modifier {
+                Modifier::Type(t) => Some(t.clone()),
+                _ => target_type,
+            };
+            Ok(SearchValue::Reference {
+                target_type,
+                id,
+                url,
+            })
+        }
+        ParamType::Composite | ParamType::Special => {
+            Err(format!("{} parameters are not supported", kind.as_str()))
+        }
+    }
+}
+
+/// The modifiers each kind accepts.
+fn parse_modifier(kind: ParamType, text: Option<&str>) -> Option<Modifier> {
+    Some(match (kind, text) {
+        (_, None) => Modifier::None,
+        (ParamType::String, Some("exact")) => Modifier::Exact,
+        (ParamType::String, Some("contains")) => Modifier::Contains,
+        (ParamType::Token, Some("text")) => Modifier::Text,
+        (ParamType::Token, Some("not")) => Modifier::Not,
+        (ParamType::Uri, Some("below")) => Modifier::Below,
+        (ParamType::Uri, Some("above")) => Modifier::Above,
+        (ParamType::Reference, Some("identifier")) => Modifier::Identifier,
+        (ParamType::Reference, Some(t)) if R4.is_resource_type(t) => Modifier::Type(t.to_owned()),
+        _ => return None,
+    })
 }
 
 /// Parameters that shape the result rather than filter it; handled elsewhere.
@@ -153,9 +297,8 @@ pub fn parse(
         count: DEFAULT_COUNT,
         ignored: Vec::new(),
     };
-    let has_identifier = index::has_identifier(resource_type);
+    let bad = |message: String| FhirError::BadRequest(vec![Issue::new("invalid", message)]);
     for (name, value) in pairs {
-        let bad = |message: String| FhirError::BadRequest(vec![Issue::new("invalid", message)]);
         match name.as_str() {
             "_count" => {
                 let n: usize = value.parse().map_err(|_| {
@@ -164,13 +307,17 @@ pub fn parse(
                     ))
                 })?;
                 plan.count = n.min(MAX_COUNT);
+                continue;
             }
-            "_id" => plan.conditions.push(Condition::Id(
-                split_escaped(value, ',')
-                    .iter()
-                    .map(|v| unescape(v))
-                    .collect(),
-            )),
+            "_id" => {
+                plan.conditions.push(Condition::Id(
+                    split_escaped(value, ',')
+                        .iter()
+                        .map(|v| unescape(v))
+                        .collect(),
+                ));
+                continue;
+            }
             "_lastUpdated" => {
                 let values = split_escaped(value, ',')
                     .iter()
@@ -180,27 +327,80 @@ pub fn parse(
                     })
                     .collect::<FhirResult<Vec<_>>>()?;
                 plan.conditions.push(Condition::LastUpdated(values));
+                continue;
             }
-            "identifier" if has_identifier => plan.conditions.push(Condition::Token {
-                param: "identifier".to_owned(),
-                values: split_escaped(value, ',')
-                    .iter()
-                    .map(|v| parse_token(v))
-                    .collect(),
-            }),
-            n if RESULT_PARAMS.contains(&n) => {}
-            other => {
-                let message = format!(
-                    "unknown or unsupported search parameter '{other}' for {resource_type}"
-                );
-                if handling == Handling::Strict {
-                    return Err(bad(message));
-                }
-                plan.ignored.push(Issue::new("not-supported", message));
+            n if RESULT_PARAMS.contains(&n) => continue,
+            _ => {}
+        }
+        match parse_param(resource_type, name, value) {
+            Ok(condition) => plan.conditions.push(condition),
+            Err(ParamError::Unknown(message)) if handling == Handling::Lenient => {
+                plan.ignored.push(Issue::new("not-supported", message))
+            }
+            Err(ParamError::Unknown(message) | ParamError::Invalid(message)) => {
+                return Err(bad(message))
             }
         }
     }
     Ok(plan)
+}
+
+/// Why a parameter was not used: unknown ones may be ignored (lenient handling),
+/// invalid values of a known parameter are always an error.
+enum ParamError {
+    Unknown(String),
+    Invalid(String),
+}
+
+/// One `name[:modifier]=value[,value]` of the query.
+fn parse_param(resource_type: &str, name: &str, value: &str) -> Result<Condition, ParamError> {
+    let (code, modifier) = match name.split_once(':') {
+        Some((c, m)) => (c, Some(m)),
+        None => (name, None),
+    };
+    if code.contains('.') {
+        return Err(ParamError::Unknown(format!(
+            "chained parameter '{name}' is not supported yet"
+        )));
+    }
+    let param = PARAMS.get(resource_type, code).ok_or_else(|| {
+        ParamError::Unknown(format!(
+            "unknown or unsupported search parameter '{code}' for {resource_type}"
+        ))
+    })?;
+    if modifier == Some("missing") {
+        let missing = match value {
+            "true" => true,
+            "false" => false,
+            _ => {
+                return Err(ParamError::Invalid(format!(
+                    "{name} takes true or false, not '{value}'"
+                )))
+            }
+        };
+        return Ok(Condition::Missing {
+            param: param.code.clone(),
+            kind: param.kind,
+            missing,
+        });
+    }
+    let modifier = parse_modifier(param.kind, modifier).ok_or_else(|| {
+        ParamError::Unknown(format!(
+            "modifier in '{name}' is not supported for a {} parameter",
+            param.kind.as_str()
+        ))
+    })?;
+    let values = split_escaped(value, ',')
+        .iter()
+        .map(|v| parse_value(param.kind, &modifier, v))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(ParamError::Invalid)?;
+    Ok(Condition::Param {
+        param: param.code.clone(),
+        kind: param.kind,
+        modifier,
+        values,
+    })
 }
 
 /// True when `resource_type` is a concrete R4 resource.
@@ -265,11 +465,14 @@ mod tests {
             Handling::Strict,
         )
         .expect("plan");
-        let Condition::Token { values, .. } = &plan.conditions[0] else {
+        let Condition::Param { values, .. } = &plan.conditions[0] else {
             panic!("token")
         };
         assert_eq!(values.len(), 2);
-        assert_eq!(values[0].code.as_deref(), Some("a,b"));
+        let SearchValue::Token(first) = &values[0] else {
+            panic!("token value")
+        };
+        assert_eq!(first.code.as_deref(), Some("a,b"));
     }
 
     #[test]
@@ -298,7 +501,7 @@ mod tests {
         let Condition::LastUpdated(v) = &plan.conditions[0] else {
             panic!("date")
         };
-        assert_eq!(v[0].0, DatePrefix::Ge);
+        assert_eq!(v[0].0, Prefix::Ge);
         assert!(parse(
             "Patient",
             &pairs(&[("_lastUpdated", "soon")]),

@@ -83,7 +83,18 @@ mod tests {
             .iter()
             .filter_map(|p| p["name"].as_str())
             .collect();
-        assert_eq!(names, vec!["_id", "_lastUpdated", "identifier"]);
+        for expected in [
+            "_id",
+            "_lastUpdated",
+            "identifier",
+            "family",
+            "general-practitioner",
+            "_tag",
+        ] {
+            assert!(names.contains(&expected), "{expected} in {names:?}");
+        }
+        // Outside the FHIRPath subset: not claimed.
+        assert!(!names.contains(&"deceased"));
         crate::fhir::validate::validate_resource(&cs).expect("a valid CapabilityStatement");
     }
 }

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::error::{FhirError, FhirResult};
 use crate::fhir;
-use crate::search::index;
+use crate::search::index::{self, IndexRows};
 use crate::store::{self, Method, NewVersion};
 
 /// What a change does to one resource.
@@ -103,7 +103,7 @@ pub async fn apply(tx: &Transaction<'_>, change: Change) -> FhirResult<Written> 
                     last_updated,
                     method,
                     resource: None,
-                    tokens: &[],
+                    index: &IndexRows::default(),
                 },
             )
             .await?;
@@ -132,7 +132,7 @@ pub async fn apply(tx: &Transaction<'_>, change: Change) -> FhirResult<Written> 
     let version_id = current.map_or(1, |c| c.version_id + 1);
     let last_updated = next_instant(current.map(|c| c.last_updated));
     fhir::stamp(&mut resource, &res_id, version_id, last_updated);
-    let tokens = index::token_rows(&res_type, &resource);
+    let index = index::extract(&res_type, &resource);
     store::write_version(
         tx,
         &NewVersion {
@@ -142,7 +142,7 @@ pub async fn apply(tx: &Transaction<'_>, change: Change) -> FhirResult<Written> 
             last_updated,
             method,
             resource: Some(&resource),
-            tokens: &tokens,
+            index: &index,
         },
     )
     .await?;

@@ -5,11 +5,18 @@ use deadpool_postgres::Client;
 
 use crate::error::FhirResult;
 
-const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "resources",
-    include_str!("migrations/0001_resources.sql"),
-)];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "resources",
+        include_str!("migrations/0001_resources.sql"),
+    ),
+    (
+        2,
+        "search indexes",
+        include_str!("migrations/0002_search_indexes.sql"),
+    ),
+];
 
 /// Arbitrary constant naming the migration lock.
 const MIGRATION_LOCK: i64 = 0x5041_5353_4552_454c; // "PASSEREL"

@@ -3,6 +3,7 @@
 //! the caller, so that one request's changes commit or roll back together.
 
 pub mod embedded;
+mod index_rows;
 pub mod migrate;
 mod search_sql;
 
@@ -13,7 +14,7 @@ use tokio_postgres::Row;
 
 use crate::error::{FhirError, FhirResult};
 use crate::fhir::datetime::Range;
-use crate::search::index::TokenRow;
+use crate::search::index::IndexRows;
 use crate::search::SearchPlan;
 
 /// How a version came to be: the HTTP verb of the interaction that wrote it.
@@ -79,7 +80,7 @@ pub struct NewVersion<'a> {
     pub method: Method,
     /// `None` writes a delete tombstone.
     pub resource: Option<&'a Value>,
-    pub tokens: &'a [TokenRow],
+    pub index: &'a IndexRows,
 }
 
 /// The columns every version query selects, in the order [`version_from_row`] reads.
@@ -237,34 +238,7 @@ pub async fn write_version(tx: &Transaction<'_>, new: &NewVersion<'_>) -> FhirRe
         ],
     )
     .await?;
-    replace_tokens(tx, new).await
-}
-
-async fn replace_tokens(tx: &Transaction<'_>, new: &NewVersion<'_>) -> FhirResult<()> {
-    if new.version_id > 1 {
-        let delete = tx
-            .prepare_cached("DELETE FROM search_token WHERE res_type = $1 AND res_id = $2")
-            .await?;
-        tx.execute(&delete, &[&new.res_type, &new.res_id]).await?;
-    }
-    if new.tokens.is_empty() {
-        return Ok(());
-    }
-    let insert = tx
-        .prepare_cached(
-            "INSERT INTO search_token (res_type, res_id, param, system, code)
-             SELECT $1, $2, p, s, c FROM unnest($3::text[], $4::text[], $5::text[]) AS t(p, s, c)",
-        )
-        .await?;
-    let params: Vec<&str> = new.tokens.iter().map(|t| t.param).collect();
-    let systems: Vec<Option<&str>> = new.tokens.iter().map(|t| t.system.as_deref()).collect();
-    let codes: Vec<Option<&str>> = new.tokens.iter().map(|t| t.code.as_deref()).collect();
-    tx.execute(
-        &insert,
-        &[&new.res_type, &new.res_id, &params, &systems, &codes],
-    )
-    .await?;
-    Ok(())
+    index_rows::replace(tx, new.res_type, new.res_id, new.index, new.version_id > 1).await
 }
 
 /// Which versions a history request wants; `None` fields do not filter.

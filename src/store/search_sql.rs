@@ -1,10 +1,15 @@
-//! Renders a search plan as a SQL condition on `resource r` with bound parameters.
-//! The plan is built above (in `search`); this module only reads it.
+//! Renders a search plan as SQL conditions on `resource r` with bound parameters:
+//! each parameter condition is an `EXISTS` over its index table, which PostgreSQL
+//! answers from the table's b-tree index. The plan is built above (in `search`);
+//! this module only reads it.
 
+use chrono::Duration;
 use tokio_postgres::types::ToSql;
 
 use crate::fhir::datetime::Range;
-use crate::search::{Condition, DatePrefix, SearchPlan, Token};
+use crate::search::index::normalize;
+use crate::search::params::ParamType;
+use crate::search::{Condition, Modifier, Prefix, SearchPlan, SearchValue, Token};
 
 /// SQL conditions (AND-ed) with the values they bind.
 pub struct SqlCondition {
@@ -26,15 +31,31 @@ impl SqlCondition {
         format!("${}", self.params.len())
     }
 
+    fn text(&mut self, value: &str) -> String {
+        self.bind(Box::new(value.to_owned()))
+    }
+
     pub fn param_refs(&self) -> Vec<&(dyn ToSql + Sync)> {
         self.params.iter().map(|p| p.as_ref() as _).collect()
+    }
+}
+
+fn table_of(kind: ParamType) -> &'static str {
+    match kind {
+        ParamType::String => "search_string",
+        ParamType::Token => "search_token",
+        ParamType::Reference => "search_reference",
+        ParamType::Date => "search_date",
+        ParamType::Number => "search_number",
+        ParamType::Quantity => "search_quantity",
+        ParamType::Uri | ParamType::Composite | ParamType::Special => "search_uri",
     }
 }
 
 /// `r` rows of the plan's type, not deleted, matching every condition.
 pub fn matching(plan: &SearchPlan) -> SqlCondition {
     let mut sql = SqlCondition::new();
-    let t = sql.bind(Box::new(plan.resource_type.clone()));
+    let t = sql.text(&plan.resource_type);
     sql.clauses.push(format!("r.res_type = {t}"));
     sql.clauses.push("NOT r.deleted".to_owned());
     for condition in &plan.conditions {
@@ -46,19 +67,57 @@ pub fn matching(plan: &SearchPlan) -> SqlCondition {
             Condition::LastUpdated(values) => {
                 let alternatives: Vec<String> = values
                     .iter()
-                    .map(|(prefix, range)| date_clause(&mut sql, "r.last_updated", *prefix, range))
+                    .map(|(prefix, range)| {
+                        date_clause(
+                            &mut sql,
+                            "r.last_updated",
+                            "r.last_updated + interval '1 microsecond'",
+                            *prefix,
+                            range,
+                        )
+                    })
                     .collect();
                 format!("({})", alternatives.join(" OR "))
             }
-            Condition::Token { param, values } => {
-                let p = sql.bind(Box::new(param.clone()));
-                let alternatives: Vec<String> =
-                    values.iter().map(|v| token_clause(&mut sql, v)).collect();
-                format!(
-                    "EXISTS (SELECT 1 FROM search_token t WHERE t.res_type = r.res_type
-                       AND t.res_id = r.res_id AND t.param = {p} AND ({}))",
+            Condition::Missing {
+                param,
+                kind,
+                missing,
+            } => {
+                let p = sql.text(param);
+                let exists = format!(
+                    "EXISTS (SELECT 1 FROM {} x WHERE x.res_type = r.res_type AND x.res_id = r.res_id AND x.param = {p})",
+                    table_of(*kind)
+                );
+                if *missing {
+                    format!("NOT {exists}")
+                } else {
+                    exists
+                }
+            }
+            Condition::Param {
+                param,
+                kind,
+                modifier,
+                values,
+            } => {
+                let p = sql.text(param);
+                let alternatives: Vec<String> = values
+                    .iter()
+                    .map(|v| value_clause(&mut sql, modifier, v))
+                    .collect();
+                let exists = format!(
+                    "EXISTS (SELECT 1 FROM {} x WHERE x.res_type = r.res_type AND x.res_id = r.res_id \
+                     AND x.param = {p} AND ({}))",
+                    table_of(*kind),
                     alternatives.join(" OR ")
-                )
+                );
+                // :not matches resources with no matching value, those without any included.
+                if *modifier == Modifier::Not {
+                    format!("NOT {exists}")
+                } else {
+                    exists
+                }
             }
         };
         sql.clauses.push(clause);
@@ -66,43 +125,165 @@ pub fn matching(plan: &SearchPlan) -> SqlCondition {
     sql
 }
 
-/// A point in time `col` against the search range `[low, high)`; binds only the
-/// bounds the prefix uses.
-fn date_clause(sql: &mut SqlCondition, col: &str, prefix: DatePrefix, range: &Range) -> String {
-    let mut bound = |t| sql.bind(Box::new(t));
-    match prefix {
-        DatePrefix::Eq | DatePrefix::Ne => {
-            let (low, high) = (bound(range.low), bound(range.high));
-            if prefix == DatePrefix::Eq {
-                format!("({col} >= {low} AND {col} < {high})")
-            } else {
-                format!("({col} < {low} OR {col} >= {high})")
-            }
+/// A LIKE pattern that matches `text` literally.
+fn like_escape(text: &str) -> String {
+    text.replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_")
+}
+
+fn value_clause(sql: &mut SqlCondition, modifier: &Modifier, value: &SearchValue) -> String {
+    match value {
+        SearchValue::String(s) => match modifier {
+            Modifier::Exact => format!("x.exact = {}", sql.text(s)),
+            Modifier::Contains => format!("x.normalized LIKE {}", sql.text(&format!("%{}%", like_escape(&normalize(s))))),
+            _ => format!("x.normalized LIKE {}", sql.text(&format!("{}%", like_escape(&normalize(s))))),
+        },
+        SearchValue::Token(token) if *modifier == Modifier::Identifier => {
+            token_match(sql, token, "x.identifier_system", "x.identifier_value")
         }
-        DatePrefix::Gt | DatePrefix::Sa => format!("{col} >= {}", bound(range.high)),
-        DatePrefix::Lt | DatePrefix::Eb => format!("{col} < {}", bound(range.low)),
-        DatePrefix::Ge => format!("{col} >= {}", bound(range.low)),
-        DatePrefix::Le => format!("{col} < {}", bound(range.high)),
+        SearchValue::Token(token) if *modifier == Modifier::Text => {
+            let text = token.code.as_deref().unwrap_or_default();
+            format!("x.text LIKE {}", sql.text(&format!("{}%", like_escape(&normalize(text)))))
+        }
+        SearchValue::Token(token) => token_match(sql, token, "x.system", "x.code"),
+        SearchValue::Reference { target_type, id, url } => {
+            let mut alternatives = Vec::new();
+            if !id.is_empty() {
+                let mut parts = vec![format!("x.target_id = {}", sql.text(id))];
+                if let Some(t) = target_type {
+                    parts.push(format!("x.target_type = {}", sql.text(t)));
+                }
+                alternatives.push(format!("({})", parts.join(" AND ")));
+            }
+            if let Some(url) = url {
+                alternatives.push(format!("x.url = {}", sql.text(url)));
+            }
+            format!("({})", alternatives.join(" OR "))
+        }
+        SearchValue::Date(prefix, range) => date_clause(sql, "x.low", "x.high", *prefix, range),
+        SearchValue::Number(prefix, number) => number_clause(sql, "x.value", *prefix, number),
+        SearchValue::Quantity { prefix, value, system, code } => {
+            let mut parts = vec![number_clause(sql, "x.value", *prefix, value)];
+            if let Some(system) = system {
+                parts.push(format!("x.system = {}", sql.text(system)));
+            }
+            if let Some(code) = code {
+                let c = sql.text(code);
+                // Without a system, the unit as written counts too.
+                if system.is_some() {
+                    parts.push(format!("x.code = {c}"));
+                } else {
+                    parts.push(format!("(x.code = {c} OR x.unit = {c})"));
+                }
+            }
+            format!("({})", parts.join(" AND "))
+        }
+        SearchValue::Uri(uri) => match modifier {
+            Modifier::Below => format!("x.uri LIKE {}", sql.text(&format!("{}%", like_escape(uri)))),
+            Modifier::Above => format!("{} LIKE (replace(replace(replace(x.uri, '\\', '\\\\'), '%', '\\%'), '_', '\\_') || '%')", sql.text(uri)),
+            _ => format!("x.uri = {}", sql.text(uri)),
+        },
     }
 }
 
-fn token_clause(sql: &mut SqlCondition, token: &Token) -> String {
+fn token_match(sql: &mut SqlCondition, token: &Token, system_col: &str, code_col: &str) -> String {
     let mut parts = Vec::new();
     match token.system.as_deref() {
         None => {}
-        Some("") => parts.push("t.system IS NULL".to_owned()),
-        Some(system) => {
-            let p = sql.bind(Box::new(system.to_owned()));
-            parts.push(format!("t.system = {p}"));
-        }
+        Some("") => parts.push(format!("{system_col} IS NULL")),
+        Some(system) => parts.push(format!("{system_col} = {}", sql.text(system))),
     }
     if let Some(code) = &token.code {
-        let p = sql.bind(Box::new(code.clone()));
-        parts.push(format!("t.code = {p}"));
+        parts.push(format!("{code_col} = {}", sql.text(code)));
     }
     if parts.is_empty() {
         "true".to_owned()
     } else {
         format!("({})", parts.join(" AND "))
+    }
+}
+
+/// A target range `[low, high)` (columns) against the search range `[sl, sh)`, with
+/// R4's range semantics for date prefixes (eq: the search range contains the
+/// target; gt/lt: the target reaches beyond it; sa/eb: starts after / ends before).
+fn date_clause(
+    sql: &mut SqlCondition,
+    low: &str,
+    high: &str,
+    prefix: Prefix,
+    range: &Range,
+) -> String {
+    let range = if prefix == Prefix::Ap {
+        // "Approximately": the server decides; here, 10% of the distance to now.
+        let now = chrono::Utc::now();
+        let distance = (now - range.low).abs().max(Duration::days(1));
+        let margin = distance / 10;
+        Range {
+            low: range.low - margin,
+            high: range.high + margin,
+        }
+    } else {
+        *range
+    };
+    let mut bind = |t| sql.bind(Box::new(t));
+    // Only the bounds a prefix uses are bound: PostgreSQL refuses unused parameters.
+    let mut contained = || {
+        let (sl, sh) = (bind(range.low), bind(range.high));
+        format!("({low} >= {sl} AND {high} <= {sh})")
+    };
+    match prefix {
+        Prefix::Eq => contained(),
+        Prefix::Ne => format!("NOT {}", contained()),
+        Prefix::Ap => {
+            let (sl, sh) = (bind(range.low), bind(range.high));
+            format!("({low} < {sh} AND {high} > {sl})")
+        }
+        // ge and le include every target that reaches into the search range or past
+        // it in their direction (as HAPI does): "discharged since the 20th" finds a
+        // stay that ended on the 20th.
+        Prefix::Ge => format!("{high} > {}", bind(range.low)),
+        Prefix::Le => format!("{low} < {}", bind(range.high)),
+        Prefix::Gt => format!("{high} > {}", bind(range.high)),
+        Prefix::Lt => format!("{low} < {}", bind(range.low)),
+        Prefix::Sa => format!("{low} >= {}", bind(range.high)),
+        Prefix::Eb => format!("{high} <= {}", bind(range.low)),
+    }
+}
+
+/// Decimal places of a decimal as written (`1.50` → 2; exponents move them).
+fn precision(number: &str) -> i32 {
+    let lower = number.to_ascii_lowercase();
+    let (mantissa, exponent) = lower.split_once('e').unwrap_or((&lower, "0"));
+    let places = mantissa.split_once('.').map_or(0, |(_, f)| f.len() as i32);
+    places - exponent.parse::<i32>().unwrap_or(0)
+}
+
+/// A stored number against a search number: `eq` means within the precision of the
+/// search value (`100` matches [99.5, 100.5)), as R4 says.
+fn number_clause(sql: &mut SqlCondition, col: &str, prefix: Prefix, number: &str) -> String {
+    let v = format!("{}::text::numeric", sql.text(number));
+    let half_unit = format!("(0.5 * power(10::numeric, {}))", -precision(number));
+    match prefix {
+        Prefix::Eq => format!("({col} >= {v} - {half_unit} AND {col} < {v} + {half_unit})"),
+        Prefix::Ne => format!("({col} < {v} - {half_unit} OR {col} >= {v} + {half_unit})"),
+        Prefix::Gt | Prefix::Sa => format!("{col} > {v}"),
+        Prefix::Lt | Prefix::Eb => format!("{col} < {v}"),
+        Prefix::Ge => format!("{col} >= {v}"),
+        Prefix::Le => format!("{col} <= {v}"),
+        Prefix::Ap => format!("({col} >= {v} * 0.9 AND {col} <= {v} * 1.1)"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn precision_of_decimals() {
+        assert_eq!(precision("100"), 0);
+        assert_eq!(precision("1.50"), 2);
+        assert_eq!(precision("1.5e2"), -1);
+        assert_eq!(precision("-0.001"), 3);
     }
 }

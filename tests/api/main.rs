@@ -7,4 +7,5 @@ mod formats;
 mod history;
 mod process;
 mod rest;
+mod search;
 mod support;

@@ -1,0 +1,430 @@
+//! The subset of FHIRPath that the R4 search parameter expressions use: paths from
+//! a resource type, `|` unions, `as T` / `.as(T)` / `.ofType(T)`, indexes (`[0]`),
+//! `where(resolve() is T)` and `where(child = 'literal')`. Choice elements
+//! (`Observation.effective`) select whichever `effective[x]` is present, typed by the
+//! R4 definitions. Expressions outside the subset do not compile, and their
+//! parameters are reported as unsupported rather than half evaluated. Pure.
+
+use serde_json::Value;
+
+use crate::fhir::definitions::{TypeKind, R4};
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Expr {
+    Union(Vec<Expr>),
+    /// `start.step.step…`
+    Path {
+        start: Start,
+        steps: Vec<Step>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Start {
+    /// A resource type (`Patient`), or `Resource`/`DomainResource` for any.
+    Type(String),
+    /// A parenthesised expression.
+    Group(Box<Expr>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    Child(String),
+    Index(usize),
+    /// `as T`, `.as(T)`, `.ofType(T)`: keep nodes of type T.
+    OfType(String),
+    /// `where(resolve() is T)`: keep references to a T.
+    ResolvesTo(String),
+    /// `where(child = 'literal')`.
+    ChildEquals(String, String),
+}
+
+/// A node of a resource reached by an expression, with its FHIR type.
+#[derive(Debug, Clone)]
+pub struct Node<'a> {
+    pub value: &'a Value,
+    /// The FHIR type code (`HumanName`, `dateTime`, `BackboneElement` …).
+    pub type_code: String,
+    /// Where the children's definitions are (`HumanName`, `Encounter.participant`).
+    def_path: String,
+}
+
+/// Why an expression did not compile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unsupported(pub String);
+
+struct Parser<'s> {
+    src: &'s str,
+    pos: usize,
+}
+
+impl<'s> Parser<'s> {
+    fn rest(&self) -> &'s str {
+        &self.src[self.pos..]
+    }
+
+    fn skip_ws(&mut self) {
+        let trimmed = self.rest().trim_start();
+        self.pos = self.src.len() - trimmed.len();
+    }
+
+    fn eat(&mut self, token: &str) -> bool {
+        self.skip_ws();
+        if self.rest().starts_with(token) {
+            self.pos += token.len();
+            true
+        } else {
+            false
+        }
+    }
+
+    fn expect(&mut self, token: &str) -> Result<(), Unsupported> {
+        if self.eat(token) {
+            Ok(())
+        } else {
+            Err(self.error(&format!("expected '{token}'")))
+        }
+    }
+
+    fn error(&self, what: &str) -> Unsupported {
+        Unsupported(format!("{what} at '{}'", self.rest()))
+    }
+
+    fn identifier(&mut self) -> Result<String, Unsupported> {
+        self.skip_ws();
+        let len = self
+            .rest()
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(self.rest().len());
+        if len == 0 {
+            return Err(self.error("expected a name"));
+        }
+        let name = self.rest()[..len].to_owned();
+        self.pos += len;
+        Ok(name)
+    }
+
+    fn literal(&mut self) -> Result<String, Unsupported> {
+        self.expect("'")?;
+        let end = self
+            .rest()
+            .find('\'')
+            .ok_or_else(|| self.error("unterminated string"))?;
+        let text = self.rest()[..end].to_owned();
+        self.pos += end + 1;
+        Ok(text)
+    }
+
+    fn union(&mut self) -> Result<Expr, Unsupported> {
+        let mut terms = vec![self.term()?];
+        while self.eat("|") {
+            terms.push(self.term()?);
+        }
+        Ok(if terms.len() == 1 {
+            terms.remove(0)
+        } else {
+            Expr::Union(terms)
+        })
+    }
+
+    fn term(&mut self) -> Result<Expr, Unsupported> {
+        let start = if self.eat("(") {
+            let inner = self.union()?;
+            self.expect(")")?;
+            Start::Group(Box::new(inner))
+        } else {
+            Start::Type(self.identifier()?)
+        };
+        let mut steps = Vec::new();
+        loop {
+            if self.eat("[") {
+                self.skip_ws();
+                let len = self
+                    .rest()
+                    .find(']')
+                    .ok_or_else(|| self.error("unterminated index"))?;
+                let index = self.rest()[..len]
+                    .trim()
+                    .parse()
+                    .map_err(|_| self.error("bad index"))?;
+                self.pos += len + 1;
+                steps.push(Step::Index(index));
+            } else if self.eat(".") {
+                let name = self.identifier()?;
+                match name.as_str() {
+                    "as" | "ofType" => {
+                        self.expect("(")?;
+                        steps.push(Step::OfType(self.identifier()?));
+                        self.expect(")")?;
+                    }
+                    "where" => {
+                        self.expect("(")?;
+                        steps.push(self.condition()?);
+                        self.expect(")")?;
+                    }
+                    _ if self.rest().trim_start().starts_with('(') => {
+                        return Err(self.error(&format!("function {name}() is not supported")));
+                    }
+                    _ => steps.push(Step::Child(name)),
+                }
+            } else if self.eat(" as ") || self.eat("as ") {
+                steps.push(Step::OfType(self.identifier()?));
+            } else {
+                break;
+            }
+        }
+        Ok(Expr::Path { start, steps })
+    }
+
+    fn condition(&mut self) -> Result<Step, Unsupported> {
+        if self.eat("resolve()") {
+            self.expect("is")?;
+            return Ok(Step::ResolvesTo(self.identifier()?));
+        }
+        let child = self.identifier()?;
+        self.expect("=")?;
+        Ok(Step::ChildEquals(child, self.literal()?))
+    }
+}
+
+/// Compiles an expression of the subset.
+pub fn compile(src: &str) -> Result<Expr, Unsupported> {
+    let mut parser = Parser { src, pos: 0 };
+    let expr = parser.union()?;
+    parser.skip_ws();
+    if !parser.rest().is_empty() {
+        return Err(parser.error("unexpected text"));
+    }
+    Ok(expr)
+}
+
+fn node_of<'a>(value: &'a Value, type_code: &str, def_path: String) -> Node<'a> {
+    Node {
+        value,
+        type_code: type_code.to_owned(),
+        def_path,
+    }
+}
+
+/// A resource as a node: its children are defined under its type.
+fn resource_node(value: &Value) -> Option<Node<'_>> {
+    let rt = value.get("resourceType")?.as_str()?;
+    Some(node_of(value, rt, rt.to_owned()))
+}
+
+fn push_values<'a>(out: &mut Vec<Node<'a>>, value: &'a Value, type_code: &str, def_path: &str) {
+    let mut one = |v: &'a Value| {
+        if type_code == "Resource" {
+            out.extend(resource_node(v));
+        } else {
+            out.push(node_of(v, type_code, def_path.to_owned()));
+        }
+    };
+    match value {
+        Value::Array(items) => items.iter().filter(|v| !v.is_null()).for_each(&mut one),
+        Value::Null => {}
+        v => one(v),
+    }
+}
+
+/// The children named `name` of a node, choice elements included.
+fn children<'a>(node: &Node<'a>, name: &str, out: &mut Vec<Node<'a>>) {
+    let Some(obj) = node.value.as_object() else {
+        return;
+    };
+    let path = format!("{}.{name}", node.def_path);
+    if let Some(def) = R4.element(&path) {
+        let Some(value) = obj.get(name) else { return };
+        if let Some(target) = &def.content_ref {
+            return push_values(out, value, "BackboneElement", target);
+        }
+        let type_code = def.types.first().map(String::as_str).unwrap_or("Element");
+        let def_path = match type_code {
+            "BackboneElement" | "Element" => path.as_str(),
+            other => other,
+        };
+        return push_values(out, value, type_code, def_path);
+    }
+    // A choice element: `effective` selects `effectiveDateTime`, `effectivePeriod` …
+    for (key, value) in obj {
+        let Some(suffix) = key.strip_prefix(name) else {
+            continue;
+        };
+        if !suffix.starts_with(|c: char| c.is_ascii_uppercase()) {
+            continue;
+        }
+        if let Some(def) = R4.element(&format!("{}.{key}", node.def_path)) {
+            if let Some(type_code) = def.types.first() {
+                push_values(out, value, type_code, type_code);
+            }
+        }
+    }
+}
+
+/// The type named in a reference (`Patient/1`, `http://x/fhir/Patient/1`, or
+/// `Reference.type`).
+pub fn reference_type(reference: &Value) -> Option<&str> {
+    if let Some(t) = reference.get("type").and_then(Value::as_str) {
+        return Some(t);
+    }
+    let text = reference.get("reference")?.as_str()?;
+    let text = text.split("/_history/").next().unwrap_or(text);
+    let mut parts = text.rsplit('/');
+    let _id = parts.next()?;
+    parts.next().filter(|t| R4.is_resource_type(t))
+}
+
+fn is_of_type(node: &Node<'_>, wanted: &str) -> bool {
+    if node.type_code == wanted {
+        return true;
+    }
+    // FHIRPath `as` is also true for a subtype: uri ⊃ url/canonical, Quantity ⊃ Age …
+    matches!(
+        (wanted, node.type_code.as_str()),
+        ("uri", "url" | "canonical" | "oid" | "uuid")
+            | (
+                "Quantity",
+                "Age" | "Count" | "Distance" | "Duration" | "SimpleQuantity" | "MoneyQuantity"
+            )
+            | ("string", "markdown" | "code" | "id")
+            | ("dateTime", "instant")
+    ) || (wanted == "Resource"
+        && R4
+            .type_def(&node.type_code)
+            .is_some_and(|t| t.kind == TypeKind::Resource))
+}
+
+fn apply<'a>(step: &Step, nodes: Vec<Node<'a>>) -> Vec<Node<'a>> {
+    match step {
+        Step::Child(name) => {
+            let mut out = Vec::new();
+            for node in &nodes {
+                children(node, name, &mut out);
+            }
+            out
+        }
+        Step::Index(i) => nodes.into_iter().nth(*i).into_iter().collect(),
+        Step::OfType(t) => nodes.into_iter().filter(|n| is_of_type(n, t)).collect(),
+        Step::ResolvesTo(t) => nodes
+            .into_iter()
+            .filter(|n| reference_type(n.value) == Some(t.as_str()))
+            .collect(),
+        Step::ChildEquals(child, literal) => nodes
+            .into_iter()
+            .filter(|n| n.value.get(child).and_then(Value::as_str) == Some(literal.as_str()))
+            .collect(),
+    }
+}
+
+/// Evaluates a compiled expression on a resource.
+pub fn evaluate<'a>(expr: &Expr, resource: &'a Value) -> Vec<Node<'a>> {
+    match expr {
+        Expr::Union(terms) => terms.iter().flat_map(|t| evaluate(t, resource)).collect(),
+        Expr::Path { start, steps } => {
+            let mut nodes = match start {
+                Start::Group(inner) => evaluate(inner, resource),
+                Start::Type(t) => {
+                    let root = resource_node(resource);
+                    root.filter(|r| t == "Resource" || t == "DomainResource" || r.type_code == *t)
+                        .into_iter()
+                        .collect()
+                }
+            };
+            for step in steps {
+                nodes = apply(step, nodes);
+            }
+            nodes
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn types(expr: &str, resource: &Value) -> Vec<String> {
+        let compiled = compile(expr).expect("compiles");
+        evaluate(&compiled, resource)
+            .into_iter()
+            .map(|n| format!("{}:{}", n.type_code, n.value))
+            .collect()
+    }
+
+    #[test]
+    fn paths_unions_and_choices() {
+        let obs = json!({"resourceType":"Observation","status":"final","code":{"text":"poids"},
+            "effectivePeriod":{"start":"2026-11-20"},"valueQuantity":{"value":70.10,"unit":"kg"},
+            "subject":{"reference":"Patient/p1"}});
+        assert_eq!(
+            types("Observation.effective", &obs),
+            vec![r#"Period:{"start":"2026-11-20"}"#]
+        );
+        assert_eq!(types("(Observation.value as Quantity)", &obs).len(), 1);
+        assert!(types("(Observation.value as CodeableConcept)", &obs).is_empty());
+        assert_eq!(types("Observation.value.as(Quantity)", &obs).len(), 1);
+        assert_eq!(
+            types("Observation.code | Observation.status", &obs).len(),
+            2
+        );
+        assert!(
+            types("Patient.name", &obs).is_empty(),
+            "other types' branches select nothing"
+        );
+        assert_eq!(
+            types("Resource.id", &json!({"resourceType":"Patient","id":"x"})),
+            vec![r#"string:"x""#]
+        );
+    }
+
+    #[test]
+    fn where_resolve_and_literals() {
+        let enc = json!({"resourceType":"Encounter","status":"finished","class":{"code":"IMP"},
+            "subject":{"reference":"Patient/p1"},
+            "participant":[{"individual":{"reference":"Practitioner/dr1"}},
+                           {"individual":{"reference":"https://h.fr/fhir/PractitionerRole/r1"}}]});
+        assert_eq!(
+            types("Encounter.subject.where(resolve() is Patient)", &enc).len(),
+            1
+        );
+        assert!(types("Encounter.subject.where(resolve() is Group)", &enc).is_empty());
+        assert_eq!(
+            types(
+                "Encounter.participant.individual.where(resolve() is Practitioner)",
+                &enc
+            )
+            .len(),
+            1
+        );
+        assert_eq!(
+            types(
+                "Encounter.participant.individual.where(resolve() is PractitionerRole)",
+                &enc
+            )
+            .len(),
+            1
+        );
+        let p = json!({"resourceType":"Patient","telecom":[{"system":"phone","value":"06"},{"system":"email","value":"a@b.fr"}]});
+        assert_eq!(types("Patient.telecom.where(system='email')", &p).len(), 1);
+    }
+
+    #[test]
+    fn nested_resources_and_content_references() {
+        let b = json!({"resourceType":"Bundle","type":"document","entry":[
+            {"resource":{"resourceType":"Composition","status":"final"}},{"resource":{"resourceType":"Patient"}}]});
+        assert_eq!(
+            types("Bundle.entry[0].resource", &b),
+            vec![r#"Composition:{"resourceType":"Composition","status":"final"}"#]
+        );
+        let q = json!({"resourceType":"Questionnaire","status":"draft","item":[{"linkId":"1","type":"group",
+            "item":[{"linkId":"1.1","type":"string","code":[{"code":"x"}]}]}]});
+        assert_eq!(types("Questionnaire.item.item.code", &q).len(), 1);
+    }
+
+    #[test]
+    fn outside_the_subset_does_not_compile() {
+        assert!(compile("Patient.deceased.exists() and Patient.deceased != false").is_err());
+        assert!(compile("Location.position.near()").is_err());
+        assert!(compile("Patient.name").is_ok());
+    }
+}

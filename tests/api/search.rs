@@ -1,0 +1,291 @@
+//! Search over every parameter type, written through the API and searched over HTTP.
+
+use serde_json::{json, Value};
+
+use crate::support::{json_of, outcome_of, TestServer};
+
+/// The ids of a search's matches, sorted.
+async fn ids(s: &TestServer, query: &str) -> Vec<String> {
+    let bundle = json_of(s.get(query).await, 200).await;
+    let mut ids: Vec<String> = bundle["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["search"]["mode"] == "match")
+        .filter_map(|e| e["resource"]["id"].as_str().map(str::to_owned))
+        .collect();
+    ids.sort();
+    assert_eq!(bundle["total"], ids.len(), "{query}: total");
+    ids
+}
+
+async fn put(s: &TestServer, resource: Value) {
+    let path = format!(
+        "{}/{}",
+        resource["resourceType"].as_str().expect("type"),
+        resource["id"].as_str().expect("id")
+    );
+    let status = s.put_json(&path, &resource).await.status();
+    assert!(status == 200 || status == 201, "PUT {path}: {status}");
+}
+
+async fn patients(s: &TestServer) {
+    put(s, json!({"resourceType":"Patient","id":"jeanne","active":true,
+        "identifier":[{"system":"urn:oid:1.2.250.1.213.1.4.10","value":"2740512345678"}],
+        "name":[{"family":"Lefèvre","given":["Jeanne","Marie"]}],"gender":"female","birthDate":"1974-05-12",
+        "address":[{"city":"Tulle","postalCode":"19000"}],
+        "telecom":[{"system":"email","value":"jeanne@exemple.fr"}],
+        "generalPractitioner":[{"reference":"Practitioner/dr-martin"}],
+        "meta":{"tag":[{"system":"http://passerelle.fr/tag","code":"demo"}]}})).await;
+    put(
+        s,
+        json!({"resourceType":"Patient","id":"louis","active":false,
+        "name":[{"family":"Lefebvre","given":["Louis"]}],"gender":"male","birthDate":"1950",
+        "generalPractitioner":[{"reference":"Practitioner/dr-durand"}]}),
+    )
+    .await;
+    put(s, json!({"resourceType":"Patient","id":"anon"})).await;
+}
+
+#[tokio::test]
+async fn strings_tokens_and_references() {
+    let s = TestServer::start().await;
+    patients(&s).await;
+    // String: case- and accent-insensitive prefix by default; :exact; :contains.
+    assert_eq!(ids(&s, "Patient?family=lefevre").await, ["jeanne"]);
+    assert_eq!(ids(&s, "Patient?family=LEF").await, ["jeanne", "louis"]);
+    assert_eq!(ids(&s, "Patient?family:exact=Lefèvre").await, ["jeanne"]);
+    assert!(ids(&s, "Patient?family:exact=lefèvre").await.is_empty());
+    assert_eq!(ids(&s, "Patient?name:contains=ebv").await, ["louis"]);
+    assert_eq!(ids(&s, "Patient?given=marie").await, ["jeanne"]);
+    assert_eq!(ids(&s, "Patient?address-city=tulle").await, ["jeanne"]);
+    // OR with commas, AND with repeated parameters.
+    assert_eq!(
+        ids(&s, "Patient?given=louis,marie").await,
+        ["jeanne", "louis"]
+    );
+    assert_eq!(ids(&s, "Patient?family=lef&given=louis").await, ["louis"]);
+    // Token: code, system|code, |code, :not, :text, booleans, ContactPoint.
+    assert_eq!(ids(&s, "Patient?gender=female").await, ["jeanne"]);
+    assert_eq!(
+        ids(&s, "Patient?gender:not=female").await,
+        ["anon", "louis"]
+    );
+    assert_eq!(ids(&s, "Patient?active=true").await, ["jeanne"]);
+    assert_eq!(
+        ids(&s, "Patient?identifier=urn:oid:1.2.250.1.213.1.4.10|").await,
+        ["jeanne"]
+    );
+    assert!(ids(&s, "Patient?identifier=|2740512345678")
+        .await
+        .is_empty());
+    assert_eq!(ids(&s, "Patient?email=jeanne@exemple.fr").await, ["jeanne"]);
+    assert_eq!(
+        ids(&s, "Patient?_tag=http://passerelle.fr/tag|demo").await,
+        ["jeanne"]
+    );
+    // Reference: Type/id, id alone, :Type, absolute URL to this server.
+    assert_eq!(
+        ids(&s, "Patient?general-practitioner=Practitioner/dr-martin").await,
+        ["jeanne"]
+    );
+    assert_eq!(
+        ids(&s, "Patient?general-practitioner=dr-durand").await,
+        ["louis"]
+    );
+    assert_eq!(
+        ids(&s, "Patient?general-practitioner:Practitioner=dr-durand").await,
+        ["louis"]
+    );
+    assert!(
+        ids(&s, "Patient?general-practitioner:Organization=dr-durand")
+            .await
+            .is_empty()
+    );
+    // :missing
+    assert_eq!(ids(&s, "Patient?birthdate:missing=true").await, ["anon"]);
+    assert_eq!(
+        ids(&s, "Patient?birthdate:missing=false").await,
+        ["jeanne", "louis"]
+    );
+    // An update replaces the index rows of the previous version.
+    put(
+        &s,
+        json!({"resourceType":"Patient","id":"louis","name":[{"family":"Durand"}]}),
+    )
+    .await;
+    assert_eq!(ids(&s, "Patient?family=lef").await, ["jeanne"]);
+    assert_eq!(ids(&s, "Patient?family=durand").await, ["louis"]);
+    // A deleted resource is found no more.
+    s.http
+        .delete(s.url("Patient/jeanne"))
+        .send()
+        .await
+        .expect("delete");
+    assert!(ids(&s, "Patient?family=lefevre").await.is_empty());
+}
+
+#[tokio::test]
+async fn dates_and_periods_are_ranges() {
+    let s = TestServer::start().await;
+    patients(&s).await;
+    // A partial date is a range: 1974 contains 1974-05-12, 1950 is the whole year.
+    assert_eq!(ids(&s, "Patient?birthdate=1974").await, ["jeanne"]);
+    assert_eq!(ids(&s, "Patient?birthdate=1974-05").await, ["jeanne"]);
+    assert!(ids(&s, "Patient?birthdate=1974-06").await.is_empty());
+    assert!(
+        ids(&s, "Patient?birthdate=1950-06-01").await.is_empty(),
+        "a year is not within a day"
+    );
+    assert_eq!(ids(&s, "Patient?birthdate=ge1960").await, ["jeanne"]);
+    assert_eq!(ids(&s, "Patient?birthdate=lt1960").await, ["louis"]);
+    assert_eq!(
+        ids(&s, "Patient?birthdate=le1950-06-01").await,
+        ["louis"],
+        "le: the year starts before"
+    );
+    assert_eq!(ids(&s, "Patient?birthdate=ne1974-05-12").await, ["louis"]);
+    assert_eq!(ids(&s, "Patient?birthdate=sa1960").await, ["jeanne"]);
+    assert_eq!(ids(&s, "Patient?birthdate=eb1960").await, ["louis"]);
+    // Encounters: a finished stay and one still open (no end).
+    put(
+        &s,
+        json!({"resourceType":"Encounter","id":"stay1","status":"finished",
+        "class":{"system":"http://terminology.hl7.org/CodeSystem/v3-ActCode","code":"IMP"},
+        "subject":{"reference":"Patient/jeanne"},
+        "period":{"start":"2026-11-16T09:00:00+01:00","end":"2026-11-20T18:30:00+01:00"},
+        "length":{"value":4.4,"unit":"d","system":"http://unitsofmeasure.org","code":"d"}}),
+    )
+    .await;
+    put(
+        &s,
+        json!({"resourceType":"Encounter","id":"stay2","status":"in-progress",
+        "class":{"system":"http://terminology.hl7.org/CodeSystem/v3-ActCode","code":"IMP"},
+        "subject":{"reference":"Patient/louis"},
+        "period":{"start":"2026-11-19T14:00:00+01:00"}}),
+    )
+    .await;
+    assert_eq!(
+        ids(&s, "Encounter?date=ge2026-11-20").await,
+        ["stay1", "stay2"]
+    );
+    assert_eq!(
+        ids(&s, "Encounter?date=gt2026-11-21").await,
+        ["stay2"],
+        "an open period goes on"
+    );
+    assert_eq!(ids(&s, "Encounter?date=lt2026-11-17").await, ["stay1"]);
+    assert_eq!(
+        ids(&s, "Encounter?date=2026-11").await,
+        ["stay1"],
+        "stay2 may end after November"
+    );
+    assert_eq!(
+        ids(&s, "Encounter?date=ap2026-11-18").await,
+        ["stay1", "stay2"]
+    );
+    // Quantity and token on the same resource type, and reference to a patient.
+    assert_eq!(ids(&s, "Encounter?length=4.4").await, ["stay1"]);
+    assert_eq!(
+        ids(&s, "Encounter?length=gt4|http://unitsofmeasure.org|d").await,
+        ["stay1"]
+    );
+    assert_eq!(
+        ids(&s, "Encounter?length=4").await,
+        ["stay1"],
+        "4 means [3.5, 4.5)"
+    );
+    assert!(
+        ids(&s, "Encounter?length=4.0").await.is_empty(),
+        "4.0 means [3.95, 4.05)"
+    );
+}
+
+#[tokio::test]
+async fn numbers_uris_and_errors() {
+    let s = TestServer::start().await;
+    put(&s, json!({"resourceType":"RiskAssessment","id":"r1","status":"final","subject":{"reference":"Patient/p"},
+        "prediction":[{"probabilityDecimal":0.25}]})).await;
+    put(&s, json!({"resourceType":"RiskAssessment","id":"r2","status":"final","subject":{"reference":"Patient/p"},
+        "prediction":[{"probabilityDecimal":0.8}]})).await;
+    assert_eq!(ids(&s, "RiskAssessment?probability=0.25").await, ["r1"]);
+    assert_eq!(
+        ids(&s, "RiskAssessment?probability=0.3").await,
+        ["r1"],
+        "0.3 covers [0.25, 0.35)"
+    );
+    assert_eq!(ids(&s, "RiskAssessment?probability=gt0.5").await, ["r2"]);
+    assert_eq!(
+        ids(&s, "RiskAssessment?subject=Patient/p").await,
+        ["r1", "r2"]
+    );
+    put(&s, json!({"resourceType":"ValueSet","id":"vs1","status":"active","url":"http://passerelle.fr/fhir/ValueSet/roles"})).await;
+    assert_eq!(
+        ids(&s, "ValueSet?url=http://passerelle.fr/fhir/ValueSet/roles").await,
+        ["vs1"]
+    );
+    assert_eq!(
+        ids(&s, "ValueSet?url:below=http://passerelle.fr/fhir").await,
+        ["vs1"]
+    );
+    assert_eq!(
+        ids(
+            &s,
+            "ValueSet?url:above=http://passerelle.fr/fhir/ValueSet/roles/v2"
+        )
+        .await,
+        ["vs1"]
+    );
+    assert!(ids(&s, "ValueSet?url=http://passerelle.fr/fhir")
+        .await
+        .is_empty());
+    // Malformed values are 400 whatever the handling; unknown ones are lenient.
+    outcome_of(s.get("RiskAssessment?probability=abc").await, 400).await;
+    outcome_of(s.get("Patient?birthdate=yesterday").await, 400).await;
+    let strict = s
+        .http
+        .get(s.url("Patient?name.family=x"))
+        .header("prefer", "handling=strict")
+        .send()
+        .await
+        .expect("get");
+    outcome_of(strict, 400).await;
+}
+
+#[tokio::test]
+async fn care_team_participants() {
+    let s = TestServer::start().await;
+    put(
+        &s,
+        json!({"resourceType":"CareTeam","id":"ortho","status":"active",
+        "subject":{"reference":"Patient/jeanne"},
+        "period":{"start":"2026-11-16"},
+        "participant":[
+            {"member":{"reference":"Practitioner/chirurgien"}},
+            {"member":{"reference":"Practitioner/anesthesiste"}},
+            {"member":{"reference":"PractitionerRole/pharmacien-ch"}},
+            {"member":{"reference":"Organization/ch-tulle"}}]}),
+    )
+    .await;
+    put(
+        &s,
+        json!({"resourceType":"CareTeam","id":"ville","status":"active",
+        "subject":{"reference":"Patient/jeanne"},
+        "participant":[{"member":{"reference":"Practitioner/dr-martin"}}]}),
+    )
+    .await;
+    assert_eq!(ids(&s, "CareTeam?patient=jeanne").await, ["ortho", "ville"]);
+    assert_eq!(
+        ids(&s, "CareTeam?participant=Practitioner/anesthesiste").await,
+        ["ortho"]
+    );
+    assert_eq!(
+        ids(
+            &s,
+            "CareTeam?participant=PractitionerRole/pharmacien-ch&status=active"
+        )
+        .await,
+        ["ortho"]
+    );
+    assert_eq!(ids(&s, "CareTeam?date=ge2026-11").await, ["ortho"]);
+}
