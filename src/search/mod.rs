@@ -91,6 +91,19 @@ pub enum Condition {
         kind: ParamType,
         missing: bool,
     },
+    /// `subject:Patient.identifier=…`: a reference whose target, of one of the
+    /// listed types, meets that type's condition.
+    Chain {
+        param: String,
+        targets: Vec<(String, Condition)>,
+    },
+    /// `_has:Observation:patient:code=…`: referenced through `param` by a resource
+    /// of `source_type` that meets `inner`.
+    Has {
+        source_type: String,
+        param: String,
+        inner: Box<Condition>,
+    },
 }
 
 /// A parsed search over one resource type.
@@ -309,26 +322,6 @@ pub fn parse(
                 plan.count = n.min(MAX_COUNT);
                 continue;
             }
-            "_id" => {
-                plan.conditions.push(Condition::Id(
-                    split_escaped(value, ',')
-                        .iter()
-                        .map(|v| unescape(v))
-                        .collect(),
-                ));
-                continue;
-            }
-            "_lastUpdated" => {
-                let values = split_escaped(value, ',')
-                    .iter()
-                    .map(|v| {
-                        parse_date_value(v)
-                            .ok_or_else(|| bad(format!("'{v}' is not a valid _lastUpdated value")))
-                    })
-                    .collect::<FhirResult<Vec<_>>>()?;
-                plan.conditions.push(Condition::LastUpdated(values));
-                continue;
-            }
             n if RESULT_PARAMS.contains(&n) => continue,
             _ => {}
         }
@@ -352,17 +345,125 @@ enum ParamError {
     Invalid(String),
 }
 
+/// The reference parameter `code` of `resource_type`, or why it cannot be used.
+fn reference_param(
+    resource_type: &str,
+    code: &str,
+) -> Result<&'static params::SearchParam, ParamError> {
+    PARAMS
+        .get(resource_type, code)
+        .filter(|p| p.kind == ParamType::Reference)
+        .ok_or_else(|| {
+            ParamError::Unknown(format!(
+                "'{code}' is not a reference parameter of {resource_type}"
+            ))
+        })
+}
+
+/// `head.rest`: `head` is `reference[:Type]`, `rest` a parameter of the target type.
+fn parse_chain(
+    resource_type: &str,
+    head: &str,
+    rest: &str,
+    value: &str,
+) -> Result<Condition, ParamError> {
+    let (code, type_modifier) = match head.split_once(':') {
+        Some((c, t)) => (c, Some(t)),
+        None => (head, None),
+    };
+    let param = reference_param(resource_type, code)?;
+    let candidates: Vec<String> = match type_modifier {
+        Some(t) if param.targets.iter().any(|x| x == t) => vec![t.to_owned()],
+        Some(t) => return Err(ParamError::Unknown(format!("{code} cannot point to a {t}"))),
+        None => param.targets.clone(),
+    };
+    let mut targets = Vec::new();
+    let mut unknown = None;
+    for target in candidates {
+        match parse_param(&target, rest, value) {
+            Ok(inner) => targets.push((target, inner)),
+            Err(ParamError::Invalid(m)) => return Err(ParamError::Invalid(m)),
+            Err(e) => unknown = Some(e),
+        }
+    }
+    if targets.is_empty() {
+        return Err(unknown.unwrap_or_else(|| {
+            ParamError::Unknown(format!("'{rest}' applies to no target of {code}"))
+        }));
+    }
+    Ok(Condition::Chain {
+        param: param.code.clone(),
+        targets,
+    })
+}
+
+/// `_has:Type:param:criterion`: resources of `Type` pointing here through `param`.
+fn parse_has(
+    resource_type: &str,
+    name: &str,
+    rest: &str,
+    value: &str,
+) -> Result<Condition, ParamError> {
+    let mut parts = rest.splitn(3, ':');
+    let (Some(source_type), Some(code), Some(inner_name)) =
+        (parts.next(), parts.next(), parts.next())
+    else {
+        return Err(ParamError::Invalid(format!(
+            "'{name}' is not of the form _has:Type:parameter:criterion"
+        )));
+    };
+    if !R4.is_resource_type(source_type) {
+        return Err(ParamError::Unknown(format!(
+            "'{source_type}' in '{name}' is not a resource type"
+        )));
+    }
+    let param = reference_param(source_type, code)?;
+    if !param.targets.iter().any(|t| t == resource_type) {
+        return Err(ParamError::Unknown(format!(
+            "{source_type}.{code} does not point to {resource_type}"
+        )));
+    }
+    let inner = parse_param(source_type, inner_name, value)?;
+    Ok(Condition::Has {
+        source_type: source_type.to_owned(),
+        param: param.code.clone(),
+        inner: Box::new(inner),
+    })
+}
+
 /// One `name[:modifier]=value[,value]` of the query.
 fn parse_param(resource_type: &str, name: &str, value: &str) -> Result<Condition, ParamError> {
+    if let Some(rest) = name.strip_prefix("_has:") {
+        return parse_has(resource_type, name, rest, value);
+    }
+    if let Some((head, rest)) = name.split_once('.') {
+        return parse_chain(resource_type, head, rest, value);
+    }
+    match name {
+        "_id" => {
+            let ids = split_escaped(value, ',')
+                .iter()
+                .map(|v| unescape(v))
+                .collect();
+            return Ok(Condition::Id(ids));
+        }
+        "_lastUpdated" => {
+            let values = split_escaped(value, ',')
+                .iter()
+                .map(|v| {
+                    parse_date_value(v).ok_or_else(|| {
+                        ParamError::Invalid(format!("'{v}' is not a valid _lastUpdated value"))
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            return Ok(Condition::LastUpdated(values));
+        }
+        _ => {}
+    }
     let (code, modifier) = match name.split_once(':') {
         Some((c, m)) => (c, Some(m)),
         None => (name, None),
     };
-    if code.contains('.') {
-        return Err(ParamError::Unknown(format!(
-            "chained parameter '{name}' is not supported yet"
-        )));
-    }
     let param = PARAMS.get(resource_type, code).ok_or_else(|| {
         ParamError::Unknown(format!(
             "unknown or unsupported search parameter '{code}' for {resource_type}"

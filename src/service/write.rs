@@ -69,8 +69,13 @@ pub async fn apply(tx: &Transaction<'_>, change: Change) -> FhirResult<Written> 
         resource,
         if_match,
     } = change;
-    let claim = !matches!(kind, ChangeKind::Delete);
-    let current = store::lock_current(tx, &res_type, &res_id, claim).await?;
+    let current = match kind {
+        // A fresh server-assigned id has no row to lock; the version table's primary
+        // key still refuses a duplicate.
+        ChangeKind::Create => None,
+        ChangeKind::Update => store::lock_current(tx, &res_type, &res_id, true).await?,
+        ChangeKind::Delete => store::lock_current(tx, &res_type, &res_id, false).await?,
+    };
     if let Some(expected) = if_match {
         let actual = current.filter(|c| !c.deleted).map(|c| c.version_id);
         if actual != Some(expected) {
@@ -81,11 +86,6 @@ pub async fn apply(tx: &Transaction<'_>, change: Change) -> FhirResult<Written> 
         }
     }
     let method = match kind {
-        ChangeKind::Create if current.is_some() => {
-            return Err(FhirError::Conflict(format!(
-                "{res_type}/{res_id} already exists"
-            )))
-        }
         ChangeKind::Create => Method::Post,
         ChangeKind::Update => Method::Put,
         ChangeKind::Delete => Method::Delete,

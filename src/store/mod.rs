@@ -216,6 +216,12 @@ pub async fn write_version(tx: &Transaction<'_>, new: &NewVersion<'_>) -> FhirRe
         Some(code) if code.code().starts_with("22") => {
             FhirError::bad_request(format!("the resource cannot be stored: {e}"))
         }
+        Some(code) if *code == tokio_postgres::error::SqlState::UNIQUE_VIOLATION => {
+            FhirError::Conflict(format!(
+                "version {} of {}/{} already exists",
+                new.version_id, new.res_type, new.res_id
+            ))
+        }
         _ => FhirError::from(e),
     })?;
     let upsert = tx

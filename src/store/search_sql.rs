@@ -59,70 +59,107 @@ pub fn matching(plan: &SearchPlan) -> SqlCondition {
     sql.clauses.push(format!("r.res_type = {t}"));
     sql.clauses.push("NOT r.deleted".to_owned());
     for condition in &plan.conditions {
-        let clause = match condition {
-            Condition::Id(ids) => {
-                let p = sql.bind(Box::new(ids.clone()));
-                format!("r.res_id = ANY({p})")
-            }
-            Condition::LastUpdated(values) => {
-                let alternatives: Vec<String> = values
-                    .iter()
-                    .map(|(prefix, range)| {
-                        date_clause(
-                            &mut sql,
-                            "r.last_updated",
-                            "r.last_updated + interval '1 microsecond'",
-                            *prefix,
-                            range,
-                        )
-                    })
-                    .collect();
-                format!("({})", alternatives.join(" OR "))
-            }
-            Condition::Missing {
-                param,
-                kind,
-                missing,
-            } => {
-                let p = sql.text(param);
-                let exists = format!(
-                    "EXISTS (SELECT 1 FROM {} x WHERE x.res_type = r.res_type AND x.res_id = r.res_id AND x.param = {p})",
-                    table_of(*kind)
-                );
-                if *missing {
-                    format!("NOT {exists}")
-                } else {
-                    exists
-                }
-            }
-            Condition::Param {
-                param,
-                kind,
-                modifier,
-                values,
-            } => {
-                let p = sql.text(param);
-                let alternatives: Vec<String> = values
-                    .iter()
-                    .map(|v| value_clause(&mut sql, modifier, v))
-                    .collect();
-                let exists = format!(
-                    "EXISTS (SELECT 1 FROM {} x WHERE x.res_type = r.res_type AND x.res_id = r.res_id \
-                     AND x.param = {p} AND ({}))",
-                    table_of(*kind),
-                    alternatives.join(" OR ")
-                );
-                // :not matches resources with no matching value, those without any included.
-                if *modifier == Modifier::Not {
-                    format!("NOT {exists}")
-                } else {
-                    exists
-                }
-            }
-        };
+        let clause = render(&mut sql, "r", 0, condition);
         sql.clauses.push(clause);
     }
     sql
+}
+
+/// One condition on the resource row aliased `a`; `depth` names the aliases of
+/// chained and reverse-chained resources (`r1`, `r2` …). Inside each subquery the
+/// index table is `x`, which shadows an outer `x`.
+fn render(sql: &mut SqlCondition, a: &str, depth: usize, condition: &Condition) -> String {
+    let owner = format!("x.res_type = {a}.res_type AND x.res_id = {a}.res_id");
+    match condition {
+        Condition::Id(ids) => {
+            let p = sql.bind(Box::new(ids.clone()));
+            format!("{a}.res_id = ANY({p})")
+        }
+        Condition::LastUpdated(values) => {
+            let (low, high) = (
+                format!("{a}.last_updated"),
+                format!("{a}.last_updated + interval '1 microsecond'"),
+            );
+            let alternatives: Vec<String> = values
+                .iter()
+                .map(|(prefix, range)| date_clause(sql, &low, &high, *prefix, range))
+                .collect();
+            format!("({})", alternatives.join(" OR "))
+        }
+        Condition::Missing {
+            param,
+            kind,
+            missing,
+        } => {
+            let p = sql.text(param);
+            let exists = format!(
+                "EXISTS (SELECT 1 FROM {} x WHERE {owner} AND x.param = {p})",
+                table_of(*kind)
+            );
+            if *missing {
+                format!("NOT {exists}")
+            } else {
+                exists
+            }
+        }
+        Condition::Param {
+            param,
+            kind,
+            modifier,
+            values,
+        } => {
+            let p = sql.text(param);
+            let alternatives: Vec<String> = values
+                .iter()
+                .map(|v| value_clause(sql, modifier, v))
+                .collect();
+            let exists = format!(
+                "EXISTS (SELECT 1 FROM {} x WHERE {owner} AND x.param = {p} AND ({}))",
+                table_of(*kind),
+                alternatives.join(" OR ")
+            );
+            // :not matches resources with no matching value, those without any included.
+            if *modifier == Modifier::Not {
+                format!("NOT {exists}")
+            } else {
+                exists
+            }
+        }
+        Condition::Chain { param, targets } => {
+            let p = sql.text(param);
+            let b = format!("r{}", depth + 1);
+            let alternatives: Vec<String> = targets
+                .iter()
+                .map(|(target_type, inner)| {
+                    let t = sql.text(target_type);
+                    let inner = render(sql, &b, depth + 1, inner);
+                    format!(
+                        "(x.target_type = {t} AND EXISTS (SELECT 1 FROM resource {b} WHERE {b}.res_type = {t} \
+                         AND {b}.res_id = x.target_id AND NOT {b}.deleted AND {inner}))"
+                    )
+                })
+                .collect();
+            format!(
+                "EXISTS (SELECT 1 FROM search_reference x WHERE {owner} AND x.param = {p} AND ({}))",
+                alternatives.join(" OR ")
+            )
+        }
+        Condition::Has {
+            source_type,
+            param,
+            inner,
+        } => {
+            let (s, p) = (sql.text(source_type), sql.text(param));
+            let b = format!("r{}", depth + 1);
+            let inner = render(sql, &b, depth + 1, inner);
+            format!(
+                "EXISTS (SELECT 1 FROM search_reference x JOIN resource {b} \
+                   ON {b}.res_type = x.res_type AND {b}.res_id = x.res_id AND NOT {b}.deleted \
+                 WHERE x.target_type = {a}.res_type AND x.target_id = {a}.res_id \
+                   AND x.res_type = {s} AND x.param = {p} AND {inner})"
+            )
+        }
+    }
 }
 
 /// A LIKE pattern that matches `text` literally.

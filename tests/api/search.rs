@@ -289,3 +289,65 @@ async fn care_team_participants() {
     );
     assert_eq!(ids(&s, "CareTeam?date=ge2026-11").await, ["ortho"]);
 }
+
+#[tokio::test]
+async fn chains_and_reverse_chains() {
+    let s = TestServer::start().await;
+    patients(&s).await;
+    put(&s, json!({"resourceType":"Practitioner","id":"dr-martin","name":[{"family":"Martin","given":["Paul"]}],
+        "identifier":[{"system":"https://rpps.esante.gouv.fr","value":"10101010101"}]})).await;
+    put(
+        &s,
+        json!({"resourceType":"Encounter","id":"stay1","status":"finished","class":{"code":"IMP"},
+        "subject":{"reference":"Patient/jeanne"}}),
+    )
+    .await;
+    put(&s, json!({"resourceType":"Encounter","id":"stay2","status":"in-progress","class":{"code":"IMP"},
+        "subject":{"reference":"Patient/louis"}})).await;
+    // One level, with and without the target type.
+    assert_eq!(
+        ids(
+            &s,
+            "Encounter?subject:Patient.identifier=urn:oid:1.2.250.1.213.1.4.10|2740512345678"
+        )
+        .await,
+        ["stay1"]
+    );
+    assert_eq!(
+        ids(&s, "Encounter?subject.family=lefebvre").await,
+        ["stay2"]
+    );
+    // Two levels: the stays of the patients whose GP has this RPPS number.
+    assert_eq!(
+        ids(&s, "Encounter?patient.general-practitioner:Practitioner.identifier=https://rpps.esante.gouv.fr|10101010101").await,
+        ["stay1"]
+    );
+    // _has: patients with a stay in progress; nested _has.
+    assert_eq!(
+        ids(&s, "Patient?_has:Encounter:patient:status=in-progress").await,
+        ["louis"]
+    );
+    assert_eq!(
+        ids(
+            &s,
+            "Practitioner?_has:Patient:general-practitioner:_has:Encounter:patient:status=finished"
+        )
+        .await,
+        ["dr-martin"]
+    );
+    assert!(ids(
+        &s,
+        "Practitioner?_has:Patient:general-practitioner:_has:Encounter:patient:status=cancelled"
+    )
+    .await
+    .is_empty());
+    // Unknown pieces are errors in strict handling.
+    let strict = s
+        .http
+        .get(s.url("Encounter?subject.nickname=x"))
+        .header("prefer", "handling=strict")
+        .send()
+        .await
+        .expect("get");
+    outcome_of(strict, 400).await;
+}
