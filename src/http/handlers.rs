@@ -374,19 +374,21 @@ async fn search(
             page_url(req, &path, &keep, &[("_after", after.clone())]),
         ));
     }
+    let entry_of = |v: &StoredVersion, mode: &str| {
+        let entry = json!({
+            "fullUrl": format!("{}/{}/{}", req.base, v.res_type, v.res_id),
+            "search": {"mode": mode},
+        })
+        .to_string();
+        v.json
+            .as_deref()
+            .map(|r| with_raw_member(&entry, "resource", r))
+    };
     let mut entries: Vec<String> = page
         .matches
         .iter()
-        .filter_map(|v| {
-            let entry = json!({
-                "fullUrl": format!("{}/{}/{}", req.base, v.res_type, v.res_id),
-                "search": {"mode": "match"},
-            })
-            .to_string();
-            v.json
-                .as_deref()
-                .map(|r| with_raw_member(&entry, "resource", r))
-        })
+        .filter_map(|v| entry_of(v, "match"))
+        .chain(page.included.iter().filter_map(|v| entry_of(v, "include")))
         .collect();
     if !page.plan.ignored.is_empty() {
         let outcome = operation_outcome("warning", &page.plan.ignored).to_string();

@@ -112,8 +112,54 @@ pub struct SearchPlan {
     pub resource_type: String,
     pub conditions: Vec<Condition>,
     pub count: usize,
+    /// `_include` and `_revinclude`.
+    pub includes: Vec<Include>,
     /// Parameters that were not understood (lenient handling reports them).
     pub ignored: Vec<Issue>,
+}
+
+/// `_include=Source:param[:Target]` (`reverse` for `_revinclude`); `param` is
+/// `None` for `Source:*`, every reference of the source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Include {
+    pub reverse: bool,
+    pub iterate: bool,
+    pub source_type: String,
+    pub param: Option<String>,
+    pub target_type: Option<String>,
+}
+
+fn parse_include(name: &str, value: &str) -> Result<Include, ParamError> {
+    let reverse = name.starts_with("_revinclude");
+    let iterate = name.ends_with(":iterate") || name.ends_with(":recurse");
+    let mut parts = value.split(':');
+    let (Some(source_type), Some(code)) = (parts.next(), parts.next()) else {
+        return Err(ParamError::Invalid(format!(
+            "{name}={value}: expected Type:parameter[:TargetType]"
+        )));
+    };
+    let target_type = parts.next().map(str::to_owned);
+    if !R4.is_resource_type(source_type)
+        || target_type
+            .as_deref()
+            .is_some_and(|t| !R4.is_resource_type(t))
+    {
+        return Err(ParamError::Unknown(format!(
+            "{name}={value}: unknown resource type"
+        )));
+    }
+    let param = if code == "*" {
+        None
+    } else {
+        Some(reference_param(source_type, code)?.code.clone())
+    };
+    Ok(Include {
+        reverse,
+        iterate,
+        source_type: source_type.to_owned(),
+        param,
+        target_type,
+    })
 }
 
 /// The search parameters a resource type supports, with their FHIR types.
@@ -308,6 +354,7 @@ pub fn parse(
         resource_type: resource_type.to_owned(),
         conditions: Vec::new(),
         count: DEFAULT_COUNT,
+        includes: Vec::new(),
         ignored: Vec::new(),
     };
     let bad = |message: String| FhirError::BadRequest(vec![Issue::new("invalid", message)]);
@@ -323,6 +370,18 @@ pub fn parse(
                 continue;
             }
             n if RESULT_PARAMS.contains(&n) => continue,
+            n if n.starts_with("_include") || n.starts_with("_revinclude") => {
+                match parse_include(n, value) {
+                    Ok(include) => plan.includes.push(include),
+                    Err(ParamError::Unknown(message)) if handling == Handling::Lenient => {
+                        plan.ignored.push(Issue::new("not-supported", message))
+                    }
+                    Err(ParamError::Unknown(message) | ParamError::Invalid(message)) => {
+                        return Err(bad(message))
+                    }
+                }
+                continue;
+            }
             _ => {}
         }
         match parse_param(resource_type, name, value) {

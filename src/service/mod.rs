@@ -336,6 +336,8 @@ pub async fn history(
 pub struct SearchPage {
     pub plan: SearchPlan,
     pub matches: Vec<StoredVersion>,
+    /// Resources added by `_include` and `_revinclude`.
+    pub included: Vec<StoredVersion>,
     pub total: i64,
     /// The id after which the next page starts, if there is one.
     pub next_after: Option<String>,
@@ -367,10 +369,52 @@ pub async fn search(
     } else {
         None
     };
+    let included = includes(&client, &plan, &matches).await?;
     Ok(SearchPage {
         plan,
         matches,
+        included,
         total,
         next_after,
     })
+}
+
+/// Rounds of `:iterate` includes, after the first.
+const MAX_INCLUDE_ROUNDS: usize = 4;
+
+/// Follows `_include` and `_revinclude` from the matches (and, with `:iterate`, from
+/// what they included), each resource once, at most `store::MAX_INCLUDED`.
+async fn includes(
+    client: &deadpool_postgres::Client,
+    plan: &SearchPlan,
+    matches: &[StoredVersion],
+) -> FhirResult<Vec<StoredVersion>> {
+    let key = |v: &StoredVersion| (v.res_type.clone(), v.res_id.clone());
+    let mut seen: std::collections::HashSet<(String, String)> = matches.iter().map(key).collect();
+    let mut frontier: Vec<(String, String)> = seen.iter().cloned().collect();
+    let mut included = Vec::new();
+    for round in 0..=MAX_INCLUDE_ROUNDS {
+        let mut found = Vec::new();
+        for include in plan.includes.iter().filter(|i| round == 0 || i.iterate) {
+            let mut by_type: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
+            for (t, id) in &frontier {
+                if include.reverse || *t == include.source_type {
+                    by_type.entry(t.as_str()).or_default().push(id.clone());
+                }
+            }
+            for (t, ids) in by_type {
+                for v in store::included(client, include, t, &ids).await? {
+                    if seen.insert(key(&v)) && included.len() + found.len() < store::MAX_INCLUDED {
+                        found.push(v);
+                    }
+                }
+            }
+        }
+        if found.is_empty() {
+            break;
+        }
+        frontier = found.iter().map(key).collect();
+        included.extend(found);
+    }
+    Ok(included)
 }

@@ -15,7 +15,7 @@ use tokio_postgres::Row;
 use crate::error::{FhirError, FhirResult};
 use crate::fhir::datetime::Range;
 use crate::search::index::IndexRows;
-use crate::search::SearchPlan;
+use crate::search::{Include, SearchPlan};
 
 /// How a version came to be: the HTTP verb of the interaction that wrote it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -333,6 +333,53 @@ pub async fn search(
     let rows = client.query(&sql, &query.param_refs()).await?;
     Ok(rows.iter().map(version_from_row).collect())
 }
+
+/// Current resources reached by one `_include`/`_revinclude` from `sources` (all of
+/// `include.source_type` for `_include`, of one target type for `_revinclude`).
+#[tracing::instrument(skip(client, sources), fields(sources = sources.len()))]
+pub async fn included(
+    client: &impl GenericClient,
+    include: &Include,
+    sources_type: &str,
+    sources: &[String],
+) -> FhirResult<Vec<StoredVersion>> {
+    let mut q = search_sql::SqlCondition::new();
+    let (source_col, found_col) = if include.reverse {
+        ("target", "res")
+    } else {
+        ("res", "target")
+    };
+    let t = q.bind(Box::new(sources_type.to_owned()));
+    let ids = q.bind(Box::new(sources.to_vec()));
+    q.clauses.push(format!(
+        "x.{source_col}_type = {t} AND x.{source_col}_id = ANY({ids})"
+    ));
+    if include.reverse {
+        let s = q.bind(Box::new(include.source_type.clone()));
+        q.clauses.push(format!("x.res_type = {s}"));
+    }
+    if let Some(param) = &include.param {
+        let p = q.bind(Box::new(param.clone()));
+        q.clauses.push(format!("x.param = {p}"));
+    }
+    if let (Some(target), false) = (&include.target_type, include.reverse) {
+        let p = q.bind(Box::new(target.clone()));
+        q.clauses.push(format!("x.target_type = {p}"));
+    }
+    let sql = format!(
+        "SELECT DISTINCT {VERSION_COLUMNS} FROM search_reference x
+         JOIN resource r ON r.res_type = x.{found_col}_type AND r.res_id = x.{found_col}_id AND NOT r.deleted
+         JOIN resource_version v ON v.res_type = r.res_type AND v.res_id = r.res_id AND v.version_id = r.version_id
+         WHERE {} LIMIT {}",
+        q.clauses.join(" AND "),
+        MAX_INCLUDED
+    );
+    let rows = client.query(&sql, &q.param_refs()).await?;
+    Ok(rows.iter().map(version_from_row).collect())
+}
+
+/// At most this many resources are included in one page (memory bound).
+pub const MAX_INCLUDED: usize = 1000;
 
 /// How many current resources match a search.
 #[tracing::instrument(skip(client, plan), fields(res_type = %plan.resource_type))]

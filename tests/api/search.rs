@@ -351,3 +351,90 @@ async fn chains_and_reverse_chains() {
         .expect("get");
     outcome_of(strict, 400).await;
 }
+
+/// `(matches, includes)` of a search, as `Type/id`, sorted.
+async fn by_mode(s: &TestServer, query: &str) -> (Vec<String>, Vec<String>) {
+    let bundle = json_of(s.get(query).await, 200).await;
+    let pick = |mode: &str| {
+        let mut found: Vec<String> = bundle["entry"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["search"]["mode"] == mode)
+            .map(|e| {
+                format!(
+                    "{}/{}",
+                    e["resource"]["resourceType"].as_str().unwrap_or(""),
+                    e["resource"]["id"].as_str().unwrap_or("")
+                )
+            })
+            .collect();
+        found.sort();
+        found
+    };
+    (pick("match"), pick("include"))
+}
+
+#[tokio::test]
+async fn include_and_revinclude() {
+    let s = TestServer::start().await;
+    patients(&s).await;
+    put(
+        &s,
+        json!({"resourceType":"Practitioner","id":"dr-martin","name":[{"family":"Martin"}]}),
+    )
+    .await;
+    put(
+        &s,
+        json!({"resourceType":"Encounter","id":"stay1","status":"finished","class":{"code":"IMP"},
+        "subject":{"reference":"Patient/jeanne"},
+        "participant":[{"individual":{"reference":"Practitioner/dr-martin"}}]}),
+    )
+    .await;
+    put(&s, json!({"resourceType":"Encounter","id":"stay2","status":"in-progress","class":{"code":"IMP"},
+        "subject":{"reference":"Patient/louis"}})).await;
+    let (m, i) = by_mode(&s, "Encounter?status=finished&_include=Encounter:subject").await;
+    assert_eq!(
+        (m, i),
+        (
+            vec!["Encounter/stay1".to_owned()],
+            vec!["Patient/jeanne".to_owned()]
+        )
+    );
+    let (_, i) = by_mode(&s, "Encounter?_id=stay1&_include=Encounter:*").await;
+    assert_eq!(i, ["Patient/jeanne", "Practitioner/dr-martin"]);
+    let (_, i) = by_mode(
+        &s,
+        "Encounter?_id=stay1&_include=Encounter:participant:Patient",
+    )
+    .await;
+    assert!(i.is_empty(), "the target type narrows the include");
+    let (m, i) = by_mode(&s, "Patient?_id=jeanne,louis&_revinclude=Encounter:subject").await;
+    assert_eq!(m, ["Patient/jeanne", "Patient/louis"]);
+    assert_eq!(i, ["Encounter/stay1", "Encounter/stay2"]);
+    // :iterate follows from what was included: stay -> patient -> GP.
+    let (_, i) = by_mode(
+        &s,
+        "Encounter?_id=stay2&_include=Encounter:subject&_include:iterate=Patient:general-practitioner",
+    )
+    .await;
+    assert_eq!(
+        i,
+        ["Patient/louis"],
+        "dr-durand does not exist: nothing more to include"
+    );
+    let (_, i) = by_mode(
+        &s,
+        "Encounter?_id=stay1&_include=Encounter:subject&_include:iterate=Patient:general-practitioner",
+    )
+    .await;
+    assert_eq!(i, ["Patient/jeanne", "Practitioner/dr-martin"]);
+    // A resource both matched and included appears once, as a match.
+    let (m, i) = by_mode(
+        &s,
+        "Patient?_id=jeanne&_revinclude=Encounter:subject&_include:iterate=Encounter:subject",
+    )
+    .await;
+    assert_eq!((m.len(), i.len()), (1, 1));
+    outcome_of(s.get("Encounter?_include=Encounter").await, 400).await;
+}
