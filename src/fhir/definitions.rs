@@ -31,6 +31,8 @@ pub struct ElementDef {
     pub types: Vec<String>,
     /// For a `contentReference`, the path whose definition this element reuses.
     pub content_ref: Option<String>,
+    /// Part of the summary view (`_summary=true`).
+    pub summary: bool,
 }
 
 /// An element that must be present: its name, or the stem of a choice (`value` for `value[x]`).
@@ -92,8 +94,8 @@ impl Definitions {
                         },
                     );
                 }
-                ["E", path, min, max, types, content_ref] => {
-                    defs.add_element(path, min, max, types, content_ref);
+                ["E", path, min, max, types, content_ref, summary] => {
+                    defs.add_element(path, min, max, types, content_ref, *summary == "1");
                 }
                 _ => {}
             }
@@ -101,7 +103,15 @@ impl Definitions {
         defs
     }
 
-    fn add_element(&mut self, path: &str, min: &str, max: &str, types: &str, content_ref: &str) {
+    fn add_element(
+        &mut self,
+        path: &str,
+        min: &str,
+        max: &str,
+        types: &str,
+        content_ref: &str,
+        summary: bool,
+    ) {
         let min: u32 = min.parse().unwrap_or(0);
         let many = max != "0" && max != "1";
         let types: Vec<String> = types
@@ -120,6 +130,7 @@ impl Definitions {
                         many,
                         types: vec![t.clone()],
                         content_ref: None,
+                        summary,
                     },
                 );
             }
@@ -150,6 +161,7 @@ impl Definitions {
                 many,
                 types,
                 content_ref,
+                summary,
             },
         );
     }

@@ -3,6 +3,7 @@
 
 pub mod datetime;
 pub mod definitions;
+pub mod subset;
 pub mod validate;
 
 use chrono::{DateTime, Utc};

@@ -9,8 +9,8 @@ use super::negotiate;
 use super::respond::{bundle, with_raw_member, Reply, VersionRef};
 use super::route::Route;
 use crate::error::{operation_outcome, FhirError, FhirResult, Issue};
-use crate::fhir::{self, datetime};
-use crate::search::Handling;
+use crate::fhir::{self, datetime, subset};
+use crate::search::{Cursor, Handling};
 use crate::service::{self, capability, Written};
 use crate::state::AppState;
 use crate::store::{Method as StoreMethod, StoredVersion};
@@ -215,7 +215,11 @@ fn read_reply(req: &FhirRequest, v: &StoredVersion) -> FhirResult<Reply> {
     } else {
         StatusCode::OK
     };
-    let body = (!not_modified).then(|| v.json.clone()).flatten();
+    let body = match (not_modified, &v.json, subset::from_params(&req.params)?) {
+        (true, _, _) | (_, None, _) => None,
+        (false, Some(json), Some(subset)) => Some(subset::apply(json, &subset)?),
+        (false, Some(json), None) => Some(json.clone()),
+    };
     Ok(Reply::new(status, body).versioned(&req.base, &version_ref(v)))
 }
 
@@ -361,35 +365,47 @@ async fn search(
     params: Vec<(String, String)>,
 ) -> FhirResult<Reply> {
     let page = service::search(&state.pool, res_type, &params, req.handling()).await?;
+    let subset = subset::from_params(&params)?;
     let path = format!("/{res_type}");
     let keep: Vec<(String, String)> = params
         .iter()
-        .filter(|(k, _)| k != "_after")
+        .filter(|(k, _)| k != "_after" && k != "_offset")
         .cloned()
         .collect();
     let mut links = vec![("self", page_url(req, &path, &params, &[]))];
-    if let Some(after) = &page.next_after {
-        links.push((
+    match &page.next {
+        Some(Cursor::AfterId(id)) => links.push((
             "next",
-            page_url(req, &path, &keep, &[("_after", after.clone())]),
-        ));
+            page_url(req, &path, &keep, &[("_after", id.clone())]),
+        )),
+        Some(Cursor::Offset(n)) => links.push((
+            "next",
+            page_url(req, &path, &keep, &[("_offset", n.to_string())]),
+        )),
+        Some(Cursor::Start) | None => {}
     }
-    let entry_of = |v: &StoredVersion, mode: &str| {
+    let entry_of = |v: &StoredVersion, mode: &str| -> FhirResult<Option<String>> {
         let entry = json!({
             "fullUrl": format!("{}/{}/{}", req.base, v.res_type, v.res_id),
             "search": {"mode": mode},
         })
         .to_string();
-        v.json
-            .as_deref()
-            .map(|r| with_raw_member(&entry, "resource", r))
+        let Some(resource) = v.json.as_deref() else {
+            return Ok(None);
+        };
+        let resource = match &subset {
+            Some(subset) => subset::apply(resource, subset)?,
+            None => resource.to_owned(),
+        };
+        Ok(Some(with_raw_member(&entry, "resource", &resource)))
     };
-    let mut entries: Vec<String> = page
-        .matches
-        .iter()
-        .filter_map(|v| entry_of(v, "match"))
-        .chain(page.included.iter().filter_map(|v| entry_of(v, "include")))
-        .collect();
+    let mut entries = Vec::with_capacity(page.matches.len() + page.included.len() + 1);
+    for v in &page.matches {
+        entries.extend(entry_of(v, "match")?);
+    }
+    for v in &page.included {
+        entries.extend(entry_of(v, "include")?);
+    }
     if !page.plan.ignored.is_empty() {
         let outcome = operation_outcome("warning", &page.plan.ignored).to_string();
         let entry = json!({"search": {"mode": "outcome"}}).to_string();
@@ -397,7 +413,7 @@ async fn search(
     }
     Ok(Reply::new(
         StatusCode::OK,
-        Some(bundle("searchset", Some(page.total), &links, &entries)),
+        Some(bundle("searchset", page.total, &links, &entries)),
     ))
 }
 

@@ -114,8 +114,64 @@ pub struct SearchPlan {
     pub count: usize,
     /// `_include` and `_revinclude`.
     pub includes: Vec<Include>,
+    /// `_sort` keys, in order; empty: by id.
+    pub sort: Vec<SortKey>,
+    /// Where the page starts.
+    pub cursor: Cursor,
+    /// `_total=none` turns the count off.
+    pub with_total: bool,
     /// Parameters that were not understood (lenient handling reports them).
     pub ignored: Vec<Issue>,
+}
+
+/// What a `_sort` key orders by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SortParam {
+    Id,
+    LastUpdated,
+    Indexed { code: String, kind: ParamType },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SortKey {
+    pub param: SortParam,
+    pub descending: bool,
+}
+
+/// The start of a page: unsorted searches page by id (keyset: stable while data
+/// changes); sorted ones by offset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cursor {
+    Start,
+    AfterId(String),
+    Offset(usize),
+}
+
+fn parse_sort(resource_type: &str, value: &str) -> Result<Vec<SortKey>, ParamError> {
+    value
+        .split(',')
+        .filter(|k| !k.is_empty())
+        .map(|key| {
+            let (descending, code) = match key.strip_prefix('-') {
+                Some(code) => (true, code),
+                None => (false, key),
+            };
+            let param = match code {
+                "_id" => SortParam::Id,
+                "_lastUpdated" => SortParam::LastUpdated,
+                _ => {
+                    let p = PARAMS.get(resource_type, code).ok_or_else(|| {
+                        ParamError::Unknown(format!("cannot sort {resource_type} by '{code}'"))
+                    })?;
+                    SortParam::Indexed {
+                        code: p.code.clone(),
+                        kind: p.kind,
+                    }
+                }
+            };
+            Ok(SortKey { param, descending })
+        })
+        .collect()
 }
 
 /// `_include=Source:param[:Target]` (`reverse` for `_revinclude`); `param` is
@@ -342,7 +398,7 @@ fn parse_modifier(kind: ParamType, text: Option<&str>) -> Option<Modifier> {
 }
 
 /// Parameters that shape the result rather than filter it; handled elsewhere.
-const RESULT_PARAMS: &[&str] = &["_format", "_pretty", "_summary", "_elements", "_total"];
+const RESULT_PARAMS: &[&str] = &["_format", "_pretty", "_summary", "_elements"];
 
 /// Parses `(name, value)` pairs of a query string into a plan for `resource_type`.
 pub fn parse(
@@ -355,6 +411,9 @@ pub fn parse(
         conditions: Vec::new(),
         count: DEFAULT_COUNT,
         includes: Vec::new(),
+        sort: Vec::new(),
+        cursor: Cursor::Start,
+        with_total: true,
         ignored: Vec::new(),
     };
     let bad = |message: String| FhirError::BadRequest(vec![Issue::new("invalid", message)]);
@@ -369,7 +428,48 @@ pub fn parse(
                 plan.count = n.min(MAX_COUNT);
                 continue;
             }
+            "_summary" if value == "count" => {
+                plan.count = 0;
+                continue;
+            }
             n if RESULT_PARAMS.contains(&n) => continue,
+            "_total" => {
+                plan.with_total = match value.as_str() {
+                    "none" => false,
+                    "estimate" | "accurate" => true,
+                    other => {
+                        return Err(bad(format!(
+                            "_total takes none, estimate or accurate, not '{other}'"
+                        )))
+                    }
+                };
+                continue;
+            }
+            "_after" => {
+                plan.cursor = Cursor::AfterId(value.clone());
+                continue;
+            }
+            "_offset" => {
+                let n = value.parse().map_err(|_| {
+                    bad(format!(
+                        "_offset must be a non-negative integer, got '{value}'"
+                    ))
+                })?;
+                plan.cursor = Cursor::Offset(n);
+                continue;
+            }
+            "_sort" => {
+                match parse_sort(resource_type, value) {
+                    Ok(keys) => plan.sort = keys,
+                    Err(ParamError::Unknown(message)) if handling == Handling::Lenient => {
+                        plan.ignored.push(Issue::new("not-supported", message))
+                    }
+                    Err(ParamError::Unknown(message) | ParamError::Invalid(message)) => {
+                        return Err(bad(message))
+                    }
+                }
+                continue;
+            }
             n if n.starts_with("_include") || n.starts_with("_revinclude") => {
                 match parse_include(n, value) {
                     Ok(include) => plan.includes.push(include),

@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::error::{FhirError, FhirResult};
 use crate::fhir::{self, datetime};
-use crate::search::{self, Handling, SearchPlan};
+use crate::search::{self, Cursor, Handling, SearchPlan};
 use crate::store::{self, HistoryFilter, StoredVersion};
 pub use write::{Change, ChangeKind, Written};
 
@@ -338,9 +338,10 @@ pub struct SearchPage {
     pub matches: Vec<StoredVersion>,
     /// Resources added by `_include` and `_revinclude`.
     pub included: Vec<StoredVersion>,
-    pub total: i64,
-    /// The id after which the next page starts, if there is one.
-    pub next_after: Option<String>,
+    /// `None` with `_total=none`.
+    pub total: Option<i64>,
+    /// Where the next page starts, if there is one.
+    pub next: Option<Cursor>,
 }
 
 /// `GET [type]?params`.
@@ -350,22 +351,26 @@ pub async fn search(
     params: &[(String, String)],
     handling: Handling,
 ) -> FhirResult<SearchPage> {
-    let after = params
-        .iter()
-        .find(|(k, _)| k == "_after")
-        .map(|(_, v)| v.clone());
-    let criteria: Vec<(String, String)> = params
-        .iter()
-        .filter(|(k, _)| k != "_after")
-        .cloned()
-        .collect();
-    let plan = search::parse(res_type, &criteria, handling)?;
+    let plan = search::parse(res_type, params, handling)?;
     let client = pool.get().await?;
-    let total = store::count(&client, &plan).await?;
-    let mut matches = store::search(&client, &plan, after.as_deref(), plan.count + 1).await?;
-    let next_after = if matches.len() > plan.count {
+    let total = if plan.with_total {
+        Some(store::count(&client, &plan).await?)
+    } else {
+        None
+    };
+    // `_count=0` and `_summary=count` ask for the total alone.
+    let mut matches = if plan.count == 0 {
+        Vec::new()
+    } else {
+        store::search(&client, &plan, plan.count + 1).await?
+    };
+    let next = if matches.len() > plan.count {
         matches.truncate(plan.count);
-        matches.last().map(|v| v.res_id.clone())
+        match (&plan.cursor, plan.sort.is_empty()) {
+            (_, true) => matches.last().map(|v| Cursor::AfterId(v.res_id.clone())),
+            (Cursor::Offset(n), false) => Some(Cursor::Offset(n + plan.count)),
+            (_, false) => Some(Cursor::Offset(plan.count)),
+        }
     } else {
         None
     };
@@ -375,7 +380,7 @@ pub async fn search(
         matches,
         included,
         total,
-        next_after,
+        next,
     })
 }
 

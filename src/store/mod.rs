@@ -15,7 +15,7 @@ use tokio_postgres::Row;
 use crate::error::{FhirError, FhirResult};
 use crate::fhir::datetime::Range;
 use crate::search::index::IndexRows;
-use crate::search::{Include, SearchPlan};
+use crate::search::{Cursor, Include, SearchPlan};
 
 /// How a version came to be: the HTTP verb of the interaction that wrote it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -309,26 +309,34 @@ pub async fn history(
     Ok(rows.iter().map(version_from_row).collect())
 }
 
-/// Current, non-deleted resources matching a search, ordered by id, at most `limit`,
-/// starting after the id `after` (keyset paging).
+/// Current, non-deleted resources matching a search, in the plan's order, at most
+/// `limit`, from the plan's cursor.
 #[tracing::instrument(skip(client, plan), fields(res_type = %plan.resource_type))]
 pub async fn search(
     client: &impl GenericClient,
     plan: &SearchPlan,
-    after: Option<&str>,
     limit: usize,
 ) -> FhirResult<Vec<StoredVersion>> {
     let mut query = search_sql::matching(plan);
-    if let Some(after) = after {
-        let p = query.bind(Box::new(after.to_owned()));
-        query.clauses.push(format!("r.res_id > {p}"));
-    }
+    let mut order = search_sql::order_by(&mut query, &plan.sort);
+    order.push("r.res_id".to_owned());
+    let offset = match &plan.cursor {
+        Cursor::AfterId(after) => {
+            let p = query.bind(Box::new(after.clone()));
+            query.clauses.push(format!("r.res_id > {p}"));
+            0
+        }
+        Cursor::Offset(n) => *n,
+        Cursor::Start => 0,
+    };
     let limit = query.bind(Box::new(limit as i64));
+    let offset = query.bind(Box::new(offset as i64));
     let sql = format!(
         "SELECT {VERSION_COLUMNS} FROM resource r
          JOIN resource_version v USING (res_type, res_id, version_id)
-         WHERE {} ORDER BY r.res_id LIMIT {limit}",
-        query.clauses.join(" AND ")
+         WHERE {} ORDER BY {} LIMIT {limit} OFFSET {offset}",
+        query.clauses.join(" AND "),
+        order.join(", ")
     );
     let rows = client.query(&sql, &query.param_refs()).await?;
     Ok(rows.iter().map(version_from_row).collect())

@@ -9,7 +9,9 @@ use tokio_postgres::types::ToSql;
 use crate::fhir::datetime::Range;
 use crate::search::index::normalize;
 use crate::search::params::ParamType;
-use crate::search::{Condition, Modifier, Prefix, SearchPlan, SearchValue, Token};
+use crate::search::{
+    Condition, Modifier, Prefix, SearchPlan, SearchValue, SortKey, SortParam, Token,
+};
 
 /// SQL conditions (AND-ed) with the values they bind.
 pub struct SqlCondition {
@@ -160,6 +162,39 @@ fn render(sql: &mut SqlCondition, a: &str, depth: usize, condition: &Condition) 
             )
         }
     }
+}
+
+/// The ORDER BY expressions of `_sort` keys. A repeating element sorts by its
+/// lowest value ascending and its highest descending; resources without one last.
+pub fn order_by(sql: &mut SqlCondition, keys: &[SortKey]) -> Vec<String> {
+    keys.iter()
+        .map(|key| {
+            let direction = if key.descending { "DESC" } else { "ASC" };
+            let expr = match &key.param {
+                SortParam::Id => "r.res_id".to_owned(),
+                SortParam::LastUpdated => "r.last_updated".to_owned(),
+                SortParam::Indexed { code, kind } => {
+                    let column = match (kind, key.descending) {
+                        (ParamType::String, _) => "normalized",
+                        (ParamType::Token, _) => "code",
+                        (ParamType::Reference, _) => "target_id",
+                        (ParamType::Date, false) => "low",
+                        (ParamType::Date, true) => "high",
+                        (ParamType::Uri, _) => "uri",
+                        _ => "value",
+                    };
+                    let aggregate = if key.descending { "max" } else { "min" };
+                    let p = sql.text(code);
+                    format!(
+                        "(SELECT {aggregate}(x.{column}) FROM {} x \
+                          WHERE x.res_type = r.res_type AND x.res_id = r.res_id AND x.param = {p})",
+                        table_of(*kind)
+                    )
+                }
+            };
+            format!("{expr} {direction} NULLS LAST")
+        })
+        .collect()
 }
 
 /// A LIKE pattern that matches `text` literally.

@@ -438,3 +438,69 @@ async fn include_and_revinclude() {
     assert_eq!((m.len(), i.len()), (1, 1));
     outcome_of(s.get("Encounter?_include=Encounter").await, 400).await;
 }
+
+async fn ordered_ids(s: &TestServer, query: &str) -> (Vec<String>, Value) {
+    let bundle = json_of(s.get(query).await, 200).await;
+    let ids = bundle["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["resource"]["id"].as_str().map(str::to_owned))
+        .collect();
+    (ids, bundle)
+}
+
+#[tokio::test]
+async fn sort_total_summary_and_elements() {
+    let s = TestServer::start().await;
+    patients(&s).await;
+    let (by_birth, _) = ordered_ids(&s, "Patient?_sort=birthdate").await;
+    assert_eq!(
+        by_birth,
+        ["louis", "jeanne", "anon"],
+        "missing values sort last"
+    );
+    let (by_birth_desc, _) = ordered_ids(&s, "Patient?_sort=-birthdate").await;
+    assert_eq!(by_birth_desc, ["jeanne", "louis", "anon"]);
+    let (by_family, _) = ordered_ids(&s, "Patient?_sort=family,-_id").await;
+    assert_eq!(by_family, ["louis", "jeanne", "anon"], "lefebvre < lefevre");
+    // Sorted pages follow each other.
+    let (first, bundle) = ordered_ids(&s, "Patient?_sort=birthdate&_count=2").await;
+    assert_eq!(first, ["louis", "jeanne"]);
+    let next = bundle["link"]
+        .as_array()
+        .expect("links")
+        .iter()
+        .find(|l| l["relation"] == "next")
+        .expect("next")["url"]
+        .as_str()
+        .expect("url")
+        .to_owned();
+    let rest = json_of(s.http.get(&next).send().await.expect("next"), 200).await;
+    assert_eq!(rest["entry"][0]["resource"]["id"], "anon");
+    // _total=none, _summary=count, _count=0.
+    let (_, none) = ordered_ids(&s, "Patient?_total=none").await;
+    assert!(none.get("total").is_none());
+    let (entries, count) = ordered_ids(&s, "Patient?_summary=count").await;
+    assert!(entries.is_empty());
+    assert_eq!(count["total"], 3);
+    let (entries, zero) = ordered_ids(&s, "Patient?gender=male&_count=0").await;
+    assert!(entries.is_empty());
+    assert_eq!(zero["total"], 1);
+    // _elements and _summary shape the resources, marked SUBSETTED.
+    let (_, elements) = ordered_ids(&s, "Patient?_id=jeanne&_elements=birthDate").await;
+    let jeanne = &elements["entry"][0]["resource"];
+    assert_eq!(jeanne["birthDate"], "1974-05-12");
+    assert!(jeanne.get("name").is_none());
+    assert!(jeanne["meta"]["tag"].to_string().contains("SUBSETTED"));
+    let summary = json_of(s.get("Patient/jeanne?_summary=true").await, 200).await;
+    assert!(summary.get("name").is_some() && summary.get("telecom").is_some());
+    assert!(
+        summary.get("generalPractitioner").is_none(),
+        "not a summary element in R4"
+    );
+    let text = json_of(s.get("Patient/jeanne?_summary=text").await, 200).await;
+    assert!(text.get("name").is_none());
+    outcome_of(s.get("Patient?_summary=maybe").await, 400).await;
+    outcome_of(s.get("Patient?_total=some").await, 400).await;
+}
