@@ -66,6 +66,11 @@ enum Command {
         #[command(flatten)]
         db: DatabaseArgs,
     },
+    /// Rewrite the search index rows of every resource (after definitions change).
+    Reindex {
+        #[command(flatten)]
+        db: DatabaseArgs,
+    },
     /// Measure create and read throughput against a fresh bench database.
     Bench {
         #[arg(long, default_value_t = 10_000)]
@@ -107,6 +112,24 @@ async fn main() -> ExitCode {
                 database.close().await;
                 println!("schema is up to date");
                 Ok(())
+            }
+            Err(e) => Err(e),
+        },
+        Command::Reindex { db } => match server::open_database(&db.choice(), 2).await {
+            Ok(database) => {
+                let started = std::time::Instant::now();
+                let result = passerelle::service::reindex(&database.pool, 500).await;
+                database.close().await;
+                match result {
+                    Ok(n) => {
+                        println!(
+                            "reindexed {n} resources in {:.1} s",
+                            started.elapsed().as_secs_f64()
+                        );
+                        Ok(())
+                    }
+                    Err(e) => Err(server::StartError::Database(e.to_string())),
+                }
             }
             Err(e) => Err(e),
         },

@@ -23,6 +23,9 @@ pub enum Expr {
 pub enum Start {
     /// A resource type (`Patient`), or `Resource`/`DomainResource` for any.
     Type(String),
+    /// The resource itself, whatever its type: an expression that starts with an
+    /// element (`extension.where(…)`), as some implementation guides write them.
+    Root,
     /// A parenthesised expression.
     Group(Box<Expr>),
 }
@@ -128,14 +131,21 @@ impl<'s> Parser<'s> {
     }
 
     fn term(&mut self) -> Result<Expr, Unsupported> {
+        let mut steps_first = None;
         let start = if self.eat("(") {
             let inner = self.union()?;
             self.expect(")")?;
             Start::Group(Box::new(inner))
         } else {
-            Start::Type(self.identifier()?)
+            let name = self.identifier()?;
+            if name.starts_with(|c: char| c.is_ascii_lowercase()) {
+                steps_first = Some(Step::Child(name));
+                Start::Root
+            } else {
+                Start::Type(name)
+            }
         };
-        let mut steps = Vec::new();
+        let mut steps: Vec<Step> = steps_first.into_iter().collect();
         loop {
             if self.eat("[") {
                 self.skip_ws();
@@ -323,6 +333,7 @@ pub fn evaluate<'a>(expr: &Expr, resource: &'a Value) -> Vec<Node<'a>> {
         Expr::Path { start, steps } => {
             let mut nodes = match start {
                 Start::Group(inner) => evaluate(inner, resource),
+                Start::Root => resource_node(resource).into_iter().collect(),
                 Start::Type(t) => {
                     let root = resource_node(resource);
                     root.filter(|r| t == "Resource" || t == "DomainResource" || r.type_code == *t)
@@ -419,6 +430,16 @@ mod tests {
         let q = json!({"resourceType":"Questionnaire","status":"draft","item":[{"linkId":"1","type":"group",
             "item":[{"linkId":"1.1","type":"string","code":[{"code":"x"}]}]}]});
         assert_eq!(types("Questionnaire.item.item.code", &q).len(), 1);
+    }
+
+    #[test]
+    fn expressions_may_start_from_an_element() {
+        let cr = json!({"resourceType":"CommunicationRequest","status":"active",
+            "extension":[{"url":"https://interop.esante.gouv.fr/ig/fhir/nde/StructureDefinition/event-type",
+                "valueCodeableConcept":{"coding":[{"code":"SOR"}]}}]});
+        let found = types("extension.where(url='https://interop.esante.gouv.fr/ig/fhir/nde/StructureDefinition/event-type').value", &cr);
+        assert_eq!(found.len(), 1);
+        assert!(found[0].starts_with("CodeableConcept:"), "{found:?}");
     }
 
     #[test]

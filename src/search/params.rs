@@ -7,6 +7,8 @@ use std::sync::LazyLock;
 use super::fhirpath::{self, Expr};
 
 const TABLE: &str = include_str!("r4_search_params.tsv");
+/// The project's own definitions (French guides), a Bundle of SearchParameters.
+const PROFILE_PARAMS: &str = include_str!("../../profiles/search-parameters.json");
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ParamType {
@@ -73,7 +75,11 @@ pub struct ParamTable {
     unsupported: Vec<(String, String)>,
 }
 
-pub static PARAMS: LazyLock<ParamTable> = LazyLock::new(|| ParamTable::parse(TABLE));
+pub static PARAMS: LazyLock<ParamTable> = LazyLock::new(|| {
+    let mut table = ParamTable::parse(TABLE);
+    table.add_search_parameters(PROFILE_PARAMS);
+    table
+});
 
 /// Kinds that the index and the query renderer handle.
 fn is_indexed(kind: ParamType) -> bool {
@@ -88,37 +94,73 @@ impl ParamTable {
             let [base, code, kind, expression, targets, _components] = cols.as_slice() else {
                 continue;
             };
-            let Some(kind) = ParamType::parse(kind) else {
-                continue;
-            };
-            let name = format!("{base}.{code}");
-            if !is_indexed(kind) {
-                t.unsupported.push((
-                    name,
-                    format!("{} parameters are not indexed yet", kind.as_str()),
-                ));
-                continue;
-            }
-            match fhirpath::compile(expression) {
-                Ok(expression) => {
-                    t.by_type
-                        .entry((*base).to_owned())
-                        .or_default()
-                        .push(SearchParam {
-                            code: (*code).to_owned(),
-                            kind,
-                            expression,
-                            targets: targets
-                                .split(',')
-                                .filter(|s| !s.is_empty())
-                                .map(str::to_owned)
-                                .collect(),
-                        })
-                }
-                Err(e) => t.unsupported.push((name, e.0)),
-            }
+            let targets: Vec<&str> = targets.split(',').filter(|s| !s.is_empty()).collect();
+            t.add(base, code, kind, expression, &targets);
         }
         t
+    }
+
+    /// Adds one parameter for one base type; what cannot be evaluated is recorded
+    /// as unsupported with the reason.
+    fn add(&mut self, base: &str, code: &str, kind: &str, expression: &str, targets: &[&str]) {
+        let name = format!("{base}.{code}");
+        let Some(kind) = ParamType::parse(kind) else {
+            self.unsupported
+                .push((name, format!("unknown type '{kind}'")));
+            return;
+        };
+        if !is_indexed(kind) {
+            self.unsupported.push((
+                name,
+                format!("{} parameters are not indexed yet", kind.as_str()),
+            ));
+            return;
+        }
+        match fhirpath::compile(expression) {
+            Ok(expression) => {
+                let params = self.by_type.entry(base.to_owned()).or_default();
+                // A later definition of the same code replaces the earlier one.
+                params.retain(|p| p.code != code);
+                params.push(SearchParam {
+                    code: code.to_owned(),
+                    kind,
+                    expression,
+                    targets: targets.iter().map(|t| (*t).to_owned()).collect(),
+                });
+            }
+            Err(e) => self.unsupported.push((name, e.0)),
+        }
+    }
+
+    /// Adds the SearchParameter resources of a Bundle (JSON text). Expressions are
+    /// kept whole for every base: branches about another type select nothing.
+    fn add_search_parameters(&mut self, bundle: &str) {
+        let Ok(bundle) = serde_json::from_str::<serde_json::Value>(bundle) else {
+            self.unsupported
+                .push(("profiles".to_owned(), "not a JSON Bundle".to_owned()));
+            return;
+        };
+        let entries = bundle["entry"].as_array().cloned().unwrap_or_default();
+        for sp in entries.iter().map(|e| &e["resource"]) {
+            let text = |key: &str| sp[key].as_str().unwrap_or_default();
+            let list = |key: &str| -> Vec<&str> {
+                sp[key]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|v| v.as_str())
+                    .collect()
+            };
+            for base in list("base") {
+                self.add(
+                    base,
+                    text("code"),
+                    text("type"),
+                    text("expression"),
+                    &list("target"),
+                );
+            }
+        }
     }
 
     /// The parameters of a resource type, common ones (`_tag`, `_profile` …) included.
@@ -165,5 +207,26 @@ mod tests {
             "common parameters apply to every type"
         );
         assert!(PARAMS.get("Patient", "participant").is_none());
+        // The project's own definitions (profiles/search-parameters.json).
+        assert_eq!(
+            PARAMS
+                .get("CommunicationRequest", "event-type")
+                .map(|p| p.kind),
+            Some(ParamType::Token)
+        );
+        assert_eq!(
+            PARAMS.get("CareTeam", "participant-end").map(|p| p.kind),
+            Some(ParamType::Date)
+        );
+        assert!(PARAMS.get("Patient", "birthplace").is_some());
+    }
+}
+
+#[cfg(test)]
+mod profile_tests {
+    #[test]
+    fn profile_definitions_are_valid_r4() {
+        let bundle: serde_json::Value = serde_json::from_str(super::PROFILE_PARAMS).expect("json");
+        crate::fhir::validate::validate_resource(&bundle).expect("a valid R4 Bundle");
     }
 }

@@ -423,3 +423,27 @@ async fn includes(
     }
     Ok(included)
 }
+
+/// Rewrites the index rows of every current resource from the parameter table in
+/// force, in batches of `batch` per transaction; returns how many were indexed.
+/// Run after the search parameter definitions change (`passerelle reindex`).
+pub async fn reindex(pool: &Pool, batch: usize) -> FhirResult<usize> {
+    let mut client = pool.get().await?;
+    let mut after: Option<(String, String)> = None;
+    let mut done = 0;
+    loop {
+        let resources = store::current_batch(&client, after.as_ref(), batch).await?;
+        let Some((t, id, _)) = resources.last() else {
+            return Ok(done);
+        };
+        after = Some((t.clone(), id.clone()));
+        let tx = client.transaction().await?;
+        for (res_type, res_id, resource) in &resources {
+            let rows = search::index::extract(res_type, resource);
+            store::reindex_resource(&tx, res_type, res_id, &rows).await?;
+        }
+        tx.commit().await?;
+        done += resources.len();
+        tracing::info!(done, "reindexed");
+    }
+}

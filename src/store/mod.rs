@@ -247,6 +247,42 @@ pub async fn write_version(tx: &Transaction<'_>, new: &NewVersion<'_>) -> FhirRe
     index_rows::replace(tx, new.res_type, new.res_id, new.index, new.version_id > 1).await
 }
 
+/// A batch of current (not deleted) resources in (type, id) order after `after`,
+/// for reindexing.
+pub async fn current_batch(
+    client: &impl GenericClient,
+    after: Option<&(String, String)>,
+    limit: usize,
+) -> FhirResult<Vec<(String, String, Value)>> {
+    let (t, id) = after.cloned().unwrap_or_default();
+    let stmt = client
+        .prepare_cached(
+            "SELECT r.res_type, r.res_id, v.resource FROM resource r
+             JOIN resource_version v USING (res_type, res_id, version_id)
+             WHERE NOT r.deleted AND (r.res_type, r.res_id) > ($1, $2)
+             ORDER BY r.res_type, r.res_id LIMIT $3",
+        )
+        .await?;
+    let rows = client.query(&stmt, &[&t, &id, &(limit as i64)]).await?;
+    Ok(rows
+        .iter()
+        .map(|row| {
+            let body: tokio_postgres::types::Json<Value> = row.get(2);
+            (row.get(0), row.get(1), body.0)
+        })
+        .collect())
+}
+
+/// Replaces the index rows of a current resource (reindexing).
+pub async fn reindex_resource(
+    tx: &Transaction<'_>,
+    res_type: &str,
+    res_id: &str,
+    rows: &IndexRows,
+) -> FhirResult<()> {
+    index_rows::replace(tx, res_type, res_id, rows, true).await
+}
+
 /// Which versions a history request wants; `None` fields do not filter.
 #[derive(Debug, Clone, Default)]
 pub struct HistoryFilter {

@@ -182,3 +182,65 @@ async fn spans_are_exported_over_otlp_when_configured() {
         .expect("a request");
     assert!(first.starts_with("POST /v1/traces"), "{first}");
 }
+
+/// `passerelle reindex` rebuilds index rows that were lost (or defined anew).
+#[tokio::test]
+async fn reindex_rebuilds_the_search_index() {
+    let url = fresh_database_url().await;
+    let config: tokio_postgres::Config = url.parse().expect("config");
+    let pool = passerelle::server::pool_for(config, 2).expect("pool");
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_passerelle"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .env("DATABASE_URL", &url)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let http = reqwest::Client::new();
+    wait_ready(&http, port).await;
+    let base = format!("http://127.0.0.1:{port}/fhir");
+    for (id, family) in [("a", "Martin"), ("b", "Bernard")] {
+        let body = json!({"resourceType": "Patient", "id": id, "name": [{"family": family}]});
+        let resp = http
+            .put(format!("{base}/Patient/{id}"))
+            .header("content-type", "application/fhir+json")
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("put");
+        assert_eq!(resp.status(), 201);
+    }
+    let total = |http: reqwest::Client, base: String| async move {
+        let text = http
+            .get(format!("{base}/Patient?family=martin"))
+            .send()
+            .await
+            .expect("search")
+            .text()
+            .await
+            .expect("body");
+        serde_json::from_str::<serde_json::Value>(&text).expect("json")["total"].as_i64()
+    };
+    assert_eq!(total(http.clone(), base.clone()).await, Some(1));
+    let client = pool.get().await.expect("connection");
+    client
+        .batch_execute("DELETE FROM search_string")
+        .await
+        .expect("lose the index");
+    drop(client);
+    assert_eq!(total(http.clone(), base.clone()).await, Some(0));
+    let out = Command::new(env!("CARGO_BIN_EXE_passerelle"))
+        .arg("reindex")
+        .env("DATABASE_URL", &url)
+        .output()
+        .expect("reindex");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("reindexed 2 resources"));
+    assert_eq!(total(http.clone(), base.clone()).await, Some(1));
+    terminate(child);
+}

@@ -504,3 +504,53 @@ async fn sort_total_summary_and_elements() {
     outcome_of(s.get("Patient?_summary=maybe").await, 400).await;
     outcome_of(s.get("Patient?_total=some").await, 400).await;
 }
+
+#[tokio::test]
+async fn french_guide_parameters() {
+    let s = TestServer::start().await;
+    let event = |code: &str| {
+        json!({"url":"https://interop.esante.gouv.fr/ig/fhir/nde/StructureDefinition/event-type",
+        "valueCodeableConcept":{"coding":[{"system":"https://mos.esante.gouv.fr/NOS/TRE_R305-TypeEvenement/FHIR/TRE-R305-TypeEvenement","code":code}]}})
+    };
+    put(&s, json!({"resourceType":"CommunicationRequest","id":"adm","status":"active","extension":[event("ADM")]})).await;
+    put(&s, json!({"resourceType":"CommunicationRequest","id":"sor","status":"active","extension":[event("SOR")]})).await;
+    assert_eq!(
+        ids(&s, "CommunicationRequest?event-type=SOR").await,
+        ["sor"]
+    );
+    assert_eq!(
+        ids(&s, "CommunicationRequest?event-type=ADM,SOR").await,
+        ["adm", "sor"]
+    );
+    put(&s, json!({"resourceType":"CareTeam","id":"cercle","status":"active",
+        "period":{"start":"2026-01-10","end":"2026-12-31"},
+        "managingOrganization":[{"reference":"Organization/dac-19"}],
+        "participant":[{"member":{"reference":"Practitioner/ide"},"period":{"start":"2026-03-01","end":"2026-06-30"}}]})).await;
+    assert_eq!(ids(&s, "CareTeam?start=2026-01").await, ["cercle"]);
+    assert_eq!(
+        ids(&s, "CareTeam?participant-end=lt2026-07").await,
+        ["cercle"]
+    );
+    assert!(ids(&s, "CareTeam?participant-end=gt2026-07")
+        .await
+        .is_empty());
+    assert_eq!(
+        ids(&s, "CareTeam?managing-organization=Organization/dac-19").await,
+        ["cercle"]
+    );
+    put(&s, json!({"resourceType":"Patient","id":"p","extension":[{"url":"http://hl7.org/fhir/StructureDefinition/patient-birthPlace",
+        "valueAddress":{"city":"Brive-la-Gaillarde","country":"FR"}}]})).await;
+    assert_eq!(ids(&s, "Patient?birthplace=brive").await, ["p"]);
+    let cs = json_of(s.get("metadata").await, 200).await;
+    let params = cs["rest"][0]["resource"]
+        .as_array()
+        .expect("resources")
+        .iter()
+        .find(|r| r["type"] == "CommunicationRequest")
+        .expect("CommunicationRequest")["searchParam"]
+        .to_string();
+    assert!(
+        params.contains("event-type"),
+        "claimed in the CapabilityStatement"
+    );
+}
