@@ -4,7 +4,8 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use passerelle::bench::{self, BenchOptions};
+use passerelle::bench::rest::{self, BenchOptions};
+use passerelle::bench::search::{self as search_bench, SearchBenchOptions};
 use passerelle::server::{self, DatabaseChoice, ServeOptions};
 use passerelle::telemetry;
 
@@ -71,6 +72,19 @@ enum Command {
         #[command(flatten)]
         db: DatabaseArgs,
     },
+    /// Load a synthetic population and time realistic searches (fresh bench database).
+    BenchSearch {
+        /// Patients (the population is about five resources per patient).
+        #[arg(long, default_value_t = 20_000)]
+        patients: usize,
+        /// Searches timed per query.
+        #[arg(long, default_value_t = 300)]
+        queries: usize,
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        #[command(flatten)]
+        db: DatabaseArgs,
+    },
     /// Measure create and read throughput against a fresh bench database.
     Bench {
         #[arg(long, default_value_t = 10_000)]
@@ -115,6 +129,19 @@ async fn main() -> ExitCode {
             }
             Err(e) => Err(e),
         },
+        Command::BenchSearch {
+            patients,
+            queries,
+            concurrency,
+            db,
+        } => search_bench::run(SearchBenchOptions {
+            database: db.choice(),
+            patients: patients.max(1),
+            queries: queries.max(1),
+            concurrency: concurrency.max(1),
+        })
+        .await
+        .map(|report| println!("{report}")),
         Command::Reindex { db } => match server::open_database(&db.choice(), 2).await {
             Ok(database) => {
                 let started = std::time::Instant::now();
@@ -138,7 +165,7 @@ async fn main() -> ExitCode {
             read_passes,
             concurrency,
             db,
-        } => bench::run(BenchOptions {
+        } => rest::run(BenchOptions {
             database: db.choice(),
             resources: resources.max(1),
             read_passes: read_passes.max(1),

@@ -326,6 +326,40 @@ fn apply<'a>(step: &Step, nodes: Vec<Node<'a>>) -> Vec<Node<'a>> {
     }
 }
 
+/// True when the expression selects at most one node in any resource: a path of
+/// non-repeating elements from a resource type (`Encounter.period`). Two conditions
+/// on such a parameter may then be checked against the same index row.
+pub fn is_single_valued(expr: &Expr) -> bool {
+    let Expr::Path {
+        start: Start::Type(t),
+        steps,
+    } = expr
+    else {
+        return false;
+    };
+    if !R4.is_resource_type(t) {
+        return false;
+    }
+    let mut def_path = t.clone();
+    for step in steps {
+        let Step::Child(name) = step else {
+            return false;
+        };
+        let path = format!("{def_path}.{name}");
+        let Some(def) = R4.element(&path) else {
+            return false;
+        };
+        if def.many {
+            return false;
+        }
+        def_path = match def.types.first().map(String::as_str) {
+            Some("BackboneElement" | "Element") | None => path,
+            Some(other) => other.to_owned(),
+        };
+    }
+    true
+}
+
 /// Evaluates a compiled expression on a resource.
 pub fn evaluate<'a>(expr: &Expr, resource: &'a Value) -> Vec<Node<'a>> {
     match expr {
@@ -440,6 +474,16 @@ mod tests {
         let found = types("extension.where(url='https://interop.esante.gouv.fr/ig/fhir/nde/StructureDefinition/event-type').value", &cr);
         assert_eq!(found.len(), 1);
         assert!(found[0].starts_with("CodeableConcept:"), "{found:?}");
+    }
+
+    #[test]
+    fn single_valued_paths() {
+        let single = |e: &str| is_single_valued(&compile(e).expect("compiles"));
+        assert!(single("Encounter.period"));
+        assert!(single("Patient.birthDate"));
+        assert!(!single("Patient.name"));
+        assert!(!single("CareTeam.participant.period"));
+        assert!(!single("Encounter.period | Patient.birthDate"));
     }
 
     #[test]

@@ -85,6 +85,14 @@ pub enum Condition {
         modifier: Modifier,
         values: Vec<SearchValue>,
     },
+    /// Several values that one index row must all meet: AND-ed conditions on a
+    /// single-valued parameter (`date=ge2026-03-01&date=lt2026-03-08` on
+    /// `Encounter.period`), merged so that the index finds the rows at once.
+    SameRow {
+        param: String,
+        kind: ParamType,
+        values: Vec<SearchValue>,
+    },
     /// `param:missing=true|false`
     Missing {
         param: String,
@@ -118,10 +126,22 @@ pub struct SearchPlan {
     pub sort: Vec<SortKey>,
     /// Where the page starts.
     pub cursor: Cursor,
-    /// `_total=none` turns the count off.
-    pub with_total: bool,
+    /// `_total`: when to count the matches.
+    pub total: TotalMode,
     /// Parameters that were not understood (lenient handling reports them).
     pub ignored: Vec<Issue>,
+}
+
+/// When a searchset carries `total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TotalMode {
+    /// `_total=none`.
+    None,
+    /// `_total=accurate` or `estimate`, `_summary=count`: a count query.
+    Accurate,
+    /// Default: only when it costs nothing, i.e. the first page holds every match
+    /// (as HAPI does, counting a large result would cost more than the page).
+    WhenFree,
 }
 
 /// What a `_sort` key orders by.
@@ -413,7 +433,7 @@ pub fn parse(
         includes: Vec::new(),
         sort: Vec::new(),
         cursor: Cursor::Start,
-        with_total: true,
+        total: TotalMode::WhenFree,
         ignored: Vec::new(),
     };
     let bad = |message: String| FhirError::BadRequest(vec![Issue::new("invalid", message)]);
@@ -426,17 +446,22 @@ pub fn parse(
                     ))
                 })?;
                 plan.count = n.min(MAX_COUNT);
+                if n == 0 {
+                    // `_count=0` asks for the total alone.
+                    plan.total = TotalMode::Accurate;
+                }
                 continue;
             }
             "_summary" if value == "count" => {
                 plan.count = 0;
+                plan.total = TotalMode::Accurate;
                 continue;
             }
             n if RESULT_PARAMS.contains(&n) => continue,
             "_total" => {
-                plan.with_total = match value.as_str() {
-                    "none" => false,
-                    "estimate" | "accurate" => true,
+                plan.total = match value.as_str() {
+                    "none" => TotalMode::None,
+                    "estimate" | "accurate" => TotalMode::Accurate,
                     other => {
                         return Err(bad(format!(
                             "_total takes none, estimate or accurate, not '{other}'"
@@ -494,6 +519,7 @@ pub fn parse(
             }
         }
     }
+    plan.conditions = merge_same_row(resource_type, std::mem::take(&mut plan.conditions));
     Ok(plan)
 }
 
@@ -661,6 +687,59 @@ fn parse_param(resource_type: &str, name: &str, value: &str) -> Result<Condition
         modifier,
         values,
     })
+}
+
+/// Merges AND-ed single-value date conditions on the same single-valued parameter
+/// into one `SameRow` condition: the same result, found from one index range.
+fn merge_same_row(resource_type: &str, conditions: Vec<Condition>) -> Vec<Condition> {
+    let mut merged: Vec<Condition> = Vec::with_capacity(conditions.len());
+    for condition in conditions {
+        let mergeable = match &condition {
+            Condition::Param {
+                param,
+                kind: ParamType::Date,
+                modifier: Modifier::None,
+                values,
+            } => {
+                values.len() == 1
+                    && PARAMS
+                        .get(resource_type, param)
+                        .is_some_and(|p| p.single_valued)
+            }
+            _ => false,
+        };
+        let Condition::Param {
+            param,
+            kind,
+            values,
+            ..
+        } = &condition
+        else {
+            merged.push(condition);
+            continue;
+        };
+        if !mergeable {
+            merged.push(condition);
+            continue;
+        }
+        let existing = merged.iter_mut().find_map(|c| match c {
+            Condition::SameRow {
+                param: p,
+                values: v,
+                ..
+            } if p == param => Some(v),
+            _ => None,
+        });
+        match existing {
+            Some(row_values) => row_values.extend(values.iter().cloned()),
+            None => merged.push(Condition::SameRow {
+                param: param.clone(),
+                kind: *kind,
+                values: values.clone(),
+            }),
+        }
+    }
+    merged
 }
 
 /// True when `resource_type` is a concrete R4 resource.

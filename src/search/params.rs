@@ -61,6 +61,8 @@ pub struct SearchParam {
     pub expression: Expr,
     /// Resource types a reference parameter may point to.
     pub targets: Vec<String>,
+    /// At most one value per resource (see `fhirpath::is_single_valued`).
+    pub single_valued: bool,
 }
 
 /// Parameters whose value lives in a column of `resource`, not in index rows.
@@ -124,6 +126,7 @@ impl ParamTable {
                 params.push(SearchParam {
                     code: code.to_owned(),
                     kind,
+                    single_valued: fhirpath::is_single_valued(&expression),
                     expression,
                     targets: targets.iter().map(|t| (*t).to_owned()).collect(),
                 });

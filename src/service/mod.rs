@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::error::{FhirError, FhirResult};
 use crate::fhir::{self, datetime};
-use crate::search::{self, Cursor, Handling, SearchPlan};
+use crate::search::{self, Cursor, Handling, SearchPlan, TotalMode};
 use crate::store::{self, HistoryFilter, StoredVersion};
 pub use write::{Change, ChangeKind, Written};
 
@@ -353,11 +353,6 @@ pub async fn search(
 ) -> FhirResult<SearchPage> {
     let plan = search::parse(res_type, params, handling)?;
     let client = pool.get().await?;
-    let total = if plan.with_total {
-        Some(store::count(&client, &plan).await?)
-    } else {
-        None
-    };
     // `_count=0` and `_summary=count` ask for the total alone.
     let mut matches = if plan.count == 0 {
         Vec::new()
@@ -373,6 +368,13 @@ pub async fn search(
         }
     } else {
         None
+    };
+    let total = match plan.total {
+        TotalMode::Accurate => Some(store::count(&client, &plan).await?),
+        TotalMode::WhenFree if next.is_none() && plan.cursor == Cursor::Start && plan.count > 0 => {
+            Some(matches.len() as i64)
+        }
+        TotalMode::WhenFree | TotalMode::None => None,
     };
     let included = includes(&client, &plan, &matches).await?;
     Ok(SearchPage {

@@ -134,6 +134,7 @@ impl Cluster {
             cluster.init()?;
         }
         if !cluster.is_running() {
+            cluster.write_settings()?;
             cluster.run(
                 "pg_ctl start",
                 Command::new(cluster.bin_dir.join("pg_ctl"))
@@ -157,15 +158,32 @@ impl Cluster {
                 .arg(&self.data_dir)
                 .args(["-U", SUPERUSER, "--auth=trust", "-E", "UTF8", "--no-locale"]),
         )?;
-        // Unix socket only, in the data folder: no port to collide with another server.
-        let settings = format!(
-            "\n# Passerelle embedded cluster\nlisten_addresses = ''\nunix_socket_directories = '{}'\n",
-            self.data_dir.display().to_string().replace('\'', "''")
-        );
         let conf = self.data_dir.join("postgresql.conf");
         let mut text = std::fs::read_to_string(&conf).map_err(io("reading postgresql.conf"))?;
-        text.push_str(&settings);
+        text.push_str("\n# Passerelle's settings, rewritten at every start\ninclude_if_exists = 'passerelle.conf'\n");
         std::fs::write(&conf, text).map_err(io("writing postgresql.conf"))
+    }
+
+    /// The settings of the embedded cluster, written before every start so that a
+    /// new version of Passerelle applies its own to an existing cluster.
+    fn write_settings(&self) -> Result<(), EmbeddedError> {
+        let settings = format!(
+            "# Written by Passerelle at each start; edit postgresql.auto.conf to override.\n\
+             # Unix socket only, in the data folder: no port to collide with another server.\n\
+             listen_addresses = ''\n\
+             unix_socket_directories = '{}'\n\
+             # Local disks are SSDs nowadays: index lookups cost little more than scans.\n\
+             random_page_cost = 1.1\n\
+             effective_cache_size = '1GB'\n",
+            self.data_dir.display().to_string().replace('\'', "''")
+        );
+        let path = self.data_dir.join("passerelle.conf");
+        std::fs::write(&path, settings).map_err(io("writing passerelle.conf"))?;
+        if let Some(acct) = self.account {
+            std::os::unix::fs::chown(&path, Some(acct.uid), Some(acct.gid))
+                .map_err(io("handing passerelle.conf to the postgres account"))?;
+        }
+        Ok(())
     }
 
     fn is_running(&self) -> bool {

@@ -16,6 +16,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "search indexes",
         include_str!("migrations/0002_search_indexes.sql"),
     ),
+    (
+        3,
+        "search statistics",
+        include_str!("migrations/0003_search_statistics.sql"),
+    ),
 ];
 
 /// Arbitrary constant naming the migration lock.

@@ -127,6 +127,22 @@ fn render(sql: &mut SqlCondition, a: &str, depth: usize, condition: &Condition) 
                 exists
             }
         }
+        Condition::SameRow {
+            param,
+            kind,
+            values,
+        } => {
+            let p = sql.text(param);
+            let all: Vec<String> = values
+                .iter()
+                .map(|v| value_clause(sql, &Modifier::None, v))
+                .collect();
+            format!(
+                "EXISTS (SELECT 1 FROM {} x WHERE {owner} AND x.param = {p} AND {})",
+                table_of(*kind),
+                all.join(" AND ")
+            )
+        }
         Condition::Chain { param, targets } => {
             let p = sql.text(param);
             let b = format!("r{}", depth + 1);

@@ -467,6 +467,12 @@ async fn sort_total_summary_and_elements() {
     // Sorted pages follow each other.
     let (first, bundle) = ordered_ids(&s, "Patient?_sort=birthdate&_count=2").await;
     assert_eq!(first, ["louis", "jeanne"]);
+    assert!(
+        bundle.get("total").is_none(),
+        "counting costs a query: only on request"
+    );
+    let (_, accurate) = ordered_ids(&s, "Patient?_sort=birthdate&_count=2&_total=accurate").await;
+    assert_eq!(accurate["total"], 3);
     let next = bundle["link"]
         .as_array()
         .expect("links")
