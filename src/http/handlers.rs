@@ -10,7 +10,7 @@ use super::respond::{bundle, with_raw_member, Reply, VersionRef};
 use super::route::Route;
 use crate::error::{operation_outcome, FhirError, FhirResult, Issue};
 use crate::fhir::{self, datetime, subset};
-use crate::search::{Cursor, Handling};
+use crate::search::{self, Cursor, Handling};
 use crate::service::{self, capability, Written};
 use crate::state::AppState;
 use crate::store::{Method as StoreMethod, StoredVersion};
@@ -131,11 +131,19 @@ pub async fn handle(state: &AppState, req: FhirRequest) -> FhirResult<Reply> {
             );
             Ok(Reply::new(StatusCode::OK, Some(cs.to_string())))
         }
-        (&Method::GET, Route::Type(t)) => search(state, &req, t, req.criteria()).await,
+        (&Method::GET, Route::Type(t)) => search(state, &req, t, req.criteria(), None).await,
         (&Method::POST, Route::TypeSearch(t)) => {
             let mut params = req.criteria();
             params.extend(parse_query(&String::from_utf8_lossy(&req.body)));
-            search(state, &req, t, params).await
+            search(state, &req, t, params, None).await
+        }
+        (&Method::GET, Route::Compartment(compartment, id, t)) => {
+            if !search::compartment::is_supported(compartment) {
+                return Err(FhirError::NotFound(format!(
+                    "the {compartment} compartment is not supported (Patient is)"
+                )));
+            }
+            search(state, &req, t, req.criteria(), Some((compartment, id))).await
         }
         (&Method::POST, Route::Type(t)) => {
             let resource = req.resource()?;
@@ -363,10 +371,14 @@ async fn search(
     req: &FhirRequest,
     res_type: &str,
     params: Vec<(String, String)>,
+    compartment: Option<(&str, &str)>,
 ) -> FhirResult<Reply> {
-    let page = service::search(&state.pool, res_type, &params, req.handling()).await?;
+    let page = service::search(&state.pool, res_type, &params, req.handling(), compartment).await?;
     let subset = subset::from_params(&params)?;
-    let path = format!("/{res_type}");
+    let path = match compartment {
+        Some((c, id)) => format!("/{c}/{id}/{res_type}"),
+        None => format!("/{res_type}"),
+    };
     let keep: Vec<(String, String)> = params
         .iter()
         .filter(|(k, _)| k != "_after" && k != "_offset")

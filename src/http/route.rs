@@ -23,6 +23,8 @@ pub enum Route {
     InstanceHistory(String, String),
     /// `[base]/[type]/[id]/_history/[vid]`
     Version(String, String, String),
+    /// `[base]/[compartment type]/[id]/[type]`: compartment search.
+    Compartment(String, String, String),
 }
 
 impl Route {
@@ -38,6 +40,7 @@ impl Route {
             Route::Instance(..) => "/fhir/{type}/{id}",
             Route::InstanceHistory(..) => "/fhir/{type}/{id}/_history",
             Route::Version(..) => "/fhir/{type}/{id}/_history/{vid}",
+            Route::Compartment(..) => "/fhir/{compartment}/{id}/{type}",
         }
     }
 }
@@ -80,6 +83,11 @@ pub fn parse(path: &str) -> FhirResult<Route> {
         }
         [t, id] => Ok(Route::Instance(resource_type(t)?, resource_id(id)?)),
         [t, id, "_history"] => Ok(Route::InstanceHistory(resource_type(t)?, resource_id(id)?)),
+        [t, id, target] if R4.is_resource_type(target) => Ok(Route::Compartment(
+            resource_type(t)?,
+            resource_id(id)?,
+            (*target).to_owned(),
+        )),
         [t, id, "_history", vid] => Ok(Route::Version(
             resource_type(t)?,
             resource_id(id)?,
@@ -108,5 +116,9 @@ mod tests {
         assert_eq!(parse("Nope/1").expect_err("type").status(), 404);
         assert_eq!(parse("Patient/a_b").expect_err("id").status(), 400);
         assert_eq!(parse("Patient/1/x/y/z").expect_err("deep").status(), 404);
+        assert_eq!(
+            parse("Patient/p1/Encounter").expect("compartment"),
+            Route::Compartment("Patient".into(), "p1".into(), "Encounter".into())
+        );
     }
 }

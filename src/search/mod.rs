@@ -1,6 +1,7 @@
 //! Search requests as data: parsing of the query string into a plan that the store
 //! renders as SQL, against the R4 search parameter table. Pure: no I/O.
 
+pub mod compartment;
 pub mod fhirpath;
 pub mod index;
 pub mod params;
@@ -93,6 +94,8 @@ pub enum Condition {
         kind: ParamType,
         values: Vec<SearchValue>,
     },
+    /// Any of these conditions (compartment membership).
+    AnyOf(Vec<Condition>),
     /// `param:missing=true|false`
     Missing {
         param: String,

@@ -344,14 +344,24 @@ pub struct SearchPage {
     pub next: Option<Cursor>,
 }
 
-/// `GET [type]?params`.
+/// `GET [type]?params`, or `GET [compartment]/[id]/[type]?params` with `compartment`.
 pub async fn search(
     pool: &Pool,
     res_type: &str,
     params: &[(String, String)],
     handling: Handling,
+    compartment: Option<(&str, &str)>,
 ) -> FhirResult<SearchPage> {
-    let plan = search::parse(res_type, params, handling)?;
+    let mut plan = search::parse(res_type, params, handling)?;
+    if let Some((compartment_type, id)) = compartment {
+        let membership = search::compartment::membership(compartment_type, id, res_type)
+            .ok_or_else(|| {
+                FhirError::bad_request(format!(
+                    "{res_type} is not in the {compartment_type} compartment"
+                ))
+            })?;
+        plan.conditions.push(membership);
+    }
     let client = pool.get().await?;
     // `_count=0` and `_summary=count` ask for the total alone.
     let mut matches = if plan.count == 0 {

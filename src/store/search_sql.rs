@@ -127,6 +127,17 @@ fn render(sql: &mut SqlCondition, a: &str, depth: usize, condition: &Condition) 
                 exists
             }
         }
+        Condition::AnyOf(conditions) => {
+            let alternatives: Vec<String> = conditions
+                .iter()
+                .map(|c| render(sql, a, depth, c))
+                .collect();
+            if alternatives.is_empty() {
+                "false".to_owned()
+            } else {
+                format!("({})", alternatives.join(" OR "))
+            }
+        }
         Condition::SameRow {
             param,
             kind,

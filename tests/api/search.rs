@@ -560,3 +560,57 @@ async fn french_guide_parameters() {
         "claimed in the CapabilityStatement"
     );
 }
+
+#[tokio::test]
+async fn patient_compartment_post_search_and_reference_identifiers() {
+    let s = TestServer::start().await;
+    patients(&s).await;
+    put(&s, json!({"resourceType":"Encounter","id":"stay1","status":"finished","class":{"code":"IMP"},
+        "subject":{"reference":"Patient/jeanne"},
+        "serviceProvider":{"identifier":{"system":"https://finess.esante.gouv.fr","value":"190000042"}}})).await;
+    put(&s, json!({"resourceType":"Encounter","id":"stay2","status":"in-progress","class":{"code":"IMP"},
+        "subject":{"reference":"Patient/louis"}})).await;
+    put(
+        &s,
+        json!({"resourceType":"CareTeam","id":"ville","status":"active",
+        "participant":[{"member":{"reference":"Patient/jeanne"}}]}),
+    )
+    .await;
+    // Patient/[id]/[type]: the resources of that type in the patient's record.
+    assert_eq!(ids(&s, "Patient/jeanne/Encounter").await, ["stay1"]);
+    assert_eq!(
+        ids(&s, "Patient/louis/Encounter?status=in-progress").await,
+        ["stay2"]
+    );
+    assert!(ids(&s, "Patient/louis/Encounter?status=finished")
+        .await
+        .is_empty());
+    assert_eq!(
+        ids(&s, "Patient/jeanne/CareTeam").await,
+        ["ville"],
+        "as a participant"
+    );
+    assert_eq!(ids(&s, "Patient/jeanne/Patient").await, ["jeanne"]);
+    outcome_of(s.get("Patient/jeanne/Organization").await, 400).await;
+    outcome_of(s.get("Encounter/stay1/Patient").await, 404).await;
+    // POST [type]/_search with a form body.
+    let resp = s
+        .http
+        .post(s.url("Encounter/_search"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("status=finished&subject=Patient%2Fjeanne")
+        .send()
+        .await
+        .expect("post");
+    let bundle = json_of(resp, 200).await;
+    assert_eq!(bundle["entry"][0]["resource"]["id"], "stay1");
+    // :identifier on a reference that only has an identifier.
+    assert_eq!(
+        ids(
+            &s,
+            "Encounter?service-provider:identifier=https://finess.esante.gouv.fr|190000042"
+        )
+        .await,
+        ["stay1"]
+    );
+}

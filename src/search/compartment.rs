@@ -1,0 +1,103 @@
+//! Compartments: `Patient/[id]/[type]?…` searches the resources of `type` that belong
+//! to the patient's record, through the parameters of the project's own
+//! CompartmentDefinition (`profiles/compartment-patient.json`). Pure.
+
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
+use serde_json::Value;
+
+use super::params::{ParamType, PARAMS};
+use super::{Condition, Modifier, SearchValue};
+
+const PATIENT: &str = include_str!("../../profiles/compartment-patient.json");
+
+/// Parameters of each resource type that put it in a Patient's compartment.
+static PATIENT_COMPARTMENT: LazyLock<HashMap<String, Vec<String>>> = LazyLock::new(|| {
+    let definition: Value = serde_json::from_str(PATIENT).unwrap_or_default();
+    definition["resource"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| {
+            let code = r["code"].as_str()?.to_owned();
+            let params = r["param"]
+                .as_array()?
+                .iter()
+                .filter_map(|p| p.as_str().map(str::to_owned))
+                .collect();
+            Some((code, params))
+        })
+        .collect()
+});
+
+/// The condition "belongs to the compartment of `compartment_type/id`" for
+/// `resource_type`, or `None` when that type is not in such a compartment.
+pub fn membership(compartment_type: &str, id: &str, resource_type: &str) -> Option<Condition> {
+    if compartment_type != "Patient" {
+        return None;
+    }
+    let params = PATIENT_COMPARTMENT.get(resource_type)?;
+    let reference = SearchValue::Reference {
+        target_type: Some(compartment_type.to_owned()),
+        id: id.to_owned(),
+        url: None,
+    };
+    let mut alternatives: Vec<Condition> = params
+        .iter()
+        .filter(|p| {
+            PARAMS
+                .get(resource_type, p)
+                .is_some_and(|d| d.kind == ParamType::Reference)
+        })
+        .map(|p| Condition::Param {
+            param: p.clone(),
+            kind: ParamType::Reference,
+            modifier: Modifier::None,
+            values: vec![reference.clone()],
+        })
+        .collect();
+    if resource_type == compartment_type {
+        // The patient belongs to its own compartment.
+        alternatives.push(Condition::Id(vec![id.to_owned()]));
+    }
+    Some(Condition::AnyOf(alternatives))
+}
+
+/// Whether a compartment of this type can be searched.
+pub fn is_supported(compartment_type: &str) -> bool {
+    compartment_type == "Patient"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_compartment_parameter_is_a_reference_parameter() {
+        assert!(PATIENT_COMPARTMENT.len() > 60);
+        for (resource_type, params) in PATIENT_COMPARTMENT.iter() {
+            for p in params {
+                let def = PARAMS.get(resource_type, p);
+                assert_eq!(
+                    def.map(|d| d.kind),
+                    Some(ParamType::Reference),
+                    "{resource_type}.{p}"
+                );
+            }
+        }
+        let definition: Value = serde_json::from_str(PATIENT).expect("json");
+        crate::fhir::validate::validate_resource(&definition)
+            .expect("a valid CompartmentDefinition");
+    }
+
+    #[test]
+    fn membership_conditions() {
+        let Some(Condition::AnyOf(of_care_team)) = membership("Patient", "p1", "CareTeam") else {
+            panic!("CareTeam is in the Patient compartment")
+        };
+        assert_eq!(of_care_team.len(), 2, "patient and participant");
+        assert!(membership("Patient", "p1", "Organization").is_none());
+        assert!(membership("Practitioner", "x", "Encounter").is_none());
+    }
+}
