@@ -7,7 +7,7 @@ One row per (resource type, parameter code): the FHIRPath expression is narrowed
 the branches of its union that apply to that type, so the server evaluates only
 what concerns the resource at hand. Columns:
 base, code, type, expression, targets (comma-separated), components (composite:
-`code=expression` pairs separated by ` ;; `).
+`code:type=expression` triples separated by ` ;; `).
 """
 import json
 import os
@@ -61,7 +61,7 @@ def main(root):
             for comp in sp.get("component", []):
                 target = by_url.get(comp["definition"])
                 if target:
-                    components.append(f"{target['code']}={comp['expression']}")
+                    components.append(f"{target['code']}:{target['type']}={comp['expression']}")
             rows.append([
                 base,
                 sp["code"],

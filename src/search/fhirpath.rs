@@ -362,17 +362,30 @@ pub fn is_single_valued(expr: &Expr) -> bool {
 
 /// Evaluates a compiled expression on a resource.
 pub fn evaluate<'a>(expr: &Expr, resource: &'a Value) -> Vec<Node<'a>> {
+    match resource_node(resource) {
+        Some(root) => evaluate_from(expr, &root),
+        None => Vec::new(),
+    }
+}
+
+/// Evaluates a compiled expression from a node: an expression that starts with an
+/// element name (`value.as(Quantity)`, as composite components are written) is
+/// relative to it; one that starts with a type name is relative to the resource,
+/// which is then `root`.
+pub fn evaluate_from<'a>(expr: &Expr, root: &Node<'a>) -> Vec<Node<'a>> {
     match expr {
-        Expr::Union(terms) => terms.iter().flat_map(|t| evaluate(t, resource)).collect(),
+        Expr::Union(terms) => terms.iter().flat_map(|t| evaluate_from(t, root)).collect(),
         Expr::Path { start, steps } => {
             let mut nodes = match start {
-                Start::Group(inner) => evaluate(inner, resource),
-                Start::Root => resource_node(resource).into_iter().collect(),
+                Start::Group(inner) => evaluate_from(inner, root),
+                Start::Root => vec![root.clone()],
                 Start::Type(t) => {
-                    let root = resource_node(resource);
-                    root.filter(|r| t == "Resource" || t == "DomainResource" || r.type_code == *t)
-                        .into_iter()
-                        .collect()
+                    let any = t == "Resource" || t == "DomainResource";
+                    if any || root.type_code == *t {
+                        vec![root.clone()]
+                    } else {
+                        Vec::new()
+                    }
                 }
             };
             for step in steps {

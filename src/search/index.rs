@@ -26,6 +26,8 @@ pub struct StringRow {
     /// Lower case without accents: what the default (prefix) search compares.
     pub normalized: String,
     pub exact: String,
+    /// Which element of a composite parameter the row comes from (0: none).
+    pub grp: i32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +37,8 @@ pub struct TokenRow {
     pub code: Option<String>,
     /// Normalised display or text, for `:text`.
     pub text: Option<String>,
+    /// Which element of a composite parameter the row comes from (0: none).
+    pub grp: i32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,6 +51,8 @@ pub struct ReferenceRow {
     /// `Reference.identifier`, for `:identifier`.
     pub identifier_system: Option<String>,
     pub identifier_value: Option<String>,
+    /// Which element of a composite parameter the row comes from (0: none).
+    pub grp: i32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +60,8 @@ pub struct DateRow {
     pub param: String,
     pub low: chrono::DateTime<chrono::Utc>,
     pub high: chrono::DateTime<chrono::Utc>,
+    /// Which element of a composite parameter the row comes from (0: none).
+    pub grp: i32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +69,8 @@ pub struct NumberRow {
     pub param: String,
     /// The decimal as written (PostgreSQL casts it to numeric).
     pub value: String,
+    /// Which element of a composite parameter the row comes from (0: none).
+    pub grp: i32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,12 +80,16 @@ pub struct QuantityRow {
     pub system: Option<String>,
     pub code: Option<String>,
     pub unit: Option<String>,
+    /// Which element of a composite parameter the row comes from (0: none).
+    pub grp: i32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UriRow {
     pub param: String,
     pub uri: String,
+    /// Which element of a composite parameter the row comes from (0: none).
+    pub grp: i32,
 }
 
 /// Every index row of one resource.
@@ -172,6 +186,7 @@ fn tokens_of(param: &str, node: &Node<'_>, out: &mut Vec<TokenRow>) {
         if system.is_some() || code.is_some() || text.is_some() {
             out.push(TokenRow {
                 param: param.to_owned(),
+                grp: 0,
                 system,
                 code,
                 text: text.map(normalize),
@@ -221,6 +236,7 @@ fn references_of(param: &str, node: &Node<'_>, out: &mut Vec<ReferenceRow>) {
     let v = node.value;
     let mut row = ReferenceRow {
         param: param.to_owned(),
+        grp: 0,
         target_type: None,
         target_id: None,
         url: None,
@@ -291,6 +307,7 @@ fn dates_of(param: &str, node: &Node<'_>, out: &mut Vec<DateRow>) {
     };
     out.push(DateRow {
         param: param.to_owned(),
+        grp: 0,
         low,
         high,
     });
@@ -308,6 +325,7 @@ fn quantities_of(param: &str, node: &Node<'_>, out: &mut Vec<QuantityRow>) {
     let row = if node.type_code == "Money" {
         QuantityRow {
             param: param.to_owned(),
+            grp: 0,
             value,
             system: Some("urn:iso:std:iso:4217".to_owned()),
             code: owned(v, "currency"),
@@ -316,6 +334,7 @@ fn quantities_of(param: &str, node: &Node<'_>, out: &mut Vec<QuantityRow>) {
     } else {
         QuantityRow {
             param: param.to_owned(),
+            grp: 0,
             value,
             system: owned(v, "system"),
             code: owned(v, "code"),
@@ -325,35 +344,87 @@ fn quantities_of(param: &str, node: &Node<'_>, out: &mut Vec<QuantityRow>) {
     out.push(row);
 }
 
-fn extract_param(param: &SearchParam, resource: &Value, rows: &mut IndexRows) {
-    let code = param.code.as_str();
-    for node in fhirpath::evaluate(&param.expression, resource) {
-        match param.kind {
-            ParamType::String => {
-                rows.strings
-                    .extend(strings_of(&node).into_iter().map(|s| StringRow {
-                        param: code.to_owned(),
-                        normalized: normalize(&s),
-                        exact: s,
-                    }))
-            }
-            ParamType::Token => tokens_of(code, &node, &mut rows.tokens),
-            ParamType::Reference => references_of(code, &node, &mut rows.references),
-            ParamType::Date => dates_of(code, &node, &mut rows.dates),
-            ParamType::Number => {
-                rows.numbers
-                    .extend(number_text(node.value).map(|value| NumberRow {
-                        param: code.to_owned(),
-                        value,
-                    }))
-            }
-            ParamType::Quantity => quantities_of(code, &node, &mut rows.quantities),
-            ParamType::Uri => rows.uris.extend(node.value.as_str().map(|u| UriRow {
-                param: code.to_owned(),
-                uri: u.to_owned(),
-            })),
-            ParamType::Composite | ParamType::Special => {}
+impl IndexRows {
+    /// Renames every row's parameter and sets its composite group.
+    fn regroup(&mut self, param: &str, grp: i32) {
+        macro_rules! each {
+            ($($field:ident),*) => {$(
+                for row in &mut self.$field {
+                    row.param = param.to_owned();
+                    row.grp = grp;
+                }
+            )*};
         }
+        each!(strings, tokens, references, dates, numbers, quantities, uris);
+    }
+
+    fn append(&mut self, mut other: IndexRows) {
+        self.strings.append(&mut other.strings);
+        self.tokens.append(&mut other.tokens);
+        self.references.append(&mut other.references);
+        self.dates.append(&mut other.dates);
+        self.numbers.append(&mut other.numbers);
+        self.quantities.append(&mut other.quantities);
+        self.uris.append(&mut other.uris);
+    }
+}
+
+/// A composite parameter: for the k-th element its expression selects, each
+/// component's rows under `code$i`, all with group k (from 1), so that a search can
+/// require the components to match in the same element.
+fn extract_composite(param: &SearchParam, resource: &Value, rows: &mut IndexRows) {
+    for (k, element) in fhirpath::evaluate(&param.expression, resource)
+        .iter()
+        .enumerate()
+    {
+        for (i, component) in param.components.iter().enumerate() {
+            let mut part = IndexRows::default();
+            for node in fhirpath::evaluate_from(&component.expression, element) {
+                rows_of_node(&component.code, component.kind, &node, &mut part);
+            }
+            part.regroup(&format!("{}${i}", param.code), k as i32 + 1);
+            rows.append(part);
+        }
+    }
+}
+
+fn extract_param(param: &SearchParam, resource: &Value, rows: &mut IndexRows) {
+    if param.kind == ParamType::Composite {
+        return extract_composite(param, resource, rows);
+    }
+    for node in fhirpath::evaluate(&param.expression, resource) {
+        rows_of_node(&param.code, param.kind, &node, rows);
+    }
+}
+
+/// The rows of one node for a parameter of the given kind.
+fn rows_of_node(code: &str, kind: ParamType, node: &Node<'_>, rows: &mut IndexRows) {
+    match kind {
+        ParamType::String => rows
+            .strings
+            .extend(strings_of(node).into_iter().map(|s| StringRow {
+                param: code.to_owned(),
+                grp: 0,
+                normalized: normalize(&s),
+                exact: s,
+            })),
+        ParamType::Token => tokens_of(code, node, &mut rows.tokens),
+        ParamType::Reference => references_of(code, node, &mut rows.references),
+        ParamType::Date => dates_of(code, node, &mut rows.dates),
+        ParamType::Number => rows
+            .numbers
+            .extend(number_text(node.value).map(|value| NumberRow {
+                param: code.to_owned(),
+                grp: 0,
+                value,
+            })),
+        ParamType::Quantity => quantities_of(code, node, &mut rows.quantities),
+        ParamType::Uri => rows.uris.extend(node.value.as_str().map(|u| UriRow {
+            param: code.to_owned(),
+            grp: 0,
+            uri: u.to_owned(),
+        })),
+        ParamType::Composite | ParamType::Special => {}
     }
 }
 

@@ -73,6 +73,8 @@ pub enum SearchValue {
         code: Option<String>,
     },
     Uri(String),
+    /// `a$b`: one value per component of a composite parameter, with its kind.
+    Composite(Vec<(ParamType, SearchValue)>),
 }
 
 /// One search condition; conditions are AND-ed.
@@ -657,6 +659,11 @@ fn parse_param(resource_type: &str, name: &str, value: &str) -> Result<Condition
             "unknown or unsupported search parameter '{code}' for {resource_type}"
         ))
     })?;
+    if modifier == Some("missing") && param.kind == ParamType::Composite {
+        return Err(ParamError::Unknown(format!(
+            "{name} is not supported on a composite parameter"
+        )));
+    }
     if modifier == Some("missing") {
         let missing = match value {
             "true" => true,
@@ -681,7 +688,10 @@ fn parse_param(resource_type: &str, name: &str, value: &str) -> Result<Condition
     })?;
     let values = split_escaped(value, ',')
         .iter()
-        .map(|v| parse_value(param.kind, &modifier, v))
+        .map(|v| match param.kind {
+            ParamType::Composite => parse_composite(param, v),
+            kind => parse_value(kind, &modifier, v),
+        })
         .collect::<Result<Vec<_>, _>>()
         .map_err(ParamError::Invalid)?;
     Ok(Condition::Param {
@@ -690,6 +700,27 @@ fn parse_param(resource_type: &str, name: &str, value: &str) -> Result<Condition
         modifier,
         values,
     })
+}
+
+/// `a$b`: each part is a value of the matching component.
+fn parse_composite(param: &params::SearchParam, raw: &str) -> Result<SearchValue, String> {
+    let parts = split_escaped(raw, '$');
+    if parts.len() != param.components.len() {
+        return Err(format!(
+            "'{raw}' needs {} parts separated by $ for {}",
+            param.components.len(),
+            param.code
+        ));
+    }
+    param
+        .components
+        .iter()
+        .zip(&parts)
+        .map(|(component, part)| {
+            parse_value(component.kind, &Modifier::None, part).map(|v| (component.kind, v))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(SearchValue::Composite)
 }
 
 /// Merges AND-ed single-value date conditions on the same single-valued parameter

@@ -29,6 +29,11 @@ fn text<R>(rows: &[R], f: impl Fn(&R) -> Option<&str>) -> Column {
     (Box::new(values), "text")
 }
 
+fn groups<R>(rows: &[R], f: impl Fn(&R) -> i32) -> Column {
+    let values: Vec<i32> = rows.iter().map(f).collect();
+    (Box::new(values), "int4")
+}
+
 fn instants<R>(rows: &[R], f: impl Fn(&R) -> DateTime<Utc>) -> Column {
     let values: Vec<DateTime<Utc>> = rows.iter().map(f).collect();
     (Box::new(values), "timestamptz")
@@ -63,6 +68,9 @@ pub async fn replace(
             .map(|(value, sql_type)| format!("{}::{sql_type}[]", q.bind(value)))
             .collect();
         let aliases: Vec<String> = (0..binds.len()).map(|i| format!("c{i}")).collect();
+        // The last array is always the composite group (see `groups`).
+        let columns = format!("{columns}, grp");
+        let select = format!("{select}, c{}", binds.len() - 1);
         ctes.push(format!(
             "i_{table} AS (INSERT INTO {table} (res_type, res_id, {columns}) SELECT {t}, {id}, {select} \
              FROM unnest({}) AS u({}))",
@@ -83,6 +91,7 @@ pub async fn replace(
                 text(s, |r| Some(&r.param)),
                 text(s, |r| Some(&r.normalized)),
                 text(s, |r| Some(&r.exact)),
+                groups(s, |r| r.grp),
             ],
         ),
     );
@@ -97,6 +106,7 @@ pub async fn replace(
                 text(tk, |r| r.system.as_deref()),
                 text(tk, |r| r.code.as_deref()),
                 text(tk, |r| r.text.as_deref()),
+                groups(tk, |r| r.grp),
             ],
         ),
     );
@@ -113,6 +123,7 @@ pub async fn replace(
                 text(rf, |r| r.url.as_deref()),
                 text(rf, |r| r.identifier_system.as_deref()),
                 text(rf, |r| r.identifier_value.as_deref()),
+                groups(rf, |r| r.grp),
             ],
         ),
     );
@@ -126,6 +137,7 @@ pub async fn replace(
                 text(d, |r| Some(&r.param)),
                 instants(d, |r| r.low),
                 instants(d, |r| r.high),
+                groups(d, |r| r.grp),
             ],
         ),
     );
@@ -135,7 +147,11 @@ pub async fn replace(
         "c0, c1::numeric",
         nonempty(
             n.len(),
-            vec![text(n, |r| Some(&r.param)), text(n, |r| Some(&r.value))],
+            vec![
+                text(n, |r| Some(&r.param)),
+                text(n, |r| Some(&r.value)),
+                groups(n, |r| r.grp),
+            ],
         ),
     );
     insert(
@@ -150,6 +166,7 @@ pub async fn replace(
                 text(qt, |r| r.system.as_deref()),
                 text(qt, |r| r.code.as_deref()),
                 text(qt, |r| r.unit.as_deref()),
+                groups(qt, |r| r.grp),
             ],
         ),
     );
@@ -159,7 +176,11 @@ pub async fn replace(
         "c0, c1",
         nonempty(
             u.len(),
-            vec![text(u, |r| Some(&r.param)), text(u, |r| Some(&r.uri))],
+            vec![
+                text(u, |r| Some(&r.param)),
+                text(u, |r| Some(&r.uri)),
+                groups(u, |r| r.grp),
+            ],
         ),
     );
     if ctes.is_empty() {

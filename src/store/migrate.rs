@@ -21,6 +21,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "search statistics",
         include_str!("migrations/0003_search_statistics.sql"),
     ),
+    (
+        4,
+        "composite groups",
+        include_str!("migrations/0004_composite_groups.sql"),
+    ),
 ];
 
 /// Arbitrary constant naming the migration lock.

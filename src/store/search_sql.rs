@@ -106,6 +106,18 @@ fn render(sql: &mut SqlCondition, a: &str, depth: usize, condition: &Condition) 
         }
         Condition::Param {
             param,
+            kind: ParamType::Composite,
+            values,
+            ..
+        } => {
+            let alternatives: Vec<String> = values
+                .iter()
+                .map(|v| composite_clause(sql, &owner, param, v))
+                .collect();
+            format!("({})", alternatives.join(" OR "))
+        }
+        Condition::Param {
+            param,
             kind,
             modifier,
             values,
@@ -189,6 +201,38 @@ fn render(sql: &mut SqlCondition, a: &str, depth: usize, condition: &Condition) 
             )
         }
     }
+}
+
+/// A composite value: its first component's row, then each other component in a
+/// row of the same element (`grp`), the group carried down by the lateral `c`.
+fn composite_clause(
+    sql: &mut SqlCondition,
+    owner: &str,
+    param: &str,
+    value: &SearchValue,
+) -> String {
+    let SearchValue::Composite(parts) = value else {
+        return "false".to_owned();
+    };
+    let mut clauses = Vec::new();
+    for (i, (kind, part)) in parts.iter().enumerate() {
+        let p = sql.text(&format!("{param}${i}"));
+        let matches = value_clause(sql, &Modifier::None, part);
+        let table = table_of(*kind);
+        clauses.push(if i == 0 {
+            format!("FROM {table} x CROSS JOIN LATERAL (SELECT x.grp AS g) c WHERE {owner} AND x.param = {p} AND {matches}")
+        } else {
+            format!("EXISTS (SELECT 1 FROM {table} x WHERE {owner} AND x.param = {p} AND x.grp = c.g AND {matches})")
+        });
+    }
+    let first = clauses.remove(0);
+    let mut sql_text = format!("EXISTS (SELECT 1 {first}");
+    for rest in clauses {
+        sql_text.push_str(" AND ");
+        sql_text.push_str(&rest);
+    }
+    sql_text.push(')');
+    sql_text
 }
 
 /// The ORDER BY expressions of `_sort` keys. A repeating element sorts by its
@@ -278,6 +322,7 @@ fn value_clause(sql: &mut SqlCondition, modifier: &Modifier, value: &SearchValue
             }
             format!("({})", parts.join(" AND "))
         }
+        SearchValue::Composite(_) => "false".to_owned(),
         SearchValue::Uri(uri) => match modifier {
             Modifier::Below => format!("x.uri LIKE {}", sql.text(&format!("{}%", like_escape(uri)))),
             Modifier::Above => format!("{} LIKE (replace(replace(replace(x.uri, '\\', '\\\\'), '%', '\\%'), '_', '\\_') || '%')", sql.text(uri)),

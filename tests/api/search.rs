@@ -614,3 +614,54 @@ async fn patient_compartment_post_search_and_reference_identifiers() {
         ["stay1"]
     );
 }
+
+#[tokio::test]
+async fn composite_parameters_match_within_one_element() {
+    let s = TestServer::start().await;
+    let loinc = |code: &str| json!({"coding":[{"system":"http://loinc.org","code":code}]});
+    let mm = |v: i64| json!({"value":v,"unit":"mmHg","system":"http://unitsofmeasure.org","code":"mm[Hg]"});
+    put(&s, json!({"resourceType":"Observation","id":"bp","status":"final","code":loinc("85354-9"),
+        "component":[{"code":loinc("8480-6"),"valueQuantity":mm(150)},{"code":loinc("8462-4"),"valueQuantity":mm(90)}]})).await;
+    put(&s, json!({"resourceType":"Observation","id":"weight","status":"final","code":loinc("29463-7"),
+        "valueQuantity":{"value":72.5,"unit":"kg","system":"http://unitsofmeasure.org","code":"kg"}})).await;
+    assert_eq!(
+        ids(
+            &s,
+            "Observation?code-value-quantity=http://loinc.org|29463-7$gt70"
+        )
+        .await,
+        ["weight"]
+    );
+    assert!(ids(
+        &s,
+        "Observation?code-value-quantity=http://loinc.org|29463-7$lt70"
+    )
+    .await
+    .is_empty());
+    // Systolic over 140: yes. Diastolic over 140: no, although 150 and 8462-4 are
+    // both in the resource, they are not in the same component.
+    assert_eq!(
+        ids(
+            &s,
+            "Observation?component-code-value-quantity=http://loinc.org|8480-6$gt140"
+        )
+        .await,
+        ["bp"]
+    );
+    assert!(ids(
+        &s,
+        "Observation?component-code-value-quantity=http://loinc.org|8462-4$gt140"
+    )
+    .await
+    .is_empty());
+    assert_eq!(
+        ids(&s, "Observation?component-code-value-quantity=http://loinc.org|8462-4$gt140,http://loinc.org|8462-4$lt100").await,
+        ["bp"]
+    );
+    outcome_of(
+        s.get("Observation?code-value-quantity=http://loinc.org|29463-7")
+            .await,
+        400,
+    )
+    .await;
+}
