@@ -11,7 +11,7 @@ use super::route::Route;
 use crate::error::{operation_outcome, FhirError, FhirResult, Issue};
 use crate::fhir::{self, datetime, subset};
 use crate::search::{self, Cursor, Handling};
-use crate::service::{self, capability, Written};
+use crate::service::{self, capability, Scope, Written};
 use crate::state::AppState;
 use crate::store::{Method as StoreMethod, StoredVersion};
 
@@ -131,11 +131,27 @@ pub async fn handle(state: &AppState, req: FhirRequest) -> FhirResult<Reply> {
             );
             Ok(Reply::new(StatusCode::OK, Some(cs.to_string())))
         }
-        (&Method::GET, Route::Type(t)) => search(state, &req, t, req.criteria(), None).await,
+        (&Method::GET, Route::Type(t)) => search(state, &req, t, req.criteria(), Scope::Type).await,
+        (&Method::GET, Route::System) => {
+            let types = system_search_types(&req.params)?;
+            let criteria: Vec<(String, String)> = req
+                .criteria()
+                .into_iter()
+                .filter(|(k, _)| k != "_type")
+                .collect();
+            search(
+                state,
+                &req,
+                &types[0].clone(),
+                criteria,
+                Scope::System(types),
+            )
+            .await
+        }
         (&Method::POST, Route::TypeSearch(t)) => {
             let mut params = req.criteria();
             params.extend(parse_query(&String::from_utf8_lossy(&req.body)));
-            search(state, &req, t, params, None).await
+            search(state, &req, t, params, Scope::Type).await
         }
         (&Method::GET, Route::Compartment(compartment, id, t)) => {
             if !search::compartment::is_supported(compartment) {
@@ -143,7 +159,14 @@ pub async fn handle(state: &AppState, req: FhirRequest) -> FhirResult<Reply> {
                     "the {compartment} compartment is not supported (Patient is)"
                 )));
             }
-            search(state, &req, t, req.criteria(), Some((compartment, id))).await
+            search(
+                state,
+                &req,
+                t,
+                req.criteria(),
+                Scope::Compartment(compartment, id),
+            )
+            .await
         }
         (&Method::POST, Route::Type(t)) => {
             let resource = req.resource()?;
@@ -203,6 +226,33 @@ fn version_ref(v: &StoredVersion) -> VersionRef<'_> {
         version_id: v.version_id,
         last_updated: v.last_updated,
     }
+}
+
+/// The types of a system search: `_type`, or every type.
+fn system_search_types(params: &[(String, String)]) -> FhirResult<Vec<String>> {
+    let listed: Vec<String> = params
+        .iter()
+        .filter(|(k, _)| k == "_type")
+        .flat_map(|(_, v)| v.split(','))
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty())
+        .collect();
+    if let Some(unknown) = listed
+        .iter()
+        .find(|t| !fhir::definitions::R4.is_resource_type(t))
+    {
+        return Err(FhirError::bad_request(format!(
+            "_type: '{unknown}' is not a resource type"
+        )));
+    }
+    if listed.is_empty() {
+        return Ok(fhir::definitions::R4
+            .resource_types()
+            .into_iter()
+            .map(str::to_owned)
+            .collect());
+    }
+    Ok(listed)
 }
 
 /// A read or vread, honouring `If-None-Match` and `If-Modified-Since` (304).
@@ -371,14 +421,15 @@ async fn search(
     req: &FhirRequest,
     res_type: &str,
     params: Vec<(String, String)>,
-    compartment: Option<(&str, &str)>,
+    scope: Scope<'_>,
 ) -> FhirResult<Reply> {
-    let page = service::search(&state.pool, res_type, &params, req.handling(), compartment).await?;
-    let subset = subset::from_params(&params)?;
-    let path = match compartment {
-        Some((c, id)) => format!("/{c}/{id}/{res_type}"),
-        None => format!("/{res_type}"),
+    let path = match &scope {
+        Scope::Compartment(c, id) => format!("/{c}/{id}/{res_type}"),
+        Scope::Type => format!("/{res_type}"),
+        Scope::System(_) => String::new(),
     };
+    let page = service::search(&state.pool, res_type, &params, req.handling(), scope).await?;
+    let subset = subset::from_params(&params)?;
     let keep: Vec<(String, String)> = params
         .iter()
         .filter(|(k, _)| k != "_after" && k != "_offset")
@@ -386,9 +437,14 @@ async fn search(
         .collect();
     let mut links = vec![("self", page_url(req, &path, &params, &[]))];
     match &page.next {
-        Some(Cursor::AfterId(id)) => links.push((
+        Some(Cursor::After { res_id, res_type }) => links.push((
             "next",
-            page_url(req, &path, &keep, &[("_after", id.clone())]),
+            page_url(
+                req,
+                &path,
+                &keep,
+                &[("_after", format!("{res_type}/{res_id}"))],
+            ),
         )),
         Some(Cursor::Offset(n)) => links.push((
             "next",

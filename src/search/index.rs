@@ -214,6 +214,22 @@ fn tokens_of(param: &str, node: &Node<'_>, out: &mut Vec<TokenRow>) {
         "Identifier" => {
             let type_text = v.get("type").and_then(|t| text_of(t, "text"));
             token(owned(v, "system"), owned(v, "value"), type_text);
+            // `:of-type`: one row per type coding, `type-code|value` under `param:of-type`.
+            let codings = v
+                .get("type")
+                .and_then(|t| t.get("coding"))
+                .and_then(Value::as_array);
+            if let Some(value) = text_of(v, "value") {
+                for coding in codings.into_iter().flatten() {
+                    out.push(TokenRow {
+                        param: format!("{param}:of-type"),
+                        grp: 0,
+                        system: owned(coding, "system"),
+                        code: text_of(coding, "code").map(|c| format!("{c}|{value}")),
+                        text: None,
+                    });
+                }
+            }
         }
         "ContactPoint" => token(owned(v, "system"), owned(v, "value"), None),
         "boolean" => token(None, v.as_bool().map(|b| b.to_string()), None),

@@ -123,6 +123,8 @@ pub enum Condition {
 #[derive(Debug, Clone, PartialEq)]
 pub struct SearchPlan {
     pub resource_type: String,
+    /// More types searched with the same conditions (system search `_type`).
+    pub other_types: Vec<String>,
     pub conditions: Vec<Condition>,
     pub count: usize,
     /// `_include` and `_revinclude`.
@@ -168,7 +170,11 @@ pub struct SortKey {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Cursor {
     Start,
-    AfterId(String),
+    /// After this resource, in (id, type) order.
+    After {
+        res_id: String,
+        res_type: String,
+    },
     Offset(usize),
 }
 
@@ -433,6 +439,7 @@ pub fn parse(
 ) -> FhirResult<SearchPlan> {
     let mut plan = SearchPlan {
         resource_type: resource_type.to_owned(),
+        other_types: Vec::new(),
         conditions: Vec::new(),
         count: DEFAULT_COUNT,
         includes: Vec::new(),
@@ -476,7 +483,17 @@ pub fn parse(
                 continue;
             }
             "_after" => {
-                plan.cursor = Cursor::AfterId(value.clone());
+                // `Type/id`; a bare id is of the searched type.
+                plan.cursor = match value.split_once('/') {
+                    Some((t, id)) => Cursor::After {
+                        res_id: id.to_owned(),
+                        res_type: t.to_owned(),
+                    },
+                    None => Cursor::After {
+                        res_id: value.clone(),
+                        res_type: resource_type.to_owned(),
+                    },
+                };
                 continue;
             }
             "_offset" => {
@@ -680,6 +697,9 @@ fn parse_param(resource_type: &str, name: &str, value: &str) -> Result<Condition
             missing,
         });
     }
+    if modifier == Some("of-type") && param.kind == ParamType::Token {
+        return parse_of_type(name, &param.code, value);
+    }
     let modifier = parse_modifier(param.kind, modifier).ok_or_else(|| {
         ParamError::Unknown(format!(
             "modifier in '{name}' is not supported for a {} parameter",
@@ -698,6 +718,31 @@ fn parse_param(resource_type: &str, name: &str, value: &str) -> Result<Condition
         param: param.code.clone(),
         kind: param.kind,
         modifier,
+        values,
+    })
+}
+
+/// `identifier:of-type=type-system|type-code|value`, searched in the rows that
+/// `index` writes under `identifier:of-type`.
+fn parse_of_type(name: &str, code: &str, value: &str) -> Result<Condition, ParamError> {
+    let values = split_escaped(value, ',')
+        .iter()
+        .map(|v| match split_escaped(v, '|').as_slice() {
+            [system, type_code, id] if !type_code.is_empty() && !id.is_empty() => {
+                Ok(SearchValue::Token(Token {
+                    system: Some(unescape(system)).filter(|s| !s.is_empty()),
+                    code: Some(format!("{}|{}", unescape(type_code), unescape(id))),
+                }))
+            }
+            _ => Err(ParamError::Invalid(format!(
+                "{name}={v}: expected type-system|type-code|value"
+            ))),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Condition::Param {
+        param: format!("{code}:of-type"),
+        kind: ParamType::Token,
+        modifier: Modifier::None,
         values,
     })
 }

@@ -345,15 +345,32 @@ pub struct SearchPage {
 }
 
 /// `GET [type]?params`, or `GET [compartment]/[id]/[type]?params` with `compartment`.
+/// What a search covers besides its (first) resource type.
+pub enum Scope<'a> {
+    /// `GET [type]?…`
+    Type,
+    /// `GET [compartment type]/[id]/[type]?…`
+    Compartment(&'a str, &'a str),
+    /// `GET [base]?_type=…`: these types (the first is `res_type`).
+    System(Vec<String>),
+}
+
 pub async fn search(
     pool: &Pool,
     res_type: &str,
     params: &[(String, String)],
     handling: Handling,
-    compartment: Option<(&str, &str)>,
+    scope: Scope<'_>,
 ) -> FhirResult<SearchPage> {
     let mut plan = search::parse(res_type, params, handling)?;
-    if let Some((compartment_type, id)) = compartment {
+    if let Scope::System(types) = &scope {
+        // Every type must understand every parameter: parse for each, strictly.
+        for other in types.iter().filter(|t| *t != res_type) {
+            search::parse(other, params, Handling::Strict)?;
+            plan.other_types.push(other.clone());
+        }
+    }
+    if let Scope::Compartment(compartment_type, id) = scope {
         let membership = search::compartment::membership(compartment_type, id, res_type)
             .ok_or_else(|| {
                 FhirError::bad_request(format!(
@@ -372,7 +389,10 @@ pub async fn search(
     let next = if matches.len() > plan.count {
         matches.truncate(plan.count);
         match (&plan.cursor, plan.sort.is_empty()) {
-            (_, true) => matches.last().map(|v| Cursor::AfterId(v.res_id.clone())),
+            (_, true) => matches.last().map(|v| Cursor::After {
+                res_id: v.res_id.clone(),
+                res_type: v.res_type.clone(),
+            }),
             (Cursor::Offset(n), false) => Some(Cursor::Offset(n + plan.count)),
             (_, false) => Some(Cursor::Offset(plan.count)),
         }

@@ -356,10 +356,14 @@ pub async fn search(
     let mut query = search_sql::matching(plan);
     let mut order = search_sql::order_by(&mut query, &plan.sort);
     order.push("r.res_id".to_owned());
+    order.push("r.res_type".to_owned());
     let offset = match &plan.cursor {
-        Cursor::AfterId(after) => {
-            let p = query.bind(Box::new(after.clone()));
-            query.clauses.push(format!("r.res_id > {p}"));
+        Cursor::After { res_id, res_type } => {
+            let id = query.bind(Box::new(res_id.clone()));
+            let t = query.bind(Box::new(res_type.clone()));
+            query
+                .clauses
+                .push(format!("(r.res_id, r.res_type) > ({id}, {t})"));
             0
         }
         Cursor::Offset(n) => *n,

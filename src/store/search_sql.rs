@@ -57,8 +57,15 @@ fn table_of(kind: ParamType) -> &'static str {
 /// `r` rows of the plan's type, not deleted, matching every condition.
 pub fn matching(plan: &SearchPlan) -> SqlCondition {
     let mut sql = SqlCondition::new();
-    let t = sql.text(&plan.resource_type);
-    sql.clauses.push(format!("r.res_type = {t}"));
+    if plan.other_types.is_empty() {
+        let t = sql.text(&plan.resource_type);
+        sql.clauses.push(format!("r.res_type = {t}"));
+    } else {
+        let mut types = plan.other_types.clone();
+        types.push(plan.resource_type.clone());
+        let t = sql.bind(Box::new(types));
+        sql.clauses.push(format!("r.res_type = ANY({t})"));
+    }
     sql.clauses.push("NOT r.deleted".to_owned());
     for condition in &plan.conditions {
         let clause = render(&mut sql, "r", 0, condition);

@@ -604,6 +604,26 @@ async fn patient_compartment_post_search_and_reference_identifiers() {
         .expect("post");
     let bundle = json_of(resp, 200).await;
     assert_eq!(bundle["entry"][0]["resource"]["id"], "stay1");
+    // :of-type on identifiers.
+    put(
+        &s,
+        json!({"resourceType":"Patient","id":"typed","identifier":[{"type":{"coding":[
+        {"system":"http://terminology.hl7.org/CodeSystem/v2-0203","code":"NH"}]},
+        "system":"urn:oid:1.2.250.1.213.1.4.10","value":"2850312345678"}]}),
+    )
+    .await;
+    assert_eq!(ids(&s, "Patient?identifier:of-type=http://terminology.hl7.org/CodeSystem/v2-0203|NH|2850312345678").await, ["typed"]);
+    assert!(ids(
+        &s,
+        "Patient?identifier:of-type=http://terminology.hl7.org/CodeSystem/v2-0203|MR|2850312345678"
+    )
+    .await
+    .is_empty());
+    outcome_of(
+        s.get("Patient?identifier:of-type=NH|2850312345678").await,
+        400,
+    )
+    .await;
     // :identifier on a reference that only has an identifier.
     assert_eq!(
         ids(
@@ -664,4 +684,46 @@ async fn composite_parameters_match_within_one_element() {
         400,
     )
     .await;
+}
+
+#[tokio::test]
+async fn system_search_across_types() {
+    let s = TestServer::start().await;
+    patients(&s).await;
+    put(
+        &s,
+        json!({"resourceType":"Practitioner","id":"dr-martin","name":[{"family":"Lefort"}],
+        "identifier":[{"system":"https://rpps.esante.gouv.fr","value":"10101010101"}]}),
+    )
+    .await;
+    put(
+        &s,
+        json!({"resourceType":"Practitioner","id":"jeanne","name":[{"family":"Homonyme"}]}),
+    )
+    .await;
+    let (found, bundle) = ordered_ids(&s, "?_type=Patient,Practitioner&family=lef").await;
+    assert_eq!(found, ["dr-martin", "jeanne", "louis"]);
+    assert_eq!(
+        bundle["entry"][0]["fullUrl"],
+        s.url("Practitioner/dr-martin")
+    );
+    // Without _type, every type with the common parameters; the same id in two types.
+    let (both, _) = ordered_ids(&s, "?_id=jeanne").await;
+    assert_eq!(both, ["jeanne", "jeanne"]);
+    // Paging across types with the same id keeps both.
+    let (first, page) = ordered_ids(&s, "?_id=jeanne&_count=1").await;
+    assert_eq!(first.len(), 1);
+    let next = page["link"]
+        .as_array()
+        .expect("links")
+        .iter()
+        .find(|l| l["relation"] == "next")
+        .expect("next")["url"]
+        .as_str()
+        .expect("url")
+        .to_owned();
+    let rest = json_of(s.http.get(&next).send().await.expect("next"), 200).await;
+    assert_ne!(page["entry"][0]["fullUrl"], rest["entry"][0]["fullUrl"]);
+    outcome_of(s.get("?_type=Nope").await, 400).await;
+    outcome_of(s.get("?_type=Patient,Organization&family=lef").await, 400).await;
 }
