@@ -145,7 +145,11 @@ async fn main() -> ExitCode {
         Command::Reindex { db } => match server::open_database(&db.choice(), 2).await {
             Ok(database) => {
                 let started = std::time::Instant::now();
-                let result = passerelle::service::reindex(&database.pool, 500).await;
+                let result = match passerelle::service::load_search_parameters(&database.pool).await
+                {
+                    Ok(_) => passerelle::service::reindex(&database.pool, None, 500).await,
+                    Err(e) => Err(e),
+                };
                 database.close().await;
                 match result {
                     Ok(n) => {

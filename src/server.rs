@@ -211,8 +211,17 @@ pub async fn serve(database: Database, options: ServeOptions) -> Result<(), Star
         .map_err(|e| StartError::Listen(options.listen, e))?;
     let local = listener.local_addr()?;
     tracing::info!(%local, "Passerelle listening; FHIR base is http://{local}/fhir");
+    let fingerprint = crate::service::load_search_parameters(&database.pool)
+        .await
+        .map_err(|e| StartError::Database(e.to_string()))?;
+    let watcher = tokio::spawn(crate::service::watch_search_parameters(
+        database.pool.clone(),
+        fingerprint,
+        std::time::Duration::from_secs(5),
+    ));
     let state = app_state(database.pool.clone(), &options);
     let result = serve_on(listener, state, shutdown_signal()).await;
+    watcher.abort();
     tracing::info!("shutting down");
     database.close().await;
     result.map_err(StartError::Io)

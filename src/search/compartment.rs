@@ -7,7 +7,7 @@ use std::sync::LazyLock;
 
 use serde_json::Value;
 
-use super::params::{ParamType, PARAMS};
+use super::params::{params, ParamType};
 use super::{Condition, Modifier, SearchValue};
 
 const PATIENT: &str = include_str!("../../profiles/compartment-patient.json");
@@ -37,16 +37,16 @@ pub fn membership(compartment_type: &str, id: &str, resource_type: &str) -> Opti
     if compartment_type != "Patient" {
         return None;
     }
-    let params = PATIENT_COMPARTMENT.get(resource_type)?;
+    let members = PATIENT_COMPARTMENT.get(resource_type)?;
     let reference = SearchValue::Reference {
         target_type: Some(compartment_type.to_owned()),
         id: id.to_owned(),
         url: None,
     };
-    let mut alternatives: Vec<Condition> = params
+    let mut alternatives: Vec<Condition> = members
         .iter()
         .filter(|p| {
-            PARAMS
+            params()
                 .get(resource_type, p)
                 .is_some_and(|d| d.kind == ParamType::Reference)
         })
@@ -76,9 +76,9 @@ mod tests {
     #[test]
     fn every_compartment_parameter_is_a_reference_parameter() {
         assert!(PATIENT_COMPARTMENT.len() > 60);
-        for (resource_type, params) in PATIENT_COMPARTMENT.iter() {
-            for p in params {
-                let def = PARAMS.get(resource_type, p);
+        for (resource_type, members) in PATIENT_COMPARTMENT.iter() {
+            for p in members {
+                let def = params().get(resource_type, p);
                 assert_eq!(
                     def.map(|d| d.kind),
                     Some(ParamType::Reference),

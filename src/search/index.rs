@@ -4,7 +4,7 @@
 use serde_json::Value;
 
 use super::fhirpath::{self, Node};
-use super::params::{ParamType, SearchParam, COLUMN_PARAMS, PARAMS};
+use super::params::{params, ParamType, SearchParam, COLUMN_PARAMS};
 use crate::fhir::datetime;
 
 /// Open ends of periods and ranges: inside PostgreSQL's timestamptz range.
@@ -447,7 +447,7 @@ fn rows_of_node(code: &str, kind: ParamType, node: &Node<'_>, rows: &mut IndexRo
 /// The index rows of a resource for every parameter of its type.
 pub fn extract(resource_type: &str, resource: &Value) -> IndexRows {
     let mut rows = IndexRows::default();
-    for param in PARAMS.for_type(resource_type) {
+    for param in params().for_type(resource_type) {
         if !COLUMN_PARAMS.contains(&param.code.as_str()) {
             extract_param(param, resource, &mut rows);
         }

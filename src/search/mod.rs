@@ -9,7 +9,7 @@ pub mod params;
 use crate::error::{FhirError, FhirResult, Issue};
 use crate::fhir::datetime::{self, Range};
 use crate::fhir::definitions::R4;
-use params::{ParamType, COLUMN_PARAMS, PARAMS};
+use params::{params, ParamType, COLUMN_PARAMS};
 
 /// Default and largest page sizes.
 pub const DEFAULT_COUNT: usize = 50;
@@ -191,7 +191,7 @@ fn parse_sort(resource_type: &str, value: &str) -> Result<Vec<SortKey>, ParamErr
                 "_id" => SortParam::Id,
                 "_lastUpdated" => SortParam::LastUpdated,
                 _ => {
-                    let p = PARAMS.get(resource_type, code).ok_or_else(|| {
+                    let p = params().get(resource_type, code).ok_or_else(|| {
                         ParamError::Unknown(format!("cannot sort {resource_type} by '{code}'"))
                     })?;
                     SortParam::Indexed {
@@ -251,17 +251,17 @@ fn parse_include(name: &str, value: &str) -> Result<Include, ParamError> {
 
 /// The search parameters a resource type supports, with their FHIR types.
 pub fn supported_params(resource_type: &str) -> Vec<(String, &'static str)> {
-    let mut params: Vec<(String, &'static str)> = vec![
+    let mut supported: Vec<(String, &'static str)> = vec![
         ("_id".to_owned(), "token"),
         ("_lastUpdated".to_owned(), "date"),
     ];
-    params.extend(
-        PARAMS
+    supported.extend(
+        params()
             .for_type(resource_type)
             .filter(|p| !COLUMN_PARAMS.contains(&p.code.as_str()))
             .map(|p| (p.code.clone(), p.kind.as_str())),
     );
-    params
+    supported
 }
 
 /// How to treat a parameter the server does not know.
@@ -557,7 +557,7 @@ fn reference_param(
     resource_type: &str,
     code: &str,
 ) -> Result<&'static params::SearchParam, ParamError> {
-    PARAMS
+    params()
         .get(resource_type, code)
         .filter(|p| p.kind == ParamType::Reference)
         .ok_or_else(|| {
@@ -671,7 +671,7 @@ fn parse_param(resource_type: &str, name: &str, value: &str) -> Result<Condition
         Some((c, m)) => (c, Some(m)),
         None => (name, None),
     };
-    let param = PARAMS.get(resource_type, code).ok_or_else(|| {
+    let param = params().get(resource_type, code).ok_or_else(|| {
         ParamError::Unknown(format!(
             "unknown or unsupported search parameter '{code}' for {resource_type}"
         ))
@@ -781,7 +781,7 @@ fn merge_same_row(resource_type: &str, conditions: Vec<Condition>) -> Vec<Condit
                 values,
             } => {
                 values.len() == 1
-                    && PARAMS
+                    && params()
                         .get(resource_type, param)
                         .is_some_and(|p| p.single_valued)
             }

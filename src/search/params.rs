@@ -2,7 +2,7 @@
 //! `scripts/gen_r4_search_params.py`) with each expression compiled once. Pure.
 
 use std::collections::HashMap;
-use std::sync::LazyLock;
+use std::sync::RwLock;
 
 use super::fhirpath::{self, Expr};
 
@@ -112,11 +112,33 @@ pub struct ParamTable {
     unsupported: Vec<(String, String)>,
 }
 
-pub static PARAMS: LazyLock<ParamTable> = LazyLock::new(|| {
-    let mut table = ParamTable::parse(TABLE);
-    table.add_search_parameters(PROFILE_PARAMS);
-    table
-});
+/// The table in force. Tables are leaked rather than freed: a search holds plain
+/// references into the table it started with, and definitions change rarely (a
+/// SearchParameter written), so each change costs the old table's memory once.
+static CURRENT: RwLock<Option<&'static ParamTable>> = RwLock::new(None);
+
+/// The parameter table in force: R4, the project's profiles, and the
+/// SearchParameter resources installed with [`install`].
+pub fn params() -> &'static ParamTable {
+    if let Some(table) = *CURRENT.read().unwrap_or_else(|e| e.into_inner()) {
+        return table;
+    }
+    let mut current = CURRENT.write().unwrap_or_else(|e| e.into_inner());
+    current.get_or_insert_with(|| Box::leak(Box::new(ParamTable::standard())))
+}
+
+/// Puts a new table in force: the standard one plus these SearchParameter
+/// resources (JSON). Returns what could not be used, with the reason.
+pub fn install(search_parameters: &[serde_json::Value]) -> Vec<(String, String)> {
+    let mut table = ParamTable::standard();
+    let before = table.unsupported.len();
+    for sp in search_parameters {
+        table.add_search_parameter(sp);
+    }
+    let rejected = table.unsupported[before..].to_vec();
+    *CURRENT.write().unwrap_or_else(|e| e.into_inner()) = Some(Box::leak(Box::new(table)));
+    rejected
+}
 
 /// Kinds that the index and the query renderer handle.
 fn is_indexed(kind: ParamType) -> bool {
@@ -124,6 +146,13 @@ fn is_indexed(kind: ParamType) -> bool {
 }
 
 impl ParamTable {
+    /// R4 and the project's own definitions.
+    fn standard() -> ParamTable {
+        let mut table = ParamTable::parse(TABLE);
+        table.add_search_parameters(PROFILE_PARAMS);
+        table
+    }
+
     fn parse(table: &str) -> ParamTable {
         let mut t = ParamTable::default();
         for line in table.lines().filter(|l| !l.starts_with('#')) {
@@ -197,28 +226,33 @@ impl ParamTable {
             return;
         };
         let entries = bundle["entry"].as_array().cloned().unwrap_or_default();
-        for sp in entries.iter().map(|e| &e["resource"]) {
-            let text = |key: &str| sp[key].as_str().unwrap_or_default();
-            let list = |key: &str| -> Vec<&str> {
-                sp[key]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|v| v.as_str())
-                    .collect()
-            };
-            for base in list("base") {
-                self.add(
-                    base,
-                    text("code"),
-                    text("type"),
-                    text("expression"),
-                    &list("target"),
-                    // Composite definitions of SearchParameter resources (their
-                    // components point to other definitions) are not read yet.
-                    "",
-                );
-            }
+        for entry in &entries {
+            self.add_search_parameter(&entry["resource"]);
+        }
+    }
+
+    /// Adds one SearchParameter resource, for each of its base types.
+    fn add_search_parameter(&mut self, sp: &serde_json::Value) {
+        let text = |key: &str| sp[key].as_str().unwrap_or_default();
+        let list = |key: &str| -> Vec<&str> {
+            sp[key]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str())
+                .collect()
+        };
+        for base in list("base") {
+            self.add(
+                base,
+                text("code"),
+                text("type"),
+                text("expression"),
+                &list("target"),
+                // Composite SearchParameter resources (components that point to
+                // other definitions) are not read yet.
+                "",
+            );
         }
     }
 
@@ -247,8 +281,8 @@ mod tests {
 
     #[test]
     fn the_table_compiles_almost_everything() {
-        let supported: usize = PARAMS.by_type.values().map(Vec::len).sum();
-        let unsupported = PARAMS.unsupported();
+        let supported: usize = params().by_type.values().map(Vec::len).sum();
+        let unsupported = params().unsupported();
         assert!(supported > 1500, "{supported} supported");
         // Special parameters, Patient.deceased (exists() and != false) and two
         // MolecularSequence composites (%resource) are outside the subset.
@@ -257,28 +291,28 @@ mod tests {
             .filter(|(_, why)| !why.contains("not indexed yet"))
             .collect();
         assert!(outside.len() <= 3, "{outside:?}");
-        let participant = PARAMS
+        let participant = params()
             .get("CareTeam", "participant")
             .expect("CareTeam.participant");
         assert_eq!(participant.kind, ParamType::Reference);
         assert!(participant.targets.contains(&"Practitioner".to_owned()));
         assert!(
-            PARAMS.get("Patient", "_tag").is_some(),
+            params().get("Patient", "_tag").is_some(),
             "common parameters apply to every type"
         );
-        assert!(PARAMS.get("Patient", "participant").is_none());
+        assert!(params().get("Patient", "participant").is_none());
         // The project's own definitions (profiles/search-parameters.json).
         assert_eq!(
-            PARAMS
+            params()
                 .get("CommunicationRequest", "event-type")
                 .map(|p| p.kind),
             Some(ParamType::Token)
         );
         assert_eq!(
-            PARAMS.get("CareTeam", "participant-end").map(|p| p.kind),
+            params().get("CareTeam", "participant-end").map(|p| p.kind),
             Some(ParamType::Date)
         );
-        assert!(PARAMS.get("Patient", "birthplace").is_some());
+        assert!(params().get("Patient", "birthplace").is_some());
     }
 }
 

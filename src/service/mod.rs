@@ -86,6 +86,7 @@ pub async fn create(
     };
     let written = write::apply(&tx, change).await?;
     tx.commit().await?;
+    search_parameter_changed(pool, &written).await;
     Ok(written)
 }
 
@@ -136,6 +137,7 @@ pub async fn update(
     )
     .await?;
     tx.commit().await?;
+    search_parameter_changed(pool, &written).await;
     Ok(written)
 }
 
@@ -174,6 +176,7 @@ pub async fn conditional_update(
     )
     .await?;
     tx.commit().await?;
+    search_parameter_changed(pool, &written).await;
     Ok(written)
 }
 
@@ -198,6 +201,7 @@ pub async fn delete(
     )
     .await?;
     tx.commit().await?;
+    search_parameter_changed(pool, &written).await;
     Ok(written)
 }
 
@@ -224,6 +228,7 @@ pub async fn conditional_delete(
     )
     .await?;
     tx.commit().await?;
+    search_parameter_changed(pool, &written).await;
     Ok(Some(written))
 }
 
@@ -284,8 +289,6 @@ fn decode_cursor(text: &str) -> FhirResult<(DateTime<Utc>, i64)> {
     Ok((t, seq))
 }
 
-/// The parameters of a history request that the server understands.
-pub const HISTORY_PARAMS: &[&str] = &["_since", "_at", "_count", "_page"];
 
 /// `_history` at system, type or instance level.
 pub async fn history(
@@ -456,20 +459,21 @@ async fn includes(
     Ok(included)
 }
 
-/// Rewrites the index rows of every current resource from the parameter table in
-/// force, in batches of `batch` per transaction; returns how many were indexed.
-/// Run after the search parameter definitions change (`passerelle reindex`).
-pub async fn reindex(pool: &Pool, batch: usize) -> FhirResult<usize> {
+/// Rewrites the index rows of every current resource (of `types`, or all) from
+/// the parameter table in force, in batches of `batch` per transaction; returns how
+/// many were indexed. Run after the definitions change (`passerelle reindex`, or
+/// by itself after a SearchParameter is written).
+pub async fn reindex(pool: &Pool, types: Option<&[String]>, batch: usize) -> FhirResult<usize> {
     let mut client = pool.get().await?;
     let mut after: Option<(String, String)> = None;
     let mut done = 0;
     loop {
-        let resources = store::current_batch(&client, after.as_ref(), batch).await?;
+        let tx = client.transaction().await?;
+        let resources = store::current_batch(&tx, types, after.as_ref(), batch).await?;
         let Some((t, id, _)) = resources.last() else {
             return Ok(done);
         };
         after = Some((t.clone(), id.clone()));
-        let tx = client.transaction().await?;
         for (res_type, res_id, resource) in &resources {
             let rows = search::index::extract(res_type, resource);
             store::reindex_resource(&tx, res_type, res_id, &rows).await?;
@@ -477,5 +481,70 @@ pub async fn reindex(pool: &Pool, batch: usize) -> FhirResult<usize> {
         tx.commit().await?;
         done += resources.len();
         tracing::info!(done, "reindexed");
+    }
+}
+
+/// Puts the SearchParameter resources of the database in force (at start, and when
+/// they change); returns the fingerprint of what was loaded.
+pub async fn load_search_parameters(pool: &Pool) -> FhirResult<String> {
+    let client = pool.get().await?;
+    let (resources, fingerprint) = store::search_parameters(&client).await?;
+    for (name, why) in search::params::install(&resources) {
+        tracing::warn!(parameter = %name, reason = %why, "SearchParameter not used");
+    }
+    Ok(fingerprint)
+}
+
+/// After a SearchParameter was written here: put it in force, then index the
+/// existing resources of its base types in the background.
+async fn search_parameter_changed(pool: &Pool, written: &Written) {
+    if written.res_type != "SearchParameter" {
+        return;
+    }
+    if let Err(e) = load_search_parameters(pool).await {
+        tracing::error!(error = %e, "reloading search parameters");
+        return;
+    }
+    let bases: Vec<String> = written
+        .json
+        .as_deref()
+        .and_then(|j| serde_json::from_str::<Value>(j).ok())
+        .and_then(|sp| sp["base"].as_array().cloned())
+        .into_iter()
+        .flatten()
+        .filter_map(|b| b.as_str().map(str::to_owned))
+        .collect();
+    let pool = pool.clone();
+    tokio::spawn(async move {
+        let types = (!bases.is_empty()).then_some(bases);
+        match reindex(&pool, types.as_deref(), 500).await {
+            Ok(n) => tracing::info!(n, "reindexed after a SearchParameter change"),
+            Err(e) => tracing::error!(error = %e, "reindexing after a SearchParameter change"),
+        }
+    });
+}
+
+/// Watches for SearchParameter changes made by other instances and puts them in
+/// force; runs until the process ends.
+pub async fn watch_search_parameters(
+    pool: Pool,
+    mut fingerprint: String,
+    every: std::time::Duration,
+) {
+    loop {
+        tokio::time::sleep(every).await;
+        let Ok(client) = pool.get().await else {
+            continue;
+        };
+        let Ok(now) = store::search_parameters_fingerprint(&client).await else {
+            continue;
+        };
+        drop(client);
+        if now != fingerprint {
+            match load_search_parameters(&pool).await {
+                Ok(f) => fingerprint = f,
+                Err(e) => tracing::error!(error = %e, "reloading search parameters"),
+            }
+        }
     }
 }

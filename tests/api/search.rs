@@ -727,3 +727,42 @@ async fn system_search_across_types() {
     outcome_of(s.get("?_type=Nope").await, 400).await;
     outcome_of(s.get("?_type=Patient,Organization&family=lef").await, 400).await;
 }
+
+/// A SearchParameter written through the API is put in force and indexes the
+/// resources that existed before it (in the background) and those written after.
+/// The parameter table is process-wide: this is the only test that writes one.
+#[tokio::test]
+async fn posted_search_parameters_are_indexed() {
+    let s = TestServer::start().await;
+    put(&s, json!({"resourceType":"Patient","id":"before","address":[{"city":"Ussel","district":"Haute-Corrèze"}]})).await;
+    outcome_of(
+        s.http
+            .get(s.url("Patient?passerelle-test-district=haute"))
+            .header("prefer", "handling=strict")
+            .send()
+            .await
+            .expect("get"),
+        400,
+    )
+    .await;
+    put(&s, json!({"resourceType":"SearchParameter","id":"passerelle-test-district",
+        "url":"https://passerelle.example.fr/fhir/SearchParameter/passerelle-test-district",
+        "name":"PatientDistrict","status":"active","description":"District of the patient's address",
+        "code":"passerelle-test-district","base":["Patient"],"type":"string",
+        "expression":"Patient.address.district"})).await;
+    put(
+        &s,
+        json!({"resourceType":"Patient","id":"after","address":[{"district":"Haute-Corrèze"}]}),
+    )
+    .await;
+    // The existing patient is reindexed in the background: wait for it.
+    let mut found = Vec::new();
+    for _ in 0..50 {
+        found = ids(&s, "Patient?passerelle-test-district=haute").await;
+        if found.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(found, ["after", "before"]);
+}
