@@ -446,10 +446,23 @@ async fn search(
                 &[("_after", format!("{res_type}/{res_id}"))],
             ),
         )),
-        Some(Cursor::Offset(n)) => links.push((
+        Some(Cursor::AfterSorted {
+            values,
+            res_id,
+            res_type,
+        }) => links.push((
             "next",
-            page_url(req, &path, &keep, &[("_offset", n.to_string())]),
+            page_url(
+                req,
+                &path,
+                &keep,
+                &[(
+                    "_after",
+                    search::encode_sorted_cursor(values, res_type, res_id),
+                )],
+            ),
         )),
+        Some(Cursor::Offset(_)) => {}
         Some(Cursor::Start) | None => {}
     }
     let entry_of = |v: &StoredVersion, mode: &str| -> FhirResult<Option<String>> {

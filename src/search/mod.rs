@@ -151,6 +151,39 @@ pub enum TotalMode {
     WhenFree,
 }
 
+/// `_after`: `Type/id` (or a bare id of the searched type), or for sorted pages the
+/// JSON array `[key values…, "Type", "id"]` that [`encode_sorted_cursor`] writes.
+fn parse_cursor(resource_type: &str, value: &str) -> Option<Cursor> {
+    if value.starts_with('[') {
+        let mut items: Vec<Option<String>> = serde_json::from_str(value).ok()?;
+        let res_id = items.pop()??;
+        let res_type = items.pop()??;
+        return Some(Cursor::AfterSorted {
+            values: items,
+            res_id,
+            res_type,
+        });
+    }
+    Some(match value.split_once('/') {
+        Some((t, id)) => Cursor::After {
+            res_id: id.to_owned(),
+            res_type: t.to_owned(),
+        },
+        None => Cursor::After {
+            res_id: value.to_owned(),
+            res_type: resource_type.to_owned(),
+        },
+    })
+}
+
+/// The `_after` value of a sorted page's last resource.
+pub fn encode_sorted_cursor(values: &[Option<String>], res_type: &str, res_id: &str) -> String {
+    let mut items: Vec<Option<&str>> = values.iter().map(Option::as_deref).collect();
+    items.push(Some(res_type));
+    items.push(Some(res_id));
+    serde_json::to_string(&items).unwrap_or_default()
+}
+
 /// What a `_sort` key orders by.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SortParam {
@@ -165,13 +198,21 @@ pub struct SortKey {
     pub descending: bool,
 }
 
-/// The start of a page: unsorted searches page by id (keyset: stable while data
-/// changes); sorted ones by offset.
+/// The start of a page. Pages are keysets, stable while data changes: unsorted
+/// ones by (id, type), sorted ones by the sort keys then (id, type). `_offset` is
+/// also accepted, for clients that count.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Cursor {
     Start,
     /// After this resource, in (id, type) order.
     After {
+        res_id: String,
+        res_type: String,
+    },
+    /// After the resource with these sort key values (as text; `None`: no value)
+    /// and this (id, type), in `_sort` order.
+    AfterSorted {
+        values: Vec<Option<String>>,
         res_id: String,
         res_type: String,
     },
@@ -483,17 +524,8 @@ pub fn parse(
                 continue;
             }
             "_after" => {
-                // `Type/id`; a bare id is of the searched type.
-                plan.cursor = match value.split_once('/') {
-                    Some((t, id)) => Cursor::After {
-                        res_id: id.to_owned(),
-                        res_type: t.to_owned(),
-                    },
-                    None => Cursor::After {
-                        res_id: value.clone(),
-                        res_type: resource_type.to_owned(),
-                    },
-                };
+                plan.cursor = parse_cursor(resource_type, value)
+                    .ok_or_else(|| bad(format!("'{value}' is not a valid _after cursor")))?;
                 continue;
             }
             "_offset" => {

@@ -289,7 +289,6 @@ fn decode_cursor(text: &str) -> FhirResult<(DateTime<Utc>, i64)> {
     Ok((t, seq))
 }
 
-
 /// `_history` at system, type or instance level.
 pub async fn history(
     pool: &Pool,
@@ -384,24 +383,33 @@ pub async fn search(
     }
     let client = pool.get().await?;
     // `_count=0` and `_summary=count` ask for the total alone.
-    let mut matches = if plan.count == 0 {
+    let mut rows = if plan.count == 0 {
         Vec::new()
     } else {
         store::search(&client, &plan, plan.count + 1).await?
     };
-    let next = if matches.len() > plan.count {
-        matches.truncate(plan.count);
-        match (&plan.cursor, plan.sort.is_empty()) {
-            (_, true) => matches.last().map(|v| Cursor::After {
-                res_id: v.res_id.clone(),
-                res_type: v.res_type.clone(),
-            }),
-            (Cursor::Offset(n), false) => Some(Cursor::Offset(n + plan.count)),
-            (_, false) => Some(Cursor::Offset(plan.count)),
-        }
+    // One more than the page tells whether there is a next one; the page's last
+    // row is where it starts (a keyset: stable while resources change).
+    let next = if rows.len() > plan.count {
+        rows.truncate(plan.count);
+        rows.last().map(|(v, keys)| {
+            if plan.sort.is_empty() {
+                Cursor::After {
+                    res_id: v.res_id.clone(),
+                    res_type: v.res_type.clone(),
+                }
+            } else {
+                Cursor::AfterSorted {
+                    values: keys.clone(),
+                    res_id: v.res_id.clone(),
+                    res_type: v.res_type.clone(),
+                }
+            }
+        })
     } else {
         None
     };
+    let matches: Vec<StoredVersion> = rows.into_iter().map(|(v, _)| v).collect();
     let total = match plan.total {
         TotalMode::Accurate => Some(store::count(&client, &plan).await?),
         TotalMode::WhenFree if next.is_none() && plan.cursor == Cursor::Start && plan.count > 0 => {

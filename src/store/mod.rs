@@ -378,40 +378,82 @@ pub async fn history(
 }
 
 /// Current, non-deleted resources matching a search, in the plan's order, at most
-/// `limit`, from the plan's cursor.
+/// `limit`, from the plan's cursor; with each, the values of its sort keys (as text,
+/// for the next page's cursor).
 #[tracing::instrument(skip(client, plan), fields(res_type = %plan.resource_type))]
 pub async fn search(
     client: &impl GenericClient,
     plan: &SearchPlan,
     limit: usize,
-) -> FhirResult<Vec<StoredVersion>> {
+) -> FhirResult<Vec<(StoredVersion, Vec<Option<String>>)>> {
     let mut query = search_sql::matching(plan);
-    let mut order = search_sql::order_by(&mut query, &plan.sort);
-    order.push("r.res_id".to_owned());
-    order.push("r.res_type".to_owned());
-    let offset = match &plan.cursor {
+    let keys = search_sql::sort_keys(&mut query, &plan.sort);
+    let key_columns: String = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| format!(", {} AS k{i}", k.expr))
+        .collect();
+    let inner = format!(
+        "SELECT r.res_type, r.res_id, r.version_id{key_columns} FROM resource r WHERE {}",
+        query.clauses.join(" AND ")
+    );
+    let mut outer = Vec::new();
+    let mut offset = 0;
+    match &plan.cursor {
         Cursor::After { res_id, res_type } => {
-            let id = query.bind(Box::new(res_id.clone()));
-            let t = query.bind(Box::new(res_type.clone()));
-            query
-                .clauses
-                .push(format!("(r.res_id, r.res_type) > ({id}, {t})"));
-            0
+            let (id, t) = (
+                query.bind(Box::new(res_id.clone())),
+                query.bind(Box::new(res_type.clone())),
+            );
+            outer.push(format!("(s.res_id, s.res_type) > ({id}, {t})"));
         }
-        Cursor::Offset(n) => *n,
-        Cursor::Start => 0,
-    };
+        Cursor::AfterSorted {
+            values,
+            res_id,
+            res_type,
+        } => {
+            outer.push(search_sql::after_sorted(
+                &mut query, &keys, values, res_id, res_type,
+            ));
+        }
+        Cursor::Offset(n) => offset = *n,
+        Cursor::Start => {}
+    }
+    let mut order: Vec<String> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| {
+            format!(
+                "s.k{i} {} NULLS LAST",
+                if k.descending { "DESC" } else { "ASC" }
+            )
+        })
+        .collect();
+    order.push("s.res_id".to_owned());
+    order.push("s.res_type".to_owned());
+    let key_texts: String = (0..keys.len()).map(|i| format!(", s.k{i}::text")).collect();
     let limit = query.bind(Box::new(limit as i64));
     let offset = query.bind(Box::new(offset as i64));
+    let where_sql = if outer.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", outer.join(" AND "))
+    };
     let sql = format!(
-        "SELECT {VERSION_COLUMNS} FROM resource r
-         JOIN resource_version v USING (res_type, res_id, version_id)
-         WHERE {} ORDER BY {} LIMIT {limit} OFFSET {offset}",
-        query.clauses.join(" AND "),
+        "SELECT {VERSION_COLUMNS}{key_texts} FROM ({inner}) s
+         JOIN resource_version v ON v.res_type = s.res_type AND v.res_id = s.res_id
+                                AND v.version_id = s.version_id
+         {where_sql} ORDER BY {} LIMIT {limit} OFFSET {offset}",
         order.join(", ")
     );
     let rows = client.query(&sql, &query.param_refs()).await?;
-    Ok(rows.iter().map(version_from_row).collect())
+    Ok(rows
+        .iter()
+        .map(|row| {
+            let keys = (0..keys.len()).map(|i| row.get(7 + i)).collect();
+            (version_from_row(row), keys)
+        })
+        .collect())
 }
 
 /// Current resources reached by one `_include`/`_revinclude` from `sources` (all of

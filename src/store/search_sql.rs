@@ -242,37 +242,81 @@ fn composite_clause(
     sql_text
 }
 
-/// The ORDER BY expressions of `_sort` keys. A repeating element sorts by its
-/// lowest value ascending and its highest descending; resources without one last.
-pub fn order_by(sql: &mut SqlCondition, keys: &[SortKey]) -> Vec<String> {
+/// One `_sort` key as SQL: its expression on the resource row `r` and the SQL type
+/// its values have (cursor values travel as text and are cast back).
+pub struct SortSql {
+    pub expr: String,
+    pub sql_type: &'static str,
+    pub descending: bool,
+}
+
+/// The `_sort` keys as SQL. A repeating element sorts by its lowest value
+/// ascending and its highest descending; resources without one come last.
+pub fn sort_keys(sql: &mut SqlCondition, keys: &[SortKey]) -> Vec<SortSql> {
     keys.iter()
         .map(|key| {
-            let direction = if key.descending { "DESC" } else { "ASC" };
-            let expr = match &key.param {
-                SortParam::Id => "r.res_id".to_owned(),
-                SortParam::LastUpdated => "r.last_updated".to_owned(),
+            let (expr, sql_type) = match &key.param {
+                SortParam::Id => ("r.res_id".to_owned(), "text"),
+                SortParam::LastUpdated => ("r.last_updated".to_owned(), "timestamptz"),
                 SortParam::Indexed { code, kind } => {
-                    let column = match (kind, key.descending) {
-                        (ParamType::String, _) => "normalized",
-                        (ParamType::Token, _) => "code",
-                        (ParamType::Reference, _) => "target_id",
-                        (ParamType::Date, false) => "low",
-                        (ParamType::Date, true) => "high",
-                        (ParamType::Uri, _) => "uri",
-                        _ => "value",
+                    let (column, sql_type) = match (kind, key.descending) {
+                        (ParamType::String, _) => ("normalized", "text"),
+                        (ParamType::Token, _) => ("code", "text"),
+                        (ParamType::Reference, _) => ("target_id", "text"),
+                        (ParamType::Date, false) => ("low", "timestamptz"),
+                        (ParamType::Date, true) => ("high", "timestamptz"),
+                        (ParamType::Uri, _) => ("uri", "text"),
+                        _ => ("value", "numeric"),
                     };
                     let aggregate = if key.descending { "max" } else { "min" };
                     let p = sql.text(code);
-                    format!(
+                    let expr = format!(
                         "(SELECT {aggregate}(x.{column}) FROM {} x \
                           WHERE x.res_type = r.res_type AND x.res_id = r.res_id AND x.param = {p})",
                         table_of(*kind)
-                    )
+                    );
+                    (expr, sql_type)
                 }
             };
-            format!("{expr} {direction} NULLS LAST")
+            SortSql {
+                expr,
+                sql_type,
+                descending: key.descending,
+            }
         })
         .collect()
+}
+
+/// "Comes after the cursor" in the order `k0, k1, … NULLS LAST, res_id, res_type`,
+/// on the columns `s.k0 …` of the sorted subquery: the keyset of sorted pages.
+pub fn after_sorted(
+    sql: &mut SqlCondition,
+    keys: &[SortSql],
+    values: &[Option<String>],
+    res_id: &str,
+    res_type: &str,
+) -> String {
+    let mut equal_so_far: Vec<String> = Vec::new();
+    let mut alternatives = Vec::new();
+    for (i, (key, value)) in keys.iter().zip(values).enumerate() {
+        let col = format!("s.k{i}");
+        match value {
+            Some(v) => {
+                let v = format!("{}::text::{}", sql.text(v), key.sql_type);
+                let beyond = if key.descending { "<" } else { ">" };
+                let mut step = equal_so_far.clone();
+                step.push(format!("({col} {beyond} {v} OR {col} IS NULL)"));
+                alternatives.push(format!("({})", step.join(" AND ")));
+                equal_so_far.push(format!("{col} = {v}"));
+            }
+            // Nothing sorts after NULL but other NULLs, by the tie-breakers below.
+            None => equal_so_far.push(format!("{col} IS NULL")),
+        }
+    }
+    let (id, t) = (sql.text(res_id), sql.text(res_type));
+    equal_so_far.push(format!("(s.res_id, s.res_type) > ({id}, {t})"));
+    alternatives.push(format!("({})", equal_so_far.join(" AND ")));
+    format!("({})", alternatives.join(" OR "))
 }
 
 /// A LIKE pattern that matches `text` literally.

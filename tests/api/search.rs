@@ -482,14 +482,42 @@ async fn sort_total_summary_and_elements() {
         .as_str()
         .expect("url")
         .to_owned();
+    // A patient written between the pages sorts before the cursor: the next page
+    // neither repeats nor skips anything.
+    put(
+        &s,
+        json!({"resourceType":"Patient","id":"early","birthDate":"1900"}),
+    )
+    .await;
     let rest = json_of(s.http.get(&next).send().await.expect("next"), 200).await;
-    assert_eq!(rest["entry"][0]["resource"]["id"], "anon");
+    let rest_ids: Vec<&str> = rest["entry"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter_map(|e| e["resource"]["id"].as_str())
+        .collect();
+    assert_eq!(rest_ids, ["anon"]);
+    // Descending pages, with a resource without the key at the end.
+    let (desc1, page) = ordered_ids(&s, "Patient?_sort=-birthdate&_count=3").await;
+    assert_eq!(desc1, ["jeanne", "louis", "early"]);
+    let next = page["link"]
+        .as_array()
+        .expect("links")
+        .iter()
+        .find(|l| l["relation"] == "next")
+        .expect("next")["url"]
+        .as_str()
+        .expect("url")
+        .to_owned();
+    let desc2 = json_of(s.http.get(&next).send().await.expect("next"), 200).await;
+    assert_eq!(desc2["entry"][0]["resource"]["id"], "anon");
+    assert_eq!(desc2["entry"].as_array().map(Vec::len), Some(1));
     // _total=none, _summary=count, _count=0.
     let (_, none) = ordered_ids(&s, "Patient?_total=none").await;
     assert!(none.get("total").is_none());
     let (entries, count) = ordered_ids(&s, "Patient?_summary=count").await;
     assert!(entries.is_empty());
-    assert_eq!(count["total"], 3);
+    assert_eq!(count["total"], 4, "with the early patient");
     let (entries, zero) = ordered_ids(&s, "Patient?gender=male&_count=0").await;
     assert!(entries.is_empty());
     assert_eq!(zero["total"], 1);
