@@ -298,14 +298,15 @@ pub async fn run(options: SearchBenchOptions) -> Result<String, StartError> {
     )
     .await
     .map_err(db_err)?;
-    // Fresh statistics, as a production database would have after its autovacuum.
+    // Statistics and visibility maps, as a production database has them once its
+    // autovacuum has run after a bulk load.
     let client = database
         .pool
         .get()
         .await
         .map_err(|e| db_err(e.to_string()))?;
     client
-        .batch_execute("ANALYZE")
+        .batch_execute("VACUUM ANALYZE")
         .await
         .map_err(|e| db_err(e.to_string()))?;
     drop(client);

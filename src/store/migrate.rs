@@ -26,6 +26,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "composite groups",
         include_str!("migrations/0004_composite_groups.sql"),
     ),
+    (
+        5,
+        "covering indexes",
+        include_str!("migrations/0005_covering_indexes.sql"),
+    ),
 ];
 
 /// Arbitrary constant naming the migration lock.
