@@ -11,7 +11,7 @@ use super::route::Route;
 use crate::error::{operation_outcome, FhirError, FhirResult, Issue};
 use crate::fhir::{self, datetime, subset};
 use crate::search::{self, Cursor, Handling};
-use crate::service::{self, capability, Scope, Written};
+use crate::service::{self, capability, Scope, WriteRequest, Written};
 use crate::state::AppState;
 use crate::store::{Method as StoreMethod, StoredVersion};
 
@@ -132,6 +132,25 @@ pub async fn handle(state: &AppState, req: FhirRequest) -> FhirResult<Reply> {
             Ok(Reply::new(StatusCode::OK, Some(cs.to_string())))
         }
         (&Method::GET, Route::Type(t)) => search(state, &req, t, req.criteria(), Scope::Type).await,
+        (&Method::POST, Route::System) => {
+            let bundle = req.resource()?;
+            if fhir::resource_type(&bundle) != "Bundle" {
+                return Err(FhirError::bad_request(
+                    "POST to the base takes a transaction or batch Bundle",
+                ));
+            }
+            let response = match bundle["type"].as_str() {
+                Some("transaction") => service::bundle::transaction(pool, bundle).await?,
+                Some("batch") => service::bundle::batch(pool, bundle).await?,
+                other => {
+                    return Err(FhirError::bad_request(format!(
+                        "a Bundle of type {} cannot be processed; use transaction or batch",
+                        other.unwrap_or("(none)")
+                    )))
+                }
+            };
+            Ok(Reply::new(StatusCode::OK, Some(response.to_string())))
+        }
         (&Method::GET, Route::System) => {
             let types = system_search_types(&req.params)?;
             let criteria: Vec<(String, String)> = req
@@ -177,18 +196,37 @@ pub async fn handle(state: &AppState, req: FhirRequest) -> FhirResult<Reply> {
                     let query = v.split_once('?').map_or(v, |(_, q)| q);
                     parse_query(query)
                 });
-            let written = service::create(pool, t, resource, if_none_exist).await?;
+            let written = written_of(
+                service::write(
+                    pool,
+                    WriteRequest::Create {
+                        res_type: t.clone(),
+                        resource,
+                        if_none_exist,
+                        id: None,
+                    },
+                )
+                .await?,
+            )?;
             written_reply(&req, &written, true)
         }
         (&Method::PUT, Route::Type(t)) => {
             let resource = req.resource()?;
-            let written =
-                service::conditional_update(pool, t, &req.criteria(), resource, req.if_match()?)
-                    .await?;
+            let request = WriteRequest::ConditionalUpdate {
+                res_type: t.clone(),
+                criteria: req.criteria(),
+                resource,
+                if_match: req.if_match()?,
+            };
+            let written = written_of(service::write(pool, request).await?)?;
             written_reply(&req, &written, true)
         }
         (&Method::DELETE, Route::Type(t)) => {
-            match service::conditional_delete(pool, t, &req.criteria()).await? {
+            let request = WriteRequest::ConditionalDelete {
+                res_type: t.clone(),
+                criteria: req.criteria(),
+            };
+            match service::write(pool, request).await? {
                 Some(written) => written_reply(&req, &written, false),
                 None => Ok(Reply::new(StatusCode::NO_CONTENT, None)),
             }
@@ -199,11 +237,22 @@ pub async fn handle(state: &AppState, req: FhirRequest) -> FhirResult<Reply> {
         }
         (&Method::PUT, Route::Instance(t, id)) => {
             let resource = req.resource()?;
-            let written = service::update(pool, t, id, resource, req.if_match()?).await?;
+            let request = WriteRequest::Update {
+                res_type: t.clone(),
+                res_id: id.clone(),
+                resource,
+                if_match: req.if_match()?,
+            };
+            let written = written_of(service::write(pool, request).await?)?;
             written_reply(&req, &written, true)
         }
         (&Method::DELETE, Route::Instance(t, id)) => {
-            let written = service::delete(pool, t, id, req.if_match()?).await?;
+            let request = WriteRequest::Delete {
+                res_type: t.clone(),
+                res_id: id.clone(),
+                if_match: req.if_match()?,
+            };
+            let written = written_of(service::write(pool, request).await?)?;
             written_reply(&req, &written, false)
         }
         (&Method::GET, Route::Version(t, id, vid)) => {
@@ -217,6 +266,11 @@ pub async fn handle(state: &AppState, req: FhirRequest) -> FhirResult<Reply> {
         }
         (m, route) => Err(not_allowed(m, route)),
     }
+}
+
+/// The result of a write that always yields one (all but conditional delete).
+fn written_of(written: Option<Written>) -> FhirResult<Written> {
+    written.ok_or_else(|| FhirError::Internal("a write returned nothing".to_owned()))
 }
 
 fn version_ref(v: &StoredVersion) -> VersionRef<'_> {

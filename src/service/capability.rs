@@ -59,7 +59,12 @@ pub fn capability_statement(base_url: &str, software_version: &str, started: &st
         "rest": [{
             "mode": "server",
             "resource": resources,
-            "interaction": [{"code": "history-system"}, {"code": "search-system"}],
+            "interaction": [
+                {"code": "transaction"},
+                {"code": "batch"},
+                {"code": "history-system"},
+                {"code": "search-system"},
+            ],
         }],
     })
 }

@@ -2,6 +2,7 @@
 //! database transaction, and returns what happened. The HTTP layer maps requests to
 //! these calls and their results to responses.
 
+pub mod bundle;
 pub mod capability;
 pub mod write;
 
@@ -58,36 +59,167 @@ fn check_type(res_type: &str, resource: &Value) -> FhirResult<()> {
     Ok(())
 }
 
-/// `POST [type]`, with `If-None-Exist` criteria when given. Returns the written
-/// resource, or the existing one (not created) when the criteria match one.
-pub async fn create(
-    pool: &Pool,
-    res_type: &str,
-    resource: Value,
-    if_none_exist: Option<Vec<(String, String)>>,
-) -> FhirResult<Written> {
-    check_type(res_type, &resource)?;
+/// A write interaction, as the REST API and transaction entries ask for it.
+#[derive(Debug)]
+pub enum WriteRequest {
+    /// `POST [type]`, with `If-None-Exist` criteria; `id` is set by a transaction
+    /// that had to know it before (references to the entry's `fullUrl`).
+    Create {
+        res_type: String,
+        resource: Value,
+        if_none_exist: Option<Vec<(String, String)>>,
+        id: Option<String>,
+    },
+    /// `PUT [type]/[id]`: update, or create with the client's id.
+    Update {
+        res_type: String,
+        res_id: String,
+        resource: Value,
+        if_match: Option<i64>,
+    },
+    /// `PUT [type]?criteria`: update the one match, or create when none matches.
+    ConditionalUpdate {
+        res_type: String,
+        criteria: Vec<(String, String)>,
+        resource: Value,
+        if_match: Option<i64>,
+    },
+    /// `DELETE [type]/[id]`.
+    Delete {
+        res_type: String,
+        res_id: String,
+        if_match: Option<i64>,
+    },
+    /// `DELETE [type]?criteria`: deletes the one match; none is not an error.
+    ConditionalDelete {
+        res_type: String,
+        criteria: Vec<(String, String)>,
+    },
+}
+
+/// Runs one write interaction in its own transaction. `None`: a conditional delete
+/// that matched nothing.
+pub async fn write(pool: &Pool, request: WriteRequest) -> FhirResult<Option<Written>> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    if let Some(criteria) = if_none_exist {
-        if let Matches::One(id) = conditional_match(&tx, res_type, &criteria).await? {
-            let existing = store::read_latest(&tx, res_type, &id)
-                .await?
-                .ok_or_else(|| FhirError::Internal("matched resource vanished".into()))?;
-            return Ok(written_from_stored(existing));
-        }
-    }
-    let change = Change {
-        res_type: res_type.to_owned(),
-        res_id: uuid::Uuid::new_v4().to_string(),
-        kind: ChangeKind::Create,
-        resource: Some(resource),
-        if_match: None,
-    };
-    let written = write::apply(&tx, change).await?;
+    let written = execute(&tx, request).await?;
     tx.commit().await?;
-    search_parameter_changed(pool, &written).await;
+    if let Some(w) = &written {
+        search_parameter_changed(pool, w).await;
+    }
     Ok(written)
+}
+
+/// Runs one write interaction inside `tx` (a request's own, or a transaction
+/// Bundle's): conditional matching, then the single write path.
+pub async fn execute(
+    tx: &deadpool_postgres::Transaction<'_>,
+    request: WriteRequest,
+) -> FhirResult<Option<Written>> {
+    let change = match request {
+        WriteRequest::Create {
+            res_type,
+            resource,
+            if_none_exist,
+            id,
+        } => {
+            check_type(&res_type, &resource)?;
+            if let Some(criteria) = if_none_exist {
+                if let Matches::One(id) = conditional_match(tx, &res_type, &criteria).await? {
+                    let existing = store::read_latest(tx, &res_type, &id)
+                        .await?
+                        .ok_or_else(|| FhirError::Internal("matched resource vanished".into()))?;
+                    return Ok(Some(written_from_stored(existing)));
+                }
+            }
+            Change {
+                res_id: id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+                res_type,
+                kind: ChangeKind::Create,
+                resource: Some(resource),
+                if_match: None,
+            }
+        }
+        WriteRequest::Update {
+            res_type,
+            res_id,
+            resource,
+            if_match,
+        } => {
+            check_type(&res_type, &resource)?;
+            match fhir::resource_id(&resource) {
+                Some(body_id) if body_id == res_id => {}
+                Some(body_id) => {
+                    return Err(FhirError::bad_request(format!(
+                        "the body's id '{body_id}' differs from the id '{res_id}' in the URL"
+                    )))
+                }
+                None => {
+                    return Err(FhirError::bad_request(
+                        "an update needs the resource's id in the body, equal to the id in the URL",
+                    ))
+                }
+            }
+            Change {
+                res_type,
+                res_id,
+                kind: ChangeKind::Update,
+                resource: Some(resource),
+                if_match,
+            }
+        }
+        WriteRequest::ConditionalUpdate {
+            res_type,
+            criteria,
+            resource,
+            if_match,
+        } => {
+            check_type(&res_type, &resource)?;
+            let body_id = fhir::resource_id(&resource).map(str::to_owned);
+            let res_id = match conditional_match(tx, &res_type, &criteria).await? {
+                Matches::One(id) => {
+                    if body_id.as_ref().is_some_and(|b| *b != id) {
+                        return Err(FhirError::bad_request(format!(
+                            "the body's id differs from the id '{id}' of the matching resource"
+                        )));
+                    }
+                    id
+                }
+                Matches::None => body_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+            };
+            Change {
+                res_type,
+                res_id,
+                kind: ChangeKind::Update,
+                resource: Some(resource),
+                if_match,
+            }
+        }
+        WriteRequest::Delete {
+            res_type,
+            res_id,
+            if_match,
+        } => Change {
+            res_type,
+            res_id,
+            kind: ChangeKind::Delete,
+            resource: None,
+            if_match,
+        },
+        WriteRequest::ConditionalDelete { res_type, criteria } => {
+            let Matches::One(res_id) = conditional_match(tx, &res_type, &criteria).await? else {
+                return Ok(None);
+            };
+            Change {
+                res_type,
+                res_id,
+                kind: ChangeKind::Delete,
+                resource: None,
+                if_match: None,
+            }
+        }
+    };
+    write::apply(tx, change).await.map(Some)
 }
 
 fn written_from_stored(v: StoredVersion) -> Written {
@@ -99,137 +231,6 @@ fn written_from_stored(v: StoredVersion) -> Written {
         last_updated: v.last_updated,
         json: v.json,
     }
-}
-
-/// `PUT [type]/[id]`: update, or create with the client's id.
-pub async fn update(
-    pool: &Pool,
-    res_type: &str,
-    res_id: &str,
-    resource: Value,
-    if_match: Option<i64>,
-) -> FhirResult<Written> {
-    check_type(res_type, &resource)?;
-    match fhir::resource_id(&resource) {
-        Some(body_id) if body_id == res_id => {}
-        Some(body_id) => {
-            return Err(FhirError::bad_request(format!(
-                "the body's id '{body_id}' differs from the id '{res_id}' in the URL"
-            )))
-        }
-        None => {
-            return Err(FhirError::bad_request(
-                "an update needs the resource's id in the body, equal to the id in the URL",
-            ))
-        }
-    }
-    let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
-    let written = write::apply(
-        &tx,
-        Change {
-            res_type: res_type.to_owned(),
-            res_id: res_id.to_owned(),
-            kind: ChangeKind::Update,
-            resource: Some(resource),
-            if_match,
-        },
-    )
-    .await?;
-    tx.commit().await?;
-    search_parameter_changed(pool, &written).await;
-    Ok(written)
-}
-
-/// `PUT [type]?criteria`: update the one match, or create when none matches.
-pub async fn conditional_update(
-    pool: &Pool,
-    res_type: &str,
-    criteria: &[(String, String)],
-    resource: Value,
-    if_match: Option<i64>,
-) -> FhirResult<Written> {
-    check_type(res_type, &resource)?;
-    let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
-    let body_id = fhir::resource_id(&resource).map(str::to_owned);
-    let res_id = match conditional_match(&tx, res_type, criteria).await? {
-        Matches::One(id) => {
-            if body_id.as_ref().is_some_and(|b| *b != id) {
-                return Err(FhirError::bad_request(format!(
-                    "the body's id differs from the id '{id}' of the matching resource"
-                )));
-            }
-            id
-        }
-        Matches::None => body_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
-    };
-    let written = write::apply(
-        &tx,
-        Change {
-            res_type: res_type.to_owned(),
-            res_id,
-            kind: ChangeKind::Update,
-            resource: Some(resource),
-            if_match,
-        },
-    )
-    .await?;
-    tx.commit().await?;
-    search_parameter_changed(pool, &written).await;
-    Ok(written)
-}
-
-/// `DELETE [type]/[id]`.
-pub async fn delete(
-    pool: &Pool,
-    res_type: &str,
-    res_id: &str,
-    if_match: Option<i64>,
-) -> FhirResult<Written> {
-    let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
-    let written = write::apply(
-        &tx,
-        Change {
-            res_type: res_type.to_owned(),
-            res_id: res_id.to_owned(),
-            kind: ChangeKind::Delete,
-            resource: None,
-            if_match,
-        },
-    )
-    .await?;
-    tx.commit().await?;
-    search_parameter_changed(pool, &written).await;
-    Ok(written)
-}
-
-/// `DELETE [type]?criteria`: deletes the one match; none is not an error.
-pub async fn conditional_delete(
-    pool: &Pool,
-    res_type: &str,
-    criteria: &[(String, String)],
-) -> FhirResult<Option<Written>> {
-    let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
-    let Matches::One(res_id) = conditional_match(&tx, res_type, criteria).await? else {
-        return Ok(None);
-    };
-    let written = write::apply(
-        &tx,
-        Change {
-            res_type: res_type.to_owned(),
-            res_id,
-            kind: ChangeKind::Delete,
-            resource: None,
-            if_match: None,
-        },
-    )
-    .await?;
-    tx.commit().await?;
-    search_parameter_changed(pool, &written).await;
-    Ok(Some(written))
 }
 
 /// `GET [type]/[id]`: 404 when it never existed, 410 when its latest version is a delete.

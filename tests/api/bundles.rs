@@ -1,0 +1,158 @@
+//! Transaction and batch Bundles.
+
+use serde_json::{json, Value};
+
+use crate::support::{json_of, outcome_of, TestServer};
+
+const INS: &str = "urn:oid:1.2.250.1.213.1.4.10";
+
+async fn post_bundle(s: &TestServer, bundle: &Value) -> reqwest::Response {
+    s.post_json("", bundle).await
+}
+
+/// A discharge: the patient (found by INS, or created), the stay that ends, the GP
+/// in a care team, in one transaction that refers to its own entries.
+fn discharge(nir: &str) -> Value {
+    json!({"resourceType":"Bundle","type":"transaction","entry":[
+        {"fullUrl":"urn:uuid:8d3c5e1a-0000-4000-8000-000000000001",
+         "resource":{"resourceType":"Patient","identifier":[{"system":INS,"value":nir}],"name":[{"family":"Roche"}]},
+         "request":{"method":"POST","url":"Patient","ifNoneExist":format!("identifier={INS}|{nir}")}},
+        {"fullUrl":"urn:uuid:8d3c5e1a-0000-4000-8000-000000000002",
+         "resource":{"resourceType":"Encounter","status":"finished","class":{"code":"IMP"},
+            "subject":{"reference":"urn:uuid:8d3c5e1a-0000-4000-8000-000000000001"},
+            "period":{"start":"2026-11-16","end":"2026-11-20"}},
+         "request":{"method":"POST","url":"Encounter"}},
+        {"resource":{"resourceType":"CareTeam","id":"ct-roche","status":"active",
+            "subject":{"reference":"urn:uuid:8d3c5e1a-0000-4000-8000-000000000001"},
+            "encounter":{"reference":"urn:uuid:8d3c5e1a-0000-4000-8000-000000000002"},
+            "participant":[{"member":{"reference":"Practitioner/dr-martin"}}]},
+         "request":{"method":"PUT","url":"CareTeam/ct-roche"}},
+        {"request":{"method":"GET","url":"CareTeam/ct-roche"}}
+    ]})
+}
+
+#[tokio::test]
+async fn transaction_resolves_its_own_references() {
+    let s = TestServer::start().await;
+    let response = json_of(post_bundle(&s, &discharge("1850599999999")).await, 200).await;
+    assert_eq!(response["type"], "transaction-response");
+    let entries = response["entry"].as_array().expect("entries");
+    assert_eq!(entries[0]["response"]["status"], "201 Created");
+    assert_eq!(entries[1]["response"]["status"], "201 Created");
+    assert_eq!(entries[2]["response"]["status"], "201 Created");
+    let patient = entries[0]["response"]["location"]
+        .as_str()
+        .expect("location")
+        .to_owned();
+    let encounter = entries[1]["response"]["location"]
+        .as_str()
+        .expect("location")
+        .to_owned();
+    let local = |loc: &str| loc.split("/_history").next().unwrap_or("").to_owned();
+    // The GET entry runs last and sees the care team with rewritten references.
+    let care_team = &entries[3]["resource"];
+    assert_eq!(care_team["subject"]["reference"], local(&patient));
+    assert_eq!(care_team["encounter"]["reference"], local(&encounter));
+    let stay = json_of(s.get(&local(&encounter)).await, 200).await;
+    assert_eq!(stay["subject"]["reference"], local(&patient));
+    // Sent again: the patient is found by INS (ifNoneExist), not created twice.
+    let again = json_of(post_bundle(&s, &discharge("1850599999999")).await, 200).await;
+    assert_eq!(again["entry"][0]["response"]["status"], "200 OK");
+    assert_eq!(again["entry"][0]["response"]["location"], patient.as_str());
+    let found = json_of(
+        s.get(&format!("Patient?identifier={INS}|1850599999999"))
+            .await,
+        200,
+    )
+    .await;
+    assert_eq!(found["total"], 1);
+}
+
+#[tokio::test]
+async fn a_failing_entry_rolls_everything_back() {
+    let s = TestServer::start().await;
+    let mut bundle = discharge("1850588888888");
+    // The last write entry is invalid: nothing of the Bundle may remain.
+    bundle["entry"][2]["resource"]["status"] = json!("not-a-status-but-a-valid-code");
+    bundle["entry"][2]["resource"]["bogus"] = json!(true);
+    let oo = outcome_of(post_bundle(&s, &bundle).await, 400).await;
+    assert!(oo.to_string().contains("Bundle.entry[2]"), "{oo}");
+    assert_eq!(s.version_count().await, 0);
+    // A conditional reference that matches nothing: 412, nothing written.
+    let dangling = json!({"resourceType":"Bundle","type":"transaction","entry":[
+        {"resource":{"resourceType":"Encounter","status":"planned","class":{"code":"AMB"},
+            "subject":{"reference":format!("Patient?identifier={INS}|0000000000000")}},
+         "request":{"method":"POST","url":"Encounter"}}]});
+    outcome_of(post_bundle(&s, &dangling).await, 412).await;
+    // If-Match on an entry.
+    s.put_json("Patient/p1", &json!({"resourceType":"Patient","id":"p1"}))
+        .await;
+    let stale = json!({"resourceType":"Bundle","type":"transaction","entry":[
+        {"resource":{"resourceType":"Patient","id":"p2"},"request":{"method":"PUT","url":"Patient/p2"}},
+        {"resource":{"resourceType":"Patient","id":"p1","active":true},
+         "request":{"method":"PUT","url":"Patient/p1","ifMatch":"W/\"5\""}}]});
+    outcome_of(post_bundle(&s, &stale).await, 412).await;
+    outcome_of(s.get("Patient/p2").await, 404).await;
+    // Not a transaction or batch.
+    let collection = json!({"resourceType":"Bundle","type":"collection"});
+    outcome_of(post_bundle(&s, &collection).await, 400).await;
+}
+
+#[tokio::test]
+async fn transaction_order_and_conditional_references() {
+    let s = TestServer::start().await;
+    s.put_json("Patient/old", &json!({"resourceType":"Patient","id":"old"}))
+        .await;
+    s.put_json(
+        "Patient/gp-patient",
+        &json!({"resourceType":"Patient","id":"gp-patient",
+        "identifier":[{"system":INS,"value":"2790199999999"}]}),
+    )
+    .await;
+    // DELETE runs before POST and PUT whatever their place in the Bundle.
+    let bundle = json!({"resourceType":"Bundle","type":"transaction","entry":[
+        {"resource":{"resourceType":"Flag","status":"active","code":{"text":"sortie"},
+            "subject":{"reference":format!("Patient?identifier={INS}|2790199999999")}},
+         "request":{"method":"POST","url":"Flag"}},
+        {"request":{"method":"DELETE","url":"Patient/old"}}]});
+    let response = json_of(post_bundle(&s, &bundle).await, 200).await;
+    assert_eq!(response["entry"][1]["response"]["status"], "204 No Content");
+    let flag_location = response["entry"][0]["response"]["location"]
+        .as_str()
+        .expect("location");
+    let flag = json_of(
+        s.get(flag_location.split("/_history").next().unwrap_or(""))
+            .await,
+        200,
+    )
+    .await;
+    assert_eq!(flag["subject"]["reference"], "Patient/gp-patient");
+    outcome_of(s.get("Patient/old").await, 410).await;
+}
+
+#[tokio::test]
+async fn batch_entries_stand_alone() {
+    let s = TestServer::start().await;
+    let bundle = json!({"resourceType":"Bundle","type":"batch","entry":[
+        {"resource":{"resourceType":"Patient","id":"b1"},"request":{"method":"PUT","url":"Patient/b1"}},
+        {"resource":{"resourceType":"Patient","id":"b2"},"request":{"method":"PUT","url":"Patient/other"}},
+        {"request":{"method":"GET","url":"Patient/b1"}},
+        {"request":{"method":"GET","url":"Patient/missing"}}]});
+    let response = json_of(post_bundle(&s, &bundle).await, 200).await;
+    assert_eq!(response["type"], "batch-response");
+    let status = |i: usize| {
+        response["entry"][i]["response"]["status"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
+    };
+    assert_eq!(status(0), "201 Created");
+    assert_eq!(status(1), "400");
+    assert_eq!(
+        response["entry"][1]["response"]["outcome"]["resourceType"],
+        "OperationOutcome"
+    );
+    assert_eq!(status(2), "200 OK");
+    assert_eq!(status(3), "404");
+    json_of(s.get("Patient/b1").await, 200).await;
+}
