@@ -47,12 +47,11 @@ pub struct Written {
     pub json: Option<String>,
 }
 
-/// The instant of a new version: now, but always after the previous version, so
-/// that versions of one resource are ordered by time even across clock skew.
-fn next_instant(previous: Option<DateTime<Utc>>) -> DateTime<Utc> {
-    let now = Utc::now()
-        .duration_trunc(Duration::microseconds(1))
-        .unwrap_or_else(|_| Utc::now());
+/// The instant of a new version: the database's clock (one clock for every
+/// instance, and never earlier than the transaction's start, which the history
+/// horizon relies on), but always after the previous version of the resource.
+fn next_instant(now: DateTime<Utc>, previous: Option<DateTime<Utc>>) -> DateTime<Utc> {
+    let now = now.duration_trunc(Duration::microseconds(1)).unwrap_or(now);
     match previous {
         Some(p) if p >= now => p + Duration::microseconds(1),
         _ => now,
@@ -92,7 +91,7 @@ pub async fn apply(tx: &Transaction<'_>, change: Change) -> FhirResult<Written> 
     };
     if method == Method::Delete {
         if let Some(cur) = current.filter(|c| !c.deleted) {
-            let last_updated = next_instant(Some(cur.last_updated));
+            let last_updated = next_instant(store::clock(tx).await?, Some(cur.last_updated));
             let version_id = cur.version_id + 1;
             store::write_version(
                 tx,
@@ -130,7 +129,7 @@ pub async fn apply(tx: &Transaction<'_>, change: Change) -> FhirResult<Written> 
         return Err(FhirError::Internal("a write without a resource".to_owned()));
     };
     let version_id = current.map_or(1, |c| c.version_id + 1);
-    let last_updated = next_instant(current.map(|c| c.last_updated));
+    let last_updated = next_instant(store::clock(tx).await?, current.map(|c| c.last_updated));
     fhir::stamp(&mut resource, &res_id, version_id, last_updated);
     let index = index::extract(&res_type, &resource);
     store::write_version(
@@ -166,10 +165,10 @@ mod tests {
     fn versions_move_forward_in_time() {
         let future = Utc::now() + Duration::hours(1);
         assert_eq!(
-            next_instant(Some(future)),
+            next_instant(Utc::now(), Some(future)),
             future + Duration::microseconds(1)
         );
         let past = Utc::now() - Duration::hours(1);
-        assert!(next_instant(Some(past)) > past + Duration::minutes(59));
+        assert!(next_instant(Utc::now(), Some(past)) > past + Duration::minutes(59));
     }
 }

@@ -363,6 +363,19 @@ pub async fn history(
         q.clauses
             .push(format!("(v.last_updated, v.seq) < ({t}, {seq})"));
     }
+    if filter.res_id.is_none() {
+        // The horizon of type and system history: a write transaction still in
+        // flight may yet commit versions stamped from its start on, so nothing at or
+        // after the start of the oldest one is shown. Every version shown is then
+        // final: a client that asks again `_since` the last one it saw misses none,
+        // even when transactions commit out of order.
+        q.clauses.push(
+            "v.last_updated < (SELECT coalesce(min(a.xact_start), clock_timestamp())
+               FROM pg_stat_activity a
+              WHERE a.backend_xid IS NOT NULL AND a.datname = current_database())"
+                .to_owned(),
+        );
+    }
     let limit = q.bind(Box::new(filter.count as i64));
     let where_sql = if q.clauses.is_empty() {
         String::new()
@@ -531,6 +544,16 @@ pub async fn matching_ids(
     );
     let rows = client.query(&sql, &query.param_refs()).await?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// The database's clock, for the instants of new versions. The transaction gets its
+/// id first, so that from this instant on it counts as in flight for the history
+/// horizon (see `history`) and none of its versions can be stamped before it.
+pub async fn clock(tx: &Transaction<'_>) -> FhirResult<DateTime<Utc>> {
+    let stmt = tx
+        .prepare_cached("SELECT pg_current_xact_id()::text, clock_timestamp()")
+        .await?;
+    Ok(tx.query_one(&stmt, &[]).await?.get(1))
 }
 
 /// Takes a transaction-scoped lock on a key (e.g. the criteria of a conditional

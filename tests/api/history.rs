@@ -146,3 +146,68 @@ async fn paging_neither_skips_nor_repeats_while_writes_continue() {
     assert_eq!(pages, 3);
     assert_eq!(seen.len(), 25);
 }
+
+/// A transaction that stamps its version first but commits last must not be
+/// skipped by a client that syncs `_since` the last version it saw.
+#[tokio::test]
+async fn sync_never_skips_a_version_that_commits_late() {
+    use passerelle::service::{execute, WriteRequest};
+    let s = TestServer::start().await;
+    let start = json_of(
+        s.put_json(
+            "Patient/first",
+            &json!({"resourceType": "Patient", "id": "first"}),
+        )
+        .await,
+        201,
+    )
+    .await["meta"]["lastUpdated"]
+        .as_str()
+        .expect("lastUpdated")
+        .replace('+', "%2B");
+    // A slow writer: stamps its version, then waits before committing.
+    let mut client = s.pool.get().await.expect("connection");
+    let tx = client.transaction().await.expect("begin");
+    execute(
+        &tx,
+        WriteRequest::Update {
+            res_type: "Patient".into(),
+            res_id: "slow".into(),
+            resource: json!({"resourceType": "Patient", "id": "slow"}),
+            if_match: None,
+        },
+    )
+    .await
+    .expect("slow write");
+    // A fast writer commits meanwhile, with a later stamp.
+    s.put_json(
+        "Patient/fast",
+        &json!({"resourceType": "Patient", "id": "fast"}),
+    )
+    .await;
+    let ids = |bundle: &Value| -> Vec<String> {
+        entries(bundle)
+            .iter()
+            .filter_map(|e| e["resource"]["id"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let during = json_of(
+        s.get(&format!("Patient/_history?_since={start}")).await,
+        200,
+    )
+    .await;
+    assert_eq!(
+        ids(&during),
+        ["first"],
+        "nothing after the slow writer's start is final yet"
+    );
+    tx.commit().await.expect("commit");
+    let after = json_of(
+        s.get(&format!("Patient/_history?_since={start}")).await,
+        200,
+    )
+    .await;
+    let mut seen = ids(&after);
+    seen.sort();
+    assert_eq!(seen, ["fast", "first", "slow"]);
+}
