@@ -3,6 +3,7 @@
 
 pub mod datetime;
 pub mod definitions;
+pub mod patch;
 pub mod subset;
 pub mod validate;
 
@@ -60,25 +61,41 @@ pub fn parse_resource(body: &[u8], format: Format) -> FhirResult<Value> {
             )])
         })?,
     };
-    validate::validate_resource(&value).map_err(FhirError::BadRequest)?;
-    if format == Format::Json {
-        // Second opinion from the typed model; our walker already named the path of
-        // anything it knows to be wrong, so this only fires on what it missed. The
-        // model requires elements that R4 lets a StructureDefinition's differential
-        // leave out (e.g. binding.strength): there the walker, which knows, decides.
-        if let Err(e) = fhir_codec::check_json(body) {
-            let partial_by_design = resource_type(&value) == "StructureDefinition"
-                && value.get("differential").is_some();
-            if !partial_by_design {
-                return Err(FhirError::BadRequest(vec![Issue::new(
-                    "structure",
-                    format!("not a valid R4 resource: {e}"),
-                )]));
-            }
-            tracing::debug!(error = %e, "accepted a differential the typed model cannot hold");
+    match format {
+        Format::Json => check_structure(&value, body)?,
+        // The XML went through the typed model already.
+        Format::Xml => {
+            validate::validate_resource(&value).map_err(FhirError::BadRequest)?;
         }
     }
     Ok(value)
+}
+
+/// Checks a resource built by the server (a patched one) like an incoming one.
+pub fn check_resource(value: &Value) -> FhirResult<()> {
+    let json = serde_json::to_vec(value).map_err(|e| FhirError::Internal(e.to_string()))?;
+    check_structure(value, &json)
+}
+
+/// The walker of [`validate`], then fhirbolt's typed model on the same JSON.
+fn check_structure(value: &Value, json: &[u8]) -> FhirResult<()> {
+    validate::validate_resource(value).map_err(FhirError::BadRequest)?;
+    // Second opinion from the typed model; our walker already named the path of
+    // anything it knows to be wrong, so this only fires on what it missed. The
+    // model requires elements that R4 lets a StructureDefinition's differential
+    // leave out (e.g. binding.strength): there the walker, which knows, decides.
+    if let Err(e) = fhir_codec::check_json(json) {
+        let partial_by_design =
+            resource_type(value) == "StructureDefinition" && value.get("differential").is_some();
+        if !partial_by_design {
+            return Err(FhirError::BadRequest(vec![Issue::new(
+                "structure",
+                format!("not a valid R4 resource: {e}"),
+            )]));
+        }
+        tracing::debug!(error = %e, "accepted a differential the typed model cannot hold");
+    }
+    Ok(())
 }
 
 /// The resource type of a parsed resource (validated to exist by [`parse_resource`]).

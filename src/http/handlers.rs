@@ -11,7 +11,7 @@ use super::route::Route;
 use crate::error::{operation_outcome, FhirError, FhirResult, Issue};
 use crate::fhir::{self, datetime, subset};
 use crate::search::{self, Cursor, Handling};
-use crate::service::{self, capability, Scope, WriteRequest, Written};
+use crate::service::{self, capability, PatchTarget, Scope, WriteRequest, Written};
 use crate::state::AppState;
 use crate::store::{Method as StoreMethod, StoredVersion};
 
@@ -255,6 +255,12 @@ pub async fn handle(state: &AppState, req: FhirRequest) -> FhirResult<Reply> {
             let written = written_of(service::write(pool, request).await?)?;
             written_reply(&req, &written, false)
         }
+        (&Method::PATCH, Route::Instance(t, id)) => {
+            patch(state, &req, t, PatchTarget::Id(id.clone())).await
+        }
+        (&Method::PATCH, Route::Type(t)) => {
+            patch(state, &req, t, PatchTarget::Criteria(req.criteria())).await
+        }
         (&Method::GET, Route::Version(t, id, vid)) => {
             let version = service::vread(pool, t, id, vid).await?;
             read_reply(&req, &version)
@@ -266,6 +272,31 @@ pub async fn handle(state: &AppState, req: FhirRequest) -> FhirResult<Reply> {
         }
         (m, route) => Err(not_allowed(m, route)),
     }
+}
+
+/// `PATCH` with a JSON Patch document (`application/json-patch+json`).
+async fn patch(
+    state: &AppState,
+    req: &FhirRequest,
+    res_type: &str,
+    target: PatchTarget,
+) -> FhirResult<Reply> {
+    let content_type = req.header(header::CONTENT_TYPE).unwrap_or_default();
+    if !content_type.starts_with("application/json-patch+json") {
+        return Err(FhirError::UnsupportedMediaType(format!(
+            "PATCH takes application/json-patch+json (FHIRPath Patch is not supported yet), not '{content_type}'"
+        )));
+    }
+    let document: serde_json::Value = serde_json::from_slice(&req.body)
+        .map_err(|e| FhirError::bad_request(format!("the JSON Patch document is not JSON: {e}")))?;
+    let request = WriteRequest::Patch {
+        res_type: res_type.to_owned(),
+        target,
+        document,
+        if_match: req.if_match()?,
+    };
+    let written = written_of(service::write(&state.pool, request).await?)?;
+    written_reply(req, &written, true)
 }
 
 /// The result of a write that always yields one (all but conditional delete).
@@ -451,7 +482,7 @@ async fn history(
 fn history_entry(base: &str, v: &StoredVersion) -> String {
     let (request_url, status) = match v.method {
         StoreMethod::Post => (v.res_type.clone(), "201 Created"),
-        StoreMethod::Put => (format!("{}/{}", v.res_type, v.res_id), "200 OK"),
+        StoreMethod::Put | StoreMethod::Patch => (format!("{}/{}", v.res_type, v.res_id), "200 OK"),
         StoreMethod::Delete => (format!("{}/{}", v.res_type, v.res_id), "204 No Content"),
     };
     let entry = json!({

@@ -122,7 +122,7 @@ pub fn error_response(err: &FhirError, how: Rendering) -> Response {
     let body = err.operation_outcome().to_string();
     let mut reply = Reply::new(status, Some(body));
     if let FhirError::MethodNotAllowed(_) = err {
-        reply = reply.header(header::ALLOW, "GET, HEAD, POST, PUT, DELETE");
+        reply = reply.header(header::ALLOW, "GET, HEAD, POST, PUT, PATCH, DELETE");
     }
     render(reply, how)
 }

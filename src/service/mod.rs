@@ -84,6 +84,13 @@ pub enum WriteRequest {
         resource: Value,
         if_match: Option<i64>,
     },
+    /// `PATCH [type]/[id]` or `PATCH [type]?criteria` with a JSON Patch document.
+    Patch {
+        res_type: String,
+        target: PatchTarget,
+        document: Value,
+        if_match: Option<i64>,
+    },
     /// `DELETE [type]/[id]`.
     Delete {
         res_type: String,
@@ -95,6 +102,57 @@ pub enum WriteRequest {
         res_type: String,
         criteria: Vec<(String, String)>,
     },
+}
+
+/// The resource a PATCH applies to.
+#[derive(Debug)]
+pub enum PatchTarget {
+    Id(String),
+    /// Conditional patch: exactly one match, else 404 or 412.
+    Criteria(Vec<(String, String)>),
+}
+
+/// The resource after a JSON Patch, checked like any incoming resource.
+async fn patched(
+    tx: &deadpool_postgres::Transaction<'_>,
+    res_type: &str,
+    target: PatchTarget,
+    document: &Value,
+) -> FhirResult<(String, Value)> {
+    let res_id = match target {
+        PatchTarget::Id(id) => id,
+        PatchTarget::Criteria(criteria) => {
+            match conditional_match(tx, res_type, &criteria).await? {
+                Matches::One(id) => id,
+                Matches::None => {
+                    return Err(FhirError::NotFound(format!(
+                        "no {res_type} matches the criteria"
+                    )))
+                }
+            }
+        }
+    };
+    // Lock first: the version patched is the version replaced.
+    store::lock_current(tx, res_type, &res_id, false).await?;
+    let current = store::read_latest(tx, res_type, &res_id)
+        .await?
+        .ok_or_else(|| FhirError::NotFound(format!("{res_type}/{res_id} is not known")))?;
+    let json = current
+        .json
+        .ok_or_else(|| FhirError::Gone(format!("{res_type}/{res_id} was deleted")))?;
+    let resource: Value =
+        serde_json::from_str(&json).map_err(|e| FhirError::Internal(e.to_string()))?;
+    let result = fhir::patch::apply(&resource, document)?;
+    if fhir::resource_type(&result) != res_type
+        || fhir::resource_id(&result) != Some(res_id.as_str())
+    {
+        return Err(FhirError::Unprocessable(vec![crate::error::Issue::new(
+            "processing",
+            "a patch may not change the resource's type or id",
+        )]));
+    }
+    fhir::check_resource(&result)?;
+    Ok((res_id, result))
 }
 
 /// Runs one write interaction in its own transaction. `None`: a conditional delete
@@ -191,6 +249,21 @@ pub async fn execute(
                 res_type,
                 res_id,
                 kind: ChangeKind::Update,
+                resource: Some(resource),
+                if_match,
+            }
+        }
+        WriteRequest::Patch {
+            res_type,
+            target,
+            document,
+            if_match,
+        } => {
+            let (res_id, resource) = patched(tx, &res_type, target, &document).await?;
+            Change {
+                res_type,
+                res_id,
+                kind: ChangeKind::Patch,
                 resource: Some(resource),
                 if_match,
             }

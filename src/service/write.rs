@@ -20,6 +20,8 @@ pub enum ChangeKind {
     Create,
     /// Write a version at a known id; creates the resource if it does not exist.
     Update,
+    /// Write a version computed from the current one (PATCH).
+    Patch,
     Delete,
 }
 
@@ -72,7 +74,9 @@ pub async fn apply(tx: &Transaction<'_>, change: Change) -> FhirResult<Written> 
         // A fresh server-assigned id has no row to lock; the version table's primary
         // key still refuses a duplicate.
         ChangeKind::Create => None,
-        ChangeKind::Update => store::lock_current(tx, &res_type, &res_id, true).await?,
+        ChangeKind::Update | ChangeKind::Patch => {
+            store::lock_current(tx, &res_type, &res_id, true).await?
+        }
         ChangeKind::Delete => store::lock_current(tx, &res_type, &res_id, false).await?,
     };
     if let Some(expected) = if_match {
@@ -87,6 +91,7 @@ pub async fn apply(tx: &Transaction<'_>, change: Change) -> FhirResult<Written> 
     let method = match kind {
         ChangeKind::Create => Method::Post,
         ChangeKind::Update => Method::Put,
+        ChangeKind::Patch => Method::Patch,
         ChangeKind::Delete => Method::Delete,
     };
     if method == Method::Delete {

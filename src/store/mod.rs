@@ -22,6 +22,7 @@ use crate::search::{Cursor, Include, SearchPlan};
 pub enum Method {
     Post,
     Put,
+    Patch,
     Delete,
 }
 
@@ -30,6 +31,7 @@ impl Method {
         match self {
             Method::Post => "POST",
             Method::Put => "PUT",
+            Method::Patch => "PATCH",
             Method::Delete => "DELETE",
         }
     }
@@ -38,6 +40,7 @@ impl Method {
         match text {
             "POST" => Method::Post,
             "DELETE" => Method::Delete,
+            "PATCH" => Method::Patch,
             _ => Method::Put,
         }
     }

@@ -140,16 +140,16 @@ async fn statuses_of_the_http_layer() {
     outcome_of(s.get("Unknown/1").await, 404).await;
     outcome_of(s.get("Patient/nope").await, 404).await;
     outcome_of(s.get("Patient/1/$everything").await, 404).await;
-    let patch = s
+    let put_history = s
         .http
-        .patch(s.url("Patient/1"))
-        .header("content-type", "application/json-patch+json")
-        .body("[]")
+        .put(s.url("Patient/1/_history"))
+        .header("content-type", "application/fhir+json")
+        .body("{}")
         .send()
         .await
-        .expect("patch");
-    assert!(patch.headers().get("allow").is_some());
-    outcome_of(patch, 405).await;
+        .expect("put");
+    assert!(put_history.headers().get("allow").is_some());
+    outcome_of(put_history, 405).await;
     outcome_of(
         s.http.post(s.url("metadata")).send().await.expect("post"),
         405,

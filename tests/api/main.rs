@@ -6,6 +6,7 @@ mod errors;
 mod fidelity;
 mod formats;
 mod history;
+mod patch;
 mod process;
 mod rest;
 mod search;
