@@ -110,6 +110,26 @@ pub fn resource_id(resource: &Value) -> Option<&str> {
     resource.get("id").and_then(Value::as_str)
 }
 
+/// The resource without what the server sets (`id`, `meta.versionId`,
+/// `meta.lastUpdated`, and `meta` when nothing else is in it): what a client wrote.
+pub fn without_server_meta(mut resource: Value) -> Value {
+    if let Some(obj) = resource.as_object_mut() {
+        obj.shift_remove("id");
+        let empty = match obj.get_mut("meta").and_then(Value::as_object_mut) {
+            Some(meta) => {
+                meta.shift_remove("versionId");
+                meta.shift_remove("lastUpdated");
+                meta.is_empty()
+            }
+            None => false,
+        };
+        if empty {
+            obj.shift_remove("meta");
+        }
+    }
+    resource
+}
+
 /// Sets the server-owned elements: `id`, `meta.versionId`, `meta.lastUpdated`. Other
 /// `meta` content the client sent (profile, tag, security, source) is kept. `id` and
 /// `meta` are placed right after `resourceType`, where readers look for them.
@@ -162,6 +182,15 @@ mod tests {
         assert_eq!(r["meta"]["lastUpdated"], "1970-01-01T00:00:00.000000+00:00");
         let keys: Vec<&String> = r.as_object().expect("object").keys().collect();
         assert_eq!(keys, ["resourceType", "id", "meta", "active"]);
+    }
+
+    #[test]
+    fn server_meta_aside() {
+        let stored = json!({"resourceType":"Patient","id":"p","meta":{"versionId":"3","lastUpdated":"x"},"active":true});
+        let sent = json!({"resourceType":"Patient","active":true});
+        assert_eq!(without_server_meta(stored), without_server_meta(sent));
+        let tagged = json!({"resourceType":"Patient","meta":{"tag":[{"code":"a"}]}});
+        assert!(without_server_meta(tagged).get("meta").is_some());
     }
 
     #[test]

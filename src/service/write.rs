@@ -133,6 +133,22 @@ pub async fn apply(tx: &Transaction<'_>, change: Change) -> FhirResult<Written> 
     let Some(mut resource) = resource else {
         return Err(FhirError::Internal("a write without a resource".to_owned()));
     };
+    // An update that changes nothing writes no version (as HAPI does): a record
+    // pushed twice, or a fixture loaded twice, stays at its version.
+    if let Some(cur) = current.filter(|c| !c.deleted) {
+        if let Some(same) =
+            store::unchanged(tx, &res_type, &res_id, cur.version_id, &resource).await?
+        {
+            return Ok(Written {
+                res_type,
+                res_id,
+                version_id: same.version_id,
+                last_updated: same.last_updated,
+                created: false,
+                json: same.json,
+            });
+        }
+    }
     let version_id = current.map_or(1, |c| c.version_id + 1);
     let last_updated = next_instant(store::clock(tx).await?, current.map(|c| c.last_updated));
     fhir::stamp(&mut resource, &res_id, version_id, last_updated);

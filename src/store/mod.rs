@@ -549,6 +549,26 @@ pub async fn matching_ids(
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
+/// The stored version when it holds the same resource as `candidate`, the
+/// server's `id`, `meta.versionId` and `meta.lastUpdated` aside.
+pub async fn unchanged(
+    tx: &Transaction<'_>,
+    res_type: &str,
+    res_id: &str,
+    version_id: i64,
+    candidate: &Value,
+) -> FhirResult<Option<StoredVersion>> {
+    let Some(stored) = read_version(tx, res_type, res_id, version_id).await? else {
+        return Ok(None);
+    };
+    let Some(Ok(current)) = stored.json.as_deref().map(serde_json::from_str::<Value>) else {
+        return Ok(None);
+    };
+    Ok((crate::fhir::without_server_meta(current)
+        == crate::fhir::without_server_meta(candidate.clone()))
+    .then_some(stored))
+}
+
 /// The database's clock, for the instants of new versions. The transaction gets its
 /// id first, so that from this instant on it counts as in flight for the history
 /// horizon (see `history`) and none of its versions can be stamped before it.

@@ -70,6 +70,11 @@ async fn update_versions_and_update_as_create() {
     assert_eq!(updated["active"], true);
     let v1 = json_of(s.get("Patient/jeanne/_history/1").await, 200).await;
     assert!(v1.get("active").is_none());
+    // The same content again writes no version.
+    let again = json_of(s.put_json("Patient/jeanne", &body).await, 200).await;
+    assert_eq!(again["meta"]["versionId"], "2");
+    let history = json_of(s.get("Patient/jeanne/_history").await, 200).await;
+    assert_eq!(history["entry"].as_array().map(Vec::len), Some(2));
 }
 
 #[tokio::test]
