@@ -7,6 +7,7 @@ pub mod bench;
 pub mod error;
 pub mod fhir;
 pub mod http;
+pub mod load;
 pub mod search;
 pub mod server;
 pub mod service;

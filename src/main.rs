@@ -67,6 +67,17 @@ enum Command {
         #[command(flatten)]
         db: DatabaseArgs,
     },
+    /// Load resources, Bundles and NDJSON files (or folders) into a running server
+    /// (--url) or straight into the database.
+    Load {
+        /// FHIR base URL of a running server, e.g. http://127.0.0.1:8080/fhir.
+        #[arg(long)]
+        url: Option<String>,
+        #[command(flatten)]
+        db: DatabaseArgs,
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
     /// Rewrite the search index rows of every resource (after definitions change).
     Reindex {
         #[command(flatten)]
@@ -97,6 +108,49 @@ enum Command {
         #[command(flatten)]
         db: DatabaseArgs,
     },
+}
+
+async fn load(
+    url: Option<String>,
+    db: DatabaseArgs,
+    paths: Vec<PathBuf>,
+) -> Result<(), server::StartError> {
+    let to_err = |e: passerelle::error::FhirError| server::StartError::Database(e.to_string());
+    let (target, database) = match url {
+        Some(base) => (
+            passerelle::load::Target::Http {
+                client: reqwest::Client::new(),
+                base: base.trim_end_matches('/').to_owned(),
+            },
+            None,
+        ),
+        None => {
+            let database = server::open_database(&db.choice(), 4).await?;
+            passerelle::service::load_search_parameters(&database.pool)
+                .await
+                .map_err(to_err)?;
+            (
+                passerelle::load::Target::Database(database.pool.clone()),
+                Some(database),
+            )
+        }
+    };
+    let summary = passerelle::load::load(&target, &paths)
+        .await
+        .map_err(to_err);
+    if let Some(database) = database {
+        database.close().await;
+    }
+    let summary = summary?;
+    print!("{summary}");
+    if summary.failed.is_empty() {
+        Ok(())
+    } else {
+        Err(server::StartError::Database(format!(
+            "{} items failed",
+            summary.failed.len()
+        )))
+    }
 }
 
 #[tokio::main]
@@ -142,6 +196,7 @@ async fn main() -> ExitCode {
         })
         .await
         .map(|report| println!("{report}")),
+        Command::Load { url, db, paths } => load(url, db, paths).await,
         Command::Reindex { db } => match server::open_database(&db.choice(), 2).await {
             Ok(database) => {
                 let started = std::time::Instant::now();

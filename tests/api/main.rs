@@ -4,6 +4,7 @@ mod bundles;
 mod conditional;
 mod errors;
 mod fidelity;
+mod fixtures;
 mod formats;
 mod history;
 mod patch;

@@ -544,7 +544,7 @@ async fn french_guide_parameters() {
     let s = TestServer::start().await;
     let event = |code: &str| {
         json!({"url":"https://interop.esante.gouv.fr/ig/fhir/nde/StructureDefinition/event-type",
-        "valueCodeableConcept":{"coding":[{"system":"https://mos.esante.gouv.fr/NOS/TRE_R305-TypeEvenement/FHIR/TRE-R305-TypeEvenement","code":code}]}})
+        "valueCodeableConcept":{"coding":[{"system":"https://mos.esante.gouv.fr/NOS/TRE_R254-TypeEvenement/FHIR/TRE-R254-TypeEvenement","code":code}]}})
     };
     put(&s, json!({"resourceType":"CommunicationRequest","id":"adm","status":"active","extension":[event("ADM")]})).await;
     put(&s, json!({"resourceType":"CommunicationRequest","id":"sor","status":"active","extension":[event("SOR")]})).await;

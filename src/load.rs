@@ -1,0 +1,249 @@
+//! `passerelle load PATH…`: loads resources, Bundles (transaction, batch, collection
+//! and other kinds) and NDJSON files, or folders of them, into a running server over
+//! HTTP (`--url`) or straight into the database through the same write path. Loading
+//! twice changes nothing: resources with an id are PUT (an unchanged one writes no
+//! version), transaction Bundles should use ids or conditional creates.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use deadpool_postgres::Pool;
+use serde_json::Value;
+
+use crate::error::{FhirError, FhirResult};
+use crate::fhir;
+use crate::service::{self, bundle, WriteRequest};
+
+/// Where loaded content goes.
+pub enum Target {
+    /// A running server: its FHIR base URL.
+    Http {
+        client: reqwest::Client,
+        base: String,
+    },
+    /// The database, through the server's own write path.
+    Database(Pool),
+}
+
+/// One unit of work read from a file.
+enum Item {
+    /// A transaction or batch Bundle, sent whole.
+    Bundle(Value),
+    Resource(Value),
+}
+
+/// What a load did.
+#[derive(Debug, Default)]
+pub struct Summary {
+    pub files: usize,
+    pub created: usize,
+    /// Written as a new version, or found unchanged.
+    pub updated_or_unchanged: usize,
+    pub failed: Vec<String>,
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "{} files: {} created, {} updated or unchanged, {} failed",
+            self.files,
+            self.created,
+            self.updated_or_unchanged,
+            self.failed.len()
+        )?;
+        for failure in &self.failed {
+            writeln!(f, "  failed: {failure}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Every `.json` and `.ndjson` file under the paths, in name order.
+fn files(paths: &[PathBuf]) -> std::io::Result<Vec<PathBuf>> {
+    let mut found = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            let mut children: Vec<PathBuf> = std::fs::read_dir(path)?
+                .map(|e| e.map(|e| e.path()))
+                .collect::<Result<_, _>>()?;
+            children.sort();
+            found.extend(files(&children)?);
+        } else if path
+            .extension()
+            .is_some_and(|e| e == "json" || e == "ndjson")
+        {
+            found.push(path.clone());
+        }
+    }
+    Ok(found)
+}
+
+fn items(path: &Path) -> Result<Vec<Item>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    if path.extension().is_some_and(|e| e == "ndjson") {
+        return text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .enumerate()
+            .map(|(i, line)| {
+                serde_json::from_str(line)
+                    .map(Item::Resource)
+                    .map_err(|e| format!("line {}: {e}", i + 1))
+            })
+            .collect();
+    }
+    let value: Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+    if fhir::resource_type(&value) != "Bundle" {
+        return Ok(vec![Item::Resource(value)]);
+    }
+    match value["type"].as_str() {
+        Some("transaction" | "batch") => Ok(vec![Item::Bundle(value)]),
+        // A collection (or searchset, document…): its resources one by one.
+        _ => Ok(value["entry"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.get("resource").cloned())
+            .map(Item::Resource)
+            .collect()),
+    }
+}
+
+/// The status of each write a Bundle's response reports.
+fn bundle_statuses(response: &Value) -> Vec<String> {
+    response["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["response"]["status"].as_str().map(str::to_owned))
+        .collect()
+}
+
+impl Target {
+    async fn bundle(&self, bundle: Value) -> Result<Vec<String>, String> {
+        match self {
+            Target::Http { client, base } => {
+                let resp = client
+                    .post(base.clone())
+                    .header("content-type", "application/fhir+json")
+                    .body(bundle.to_string())
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let status = resp.status();
+                let body: Value = resp.json().await.map_err(|e| e.to_string())?;
+                if !status.is_success() {
+                    return Err(format!("{status}: {}", body["issue"][0]["diagnostics"]));
+                }
+                Ok(bundle_statuses(&body))
+            }
+            Target::Database(pool) => {
+                fhir::check_resource(&bundle).map_err(|e| e.to_string())?;
+                let response = match bundle["type"].as_str() {
+                    Some("batch") => bundle::batch(pool, bundle).await,
+                    _ => bundle::transaction(pool, bundle).await,
+                };
+                response
+                    .map(|r| bundle_statuses(&r))
+                    .map_err(|e| e.to_string())
+            }
+        }
+    }
+
+    async fn resource(&self, resource: Value) -> Result<String, String> {
+        let res_type = fhir::resource_type(&resource).to_owned();
+        let id = fhir::resource_id(&resource).map(str::to_owned);
+        match self {
+            Target::Http { client, base } => {
+                let request = match &id {
+                    Some(id) => client.put(format!("{base}/{res_type}/{id}")),
+                    None => client.post(format!("{base}/{res_type}")),
+                };
+                let resp = request
+                    .header("content-type", "application/fhir+json")
+                    .header("prefer", "return=minimal")
+                    .body(resource.to_string())
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let status = resp.status();
+                if status.is_success() {
+                    return Ok(status.as_u16().to_string());
+                }
+                let body: Value = resp.json().await.unwrap_or_default();
+                Err(format!("{status}: {}", body["issue"][0]["diagnostics"]))
+            }
+            Target::Database(pool) => {
+                let written = async {
+                    fhir::check_resource(&resource)?;
+                    let request = match id {
+                        Some(res_id) => WriteRequest::Update {
+                            res_type,
+                            res_id,
+                            resource,
+                            if_match: None,
+                        },
+                        None => WriteRequest::Create {
+                            res_type,
+                            resource,
+                            if_none_exist: None,
+                            id: None,
+                        },
+                    };
+                    service::write(pool, request).await
+                }
+                .await
+                .map_err(|e: FhirError| e.to_string())?;
+                Ok(if written.is_some_and(|w| w.created) {
+                    "201"
+                } else {
+                    "200"
+                }
+                .to_owned())
+            }
+        }
+    }
+}
+
+/// Loads the paths into the target, reporting progress on stderr.
+pub async fn load(target: &Target, paths: &[PathBuf]) -> FhirResult<Summary> {
+    let files =
+        files(paths).map_err(|e| FhirError::bad_request(format!("reading the paths: {e}")))?;
+    let mut summary = Summary {
+        files: files.len(),
+        ..Summary::default()
+    };
+    for (n, file) in files.iter().enumerate() {
+        let name = file.display().to_string();
+        eprint!("\r[{}/{}] {name}\x1b[K", n + 1, files.len());
+        let _ = std::io::stderr().flush();
+        let items = match items(file) {
+            Ok(items) => items,
+            Err(e) => {
+                summary.failed.push(format!("{name}: {e}"));
+                continue;
+            }
+        };
+        for item in items {
+            let statuses = match item {
+                Item::Bundle(b) => target.bundle(b).await,
+                Item::Resource(r) => target.resource(r).await.map(|s| vec![s]),
+            };
+            match statuses {
+                Ok(statuses) => {
+                    for status in statuses {
+                        if status.starts_with("201") {
+                            summary.created += 1;
+                        } else {
+                            summary.updated_or_unchanged += 1;
+                        }
+                    }
+                }
+                Err(e) => summary.failed.push(format!("{name}: {e}")),
+            }
+        }
+    }
+    eprintln!();
+    Ok(summary)
+}

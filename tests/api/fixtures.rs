@@ -1,0 +1,163 @@
+//! The project's fixtures (`fixtures/`): each scenario is a transaction Bundle that
+//! loads, loads again without change, and answers its users' questions. Also the
+//! `passerelle load` command.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::support::{fresh_database, json_of, TestServer};
+
+fn fixture_files() -> Vec<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("fixtures/")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    files.sort();
+    files
+}
+
+async fn ids(s: &TestServer, query: &str) -> Vec<String> {
+    let bundle = json_of(s.get(query).await, 200).await;
+    let mut ids: Vec<String> = bundle["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["resource"]["id"].as_str().map(str::to_owned))
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[tokio::test]
+async fn scenarios_load_twice_and_answer_their_questions() {
+    let s = TestServer::start().await;
+    let files = fixture_files();
+    assert_eq!(files.len(), 5);
+    for pass in 0..2 {
+        for file in &files {
+            let bundle: Value =
+                serde_json::from_str(&std::fs::read_to_string(file).expect("read")).expect("json");
+            let response = json_of(s.post_json("", &bundle).await, 200).await;
+            for entry in response["entry"].as_array().expect("entries") {
+                let status = entry["response"]["status"].as_str().expect("status");
+                let expected = if pass == 0 { "201 Created" } else { "200 OK" };
+                assert_eq!(status, expected, "{} pass {pass}", file.display());
+            }
+        }
+    }
+    let versions = json_of(s.get("_history?_count=1000").await, 200).await;
+    assert_eq!(
+        versions["entry"].as_array().map(Vec::len),
+        Some(48),
+        "the second load wrote no version"
+    );
+    // Who is on Mme Delmas's care team? The eight professionals and her GP.
+    let team = json_of(s.get("CareTeam/fx-ortho-careteam").await, 200).await;
+    assert_eq!(team["participant"].as_array().map(Vec::len), Some(9));
+    assert_eq!(
+        ids(&s, "CareTeam?participant=Practitioner/fx-ortho-dietitian").await,
+        ["fx-ortho-careteam"]
+    );
+    assert_eq!(
+        ids(
+            &s,
+            "Patient?_has:CareTeam:patient:participant=Practitioner/fx-ortho-anaesthetist"
+        )
+        .await,
+        ["fx-ortho-patient"]
+    );
+    // The Friday-evening discharge reaches the GP: a SOR notice addressed to her.
+    assert_eq!(
+        ids(
+            &s,
+            "CommunicationRequest?event-type=SOR&recipient=Practitioner/fx-discharge-gp"
+        )
+        .await,
+        ["fx-discharge-notice"]
+    );
+    assert_eq!(ids(&s, "Encounter?status=finished&date=ge2026-11-20&patient.general-practitioner=Practitioner/fx-discharge-gp").await, ["fx-discharge-stay"]);
+    // The EHPAD resident: admitted and discharged, heart failure.
+    assert_eq!(
+        ids(&s, "Encounter?reason-code=http://snomed.info/sct|84114007").await,
+        ["fx-ehpad-stay"]
+    );
+    assert_eq!(
+        ids(
+            &s,
+            "CommunicationRequest?subject=Patient/fx-ehpad-resident&event-type=ADM,SOR"
+        )
+        .await,
+        ["fx-ehpad-admission-notice", "fx-ehpad-discharge-notice"]
+    );
+    // Referrals and admission requests still open.
+    assert_eq!(
+        ids(
+            &s,
+            "Task?owner=Practitioner/fx-referral-rheumatologist&status=requested"
+        )
+        .await,
+        ["fx-referral-task"]
+    );
+    assert_eq!(
+        ids(
+            &s,
+            "ServiceRequest?status=active&performer=Organization/fx-smr"
+        )
+        .await,
+        ["fx-smr-admission-request"]
+    );
+    assert_eq!(
+        ids(
+            &s,
+            "Practitioner?identifier=https://rpps.esante.gouv.fr|10003000401"
+        )
+        .await,
+        ["fx-smr-gp"]
+    );
+}
+
+#[tokio::test]
+async fn load_command_straight_into_the_database_is_idempotent() {
+    let config = fresh_database().await;
+    let host = match &config.get_hosts()[0] {
+        tokio_postgres::config::Host::Tcp(h) => h.clone(),
+        tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+    };
+    let url = format!(
+        "host={host} port={} user={} dbname={}",
+        config.get_ports().first().copied().unwrap_or(5432),
+        config.get_user().unwrap_or("postgres"),
+        config.get_dbname().unwrap_or("postgres")
+    );
+    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+    let run = || {
+        Command::new(env!("CARGO_BIN_EXE_passerelle"))
+            .arg("load")
+            .arg(&fixtures)
+            .env("DATABASE_URL", &url)
+            .output()
+            .expect("run load")
+    };
+    let first = run();
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let text = String::from_utf8_lossy(&first.stdout).into_owned();
+    assert!(
+        text.contains("5 files: 48 created, 0 updated or unchanged, 0 failed"),
+        "{text}"
+    );
+    let second = run();
+    let text = String::from_utf8_lossy(&second.stdout).into_owned();
+    assert!(
+        text.contains("5 files: 0 created, 48 updated or unchanged, 0 failed"),
+        "{text}"
+    );
+}
