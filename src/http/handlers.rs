@@ -261,6 +261,11 @@ pub async fn handle(state: &AppState, req: FhirRequest) -> FhirResult<Reply> {
         (&Method::PATCH, Route::Type(t)) => {
             patch(state, &req, t, PatchTarget::Criteria(req.criteria())).await
         }
+        (&Method::GET, Route::Everything(t, id)) => {
+            let params = req.criteria();
+            let page = service::everything(pool, t, id, &params).await?;
+            searchset_reply(&req, &format!("/{t}/{id}/$everything"), &params, &page)
+        }
         (&Method::GET, Route::Version(t, id, vid)) => {
             let version = service::vread(pool, t, id, vid).await?;
             read_reply(&req, &version)
@@ -514,19 +519,29 @@ async fn search(
         Scope::System(_) => String::new(),
     };
     let page = service::search(&state.pool, res_type, &params, req.handling(), scope).await?;
-    let subset = subset::from_params(&params)?;
+    searchset_reply(req, &path, &params, &page)
+}
+
+/// A page of results as a searchset Bundle, with its self and next links.
+fn searchset_reply(
+    req: &FhirRequest,
+    path: &str,
+    params: &[(String, String)],
+    page: &service::SearchPage,
+) -> FhirResult<Reply> {
+    let subset = subset::from_params(params)?;
     let keep: Vec<(String, String)> = params
         .iter()
         .filter(|(k, _)| k != "_after" && k != "_offset")
         .cloned()
         .collect();
-    let mut links = vec![("self", page_url(req, &path, &params, &[]))];
+    let mut links = vec![("self", page_url(req, path, params, &[]))];
     match &page.next {
         Some(Cursor::After { res_id, res_type }) => links.push((
             "next",
             page_url(
                 req,
-                &path,
+                path,
                 &keep,
                 &[("_after", format!("{res_type}/{res_id}"))],
             ),
@@ -539,7 +554,7 @@ async fn search(
             "next",
             page_url(
                 req,
-                &path,
+                path,
                 &keep,
                 &[(
                     "_after",

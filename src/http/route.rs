@@ -25,6 +25,8 @@ pub enum Route {
     Version(String, String, String),
     /// `[base]/[compartment type]/[id]/[type]`: compartment search.
     Compartment(String, String, String),
+    /// `[base]/[type]/[id]/$everything`
+    Everything(String, String),
 }
 
 impl Route {
@@ -41,6 +43,7 @@ impl Route {
             Route::InstanceHistory(..) => "/fhir/{type}/{id}/_history",
             Route::Version(..) => "/fhir/{type}/{id}/_history/{vid}",
             Route::Compartment(..) => "/fhir/{compartment}/{id}/{type}",
+            Route::Everything(..) => "/fhir/{type}/{id}/$everything",
         }
     }
 }
@@ -83,6 +86,9 @@ pub fn parse(path: &str) -> FhirResult<Route> {
         }
         [t, id] => Ok(Route::Instance(resource_type(t)?, resource_id(id)?)),
         [t, id, "_history"] => Ok(Route::InstanceHistory(resource_type(t)?, resource_id(id)?)),
+        [t @ ("Patient" | "Encounter"), id, "$everything"] => {
+            Ok(Route::Everything((*t).to_owned(), resource_id(id)?))
+        }
         [t, id, target] if R4.is_resource_type(target) => Ok(Route::Compartment(
             resource_type(t)?,
             resource_id(id)?,

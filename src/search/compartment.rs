@@ -64,6 +64,14 @@ pub fn membership(compartment_type: &str, id: &str, resource_type: &str) -> Opti
     Some(Condition::AnyOf(alternatives))
 }
 
+/// `Type.param` for every parameter that puts a resource in a Patient's record.
+pub fn patient_membership_params() -> Vec<String> {
+    PATIENT_COMPARTMENT
+        .iter()
+        .flat_map(|(t, params)| params.iter().map(move |p| format!("{t}.{p}")))
+        .collect()
+}
+
 /// Whether a compartment of this type can be searched.
 pub fn is_supported(compartment_type: &str) -> bool {
     compartment_type == "Patient"

@@ -501,6 +501,94 @@ pub async fn search(
     })
 }
 
+/// `Patient/[id]/$everything` and `Encounter/[id]/$everything`: the resource, what
+/// belongs to it (the Patient compartment; for an Encounter, whatever refers to
+/// it), and what those refer to, paged by (type, id). Parameters: `_since`,
+/// `_type`, `_count`, and the `_after` of the next link.
+pub async fn everything(
+    pool: &Pool,
+    res_type: &str,
+    res_id: &str,
+    params: &[(String, String)],
+) -> FhirResult<SearchPage> {
+    let client = pool.get().await?;
+    let root = store::read_latest(&client, res_type, res_id)
+        .await?
+        .ok_or_else(|| FhirError::NotFound(format!("{res_type}/{res_id} is not known")))?;
+    if root.is_deleted() {
+        return Err(FhirError::Gone(format!("{res_type}/{res_id} was deleted")));
+    }
+    let mut plan = search::parse(res_type, &[], Handling::Lenient)?;
+    let mut query = store::EverythingQuery {
+        res_type,
+        res_id,
+        through: (res_type == "Patient").then(search::compartment::patient_membership_params),
+        types: None,
+        since: None,
+        after: None,
+        limit: search::DEFAULT_COUNT,
+    };
+    for (name, value) in params {
+        let bad = |what: &str| FhirError::bad_request(format!("'{value}' is not a valid {what}"));
+        match name.as_str() {
+            "_since" => {
+                query.since = Some(
+                    datetime::parse_range(value)
+                        .ok_or_else(|| bad("_since"))?
+                        .low,
+                )
+            }
+            "_type" => query.types = Some(value.split(',').map(str::to_owned).collect()),
+            "_count" => {
+                query.limit = value
+                    .parse::<usize>()
+                    .map_err(|_| bad("_count"))?
+                    .clamp(1, search::MAX_COUNT)
+            }
+            "_after" => {
+                let (t, id) = value.split_once('/').ok_or_else(|| bad("_after cursor"))?;
+                query.after = Some((t.to_owned(), id.to_owned()));
+            }
+            _ => {}
+        }
+    }
+    let count = query.limit;
+    query.limit += 1;
+    let mut matches = store::everything(&client, &query).await?;
+    let next = if matches.len() > count {
+        matches.truncate(count);
+        matches.last().map(|v| Cursor::After {
+            res_id: v.res_id.clone(),
+            res_type: v.res_type.clone(),
+        })
+    } else {
+        None
+    };
+    // What the page refers to (practitioners, organisations …), once each.
+    let mut types: Vec<String> = matches.iter().map(|v| v.res_type.clone()).collect();
+    types.dedup();
+    plan.includes = types
+        .into_iter()
+        .map(|source_type| search::Include {
+            reverse: false,
+            iterate: false,
+            source_type,
+            param: None,
+            target_type: None,
+        })
+        .collect();
+    plan.count = count;
+    let included = includes(&client, &plan, &matches).await?;
+    let total = (next.is_none() && query.after.is_none()).then_some(matches.len() as i64);
+    Ok(SearchPage {
+        plan,
+        matches,
+        included,
+        total,
+        next,
+    })
+}
+
 /// Rounds of `:iterate` includes, after the first.
 const MAX_INCLUDE_ROUNDS: usize = 4;
 

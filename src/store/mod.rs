@@ -472,6 +472,75 @@ pub async fn search(
         .collect())
 }
 
+/// What `$everything` collects around a resource.
+pub struct EverythingQuery<'a> {
+    pub res_type: &'a str,
+    pub res_id: &'a str,
+    /// `Type.param` pairs through which a resource belongs (`None`: any reference).
+    pub through: Option<Vec<String>>,
+    /// `_type`
+    pub types: Option<Vec<String>>,
+    /// `_since`
+    pub since: Option<DateTime<Utc>>,
+    /// Keyset: after this (type, id).
+    pub after: Option<(String, String)>,
+    pub limit: usize,
+}
+
+/// The resource itself and the current resources that point to it (through the
+/// given parameters), in (type, id) order.
+#[tracing::instrument(skip_all, fields(res_type = q.res_type))]
+pub async fn everything(
+    client: &impl GenericClient,
+    q: &EverythingQuery<'_>,
+) -> FhirResult<Vec<StoredVersion>> {
+    let mut sql = search_sql::SqlCondition::new();
+    let (t, id) = (
+        sql.bind(Box::new(q.res_type.to_owned())),
+        sql.bind(Box::new(q.res_id.to_owned())),
+    );
+    let through = match &q.through {
+        Some(pairs) => format!(
+            "AND (x.res_type || '.' || x.param) = ANY({})",
+            sql.bind(Box::new(pairs.clone()))
+        ),
+        None => String::new(),
+    };
+    let mut filters = vec!["NOT r.deleted".to_owned()];
+    if let Some(types) = &q.types {
+        filters.push(format!(
+            "r.res_type = ANY({})",
+            sql.bind(Box::new(types.clone()))
+        ));
+    }
+    if let Some(since) = q.since {
+        filters.push(format!("r.last_updated >= {}", sql.bind(Box::new(since))));
+    }
+    if let Some((after_type, after_id)) = &q.after {
+        let (at, ai) = (
+            sql.bind(Box::new(after_type.clone())),
+            sql.bind(Box::new(after_id.clone())),
+        );
+        filters.push(format!("(r.res_type, r.res_id) > ({at}, {ai})"));
+    }
+    let limit = sql.bind(Box::new(q.limit as i64));
+    let text = format!(
+        "WITH members AS (
+            SELECT x.res_type, x.res_id FROM search_reference x
+             WHERE x.target_type = {t} AND x.target_id = {id} {through}
+            UNION SELECT {t}, {id})
+         SELECT {VERSION_COLUMNS} FROM members m
+           JOIN resource r ON r.res_type = m.res_type AND r.res_id = m.res_id
+           JOIN resource_version v ON v.res_type = r.res_type AND v.res_id = r.res_id
+                                  AND v.version_id = r.version_id
+          WHERE {}
+          ORDER BY r.res_type, r.res_id LIMIT {limit}",
+        filters.join(" AND ")
+    );
+    let rows = client.query(&text, &sql.param_refs()).await?;
+    Ok(rows.iter().map(version_from_row).collect())
+}
+
 /// Current resources reached by one `_include`/`_revinclude` from `sources` (all of
 /// `include.source_type` for `_include`, of one target type for `_revinclude`).
 #[tracing::instrument(skip(client, sources), fields(sources = sources.len()))]
