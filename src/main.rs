@@ -96,6 +96,16 @@ enum Command {
         #[command(flatten)]
         db: DatabaseArgs,
     },
+    /// Ingest rate of transaction Bundles (1, 100, 1,000 entries) beside SQL COPY.
+    BenchTransaction {
+        /// Resources written per Bundle size.
+        #[arg(long, default_value_t = 10_000)]
+        resources: usize,
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+        #[command(flatten)]
+        db: DatabaseArgs,
+    },
     /// Measure create and read throughput against a fresh bench database.
     Bench {
         #[arg(long, default_value_t = 10_000)]
@@ -197,6 +207,19 @@ async fn main() -> ExitCode {
         .await
         .map(|report| println!("{report}")),
         Command::Load { url, db, paths } => load(url, db, paths).await,
+        Command::BenchTransaction {
+            resources,
+            concurrency,
+            db,
+        } => passerelle::bench::transaction::run(
+            passerelle::bench::transaction::TransactionBenchOptions {
+                database: db.choice(),
+                resources: resources.max(1),
+                concurrency: concurrency.max(1),
+            },
+        )
+        .await
+        .map(|report| println!("{report}")),
         Command::Reindex { db } => match server::open_database(&db.choice(), 2).await {
             Ok(database) => {
                 let started = std::time::Instant::now();

@@ -5,6 +5,7 @@
 
 pub mod rest;
 pub mod search;
+pub mod transaction;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};

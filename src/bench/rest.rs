@@ -20,7 +20,7 @@ pub struct BenchOptions {
 }
 
 /// A plausible French patient, deterministic in `i`.
-fn patient(i: usize) -> serde_json::Value {
+pub(crate) fn patient(i: usize) -> serde_json::Value {
     const FAMILY: &[&str] = &[
         "Martin", "Bernard", "Dubois", "Thomas", "Robert", "Richard", "Petit", "Durand",
     ];

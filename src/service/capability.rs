@@ -33,7 +33,7 @@ pub fn capability_statement(base_url: &str, software_version: &str, started: &st
                 .iter()
                 .map(|code| json!({"code": code}))
                 .collect();
-            json!({
+            let mut resource = json!({
                 "type": rt,
                 "interaction": interactions,
                 "versioning": "versioned-update",
@@ -44,7 +44,14 @@ pub fn capability_statement(base_url: &str, software_version: &str, started: &st
                 "conditionalUpdate": true,
                 "conditionalDelete": "single",
                 "searchParam": params,
-            })
+            });
+            if matches!(rt, "Patient" | "Encounter") {
+                resource["operation"] = json!([{
+                    "name": "everything",
+                    "definition": format!("http://hl7.org/fhir/OperationDefinition/{rt}-everything"),
+                }]);
+            }
+            resource
         })
         .collect();
     json!({

@@ -1,0 +1,212 @@
+//! `passerelle bench-transaction`: ingest rate of transaction Bundles of 1, 100 and
+//! 1,000 entries over HTTP (validation, one database transaction each, every search
+//! parameter indexed), beside its ceiling measured in the same run: the same rows
+//! (versions, current rows, index rows) written by a plain SQL `COPY`.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures_util::SinkExt;
+use serde_json::{json, Value};
+
+use super::{rest::patient, run_phase, start_server, Connection};
+use crate::fhir;
+use crate::search::index::{self, IndexRows};
+use crate::server::{self, DatabaseChoice, StartError};
+
+pub struct TransactionBenchOptions {
+    pub database: DatabaseChoice,
+    /// Resources written per Bundle size.
+    pub resources: usize,
+    pub concurrency: usize,
+}
+
+fn transaction(first: usize, size: usize) -> String {
+    let entries: Vec<Value> = (first..first + size)
+        .map(|i| json!({"resource": patient(i), "request": {"method": "POST", "url": "Patient"}}))
+        .collect();
+    json!({"resourceType": "Bundle", "type": "transaction", "entry": entries}).to_string()
+}
+
+/// A value for PostgreSQL's COPY text format.
+fn copy_text(value: Option<&str>) -> String {
+    match value {
+        None => "\\N".to_owned(),
+        Some(v) => v
+            .replace('\\', "\\\\")
+            .replace('\t', "\\t")
+            .replace('\n', "\\n")
+            .replace('\r', "\\r"),
+    }
+}
+
+/// The rows of `n` patients, as COPY text per table (prepared before the clock runs).
+fn copy_rows(n: usize) -> Vec<(&'static str, String)> {
+    let now = chrono::Utc::now();
+    let stamp = fhir::datetime::format_instant(now);
+    let mut tables: Vec<(&'static str, String)> = vec![
+        ("resource_version (res_type, res_id, version_id, last_updated, method, deleted, resource)", String::new()),
+        ("resource (res_type, res_id, version_id, last_updated, deleted)", String::new()),
+        ("search_string (res_type, res_id, param, normalized, exact, grp)", String::new()),
+        ("search_token (res_type, res_id, param, system, code, text, grp)", String::new()),
+        ("search_reference (res_type, res_id, param, target_type, target_id, url, identifier_system, identifier_value, grp)", String::new()),
+        ("search_date (res_type, res_id, param, low, high, grp)", String::new()),
+        ("search_uri (res_type, res_id, param, uri, grp)", String::new()),
+    ];
+    let t = |s: &str| copy_text(Some(s));
+    let o = |s: &Option<String>| copy_text(s.as_deref());
+    for i in 0..n {
+        let id = format!("copy-{i}");
+        let mut resource = patient(i);
+        fhir::stamp(&mut resource, &id, 1, now);
+        let rows: IndexRows = index::extract("Patient", &resource);
+        let _ = writeln!(
+            tables[0].1,
+            "Patient\t{id}\t1\t{stamp}\tPOST\tf\t{}",
+            t(&resource.to_string())
+        );
+        let _ = writeln!(tables[1].1, "Patient\t{id}\t1\t{stamp}\tf");
+        for r in &rows.strings {
+            let _ = writeln!(
+                tables[2].1,
+                "Patient\t{id}\t{}\t{}\t{}\t{}",
+                t(&r.param),
+                t(&r.normalized),
+                t(&r.exact),
+                r.grp
+            );
+        }
+        for r in &rows.tokens {
+            let _ = writeln!(
+                tables[3].1,
+                "Patient\t{id}\t{}\t{}\t{}\t{}\t{}",
+                t(&r.param),
+                o(&r.system),
+                o(&r.code),
+                o(&r.text),
+                r.grp
+            );
+        }
+        for r in &rows.references {
+            let _ = writeln!(
+                tables[4].1,
+                "Patient\t{id}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                t(&r.param),
+                o(&r.target_type),
+                o(&r.target_id),
+                o(&r.url),
+                o(&r.identifier_system),
+                o(&r.identifier_value),
+                r.grp
+            );
+        }
+        for r in &rows.dates {
+            let (low, high) = (
+                fhir::datetime::format_instant(r.low),
+                fhir::datetime::format_instant(r.high),
+            );
+            let _ = writeln!(
+                tables[5].1,
+                "Patient\t{id}\t{}\t{low}\t{high}\t{}",
+                t(&r.param),
+                r.grp
+            );
+        }
+        for r in &rows.uris {
+            let _ = writeln!(
+                tables[6].1,
+                "Patient\t{id}\t{}\t{}\t{}",
+                t(&r.param),
+                t(&r.uri),
+                r.grp
+            );
+        }
+    }
+    tables
+}
+
+pub async fn run(options: TransactionBenchOptions) -> Result<String, StartError> {
+    let db_err = |e: String| StartError::Database(e);
+    let database = server::open_bench_database(&options.database, options.concurrency).await?;
+    let (addr, server_task) = start_server(&database).await?;
+    let n = options.resources;
+    let mut lines = Vec::new();
+    let mut first = 0;
+    for size in [1usize, 100, 1000] {
+        let bundles = n.div_ceil(size);
+        let start = first;
+        let phase = run_phase(
+            "transaction",
+            bundles,
+            options.concurrency,
+            move |counter| async move {
+                let mut conn = Connection::open(addr).await?;
+                let mut latencies = Vec::new();
+                while let Some(b) = counter.next() {
+                    let body = transaction(start + b * size, size);
+                    let t = Instant::now();
+                    let reply = conn.send("POST", "/fhir", Some(body.as_bytes())).await?;
+                    latencies.push(t.elapsed());
+                    if reply.status != 200 {
+                        return Err(format!("transaction answered {}", reply.status));
+                    }
+                }
+                Ok(latencies)
+            },
+        )
+        .await
+        .map_err(db_err)?;
+        first += bundles * size;
+        let rate = (bundles * size) as f64 / phase.wall.as_secs_f64();
+        lines.push((size, rate, phase.line()));
+    }
+    // The ceiling: the same kind of rows, prepared beforehand, by COPY.
+    let tables = Arc::new(copy_rows(n));
+    let mut client = database
+        .pool
+        .get()
+        .await
+        .map_err(|e| db_err(e.to_string()))?;
+    let started = Instant::now();
+    let tx = client
+        .transaction()
+        .await
+        .map_err(|e| db_err(e.to_string()))?;
+    for (table, rows) in tables.iter() {
+        let sink = tx
+            .copy_in::<_, bytes::Bytes>(&format!("COPY {table} FROM STDIN"))
+            .await
+            .map_err(|e| db_err(e.to_string()))?;
+        let mut sink = Box::pin(sink);
+        sink.send(bytes::Bytes::from(rows.clone()))
+            .await
+            .map_err(|e| db_err(e.to_string()))?;
+        sink.as_mut()
+            .finish()
+            .await
+            .map_err(|e| db_err(e.to_string()))?;
+    }
+    tx.commit().await.map_err(|e| db_err(e.to_string()))?;
+    let copy_rate = n as f64 / started.elapsed().as_secs_f64();
+    drop(client);
+    server_task.abort();
+    database.close().await;
+    let mut report = format!(
+        "Passerelle transaction bench: {n} Patients per Bundle size, {} concurrent clients, {} cores\n",
+        options.concurrency,
+        std::thread::available_parallelism().map_or(0, |p| p.get())
+    );
+    for (size, rate, line) in lines {
+        let _ = writeln!(
+            report,
+            "Bundles of {size:>4}: {rate:>8.0} resources/s ({:.2} of COPY)   {line}",
+            rate / copy_rate
+        );
+    }
+    let _ = write!(
+        report,
+        "ceiling, COPY of the same rows: {copy_rate:.0} resources/s"
+    );
+    Ok(report)
+}
