@@ -376,6 +376,7 @@ pub async fn transaction(pool: &Pool, bundle: Value) -> FhirResult<Value> {
     let mut order: Vec<usize> = (0..entries.len()).collect();
     order.sort_by_key(|i| rank(&entries[*i].method));
     let mut responses: Vec<Value> = vec![Value::Null; entries.len()];
+    let now = store::clock(&tx).await?;
     let mut changed = Vec::new();
     for i in order {
         let entry = &entries[i];
@@ -384,7 +385,9 @@ pub async fn transaction(pool: &Pool, bundle: Value) -> FhirResult<Value> {
         } else {
             let request =
                 write_request(entry, assigned.get(&i).cloned()).map_err(|e| at_entry(i, e))?;
-            let written = execute(&tx, request).await.map_err(|e| at_entry(i, e))?;
+            let written = execute(&tx, now, request)
+                .await
+                .map_err(|e| at_entry(i, e))?;
             let response = write_response(written.as_ref(), "201 Created");
             changed.extend(written);
             response

@@ -160,7 +160,8 @@ async fn patched(
 pub async fn write(pool: &Pool, request: WriteRequest) -> FhirResult<Option<Written>> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    let written = execute(&tx, request).await?;
+    let now = store::clock(&tx).await?;
+    let written = execute(&tx, now, request).await?;
     tx.commit().await?;
     if let Some(w) = &written {
         search_parameter_changed(pool, w).await;
@@ -169,9 +170,12 @@ pub async fn write(pool: &Pool, request: WriteRequest) -> FhirResult<Option<Writ
 }
 
 /// Runs one write interaction inside `tx` (a request's own, or a transaction
-/// Bundle's): conditional matching, then the single write path.
+/// Bundle's): conditional matching, then the single write path. `now` is the
+/// transaction's reading of the database clock: every version a transaction writes
+/// carries the same instant (unless a resource's previous version is later).
 pub async fn execute(
     tx: &deadpool_postgres::Transaction<'_>,
+    now: DateTime<Utc>,
     request: WriteRequest,
 ) -> FhirResult<Option<Written>> {
     let change = match request {
@@ -292,7 +296,7 @@ pub async fn execute(
             }
         }
     };
-    write::apply(tx, change).await.map(Some)
+    write::apply(tx, now, change).await.map(Some)
 }
 
 fn written_from_stored(v: StoredVersion) -> Written {

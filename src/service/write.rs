@@ -62,7 +62,12 @@ fn next_instant(now: DateTime<Utc>, previous: Option<DateTime<Utc>>) -> DateTime
 
 /// Applies one change inside `tx`.
 #[tracing::instrument(skip_all, fields(res_type = %change.res_type, res_id = %change.res_id, kind = ?change.kind))]
-pub async fn apply(tx: &Transaction<'_>, change: Change) -> FhirResult<Written> {
+/// `now` is the database clock read once for the transaction (`store::clock`).
+pub async fn apply(
+    tx: &Transaction<'_>,
+    now: DateTime<Utc>,
+    change: Change,
+) -> FhirResult<Written> {
     let Change {
         res_type,
         res_id,
@@ -96,7 +101,7 @@ pub async fn apply(tx: &Transaction<'_>, change: Change) -> FhirResult<Written> 
     };
     if method == Method::Delete {
         if let Some(cur) = current.filter(|c| !c.deleted) {
-            let last_updated = next_instant(store::clock(tx).await?, Some(cur.last_updated));
+            let last_updated = next_instant(now, Some(cur.last_updated));
             let version_id = cur.version_id + 1;
             store::write_version(
                 tx,
@@ -106,7 +111,7 @@ pub async fn apply(tx: &Transaction<'_>, change: Change) -> FhirResult<Written> 
                     version_id,
                     last_updated,
                     method,
-                    resource: None,
+                    json: None,
                     index: &IndexRows::default(),
                 },
             )
@@ -150,9 +155,11 @@ pub async fn apply(tx: &Transaction<'_>, change: Change) -> FhirResult<Written> 
         }
     }
     let version_id = current.map_or(1, |c| c.version_id + 1);
-    let last_updated = next_instant(store::clock(tx).await?, current.map(|c| c.last_updated));
+    let last_updated = next_instant(now, current.map(|c| c.last_updated));
     fhir::stamp(&mut resource, &res_id, version_id, last_updated);
     let index = index::extract(&res_type, &resource);
+    let json = serde_json::to_string(&resource)
+        .map_err(|e| FhirError::Internal(format!("serialising a resource: {e}")))?;
     store::write_version(
         tx,
         &NewVersion {
@@ -161,13 +168,11 @@ pub async fn apply(tx: &Transaction<'_>, change: Change) -> FhirResult<Written> 
             version_id,
             last_updated,
             method,
-            resource: Some(&resource),
+            json: Some(&json),
             index: &index,
         },
     )
     .await?;
-    let json = serde_json::to_string(&resource)
-        .map_err(|e| FhirError::Internal(format!("serialising a resource: {e}")))?;
     Ok(Written {
         created: current.is_none_or(|c| c.deleted),
         res_type,

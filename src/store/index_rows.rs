@@ -39,18 +39,36 @@ fn instants<R>(rows: &[R], f: impl Fn(&R) -> DateTime<Utc>) -> Column {
     (Box::new(values), "timestamptz")
 }
 
-/// Replaces the index rows of `(res_type, res_id)` with `rows`; `replace` is false
-/// for a first version (nothing to delete).
+/// Replaces the index rows of `(res_type, res_id)` with `rows` (reindexing).
 pub async fn replace(
     tx: &Transaction<'_>,
     res_type: &str,
     res_id: &str,
     rows: &IndexRows,
-    replace: bool,
 ) -> FhirResult<()> {
     let mut q = SqlCondition::new();
     let t = q.bind(Box::new(res_type.to_owned()));
     let id = q.bind(Box::new(res_id.to_owned()));
+    let ctes = ctes(&mut q, &t, &id, rows, true);
+    if ctes.is_empty() {
+        return Ok(());
+    }
+    let sql = format!("WITH {} SELECT 1", ctes.join(", "));
+    let stmt = tx.prepare_cached(&sql).await?;
+    tx.execute(&stmt, &q.param_refs()).await?;
+    Ok(())
+}
+
+/// The data-modifying CTEs that replace the index rows of the resource whose type
+/// and id are bound as `t` and `id`; `replace` is false for a first version
+/// (nothing to delete). Part of the one statement that writes a version.
+pub fn ctes(
+    q: &mut SqlCondition,
+    t: &str,
+    id: &str,
+    rows: &IndexRows,
+    replace: bool,
+) -> Vec<String> {
     let mut ctes: Vec<String> = Vec::new();
     if replace {
         for (i, table) in TABLES.iter().enumerate() {
@@ -183,11 +201,5 @@ pub async fn replace(
             ],
         ),
     );
-    if ctes.is_empty() {
-        return Ok(());
-    }
-    let sql = format!("WITH {} SELECT 1", ctes.join(", "));
-    let stmt = tx.prepare_cached(&sql).await?;
-    tx.execute(&stmt, &q.param_refs()).await?;
-    Ok(())
+    ctes
 }

@@ -81,8 +81,8 @@ pub struct NewVersion<'a> {
     pub version_id: i64,
     pub last_updated: DateTime<Utc>,
     pub method: Method,
-    /// `None` writes a delete tombstone.
-    pub resource: Option<&'a Value>,
+    /// The resource's JSON text; `None` writes a delete tombstone.
+    pub json: Option<&'a str>,
     pub index: &'a IndexRows,
 }
 
@@ -192,62 +192,55 @@ pub async fn lock_current(
 /// Writes a new version: the version row, the current pointer and the index rows.
 #[tracing::instrument(skip_all, fields(res_type = new.res_type, res_id = new.res_id, version = new.version_id))]
 pub async fn write_version(tx: &Transaction<'_>, new: &NewVersion<'_>) -> FhirResult<()> {
-    let insert = tx
-        .prepare_cached(
-            "INSERT INTO resource_version
-                (res_type, res_id, version_id, last_updated, method, deleted, resource)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .await?;
-    let deleted = new.resource.is_none();
-    let body = new.resource.map(tokio_postgres::types::Json);
-    tx.execute(
-        &insert,
-        &[
-            &new.res_type,
-            &new.res_id,
-            &new.version_id,
-            &new.last_updated,
-            &new.method.as_str(),
-            &deleted,
-            &body,
-        ],
-    )
-    .await
-    .map_err(|e| match e.code() {
-        // Raised by PostgreSQL for JSON it cannot store (e.g. \u0000 in a string).
-        Some(code) if code.code().starts_with("22") => {
-            FhirError::bad_request(format!("the resource cannot be stored: {e}"))
-        }
-        Some(code) if *code == tokio_postgres::error::SqlState::UNIQUE_VIOLATION => {
-            FhirError::Conflict(format!(
-                "version {} of {}/{} already exists",
-                new.version_id, new.res_type, new.res_id
-            ))
-        }
-        _ => FhirError::from(e),
-    })?;
-    let upsert = tx
-        .prepare_cached(
-            "INSERT INTO resource (res_type, res_id, version_id, last_updated, deleted)
-             VALUES ($1, $2, $3, $4, $5)
-             ON CONFLICT (res_type, res_id) DO UPDATE
-             SET version_id = EXCLUDED.version_id, last_updated = EXCLUDED.last_updated,
-                 deleted = EXCLUDED.deleted",
-        )
-        .await?;
-    tx.execute(
-        &upsert,
-        &[
-            &new.res_type,
-            &new.res_id,
-            &new.version_id,
-            &new.last_updated,
-            &deleted,
-        ],
-    )
-    .await?;
-    index_rows::replace(tx, new.res_type, new.res_id, new.index, new.version_id > 1).await
+    // One statement, one round trip: the version, the current row and the index
+    // rows (data-modifying CTEs all run, in one snapshot).
+    let mut q = search_sql::SqlCondition::new();
+    let t = q.bind(Box::new(new.res_type.to_owned()));
+    let id = q.bind(Box::new(new.res_id.to_owned()));
+    let version = q.bind(Box::new(new.version_id));
+    let at = q.bind(Box::new(new.last_updated));
+    let method = q.bind(Box::new(new.method.as_str()));
+    let deleted = q.bind(Box::new(new.json.is_none()));
+    let body = q.bind(Box::new(new.json.map(str::to_owned)));
+    let mut ctes = vec![
+        format!(
+            "v AS (INSERT INTO resource_version
+                   (res_type, res_id, version_id, last_updated, method, deleted, resource)
+                 VALUES ({t}, {id}, {version}, {at}, {method}, {deleted}, {body}::text::jsonb))"
+        ),
+        format!(
+            "c AS (INSERT INTO resource (res_type, res_id, version_id, last_updated, deleted)
+                 VALUES ({t}, {id}, {version}, {at}, {deleted})
+                 ON CONFLICT (res_type, res_id) DO UPDATE
+                 SET version_id = EXCLUDED.version_id, last_updated = EXCLUDED.last_updated,
+                     deleted = EXCLUDED.deleted)"
+        ),
+    ];
+    ctes.extend(index_rows::ctes(
+        &mut q,
+        &t,
+        &id,
+        new.index,
+        new.version_id > 1,
+    ));
+    let sql = format!("WITH {} SELECT 1", ctes.join(", "));
+    let stmt = tx.prepare_cached(&sql).await?;
+    tx.execute(&stmt, &q.param_refs())
+        .await
+        .map_err(|e| match e.code() {
+            // Raised by PostgreSQL for JSON it cannot store (e.g. \u0000 in a string).
+            Some(code) if code.code().starts_with("22") => {
+                FhirError::bad_request(format!("the resource cannot be stored: {e}"))
+            }
+            Some(code) if *code == tokio_postgres::error::SqlState::UNIQUE_VIOLATION => {
+                FhirError::Conflict(format!(
+                    "version {} of {}/{} already exists",
+                    new.version_id, new.res_type, new.res_id
+                ))
+            }
+            _ => FhirError::from(e),
+        })?;
+    Ok(())
 }
 
 /// A batch of current (not deleted) resources in (type, id) order after `after`,
@@ -315,7 +308,7 @@ pub async fn reindex_resource(
     res_id: &str,
     rows: &IndexRows,
 ) -> FhirResult<()> {
-    index_rows::replace(tx, res_type, res_id, rows, true).await
+    index_rows::replace(tx, res_type, res_id, rows).await
 }
 
 /// Which versions a history request wants; `None` fields do not filter.

@@ -168,8 +168,10 @@ async fn sync_never_skips_a_version_that_commits_late() {
     // A slow writer: stamps its version, then waits before committing.
     let mut client = s.pool.get().await.expect("connection");
     let tx = client.transaction().await.expect("begin");
+    let now = passerelle::store::clock(&tx).await.expect("clock");
     execute(
         &tx,
+        now,
         WriteRequest::Update {
             res_type: "Patient".into(),
             res_id: "slow".into(),
