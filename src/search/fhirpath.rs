@@ -23,9 +23,11 @@ pub enum Expr {
 pub enum Start {
     /// A resource type (`Patient`), or `Resource`/`DomainResource` for any.
     Type(String),
-    /// The resource itself, whatever its type: an expression that starts with an
-    /// element (`extension.where(…)`), as some implementation guides write them.
+    /// The focus itself, whatever its type: an expression that starts with an
+    /// element (`extension.where(…)`, or a composite's component `value`).
     Root,
+    /// `%resource`: the resource, also from a component's element.
+    Resource,
     /// A parenthesised expression.
     Group(Box<Expr>),
 }
@@ -136,6 +138,8 @@ impl<'s> Parser<'s> {
             let inner = self.union()?;
             self.expect(")")?;
             Start::Group(Box::new(inner))
+        } else if self.eat("%resource") {
+            Start::Resource
         } else {
             let name = self.identifier()?;
             if name.starts_with(|c: char| c.is_ascii_lowercase()) {
@@ -360,25 +364,35 @@ pub fn is_single_valued(expr: &Expr) -> bool {
     true
 }
 
+/// A resource as the root of evaluations.
+pub fn root(resource: &Value) -> Option<Node<'_>> {
+    resource_node(resource)
+}
+
 /// Evaluates a compiled expression on a resource.
 pub fn evaluate<'a>(expr: &Expr, resource: &'a Value) -> Vec<Node<'a>> {
     match resource_node(resource) {
-        Some(root) => evaluate_from(expr, &root),
+        Some(root) => evaluate_from(expr, &root, &root),
         None => Vec::new(),
     }
 }
 
-/// Evaluates a compiled expression from a node: an expression that starts with an
-/// element name (`value.as(Quantity)`, as composite components are written) is
-/// relative to it; one that starts with a type name is relative to the resource,
-/// which is then `root`.
-pub fn evaluate_from<'a>(expr: &Expr, root: &Node<'a>) -> Vec<Node<'a>> {
+/// Evaluates a compiled expression from a focus node: an expression that starts
+/// with an element name (`value.as(Quantity)`, as composite components are written)
+/// is relative to it; one that starts with a type name applies when the focus is a
+/// resource of that type; `%resource` is `resource`.
+pub fn evaluate_from<'a>(expr: &Expr, focus: &Node<'a>, resource: &Node<'a>) -> Vec<Node<'a>> {
+    let root = focus;
     match expr {
-        Expr::Union(terms) => terms.iter().flat_map(|t| evaluate_from(t, root)).collect(),
+        Expr::Union(terms) => terms
+            .iter()
+            .flat_map(|t| evaluate_from(t, focus, resource))
+            .collect(),
         Expr::Path { start, steps } => {
             let mut nodes = match start {
-                Start::Group(inner) => evaluate_from(inner, root),
+                Start::Group(inner) => evaluate_from(inner, focus, resource),
                 Start::Root => vec![root.clone()],
+                Start::Resource => vec![resource.clone()],
                 Start::Type(t) => {
                     let any = t == "Resource" || t == "DomainResource";
                     if any || root.type_code == *t {

@@ -389,13 +389,16 @@ impl IndexRows {
 /// component's rows under `code$i`, all with group k (from 1), so that a search can
 /// require the components to match in the same element.
 fn extract_composite(param: &SearchParam, resource: &Value, rows: &mut IndexRows) {
+    let Some(root) = fhirpath::root(resource) else {
+        return;
+    };
     for (k, element) in fhirpath::evaluate(&param.expression, resource)
         .iter()
         .enumerate()
     {
         for (i, component) in param.components.iter().enumerate() {
             let mut part = IndexRows::default();
-            for node in fhirpath::evaluate_from(&component.expression, element) {
+            for node in fhirpath::evaluate_from(&component.expression, element, &root) {
                 rows_of_node(&component.code, component.kind, &node, &mut part);
             }
             part.regroup(&format!("{}${i}", param.code), k as i32 + 1);
@@ -407,6 +410,19 @@ fn extract_composite(param: &SearchParam, resource: &Value, rows: &mut IndexRows
 fn extract_param(param: &SearchParam, resource: &Value, rows: &mut IndexRows) {
     if param.kind == ParamType::Composite {
         return extract_composite(param, resource, rows);
+    }
+    if param.truthy {
+        // `X.exists() and X != false` (Patient.deceased): one token, true or false.
+        let nodes = fhirpath::evaluate(&param.expression, resource);
+        let truth = nodes.iter().any(|n| n.value.as_bool() != Some(false));
+        rows.tokens.push(TokenRow {
+            param: param.code.clone(),
+            grp: 0,
+            system: None,
+            code: Some(truth.to_string()),
+            text: None,
+        });
+        return;
     }
     for node in fhirpath::evaluate(&param.expression, resource) {
         rows_of_node(&param.code, param.kind, &node, rows);
@@ -459,6 +475,31 @@ pub fn extract(resource_type: &str, resource: &Value) -> IndexRows {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn composite_components_may_name_the_resource() {
+        let seq = json!({"resourceType":"MolecularSequence","coordinateSystem":0,
+            "referenceSeq":{"chromosome":{"coding":[{"code":"1"}]}},
+            "variant":[{"start":100,"end":101},{"start":200,"end":201}]});
+        let rows = extract("MolecularSequence", &seq);
+        let chromosome: Vec<i32> = rows
+            .tokens
+            .iter()
+            .filter(|t| t.param == "chromosome-variant-coordinate$0")
+            .map(|t| t.grp)
+            .collect();
+        assert_eq!(
+            chromosome,
+            [1, 2],
+            "%resource.referenceSeq.chromosome for each variant"
+        );
+        assert!(rows
+            .numbers
+            .iter()
+            .any(|n| n.param == "chromosome-variant-coordinate$1"
+                && n.grp == 2
+                && n.value == "200"));
+    }
 
     #[test]
     fn accents_and_case() {

@@ -106,8 +106,15 @@ mod tests {
         ] {
             assert!(names.contains(&expected), "{expected} in {names:?}");
         }
-        // Outside the FHIRPath subset: not claimed.
-        assert!(!names.contains(&"deceased"));
+        assert!(names.contains(&"deceased"));
+        let location = resources
+            .iter()
+            .find(|r| r["type"] == "Location")
+            .expect("Location");
+        assert!(
+            !location["searchParam"].to_string().contains("\"near\""),
+            "a special parameter that is not indexed is not claimed"
+        );
         crate::fhir::validate::validate_resource(&cs).expect("a valid CapabilityStatement");
     }
 }

@@ -102,6 +102,22 @@ async fn strings_tokens_and_references() {
             .await
             .is_empty()
     );
+    // A boolean expression (deceased = deceased[x] exists and is not false).
+    put(
+        &s,
+        json!({"resourceType":"Patient","id":"gone","deceasedDateTime":"2026-11-01"}),
+    )
+    .await;
+    assert_eq!(ids(&s, "Patient?deceased=true").await, ["gone"]);
+    assert_eq!(
+        ids(&s, "Patient?deceased=false&family=lef").await,
+        ["jeanne", "louis"]
+    );
+    s.http
+        .delete(s.url("Patient/gone"))
+        .send()
+        .await
+        .expect("delete");
     // :missing
     assert_eq!(ids(&s, "Patient?birthdate:missing=true").await, ["anon"]);
     assert_eq!(
