@@ -456,7 +456,23 @@ fn rows_of_node(code: &str, kind: ParamType, node: &Node<'_>, rows: &mut IndexRo
             grp: 0,
             uri: u.to_owned(),
         })),
-        ParamType::Composite | ParamType::Special => {}
+        // `near`: the position's latitude and longitude, as numbers of one group.
+        ParamType::Special => {
+            for (part, key) in [("lat", "latitude"), ("long", "longitude")] {
+                rows.numbers
+                    .extend(
+                        node.value
+                            .get(key)
+                            .and_then(number_text)
+                            .map(|value| NumberRow {
+                                param: format!("{code}${part}"),
+                                grp: 1,
+                                value,
+                            }),
+                    );
+            }
+        }
+        ParamType::Composite => {}
     }
 }
 

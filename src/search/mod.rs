@@ -75,6 +75,12 @@ pub enum SearchValue {
     Uri(String),
     /// `a$b`: one value per component of a composite parameter, with its kind.
     Composite(Vec<(ParamType, SearchValue)>),
+    /// `near=latitude|longitude|distance|units`, the distance in km.
+    Near {
+        latitude: f64,
+        longitude: f64,
+        km: f64,
+    },
 }
 
 /// One search condition; conditions are AND-ed.
@@ -447,10 +453,42 @@ fn parse_value(kind: ParamType, modifier: &Modifier, raw: &str) -> Result<Search
                 url,
             })
         }
-        ParamType::Composite | ParamType::Special => {
-            Err(format!("{} parameters are not supported", kind.as_str()))
+        ParamType::Special => {
+            parse_near(raw).ok_or_else(|| bad("near (latitude|longitude|distance|units)"))
         }
+        ParamType::Composite => Err(format!("a {} value cannot stand alone", kind.as_str())),
     }
+}
+
+/// `latitude|longitude|distance|units` (distance 1 km by default; km, m or
+/// [mi_i]).
+fn parse_near(raw: &str) -> Option<SearchValue> {
+    let parts: Vec<&str> = raw.split('|').collect();
+    let latitude: f64 = parts
+        .first()?
+        .parse()
+        .ok()
+        .filter(|l: &f64| l.abs() <= 90.0)?;
+    let longitude: f64 = parts
+        .get(1)?
+        .parse()
+        .ok()
+        .filter(|l: &f64| l.abs() <= 180.0)?;
+    let distance: f64 = match parts.get(2).filter(|d| !d.is_empty()) {
+        Some(d) => d.parse().ok().filter(|d: &f64| *d >= 0.0)?,
+        None => 1.0,
+    };
+    let km = match parts.get(3).copied().unwrap_or("km") {
+        "" | "km" => distance,
+        "m" => distance / 1000.0,
+        "mi_i" | "[mi_i]" => distance * 1.609_344,
+        _ => return None,
+    };
+    Some(SearchValue::Near {
+        latitude,
+        longitude,
+        km,
+    })
 }
 
 /// The modifiers each kind accepts.

@@ -50,7 +50,8 @@ fn table_of(kind: ParamType) -> &'static str {
         ParamType::Date => "search_date",
         ParamType::Number => "search_number",
         ParamType::Quantity => "search_quantity",
-        ParamType::Uri | ParamType::Composite | ParamType::Special => "search_uri",
+        ParamType::Special => "search_number",
+        ParamType::Uri | ParamType::Composite => "search_uri",
     }
 }
 
@@ -110,6 +111,18 @@ fn render(sql: &mut SqlCondition, a: &str, depth: usize, condition: &Condition) 
             } else {
                 exists
             }
+        }
+        Condition::Param {
+            param,
+            kind: ParamType::Special,
+            values,
+            ..
+        } => {
+            let alternatives: Vec<String> = values
+                .iter()
+                .map(|v| near_clause(sql, &owner, param, v))
+                .collect();
+            format!("({})", alternatives.join(" OR "))
         }
         Condition::Param {
             param,
@@ -208,6 +221,41 @@ fn render(sql: &mut SqlCondition, a: &str, depth: usize, condition: &Condition) 
             )
         }
     }
+}
+
+/// `near`: a position within the distance (haversine on a 6,371 km sphere), the
+/// latitude first narrowed by its index to the band the distance allows.
+fn near_clause(sql: &mut SqlCondition, owner: &str, param: &str, value: &SearchValue) -> String {
+    let SearchValue::Near {
+        latitude,
+        longitude,
+        km,
+    } = value
+    else {
+        return "false".to_owned();
+    };
+    let (p_lat, p_long) = (
+        sql.text(&format!("{param}$lat")),
+        sql.text(&format!("{param}$long")),
+    );
+    let band = km / 111.0 + 1e-9;
+    let (low, high) = (
+        sql.bind(Box::new(latitude - band)),
+        sql.bind(Box::new(latitude + band)),
+    );
+    let (lat, long, dist) = (
+        sql.bind(Box::new(*latitude)),
+        sql.bind(Box::new(*longitude)),
+        sql.bind(Box::new(*km)),
+    );
+    format!(
+        "EXISTS (SELECT 1 FROM search_number x CROSS JOIN LATERAL (SELECT x.value::float8 AS lat) c \
+          WHERE {owner} AND x.param = {p_lat} AND x.value BETWEEN {low}::float8::numeric AND {high}::float8::numeric \
+            AND EXISTS (SELECT 1 FROM search_number x WHERE {owner} AND x.param = {p_long} \
+              AND 2 * 6371 * asin(sqrt(power(sin(radians(c.lat - {lat}::float8) / 2), 2) \
+                  + cos(radians({lat}::float8)) * cos(radians(c.lat)) \
+                  * power(sin(radians(x.value::float8 - {long}::float8) / 2), 2))) <= {dist}::float8))"
+    )
 }
 
 /// A composite value: its first component's row, then each other component in a
@@ -373,7 +421,7 @@ fn value_clause(sql: &mut SqlCondition, modifier: &Modifier, value: &SearchValue
             }
             format!("({})", parts.join(" AND "))
         }
-        SearchValue::Composite(_) => "false".to_owned(),
+        SearchValue::Composite(_) | SearchValue::Near { .. } => "false".to_owned(),
         SearchValue::Uri(uri) => match modifier {
             Modifier::Below => format!("x.uri LIKE {}", sql.text(&format!("{}%", like_escape(uri)))),
             Modifier::Above => format!("{} LIKE (replace(replace(replace(x.uri, '\\', '\\\\'), '%', '\\%'), '_', '\\_') || '%')", sql.text(uri)),

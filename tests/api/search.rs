@@ -810,3 +810,26 @@ async fn posted_search_parameters_are_indexed() {
     }
     assert_eq!(found, ["after", "before"]);
 }
+
+#[tokio::test]
+async fn locations_near_a_point() {
+    let s = TestServer::start().await;
+    put(&s, json!({"resourceType":"Location","id":"tulle","name":"CH de Tulle","position":{"latitude":45.2667,"longitude":1.7700}})).await;
+    put(&s, json!({"resourceType":"Location","id":"limoges","name":"CHU de Limoges","position":{"latitude":45.8336,"longitude":1.2611}})).await;
+    put(
+        &s,
+        json!({"resourceType":"Location","id":"nowhere","name":"Sans position"}),
+    )
+    .await;
+    assert_eq!(ids(&s, "Location?near=45.27|1.77|10|km").await, ["tulle"]);
+    assert_eq!(
+        ids(&s, "Location?near=45.27|1.77|100|km").await,
+        ["limoges", "tulle"],
+        "about 74 km apart"
+    );
+    assert!(
+        ids(&s, "Location?near=45.27|1.77|45|[mi_i]").await.len() == 1,
+        "45 miles is about 72 km"
+    );
+    outcome_of(s.get("Location?near=91|1.77").await, 400).await;
+}
