@@ -60,9 +60,9 @@ fn next_instant(now: DateTime<Utc>, previous: Option<DateTime<Utc>>) -> DateTime
     }
 }
 
-/// Applies one change inside `tx`.
+/// Applies one change inside `tx`. `now` is the database clock read once for the
+/// transaction (`store::clock`).
 #[tracing::instrument(skip_all, fields(res_type = %change.res_type, res_id = %change.res_id, kind = ?change.kind))]
-/// `now` is the database clock read once for the transaction (`store::clock`).
 pub async fn apply(
     tx: &Transaction<'_>,
     now: DateTime<Utc>,
@@ -99,67 +99,49 @@ pub async fn apply(
         ChangeKind::Patch => Method::Patch,
         ChangeKind::Delete => Method::Delete,
     };
-    if method == Method::Delete {
-        if let Some(cur) = current.filter(|c| !c.deleted) {
-            let last_updated = next_instant(now, Some(cur.last_updated));
-            let version_id = cur.version_id + 1;
-            store::write_version(
-                tx,
-                &NewVersion {
-                    res_type: &res_type,
-                    res_id: &res_id,
-                    version_id,
-                    last_updated,
-                    method,
-                    json: None,
-                    index: &IndexRows::default(),
-                },
-            )
-            .await?;
-            return Ok(Written {
-                res_type,
-                res_id,
-                version_id,
-                last_updated,
-                created: false,
-                json: None,
-            });
-        }
-        // Deleting what is absent or already deleted changes nothing.
-        return Ok(Written {
-            version_id: current.map_or(0, |c| c.version_id),
-            last_updated: current.map_or_else(Utc::now, |c| c.last_updated),
-            res_type,
-            res_id,
-            created: false,
-            json: None,
-        });
-    }
-    let Some(mut resource) = resource else {
-        return Err(FhirError::Internal("a write without a resource".to_owned()));
-    };
-    // An update that changes nothing writes no version (as HAPI does): a record
-    // pushed twice, or a fixture loaded twice, stays at its version.
-    if let Some(cur) = current.filter(|c| !c.deleted) {
-        if let Some(same) =
-            store::unchanged(tx, &res_type, &res_id, cur.version_id, &resource).await?
-        {
-            return Ok(Written {
-                res_type,
-                res_id,
-                version_id: same.version_id,
-                last_updated: same.last_updated,
-                created: false,
-                json: same.json,
-            });
-        }
-    }
+    let live = current.filter(|c| !c.deleted);
     let version_id = current.map_or(1, |c| c.version_id + 1);
     let last_updated = next_instant(now, current.map(|c| c.last_updated));
-    fhir::stamp(&mut resource, &res_id, version_id, last_updated);
-    let index = index::extract(&res_type, &resource);
-    let json = serde_json::to_string(&resource)
-        .map_err(|e| FhirError::Internal(format!("serialising a resource: {e}")))?;
+    let (json, index) = match resource {
+        None if method != Method::Delete => {
+            return Err(FhirError::Internal("a write without a resource".to_owned()))
+        }
+        // Deleting what is absent or already deleted changes nothing.
+        None if live.is_none() => {
+            return Ok(Written {
+                version_id: current.map_or(0, |c| c.version_id),
+                last_updated: current.map_or_else(Utc::now, |c| c.last_updated),
+                res_type,
+                res_id,
+                created: false,
+                json: None,
+            })
+        }
+        None => (None, IndexRows::default()),
+        Some(mut resource) => {
+            // An update that changes nothing writes no version (as HAPI does): a
+            // record pushed twice, or a fixture loaded twice, stays at its version.
+            if let Some(cur) = live {
+                if let Some(same) =
+                    store::unchanged(tx, &res_type, &res_id, cur.version_id, &resource).await?
+                {
+                    return Ok(Written {
+                        res_type,
+                        res_id,
+                        version_id: same.version_id,
+                        last_updated: same.last_updated,
+                        created: false,
+                        json: same.json,
+                    });
+                }
+            }
+            fhir::stamp(&mut resource, &res_id, version_id, last_updated);
+            let index = index::extract(&res_type, &resource);
+            let json = serde_json::to_string(&resource)
+                .map_err(|e| FhirError::Internal(format!("serialising a resource: {e}")))?;
+            (Some(json), index)
+        }
+    };
     store::write_version(
         tx,
         &NewVersion {
@@ -168,18 +150,18 @@ pub async fn apply(
             version_id,
             last_updated,
             method,
-            json: Some(&json),
+            json: json.as_deref(),
             index: &index,
         },
     )
     .await?;
     Ok(Written {
-        created: current.is_none_or(|c| c.deleted),
+        created: json.is_some() && live.is_none(),
         res_type,
         res_id,
         version_id,
         last_updated,
-        json: Some(json),
+        json,
     })
 }
 

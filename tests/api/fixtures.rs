@@ -7,7 +7,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use crate::support::{fresh_database, json_of, TestServer};
+use crate::support::{fresh_database, json_of, refs_by_mode, TestServer};
 
 fn fixture_files() -> Vec<PathBuf> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures");
@@ -170,33 +170,16 @@ async fn everything_about_a_patient_and_a_stay() {
     let bundle: Value =
         serde_json::from_str(&std::fs::read_to_string(file).expect("read")).expect("json");
     json_of(s.post_json("", &bundle).await, 200).await;
-    let by_mode = |bundle: &Value, mode: &str| -> Vec<String> {
-        let mut found: Vec<String> = bundle["entry"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|e| e["search"]["mode"] == mode)
-            .map(|e| {
-                format!(
-                    "{}/{}",
-                    e["resource"]["resourceType"].as_str().unwrap_or(""),
-                    e["resource"]["id"].as_str().unwrap_or("")
-                )
-            })
-            .collect();
-        found.sort();
-        found
-    };
     let record = json_of(s.get("Patient/fx-discharge-patient/$everything").await, 200).await;
     assert_eq!(
-        by_mode(&record, "match"),
+        refs_by_mode(&record, "match"),
         [
             "CommunicationRequest/fx-discharge-notice",
             "Encounter/fx-discharge-stay",
             "Patient/fx-discharge-patient"
         ]
     );
-    let referred = by_mode(&record, "include");
+    let referred = refs_by_mode(&record, "include");
     assert!(
         referred.contains(&"Practitioner/fx-discharge-gp".to_owned()),
         "{referred:?}"
@@ -211,18 +194,21 @@ async fn everything_about_a_patient_and_a_stay() {
         200,
     )
     .await;
-    assert_eq!(by_mode(&only, "match"), ["Encounter/fx-discharge-stay"]);
+    assert_eq!(
+        refs_by_mode(&only, "match"),
+        ["Encounter/fx-discharge-stay"]
+    );
     let page = json_of(
         s.get("Patient/fx-discharge-patient/$everything?_count=2")
             .await,
         200,
     )
     .await;
-    assert_eq!(by_mode(&page, "match").len(), 2);
+    assert_eq!(refs_by_mode(&page, "match").len(), 2);
     assert!(page["link"].to_string().contains("next"));
     let stay = json_of(s.get("Encounter/fx-discharge-stay/$everything").await, 200).await;
     assert_eq!(
-        by_mode(&stay, "match"),
+        refs_by_mode(&stay, "match"),
         [
             "CommunicationRequest/fx-discharge-notice",
             "Encounter/fx-discharge-stay",

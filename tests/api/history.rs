@@ -2,19 +2,10 @@ use std::collections::HashSet;
 
 use serde_json::{json, Value};
 
-use crate::support::{json_of, outcome_of, TestServer};
+use crate::support::{json_of, next_link, outcome_of, TestServer};
 
 fn entries(bundle: &Value) -> Vec<Value> {
     bundle["entry"].as_array().cloned().unwrap_or_default()
-}
-
-fn next_link(bundle: &Value) -> Option<String> {
-    bundle["link"]
-        .as_array()?
-        .iter()
-        .find(|l| l["relation"] == "next")
-        .and_then(|l| l["url"].as_str())
-        .map(str::to_owned)
 }
 
 #[tokio::test]

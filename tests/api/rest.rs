@@ -1,6 +1,6 @@
 use serde_json::json;
 
-use crate::support::{json_of, outcome_of, TestServer};
+use crate::support::{json_of, next_link, outcome_of, TestServer};
 
 fn patient() -> serde_json::Value {
     json!({
@@ -281,15 +281,7 @@ async fn search_by_identifier_id_and_last_updated() {
     // Paging: one per page, the next link leads to the other one.
     let page1 = json_of(s.get("Patient?_count=1").await, 200).await;
     assert_eq!(page1["entry"].as_array().expect("entries").len(), 1);
-    let next = page1["link"]
-        .as_array()
-        .expect("links")
-        .iter()
-        .find(|l| l["relation"] == "next")
-        .expect("next link")["url"]
-        .as_str()
-        .expect("url")
-        .to_owned();
+    let next = next_link(&page1).expect("next link");
     let page2: serde_json::Value =
         json_of(s.http.get(&next).send().await.expect("next"), 200).await;
     assert_ne!(

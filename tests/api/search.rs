@@ -2,7 +2,7 @@
 
 use serde_json::{json, Value};
 
-use crate::support::{json_of, outcome_of, TestServer};
+use crate::support::{json_of, next_link, outcome_of, refs_by_mode, TestServer};
 
 /// The ids of a search's matches, sorted.
 async fn ids(s: &TestServer, query: &str) -> Vec<String> {
@@ -371,24 +371,10 @@ async fn chains_and_reverse_chains() {
 /// `(matches, includes)` of a search, as `Type/id`, sorted.
 async fn by_mode(s: &TestServer, query: &str) -> (Vec<String>, Vec<String>) {
     let bundle = json_of(s.get(query).await, 200).await;
-    let pick = |mode: &str| {
-        let mut found: Vec<String> = bundle["entry"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|e| e["search"]["mode"] == mode)
-            .map(|e| {
-                format!(
-                    "{}/{}",
-                    e["resource"]["resourceType"].as_str().unwrap_or(""),
-                    e["resource"]["id"].as_str().unwrap_or("")
-                )
-            })
-            .collect();
-        found.sort();
-        found
-    };
-    (pick("match"), pick("include"))
+    (
+        refs_by_mode(&bundle, "match"),
+        refs_by_mode(&bundle, "include"),
+    )
 }
 
 #[tokio::test]
@@ -489,15 +475,7 @@ async fn sort_total_summary_and_elements() {
     );
     let (_, accurate) = ordered_ids(&s, "Patient?_sort=birthdate&_count=2&_total=accurate").await;
     assert_eq!(accurate["total"], 3);
-    let next = bundle["link"]
-        .as_array()
-        .expect("links")
-        .iter()
-        .find(|l| l["relation"] == "next")
-        .expect("next")["url"]
-        .as_str()
-        .expect("url")
-        .to_owned();
+    let next = next_link(&bundle).expect("next link");
     // A patient written between the pages sorts before the cursor: the next page
     // neither repeats nor skips anything.
     put(
@@ -516,15 +494,7 @@ async fn sort_total_summary_and_elements() {
     // Descending pages, with a resource without the key at the end.
     let (desc1, page) = ordered_ids(&s, "Patient?_sort=-birthdate&_count=3").await;
     assert_eq!(desc1, ["jeanne", "louis", "early"]);
-    let next = page["link"]
-        .as_array()
-        .expect("links")
-        .iter()
-        .find(|l| l["relation"] == "next")
-        .expect("next")["url"]
-        .as_str()
-        .expect("url")
-        .to_owned();
+    let next = next_link(&page).expect("next link");
     let desc2 = json_of(s.http.get(&next).send().await.expect("next"), 200).await;
     assert_eq!(desc2["entry"][0]["resource"]["id"], "anon");
     assert_eq!(desc2["entry"].as_array().map(Vec::len), Some(1));
@@ -757,15 +727,7 @@ async fn system_search_across_types() {
     // Paging across types with the same id keeps both.
     let (first, page) = ordered_ids(&s, "?_id=jeanne&_count=1").await;
     assert_eq!(first.len(), 1);
-    let next = page["link"]
-        .as_array()
-        .expect("links")
-        .iter()
-        .find(|l| l["relation"] == "next")
-        .expect("next")["url"]
-        .as_str()
-        .expect("url")
-        .to_owned();
+    let next = next_link(&page).expect("next link");
     let rest = json_of(s.http.get(&next).send().await.expect("next"), 200).await;
     assert_ne!(page["entry"][0]["fullUrl"], rest["entry"][0]["fullUrl"]);
     outcome_of(s.get("?_type=Nope").await, 400).await;

@@ -218,3 +218,32 @@ pub fn shared_dir() -> Option<PathBuf> {
         None
     }
 }
+
+/// The `next` link of a Bundle, if any.
+pub fn next_link(bundle: &Value) -> Option<String> {
+    bundle["link"]
+        .as_array()?
+        .iter()
+        .find(|l| l["relation"] == "next")
+        .and_then(|l| l["url"].as_str())
+        .map(str::to_owned)
+}
+
+/// The entries of a Bundle with this `search.mode`, as `Type/id`, sorted.
+pub fn refs_by_mode(bundle: &Value, mode: &str) -> Vec<String> {
+    let mut found: Vec<String> = bundle["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["search"]["mode"] == mode)
+        .map(|e| {
+            format!(
+                "{}/{}",
+                e["resource"]["resourceType"].as_str().unwrap_or(""),
+                e["resource"]["id"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    found.sort();
+    found
+}
