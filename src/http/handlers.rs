@@ -158,14 +158,11 @@ pub async fn handle(state: &AppState, req: FhirRequest) -> FhirResult<Reply> {
                 .into_iter()
                 .filter(|(k, _)| k != "_type")
                 .collect();
-            search(
-                state,
-                &req,
-                &types[0].clone(),
-                criteria,
-                Scope::System(types),
-            )
-            .await
+            let first = types
+                .first()
+                .cloned()
+                .ok_or_else(|| FhirError::bad_request("_type names no resource type"))?;
+            search(state, &req, &first, criteria, Scope::System(types)).await
         }
         (&Method::POST, Route::TypeSearch(t)) => {
             let mut params = req.criteria();
