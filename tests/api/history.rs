@@ -204,3 +204,86 @@ async fn sync_never_skips_a_version_that_commits_late() {
     seen.sort();
     assert_eq!(seen, ["fast", "first", "slow"]);
 }
+
+/// The "since last visit" loop of docs/sync.md, while writers keep writing: at the
+/// end the reader holds every version exactly once (the version of the `_since`
+/// instant, seen again on the next visit, is recognised by its etag).
+#[tokio::test]
+async fn a_syncing_reader_sees_every_version_while_writers_write() {
+    use std::collections::HashSet;
+    let s = TestServer::start().await;
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let (http, base) = (s.http.clone(), s.base.clone());
+            tokio::spawn(async move {
+                for i in 0..40 {
+                    let id = format!("w{w}-{}", i % 10);
+                    let body = json!({"resourceType": "Patient", "id": id, "birthDate": format!("19{:02}", i)});
+                    let resp = http
+                        .put(format!("{base}/Patient/{id}"))
+                        .header("content-type", "application/fhir+json")
+                        .body(body.to_string())
+                        .send()
+                        .await
+                        .expect("put");
+                    assert!(resp.status().is_success());
+                }
+            })
+        })
+        .collect();
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut since = "2000-01-01T00:00:00Z".to_owned();
+    let visit = |s: &TestServer, since: String| {
+        let (http, url) = (
+            s.http.clone(),
+            s.url(&format!(
+                "_history?_since={}&_count=7",
+                since.replace('+', "%2B")
+            )),
+        );
+        async move {
+            let mut versions = Vec::new();
+            let mut next = Some(url);
+            while let Some(url) = next {
+                let page = json_of(http.get(&url).send().await.expect("page"), 200).await;
+                for e in entries(&page) {
+                    versions.push((
+                        format!("{}#{}", e["fullUrl"], e["response"]["etag"]),
+                        e["response"]["lastModified"]
+                            .as_str()
+                            .unwrap_or("")
+                            .to_owned(),
+                    ));
+                }
+                next = next_link(&page);
+            }
+            versions
+        }
+    };
+    let mut done = false;
+    while !done {
+        done = writers.iter().all(|w| w.is_finished());
+        let versions = visit(&s, since.clone()).await;
+        for (key, last_modified) in versions {
+            if last_modified > since {
+                since = last_modified;
+            }
+            seen.insert(key);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    for w in writers {
+        w.await.expect("writer");
+    }
+    // One last visit after every writer is done.
+    for (key, _) in visit(&s, since.clone()).await {
+        seen.insert(key);
+    }
+    let all = json_of(s.get("_history?_count=1000").await, 200).await;
+    let expected: HashSet<String> = entries(&all)
+        .iter()
+        .map(|e| format!("{}#{}", e["fullUrl"], e["response"]["etag"]))
+        .collect();
+    assert_eq!(expected.len(), 160, "4 writers x 40 distinct versions");
+    assert_eq!(seen, expected);
+}
