@@ -178,14 +178,17 @@ pub async fn lock_current(
     if !claim {
         return Ok(None);
     }
-    let insert = tx
+    // The placeholder, or the row a racing create inserted meanwhile: either way the
+    // statement returns it locked (ON CONFLICT DO UPDATE waits for and locks it).
+    let claim = tx
         .prepare_cached(
             "INSERT INTO resource (res_type, res_id, version_id, last_updated, deleted)
-             VALUES ($1, $2, 0, now(), true) ON CONFLICT DO NOTHING",
+             VALUES ($1, $2, 0, now(), true)
+             ON CONFLICT (res_type, res_id) DO UPDATE SET res_type = EXCLUDED.res_type
+             RETURNING version_id, last_updated, deleted",
         )
         .await?;
-    tx.execute(&insert, &[&res_type, &res_id]).await?;
-    let row = tx.query_one(&select, &[&res_type, &res_id]).await?;
+    let row = tx.query_one(&claim, &[&res_type, &res_id]).await?;
     Ok(Some(to_current(row)).filter(|c| c.version_id > 0))
 }
 
