@@ -222,13 +222,7 @@ pub async fn execute(
                     ))
                 }
             }
-            Change {
-                res_type,
-                res_id,
-                kind: ChangeKind::Update,
-                resource: Some(resource),
-                if_match,
-            }
+            update_change(res_type, res_id, resource, if_match)
         }
         WriteRequest::ConditionalUpdate {
             res_type,
@@ -249,13 +243,7 @@ pub async fn execute(
                 }
                 Matches::None => body_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
             };
-            Change {
-                res_type,
-                res_id,
-                kind: ChangeKind::Update,
-                resource: Some(resource),
-                if_match,
-            }
+            update_change(res_type, res_id, resource, if_match)
         }
         WriteRequest::Patch {
             res_type,
@@ -297,6 +285,21 @@ pub async fn execute(
         }
     };
     write::apply(tx, now, change).await.map(Some)
+}
+
+fn update_change(
+    res_type: String,
+    res_id: String,
+    resource: Value,
+    if_match: Option<i64>,
+) -> Change {
+    Change {
+        res_type,
+        res_id,
+        kind: ChangeKind::Update,
+        resource: Some(resource),
+        if_match,
+    }
 }
 
 fn written_from_stored(v: StoredVersion) -> Written {

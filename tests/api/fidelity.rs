@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::support::{body_json, shared_dir, TestServer};
+use crate::support::{body_json, json_files, shared_dir, TestServer};
 
 /// The resource without the server-owned `meta.versionId` and `meta.lastUpdated`.
 fn comparable(mut v: Value) -> Value {
@@ -70,17 +70,6 @@ fn first_difference(a: &Value, b: &Value) -> String {
 
 fn truncate(v: &Value) -> String {
     v.to_string().chars().take(200).collect()
-}
-
-fn json_files(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .expect("read dir")
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .collect();
-    files.sort();
-    files
 }
 
 /// PUTs every resource of the folders at its own id, reads it back and compares.

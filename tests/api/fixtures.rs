@@ -3,22 +3,15 @@
 //! `passerelle load` command.
 
 use std::path::PathBuf;
-use std::process::Command;
 
 use serde_json::Value;
 
-use crate::support::{fresh_database, json_of, refs_by_mode, TestServer};
+use crate::support::{
+    fresh_database_url, json_files, json_of, refs_by_mode, run_passerelle, TestServer,
+};
 
 fn fixture_files() -> Vec<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .expect("fixtures/")
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .collect();
-    files.sort();
-    files
+    json_files(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures"))
 }
 
 async fn ids(s: &TestServer, query: &str) -> Vec<String> {
@@ -123,46 +116,21 @@ async fn scenarios_load_twice_and_answer_their_questions() {
 
 #[tokio::test]
 async fn load_command_straight_into_the_database_is_idempotent() {
-    let config = fresh_database().await;
-    let host = match &config.get_hosts()[0] {
-        tokio_postgres::config::Host::Tcp(h) => h.clone(),
-        tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
-    };
-    let url = format!(
-        "host={host} port={} user={} dbname={}",
-        config.get_ports().first().copied().unwrap_or(5432),
-        config.get_user().unwrap_or("postgres"),
-        config.get_dbname().unwrap_or("postgres")
-    );
+    let url = fresh_database_url().await;
     let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures");
-    let run = || {
-        Command::new(env!("CARGO_BIN_EXE_passerelle"))
-            .arg("load")
-            .arg(&fixtures)
-            .env("DATABASE_URL", &url)
-            .output()
-            .expect("run load")
-    };
-    let first = run();
-    assert!(
-        first.status.success(),
-        "{}",
-        String::from_utf8_lossy(&first.stderr)
-    );
-    let text = String::from_utf8_lossy(&first.stdout).into_owned();
+    let run = || run_passerelle(&["load".as_ref(), fixtures.as_os_str()], &url);
+    let text = run();
     assert!(
         text.contains("5 files: 48 created, 0 updated or unchanged, 0 failed"),
         "{text}"
     );
-    let second = run();
-    let text = String::from_utf8_lossy(&second.stdout).into_owned();
+    let text = run();
     assert!(
         text.contains("5 files: 0 created, 48 updated or unchanged, 0 failed"),
         "{text}"
     );
 }
 
-/// `$everything`: a patient's record, and a stay's, from the discharge scenario.
 #[tokio::test]
 async fn everything_about_a_patient_and_a_stay() {
     let s = TestServer::start().await;

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::support::fresh_database;
+use crate::support::{fresh_database_url, run_passerelle};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -97,36 +97,12 @@ async fn serve_on_the_embedded_default_keeps_data_across_restarts() {
     let _ = std::fs::remove_dir_all(&data_dir);
 }
 
-/// A fresh test database as a `DATABASE_URL` value (libpq key=value form).
-async fn fresh_database_url() -> String {
-    let config = fresh_database().await;
-    let host = match &config.get_hosts()[0] {
-        tokio_postgres::config::Host::Tcp(h) => h.clone(),
-        tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
-    };
-    let port = config.get_ports().first().copied().unwrap_or(5432);
-    format!(
-        "host={host} port={port} user={} dbname={}",
-        config.get_user().unwrap_or("postgres"),
-        config.get_dbname().unwrap_or("postgres")
-    )
-}
-
 #[tokio::test]
 async fn migrate_against_a_database_url_is_idempotent() {
     let url = fresh_database_url().await;
     for _ in 0..2 {
-        let out = Command::new(env!("CARGO_BIN_EXE_passerelle"))
-            .arg("migrate")
-            .env("DATABASE_URL", &url)
-            .output()
-            .expect("run migrate");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(String::from_utf8_lossy(&out.stdout).contains("schema is up to date"));
+        let out = run_passerelle(&["migrate".as_ref()], &url);
+        assert!(out.contains("schema is up to date"));
     }
 }
 
@@ -230,17 +206,8 @@ async fn reindex_rebuilds_the_search_index() {
         .expect("lose the index");
     drop(client);
     assert_eq!(total(http.clone(), base.clone()).await, Some(0));
-    let out = Command::new(env!("CARGO_BIN_EXE_passerelle"))
-        .arg("reindex")
-        .env("DATABASE_URL", &url)
-        .output()
-        .expect("reindex");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("reindexed 2 resources"));
+    let out = run_passerelle(&["reindex".as_ref()], &url);
+    assert!(out.contains("reindexed 2 resources"));
     assert_eq!(total(http.clone(), base.clone()).await, Some(1));
     terminate(child);
 }

@@ -247,3 +247,47 @@ pub fn refs_by_mode(bundle: &Value, mode: &str) -> Vec<String> {
     found.sort();
     found
 }
+
+/// A fresh test database as a `DATABASE_URL` value (libpq key=value form), for the
+/// tests that run the binary.
+pub async fn fresh_database_url() -> String {
+    let config = fresh_database().await;
+    let host = match &config.get_hosts()[0] {
+        tokio_postgres::config::Host::Tcp(h) => h.clone(),
+        tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    format!(
+        "host={host} port={port} user={} dbname={}",
+        config.get_user().unwrap_or("postgres"),
+        config.get_dbname().unwrap_or("postgres")
+    )
+}
+
+/// The `.json` files of a folder, in name order.
+pub fn json_files(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("read dir")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// Runs `passerelle <args>` against a database and returns its standard output,
+/// asserting success.
+pub fn run_passerelle(args: &[&std::ffi::OsStr], database_url: &str) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_passerelle"))
+        .args(args)
+        .env("DATABASE_URL", database_url)
+        .output()
+        .expect("run passerelle");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
