@@ -134,6 +134,19 @@ impl From<tokio_postgres::Error> for FhirError {
         if e.is_closed() {
             return FhirError::Unavailable(e.to_string());
         }
+        // Class 22, data exception: a value the request carried (a search value, a
+        // cursor, a string with NUL, a number beyond numeric) that PostgreSQL cannot
+        // take. The server only binds values it made itself or the client sent, so
+        // this is the client's to correct, not a server fault.
+        if let Some(db) = e
+            .as_db_error()
+            .filter(|d| d.code().code().starts_with("22"))
+        {
+            return FhirError::bad_request(format!(
+                "a value of the request cannot be used: {}",
+                db.message()
+            ));
+        }
         FhirError::Internal(format!("database: {e}"))
     }
 }

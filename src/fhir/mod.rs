@@ -39,6 +39,16 @@ pub fn is_valid_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
 }
 
+/// The version a weak or strong ETag names (`W/"3"`, `"3"`), as in `If-Match`.
+pub fn parse_version_etag(value: &str) -> Option<i64> {
+    let v = value.trim();
+    v.strip_prefix("W/")
+        .unwrap_or(v)
+        .trim_matches('"')
+        .parse()
+        .ok()
+}
+
 /// Parses a request body into a resource and checks its structure against R4
 /// (fhirbolt's typed model plus the path-precise checks of [`validate`]).
 pub fn parse_resource(body: &[u8], format: Format) -> FhirResult<Value> {

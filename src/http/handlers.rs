@@ -55,7 +55,7 @@ impl FhirRequest {
     fn if_match(&self) -> FhirResult<Option<i64>> {
         self.header(header::IF_MATCH)
             .map(|value| {
-                parse_etag(value).ok_or_else(|| {
+                fhir::parse_version_etag(value).ok_or_else(|| {
                     FhirError::bad_request(format!(
                         "If-Match '{value}' is not a version ETag like W/\"1\""
                     ))
@@ -86,30 +86,6 @@ const QUERY_VALUE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUM
     .remove(b'_')
     .remove(b'.')
     .remove(b'~');
-
-fn parse_etag(value: &str) -> Option<i64> {
-    let v = value.trim();
-    let v = v.strip_prefix("W/").unwrap_or(v);
-    v.trim_matches('"').parse().ok()
-}
-
-/// Parses an `application/x-www-form-urlencoded` string (query or form body).
-pub fn parse_query(query: &str) -> Vec<(String, String)> {
-    let decode = |s: &str| {
-        let spaced = s.replace('+', " ");
-        percent_encoding::percent_decode_str(&spaced)
-            .decode_utf8_lossy()
-            .into_owned()
-    };
-    query
-        .split('&')
-        .filter(|pair| !pair.is_empty())
-        .map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (decode(k), decode(v))
-        })
-        .collect()
-}
 
 fn not_allowed(method: &Method, route: &Route) -> FhirError {
     FhirError::MethodNotAllowed(format!("{method} is not supported on {}", route.template()))
@@ -166,7 +142,7 @@ pub async fn handle(state: &AppState, req: FhirRequest) -> FhirResult<Reply> {
         }
         (&Method::POST, Route::TypeSearch(t)) => {
             let mut params = req.criteria();
-            params.extend(parse_query(&String::from_utf8_lossy(&req.body)));
+            params.extend(search::parse_form(&String::from_utf8_lossy(&req.body)));
             search(state, &req, t, params, Scope::Type).await
         }
         (&Method::GET, Route::Compartment(compartment, id, t)) => {
@@ -188,11 +164,7 @@ pub async fn handle(state: &AppState, req: FhirRequest) -> FhirResult<Reply> {
             let resource = req.resource()?;
             let if_none_exist = req
                 .header(HeaderName::from_static("if-none-exist"))
-                .map(|v| {
-                    // Clients send either `identifier=x` or `Patient?identifier=x`.
-                    let query = v.split_once('?').map_or(v, |(_, q)| q);
-                    parse_query(query)
-                });
+                .map(search::parse_criteria);
             let written = written_of(
                 service::write(
                     pool,
@@ -350,7 +322,7 @@ fn read_reply(req: &FhirRequest, v: &StoredVersion) -> FhirResult<Reply> {
     ) {
         (Some(etags), _) => etags
             .split(',')
-            .any(|e| e.trim() == "*" || parse_etag(e) == Some(v.version_id)),
+            .any(|e| e.trim() == "*" || fhir::parse_version_etag(e) == Some(v.version_id)),
         (None, Some(since)) => datetime::parse_http_date(since)
             .is_some_and(|since| v.last_updated.timestamp() <= since.timestamp()),
         (None, None) => false,
@@ -601,10 +573,10 @@ mod tests {
 
     #[test]
     fn etags_and_queries() {
-        assert_eq!(parse_etag("W/\"3\""), Some(3));
-        assert_eq!(parse_etag("\"12\""), Some(12));
-        assert_eq!(parse_etag("abc"), None);
-        let q = parse_query("identifier=urn%3Aoid%3A1.2%7Cabc&name=a+b&flag");
+        assert_eq!(fhir::parse_version_etag("W/\"3\""), Some(3));
+        assert_eq!(fhir::parse_version_etag("\"12\""), Some(12));
+        assert_eq!(fhir::parse_version_etag("abc"), None);
+        let q = search::parse_form("identifier=urn%3Aoid%3A1.2%7Cabc&name=a+b&flag");
         assert_eq!(q[0], ("identifier".into(), "urn:oid:1.2|abc".into()));
         assert_eq!(q[1].1, "a b");
         assert_eq!(q[2], ("flag".into(), String::new()));

@@ -80,7 +80,7 @@ fn base_url(state: &AppState, headers: &axum::http::HeaderMap) -> String {
 async fn fhir(State(state): State<AppState>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let raw_query = parts.uri.query().map(str::to_owned);
-    let params = handlers::parse_query(raw_query.as_deref().unwrap_or(""));
+    let params = crate::search::parse_form(raw_query.as_deref().unwrap_or(""));
     let param = |name: &str| {
         params
             .iter()

@@ -318,6 +318,29 @@ pub enum Handling {
     Lenient,
 }
 
+/// Parses an `application/x-www-form-urlencoded` string (a query string, a
+/// `_search` form body, the criteria of a conditional request).
+pub fn parse_form(query: &str) -> Vec<(String, String)> {
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(&s.replace('+', " "))
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (decode(k), decode(v))
+        })
+        .collect()
+}
+
+/// Conditional criteria, written `identifier=x` or `Patient?identifier=x`.
+pub fn parse_criteria(text: &str) -> Vec<(String, String)> {
+    parse_form(text.split_once('?').map_or(text, |(_, q)| q))
+}
+
 /// Splits on unescaped `sep`; escapes are kept for [`unescape`] to undo at the leaf.
 fn split_escaped(text: &str, sep: char) -> Vec<String> {
     let mut parts = Vec::new();
@@ -391,8 +414,16 @@ fn split_prefix(text: &str) -> (Prefix, &str) {
         .unwrap_or((Prefix::Eq, text))
 }
 
+/// A decimal a search can compare: the R4 lexical form, within what PostgreSQL's
+/// numeric and the precision arithmetic accept (a value such as `1e200000` would
+/// otherwise fail in the database, a 500 for a client's typo).
 fn is_decimal(text: &str) -> bool {
-    crate::fhir::validate::primitive_problem(&R4, "decimal", text).is_none()
+    let exponent_ok = text
+        .split_once(['e', 'E'])
+        .is_none_or(|(_, e)| e.parse::<i32>().is_ok_and(|e| e.abs() <= 300));
+    exponent_ok
+        && text.parse::<f64>().is_ok_and(f64::is_finite)
+        && crate::fhir::validate::primitive_problem(&R4, "decimal", text).is_none()
 }
 
 fn parse_date_value(text: &str) -> Option<(Prefix, Range)> {
@@ -567,12 +598,13 @@ pub fn parse(
                 continue;
             }
             "_offset" => {
-                let n = value.parse().map_err(|_| {
+                let n: usize = value.parse().map_err(|_| {
                     bad(format!(
                         "_offset must be a non-negative integer, got '{value}'"
                     ))
                 })?;
-                plan.cursor = Cursor::Offset(n);
+                // PostgreSQL's OFFSET is a bigint.
+                plan.cursor = Cursor::Offset(n.min(i64::MAX as usize));
                 continue;
             }
             "_sort" => {
@@ -899,6 +931,14 @@ pub fn is_searchable(resource_type: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decimals_beyond_the_database_are_refused() {
+        let q = |v: &str| vec![("length".to_owned(), v.to_owned())];
+        assert!(parse("Encounter", &q("1e200000"), Handling::Lenient).is_err());
+        assert!(parse("Encounter", &q("1e-200000"), Handling::Lenient).is_err());
+        assert!(parse("Encounter", &q("4.5e2"), Handling::Lenient).is_ok());
+    }
 
     fn pairs(q: &[(&str, &str)]) -> Vec<(String, String)> {
         q.iter()

@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use super::{conditional_match, execute, search_parameter_changed, Matches, WriteRequest, Written};
 use crate::error::{operation_outcome, FhirError, FhirResult, Issue};
 use crate::fhir::{self, datetime, definitions::R4};
+use crate::search;
 use crate::store;
 
 /// What an entry asks for, from `request.method` and `request.url`.
@@ -38,30 +39,13 @@ struct Entry {
     if_match: Option<i64>,
 }
 
-/// Parses a form-encoded query (criteria of a conditional entry).
-fn query_pairs(query: &str) -> Vec<(String, String)> {
-    let decode = |s: &str| {
-        percent_encoding::percent_decode_str(&s.replace('+', " "))
-            .decode_utf8_lossy()
-            .into_owned()
-    };
-    query
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (decode(k), decode(v))
-        })
-        .collect()
-}
-
 fn parse_target(url: &str) -> Option<Target> {
     let url = url.trim_start_matches('/');
     if let Some((path, query)) = url.split_once('?') {
         let t = path.trim_end_matches('/');
         return R4
             .is_resource_type(t)
-            .then(|| Target::Criteria(t.to_owned(), query_pairs(query)));
+            .then(|| Target::Criteria(t.to_owned(), search::parse_form(query)));
     }
     match url.split('/').collect::<Vec<_>>().as_slice() {
         [t] if R4.is_resource_type(t) => Some(Target::Type((*t).to_owned())),
@@ -70,15 +54,6 @@ fn parse_target(url: &str) -> Option<Target> {
         }
         _ => None,
     }
-}
-
-fn parse_etag(value: &str) -> Option<i64> {
-    let v = value.trim();
-    v.strip_prefix("W/")
-        .unwrap_or(v)
-        .trim_matches('"')
-        .parse()
-        .ok()
 }
 
 /// Reads the entries of a validated Bundle.
@@ -101,14 +76,12 @@ fn entries(bundle: &Value) -> FhirResult<Vec<Entry>> {
             })?;
             let if_match = match request["ifMatch"].as_str() {
                 Some(v) => Some(
-                    parse_etag(v)
+                    fhir::parse_version_etag(v)
                         .ok_or_else(|| bad(&format!("ifMatch '{v}' is not a version ETag")))?,
                 ),
                 None => None,
             };
-            let if_none_exist = request["ifNoneExist"]
-                .as_str()
-                .map(|q| query_pairs(q.split_once('?').map_or(q, |(_, q)| q)));
+            let if_none_exist = request["ifNoneExist"].as_str().map(search::parse_criteria);
             Ok(Entry {
                 index,
                 method,

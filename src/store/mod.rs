@@ -231,10 +231,6 @@ pub async fn write_version(tx: &Transaction<'_>, new: &NewVersion<'_>) -> FhirRe
     tx.execute(&stmt, &q.param_refs())
         .await
         .map_err(|e| match e.code() {
-            // Raised by PostgreSQL for JSON it cannot store (e.g. \u0000 in a string).
-            Some(code) if code.code().starts_with("22") => {
-                FhirError::bad_request(format!("the resource cannot be stored: {e}"))
-            }
             Some(code) if *code == tokio_postgres::error::SqlState::UNIQUE_VIOLATION => {
                 FhirError::Conflict(format!(
                     "version {} of {}/{} already exists",

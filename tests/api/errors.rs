@@ -210,3 +210,18 @@ async fn chunked_post(s: &TestServer, path: &str, body: &str) -> String {
     let _ = socket.read_to_end(&mut response).await;
     String::from_utf8_lossy(&response).into_owned()
 }
+
+/// Values that PostgreSQL cannot take (NUL, a cursor of the wrong type, a number
+/// beyond numeric) are the client's to correct: 400, never 500.
+#[tokio::test]
+async fn values_the_database_refuses_are_400() {
+    let s = TestServer::start().await;
+    for query in [
+        "Patient?family=%00",
+        "Patient?identifier=a%00b",
+        "Patient?_sort=birthdate&_after=%5B%22zzz%22%2C%22Patient%22%2C%22x%22%5D",
+        "Encounter?length=1e200000",
+    ] {
+        outcome_of(s.get(query).await, 400).await;
+    }
+}
