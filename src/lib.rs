@@ -4,6 +4,7 @@
 //! → `store` (PostgreSQL). See docs/architecture.md.
 
 pub mod bench;
+pub mod delivery;
 pub mod error;
 pub mod fhir;
 pub mod http;
@@ -13,4 +14,5 @@ pub mod server;
 pub mod service;
 pub mod state;
 pub mod store;
+pub mod subscription;
 pub mod telemetry;

@@ -141,8 +141,8 @@ impl Target {
             Target::Database(pool) => {
                 fhir::check_resource(&bundle).map_err(|e| e.to_string())?;
                 let response = match bundle["type"].as_str() {
-                    Some("batch") => bundle::batch(pool, bundle).await,
-                    _ => bundle::transaction(pool, bundle).await,
+                    Some("batch") => bundle::batch(pool, &service::Rules::default(), bundle).await,
+                    _ => bundle::transaction(pool, &service::Rules::default(), bundle).await,
                 };
                 response
                     .map(|r| bundle_statuses(&r))
@@ -191,7 +191,7 @@ impl Target {
                             id: None,
                         },
                     };
-                    service::write(pool, request).await
+                    service::write(pool, &service::Rules::default(), request).await
                 }
                 .await
                 .map_err(|e: FhirError| e.to_string())?;

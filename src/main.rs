@@ -1,6 +1,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -44,6 +45,69 @@ impl DatabaseArgs {
     }
 }
 
+/// Subscription endpoints and delivery.
+#[derive(Args, Clone)]
+struct SubscriptionArgs {
+    /// Allow http:// and loopback, private or link-local callback endpoints
+    /// (development and tests only; off by default).
+    #[arg(long, env = "PASSERELLE_ALLOW_INSECURE_ENDPOINTS", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    allow_insecure_endpoints: bool,
+    /// Concurrent delivery workers.
+    #[arg(long, env = "PASSERELLE_DELIVERY_WORKERS", default_value_t = 4)]
+    delivery_workers: usize,
+    /// Attempts of a notification before its subscription goes to `error`.
+    #[arg(long, env = "PASSERELLE_DELIVERY_MAX_ATTEMPTS", default_value_t = 8)]
+    delivery_max_attempts: i32,
+    /// First retry delay in milliseconds (doubles on each failure, with jitter).
+    #[arg(long, env = "PASSERELLE_DELIVERY_BACKOFF_MS", default_value_t = 1000)]
+    delivery_backoff_ms: u64,
+    /// Longest retry delay in milliseconds.
+    #[arg(
+        long,
+        env = "PASSERELLE_DELIVERY_BACKOFF_MAX_MS",
+        default_value_t = 300_000
+    )]
+    delivery_backoff_max_ms: u64,
+    /// Timeout of one callback in milliseconds.
+    #[arg(long, env = "PASSERELLE_DELIVERY_TIMEOUT_MS", default_value_t = 10_000)]
+    delivery_timeout_ms: u64,
+    /// A JSON file of extra SubscriptionTopics (a Bundle or one resource).
+    #[arg(long, env = "PASSERELLE_SUBSCRIPTION_TOPICS")]
+    subscription_topics: Option<PathBuf>,
+}
+
+impl SubscriptionArgs {
+    fn rules(&self) -> passerelle::service::Rules {
+        passerelle::service::Rules {
+            endpoints: passerelle::subscription::EndpointPolicy {
+                allow_insecure: self.allow_insecure_endpoints,
+            },
+        }
+    }
+
+    fn delivery(&self) -> server::DeliveryOptions {
+        server::DeliveryOptions {
+            workers: self.delivery_workers,
+            max_attempts: self.delivery_max_attempts,
+            backoff_base: Duration::from_millis(self.delivery_backoff_ms),
+            backoff_max: Duration::from_millis(self.delivery_backoff_max_ms),
+            timeout: Duration::from_millis(self.delivery_timeout_ms),
+            ..server::DeliveryOptions::default()
+        }
+    }
+
+    /// Puts the server's topics, and the deployer's if given, in force.
+    fn install_topics(&self) -> Result<(), server::StartError> {
+        let extra = match &self.subscription_topics {
+            Some(path) => Some(std::fs::read_to_string(path)?),
+            None => None,
+        };
+        passerelle::subscription::topic::install(extra.as_deref())
+            .map(|_| ())
+            .map_err(|e| server::StartError::Database(format!("subscription topics: {e}")))
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Serve the FHIR API (migrates the schema first).
@@ -61,6 +125,8 @@ enum Command {
         pool_size: usize,
         #[command(flatten)]
         db: DatabaseArgs,
+        #[command(flatten)]
+        subscriptions: SubscriptionArgs,
     },
     /// Apply the schema migrations and exit.
     Migrate {
@@ -174,15 +240,21 @@ async fn main() -> ExitCode {
             max_body_bytes,
             pool_size,
             db,
-        } => match server::open_database(&db.choice(), pool_size).await {
-            Ok(database) => {
-                let options = ServeOptions {
-                    listen,
-                    base_url,
-                    max_body_bytes,
-                };
-                server::serve(database, options).await
-            }
+            subscriptions,
+        } => match subscriptions.install_topics() {
+            Ok(()) => match server::open_database(&db.choice(), pool_size).await {
+                Ok(database) => {
+                    let options = ServeOptions {
+                        listen,
+                        base_url,
+                        max_body_bytes,
+                        rules: subscriptions.rules(),
+                        delivery: subscriptions.delivery(),
+                    };
+                    server::serve(database, options).await
+                }
+                Err(e) => Err(e),
+            },
             Err(e) => Err(e),
         },
         Command::Migrate { db } => match server::open_database(&db.choice(), 1).await {

@@ -1,14 +1,18 @@
 //! Starting and stopping: the database (given by URL, or the embedded cluster),
 //! migrations, the HTTP listener and graceful shutdown.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::serve::ListenerExt;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::NoTls;
 
+use crate::delivery;
 use crate::fhir::datetime;
 use crate::http;
 use crate::state::{AppState, Settings};
@@ -41,6 +45,8 @@ pub enum DatabaseChoice {
 /// A connected, migrated database; owns the embedded cluster when there is one.
 pub struct Database {
     pub pool: Pool,
+    /// Where the pool connects: the delivery listener opens its own connection.
+    pub config: tokio_postgres::Config,
     pub cluster: Option<Arc<Cluster>>,
 }
 
@@ -133,8 +139,12 @@ pub async fn open_database(
     pool_size: usize,
 ) -> Result<Database, StartError> {
     let (config, cluster) = locate(choice).await?;
-    let pool = migrated_pool(config, pool_size).await?;
-    Ok(Database { pool, cluster })
+    let pool = migrated_pool(config.clone(), pool_size).await?;
+    Ok(Database {
+        pool,
+        config,
+        cluster,
+    })
 }
 
 /// A fresh, migrated `passerelle_bench` database on the chosen server, so that a
@@ -158,8 +168,12 @@ pub async fn open_bench_database(
     let _ = task.await;
     let mut bench_config = config;
     bench_config.dbname("passerelle_bench");
-    let pool = migrated_pool(bench_config, pool_size).await?;
-    Ok(Database { pool, cluster })
+    let pool = migrated_pool(bench_config.clone(), pool_size).await?;
+    Ok(Database {
+        pool,
+        config: bench_config,
+        cluster,
+    })
 }
 
 impl Database {
@@ -176,6 +190,87 @@ pub struct ServeOptions {
     pub listen: SocketAddr,
     pub base_url: Option<String>,
     pub max_body_bytes: usize,
+    pub rules: crate::service::Rules,
+    pub delivery: DeliveryOptions,
+}
+
+/// Delivery of subscription notifications (see `delivery::Settings`).
+#[derive(Debug, Clone)]
+pub struct DeliveryOptions {
+    pub workers: usize,
+    pub max_attempts: i32,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    pub timeout: Duration,
+    pub poll: Duration,
+}
+
+impl Default for DeliveryOptions {
+    fn default() -> Self {
+        DeliveryOptions {
+            workers: 4,
+            max_attempts: 8,
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(300),
+            timeout: Duration::from_secs(10),
+            poll: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Puts a subscription whose deliveries keep failing in `error`, through the
+/// write path (delivery sits below it and is handed this).
+struct ErrorStatus {
+    pool: Pool,
+    rules: crate::service::Rules,
+}
+
+impl delivery::StatusSink for ErrorStatus {
+    fn subscription_failed(
+        &self,
+        sub_id: String,
+        reason: String,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        let (pool, rules) = (self.pool.clone(), self.rules.clone());
+        Box::pin(async move {
+            if let Err(e) =
+                crate::service::subscription_failed(&pool, &rules, &sub_id, &reason).await
+            {
+                tracing::warn!(%sub_id, error = %e, "could not put the subscription in error");
+            }
+        })
+    }
+}
+
+/// Starts the delivery workers for the server at `local` (its FHIR base names
+/// the resources in notifications unless a public base URL is set).
+pub fn start_delivery(
+    pool: &Pool,
+    config: &tokio_postgres::Config,
+    options: &ServeOptions,
+    local: SocketAddr,
+) -> Result<delivery::Delivery, StartError> {
+    let d = &options.delivery;
+    let settings = delivery::Settings {
+        workers: d.workers,
+        max_attempts: d.max_attempts.max(1),
+        backoff_base: d.backoff_base,
+        backoff_max: d.backoff_max,
+        timeout: d.timeout,
+        poll: d.poll,
+        policy: options.rules.endpoints,
+        base_url: options
+            .base_url
+            .clone()
+            .map(|b| b.trim_end_matches('/').to_owned())
+            .unwrap_or_else(|| format!("http://{local}/fhir")),
+    };
+    let sink = Arc::new(ErrorStatus {
+        pool: pool.clone(),
+        rules: options.rules.clone(),
+    });
+    delivery::start(pool.clone(), config.clone(), settings, sink)
+        .map_err(|e| StartError::Database(format!("delivery client: {e}")))
 }
 
 pub fn app_state(pool: Pool, options: &ServeOptions) -> AppState {
@@ -186,6 +281,7 @@ pub fn app_state(pool: Pool, options: &ServeOptions) -> AppState {
             max_body_bytes: options.max_body_bytes,
             started: datetime::format_instant(chrono::Utc::now()),
         }),
+        rules: Arc::new(options.rules.clone()),
     }
 }
 
@@ -219,9 +315,11 @@ pub async fn serve(database: Database, options: ServeOptions) -> Result<(), Star
         fingerprint,
         std::time::Duration::from_secs(5),
     ));
+    let delivery = start_delivery(&database.pool, &database.config, &options, local)?;
     let state = app_state(database.pool.clone(), &options);
     let result = serve_on(listener, state, shutdown_signal()).await;
     watcher.abort();
+    delivery.stop();
     tracing::info!("shutting down");
     database.close().await;
     result.map_err(StartError::Io)

@@ -20,4 +20,5 @@ pub struct Settings {
 pub struct AppState {
     pub pool: Pool,
     pub settings: Arc<Settings>,
+    pub rules: Arc<crate::service::Rules>,
 }

@@ -178,6 +178,8 @@ pub(crate) async fn start_server(
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         base_url: None,
         max_body_bytes: 16 << 20,
+        rules: Default::default(),
+        delivery: Default::default(),
     };
     let listener = tokio::net::TcpListener::bind(serve.listen).await?;
     let addr = listener.local_addr()?;

@@ -116,8 +116,10 @@ pub async fn handle(state: &AppState, req: FhirRequest) -> FhirResult<Reply> {
                 ));
             }
             let response = match bundle["type"].as_str() {
-                Some("transaction") => service::bundle::transaction(pool, bundle).await?,
-                Some("batch") => service::bundle::batch(pool, bundle).await?,
+                Some("transaction") => {
+                    service::bundle::transaction(pool, &state.rules, bundle).await?
+                }
+                Some("batch") => service::bundle::batch(pool, &state.rules, bundle).await?,
                 other => {
                     return Err(FhirError::bad_request(format!(
                         "a Bundle of type {} cannot be processed; use transaction or batch",
@@ -168,6 +170,7 @@ pub async fn handle(state: &AppState, req: FhirRequest) -> FhirResult<Reply> {
             let written = written_of(
                 service::write(
                     pool,
+                    &state.rules,
                     WriteRequest::Create {
                         res_type: t.clone(),
                         resource,
@@ -187,7 +190,7 @@ pub async fn handle(state: &AppState, req: FhirRequest) -> FhirResult<Reply> {
                 resource,
                 if_match: req.if_match()?,
             };
-            let written = written_of(service::write(pool, request).await?)?;
+            let written = written_of(service::write(pool, &state.rules, request).await?)?;
             written_reply(&req, &written, true)
         }
         (&Method::DELETE, Route::Type(t)) => {
@@ -195,7 +198,7 @@ pub async fn handle(state: &AppState, req: FhirRequest) -> FhirResult<Reply> {
                 res_type: t.clone(),
                 criteria: req.criteria(),
             };
-            match service::write(pool, request).await? {
+            match service::write(pool, &state.rules, request).await? {
                 Some(written) => written_reply(&req, &written, false),
                 None => Ok(Reply::new(StatusCode::NO_CONTENT, None)),
             }
@@ -212,7 +215,7 @@ pub async fn handle(state: &AppState, req: FhirRequest) -> FhirResult<Reply> {
                 resource,
                 if_match: req.if_match()?,
             };
-            let written = written_of(service::write(pool, request).await?)?;
+            let written = written_of(service::write(pool, &state.rules, request).await?)?;
             written_reply(&req, &written, true)
         }
         (&Method::DELETE, Route::Instance(t, id)) => {
@@ -221,7 +224,7 @@ pub async fn handle(state: &AppState, req: FhirRequest) -> FhirResult<Reply> {
                 res_id: id.clone(),
                 if_match: req.if_match()?,
             };
-            let written = written_of(service::write(pool, request).await?)?;
+            let written = written_of(service::write(pool, &state.rules, request).await?)?;
             written_reply(&req, &written, false)
         }
         (&Method::PATCH, Route::Instance(t, id)) => {
@@ -269,7 +272,7 @@ async fn patch(
         document,
         if_match: req.if_match()?,
     };
-    let written = written_of(service::write(&state.pool, request).await?)?;
+    let written = written_of(service::write(&state.pool, &state.rules, request).await?)?;
     written_reply(req, &written, true)
 }
 

@@ -4,6 +4,7 @@
 pub mod compartment;
 pub mod fhirpath;
 pub mod index;
+pub mod matcher;
 pub mod params;
 
 use crate::error::{FhirError, FhirResult, Issue};

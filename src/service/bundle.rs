@@ -11,7 +11,9 @@ use std::collections::HashMap;
 use deadpool_postgres::{Pool, Transaction};
 use serde_json::{json, Value};
 
-use super::{conditional_match, execute, search_parameter_changed, Matches, WriteRequest, Written};
+use super::{
+    conditional_match, execute, search_parameter_changed, Matches, Rules, WriteRequest, Written,
+};
 use crate::error::{operation_outcome, FhirError, FhirResult, Issue};
 use crate::fhir::{self, datetime, definitions::R4};
 use crate::search;
@@ -280,7 +282,7 @@ async fn assign_id(tx: &Transaction<'_>, entry: &Entry) -> FhirResult<Option<Str
 }
 
 /// Runs a transaction Bundle; the response Bundle, or the first entry's error.
-pub async fn transaction(pool: &Pool, bundle: Value) -> FhirResult<Value> {
+pub async fn transaction(pool: &Pool, rules: &Rules, bundle: Value) -> FhirResult<Value> {
     let mut entries = entries(&bundle)?;
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
@@ -358,7 +360,7 @@ pub async fn transaction(pool: &Pool, bundle: Value) -> FhirResult<Value> {
         } else {
             let request =
                 write_request(entry, assigned.get(&i).cloned()).map_err(|e| at_entry(i, e))?;
-            let written = execute(&tx, now, request)
+            let written = execute(&tx, rules, now, request)
                 .await
                 .map_err(|e| at_entry(i, e))?;
             let response = write_response(written.as_ref(), "201 Created");
@@ -375,7 +377,7 @@ pub async fn transaction(pool: &Pool, bundle: Value) -> FhirResult<Value> {
 }
 
 /// Runs a batch Bundle: each entry on its own; failures are answered per entry.
-pub async fn batch(pool: &Pool, bundle: Value) -> FhirResult<Value> {
+pub async fn batch(pool: &Pool, rules: &Rules, bundle: Value) -> FhirResult<Value> {
     let entries = entries(&bundle)?;
     let mut responses = Vec::with_capacity(entries.len());
     for entry in &entries {
@@ -386,7 +388,7 @@ pub async fn batch(pool: &Pool, bundle: Value) -> FhirResult<Value> {
                 get_entry(&tx, entry).await
             }
             _ => match write_request(entry, None) {
-                Ok(request) => super::write(pool, request)
+                Ok(request) => super::write(pool, rules, request)
                     .await
                     .map(|w| write_response(w.as_ref(), "201 Created")),
                 Err(e) => Err(e),

@@ -4,6 +4,7 @@
 
 pub mod bundle;
 pub mod capability;
+mod notify;
 pub mod write;
 
 use chrono::{DateTime, Utc};
@@ -15,6 +16,13 @@ use crate::fhir::{self, datetime};
 use crate::search::{self, Cursor, Handling, SearchPlan, TotalMode};
 use crate::store::{self, HistoryFilter, StoredVersion};
 pub use write::{Change, ChangeKind, Written};
+
+/// The server's policies that every write obeys, whoever asks for it.
+#[derive(Debug, Clone, Default)]
+pub struct Rules {
+    /// Which subscription endpoints may be called.
+    pub endpoints: crate::subscription::EndpointPolicy,
+}
 
 /// What a conditional interaction found for its criteria.
 enum Matches {
@@ -157,11 +165,15 @@ async fn patched(
 
 /// Runs one write interaction in its own transaction. `None`: a conditional delete
 /// that matched nothing.
-pub async fn write(pool: &Pool, request: WriteRequest) -> FhirResult<Option<Written>> {
+pub async fn write(
+    pool: &Pool,
+    rules: &Rules,
+    request: WriteRequest,
+) -> FhirResult<Option<Written>> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     let now = store::clock(&tx).await?;
-    let written = execute(&tx, now, request).await?;
+    let written = execute(&tx, rules, now, request).await?;
     tx.commit().await?;
     if let Some(w) = &written {
         search_parameter_changed(pool, w).await;
@@ -175,6 +187,7 @@ pub async fn write(pool: &Pool, request: WriteRequest) -> FhirResult<Option<Writ
 /// carries the same instant (unless a resource's previous version is later).
 pub async fn execute(
     tx: &deadpool_postgres::Transaction<'_>,
+    rules: &Rules,
     now: DateTime<Utc>,
     request: WriteRequest,
 ) -> FhirResult<Option<Written>> {
@@ -284,7 +297,7 @@ pub async fn execute(
             }
         }
     };
-    write::apply(tx, now, change).await.map(Some)
+    write::apply(tx, rules, now, change).await.map(Some)
 }
 
 fn update_change(
@@ -310,6 +323,36 @@ fn written_from_stored(v: StoredVersion) -> Written {
         version_id: v.version_id,
         last_updated: v.last_updated,
         json: v.json,
+    }
+}
+
+/// Puts an active subscription in `error` with the reason (delivery gave up): a
+/// new version through the write path, which stops its matching. A concurrent
+/// change by the client wins (the `If-Match` fails and nothing is written).
+pub async fn subscription_failed(
+    pool: &Pool,
+    rules: &Rules,
+    sub_id: &str,
+    reason: &str,
+) -> FhirResult<()> {
+    let current = read(pool, "Subscription", sub_id).await?;
+    let json = current.json.as_deref().unwrap_or("{}");
+    let mut resource: Value =
+        serde_json::from_str(json).map_err(|e| FhirError::Internal(e.to_string()))?;
+    if resource["status"] != "active" {
+        return Ok(());
+    }
+    resource["status"] = Value::from("error");
+    resource["error"] = Value::from(reason);
+    let request = WriteRequest::Update {
+        res_type: "Subscription".to_owned(),
+        res_id: sub_id.to_owned(),
+        resource,
+        if_match: Some(current.version_id),
+    };
+    match write(pool, rules, request).await {
+        Ok(_) | Err(FhirError::PreconditionFailed(_)) => Ok(()),
+        Err(e) => Err(e),
     }
 }
 

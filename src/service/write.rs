@@ -8,10 +8,12 @@ use chrono::{DateTime, Duration, DurationRound, Utc};
 use deadpool_postgres::Transaction;
 use serde_json::Value;
 
+use super::notify;
 use crate::error::{FhirError, FhirResult};
 use crate::fhir;
 use crate::search::index::{self, IndexRows};
 use crate::store::{self, Method, NewVersion};
+use crate::subscription::Interaction;
 
 /// What a change does to one resource.
 #[derive(Debug)]
@@ -65,6 +67,7 @@ fn next_instant(now: DateTime<Utc>, previous: Option<DateTime<Utc>>) -> DateTime
 #[tracing::instrument(skip_all, fields(res_type = %change.res_type, res_id = %change.res_id, kind = ?change.kind))]
 pub async fn apply(
     tx: &Transaction<'_>,
+    rules: &super::Rules,
     now: DateTime<Utc>,
     change: Change,
 ) -> FhirResult<Written> {
@@ -102,6 +105,7 @@ pub async fn apply(
     let live = current.filter(|c| !c.deleted);
     let version_id = current.map_or(1, |c| c.version_id + 1);
     let last_updated = next_instant(now, current.map(|c| c.last_updated));
+    let mut subscription = None;
     let (json, index) = match resource {
         None if method != Method::Delete => {
             return Err(FhirError::Internal("a write without a resource".to_owned()))
@@ -119,6 +123,14 @@ pub async fn apply(
         }
         None => (None, IndexRows::default()),
         Some(mut resource) => {
+            // The server's part of a Subscription (status, secret) is set before the
+            // no-op check, so that writing the same subscription again is a no-op.
+            if res_type == "Subscription" {
+                subscription = Some(crate::subscription::prepare(
+                    &mut resource,
+                    &rules.endpoints,
+                )?);
+            }
             // An update that changes nothing writes no version (as HAPI does): a
             // record pushed twice, or a fixture loaded twice, stays at its version.
             if let Some(cur) = live {
@@ -152,6 +164,26 @@ pub async fn apply(
             method,
             json: json.as_deref(),
             index: &index,
+        },
+    )
+    .await?;
+    if res_type == "Subscription" {
+        notify::file_subscription(tx, &res_id, subscription.as_ref()).await?;
+    }
+    let interaction = match (&json, live) {
+        (None, _) => Interaction::Delete,
+        (Some(_), None) => Interaction::Create,
+        (Some(_), Some(_)) => Interaction::Update,
+    };
+    notify::record_events(
+        tx,
+        &notify::Written {
+            res_type: &res_type,
+            res_id: &res_id,
+            version_id,
+            last_updated,
+            interaction,
+            rows: json.is_some().then_some(&index),
         },
     )
     .await?;

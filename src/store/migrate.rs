@@ -31,6 +31,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "covering indexes",
         include_str!("migrations/0005_covering_indexes.sql"),
     ),
+    (
+        6,
+        "subscriptions",
+        include_str!("migrations/0006_subscriptions.sql"),
+    ),
 ];
 
 /// Arbitrary constant naming the migration lock.

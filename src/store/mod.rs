@@ -5,6 +5,7 @@
 pub mod embedded;
 mod index_rows;
 pub mod migrate;
+pub mod outbox;
 mod search_sql;
 
 use chrono::{DateTime, Utc};

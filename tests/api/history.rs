@@ -162,6 +162,7 @@ async fn sync_never_skips_a_version_that_commits_late() {
     let now = passerelle::store::clock(&tx).await.expect("clock");
     execute(
         &tx,
+        &Default::default(),
         now,
         WriteRequest::Update {
             res_type: "Patient".into(),

@@ -9,6 +9,8 @@ mod formats;
 mod history;
 mod patch;
 mod process;
+mod receiver;
 mod rest;
 mod search;
+mod subscriptions;
 mod support;

@@ -108,6 +108,36 @@ pub struct TestServer {
     pub base: String,
     pub http: reqwest::Client,
     pub pool: deadpool_postgres::Pool,
+    pub config: tokio_postgres::Config,
+    delivery: Option<passerelle::delivery::Delivery>,
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.stop_delivery();
+    }
+}
+
+/// Test servers call back to loopback listeners and retry quickly.
+pub fn test_options() -> ServeOptions {
+    ServeOptions {
+        listen: "127.0.0.1:0".parse().expect("address"),
+        base_url: None,
+        max_body_bytes: 16 * 1024 * 1024,
+        rules: passerelle::service::Rules {
+            endpoints: passerelle::subscription::EndpointPolicy {
+                allow_insecure: true,
+            },
+        },
+        delivery: server::DeliveryOptions {
+            workers: 2,
+            max_attempts: 4,
+            backoff_base: std::time::Duration::from_millis(100),
+            backoff_max: std::time::Duration::from_millis(400),
+            timeout: std::time::Duration::from_secs(2),
+            poll: std::time::Duration::from_millis(250),
+        },
+    }
 }
 
 impl TestServer {
@@ -116,23 +146,37 @@ impl TestServer {
     }
 
     pub async fn start_with_limit(max_body_bytes: usize) -> TestServer {
-        let config = fresh_database().await;
-        let pool = server::pool_for(config, 8).expect("pool");
         let options = ServeOptions {
-            listen: "127.0.0.1:0".parse().expect("address"),
-            base_url: None,
             max_body_bytes,
+            ..test_options()
         };
+        Self::start_on(fresh_database().await, options).await
+    }
+
+    /// A server over an existing database (a second instance, or other options).
+    pub async fn start_on(config: tokio_postgres::Config, options: ServeOptions) -> TestServer {
+        let pool = server::pool_for(config.clone(), 8).expect("pool");
         let listener = tokio::net::TcpListener::bind(options.listen)
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("address");
+        let delivery =
+            server::start_delivery(&pool, &config, &options, addr).expect("delivery workers");
         let state = server::app_state(pool.clone(), &options);
         tokio::spawn(server::serve_on(listener, state, std::future::pending()));
         TestServer {
             base: format!("http://{addr}/fhir"),
             http: reqwest::Client::new(),
             pool,
+            config,
+            delivery: Some(delivery),
+        }
+    }
+
+    /// Stops this instance's delivery workers (as if it had died).
+    pub fn stop_delivery(&mut self) {
+        if let Some(d) = self.delivery.take() {
+            d.stop();
         }
     }
 

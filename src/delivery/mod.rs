@@ -1,0 +1,462 @@
+//! Delivery of subscription notifications from the outbox: workers lease a
+//! subscription with something due (`FOR UPDATE SKIP LOCKED`, a lease that expires
+//! if the worker dies), number its new events, and POST them in order, one
+//! notification at a time. A failure backs off exponentially with jitter; after
+//! the attempt limit the subscription's pending events are marked failed and the
+//! server is told to put the subscription in `error`. Woken at commit by
+//! `LISTEN passerelle_outbox`, with a poll as the safety net.
+
+pub mod client;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use deadpool_postgres::Pool;
+use futures_util::StreamExt;
+use serde_json::Value;
+use tokio::sync::Notify;
+use tokio_postgres::{AsyncMessage, NoTls};
+
+use crate::error::{FhirError, FhirResult};
+use crate::store::{self, outbox};
+use crate::subscription::notification::{self, About, Kind};
+use crate::subscription::{Channel, Content, EndpointPolicy};
+
+/// Delivery settings (environment variables in the README).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub workers: usize,
+    /// Attempts of one notification before the subscription goes to `error`.
+    pub max_attempts: i32,
+    /// The first retry waits about this long, doubling each time (with jitter).
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    /// Per-request timeout (a subscription's `backport-timeout` overrides it).
+    pub timeout: Duration,
+    pub poll: Duration,
+    pub policy: EndpointPolicy,
+    /// The server's public FHIR base, for references in notifications.
+    pub base_url: String,
+}
+
+impl Settings {
+    /// A lease outlives one notification's timeout with room to spare.
+    fn lease_secs(&self) -> f64 {
+        self.timeout.as_secs_f64() * 2.0 + 5.0
+    }
+
+    /// The wait before attempt `attempt + 1`: base × 2^(attempt-1), capped, times
+    /// a random factor in [0.5, 1) so that retries of many subscriptions spread.
+    fn backoff(&self, attempt: i32) -> Duration {
+        let exp = self
+            .backoff_base
+            .saturating_mul(1u32 << attempt.clamp(1, 20).saturating_sub(1));
+        let capped = exp.min(self.backoff_max);
+        let jitter = 0.5 + (uuid::Uuid::new_v4().as_u128() % 1000) as f64 / 2000.0;
+        capped.mul_f64(jitter)
+    }
+}
+
+/// What delivery asks of the server when a subscription keeps failing: a new
+/// version of the Subscription with `status = error` (through the write path,
+/// which delivery sits below and does not call itself).
+pub trait StatusSink: Send + Sync {
+    fn subscription_failed(
+        &self,
+        sub_id: String,
+        reason: String,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+}
+
+/// The running workers; dropping it does not stop them, `stop` does.
+pub struct Delivery {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Delivery {
+    pub fn stop(self) {
+        for task in self.tasks {
+            task.abort();
+        }
+    }
+}
+
+struct Worker {
+    id: String,
+    pool: Pool,
+    settings: Settings,
+    http: reqwest::Client,
+    sink: Arc<dyn StatusSink>,
+}
+
+/// Starts the listener, the workers and the heartbeat loop.
+pub fn start(
+    pool: Pool,
+    listen: tokio_postgres::Config,
+    settings: Settings,
+    sink: Arc<dyn StatusSink>,
+) -> Result<Delivery, reqwest::Error> {
+    let wake = Arc::new(Notify::new());
+    let http = client::http_client(settings.policy, settings.timeout)?;
+    let instance = uuid::Uuid::new_v4().simple().to_string();
+    let mut tasks = vec![tokio::spawn(listen_for_commits(listen, wake.clone()))];
+    let worker = |n: usize| {
+        Arc::new(Worker {
+            id: format!("{instance}-{n}"),
+            pool: pool.clone(),
+            settings: settings.clone(),
+            http: http.clone(),
+            sink: sink.clone(),
+        })
+    };
+    for n in 0..settings.workers.max(1) {
+        tasks.push(tokio::spawn(worker(n).run(wake.clone(), false)));
+    }
+    tasks.push(tokio::spawn(worker(usize::MAX).run(wake, true)));
+    Ok(Delivery { tasks })
+}
+
+/// Wakes the workers on every `NOTIFY passerelle_outbox`; reconnects on failure.
+async fn listen_for_commits(config: tokio_postgres::Config, wake: Arc<Notify>) {
+    loop {
+        match config.connect(NoTls).await {
+            Ok((client, mut connection)) => {
+                let mut messages =
+                    futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+                let listen = client.batch_execute("LISTEN passerelle_outbox");
+                let mut listening = false;
+                tokio::pin!(listen);
+                loop {
+                    tokio::select! {
+                        done = &mut listen, if !listening => {
+                            if let Err(e) = done {
+                                tracing::warn!(error = %e, "LISTEN failed");
+                                break;
+                            }
+                            listening = true;
+                            // Anything committed before LISTEN took effect.
+                            wake.notify_waiters();
+                        }
+                        message = messages.next() => match message {
+                            Some(Ok(AsyncMessage::Notification(_))) => wake.notify_waiters(),
+                            Some(Ok(_)) => {}
+                            Some(Err(e)) => {
+                                tracing::warn!(error = %e, "outbox listener lost its connection");
+                                break;
+                            }
+                            None => break,
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "outbox listener cannot connect"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+impl Worker {
+    async fn run(self: Arc<Self>, wake: Arc<Notify>, heartbeats: bool) {
+        loop {
+            // Registered before looking, so that a commit in between still wakes us.
+            let notified = wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let worked = match self.lease_and_deliver(heartbeats).await {
+                Ok(worked) => worked,
+                Err(e) => {
+                    tracing::warn!(error = %e, "delivery worker");
+                    false
+                }
+            };
+            if !worked {
+                let poll = if heartbeats {
+                    Duration::from_secs(1)
+                } else {
+                    self.settings.poll
+                };
+                if heartbeats {
+                    tokio::time::sleep(poll).await;
+                } else {
+                    let _ = tokio::time::timeout(poll, notified).await;
+                }
+            }
+        }
+    }
+
+    /// Leases one subscription and delivers what is due; false when nothing was.
+    async fn lease_and_deliver(&self, heartbeats: bool) -> FhirResult<bool> {
+        let client = self.pool.get().await?;
+        let leased =
+            outbox::lease(&client, &self.id, self.settings.lease_secs(), 1, heartbeats).await?;
+        drop(client);
+        let Some(sub) = leased.into_iter().next() else {
+            return Ok(false);
+        };
+        let sub_id = sub.sub_id.clone();
+        let result = if heartbeats {
+            self.heartbeat(sub).await
+        } else {
+            self.deliver(sub).await
+        };
+        if let Err(e) = result {
+            tracing::warn!(%sub_id, error = %e, "delivery");
+        }
+        let client = self.pool.get().await?;
+        outbox::release(&client, &self.id, &sub_id).await?;
+        Ok(true)
+    }
+
+    async fn heartbeat(&self, sub: outbox::Leased) -> FhirResult<()> {
+        let channel = channel_of(&sub)?;
+        let body = self.status_body(&sub, &channel, Kind::Heartbeat, &[]);
+        match self.send(&sub.sub_id, &channel, body, None).await {
+            Ok(()) => {
+                let client = self.pool.get().await?;
+                outbox::delivered(&client, &sub.sub_id, &[], false).await
+            }
+            Err(reason) => {
+                self.failure(&sub.sub_id, sub.attempts + 1, &[], &reason)
+                    .await
+            }
+        }
+    }
+
+    /// Delivers a leased subscription's handshake, then its events in order.
+    #[tracing::instrument(skip_all, fields(sub_id = %sub.sub_id))]
+    async fn deliver(&self, mut sub: outbox::Leased) -> FhirResult<()> {
+        let channel = channel_of(&sub)?;
+        let client = self.pool.get().await?;
+        sub.events_since_start = outbox::number_events(&client, &sub.sub_id).await?;
+        if sub.handshake_due {
+            let body = self.status_body(&sub, &channel, Kind::Handshake, &[]);
+            match self.send(&sub.sub_id, &channel, body, None).await {
+                Ok(()) => outbox::delivered(&client, &sub.sub_id, &[], true).await?,
+                Err(reason) => {
+                    return self
+                        .failure(&sub.sub_id, sub.attempts + 1, &[], &reason)
+                        .await;
+                }
+            }
+        }
+        loop {
+            let events = outbox::pending(&client, &sub.sub_id, channel.max_count).await?;
+            if events.is_empty() {
+                return Ok(());
+            }
+            let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
+            let first = events[0].event_number;
+            let last = events[events.len() - 1].event_number;
+            let body = if channel.backport {
+                let events = self.with_resources(&client, &channel, events).await?;
+                self.status_body(&sub, &channel, Kind::EventNotification, &events)
+            } else {
+                self.r4_body(&client, &channel, &events[0]).await?
+            };
+            let event_id = if first == last {
+                format!("{}/{first}", sub.sub_id)
+            } else {
+                format!("{}/{first}-{last}", sub.sub_id)
+            };
+            match self.send(&sub.sub_id, &channel, body, Some(event_id)).await {
+                Ok(()) => {
+                    outbox::delivered(&client, &sub.sub_id, &seqs, false).await?;
+                    sub.attempts = 0;
+                    if !outbox::renew(&client, &self.id, &sub.sub_id, self.settings.lease_secs())
+                        .await?
+                    {
+                        return Ok(());
+                    }
+                }
+                Err(reason) => {
+                    return self
+                        .failure(&sub.sub_id, sub.attempts + 1, &seqs, &reason)
+                        .await;
+                }
+            }
+        }
+    }
+
+    async fn failure(
+        &self,
+        sub_id: &str,
+        attempt: i32,
+        seqs: &[i64],
+        reason: &str,
+    ) -> FhirResult<()> {
+        let give_up = attempt >= self.settings.max_attempts;
+        let wait = self.settings.backoff(attempt);
+        tracing::info!(%sub_id, attempt, give_up, reason, "notification failed");
+        let client = self.pool.get().await?;
+        outbox::failed(&client, sub_id, seqs, reason, wait.as_secs_f64(), give_up).await?;
+        drop(client);
+        if give_up {
+            self.sink
+                .subscription_failed(
+                    sub_id.to_owned(),
+                    format!("delivery failed {attempt} times; last error: {reason}"),
+                )
+                .await;
+        }
+        Ok(())
+    }
+
+    fn status_body(
+        &self,
+        sub: &outbox::Leased,
+        channel: &Channel,
+        kind: Kind,
+        events: &[notification::Event],
+    ) -> Option<(Vec<u8>, String)> {
+        let about = About {
+            base: &self.settings.base_url,
+            sub_id: &sub.sub_id,
+            topic: channel.topic.as_deref(),
+            status: "active",
+            events_since_start: sub.events_since_start,
+            error: None,
+        };
+        let bundle = notification::bundle(&about, kind, events, channel.content, Utc::now());
+        encode(channel, &bundle)
+    }
+
+    async fn with_resources(
+        &self,
+        client: &impl deadpool_postgres::GenericClient,
+        channel: &Channel,
+        events: Vec<outbox::Event>,
+    ) -> FhirResult<Vec<notification::Event>> {
+        let mut out = Vec::with_capacity(events.len());
+        for e in events {
+            let resource = if channel.content == Content::FullResource {
+                focus(client, &e).await?
+            } else {
+                None
+            };
+            out.push(notification::Event {
+                number: e.event_number,
+                recorded_at: e.recorded_at,
+                focus_type: e.focus_type,
+                focus_id: e.focus_id,
+                focus_version: e.focus_version,
+                interaction: e.interaction,
+                resource,
+            });
+        }
+        Ok(out)
+    }
+
+    /// R4 criteria: the resource itself in the payload's format, or no body.
+    async fn r4_body(
+        &self,
+        client: &impl deadpool_postgres::GenericClient,
+        channel: &Channel,
+        event: &outbox::Event,
+    ) -> FhirResult<Option<(Vec<u8>, String)>> {
+        if channel.content == Content::Empty {
+            return Ok(None);
+        }
+        Ok(focus(client, event)
+            .await?
+            .and_then(|r| encode(channel, &r)))
+    }
+
+    /// POSTs one notification; the reason when it did not reach the endpoint with
+    /// a 2xx answer.
+    async fn send(
+        &self,
+        sub_id: &str,
+        channel: &Channel,
+        body: Option<(Vec<u8>, String)>,
+        event_id: Option<String>,
+    ) -> Result<(), String> {
+        if let Some(reason) = self.settings.policy.refusal(&channel.endpoint) {
+            return Err(reason);
+        }
+        let (bytes, mime) = body.unwrap_or_default();
+        let mut request = self
+            .http
+            .post(&channel.endpoint)
+            .header(
+                client::SIGNATURE_HEADER,
+                client::signature(&channel.secret, &bytes),
+            )
+            .header("x-passerelle-subscription", sub_id);
+        if let Some(id) = event_id {
+            request = request.header(client::EVENT_ID_HEADER, id);
+        }
+        if !mime.is_empty() {
+            request = request.header("content-type", mime);
+        }
+        for header in &channel.headers {
+            if let Some((name, value)) = header.split_once(':') {
+                request = request.header(name.trim(), value.trim());
+            }
+        }
+        if let Some(secs) = channel.timeout_secs.filter(|s| *s > 0) {
+            request = request.timeout(Duration::from_secs(secs.unsigned_abs()));
+        }
+        let response = request.body(bytes).send().await.map_err(|e| {
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                text = format!("{text}: {s}");
+                source = s.source();
+            }
+            text
+        })?;
+        let status = response.status();
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(format!("the endpoint answered {status}"))
+        }
+    }
+}
+
+fn channel_of(sub: &outbox::Leased) -> FhirResult<Channel> {
+    serde_json::from_value(sub.channel.clone())
+        .map_err(|e| FhirError::Internal(format!("subscription {}: bad channel: {e}", sub.sub_id)))
+}
+
+/// The focus of an event at its version (`None` for a delete).
+async fn focus(
+    client: &impl deadpool_postgres::GenericClient,
+    event: &outbox::Event,
+) -> FhirResult<Option<Value>> {
+    let stored = store::read_version(
+        client,
+        &event.focus_type,
+        &event.focus_id,
+        event.focus_version,
+    )
+    .await?;
+    stored
+        .and_then(|s| s.json)
+        .map(|json| serde_json::from_str(&json).map_err(|e| FhirError::Internal(e.to_string())))
+        .transpose()
+}
+
+/// A resource in the channel's MIME type (JSON unless XML is asked).
+fn encode(channel: &Channel, resource: &Value) -> Option<(Vec<u8>, String)> {
+    let mime = channel
+        .mime
+        .clone()
+        .unwrap_or_else(|| "application/fhir+json".to_owned());
+    if mime.contains("xml") {
+        match fhir_codec::json_to_xml(resource.to_string().as_bytes()) {
+            Ok(xml) => return Some((xml, mime)),
+            Err(e) => {
+                tracing::warn!(error = %e, "notification not expressible as XML; sent as JSON")
+            }
+        }
+        return Some((
+            resource.to_string().into_bytes(),
+            "application/fhir+json".to_owned(),
+        ));
+    }
+    Some((resource.to_string().into_bytes(), mime))
+}

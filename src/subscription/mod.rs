@@ -1,0 +1,581 @@
+//! Subscription rules: what a `Subscription` resource asks for (R4 criteria, or a
+//! topic of the R4 Backport with filters), how the server accepts it (status,
+//! endpoint policy, signing secret), and whether a write is an event for it. Pure:
+//! the write path (`service::notify`) feeds it index rows and stores what it says.
+
+pub mod endpoint;
+pub mod notification;
+pub mod topic;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::error::{FhirError, FhirResult, Issue};
+use crate::fhir::datetime;
+use crate::search::index::IndexRows;
+use crate::search::matcher::{self, Subject, Truth};
+use crate::search::{self, Condition, Handling};
+pub use endpoint::EndpointPolicy;
+pub use topic::{Interaction, Topic};
+
+const BACKPORT: &str = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/";
+/// Our extension on `Subscription`: the HMAC-SHA256 key callbacks are signed with.
+pub const SECRET_EXTENSION: &str =
+    "https://passerelle.example.fr/fhir/StructureDefinition/subscription-secret";
+
+fn backport(name: &str) -> String {
+    format!("{BACKPORT}{name}")
+}
+
+/// What a notification body carries (Backport `backport-payload-content`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Content {
+    Empty,
+    IdOnly,
+    FullResource,
+}
+
+impl Content {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Content::Empty => "empty",
+            Content::IdOnly => "id-only",
+            Content::FullResource => "full-resource",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Content> {
+        match text {
+            "empty" => Some(Content::Empty),
+            "id-only" => Some(Content::IdOnly),
+            "full-resource" => Some(Content::FullResource),
+            _ => None,
+        }
+    }
+}
+
+/// How and where notifications go: what the delivery worker needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Channel {
+    pub endpoint: String,
+    /// `channel.header`, each `Name: value`.
+    pub headers: Vec<String>,
+    /// `channel.payload`: the MIME type of the body; `None`: a POST without a body.
+    pub mime: Option<String>,
+    pub content: Content,
+    /// Topic-based (notification Bundles) rather than R4 criteria (the resource).
+    pub backport: bool,
+    pub topic: Option<String>,
+    pub secret: String,
+    pub heartbeat_secs: Option<i64>,
+    pub timeout_secs: Option<i64>,
+    /// Events per notification (Backport `max-count`); 1 for R4.
+    pub max_count: i64,
+}
+
+/// A Subscription as the server holds it in force.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Spec {
+    pub active: bool,
+    /// A Backport subscription being activated owes a handshake.
+    pub handshake: bool,
+    pub topic: Option<String>,
+    /// R4 criteria, or the Backport filters (`Type?param=value`).
+    pub criteria: Vec<String>,
+    pub channel: Channel,
+    pub ends_at: Option<DateTime<Utc>>,
+}
+
+fn invalid(path: &str, message: impl Into<String>) -> FhirError {
+    FhirError::Unprocessable(vec![Issue::new("invalid", message).at(path)])
+}
+
+fn extensions<'a>(element: &'a Value, url: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
+    element["extension"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(move |e| e["url"] == url)
+}
+
+fn extension_int(element: &Value, name: &str) -> Option<i64> {
+    extensions(element, &backport(name)).find_map(|e| {
+        ["valueUnsignedInt", "valuePositiveInt", "valueInteger"]
+            .iter()
+            .find_map(|k| e[*k].as_i64())
+    })
+}
+
+/// Checks a Subscription about to be written and puts the server's part in it: a
+/// requested subscription becomes `active` (and loses a stale `error`), and one
+/// without a signing secret gets a generated one. Returns what is then in force.
+pub fn prepare(resource: &mut Value, policy: &EndpointPolicy) -> FhirResult<Spec> {
+    let criteria_text = resource["criteria"]
+        .as_str()
+        .ok_or_else(|| invalid("Subscription.criteria", "a Subscription needs criteria"))?
+        .to_owned();
+    let topic = topic::find(&criteria_text);
+    let is_backport = topic.is_some()
+        || resource["meta"]["profile"].as_array().is_some_and(|p| {
+            p.iter()
+                .any(|p| p.as_str().is_some_and(|p| p.starts_with(BACKPORT)))
+        });
+    let criteria = match topic {
+        Some(topic) => {
+            let filters: Vec<String> = extensions(
+                &resource["_criteria"],
+                &backport("backport-filter-criteria"),
+            )
+            .filter_map(|e| e["valueString"].as_str().map(str::to_owned))
+            .collect();
+            check_filters(topic, &filters)?;
+            filters
+        }
+        None if is_backport || criteria_text.contains("://") => {
+            return Err(invalid(
+                "Subscription.criteria",
+                format!(
+                    "'{criteria_text}' is not a topic of this server (see the CapabilityStatement)"
+                ),
+            ))
+        }
+        None => {
+            check_criteria(&criteria_text)?;
+            vec![criteria_text.clone()]
+        }
+    };
+    let channel = resource["channel"].clone();
+    match channel["type"].as_str() {
+        Some("rest-hook") => {}
+        Some(other) => {
+            return Err(invalid(
+                "Subscription.channel.type",
+                format!("channel type '{other}' is not supported; use rest-hook"),
+            ))
+        }
+        None => {
+            return Err(invalid(
+                "Subscription.channel.type",
+                "a channel needs a type",
+            ))
+        }
+    }
+    let endpoint = channel["endpoint"]
+        .as_str()
+        .ok_or_else(|| {
+            invalid(
+                "Subscription.channel.endpoint",
+                "a rest-hook needs an endpoint",
+            )
+        })?
+        .to_owned();
+    if let Some(reason) = policy.refusal(&endpoint) {
+        return Err(invalid("Subscription.channel.endpoint", reason));
+    }
+    let headers: Vec<String> = channel["header"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|h| h.as_str().map(str::to_owned))
+        .collect();
+    if let Some(bad) = headers.iter().find(|h| !valid_header(h)) {
+        return Err(invalid(
+            "Subscription.channel.header",
+            format!("'{bad}' is not a 'Name: value' HTTP header"),
+        ));
+    }
+    let mime = channel["payload"].as_str().map(str::to_owned);
+    if let Some(m) = &mime {
+        if ![
+            "application/fhir+json",
+            "application/json",
+            "application/fhir+xml",
+            "application/xml",
+        ]
+        .contains(&m.as_str())
+        {
+            return Err(invalid(
+                "Subscription.channel.payload",
+                format!("payload '{m}' is not supported; use application/fhir+json or application/fhir+xml"),
+            ));
+        }
+    }
+    let content = match extensions(&channel["_payload"], &backport("backport-payload-content"))
+        .find_map(|e| e["valueCode"].as_str())
+    {
+        Some(code) => Content::parse(code).ok_or_else(|| {
+            invalid(
+                "Subscription.channel.payload",
+                format!("'{code}' is not a payload content"),
+            )
+        })?,
+        None if !is_backport && mime.is_some() => Content::FullResource,
+        None if is_backport => Content::IdOnly,
+        None => Content::Empty,
+    };
+    let max_count = extension_int(&channel, "backport-max-count")
+        .unwrap_or(1)
+        .max(1);
+    let ends_at =
+        match resource["end"].as_str() {
+            Some(end) => Some(datetime::parse_range(end).map(|r| r.low).ok_or_else(|| {
+                invalid("Subscription.end", format!("'{end}' is not an instant"))
+            })?),
+            None => None,
+        };
+    let given = extensions(resource, SECRET_EXTENSION)
+        .find_map(|e| e["valueString"].as_str())
+        .map(str::to_owned);
+    let secret = match given {
+        Some(s) if s.len() >= 16 => s,
+        Some(_) => {
+            return Err(invalid(
+                "Subscription.extension",
+                "the signing secret must be at least 16 characters",
+            ))
+        }
+        None => {
+            let secret = format!(
+                "{}{}",
+                uuid::Uuid::new_v4().simple(),
+                uuid::Uuid::new_v4().simple()
+            );
+            let ext = json!({"url": SECRET_EXTENSION, "valueString": secret});
+            match resource["extension"].as_array_mut() {
+                Some(list) => list.push(ext),
+                None => resource["extension"] = json!([ext]),
+            }
+            secret
+        }
+    };
+    let status = resource["status"]
+        .as_str()
+        .unwrap_or("requested")
+        .to_owned();
+    let active = matches!(status.as_str(), "requested" | "active");
+    if active {
+        resource["status"] = json!("active");
+        if let Some(obj) = resource.as_object_mut() {
+            obj.remove("error");
+        }
+    }
+    Ok(Spec {
+        active,
+        handshake: is_backport && status == "requested",
+        topic: topic.map(|t| t.url.clone()),
+        criteria,
+        channel: Channel {
+            endpoint,
+            headers,
+            mime,
+            content,
+            backport: is_backport,
+            topic: topic.map(|t| t.url.clone()),
+            secret,
+            heartbeat_secs: extension_int(&channel, "backport-heartbeat-period"),
+            timeout_secs: extension_int(&channel, "backport-timeout"),
+            max_count: if is_backport { max_count } else { 1 },
+        },
+        ends_at,
+    })
+}
+
+fn valid_header(header: &str) -> bool {
+    header.split_once(':').is_some_and(|(name, value)| {
+        !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
+            && !value.contains(['\r', '\n'])
+    })
+}
+
+fn parse_query(criteria: &str) -> FhirResult<(String, Vec<Condition>)> {
+    let (res_type, _) = criteria.split_once('?').unwrap_or((criteria, ""));
+    if !crate::fhir::definitions::R4.is_resource_type(res_type) {
+        return Err(invalid(
+            "Subscription.criteria",
+            format!("'{criteria}' does not start with a resource type"),
+        ));
+    }
+    let plan = search::parse(
+        res_type,
+        &search::parse_criteria(criteria),
+        Handling::Strict,
+    )
+    .map_err(|e| invalid("Subscription.criteria", format!("'{criteria}': {e}")))?;
+    Ok((res_type.to_owned(), plan.conditions))
+}
+
+fn check_criteria(criteria: &str) -> FhirResult<()> {
+    parse_query(criteria).map(|_| ())
+}
+
+/// Backport filters: each on a type the topic triggers on, with parameters the
+/// topic's `canFilterBy` allows.
+fn check_filters(topic: &Topic, filters: &[String]) -> FhirResult<()> {
+    for filter in filters {
+        let (res_type, _) = parse_query(filter)?;
+        if !topic.triggers.iter().any(|t| t.resource_type == res_type) {
+            return Err(invalid(
+                "Subscription.criteria",
+                format!(
+                    "filter '{filter}': topic {} has no {res_type} trigger",
+                    topic.url
+                ),
+            ));
+        }
+        for (name, _) in search::parse_criteria(filter) {
+            let base = name.split([':', '.']).next().unwrap_or(&name);
+            if !topic
+                .filters
+                .iter()
+                .any(|(t, p)| *t == res_type && p == base)
+            {
+                return Err(invalid(
+                    "Subscription.criteria",
+                    format!(
+                        "filter '{filter}': topic {} cannot be filtered by '{base}'",
+                        topic.url
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A subscription's matching rules, compiled once and shared.
+#[derive(Debug)]
+pub struct Compiled {
+    topic: Option<&'static Topic>,
+    /// R4 criteria or Backport filters, by resource type (AND-ed).
+    filters: HashMap<String, Vec<Condition>>,
+}
+
+/// The answer for one write.
+#[derive(Debug, PartialEq)]
+pub enum Verdict {
+    No,
+    Yes,
+    /// Decided by these conditions on the current version, which the database
+    /// must evaluate (chains, numbers).
+    AskDatabase(Vec<Condition>),
+}
+
+type CacheKey = (Option<String>, Vec<String>);
+static COMPILED: Mutex<Option<HashMap<CacheKey, Arc<Compiled>>>> = Mutex::new(None);
+const CACHE_LIMIT: usize = 50_000;
+
+/// The compiled form of a subscription in force (cached by its text).
+pub fn compile(topic_url: Option<&str>, criteria: &[String]) -> FhirResult<Arc<Compiled>> {
+    let key = (topic_url.map(str::to_owned), criteria.to_vec());
+    if let Some(found) = COMPILED
+        .lock()
+        .ok()
+        .and_then(|cache| cache.as_ref().and_then(|c| c.get(&key).cloned()))
+    {
+        return Ok(found);
+    }
+    let topic = match topic_url {
+        Some(url) => Some(topic::find(url).ok_or_else(|| {
+            FhirError::Internal(format!("subscription topic {url} is no longer defined"))
+        })?),
+        None => None,
+    };
+    let mut filters: HashMap<String, Vec<Condition>> = HashMap::new();
+    for criterion in criteria {
+        let (res_type, conditions) = parse_query(criterion)?;
+        filters.entry(res_type).or_default().extend(conditions);
+    }
+    let compiled = Arc::new(Compiled { topic, filters });
+    if let Ok(mut cache) = COMPILED.lock() {
+        let map = cache.get_or_insert_with(HashMap::new);
+        if map.len() >= CACHE_LIMIT {
+            map.clear();
+        }
+        map.insert(key, compiled.clone());
+    }
+    Ok(compiled)
+}
+
+/// The values of one search parameter in a version's rows, comparable as a set.
+fn values_of(rows: Option<&IndexRows>, param: &str) -> Vec<String> {
+    let Some(rows) = rows else {
+        return Vec::new();
+    };
+    let mut values: Vec<String> = rows
+        .tokens
+        .iter()
+        .filter(|r| r.param == param)
+        .map(|r| format!("{:?}|{:?}", r.system, r.code))
+        .chain(
+            rows.references
+                .iter()
+                .filter(|r| r.param == param)
+                .map(|r| format!("{:?}/{:?}|{:?}", r.target_type, r.target_id, r.url)),
+        )
+        .chain(
+            rows.strings
+                .iter()
+                .filter(|r| r.param == param)
+                .map(|r| r.exact.clone()),
+        )
+        .chain(
+            rows.dates
+                .iter()
+                .filter(|r| r.param == param)
+                .map(|r| format!("{}/{}", r.low, r.high)),
+        )
+        .chain(
+            rows.uris
+                .iter()
+                .filter(|r| r.param == param)
+                .map(|r| r.uri.clone()),
+        )
+        .collect();
+    values.sort();
+    values.dedup();
+    values
+}
+
+impl Compiled {
+    /// `(resource type, key)` rows under which the subscription is filed; the key
+    /// is empty when no single value is required (see `search::matcher`).
+    pub fn keys(&self) -> Vec<(String, String)> {
+        let mut required: Vec<(String, Vec<Condition>)> = Vec::new();
+        match self.topic {
+            None => required.extend(self.filters.iter().map(|(t, c)| (t.clone(), c.clone()))),
+            Some(topic) => {
+                for trigger in &topic.triggers {
+                    let mut conditions = self
+                        .filters
+                        .get(&trigger.resource_type)
+                        .cloned()
+                        .unwrap_or_default();
+                    if trigger.require_both || trigger.previous.is_none() {
+                        conditions.extend(trigger.current.iter().flatten().cloned());
+                    }
+                    required.push((trigger.resource_type.clone(), conditions));
+                }
+            }
+        }
+        let mut keys = Vec::new();
+        for (res_type, conditions) in required {
+            match matcher::keys_of_conditions(&conditions) {
+                Some(found) => keys.extend(found.into_iter().map(|k| (res_type.clone(), k))),
+                None => keys.push((res_type, String::new())),
+            }
+        }
+        keys.sort();
+        keys.dedup();
+        keys
+    }
+
+    /// Whether evaluating a write needs the previous version's rows.
+    pub fn needs_previous(&self, res_type: &str, interaction: Interaction) -> bool {
+        interaction == Interaction::Delete
+            || self.topic.is_some_and(|t| {
+                t.triggers.iter().any(|tr| {
+                    tr.resource_type == res_type
+                        && (tr.previous.is_some() || tr.changed_param.is_some())
+                })
+            })
+    }
+
+    /// Is this write an event for the subscription? `current` is `None` after a
+    /// delete, `previous` is `None` for a create.
+    pub fn evaluate(
+        &self,
+        res_type: &str,
+        interaction: Interaction,
+        current: Option<&Subject<'_>>,
+        previous: Option<&Subject<'_>>,
+    ) -> Verdict {
+        let filters = self.filters.get(res_type);
+        let Some(topic) = self.topic else {
+            // R4 criteria: creates and updates whose result matches.
+            return match (interaction, filters, current) {
+                (Interaction::Delete, ..) | (_, None, _) | (_, _, None) => Verdict::No,
+                (_, Some(conditions), Some(s)) => {
+                    decide(matcher::evaluate(conditions, s), conditions, true)
+                }
+            };
+        };
+        let mut verdict = Verdict::No;
+        for trigger in topic
+            .triggers
+            .iter()
+            .filter(|t| t.resource_type == res_type)
+        {
+            if !trigger.interactions.contains(&interaction) {
+                continue;
+            }
+            if let Some(param) = &trigger.changed_param {
+                if values_of(previous.map(|p| p.rows), param)
+                    == values_of(current.map(|c| c.rows), param)
+                {
+                    continue;
+                }
+            }
+            // Previous-version criteria are evaluated in memory only (its index rows
+            // are gone from the database): what cannot be told there does not pass.
+            let prev =
+                match previous {
+                    None => Truth::from_bool(trigger.result_for_create),
+                    Some(p) => trigger.previous.as_ref().map_or(Truth::Yes, |c| {
+                        match matcher::evaluate(c, p) {
+                            Truth::Unknown => Truth::No,
+                            t => t,
+                        }
+                    }),
+                };
+            let cur = match current {
+                None => Truth::from_bool(trigger.result_for_delete),
+                Some(c) => trigger
+                    .current
+                    .as_ref()
+                    .map_or(Truth::Yes, |conditions| matcher::evaluate(conditions, c)),
+            };
+            let criteria = match (&trigger.previous, &trigger.current) {
+                (None, None) => Truth::Yes,
+                (None, Some(_)) => cur,
+                (Some(_), None) => prev,
+                (Some(_), Some(_)) if trigger.require_both => prev.and(cur),
+                (Some(_), Some(_)) => prev.or(cur),
+            };
+            let subject = current.or(previous);
+            let filtered = match (filters, subject) {
+                (Some(f), Some(s)) => matcher::evaluate(f, s),
+                _ => Truth::Yes,
+            };
+            let mut asked: Vec<Condition> = filters.cloned().unwrap_or_default();
+            asked.extend(trigger.current.iter().flatten().cloned());
+            match decide(criteria.and(filtered), &asked, current.is_some()) {
+                Verdict::No => {}
+                decided => verdict = decided,
+            }
+            if verdict == Verdict::Yes {
+                break;
+            }
+        }
+        verdict
+    }
+}
+
+fn decide(truth: Truth, conditions: &[Condition], database_can_tell: bool) -> Verdict {
+    match truth {
+        Truth::Yes => Verdict::Yes,
+        Truth::No => Verdict::No,
+        Truth::Unknown if database_can_tell => Verdict::AskDatabase(conditions.to_vec()),
+        Truth::Unknown => Verdict::No,
+    }
+}
+
+#[cfg(test)]
+mod tests;

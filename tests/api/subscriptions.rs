@@ -1,0 +1,454 @@
+//! Subscriptions end to end: real writes, a real listener, the real outbox.
+
+use std::time::Duration;
+
+use hmac::{Hmac, KeyInit, Mac};
+use serde_json::{json, Value};
+use sha2::Sha256;
+
+use crate::receiver::{free_address, Receiver};
+use crate::support::{fresh_database, json_of, test_options, TestServer};
+
+const BACKPORT: &str = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/";
+const DISCHARGE: &str = "https://passerelle.example.fr/fhir/SubscriptionTopic/encounter-discharge";
+
+pub fn r4_subscription(criteria: &str, endpoint: &str) -> Value {
+    json!({
+        "resourceType": "Subscription", "status": "requested",
+        "reason": "Tell the GP about discharges",
+        "criteria": criteria,
+        "channel": {"type": "rest-hook", "endpoint": endpoint,
+                    "payload": "application/fhir+json",
+                    "header": ["Authorization: Bearer cabinet-42"]}
+    })
+}
+
+pub fn backport_subscription(
+    topic: &str,
+    filter: Option<&str>,
+    endpoint: &str,
+    content: &str,
+) -> Value {
+    let mut s = json!({
+        "resourceType": "Subscription", "status": "requested",
+        "meta": {"profile": [format!("{BACKPORT}backport-subscription")]},
+        "reason": "DAC: discharges of followed patients",
+        "criteria": topic,
+        "channel": {
+            "extension": [{"url": format!("{BACKPORT}backport-max-count"), "valuePositiveInt": 10}],
+            "type": "rest-hook", "endpoint": endpoint,
+            "payload": "application/fhir+json",
+            "_payload": {"extension": [{"url": format!("{BACKPORT}backport-payload-content"), "valueCode": content}]}
+        }
+    });
+    if let Some(f) = filter {
+        s["_criteria"] = json!({"extension": [{"url": format!("{BACKPORT}backport-filter-criteria"), "valueString": f}]});
+    }
+    s
+}
+
+pub fn encounter(id: &str, status: &str, patient: &str) -> Value {
+    json!({
+        "resourceType": "Encounter", "id": id, "status": status,
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IMP"},
+        "subject": {"reference": format!("Patient/{patient}")}
+    })
+}
+
+fn secret_of(subscription: &Value) -> String {
+    subscription["extension"]
+        .as_array()
+        .and_then(|e| {
+            e.iter().find(|x| {
+                x["url"]
+                    .as_str()
+                    .is_some_and(|u| u.ends_with("subscription-secret"))
+            })
+        })
+        .and_then(|x| x["valueString"].as_str())
+        .expect("the server gives a signing secret")
+        .to_owned()
+}
+
+fn hmac_hex(secret: &str, body: &[u8]) -> String {
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret.as_bytes()).expect("key");
+    mac.update(body);
+    mac.finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+async fn put(s: &TestServer, resource: &Value) -> Value {
+    let path = format!(
+        "{}/{}",
+        resource["resourceType"].as_str().expect("type"),
+        resource["id"].as_str().expect("id")
+    );
+    let resp = s.put_json(&path, resource).await;
+    assert!(resp.status().is_success(), "PUT {path}: {}", resp.status());
+    resp.json().await.expect("JSON")
+}
+
+async fn event_rows(s: &TestServer, sub_id: &str) -> Vec<(Option<i64>, String, i32)> {
+    let client = s.pool.get().await.expect("connection");
+    client
+        .query(
+            "SELECT event_number, status, attempts FROM subscription_event WHERE sub_id = $1 ORDER BY seq",
+            &[&sub_id],
+        )
+        .await
+        .expect("events")
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect()
+}
+
+#[tokio::test]
+async fn an_r4_rest_hook_gets_each_matching_write_signed_and_nothing_else() {
+    let s = TestServer::start().await;
+    let gp = Receiver::start().await;
+    let created = json_of(
+        s.post_json(
+            "Subscription",
+            &r4_subscription("Encounter?status=finished&class=IMP", &gp.url()),
+        )
+        .await,
+        201,
+    )
+    .await;
+    assert_eq!(created["status"], "active");
+    let secret = secret_of(&created);
+    let sub_id = created["id"].as_str().expect("id").to_owned();
+
+    put(&s, &encounter("stay-1", "in-progress", "p1")).await;
+    put(&s, &encounter("stay-1", "finished", "p1")).await;
+    let first = gp.expect().await;
+    assert_eq!(first.json()["id"], "stay-1");
+    assert_eq!(first.json()["status"], "finished");
+    assert_eq!(first.header("content-type"), Some("application/fhir+json"));
+    assert_eq!(first.header("authorization"), Some("Bearer cabinet-42"));
+    assert_eq!(
+        first.header("x-passerelle-event-id"),
+        Some(format!("{sub_id}/1").as_str())
+    );
+    let signature = first.header("x-passerelle-signature").expect("signed");
+    assert_eq!(
+        signature,
+        format!("sha256={}", hmac_hex(&secret, &first.body))
+    );
+
+    // A non-matching write, then a matching one: only the latter arrives, number 2.
+    put(&s, &encounter("stay-2", "in-progress", "p2")).await;
+    put(&s, &encounter("stay-3", "finished", "p3")).await;
+    let second = gp.expect().await;
+    assert_eq!(second.json()["id"], "stay-3");
+    assert_eq!(
+        second.header("x-passerelle-event-id"),
+        Some(format!("{sub_id}/2").as_str())
+    );
+    assert!(
+        gp.next(Duration::from_millis(700)).await.is_none(),
+        "nothing else"
+    );
+    let rows = event_rows(&s, &sub_id).await;
+    assert_eq!(
+        rows,
+        vec![
+            (Some(1), "delivered".into(), 1),
+            (Some(2), "delivered".into(), 1)
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_rolled_back_transaction_records_no_event() {
+    let s = TestServer::start().await;
+    let gp = Receiver::start().await;
+    let created = json_of(
+        s.post_json(
+            "Subscription",
+            &r4_subscription("Encounter?status=finished", &gp.url()),
+        )
+        .await,
+        201,
+    )
+    .await;
+    let sub_id = created["id"].as_str().expect("id").to_owned();
+    // The second entry expects a version that does not exist: all or nothing.
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": encounter("stay-9", "finished", "p9"), "request": {"method": "PUT", "url": "Encounter/stay-9"}},
+        {"resource": {"resourceType": "Patient", "id": "p9"},
+         "request": {"method": "PUT", "url": "Patient/p9", "ifMatch": "W/\"7\""}}
+    ]});
+    let resp = s.post_json("", &bundle).await;
+    assert_eq!(resp.status(), 412);
+    assert!(gp.next(Duration::from_millis(800)).await.is_none());
+    assert!(
+        event_rows(&s, &sub_id).await.is_empty(),
+        "no event without the write"
+    );
+}
+
+#[tokio::test]
+async fn a_backport_subscription_shakes_hands_then_batches_numbered_events() {
+    let s = TestServer::start().await;
+    let dac = Receiver::start().await;
+    let created = json_of(
+        s.post_json(
+            "Subscription",
+            &backport_subscription(
+                DISCHARGE,
+                Some("Encounter?patient=Patient/p1"),
+                &dac.url(),
+                "full-resource",
+            ),
+        )
+        .await,
+        201,
+    )
+    .await;
+    let sub_id = created["id"].as_str().expect("id").to_owned();
+    let handshake = dac.expect().await;
+    assert_eq!(handshake.notification_type(), "handshake");
+    assert_eq!(handshake.json()["type"], "history");
+
+    // Admitted then discharged: one event. Another patient's discharge: none.
+    put(&s, &encounter("stay-1", "in-progress", "p1")).await;
+    put(&s, &encounter("stay-1", "finished", "p1")).await;
+    put(&s, &encounter("stay-2", "finished", "p2")).await;
+    // Updating a finished stay is not a second discharge.
+    let mut again = encounter("stay-1", "finished", "p1");
+    again["period"] = json!({"end": "2026-11-27T18:00:00+01:00"});
+    put(&s, &again).await;
+    let event = dac.expect().await;
+    assert_eq!(event.notification_type(), "event-notification");
+    assert_eq!(event.event_numbers(), vec![1]);
+    let body = event.json();
+    assert_eq!(body["entry"][1]["resource"]["id"], "stay-1");
+    assert_eq!(body["entry"][1]["resource"]["status"], "finished");
+    let focus = body["entry"][0]["resource"]["parameter"]
+        .as_array()
+        .and_then(|p| p.iter().find(|x| x["name"] == "notification-event"))
+        .map(|e| e["part"][2]["valueReference"]["reference"].clone())
+        .expect("focus");
+    assert!(
+        focus
+            .as_str()
+            .is_some_and(|f| f.ends_with("/Encounter/stay-1/_history/2")),
+        "{focus}"
+    );
+    assert!(dac.next(Duration::from_millis(700)).await.is_none());
+    assert_eq!(event_rows(&s, &sub_id).await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_receiver_that_is_down_gets_every_event_in_order_when_it_comes_back() {
+    let s = TestServer::start().await;
+    let addr = free_address();
+    let endpoint = format!("http://{addr}/hook");
+    let created = json_of(
+        s.post_json(
+            "Subscription",
+            &backport_subscription(DISCHARGE, None, &endpoint, "id-only"),
+        )
+        .await,
+        201,
+    )
+    .await;
+    let sub_id = created["id"].as_str().expect("id").to_owned();
+    for n in 0..3 {
+        put(&s, &encounter(&format!("stay-{n}"), "finished", "p1")).await;
+    }
+    // Wait until the server has tried and failed at least once.
+    let client = s.pool.get().await.expect("connection");
+    let mut tried = false;
+    for _ in 0..50 {
+        let attempts: i32 = client
+            .query_one(
+                "SELECT attempts FROM subscription WHERE sub_id = $1",
+                &[&sub_id],
+            )
+            .await
+            .expect("attempts")
+            .get(0);
+        if attempts > 0 {
+            tried = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(tried, "the server tried the endpoint");
+    let dac = Receiver::start_at(addr).await;
+    let mut numbers = Vec::new();
+    let mut kinds = Vec::new();
+    while numbers.len() < 3 {
+        let n = dac.expect().await;
+        kinds.push(n.notification_type());
+        numbers.extend(n.event_numbers());
+    }
+    assert_eq!(kinds[0], "handshake");
+    assert_eq!(numbers, vec![1, 2, 3]);
+    assert!(
+        dac.next(Duration::from_millis(500)).await.is_none(),
+        "no duplicates"
+    );
+}
+
+#[tokio::test]
+async fn a_subscription_that_keeps_failing_goes_to_error_with_the_reason() {
+    let s = TestServer::start().await;
+    let gp = Receiver::start().await;
+    gp.answer_with(503);
+    let created = json_of(
+        s.post_json(
+            "Subscription",
+            &r4_subscription("Encounter?status=finished", &gp.url()),
+        )
+        .await,
+        201,
+    )
+    .await;
+    let sub_id = created["id"].as_str().expect("id").to_owned();
+    put(&s, &encounter("stay-1", "finished", "p1")).await;
+    let mut status = String::new();
+    for _ in 0..100 {
+        let sub = json_of(s.get(&format!("Subscription/{sub_id}")).await, 200).await;
+        status = sub["status"].as_str().unwrap_or_default().to_owned();
+        if status == "error" {
+            assert!(
+                sub["error"].as_str().is_some_and(|e| e.contains("503")),
+                "{sub}"
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, "error");
+    assert_eq!(
+        event_rows(&s, &sub_id).await,
+        vec![(Some(1), "failed".into(), 4)]
+    );
+    // In error, it matches nothing more.
+    put(&s, &encounter("stay-2", "finished", "p1")).await;
+    assert_eq!(event_rows(&s, &sub_id).await.len(), 1);
+}
+
+#[tokio::test]
+async fn endpoints_are_refused_by_default_unless_public_https() {
+    let strict = TestServer::start_on(
+        fresh_database().await,
+        passerelle::server::ServeOptions {
+            rules: Default::default(),
+            ..test_options()
+        },
+    )
+    .await;
+    for endpoint in [
+        "http://dac.example.fr/hook",
+        "https://127.0.0.1/hook",
+        "https://169.254.169.254/x",
+    ] {
+        let outcome = json_of(
+            strict
+                .post_json(
+                    "Subscription",
+                    &r4_subscription("Encounter?status=finished", endpoint),
+                )
+                .await,
+            422,
+        )
+        .await;
+        assert_eq!(
+            outcome["issue"][0]["expression"][0],
+            "Subscription.channel.endpoint"
+        );
+    }
+    json_of(
+        strict
+            .post_json(
+                "Subscription",
+                &r4_subscription("Encounter?status=finished", "https://dac.example.fr/hook"),
+            )
+            .await,
+        201,
+    )
+    .await;
+    let bad = json_of(
+        strict
+            .post_json(
+                "Subscription",
+                &r4_subscription("Encounter?bogus=1", "https://dac.example.fr/hook"),
+            )
+            .await,
+        422,
+    )
+    .await;
+    assert_eq!(bad["issue"][0]["expression"][0], "Subscription.criteria");
+}
+
+#[tokio::test]
+async fn two_instances_on_one_database_deliver_each_event_once() {
+    let a = TestServer::start_on(fresh_database().await, test_options()).await;
+    let b = TestServer::start_on(a.config.clone(), test_options()).await;
+    let dac = Receiver::start().await;
+    json_of(
+        a.post_json(
+            "Subscription",
+            &r4_subscription("Encounter?status=finished", &dac.url()),
+        )
+        .await,
+        201,
+    )
+    .await;
+    let writes = 40;
+    let mut tasks = Vec::new();
+    for n in 0..writes {
+        let (base, http) = if n % 2 == 0 {
+            (a.base.clone(), a.http.clone())
+        } else {
+            (b.base.clone(), b.http.clone())
+        };
+        tasks.push(tokio::spawn(async move {
+            let e = encounter(&format!("stay-{n}"), "finished", "p1");
+            let resp = http
+                .put(format!("{base}/Encounter/stay-{n}"))
+                .header("content-type", "application/fhir+json")
+                .body(e.to_string())
+                .send()
+                .await
+                .expect("PUT");
+            assert_eq!(resp.status(), 201);
+        }));
+    }
+    for t in tasks {
+        t.await.expect("writer");
+    }
+    let mut ids = Vec::new();
+    let mut numbers = Vec::new();
+    while ids.len() < writes {
+        let n = dac.expect().await;
+        ids.push(n.json()["id"].as_str().expect("id").to_owned());
+        let event_id = n
+            .header("x-passerelle-event-id")
+            .expect("event id")
+            .to_owned();
+        numbers.push(
+            event_id
+                .rsplit('/')
+                .next()
+                .and_then(|x| x.parse::<i64>().ok())
+                .expect("number"),
+        );
+    }
+    assert!(
+        dac.next(Duration::from_millis(800)).await.is_none(),
+        "no duplicates"
+    );
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), writes, "each write once");
+    // In order per subscription: numbers arrive 1, 2, 3 …
+    assert_eq!(numbers, (1..=writes as i64).collect::<Vec<_>>());
+}
