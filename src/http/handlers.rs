@@ -238,6 +238,28 @@ pub async fn handle(state: &AppState, req: FhirRequest) -> FhirResult<Reply> {
             let page = service::everything(pool, t, id, &params).await?;
             searchset_reply(&req, &format!("/{t}/{id}/$everything"), &params, &page)
         }
+        (&Method::GET, Route::SubscriptionOperation(id, op)) => {
+            let params = req.criteria();
+            let body = match (id, op.as_str()) {
+                (Some(id), "$status") => {
+                    service::subscriptions::status(pool, &req.base, std::slice::from_ref(id))
+                        .await?
+                }
+                (None, _) => {
+                    let ids: Vec<String> = params
+                        .iter()
+                        .filter(|(k, _)| k == "id")
+                        .flat_map(|(_, v)| v.split(',').map(str::to_owned))
+                        .collect();
+                    service::subscriptions::status(pool, &req.base, &ids).await?
+                }
+                (Some(id), "$events") => {
+                    service::subscriptions::events(pool, &req.base, id, &params).await?
+                }
+                (Some(id), _) => service::subscriptions::deliveries(pool, id, &params).await?,
+            };
+            Ok(Reply::new(StatusCode::OK, Some(body.to_string())))
+        }
         (&Method::GET, Route::Version(t, id, vid)) => {
             let version = service::vread(pool, t, id, vid).await?;
             read_reply(&req, &version)

@@ -27,6 +27,8 @@ pub enum Route {
     Compartment(String, String, String),
     /// `[base]/[type]/[id]/$everything`
     Everything(String, String),
+    /// `[base]/Subscription[/id]/$status|$events|$deliveries`
+    SubscriptionOperation(Option<String>, String),
 }
 
 impl Route {
@@ -44,6 +46,8 @@ impl Route {
             Route::Version(..) => "/fhir/{type}/{id}/_history/{vid}",
             Route::Compartment(..) => "/fhir/{compartment}/{id}/{type}",
             Route::Everything(..) => "/fhir/{type}/{id}/$everything",
+            Route::SubscriptionOperation(None, _) => "/fhir/Subscription/{operation}",
+            Route::SubscriptionOperation(Some(_), _) => "/fhir/Subscription/{id}/{operation}",
         }
     }
 }
@@ -78,6 +82,12 @@ pub fn parse(path: &str) -> FhirResult<Route> {
         [t] => Ok(Route::Type(resource_type(t)?)),
         [t, "_search"] => Ok(Route::TypeSearch(resource_type(t)?)),
         [t, "_history"] => Ok(Route::TypeHistory(resource_type(t)?)),
+        ["Subscription", op @ "$status"] => {
+            Ok(Route::SubscriptionOperation(None, (*op).to_owned()))
+        }
+        ["Subscription", id, op @ ("$status" | "$events" | "$deliveries")] => Ok(
+            Route::SubscriptionOperation(Some(resource_id(id)?), (*op).to_owned()),
+        ),
         [t, id] if id.starts_with('$') => {
             resource_type(t)?;
             Err(FhirError::NotFound(format!(

@@ -6,6 +6,7 @@ use serde_json::{json, Value};
 
 use crate::fhir::{definitions::R4, FHIR_VERSION};
 use crate::search;
+use crate::subscription::topic;
 
 /// Instance and type interactions served for every resource type.
 const TYPE_INTERACTIONS: &[&str] = &[
@@ -51,6 +52,9 @@ pub fn capability_statement(base_url: &str, software_version: &str, started: &st
                     "definition": format!("http://hl7.org/fhir/OperationDefinition/{rt}-everything"),
                 }]);
             }
+            if rt == "Subscription" {
+                resource["operation"] = subscription_operations();
+            }
             resource
         })
         .collect();
@@ -66,6 +70,8 @@ pub fn capability_statement(base_url: &str, software_version: &str, started: &st
         "format": ["application/fhir+json", "application/fhir+xml"],
         "rest": [{
             "mode": "server",
+            // The R4 Backport's list of the topics a client may subscribe to.
+            "extension": topic_extensions(),
             "resource": resources,
             "interaction": [
                 {"code": "transaction"},
@@ -75,6 +81,29 @@ pub fn capability_statement(base_url: &str, software_version: &str, started: &st
             ],
         }],
     })
+}
+
+const BACKPORT: &str = "http://hl7.org/fhir/uv/subscriptions-backport";
+
+fn subscription_operations() -> Value {
+    json!([
+        {"name": "status", "definition": format!("{BACKPORT}/OperationDefinition/backport-subscription-status")},
+        {"name": "events", "definition": format!("{BACKPORT}/OperationDefinition/backport-subscription-events")},
+        {"name": "deliveries", "definition": "https://passerelle.example.fr/fhir/OperationDefinition/subscription-deliveries",
+         "documentation": "Each event with its delivery status, attempts and last error"},
+    ])
+}
+
+fn topic_extensions() -> Value {
+    topic::topics()
+        .iter()
+        .map(|t| {
+            json!({
+                "url": format!("{BACKPORT}/StructureDefinition/capabilitystatement-subscriptiontopic-canonical"),
+                "valueCanonical": t.url,
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -113,5 +142,10 @@ mod tests {
             .expect("Location");
         assert!(location["searchParam"].to_string().contains("\"near\""));
         crate::fhir::validate::validate_resource(&cs).expect("a valid CapabilityStatement");
+        let topics = cs["rest"][0]["extension"].as_array().expect("topics");
+        assert!(topics.len() >= 5);
+        assert!(cs["rest"][0]["extension"]
+            .to_string()
+            .contains("encounter-discharge"));
     }
 }

@@ -5,6 +5,7 @@
 pub mod bundle;
 pub mod capability;
 mod notify;
+pub mod subscriptions;
 pub mod write;
 
 use chrono::{DateTime, Utc};

@@ -383,6 +383,7 @@ pub async fn failed(
 /// Delivery state of one subscription, for `$status`.
 pub struct Status {
     pub active: bool,
+    pub channel: Value,
     pub events_since_start: i64,
     pub last_error: Option<String>,
     /// Recorded events not yet numbered (committed after the worker last looked).
@@ -392,7 +393,7 @@ pub struct Status {
 pub async fn status(client: &impl GenericClient, sub_id: &str) -> FhirResult<Option<Status>> {
     let stmt = client
         .prepare_cached(
-            "SELECT s.active, s.events_since_start, s.last_error,
+            "SELECT s.active, s.events_since_start, s.last_error, s.channel,
                     (SELECT count(*) FROM subscription_event e WHERE e.sub_id = s.sub_id AND e.event_number IS NULL)
                FROM subscription s WHERE s.sub_id = $1",
         )
@@ -402,6 +403,7 @@ pub async fn status(client: &impl GenericClient, sub_id: &str) -> FhirResult<Opt
         active: r.get(0),
         events_since_start: r.get(1),
         last_error: r.get(2),
-        unnumbered: r.get(3),
+        channel: r.get(3),
+        unnumbered: r.get(4),
     }))
 }

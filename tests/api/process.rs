@@ -211,3 +211,84 @@ async fn reindex_rebuilds_the_search_index() {
     assert_eq!(total(http.clone(), base.clone()).await, Some(1));
     terminate(child);
 }
+
+/// `serve` against a database URL, calling back to loopback, retrying quickly.
+fn spawn_serve_url(database_url: &str, port: u16) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_passerelle"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .env("DATABASE_URL", database_url)
+        .env("PASSERELLE_ALLOW_INSECURE_ENDPOINTS", "true")
+        .env("PASSERELLE_DELIVERY_BACKOFF_MS", "100")
+        .env("PASSERELLE_DELIVERY_BACKOFF_MAX_MS", "300")
+        .env("PASSERELLE_DELIVERY_TIMEOUT_MS", "1000")
+        .env("PASSERELLE_DELIVERY_MAX_ATTEMPTS", "1000")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn passerelle serve")
+}
+
+#[tokio::test]
+async fn notifications_committed_before_a_sigkill_are_delivered_after_restart() {
+    use crate::receiver::Receiver;
+    use crate::subscriptions::{encounter, r4_subscription};
+
+    let database_url = fresh_database_url().await;
+    let http = reqwest::Client::new();
+    let gp = Receiver::start().await;
+    let port = free_port();
+    let mut child = spawn_serve_url(&database_url, port);
+    wait_ready(&http, port).await;
+    let base = format!("http://127.0.0.1:{port}/fhir");
+    let put = |id: &str| {
+        let (http, base, body) = (http.clone(), base.clone(), encounter(id, "finished", "p1"));
+        let id = id.to_owned();
+        async move {
+            let resp = http
+                .put(format!("{base}/Encounter/{id}"))
+                .header("content-type", "application/fhir+json")
+                .body(body.to_string())
+                .send()
+                .await
+                .expect("PUT");
+            assert_eq!(resp.status(), 201);
+        }
+    };
+    let resp = http
+        .post(format!("{base}/Subscription"))
+        .header("content-type", "application/fhir+json")
+        .body(r4_subscription("Encounter?status=finished", &gp.url()).to_string())
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(resp.status(), 201);
+    put("stay-1").await;
+    assert_eq!(gp.expect().await.json()["id"], "stay-1");
+
+    // The GP's endpoint fails; three discharges commit; the server dies at once.
+    gp.answer_with(503);
+    for id in ["stay-2", "stay-3", "stay-4"] {
+        put(id).await;
+    }
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reap");
+
+    gp.answer_with(200);
+    let port = free_port();
+    let child = spawn_serve_url(&database_url, port);
+    wait_ready(&http, port).await;
+    let mut delivered = Vec::new();
+    while delivered.len() < 3 {
+        let n = gp
+            .next(Duration::from_secs(30))
+            .await
+            .expect("the missed events after restart");
+        delivered.push(n.json()["id"].as_str().expect("id").to_owned());
+    }
+    assert_eq!(delivered, vec!["stay-2", "stay-3", "stay-4"]);
+    assert!(
+        gp.next(Duration::from_millis(800)).await.is_none(),
+        "exactly the missed events"
+    );
+    terminate(child);
+}

@@ -452,3 +452,127 @@ async fn two_instances_on_one_database_deliver_each_event_once() {
     // In order per subscription: numbers arrive 1, 2, 3 …
     assert_eq!(numbers, (1..=writes as i64).collect::<Vec<_>>());
 }
+
+fn parameter<'a>(parameters: &'a Value, name: &str) -> Vec<&'a Value> {
+    parameters["parameter"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["name"] == name)
+        .collect()
+}
+
+#[tokio::test]
+async fn status_events_and_the_delivery_log_tell_what_happened_and_replay_it() {
+    let s = TestServer::start().await;
+    let dac = Receiver::start().await;
+    let created = json_of(
+        s.post_json(
+            "Subscription",
+            &backport_subscription(DISCHARGE, None, &dac.url(), "id-only"),
+        )
+        .await,
+        201,
+    )
+    .await;
+    let sub_id = created["id"].as_str().expect("id").to_owned();
+    assert_eq!(dac.expect().await.notification_type(), "handshake");
+    for n in 1..=3 {
+        put(&s, &encounter(&format!("stay-{n}"), "finished", "p1")).await;
+    }
+    let mut numbers = Vec::new();
+    while numbers.len() < 3 {
+        let n = dac.expect().await;
+        assert!(n.json()["entry"][1].get("resource").is_none(), "id-only");
+        numbers.extend(n.event_numbers());
+    }
+    assert_eq!(numbers, vec![1, 2, 3]);
+
+    let status = json_of(s.get(&format!("Subscription/{sub_id}/$status")).await, 200).await;
+    assert_eq!(status["type"], "searchset");
+    let parameters = &status["entry"][0]["resource"];
+    assert_eq!(
+        parameter(parameters, "events-since-subscription-start")[0]["valueString"],
+        "3"
+    );
+    assert_eq!(
+        parameter(parameters, "type")[0]["valueCode"],
+        "query-status"
+    );
+    assert_eq!(parameter(parameters, "status")[0]["valueCode"], "active");
+    assert_eq!(
+        parameter(parameters, "topic")[0]["valueCanonical"],
+        DISCHARGE
+    );
+    let by_type = json_of(
+        s.get(&format!("Subscription/$status?id={sub_id}")).await,
+        200,
+    )
+    .await;
+    assert_eq!(by_type["total"], 1);
+
+    // Replay of events 2 and 3, with the resources this time.
+    let replay = json_of(
+        s.get(&format!(
+            "Subscription/{sub_id}/$events?eventsSinceNumber=2&content=full-resource"
+        ))
+        .await,
+        200,
+    )
+    .await;
+    let status = &replay["entry"][0]["resource"];
+    assert_eq!(parameter(status, "type")[0]["valueCode"], "query-event");
+    let replayed: Vec<&str> = parameter(status, "notification-event")
+        .iter()
+        .filter_map(|e| e["part"][0]["valueString"].as_str())
+        .collect();
+    assert_eq!(replayed, vec!["2", "3"]);
+    assert_eq!(replay["entry"][1]["resource"]["id"], "stay-2");
+    assert_eq!(replay["entry"][2]["resource"]["id"], "stay-3");
+
+    let log = json_of(
+        s.get(&format!("Subscription/{sub_id}/$deliveries")).await,
+        200,
+    )
+    .await;
+    let events = parameter(&log, "event");
+    assert_eq!(events.len(), 3);
+    for e in events {
+        let parts = e["part"].as_array().expect("parts");
+        let part = |n: &str| {
+            parts
+                .iter()
+                .find(|p| p["name"] == n)
+                .cloned()
+                .unwrap_or_default()
+        };
+        assert_eq!(part("status")["valueCode"], "delivered");
+        assert_eq!(part("attempts")["valueInteger"], 1);
+        assert!(part("delivered")["valueInstant"].is_string());
+    }
+    let bad = s
+        .get(&format!(
+            "Subscription/{sub_id}/$events?eventsSinceNumber=two"
+        ))
+        .await;
+    assert_eq!(bad.status(), 400);
+    assert_eq!(s.get("Subscription/nope/$status").await.status(), 404);
+}
+
+#[tokio::test]
+async fn an_idle_backport_subscription_gets_heartbeats() {
+    let s = TestServer::start().await;
+    let dac = Receiver::start().await;
+    let mut sub = backport_subscription(DISCHARGE, None, &dac.url(), "empty");
+    sub["channel"]["extension"]
+        .as_array_mut()
+        .expect("extensions")
+        .push(
+            json!({"url": format!("{BACKPORT}backport-heartbeat-period"), "valueUnsignedInt": 1}),
+        );
+    json_of(s.post_json("Subscription", &sub).await, 201).await;
+    assert_eq!(dac.expect().await.notification_type(), "handshake");
+    let beat = dac.next(Duration::from_secs(5)).await.expect("a heartbeat");
+    assert_eq!(beat.notification_type(), "heartbeat");
+    assert_eq!(beat.json()["entry"].as_array().map(Vec::len), Some(1));
+}
