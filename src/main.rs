@@ -52,7 +52,8 @@ struct SubscriptionArgs {
     /// (development and tests only; off by default).
     #[arg(long, env = "PASSERELLE_ALLOW_INSECURE_ENDPOINTS", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     allow_insecure_endpoints: bool,
-    /// Concurrent delivery workers.
+    /// Concurrent delivery workers; 0: this instance writes events but leaves
+    /// their delivery to other instances.
     #[arg(long, env = "PASSERELLE_DELIVERY_WORKERS", default_value_t = 4)]
     delivery_workers: usize,
     /// Attempts of a notification before its subscription goes to `error`.
@@ -167,6 +168,22 @@ enum Command {
         /// Resources written per Bundle size.
         #[arg(long, default_value_t = 10_000)]
         resources: usize,
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+        #[command(flatten)]
+        db: DatabaseArgs,
+    },
+    /// Write throughput and callback latency with 0, 1, 100 and 10,000 subscriptions.
+    BenchSubscriptions {
+        /// Subscription counts, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "0,1,100,10000")]
+        counts: Vec<usize>,
+        /// Writes per throughput phase.
+        #[arg(long, default_value_t = 2000)]
+        writes: usize,
+        /// Matching writes timed one at a time for the latency.
+        #[arg(long, default_value_t = 300)]
+        events: usize,
         #[arg(long, default_value_t = 4)]
         concurrency: usize,
         #[command(flatten)]
@@ -314,6 +331,23 @@ async fn main() -> ExitCode {
             }
             Err(e) => Err(e),
         },
+        Command::BenchSubscriptions {
+            counts,
+            writes,
+            events,
+            concurrency,
+            db,
+        } => passerelle::bench::subscriptions::run(
+            passerelle::bench::subscriptions::SubscriptionBenchOptions {
+                database: db.choice(),
+                counts,
+                writes: writes.max(1),
+                events: events.max(1),
+                concurrency: concurrency.max(1),
+            },
+        )
+        .await
+        .map(|report| println!("{report}")),
         Command::Bench {
             resources,
             read_passes,

@@ -5,6 +5,7 @@
 
 pub mod rest;
 pub mod search;
+pub mod subscriptions;
 pub mod transaction;
 
 use std::net::SocketAddr;
@@ -170,20 +171,49 @@ impl Connection {
     }
 }
 
-/// Serves the API over `database` on an ephemeral local port.
-pub(crate) async fn start_server(
+/// The API served in the bench process, with its delivery workers.
+pub(crate) struct BenchServer {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    delivery: crate::delivery::Delivery,
+}
+
+impl BenchServer {
+    pub(crate) fn stop(self) {
+        self.delivery.stop();
+        self.task.abort();
+    }
+}
+
+/// Serves the API over `database` on an ephemeral local port; callbacks may go to
+/// loopback (the subscription bench's listener lives in this process).
+pub(crate) async fn start_server(database: &Database) -> Result<BenchServer, StartError> {
+    start_server_with(database, server::DeliveryOptions::default()).await
+}
+
+pub(crate) async fn start_server_with(
     database: &Database,
-) -> Result<(SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>), StartError> {
+    delivery: server::DeliveryOptions,
+) -> Result<BenchServer, StartError> {
     let serve = ServeOptions {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         base_url: None,
         max_body_bytes: 16 << 20,
-        rules: Default::default(),
-        delivery: Default::default(),
+        rules: crate::service::Rules {
+            endpoints: crate::subscription::EndpointPolicy {
+                allow_insecure: true,
+            },
+        },
+        delivery,
     };
     let listener = tokio::net::TcpListener::bind(serve.listen).await?;
     let addr = listener.local_addr()?;
+    let delivery = server::start_delivery(&database.pool, &database.config, &serve, addr)?;
     let state = server::app_state(database.pool.clone(), &serve);
     let task = tokio::spawn(server::serve_on(listener, state, std::future::pending()));
-    Ok((addr, task))
+    Ok(BenchServer {
+        addr,
+        task,
+        delivery,
+    })
 }

@@ -52,7 +52,8 @@ pub(crate) fn patient(i: usize) -> serde_json::Value {
 pub async fn run(options: BenchOptions) -> Result<String, StartError> {
     let db_err = |e: String| StartError::Database(e);
     let database = server::open_bench_database(&options.database, options.concurrency).await?;
-    let (addr, server_task) = start_server(&database).await?;
+    let server = start_server(&database).await?;
+    let addr = server.addr;
     let n = options.resources;
     let ids: Arc<Vec<OnceLock<String>>> = Arc::new((0..n).map(|_| OnceLock::new()).collect());
 
@@ -143,7 +144,7 @@ pub async fn run(options: BenchOptions) -> Result<String, StartError> {
     .await
     .map_err(db_err)?;
 
-    server_task.abort();
+    server.stop();
     database.close().await;
     let ratio = read.per_second() / ceiling.per_second();
     Ok(format!(

@@ -263,7 +263,8 @@ fn queries(sizes: &Sizes) -> Vec<(&'static str, Query)> {
 pub async fn run(options: SearchBenchOptions) -> Result<String, StartError> {
     let db_err = |e: String| StartError::Database(e);
     let database = server::open_bench_database(&options.database, options.concurrency).await?;
-    let (addr, server_task) = start_server(&database).await?;
+    let server = start_server(&database).await?;
+    let addr = server.addr;
     let sizes = Arc::new(Sizes::for_patients(options.patients));
     let total = sizes.total();
 
@@ -340,7 +341,7 @@ pub async fn run(options: SearchBenchOptions) -> Result<String, StartError> {
         .map_err(db_err)?;
         phases.push(phase);
     }
-    server_task.abort();
+    server.stop();
     database.close().await;
     let mut report = format!(
         "Passerelle search bench: {total} resources ({} patients), {} cores\n{}\nsearches, {} each, {} concurrent clients:",

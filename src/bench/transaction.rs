@@ -129,7 +129,8 @@ fn copy_rows(n: usize) -> Vec<(&'static str, String)> {
 pub async fn run(options: TransactionBenchOptions) -> Result<String, StartError> {
     let db_err = |e: String| StartError::Database(e);
     let database = server::open_bench_database(&options.database, options.concurrency).await?;
-    let (addr, server_task) = start_server(&database).await?;
+    let server = start_server(&database).await?;
+    let addr = server.addr;
     let n = options.resources;
     let mut lines = Vec::new();
     let mut first = 0;
@@ -190,7 +191,7 @@ pub async fn run(options: TransactionBenchOptions) -> Result<String, StartError>
     tx.commit().await.map_err(|e| db_err(e.to_string()))?;
     let copy_rate = n as f64 / started.elapsed().as_secs_f64();
     drop(client);
-    server_task.abort();
+    server.stop();
     database.close().await;
     let mut report = format!(
         "Passerelle transaction bench: {n} Patients per Bundle size, {} concurrent clients, {} cores\n",

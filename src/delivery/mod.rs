@@ -84,6 +84,9 @@ impl Delivery {
     }
 }
 
+/// Pending events read at once (R4 sends them one per POST).
+const PAGE: i64 = 50;
+
 struct Worker {
     id: String,
     pool: Pool,
@@ -112,7 +115,7 @@ pub fn start(
             sink: sink.clone(),
         })
     };
-    for n in 0..settings.workers.max(1) {
+    for n in 0..settings.workers {
         tasks.push(tokio::spawn(worker(n).run(wake.clone(), false)));
     }
     tasks.push(tokio::spawn(worker(usize::MAX).run(wake, true)));
@@ -242,40 +245,60 @@ impl Worker {
                 }
             }
         }
+        // Pending events are read in pages; a page shorter than asked means none
+        // was left (later ones wake a worker again).
+        let page = channel.max_count.max(PAGE);
         loop {
-            let events = outbox::pending(&client, &sub.sub_id, channel.max_count).await?;
-            if events.is_empty() {
+            let events = outbox::pending(&client, &sub.sub_id, page).await?;
+            for batch in events.chunks(channel.max_count.max(1) as usize) {
+                if !self.send_batch(&client, &sub, &channel, batch).await? {
+                    return Ok(());
+                }
+                sub.attempts = 0;
+            }
+            if (events.len() as i64) < page
+                || !outbox::renew(&client, &self.id, &sub.sub_id, self.settings.lease_secs())
+                    .await?
+            {
                 return Ok(());
             }
-            let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
-            let first = events[0].event_number;
-            let last = events[events.len() - 1].event_number;
-            let body = if channel.backport {
-                let events = self.with_resources(&client, &channel, events).await?;
-                self.status_body(&sub, &channel, Kind::EventNotification, &events)
-            } else {
-                self.r4_body(&client, &channel, &events[0]).await?
-            };
-            let event_id = if first == last {
-                format!("{}/{first}", sub.sub_id)
-            } else {
-                format!("{}/{first}-{last}", sub.sub_id)
-            };
-            match self.send(&sub.sub_id, &channel, body, Some(event_id)).await {
-                Ok(()) => {
-                    outbox::delivered(&client, &sub.sub_id, &seqs, false).await?;
-                    sub.attempts = 0;
-                    if !outbox::renew(&client, &self.id, &sub.sub_id, self.settings.lease_secs())
-                        .await?
-                    {
-                        return Ok(());
-                    }
-                }
-                Err(reason) => {
-                    return self
-                        .failure(&sub.sub_id, sub.attempts + 1, &seqs, &reason)
-                        .await;
-                }
+        }
+    }
+
+    /// Sends `batch` as one notification; false when it failed (the subscription
+    /// then waits for its next attempt, or has gone to `error`).
+    async fn send_batch(
+        &self,
+        client: &deadpool_postgres::Client,
+        sub: &outbox::Leased,
+        channel: &Channel,
+        batch: &[outbox::Event],
+    ) -> FhirResult<bool> {
+        let seqs: Vec<i64> = batch.iter().map(|e| e.seq).collect();
+        let (first, last) = match (batch.first(), batch.last()) {
+            (Some(f), Some(l)) => (f.event_number, l.event_number),
+            _ => return Ok(true),
+        };
+        let body = if channel.backport {
+            let events = self.with_resources(client, channel, batch.to_vec()).await?;
+            self.status_body(sub, channel, Kind::EventNotification, &events)
+        } else {
+            self.r4_body(client, channel, &batch[0]).await?
+        };
+        let event_id = if first == last {
+            format!("{}/{first}", sub.sub_id)
+        } else {
+            format!("{}/{first}-{last}", sub.sub_id)
+        };
+        match self.send(&sub.sub_id, channel, body, Some(event_id)).await {
+            Ok(()) => {
+                outbox::delivered(client, &sub.sub_id, &seqs, false).await?;
+                Ok(true)
+            }
+            Err(reason) => {
+                self.failure(&sub.sub_id, sub.attempts + 1, &seqs, &reason)
+                    .await?;
+                Ok(false)
             }
         }
     }

@@ -47,6 +47,11 @@ pub async fn file_subscription(
             channel: &channel,
             ends_at: spec.ends_at,
             handshake: spec.handshake,
+            heartbeat_secs: spec
+                .channel
+                .heartbeat_secs
+                .filter(|s| *s > 0)
+                .map(|s| i32::try_from(s).unwrap_or(i32::MAX)),
             keys: &compiled.keys(),
         },
     )

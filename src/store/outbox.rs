@@ -17,6 +17,7 @@ pub struct Registration<'a> {
     pub channel: &'a Value,
     pub ends_at: Option<DateTime<Utc>>,
     pub handshake: bool,
+    pub heartbeat_secs: Option<i32>,
     /// `(resource type, key)`; only filed while active.
     pub keys: &'a [(String, String)],
 }
@@ -27,11 +28,11 @@ pub struct Registration<'a> {
 pub async fn register(tx: &Transaction<'_>, r: &Registration<'_>) -> FhirResult<()> {
     let upsert = tx
         .prepare_cached(
-            "INSERT INTO subscription (sub_id, active, topic, criteria, channel, ends_at, handshake_due)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)
+            "INSERT INTO subscription (sub_id, active, topic, criteria, channel, ends_at, handshake_due, heartbeat_secs)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
              ON CONFLICT (sub_id) DO UPDATE SET
                active = EXCLUDED.active, topic = EXCLUDED.topic, criteria = EXCLUDED.criteria,
-               channel = EXCLUDED.channel, ends_at = EXCLUDED.ends_at,
+               channel = EXCLUDED.channel, ends_at = EXCLUDED.ends_at, heartbeat_secs = EXCLUDED.heartbeat_secs,
                handshake_due = subscription.handshake_due OR EXCLUDED.handshake_due,
                attempts = CASE WHEN EXCLUDED.active AND NOT subscription.active THEN 0 ELSE subscription.attempts END,
                last_error = CASE WHEN EXCLUDED.active AND NOT subscription.active THEN NULL ELSE subscription.last_error END,
@@ -48,6 +49,7 @@ pub async fn register(tx: &Transaction<'_>, r: &Registration<'_>) -> FhirResult<
             r.channel,
             &r.ends_at,
             &(r.active && r.handshake),
+            &r.heartbeat_secs,
         ],
     )
     .await?;
@@ -95,20 +97,26 @@ pub async fn candidates(
     res_type: &str,
     keys: Option<&[String]>,
 ) -> FhirResult<Vec<Candidate>> {
-    let stmt = tx
-        .prepare_cached(
-            "SELECT DISTINCT s.sub_id, s.topic, s.criteria
-               FROM subscription_key k JOIN subscription s ON s.sub_id = k.sub_id
-              WHERE k.res_type = $1 AND ($2::text[] IS NULL OR k.match_key = ANY($2))
-                AND s.active AND (s.ends_at IS NULL OR s.ends_at > now())",
-        )
-        .await?;
-    let keys: Option<Vec<&str>> = keys.map(|k| {
-        std::iter::once("")
-            .chain(k.iter().map(String::as_str))
-            .collect()
-    });
-    let rows = tx.query(&stmt, &[&res_type, &keys]).await?;
+    // Two statements rather than `$2 IS NULL OR …`: a generic plan of that would
+    // scan every key of the type, whatever the keys given.
+    const SELECT: &str = "SELECT DISTINCT s.sub_id, s.topic, s.criteria
+           FROM subscription_key k JOIN subscription s ON s.sub_id = k.sub_id
+          WHERE s.active AND (s.ends_at IS NULL OR s.ends_at > now()) AND k.res_type = $1";
+    let rows = match keys {
+        Some(keys) => {
+            let keys: Vec<&str> = std::iter::once("")
+                .chain(keys.iter().map(String::as_str))
+                .collect();
+            let stmt = tx
+                .prepare_cached(&format!("{SELECT} AND k.match_key = ANY($2)"))
+                .await?;
+            tx.query(&stmt, &[&res_type, &keys]).await?
+        }
+        None => {
+            let stmt = tx.prepare_cached(SELECT).await?;
+            tx.query(&stmt, &[&res_type]).await?
+        }
+    };
     Ok(rows
         .iter()
         .map(|r| Candidate {
@@ -182,24 +190,43 @@ pub async fn lease(
     limit: i64,
     heartbeats: bool,
 ) -> FhirResult<Vec<Leased>> {
-    let due = if heartbeats {
-        "s.channel ? 'heartbeat_secs' AND jsonb_typeof(s.channel -> 'heartbeat_secs') = 'number'
-         AND coalesce(s.last_sent_at, '-infinity') + make_interval(secs => (s.channel ->> 'heartbeat_secs')::float8) <= now()"
+    // The few subscriptions with work, from the partial indexes (pending events,
+    // handshakes, heartbeats), then each by its key: whatever the statistics say,
+    // a lease never scans every subscription.
+    let with_work = if heartbeats {
+        "SELECT sub_id FROM subscription
+          WHERE heartbeat_secs IS NOT NULL
+            AND coalesce(last_sent_at, '-infinity') + make_interval(secs => heartbeat_secs) <= now()
+          LIMIT 1000"
     } else {
-        "(s.handshake_due OR s.sub_id IN (SELECT e.sub_id FROM subscription_event e WHERE e.status = 'pending'))"
+        "(SELECT DISTINCT sub_id FROM subscription_event WHERE status = 'pending' LIMIT 1000)
+         UNION SELECT sub_id FROM subscription WHERE handshake_due"
     };
-    let sql = format!(
-        "WITH due AS (
-           SELECT s.sub_id FROM subscription s
-            WHERE s.active AND s.next_attempt_at <= now()
-              AND (s.leased_until IS NULL OR s.leased_until < now()) AND {due}
-            ORDER BY s.next_attempt_at LIMIT $3 FOR UPDATE OF s SKIP LOCKED)
-         UPDATE subscription s SET leased_by = $1, leased_until = now() + make_interval(secs => $2)
-           FROM due WHERE s.sub_id = due.sub_id
-         RETURNING {LEASED_COLUMNS}"
-    );
-    let stmt = client.prepare_cached(&sql).await?;
-    let rows = client.query(&stmt, &[&worker, &lease_secs, &limit]).await?;
+    let find = client.prepare_cached(with_work).await?;
+    let ids: Vec<String> = client
+        .query(&find, &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let stmt = client
+        .prepare_cached(&format!(
+            "WITH due AS (
+               SELECT s.sub_id FROM subscription s
+                WHERE s.sub_id = ANY($4) AND s.active AND s.next_attempt_at <= now()
+                  AND (s.leased_until IS NULL OR s.leased_until < now())
+                ORDER BY s.next_attempt_at LIMIT $3 FOR UPDATE OF s SKIP LOCKED)
+             UPDATE subscription s SET leased_by = $1, leased_until = now() + make_interval(secs => $2)
+               FROM due WHERE s.sub_id = due.sub_id
+             RETURNING {LEASED_COLUMNS}"
+        ))
+        .await?;
+    let rows = client
+        .query(&stmt, &[&worker, &lease_secs, &limit, &ids])
+        .await?;
     Ok(rows.iter().map(leased).collect())
 }
 

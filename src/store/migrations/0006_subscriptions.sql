@@ -19,11 +19,18 @@ CREATE TABLE subscription (
     leased_until       timestamptz,
     last_error         text,
     handshake_due      boolean     NOT NULL DEFAULT false,
+    -- Backport heartbeat period, seconds (NULL: none), and the last notification sent.
+    heartbeat_secs     integer,
     last_sent_at       timestamptz
 );
 
 -- One row per value a subscription requires ('' when none): a write looks up the
 -- candidates for its type and the keys its index rows offer (search::matcher).
+-- Workers find work from the few subscriptions with something due, never by
+-- scanning them all (see outbox::lease).
+CREATE INDEX subscription_handshake_due ON subscription (sub_id) WHERE handshake_due;
+CREATE INDEX subscription_heartbeat ON subscription (sub_id) WHERE heartbeat_secs IS NOT NULL;
+
 CREATE TABLE subscription_key (
     res_type  text NOT NULL,
     match_key text NOT NULL,
@@ -31,6 +38,11 @@ CREATE TABLE subscription_key (
     PRIMARY KEY (res_type, match_key, sub_id)
 );
 CREATE INDEX subscription_key_sub ON subscription_key (sub_id);
+-- Every write looks up its candidates here with a prepared statement: a plan made
+-- while the table was nearly empty scans every key of a type once it has
+-- thousands. Analyse after small changes so that such plans are replaced soon.
+ALTER TABLE subscription_key SET (autovacuum_analyze_threshold = 20, autovacuum_analyze_scale_factor = 0.02);
+ALTER TABLE subscription SET (autovacuum_analyze_threshold = 20, autovacuum_analyze_scale_factor = 0.02);
 
 -- The outbox: one row per (write, matching subscription), inserted in the write's
 -- transaction. event_number is given by the delivering worker, in commit order, so
