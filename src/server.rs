@@ -249,6 +249,7 @@ pub fn start_delivery(
     config: &tokio_postgres::Config,
     options: &ServeOptions,
     local: SocketAddr,
+    hub: Arc<delivery::websocket::Hub>,
 ) -> Result<delivery::Delivery, StartError> {
     let d = &options.delivery;
     let settings = delivery::Settings {
@@ -269,12 +270,17 @@ pub fn start_delivery(
         pool: pool.clone(),
         rules: options.rules.clone(),
     });
-    delivery::start(pool.clone(), config.clone(), settings, sink)
+    delivery::start(pool.clone(), config.clone(), settings, sink, hub)
         .map_err(|e| StartError::Database(format!("delivery client: {e}")))
 }
 
-pub fn app_state(pool: Pool, options: &ServeOptions) -> AppState {
+pub fn app_state(
+    pool: Pool,
+    options: &ServeOptions,
+    hub: Arc<delivery::websocket::Hub>,
+) -> AppState {
     AppState {
+        hub,
         pool,
         settings: Arc::new(Settings {
             base_url: options.base_url.clone(),
@@ -315,8 +321,15 @@ pub async fn serve(database: Database, options: ServeOptions) -> Result<(), Star
         fingerprint,
         std::time::Duration::from_secs(5),
     ));
-    let delivery = start_delivery(&database.pool, &database.config, &options, local)?;
-    let state = app_state(database.pool.clone(), &options);
+    let hub = delivery::websocket::Hub::new();
+    let delivery = start_delivery(
+        &database.pool,
+        &database.config,
+        &options,
+        local,
+        hub.clone(),
+    )?;
+    let state = app_state(database.pool.clone(), &options, hub);
     let result = serve_on(listener, state, shutdown_signal()).await;
     watcher.abort();
     delivery.stop();

@@ -21,4 +21,6 @@ pub struct AppState {
     pub pool: Pool,
     pub settings: Arc<Settings>,
     pub rules: Arc<crate::service::Rules>,
+    /// Websockets bound on this instance (subscriptions with a websocket channel).
+    pub hub: Arc<crate::delivery::websocket::Hub>,
 }

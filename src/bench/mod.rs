@@ -208,8 +208,10 @@ pub(crate) async fn start_server_with(
     };
     let listener = tokio::net::TcpListener::bind(serve.listen).await?;
     let addr = listener.local_addr()?;
-    let delivery = server::start_delivery(&database.pool, &database.config, &serve, addr)?;
-    let state = server::app_state(database.pool.clone(), &serve);
+    let hub = crate::delivery::websocket::Hub::new();
+    let delivery =
+        server::start_delivery(&database.pool, &database.config, &serve, addr, hub.clone())?;
+    let state = server::app_state(database.pool.clone(), &serve, hub);
     let task = tokio::spawn(server::serve_on(listener, state, std::future::pending()));
     Ok(BenchServer {
         addr,

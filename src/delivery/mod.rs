@@ -7,6 +7,7 @@
 //! `LISTEN passerelle_outbox`, with a poll as the safety net.
 
 pub mod client;
+pub mod websocket;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -93,6 +94,15 @@ struct Worker {
     settings: Settings,
     http: reqwest::Client,
     sink: Arc<dyn StatusSink>,
+    hub: Arc<websocket::Hub>,
+}
+
+/// Why a notification was not delivered.
+enum SendError {
+    /// The endpoint failed or refused: counts as a failed attempt.
+    Failed(String),
+    /// A websocket subscription with no socket bound here: it waits, no failure.
+    NotBound,
 }
 
 /// Starts the listener, the workers and the heartbeat loop.
@@ -101,8 +111,9 @@ pub fn start(
     listen: tokio_postgres::Config,
     settings: Settings,
     sink: Arc<dyn StatusSink>,
+    hub: Arc<websocket::Hub>,
 ) -> Result<Delivery, reqwest::Error> {
-    let wake = Arc::new(Notify::new());
+    let wake = hub.wake.clone();
     let http = client::http_client(settings.policy, settings.timeout)?;
     let instance = uuid::Uuid::new_v4().simple().to_string();
     let mut tasks = vec![tokio::spawn(listen_for_commits(listen, wake.clone()))];
@@ -113,6 +124,7 @@ pub fn start(
             settings: settings.clone(),
             http: http.clone(),
             sink: sink.clone(),
+            hub: hub.clone(),
         })
     };
     for n in 0..settings.workers {
@@ -193,8 +205,15 @@ impl Worker {
     /// Leases one subscription and delivers what is due; false when nothing was.
     async fn lease_and_deliver(&self, heartbeats: bool) -> FhirResult<bool> {
         let client = self.pool.get().await?;
-        let leased =
-            outbox::lease(&client, &self.id, self.settings.lease_secs(), 1, heartbeats).await?;
+        let leased = outbox::lease(
+            &client,
+            &self.id,
+            self.settings.lease_secs(),
+            1,
+            heartbeats,
+            &self.hub.bound(),
+        )
+        .await?;
         drop(client);
         let Some(sub) = leased.into_iter().next() else {
             return Ok(false);
@@ -221,7 +240,8 @@ impl Worker {
                 let client = self.pool.get().await?;
                 outbox::delivered(&client, &sub.sub_id, &[], false).await
             }
-            Err(reason) => {
+            Err(SendError::NotBound) => Ok(()),
+            Err(SendError::Failed(reason)) => {
                 self.failure(&sub.sub_id, sub.attempts + 1, &[], &reason)
                     .await
             }
@@ -238,7 +258,8 @@ impl Worker {
             let body = self.status_body(&sub, &channel, Kind::Handshake, &[]);
             match self.send(&sub.sub_id, &channel, body, None).await {
                 Ok(()) => outbox::delivered(&client, &sub.sub_id, &[], true).await?,
-                Err(reason) => {
+                Err(SendError::NotBound) => return Ok(()),
+                Err(SendError::Failed(reason)) => {
                     return self
                         .failure(&sub.sub_id, sub.attempts + 1, &[], &reason)
                         .await;
@@ -295,7 +316,8 @@ impl Worker {
                 outbox::delivered(client, &sub.sub_id, &seqs, false).await?;
                 Ok(true)
             }
-            Err(reason) => {
+            Err(SendError::NotBound) => Ok(false),
+            Err(SendError::Failed(reason)) => {
                 self.failure(&sub.sub_id, sub.attempts + 1, &seqs, &reason)
                     .await?;
                 Ok(false)
@@ -387,19 +409,32 @@ impl Worker {
             .and_then(|r| encode(channel, &r)))
     }
 
-    /// POSTs one notification; the reason when it did not reach the endpoint with
-    /// a 2xx answer.
+    /// Sends one notification: POSTed to a rest-hook (delivered when answered
+    /// 2xx), or through the sockets bound to a websocket subscription (the
+    /// Backport's Bundle, or R4's `ping <id>`).
     async fn send(
         &self,
         sub_id: &str,
         channel: &Channel,
         body: Option<(Vec<u8>, String)>,
         event_id: Option<String>,
-    ) -> Result<(), String> {
-        if let Some(reason) = self.settings.policy.refusal(&channel.endpoint) {
-            return Err(reason);
-        }
+    ) -> Result<(), SendError> {
         let (bytes, mime) = body.unwrap_or_default();
+        if channel.websocket {
+            let message = if channel.backport {
+                String::from_utf8_lossy(&bytes).into_owned()
+            } else {
+                format!("ping {sub_id}")
+            };
+            return if self.hub.send(sub_id, &message) {
+                Ok(())
+            } else {
+                Err(SendError::NotBound)
+            };
+        }
+        if let Some(reason) = self.settings.policy.refusal(&channel.endpoint) {
+            return Err(SendError::Failed(reason));
+        }
         let mut request = self
             .http
             .post(&channel.endpoint)
@@ -429,13 +464,13 @@ impl Worker {
                 text = format!("{text}: {s}");
                 source = s.source();
             }
-            text
+            SendError::Failed(text)
         })?;
         let status = response.status();
         if status.is_success() {
             Ok(())
         } else {
-            Err(format!("the endpoint answered {status}"))
+            Err(SendError::Failed(format!("the endpoint answered {status}")))
         }
     }
 }

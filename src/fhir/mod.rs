@@ -3,6 +3,8 @@
 
 pub mod datetime;
 pub mod definitions;
+pub mod fhirpath;
+pub mod fhirpath_patch;
 pub mod patch;
 pub mod subset;
 pub mod validate;

@@ -238,6 +238,12 @@ pub async fn handle(state: &AppState, req: FhirRequest) -> FhirResult<Reply> {
             let page = service::everything(pool, t, id, &params).await?;
             searchset_reply(&req, &format!("/{t}/{id}/$everything"), &params, &page)
         }
+        (&Method::GET | &Method::POST, Route::SubscriptionOperation(Some(id), op))
+            if op == "$get-ws-binding-token" =>
+        {
+            let body = service::subscriptions::ws_binding_token(pool, &req.base, id).await?;
+            Ok(Reply::new(StatusCode::OK, Some(body.to_string())))
+        }
         (&Method::GET, Route::SubscriptionOperation(id, op)) => {
             let params = req.criteria();
             let body = match (id, op.as_str()) {
@@ -281,13 +287,20 @@ async fn patch(
     target: PatchTarget,
 ) -> FhirResult<Reply> {
     let content_type = req.header(header::CONTENT_TYPE).unwrap_or_default();
-    if !content_type.starts_with("application/json-patch+json") {
-        return Err(FhirError::UnsupportedMediaType(format!(
-            "PATCH takes application/json-patch+json (FHIRPath Patch is not supported yet), not '{content_type}'"
-        )));
-    }
-    let document: serde_json::Value = serde_json::from_slice(&req.body)
-        .map_err(|e| FhirError::bad_request(format!("the JSON Patch document is not JSON: {e}")))?;
+    // JSON Patch, or FHIRPath Patch: a Parameters resource in JSON or XML.
+    let document = if content_type.starts_with("application/json-patch+json") {
+        serde_json::from_slice(&req.body).map_err(|e| {
+            FhirError::bad_request(format!("the JSON Patch document is not JSON: {e}"))
+        })?
+    } else {
+        let parameters = req.resource()?;
+        if !fhir::fhirpath_patch::is_fhirpath_patch(&parameters) {
+            return Err(FhirError::bad_request(
+                "PATCH takes a JSON Patch document (application/json-patch+json) or a FHIRPath Patch Parameters",
+            ));
+        }
+        parameters
+    };
     let request = WriteRequest::Patch {
         res_type: res_type.to_owned(),
         target,

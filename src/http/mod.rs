@@ -5,6 +5,7 @@ mod handlers;
 mod negotiate;
 mod respond;
 mod route;
+mod websocket;
 
 use std::time::Instant;
 
@@ -27,6 +28,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/health/live", get(|| async { "ok" }))
         .route("/health/ready", get(ready))
+        .route("/fhir/$websocket", get(websocket::upgrade))
         .route("/fhir", any(fhir))
         .route("/fhir/", any(fhir))
         .route("/fhir/{*rest}", any(fhir))

@@ -85,9 +85,12 @@ pub fn parse(path: &str) -> FhirResult<Route> {
         ["Subscription", op @ "$status"] => {
             Ok(Route::SubscriptionOperation(None, (*op).to_owned()))
         }
-        ["Subscription", id, op @ ("$status" | "$events" | "$deliveries")] => Ok(
-            Route::SubscriptionOperation(Some(resource_id(id)?), (*op).to_owned()),
-        ),
+        ["Subscription", id, op @ ("$status" | "$events" | "$deliveries" | "$get-ws-binding-token")] => {
+            Ok(Route::SubscriptionOperation(
+                Some(resource_id(id)?),
+                (*op).to_owned(),
+            ))
+        }
         [t, id] if id.starts_with('$') => {
             resource_type(t)?;
             Err(FhirError::NotFound(format!(

@@ -3,9 +3,9 @@
 
 use serde_json::Value;
 
-use super::fhirpath::{self, Node};
 use super::params::{params, ParamType, SearchParam, COLUMN_PARAMS};
 use crate::fhir::datetime;
+use crate::fhir::fhirpath::{self, Node};
 
 /// Open ends of periods and ranges: inside PostgreSQL's timestamptz range.
 pub fn far_past() -> chrono::DateTime<chrono::Utc> {

@@ -2,7 +2,6 @@
 //! renders as SQL, against the R4 search parameter table. Pure: no I/O.
 
 pub mod compartment;
-pub mod fhirpath;
 pub mod index;
 pub mod matcher;
 pub mod params;

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::RwLock;
 
-use super::fhirpath::{self, Expr};
+use crate::fhir::fhirpath::{self, Expr};
 
 const TABLE: &str = include_str!("r4_search_params.tsv");
 /// The project's own definitions (French guides), a Bundle of SearchParameters.

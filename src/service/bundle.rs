@@ -11,8 +11,11 @@ use std::collections::HashMap;
 use deadpool_postgres::{Pool, Transaction};
 use serde_json::{json, Value};
 
+use base64::Engine as _;
+
 use super::{
-    conditional_match, execute, search_parameter_changed, Matches, Rules, WriteRequest, Written,
+    conditional_match, execute, search_parameter_changed, Matches, PatchTarget, Rules,
+    WriteRequest, Written,
 };
 use crate::error::{operation_outcome, FhirError, FhirResult, Issue};
 use crate::fhir::{self, datetime, definitions::R4};
@@ -247,6 +250,18 @@ fn write_request(entry: &Entry, assigned: Option<String>) -> FhirResult<WriteReq
             resource: resource()?,
             if_match: entry.if_match,
         },
+        ("PATCH", Target::Instance(t, id)) => WriteRequest::Patch {
+            res_type: t.clone(),
+            target: PatchTarget::Id(id.clone()),
+            document: patch_document(resource()?)?,
+            if_match: entry.if_match,
+        },
+        ("PATCH", Target::Criteria(t, criteria)) => WriteRequest::Patch {
+            res_type: t.clone(),
+            target: PatchTarget::Criteria(criteria.clone()),
+            document: patch_document(resource()?)?,
+            if_match: entry.if_match,
+        },
         ("DELETE", Target::Instance(t, id)) => WriteRequest::Delete {
             res_type: t.clone(),
             res_id: id.clone(),
@@ -262,6 +277,29 @@ fn write_request(entry: &Entry, assigned: Option<String>) -> FhirResult<WriteReq
             )))
         }
     })
+}
+
+/// The patch a PATCH entry carries: a FHIRPath Patch `Parameters`, or a JSON Patch
+/// document as a `Binary` (`contentType` `application/json-patch+json`, base64 `data`).
+fn patch_document(resource: Value) -> FhirResult<Value> {
+    if fhir::fhirpath_patch::is_fhirpath_patch(&resource) {
+        return Ok(resource);
+    }
+    let is_json_patch = fhir::resource_type(&resource) == "Binary"
+        && resource["contentType"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("application/json-patch+json"));
+    if !is_json_patch {
+        return Err(FhirError::bad_request(
+            "a PATCH entry holds a FHIRPath Patch Parameters, or a Binary of contentType application/json-patch+json",
+        ));
+    }
+    let data = resource["data"].as_str().unwrap_or_default();
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(data)
+        .map_err(|e| FhirError::bad_request(format!("the Binary's data is not base64: {e}")))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| FhirError::bad_request(format!("the JSON Patch document is not JSON: {e}")))
 }
 
 /// The id a POST entry will have, decided before anything is written so that the

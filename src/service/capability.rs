@@ -89,6 +89,7 @@ fn subscription_operations() -> Value {
     json!([
         {"name": "status", "definition": format!("{BACKPORT}/OperationDefinition/backport-subscription-status")},
         {"name": "events", "definition": format!("{BACKPORT}/OperationDefinition/backport-subscription-events")},
+        {"name": "get-ws-binding-token", "definition": format!("{BACKPORT}/OperationDefinition/backport-subscription-get-ws-binding-token")},
         {"name": "deliveries", "definition": "https://passerelle.example.fr/fhir/OperationDefinition/subscription-deliveries",
          "documentation": "Each event with its delivery status, attempts and last error"},
     ])

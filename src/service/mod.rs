@@ -151,7 +151,11 @@ async fn patched(
         .ok_or_else(|| FhirError::Gone(format!("{res_type}/{res_id} was deleted")))?;
     let resource: Value =
         serde_json::from_str(&json).map_err(|e| FhirError::Internal(e.to_string()))?;
-    let result = fhir::patch::apply(&resource, document)?;
+    let result = if fhir::fhirpath_patch::is_fhirpath_patch(document) {
+        fhir::fhirpath_patch::apply(&resource, document)?
+    } else {
+        fhir::patch::apply(&resource, document)?
+    };
     if fhir::resource_type(&result) != res_type
         || fhir::resource_id(&result) != Some(res_id.as_str())
     {
@@ -160,7 +164,11 @@ async fn patched(
             "a patch may not change the resource's type or id",
         )]));
     }
-    fhir::check_resource(&result)?;
+    // The request was well formed; its result is not a valid resource: 422.
+    fhir::check_resource(&result).map_err(|e| match e {
+        FhirError::BadRequest(issues) => FhirError::Unprocessable(issues),
+        other => other,
+    })?;
     Ok((res_id, result))
 }
 

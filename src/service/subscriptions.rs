@@ -185,3 +185,59 @@ pub async fn deliveries(
     }
     Ok(json!({"resourceType": "Parameters", "parameter": parameters}))
 }
+
+/// How long a websocket binding token stays valid.
+const WS_TOKEN_MINUTES: i64 = 10;
+
+/// `$get-ws-binding-token`: a token that binds a websocket to the subscription,
+/// and the socket's URL.
+pub async fn ws_binding_token(pool: &Pool, base: &str, sub_id: &str) -> FhirResult<Value> {
+    let c = current(pool, sub_id).await?;
+    if !c.channel.as_ref().is_some_and(|ch| ch.websocket) {
+        return Err(FhirError::bad_request(format!(
+            "Subscription/{sub_id} does not have a websocket channel"
+        )));
+    }
+    let token = format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    let expires = Utc::now() + chrono::Duration::minutes(WS_TOKEN_MINUTES);
+    let client = pool.get().await?;
+    outbox::insert_ws_token(&client, &token, sub_id, expires).await?;
+    let socket = match base.split_once("://") {
+        Some(("https", rest)) => format!("wss://{rest}/$websocket"),
+        Some((_, rest)) => format!("ws://{rest}/$websocket"),
+        None => format!("{base}/$websocket"),
+    };
+    Ok(json!({"resourceType": "Parameters", "parameter": [
+        {"name": "token", "valueString": token},
+        {"name": "expiration", "valueDateTime": format_instant(expires)},
+        {"name": "subscription", "valueString": sub_id},
+        {"name": "websocket-url", "valueUrl": socket},
+    ]}))
+}
+
+/// The subscription a websocket binds with `token`, and the handshake to send it:
+/// a Backport handshake Bundle, or R4's `bound <id>`.
+pub async fn ws_bind(pool: &Pool, base: &str, token: &str) -> FhirResult<(String, String)> {
+    let client = pool.get().await?;
+    let sub_id = outbox::ws_token_subscription(&client, token)
+        .await?
+        .ok_or_else(|| FhirError::bad_request("the binding token is unknown or has expired"))?;
+    drop(client);
+    let c = current(pool, &sub_id).await?;
+    let handshake = match &c.channel {
+        Some(channel) if channel.backport => notification::bundle(
+            &about(base, &sub_id, &c),
+            Kind::Handshake,
+            &[],
+            channel.content,
+            Utc::now(),
+        )
+        .to_string(),
+        _ => format!("bound {sub_id}"),
+    };
+    Ok((sub_id, handshake))
+}

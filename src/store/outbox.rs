@@ -189,6 +189,7 @@ pub async fn lease(
     lease_secs: f64,
     limit: i64,
     heartbeats: bool,
+    bound_websockets: &[String],
 ) -> FhirResult<Vec<Leased>> {
     // The few subscriptions with work, from the partial indexes (pending events,
     // handshakes, heartbeats), then each by its key: whatever the statistics say,
@@ -217,6 +218,8 @@ pub async fn lease(
             "WITH due AS (
                SELECT s.sub_id FROM subscription s
                 WHERE s.sub_id = ANY($4) AND s.active AND s.next_attempt_at <= now()
+                  -- A websocket subscription is delivered where its socket is bound.
+                  AND (NOT coalesce((s.channel ->> 'websocket')::boolean, false) OR s.sub_id = ANY($5))
                   AND (s.leased_until IS NULL OR s.leased_until < now())
                 ORDER BY s.next_attempt_at LIMIT $3 FOR UPDATE OF s SKIP LOCKED)
              UPDATE subscription s SET leased_by = $1, leased_until = now() + make_interval(secs => $2)
@@ -225,7 +228,10 @@ pub async fn lease(
         ))
         .await?;
     let rows = client
-        .query(&stmt, &[&worker, &lease_secs, &limit, &ids])
+        .query(
+            &stmt,
+            &[&worker, &lease_secs, &limit, &ids, &bound_websockets],
+        )
         .await?;
     Ok(rows.iter().map(leased).collect())
 }
@@ -405,6 +411,38 @@ pub async fn failed(
         .execute(&stmt, &[&sub_id, &seqs, &error, &retry_secs, &give_up])
         .await?;
     Ok(())
+}
+
+/// A token that binds a websocket to a subscription until `expires_at`.
+pub async fn insert_ws_token(
+    client: &impl GenericClient,
+    token: &str,
+    sub_id: &str,
+    expires_at: DateTime<Utc>,
+) -> FhirResult<()> {
+    let stmt = client
+        .prepare_cached(
+            "WITH old AS (DELETE FROM subscription_ws_token WHERE expires_at < now())
+             INSERT INTO subscription_ws_token (token, sub_id, expires_at) VALUES ($1, $2, $3)",
+        )
+        .await?;
+    client
+        .execute(&stmt, &[&token, &sub_id, &expires_at])
+        .await?;
+    Ok(())
+}
+
+/// The subscription a token binds, while it is valid.
+pub async fn ws_token_subscription(
+    client: &impl GenericClient,
+    token: &str,
+) -> FhirResult<Option<String>> {
+    let stmt = client
+        .prepare_cached(
+            "SELECT sub_id FROM subscription_ws_token WHERE token = $1 AND expires_at > now()",
+        )
+        .await?;
+    Ok(client.query_opt(&stmt, &[&token]).await?.map(|r| r.get(0)))
 }
 
 /// Delivery state of one subscription, for `$status`.

@@ -62,7 +62,11 @@ impl Content {
 /// How and where notifications go: what the delivery worker needs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Channel {
+    /// Empty for a websocket channel.
     pub endpoint: String,
+    /// Notifications go through sockets bound with `$get-ws-binding-token`.
+    #[serde(default)]
+    pub websocket: bool,
     /// `channel.header`, each `Name: value`.
     pub headers: Vec<String>,
     /// `channel.payload`: the MIME type of the body; `None`: a POST without a body.
@@ -150,12 +154,13 @@ pub fn prepare(resource: &mut Value, policy: &EndpointPolicy) -> FhirResult<Spec
         }
     };
     let channel = resource["channel"].clone();
-    match channel["type"].as_str() {
-        Some("rest-hook") => {}
+    let websocket = match channel["type"].as_str() {
+        Some("rest-hook") => false,
+        Some("websocket") => true,
         Some(other) => {
             return Err(invalid(
                 "Subscription.channel.type",
-                format!("channel type '{other}' is not supported; use rest-hook"),
+                format!("channel type '{other}' is not supported; use rest-hook or websocket"),
             ))
         }
         None => {
@@ -164,19 +169,24 @@ pub fn prepare(resource: &mut Value, policy: &EndpointPolicy) -> FhirResult<Spec
                 "a channel needs a type",
             ))
         }
-    }
-    let endpoint = channel["endpoint"]
-        .as_str()
-        .ok_or_else(|| {
-            invalid(
+    };
+    let endpoint = match channel["endpoint"].as_str() {
+        Some(endpoint) if !websocket => {
+            if let Some(reason) = policy.refusal(endpoint) {
+                return Err(invalid("Subscription.channel.endpoint", reason));
+            }
+            endpoint.to_owned()
+        }
+        None if !websocket => {
+            return Err(invalid(
                 "Subscription.channel.endpoint",
                 "a rest-hook needs an endpoint",
-            )
-        })?
-        .to_owned();
-    if let Some(reason) = policy.refusal(&endpoint) {
-        return Err(invalid("Subscription.channel.endpoint", reason));
-    }
+            ))
+        }
+        // A websocket's endpoint is the server's own: what the client wrote is kept
+        // in the resource but never called.
+        _ => String::new(),
+    };
     let headers: Vec<String> = channel["header"]
         .as_array()
         .into_iter()
@@ -266,11 +276,13 @@ pub fn prepare(resource: &mut Value, policy: &EndpointPolicy) -> FhirResult<Spec
     }
     Ok(Spec {
         active,
-        handshake: is_backport && status == "requested",
+        // A socket gets its handshake when it binds.
+        handshake: is_backport && status == "requested" && !websocket,
         topic: topic.map(|t| t.url.clone()),
         criteria,
         channel: Channel {
             endpoint,
+            websocket,
             headers,
             mime,
             content,

@@ -1,4 +1,4 @@
-//! PATCH with JSON Patch.
+//! PATCH with JSON Patch and FHIRPath Patch, alone and in transactions.
 
 use serde_json::{json, Value};
 
@@ -74,7 +74,7 @@ async fn json_patch_writes_a_validated_version() {
             None,
         )
         .await,
-        400,
+        422,
     )
     .await;
     assert!(
@@ -113,10 +113,105 @@ async fn json_patch_writes_a_validated_version() {
     let resp = s
         .http
         .patch(s.url("Patient/p"))
-        .header("content-type", "application/fhir+json")
+        .header("content-type", "text/plain")
         .body("{}")
         .send()
         .await
         .expect("patch");
     outcome_of(resp, 415).await;
+}
+
+fn operation(kind: &str, path: &str, more: Value) -> Value {
+    let mut parts = vec![
+        json!({"name": "type", "valueCode": kind}),
+        json!({"name": "path", "valueString": path}),
+    ];
+    parts.extend(more.as_array().cloned().unwrap_or_default());
+    json!({"name": "operation", "part": parts})
+}
+
+#[tokio::test]
+async fn fhirpath_patch_discharges_a_stay_and_is_validated() {
+    let s = TestServer::start().await;
+    s.put_json(
+        "Encounter/e1",
+        &json!({"resourceType": "Encounter", "id": "e1", "status": "in-progress",
+                "class": {"code": "IMP"}, "subject": {"reference": "Patient/p1"},
+                "period": {"start": "2026-11-20T08:00:00+01:00"}}),
+    )
+    .await;
+    let discharge = json!({"resourceType": "Parameters", "parameter": [
+        operation("replace", "Encounter.status", json!([{"name": "value", "valueCode": "finished"}])),
+        operation("add", "Encounter.period", json!([{"name": "name", "valueString": "end"},
+                                                    {"name": "value", "valueDateTime": "2026-11-27T18:30:00+01:00"}])),
+        operation("add", "Encounter", json!([{"name": "name", "valueString": "hospitalization"},
+            {"name": "value", "part": [{"name": "dischargeDisposition", "valueCodeableConcept": {"text": "retour à domicile"}}]}])),
+    ]});
+    let send = |body: &Value, etag: &str| {
+        s.http
+            .patch(s.url("Encounter/e1"))
+            .header("content-type", "application/fhir+json")
+            .header("if-match", etag)
+            .body(body.to_string())
+            .send()
+    };
+    let stale = send(&discharge, "W/\"9\"").await.expect("patch");
+    outcome_of(stale, 412).await;
+    let resp = send(&discharge, "W/\"1\"").await.expect("patch");
+    let e = json_of(resp, 200).await;
+    assert_eq!(e["status"], "finished");
+    assert_eq!(e["period"]["end"], "2026-11-27T18:30:00+01:00");
+    assert_eq!(
+        e["hospitalization"]["dischargeDisposition"]["text"],
+        "retour à domicile"
+    );
+    assert_eq!(e["meta"]["versionId"], "2");
+    // A patch whose result is not a valid Encounter writes nothing.
+    let broken = json!({"resourceType": "Parameters", "parameter": [
+        operation("replace", "Encounter.status", json!([{"name": "value", "valueInteger": 3}]))]});
+    outcome_of(send(&broken, "W/\"2\"").await.expect("patch"), 422).await;
+    // Deleting what is not there changes nothing: no new version.
+    let nothing = json!({"resourceType": "Parameters", "parameter": [
+        operation("delete", "Encounter.reasonCode", json!([]))]});
+    let resp = send(&nothing, "W/\"2\"").await.expect("patch");
+    assert_eq!(json_of(resp, 200).await["meta"]["versionId"], "2");
+    let ambiguous = json!({"resourceType": "Parameters", "parameter": [
+        operation("replace", "Encounter.period.start | Encounter.period.end", json!([{"name": "value", "valueDateTime": "2026-11-21"}]))]});
+    outcome_of(send(&ambiguous, "W/\"2\"").await.expect("patch"), 422).await;
+    let current = json_of(s.get("Encounter/e1").await, 200).await;
+    assert_eq!(current["meta"]["versionId"], "2");
+}
+
+#[tokio::test]
+async fn patch_entries_in_a_transaction() {
+    use base64::Engine as _;
+    let s = TestServer::start().await;
+    s.put_json(
+        "Patient/p",
+        &json!({"resourceType": "Patient", "id": "p", "active": false}),
+    )
+    .await;
+    s.put_json(
+        "CareTeam/t",
+        &json!({"resourceType": "CareTeam", "id": "t", "status": "proposed",
+                "subject": {"reference": "Patient/p"}}),
+    )
+    .await;
+    let json_patch = json!([{"op": "replace", "path": "/active", "value": true}]).to_string();
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": {"resourceType": "Binary", "contentType": "application/json-patch+json",
+                      "data": base64::engine::general_purpose::STANDARD.encode(json_patch)},
+         "request": {"method": "PATCH", "url": "Patient/p", "ifMatch": "W/\"1\""}},
+        {"resource": {"resourceType": "Parameters", "parameter": [
+            operation("replace", "CareTeam.status", json!([{"name": "value", "valueCode": "active"}]))]},
+         "request": {"method": "PATCH", "url": "CareTeam?subject=Patient/p"}}
+    ]});
+    let response = json_of(s.post_json("", &bundle).await, 200).await;
+    assert_eq!(response["entry"][0]["response"]["status"], "200 OK");
+    assert_eq!(response["entry"][1]["response"]["etag"], "W/\"2\"");
+    assert_eq!(json_of(s.get("Patient/p").await, 200).await["active"], true);
+    assert_eq!(
+        json_of(s.get("CareTeam/t").await, 200).await["status"],
+        "active"
+    );
 }

@@ -576,3 +576,101 @@ async fn an_idle_backport_subscription_gets_heartbeats() {
     assert_eq!(beat.notification_type(), "heartbeat");
     assert_eq!(beat.json()["entry"].as_array().map(Vec::len), Some(1));
 }
+
+#[tokio::test]
+async fn a_websocket_bound_with_a_token_receives_the_handshake_then_notifications() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let s = TestServer::start().await;
+    let mut sub = backport_subscription(
+        DISCHARGE,
+        Some("Encounter?patient=Patient/p1"),
+        "",
+        "id-only",
+    );
+    sub["channel"]["type"] = json!("websocket");
+    sub["channel"]
+        .as_object_mut()
+        .expect("channel")
+        .remove("endpoint");
+    let created = json_of(s.post_json("Subscription", &sub).await, 201).await;
+    let sub_id = created["id"].as_str().expect("id").to_owned();
+    // Committed before any socket: it waits in the outbox.
+    put(&s, &encounter("stay-1", "finished", "p1")).await;
+
+    let token = json_of(
+        s.get(&format!("Subscription/{sub_id}/$get-ws-binding-token"))
+            .await,
+        200,
+    )
+    .await;
+    let value = |name: &str| {
+        parameter(&token, name)[0]
+            .as_object()
+            .and_then(|p| p.iter().find(|(k, _)| k.starts_with("value")))
+            .and_then(|(_, v)| v.as_str())
+            .expect("parameter")
+            .to_owned()
+    };
+    let url = value("websocket-url");
+    assert!(
+        url.starts_with("ws://") && url.ends_with("/fhir/$websocket"),
+        "{url}"
+    );
+    let (mut socket, _) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .expect("connect");
+    socket
+        .send(Message::Text("bind-with-token: nope".into()))
+        .await
+        .expect("send");
+    let refused = socket.next().await.expect("reply").expect("message");
+    assert!(
+        refused.to_text().expect("text").starts_with("error"),
+        "{refused}"
+    );
+    socket
+        .send(Message::Text(
+            format!("bind-with-token: {}", value("token")).into(),
+        ))
+        .await
+        .expect("send");
+    let mut bundles = Vec::new();
+    while bundles.len() < 3 {
+        // The handshake and the waiting event first; then a discharge while bound.
+        if bundles.len() == 2 {
+            put(&s, &encounter("stay-2", "finished", "p1")).await;
+        }
+        let message = tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .expect("a message within 10 s")
+            .expect("open")
+            .expect("message");
+        let bundle: Value = serde_json::from_str(message.to_text().expect("text")).expect("JSON");
+        bundles.push(bundle);
+    }
+    let kind = |b: &Value| parameter(&b["entry"][0]["resource"], "type")[0]["valueCode"].clone();
+    assert_eq!(kind(&bundles[0]), "handshake");
+    assert_eq!(kind(&bundles[1]), "event-notification");
+    assert_eq!(
+        bundles[1]["entry"][1]["fullUrl"]
+            .as_str()
+            .map(|u| u.ends_with("/Encounter/stay-1")),
+        Some(true)
+    );
+    assert_eq!(
+        bundles[2]["entry"][1]["fullUrl"]
+            .as_str()
+            .map(|u| u.ends_with("/Encounter/stay-2")),
+        Some(true)
+    );
+    let rows = event_rows(&s, &sub_id).await;
+    assert_eq!(
+        rows,
+        vec![
+            (Some(1), "delivered".into(), 1),
+            (Some(2), "delivered".into(), 1)
+        ]
+    );
+}

@@ -160,9 +160,10 @@ impl TestServer {
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("address");
-        let delivery =
-            server::start_delivery(&pool, &config, &options, addr).expect("delivery workers");
-        let state = server::app_state(pool.clone(), &options);
+        let hub = passerelle::delivery::websocket::Hub::new();
+        let delivery = server::start_delivery(&pool, &config, &options, addr, hub.clone())
+            .expect("delivery workers");
+        let state = server::app_state(pool.clone(), &options, hub);
         tokio::spawn(server::serve_on(listener, state, std::future::pending()));
         TestServer {
             base: format!("http://{addr}/fhir"),

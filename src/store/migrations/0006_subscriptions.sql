@@ -64,6 +64,13 @@ CREATE TABLE subscription_event (
 );
 CREATE INDEX subscription_event_pending ON subscription_event (sub_id, seq) WHERE status = 'pending';
 
+-- Tokens of $get-ws-binding-token: a websocket client binds with one.
+CREATE TABLE subscription_ws_token (
+    token      text        PRIMARY KEY,
+    sub_id     text        NOT NULL,
+    expires_at timestamptz NOT NULL
+);
+
 -- Wakes the delivery workers at commit (the poll is the safety net).
 CREATE FUNCTION passerelle_outbox_notify() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN

@@ -54,6 +54,14 @@ pub struct Node<'a> {
     def_path: String,
 }
 
+impl Node<'_> {
+    /// Whether the child element `name` repeats (`None`: no such element).
+    pub fn child_is_many(&self, name: &str) -> Option<bool> {
+        R4.element(&format!("{}.{name}", self.def_path))
+            .map(|d| d.many)
+    }
+}
+
 /// Why an expression did not compile.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unsupported(pub String);
