@@ -218,25 +218,36 @@ impl Default for DeliveryOptions {
     }
 }
 
-/// Puts a subscription whose deliveries keep failing in `error`, through the
-/// write path (delivery sits below it and is handed this).
-struct ErrorStatus {
+/// Puts a subscription whose deliveries keep failing in `error`, or whose end has
+/// passed `off`, through the write path (delivery sits below it and is handed this).
+struct SubscriptionStatus {
     pool: Pool,
     rules: crate::service::Rules,
 }
 
-impl delivery::StatusSink for ErrorStatus {
-    fn subscription_failed(
+impl delivery::StatusSink for SubscriptionStatus {
+    fn set_status(
         &self,
         sub_id: String,
+        outcome: delivery::Outcome,
         reason: String,
     ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
         let (pool, rules) = (self.pool.clone(), self.rules.clone());
+        let (status, error) = match outcome {
+            delivery::Outcome::Error => ("error", Some(reason)),
+            delivery::Outcome::Ended => ("off", None),
+        };
         Box::pin(async move {
-            if let Err(e) =
-                crate::service::subscription_failed(&pool, &rules, &sub_id, &reason).await
-            {
-                tracing::warn!(%sub_id, error = %e, "could not put the subscription in error");
+            let result = crate::service::subscription_status(
+                &pool,
+                &rules,
+                &sub_id,
+                status,
+                error.as_deref(),
+            )
+            .await;
+            if let Err(e) = result {
+                tracing::warn!(%sub_id, status, error = %e, "could not change the subscription's status");
             }
         })
     }
@@ -266,7 +277,7 @@ pub fn start_delivery(
             .map(|b| b.trim_end_matches('/').to_owned())
             .unwrap_or_else(|| format!("http://{local}/fhir")),
     };
-    let sink = Arc::new(ErrorStatus {
+    let sink = Arc::new(SubscriptionStatus {
         pool: pool.clone(),
         rules: options.rules.clone(),
     });

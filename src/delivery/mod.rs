@@ -61,13 +61,23 @@ impl Settings {
     }
 }
 
-/// What delivery asks of the server when a subscription keeps failing: a new
-/// version of the Subscription with `status = error` (through the write path,
-/// which delivery sits below and does not call itself).
+/// The status delivery asks the server to give a subscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Deliveries keep failing: `error`, with the reason.
+    Error,
+    /// Its `end` has passed: `off`.
+    Ended,
+}
+
+/// What delivery asks of the server when a subscription keeps failing or has
+/// ended: a new version of the Subscription (through the write path, which
+/// delivery sits below and does not call itself).
 pub trait StatusSink: Send + Sync {
-    fn subscription_failed(
+    fn set_status(
         &self,
         sub_id: String,
+        outcome: Outcome,
         reason: String,
     ) -> Pin<Box<dyn Future<Output = ()> + Send>>;
 }
@@ -205,6 +215,13 @@ impl Worker {
     /// Leases one subscription and delivers what is due; false when nothing was.
     async fn lease_and_deliver(&self, heartbeats: bool) -> FhirResult<bool> {
         let client = self.pool.get().await?;
+        if heartbeats {
+            // The heartbeat loop also turns off subscriptions whose end has passed.
+            for sub_id in outbox::ended(&client).await? {
+                let reason = "its end has passed".to_owned();
+                self.sink.set_status(sub_id, Outcome::Ended, reason).await;
+            }
+        }
         let leased = outbox::lease(
             &client,
             &self.id,
@@ -340,8 +357,9 @@ impl Worker {
         drop(client);
         if give_up {
             self.sink
-                .subscription_failed(
+                .set_status(
                     sub_id.to_owned(),
+                    Outcome::Error,
                     format!("delivery failed {attempt} times; last error: {reason}"),
                 )
                 .await;

@@ -335,14 +335,16 @@ fn written_from_stored(v: StoredVersion) -> Written {
     }
 }
 
-/// Puts an active subscription in `error` with the reason (delivery gave up): a
-/// new version through the write path, which stops its matching. A concurrent
-/// change by the client wins (the `If-Match` fails and nothing is written).
-pub async fn subscription_failed(
+/// Moves an active subscription to `status` (`error` with the reason when delivery
+/// gave up, `off` when it has ended): a new version through the write path, which
+/// stops its matching. A concurrent change by the client, or by another
+/// instance, wins (the `If-Match` fails and nothing is written).
+pub async fn subscription_status(
     pool: &Pool,
     rules: &Rules,
     sub_id: &str,
-    reason: &str,
+    status: &str,
+    error: Option<&str>,
 ) -> FhirResult<()> {
     let current = read(pool, "Subscription", sub_id).await?;
     let json = current.json.as_deref().unwrap_or("{}");
@@ -351,8 +353,10 @@ pub async fn subscription_failed(
     if resource["status"] != "active" {
         return Ok(());
     }
-    resource["status"] = Value::from("error");
-    resource["error"] = Value::from(reason);
+    resource["status"] = Value::from(status);
+    if let Some(error) = error {
+        resource["error"] = Value::from(error);
+    }
     let request = WriteRequest::Update {
         res_type: "Subscription".to_owned(),
         res_id: sub_id.to_owned(),

@@ -236,6 +236,21 @@ pub async fn lease(
     Ok(rows.iter().map(leased).collect())
 }
 
+/// Active subscriptions whose `end` has passed (they already match nothing).
+pub async fn ended(client: &impl GenericClient) -> FhirResult<Vec<String>> {
+    let stmt = client
+        .prepare_cached(
+            "SELECT sub_id FROM subscription WHERE active AND ends_at <= now() LIMIT 100",
+        )
+        .await?;
+    Ok(client
+        .query(&stmt, &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
 /// Extends a lease the worker still holds; false when it lost it.
 pub async fn renew(
     client: &impl GenericClient,

@@ -674,3 +674,29 @@ async fn a_websocket_bound_with_a_token_receives_the_handshake_then_notification
         ]
     );
 }
+
+#[tokio::test]
+async fn a_subscription_is_turned_off_when_its_end_passes() {
+    let s = TestServer::start().await;
+    let gp = Receiver::start().await;
+    let mut sub = r4_subscription("Encounter?status=finished", &gp.url());
+    let end = chrono::Utc::now() + chrono::Duration::seconds(2);
+    sub["end"] = json!(end.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+    let created = json_of(s.post_json("Subscription", &sub).await, 201).await;
+    let sub_id = created["id"].as_str().expect("id").to_owned();
+    put(&s, &encounter("stay-1", "finished", "p1")).await;
+    assert_eq!(gp.expect().await.json()["id"], "stay-1");
+    let mut status = String::new();
+    for _ in 0..80 {
+        let current = json_of(s.get(&format!("Subscription/{sub_id}")).await, 200).await;
+        status = current["status"].as_str().unwrap_or_default().to_owned();
+        if status == "off" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, "off");
+    put(&s, &encounter("stay-2", "finished", "p1")).await;
+    assert!(gp.next(Duration::from_millis(700)).await.is_none());
+    assert_eq!(event_rows(&s, &sub_id).await.len(), 1);
+}

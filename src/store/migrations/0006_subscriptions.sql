@@ -30,6 +30,7 @@ CREATE TABLE subscription (
 -- scanning them all (see outbox::lease).
 CREATE INDEX subscription_handshake_due ON subscription (sub_id) WHERE handshake_due;
 CREATE INDEX subscription_heartbeat ON subscription (sub_id) WHERE heartbeat_secs IS NOT NULL;
+CREATE INDEX subscription_ends ON subscription (ends_at) WHERE active AND ends_at IS NOT NULL;
 
 CREATE TABLE subscription_key (
     res_type  text NOT NULL,
