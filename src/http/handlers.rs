@@ -233,6 +233,39 @@ pub async fn handle(state: &AppState, req: FhirRequest) -> FhirResult<Reply> {
         (&Method::PATCH, Route::Type(t)) => {
             patch(state, &req, t, PatchTarget::Criteria(req.criteria())).await
         }
+        (&Method::GET, Route::Export(t, id)) => export_kick_off(state, &req, t, id).await,
+        (&Method::GET, Route::ExportStatus(job)) => {
+            match service::export::status(pool, &req.base, job).await? {
+                service::export::Status::InProgress(progress) => {
+                    Ok(Reply::new(StatusCode::ACCEPTED, None)
+                        .header(HeaderName::from_static("x-progress"), &progress)
+                        .header(header::RETRY_AFTER, "1"))
+                }
+                service::export::Status::Completed(manifest) => Ok(Reply::raw(
+                    StatusCode::OK,
+                    "application/json",
+                    manifest.to_string(),
+                )),
+                service::export::Status::Failed(reason) => Ok(Reply::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    Some(
+                        operation_outcome("error", &[Issue::new("exception", reason)]).to_string(),
+                    ),
+                )),
+            }
+        }
+        (&Method::DELETE, Route::ExportStatus(job)) => {
+            service::export::delete(pool, job).await?;
+            Ok(Reply::new(StatusCode::ACCEPTED, None))
+        }
+        (&Method::GET, Route::ExportFile(job, n)) => {
+            let ndjson = service::export::file(pool, job, n).await?;
+            Ok(Reply::raw(
+                StatusCode::OK,
+                "application/fhir+ndjson",
+                ndjson,
+            ))
+        }
         (&Method::GET, Route::Everything(t, id)) => {
             let params = req.criteria();
             let page = service::everything(pool, t, id, &params).await?;
@@ -277,6 +310,46 @@ pub async fn handle(state: &AppState, req: FhirRequest) -> FhirResult<Reply> {
         }
         (m, route) => Err(not_allowed(m, route)),
     }
+}
+
+/// `$export` kick-off: 202 and the status URL in `Content-Location`.
+async fn export_kick_off(
+    state: &AppState,
+    req: &FhirRequest,
+    res_type: &Option<String>,
+    group: &Option<String>,
+) -> FhirResult<Reply> {
+    let asynchronous = req
+        .headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split([',', ';']).any(|d| d.trim() == "respond-async"));
+    if !asynchronous {
+        return Err(FhirError::bad_request(
+            "$export runs asynchronously: send 'Prefer: respond-async'",
+        ));
+    }
+    let level = match (res_type.as_deref(), group) {
+        (Some("Group"), Some(id)) => service::export::Level::Group(id.clone()),
+        (Some(_), _) => service::export::Level::Patient,
+        (None, _) => service::export::Level::System,
+    };
+    let kick = service::export::kick_off(level, &req.criteria())?;
+    let path = match (res_type, group) {
+        (Some(t), Some(id)) => format!("/{t}/{id}/$export"),
+        (Some(t), None) => format!("/{t}/$export"),
+        _ => "/$export".to_owned(),
+    };
+    let request = match &req.raw_query {
+        Some(q) => format!("{}{path}?{q}", req.base),
+        None => format!("{}{path}", req.base),
+    };
+    let job = service::export::start(&state.pool, kick, &request).await?;
+    Ok(Reply::new(StatusCode::ACCEPTED, None).header(
+        header::CONTENT_LOCATION,
+        &format!("{}/$export-status/{job}", req.base),
+    ))
 }
 
 /// `PATCH` with a JSON Patch document (`application/json-patch+json`).

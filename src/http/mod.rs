@@ -97,13 +97,20 @@ async fn fhir(State(state): State<AppState>, req: Request) -> Response {
         pretty: param("_pretty") == Some("true"),
         ..Rendering::default()
     };
-    match negotiate::response_format(param("_format"), accept) {
-        Ok(negotiated) => rendering.negotiated = negotiated,
-        Err(err) => return respond::error_response(&err, rendering),
-    }
     let path = parts.uri.path();
     let below_base = path.strip_prefix("/fhir").unwrap_or(path);
-    let route = match route::parse(below_base) {
+    let route = route::parse(below_base);
+    // Export manifests and files are JSON and NDJSON whatever a client accepts.
+    let raw = matches!(
+        route,
+        Ok(route::Route::ExportStatus(_) | route::Route::ExportFile(..))
+    );
+    match negotiate::response_format(param("_format"), accept) {
+        Ok(negotiated) => rendering.negotiated = negotiated,
+        Err(_) if raw => {}
+        Err(err) => return respond::error_response(&err, rendering),
+    }
+    let route = match route {
         Ok(route) => route,
         Err(err) => return respond::error_response(&err, rendering),
     };

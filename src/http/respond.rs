@@ -11,12 +11,14 @@ use super::negotiate::Negotiated;
 use crate::error::FhirError;
 use crate::fhir::{datetime, Format, FHIR_VERSION};
 
-/// A response before rendering: the body, if any, is FHIR JSON text.
+/// A response before rendering: the body, if any, is FHIR JSON text, or with
+/// `raw_type` a body of that type sent as it is (bulk export manifests and files).
 #[derive(Debug)]
 pub struct Reply {
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub body: Option<String>,
+    pub raw_type: Option<&'static str>,
 }
 
 impl Reply {
@@ -25,6 +27,14 @@ impl Reply {
             status,
             headers: HeaderMap::new(),
             body,
+            raw_type: None,
+        }
+    }
+
+    pub fn raw(status: StatusCode, content_type: &'static str, body: String) -> Self {
+        Reply {
+            raw_type: Some(content_type),
+            ..Reply::new(status, Some(body))
         }
     }
 
@@ -75,7 +85,17 @@ pub fn render(reply: Reply, how: Rendering) -> Response {
         status,
         headers,
         body,
+        raw_type,
     } = reply;
+    if let Some(content_type) = raw_type {
+        let mut response = Response::new(Body::from(body.unwrap_or_default()));
+        *response.status_mut() = status;
+        *response.headers_mut() = headers;
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        return response;
+    }
     let bytes = match body.map(|json| encode(json, how)) {
         None => None,
         Some(Ok(bytes)) => Some(bytes),

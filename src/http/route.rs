@@ -27,6 +27,13 @@ pub enum Route {
     Compartment(String, String, String),
     /// `[base]/[type]/[id]/$everything`
     Everything(String, String),
+    /// `[base]/$export`, `[base]/Patient/$export`, `[base]/Group/[id]/$export`:
+    /// the type (`Patient`, `Group`) and the Group's id.
+    Export(Option<String>, Option<String>),
+    /// `[base]/$export-status/[job]`
+    ExportStatus(String),
+    /// `[base]/$export-file/[job]/[n]`
+    ExportFile(String, String),
     /// `[base]/Subscription[/id]/$status|$events|$deliveries`
     SubscriptionOperation(Option<String>, String),
 }
@@ -46,6 +53,11 @@ impl Route {
             Route::Version(..) => "/fhir/{type}/{id}/_history/{vid}",
             Route::Compartment(..) => "/fhir/{compartment}/{id}/{type}",
             Route::Everything(..) => "/fhir/{type}/{id}/$everything",
+            Route::Export(None, _) => "/fhir/$export",
+            Route::Export(Some(_), None) => "/fhir/Patient/$export",
+            Route::Export(Some(_), Some(_)) => "/fhir/Group/{id}/$export",
+            Route::ExportStatus(_) => "/fhir/$export-status/{job}",
+            Route::ExportFile(..) => "/fhir/$export-file/{job}/{n}",
             Route::SubscriptionOperation(None, _) => "/fhir/Subscription/{operation}",
             Route::SubscriptionOperation(Some(_), _) => "/fhir/Subscription/{id}/{operation}",
         }
@@ -79,6 +91,14 @@ pub fn parse(path: &str) -> FhirResult<Route> {
         [] => Ok(Route::System),
         ["metadata"] => Ok(Route::Metadata),
         ["_history"] => Ok(Route::SystemHistory),
+        ["$export"] => Ok(Route::Export(None, None)),
+        ["Patient", "$export"] => Ok(Route::Export(Some("Patient".to_owned()), None)),
+        ["Group", id, "$export"] => Ok(Route::Export(
+            Some("Group".to_owned()),
+            Some(resource_id(id)?),
+        )),
+        ["$export-status", job] => Ok(Route::ExportStatus(resource_id(job)?)),
+        ["$export-file", job, n] => Ok(Route::ExportFile(resource_id(job)?, (*n).to_owned())),
         [t] => Ok(Route::Type(resource_type(t)?)),
         [t, "_search"] => Ok(Route::TypeSearch(resource_type(t)?)),
         [t, "_history"] => Ok(Route::TypeHistory(resource_type(t)?)),

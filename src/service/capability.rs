@@ -46,11 +46,21 @@ pub fn capability_statement(base_url: &str, software_version: &str, started: &st
                 "conditionalDelete": "single",
                 "searchParam": params,
             });
+            let mut operations = Vec::new();
             if matches!(rt, "Patient" | "Encounter") {
-                resource["operation"] = json!([{
+                operations.push(json!({
                     "name": "everything",
                     "definition": format!("http://hl7.org/fhir/OperationDefinition/{rt}-everything"),
-                }]);
+                }));
+            }
+            if matches!(rt, "Patient" | "Group") {
+                operations.push(json!({
+                    "name": "export",
+                    "definition": format!("{BULK_DATA}/OperationDefinition/{}-export", rt.to_lowercase()),
+                }));
+            }
+            if !operations.is_empty() {
+                resource["operation"] = Value::Array(operations);
             }
             if rt == "Subscription" {
                 resource["operation"] = subscription_operations();
@@ -73,6 +83,7 @@ pub fn capability_statement(base_url: &str, software_version: &str, started: &st
             // The R4 Backport's list of the topics a client may subscribe to.
             "extension": topic_extensions(),
             "resource": resources,
+            "operation": [{"name": "export", "definition": format!("{BULK_DATA}/OperationDefinition/export")}],
             "interaction": [
                 {"code": "transaction"},
                 {"code": "batch"},
@@ -83,6 +94,7 @@ pub fn capability_statement(base_url: &str, software_version: &str, started: &st
     })
 }
 
+const BULK_DATA: &str = "http://hl7.org/fhir/uv/bulkdata";
 const BACKPORT: &str = "http://hl7.org/fhir/uv/subscriptions-backport";
 
 fn subscription_operations() -> Value {

@@ -4,6 +4,7 @@
 
 pub mod bundle;
 pub mod capability;
+pub mod export;
 mod notify;
 pub mod subscriptions;
 pub mod write;

@@ -36,6 +36,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "subscriptions",
         include_str!("migrations/0006_subscriptions.sql"),
     ),
+    (
+        7,
+        "bulk export",
+        include_str!("migrations/0007_bulk_export.sql"),
+    ),
 ];
 
 /// Arbitrary constant naming the migration lock.

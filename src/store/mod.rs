@@ -3,6 +3,7 @@
 //! the caller, so that one request's changes commit or roll back together.
 
 pub mod embedded;
+pub mod export;
 mod index_rows;
 pub mod migrate;
 pub mod outbox;
@@ -325,6 +326,13 @@ pub struct HistoryFilter {
     pub count: usize,
 }
 
+/// The start of the oldest write transaction in flight (other than the caller's),
+/// or now: no version stamped before it can still appear.
+pub(crate) const HORIZON: &str = "SELECT coalesce(min(a.xact_start), clock_timestamp())
+      FROM pg_stat_activity a
+     WHERE a.backend_xid IS NOT NULL AND a.datname = current_database()
+       AND a.pid <> pg_backend_pid()";
+
 /// Versions newest first, at most `count`.
 #[tracing::instrument(skip(client))]
 pub async fn history(
@@ -365,12 +373,7 @@ pub async fn history(
         // after the start of the oldest one is shown. Every version shown is then
         // final: a client that asks again `_since` the last one it saw misses none,
         // even when transactions commit out of order.
-        q.clauses.push(
-            "v.last_updated < (SELECT coalesce(min(a.xact_start), clock_timestamp())
-               FROM pg_stat_activity a
-              WHERE a.backend_xid IS NOT NULL AND a.datname = current_database())"
-                .to_owned(),
-        );
+        q.clauses.push(format!("v.last_updated < ({HORIZON})"));
     }
     let limit = q.bind(Box::new(filter.count as i64));
     let where_sql = if q.clauses.is_empty() {

@@ -3,6 +3,7 @@
 mod bundles;
 mod conditional;
 mod errors;
+mod export;
 mod fidelity;
 mod fixtures;
 mod formats;

@@ -1,0 +1,296 @@
+//! Bulk export (`$export`, FHIR Bulk Data Access): at system, Patient and Group
+//! level, asynchronous (`Prefer: respond-async`), NDJSON files, `_type`, `_since`.
+//! The instance that receives the kick-off runs the job in one read-only snapshot,
+//! a page of 1,000 resources at a time, and stores each file in the database, so
+//! that any instance answers the status and file requests.
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::Pool;
+use serde_json::{json, Value};
+
+use crate::error::{FhirError, FhirResult};
+use crate::fhir::datetime::{self, format_instant};
+use crate::fhir::definitions::R4;
+use crate::search::compartment;
+use crate::store::export::{self, Selection};
+
+/// Resources per page read and per file written.
+const PAGE: i64 = 1000;
+/// A job whose worker has been silent this long is reported as failed.
+const STALLED_SECS: f64 = 120.0;
+
+/// The level of a kick-off request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Level {
+    System,
+    Patient,
+    Group(String),
+}
+
+/// What a kick-off asks for, checked (pure).
+#[derive(Debug, Clone, PartialEq)]
+pub struct KickOff {
+    pub level: Level,
+    pub types: Option<Vec<String>>,
+    pub since: Option<DateTime<Utc>>,
+}
+
+const NDJSON: [&str; 3] = ["application/fhir+ndjson", "application/ndjson", "ndjson"];
+
+/// Reads the kick-off parameters (`_outputFormat`, `_type`, `_since`); others that
+/// the server does not support (`_elements`, `_typeFilter`, `includeAssociatedData`)
+/// are refused rather than ignored, as the Bulk Data specification asks.
+pub fn kick_off(level: Level, params: &[(String, String)]) -> FhirResult<KickOff> {
+    let mut kick = KickOff {
+        level,
+        types: None,
+        since: None,
+    };
+    for (name, value) in params {
+        match name.as_str() {
+            "_outputFormat" if NDJSON.contains(&value.as_str()) => {}
+            "_outputFormat" => {
+                return Err(FhirError::bad_request(format!(
+                    "_outputFormat '{value}' is not supported; use application/fhir+ndjson"
+                )))
+            }
+            "_type" => {
+                let types: Vec<String> = value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|t| !t.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+                if let Some(bad) = types.iter().find(|t| !R4.is_resource_type(t)) {
+                    return Err(FhirError::bad_request(format!(
+                        "_type: '{bad}' is not a resource type"
+                    )));
+                }
+                kick.types.get_or_insert_with(Vec::new).extend(types);
+            }
+            "_since" => {
+                kick.since = Some(
+                    datetime::parse_range(value)
+                        .filter(|_| value.contains('T'))
+                        .ok_or_else(|| {
+                            FhirError::bad_request(format!("_since '{value}' is not an instant"))
+                        })?
+                        .low,
+                )
+            }
+            "_format" | "_pretty" => {}
+            other => {
+                return Err(FhirError::bad_request(format!(
+                    "the export parameter '{other}' is not supported"
+                )))
+            }
+        }
+    }
+    Ok(kick)
+}
+
+/// The patients a Group names as members.
+fn group_patients(group: &Value) -> Vec<String> {
+    group["member"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m["entity"]["reference"].as_str()?.strip_prefix("Patient/"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Starts a job; its id. `request` is the kick-off URL, for the manifest.
+pub async fn start(pool: &Pool, kick: KickOff, request: &str) -> FhirResult<String> {
+    let mut selection = Selection {
+        types: kick.types,
+        since: kick.since,
+        ..Selection::default()
+    };
+    match &kick.level {
+        Level::System => {}
+        Level::Patient => selection.compartment = Some(compartment::patient_membership_params()),
+        Level::Group(id) => {
+            let group = super::read(pool, "Group", id).await?;
+            let group: Value = serde_json::from_str(group.json.as_deref().unwrap_or("{}"))
+                .map_err(|e| FhirError::Internal(e.to_string()))?;
+            selection.compartment = Some(compartment::patient_membership_params());
+            selection.patients = Some(group_patients(&group));
+        }
+    }
+    let job_id = uuid::Uuid::new_v4().to_string();
+    let client = pool.get().await?;
+    export::create_job(&client, &job_id, request).await?;
+    drop(client);
+    let (pool, id) = (pool.clone(), job_id.clone());
+    tokio::spawn(async move {
+        let outcome = run(&pool, &id, &selection).await;
+        let error = outcome.err().map(|e| e.to_string());
+        if let Some(e) = &error {
+            tracing::warn!(job = %id, error = %e, "export failed");
+        }
+        if let Ok(client) = pool.get().await {
+            let _ = export::finish(&client, &id, error.as_deref()).await;
+        }
+    });
+    Ok(job_id)
+}
+
+/// Pages through one snapshot, writing a file per type and per 1,000 resources.
+async fn run(pool: &Pool, job_id: &str, selection: &Selection) -> FhirResult<()> {
+    let mut reader = pool.get().await?;
+    let snapshot = reader
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await?;
+    let transaction_time = export::horizon(&snapshot).await?;
+    let writer = pool.get().await?;
+    if !export::progress(&writer, job_id, "started", Some(transaction_time)).await? {
+        return Ok(());
+    }
+    let (mut after, mut file_no, mut exported) = (None, 0, 0usize);
+    loop {
+        let page = export::page(&snapshot, selection, after.as_ref(), PAGE).await?;
+        let Some(last) = page.last() else {
+            break;
+        };
+        after = Some((last.res_type.clone(), last.res_id.clone()));
+        // A page may hold several types: one file per run of one type.
+        for run in page.chunk_by(|a, b| a.res_type == b.res_type) {
+            file_no += 1;
+            let ndjson: String = run
+                .iter()
+                .filter_map(|v| v.json.as_deref())
+                .flat_map(|j| [j, "\n"])
+                .collect();
+            export::add_file(
+                &writer,
+                job_id,
+                file_no,
+                &run[0].res_type,
+                run.len() as i32,
+                &ndjson,
+            )
+            .await?;
+            exported += run.len();
+        }
+        if !export::progress(&writer, job_id, &format!("{exported} resources"), None).await? {
+            return Ok(()); // cancelled
+        }
+        if (page.len() as i64) < PAGE {
+            break;
+        }
+    }
+    snapshot.commit().await?;
+    Ok(())
+}
+
+/// Where a job stands.
+pub enum Status {
+    InProgress(String),
+    /// The manifest.
+    Completed(Value),
+    Failed(String),
+}
+
+pub async fn status(pool: &Pool, base: &str, job_id: &str) -> FhirResult<Status> {
+    let client = pool.get().await?;
+    let job = export::job(&client, job_id)
+        .await?
+        .ok_or_else(|| FhirError::NotFound(format!("no export job '{job_id}'")))?;
+    Ok(match job.status.as_str() {
+        "completed" => {
+            let output: Vec<Value> = job
+                .files
+                .iter()
+                .map(|(n, t, count)| json!({"type": t, "url": format!("{base}/$export-file/{job_id}/{n}"), "count": count}))
+                .collect();
+            Status::Completed(json!({
+                "transactionTime": job.transaction_time.map(format_instant),
+                "request": job.request,
+                "requiresAccessToken": false,
+                "output": output,
+                "error": [],
+            }))
+        }
+        "failed" => Status::Failed(job.error.unwrap_or_else(|| "the export failed".to_owned())),
+        _ if job.idle_secs > STALLED_SECS => Status::Failed(
+            "the export stopped (its server instance went away); start it again".to_owned(),
+        ),
+        _ => Status::InProgress(job.progress.unwrap_or_else(|| "queued".to_owned())),
+    })
+}
+
+pub async fn file(pool: &Pool, job_id: &str, file_no: &str) -> FhirResult<String> {
+    let n: i32 = file_no
+        .parse()
+        .map_err(|_| FhirError::NotFound(format!("no export file '{file_no}'")))?;
+    let client = pool.get().await?;
+    export::file(&client, job_id, n)
+        .await?
+        .ok_or_else(|| FhirError::NotFound(format!("no file {n} in export '{job_id}'")))
+}
+
+/// Cancels a job (or deletes a finished one) and its files.
+pub async fn delete(pool: &Pool, job_id: &str) -> FhirResult<()> {
+    let client = pool.get().await?;
+    if export::delete_job(&client, job_id).await? {
+        Ok(())
+    } else {
+        Err(FhirError::NotFound(format!("no export job '{job_id}'")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn kick_off_parameters() {
+        let k = kick_off(
+            Level::Patient,
+            &params(&[
+                ("_type", "Patient,Encounter"),
+                ("_since", "2026-11-01T00:00:00Z"),
+                ("_outputFormat", "application/fhir+ndjson"),
+            ]),
+        )
+        .expect("valid");
+        assert_eq!(
+            k.types,
+            Some(vec!["Patient".to_owned(), "Encounter".to_owned()])
+        );
+        assert!(k.since.is_some());
+        for bad in [
+            ("_type", "Nope"),
+            ("_since", "yesterday"),
+            ("_outputFormat", "text/csv"),
+            ("_typeFilter", "Encounter?status=finished"),
+        ] {
+            assert_eq!(
+                kick_off(Level::System, &params(&[bad]))
+                    .expect_err("refused")
+                    .status(),
+                400,
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn group_members_are_patients() {
+        let g = json!({"resourceType": "Group", "member": [
+            {"entity": {"reference": "Patient/p1"}}, {"entity": {"reference": "Practitioner/x"}},
+            {"entity": {"reference": "Patient/p2"}}]});
+        assert_eq!(group_patients(&g), vec!["p1", "p2"]);
+    }
+}

@@ -1,0 +1,220 @@
+//! Bulk export: the resources of an export in (type, id) pages from one snapshot,
+//! and the job and file rows.
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::GenericClient;
+
+use super::{search_sql::SqlCondition, version_from_row, StoredVersion, HORIZON, VERSION_COLUMNS};
+use crate::error::FhirResult;
+
+/// What an export selects.
+#[derive(Debug, Clone, Default)]
+pub struct Selection {
+    /// `_type`; `None`: every type.
+    pub types: Option<Vec<String>>,
+    /// `_since`: changed at or after.
+    pub since: Option<DateTime<Utc>>,
+    /// Patient and Group level: only the patients' compartments, through these
+    /// `Type.param` references (the Patient CompartmentDefinition).
+    pub compartment: Option<Vec<String>>,
+    /// Group level: only these patients.
+    pub patients: Option<Vec<String>>,
+}
+
+/// The next page of current resources after `(type, id)`.
+pub async fn page(
+    client: &impl GenericClient,
+    selection: &Selection,
+    after: Option<&(String, String)>,
+    limit: i64,
+) -> FhirResult<Vec<StoredVersion>> {
+    let mut sql = SqlCondition::new();
+    let mut filters = vec!["NOT r.deleted".to_owned()];
+    if let Some(types) = &selection.types {
+        filters.push(format!(
+            "r.res_type = ANY({})",
+            sql.bind(Box::new(types.clone()))
+        ));
+    }
+    if let Some(since) = selection.since {
+        filters.push(format!("r.last_updated >= {}", sql.bind(Box::new(since))));
+    }
+    if let Some((t, id)) = after {
+        let (t, id) = (
+            sql.bind(Box::new(t.clone())),
+            sql.bind(Box::new(id.clone())),
+        );
+        filters.push(format!("(r.res_type, r.res_id) > ({t}, {id})"));
+    }
+    if let Some(through) = &selection.compartment {
+        let through = sql.bind(Box::new(through.clone()));
+        let (own, target) = match &selection.patients {
+            Some(ids) => {
+                let ids = sql.bind(Box::new(ids.clone()));
+                (
+                    format!("r.res_id = ANY({ids})"),
+                    format!("AND x.target_id = ANY({ids})"),
+                )
+            }
+            None => ("true".to_owned(), String::new()),
+        };
+        filters.push(format!(
+            "((r.res_type = 'Patient' AND {own}) OR EXISTS (
+                SELECT 1 FROM search_reference x
+                 WHERE x.res_type = r.res_type AND x.res_id = r.res_id AND x.target_type = 'Patient'
+                   AND (x.res_type || '.' || x.param) = ANY({through}) {target}))"
+        ));
+    }
+    let limit = sql.bind(Box::new(limit));
+    let text = format!(
+        "SELECT {VERSION_COLUMNS} FROM resource r
+           JOIN resource_version v ON v.res_type = r.res_type AND v.res_id = r.res_id
+                                  AND v.version_id = r.version_id
+          WHERE {}
+          ORDER BY r.res_type, r.res_id LIMIT {limit}",
+        filters.join(" AND ")
+    );
+    let rows = client.query(&text, &sql.param_refs()).await?;
+    Ok(rows.iter().map(version_from_row).collect())
+}
+
+/// The horizon of the caller's snapshot (see `HORIZON`).
+pub async fn horizon(client: &impl GenericClient) -> FhirResult<DateTime<Utc>> {
+    Ok(client.query_one(HORIZON, &[]).await?.get(0))
+}
+
+pub async fn create_job(
+    client: &impl GenericClient,
+    job_id: &str,
+    request: &str,
+) -> FhirResult<()> {
+    client
+        .execute(
+            "INSERT INTO export_job (job_id, request, status) VALUES ($1, $2, 'in-progress')",
+            &[&job_id, &request],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Records progress; false when the job is gone (cancelled).
+pub async fn progress(
+    client: &impl GenericClient,
+    job_id: &str,
+    progress: &str,
+    transaction_time: Option<DateTime<Utc>>,
+) -> FhirResult<bool> {
+    let n = client
+        .execute(
+            "UPDATE export_job SET progress = $2, updated_at = now(),
+                    transaction_time = coalesce($3, transaction_time)
+              WHERE job_id = $1 AND status = 'in-progress'",
+            &[&job_id, &progress, &transaction_time],
+        )
+        .await?;
+    Ok(n == 1)
+}
+
+pub async fn add_file(
+    client: &impl GenericClient,
+    job_id: &str,
+    file_no: i32,
+    res_type: &str,
+    count: i32,
+    ndjson: &str,
+) -> FhirResult<()> {
+    client
+        .execute(
+            "INSERT INTO export_file (job_id, file_no, res_type, count, ndjson)
+             SELECT $1, $2, $3, $4, $5 WHERE EXISTS (SELECT 1 FROM export_job WHERE job_id = $1)",
+            &[&job_id, &file_no, &res_type, &count, &ndjson],
+        )
+        .await?;
+    Ok(())
+}
+
+pub async fn finish(
+    client: &impl GenericClient,
+    job_id: &str,
+    error: Option<&str>,
+) -> FhirResult<()> {
+    let status = if error.is_some() {
+        "failed"
+    } else {
+        "completed"
+    };
+    client
+        .execute(
+            "UPDATE export_job SET status = $2, error = $3, updated_at = now() WHERE job_id = $1",
+            &[&job_id, &status, &error],
+        )
+        .await?;
+    Ok(())
+}
+
+/// A job as its status request sees it.
+pub struct Job {
+    pub request: String,
+    pub status: String,
+    pub transaction_time: Option<DateTime<Utc>>,
+    pub progress: Option<String>,
+    pub error: Option<String>,
+    /// Seconds since the worker last reported.
+    pub idle_secs: f64,
+    /// `(file number, type, count)`, in order.
+    pub files: Vec<(i32, String, i32)>,
+}
+
+pub async fn job(client: &impl GenericClient, job_id: &str) -> FhirResult<Option<Job>> {
+    let Some(row) = client
+        .query_opt(
+            "SELECT request, status, transaction_time, progress, error,
+                    extract(epoch FROM now() - updated_at)::float8
+               FROM export_job WHERE job_id = $1",
+            &[&job_id],
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    let files = client
+        .query(
+            "SELECT file_no, res_type, count FROM export_file WHERE job_id = $1 ORDER BY file_no",
+            &[&job_id],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    Ok(Some(Job {
+        request: row.get(0),
+        status: row.get(1),
+        transaction_time: row.get(2),
+        progress: row.get(3),
+        error: row.get(4),
+        idle_secs: row.get(5),
+        files,
+    }))
+}
+
+pub async fn file(
+    client: &impl GenericClient,
+    job_id: &str,
+    file_no: i32,
+) -> FhirResult<Option<String>> {
+    Ok(client
+        .query_opt(
+            "SELECT ndjson FROM export_file WHERE job_id = $1 AND file_no = $2",
+            &[&job_id, &file_no],
+        )
+        .await?
+        .map(|r| r.get(0)))
+}
+
+/// Deletes a job and its files; false when there was none.
+pub async fn delete_job(client: &impl GenericClient, job_id: &str) -> FhirResult<bool> {
+    Ok(client
+        .execute("DELETE FROM export_job WHERE job_id = $1", &[&job_id])
+        .await?
+        == 1)
+}
