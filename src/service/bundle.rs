@@ -391,6 +391,7 @@ pub async fn transaction(pool: &Pool, rules: &Rules, bundle: Value) -> FhirResul
     let mut responses: Vec<Value> = vec![Value::Null; entries.len()];
     let now = store::clock(&tx).await?;
     let mut changed = Vec::new();
+    let mut facts = Vec::new();
     for i in order {
         let entry = &entries[i];
         let response = if entry.method == "GET" {
@@ -398,7 +399,7 @@ pub async fn transaction(pool: &Pool, rules: &Rules, bundle: Value) -> FhirResul
         } else {
             let request =
                 write_request(entry, assigned.get(&i).cloned()).map_err(|e| at_entry(i, e))?;
-            let written = execute(&tx, rules, now, request)
+            let written = execute(&tx, rules, now, request, &mut facts)
                 .await
                 .map_err(|e| at_entry(i, e))?;
             let response = write_response(written.as_ref(), "201 Created");
@@ -407,6 +408,7 @@ pub async fn transaction(pool: &Pool, rules: &Rules, bundle: Value) -> FhirResul
         };
         responses[i] = response;
     }
+    super::record_events(&tx, &facts).await?;
     tx.commit().await?;
     for w in &changed {
         search_parameter_changed(pool, w).await;

@@ -17,6 +17,7 @@ use crate::error::{FhirError, FhirResult};
 use crate::fhir::{self, datetime};
 use crate::search::{self, Cursor, Handling, SearchPlan, TotalMode};
 use crate::store::{self, HistoryFilter, StoredVersion};
+pub use notify::{record_events, Fact};
 pub use write::{Change, ChangeKind, Written};
 
 /// The server's policies that every write obeys, whoever asks for it.
@@ -183,7 +184,9 @@ pub async fn write(
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     let now = store::clock(&tx).await?;
-    let written = execute(&tx, rules, now, request).await?;
+    let mut facts = Vec::new();
+    let written = execute(&tx, rules, now, request, &mut facts).await?;
+    notify::record_events(&tx, &facts).await?;
     tx.commit().await?;
     if let Some(w) = &written {
         search_parameter_changed(pool, w).await;
@@ -200,6 +203,7 @@ pub async fn execute(
     rules: &Rules,
     now: DateTime<Utc>,
     request: WriteRequest,
+    facts: &mut Vec<Fact>,
 ) -> FhirResult<Option<Written>> {
     let change = match request {
         WriteRequest::Create {
@@ -307,7 +311,7 @@ pub async fn execute(
             }
         }
     };
-    write::apply(tx, rules, now, change).await.map(Some)
+    write::apply(tx, rules, now, change, facts).await.map(Some)
 }
 
 fn update_change(

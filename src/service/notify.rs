@@ -2,6 +2,8 @@
 //! Subscription resource as it is written, and recording an outbox event for every
 //! subscription a write matches. Rolled back with the write, or committed with it.
 
+use std::collections::HashSet;
+
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Transaction;
 use serde_json::Value;
@@ -14,14 +16,15 @@ use crate::store::{self, outbox};
 use crate::subscription::{self, Interaction, Spec, Verdict};
 
 /// One written version, as matching sees it.
-pub struct Written<'a> {
-    pub res_type: &'a str,
-    pub res_id: &'a str,
+#[derive(Debug)]
+pub struct Fact {
+    pub res_type: String,
+    pub res_id: String,
     pub version_id: i64,
     pub last_updated: DateTime<Utc>,
     pub interaction: Interaction,
     /// The new version's index rows; `None` after a delete.
-    pub rows: Option<&'a IndexRows>,
+    pub rows: Option<IndexRows>,
 }
 
 /// Files a Subscription resource that has just been written (`spec` from
@@ -58,73 +61,111 @@ pub async fn file_subscription(
     .await
 }
 
-/// Records an event for each active subscription this write matches.
-pub async fn record_events(tx: &Transaction<'_>, w: &Written<'_>) -> FhirResult<()> {
-    let keys = w.rows.map(|rows| matcher::keys_of_rows(w.res_id, rows));
-    let candidates = outbox::candidates(tx, w.res_type, keys.as_deref()).await?;
-    if candidates.is_empty() {
+/// Records an event for each active subscription each written version matches,
+/// in the writes' transaction: one lookup of candidates per resource type (by the
+/// keys the versions offer), then each version against its own candidates.
+pub async fn record_events(tx: &Transaction<'_>, facts: &[Fact]) -> FhirResult<()> {
+    let mut events: Vec<(String, &Fact)> = Vec::new();
+    // (fact, subscription) pairs already decided: a subscription may be filed
+    // under several keys one version offers.
+    let mut decided: HashSet<(usize, String)> = HashSet::new();
+    let mut types: Vec<&str> = facts.iter().map(|f| f.res_type.as_str()).collect();
+    types.sort_unstable();
+    types.dedup();
+    for res_type in types {
+        let of_type: Vec<(usize, &Fact, Option<Vec<String>>)> = facts
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| f.res_type == res_type)
+            .map(|(n, f)| {
+                let keys = f.rows.as_ref().map(|r| matcher::keys_of_rows(&f.res_id, r));
+                (n, f, keys)
+            })
+            .collect();
+        // A delete offers no keys: every subscription of the type is a candidate.
+        let keys: Option<Vec<String>> = of_type
+            .iter()
+            .map(|(_, _, k)| k.clone())
+            .collect::<Option<Vec<Vec<String>>>>()
+            .map(|all| all.concat());
+        let candidates = outbox::candidates(tx, res_type, keys.as_deref()).await?;
+        if candidates.is_empty() {
+            continue;
+        }
+        for (n, fact, keys) in &of_type {
+            for candidate in candidates.iter().filter(|c| {
+                c.match_key.is_empty() || keys.as_ref().is_none_or(|k| k.contains(&c.match_key))
+            }) {
+                if !decided.insert((*n, candidate.sub_id.clone())) {
+                    continue;
+                }
+                if matches(tx, fact, candidate).await? {
+                    events.push((candidate.sub_id.clone(), fact));
+                }
+            }
+        }
+    }
+    if events.is_empty() {
         return Ok(());
     }
-    let current = w.rows.map(|rows| Subject {
-        res_id: w.res_id,
+    let focus: Vec<outbox::Focus<'_>> = events
+        .iter()
+        .map(|(sub_id, f)| outbox::Focus {
+            sub_id,
+            res_type: &f.res_type,
+            res_id: &f.res_id,
+            version_id: f.version_id,
+            interaction: f.interaction.as_str(),
+        })
+        .collect();
+    outbox::record(tx, &focus).await
+}
+
+/// Is this version an event for the candidate subscription?
+async fn matches(
+    tx: &Transaction<'_>,
+    w: &Fact,
+    candidate: &outbox::Candidate,
+) -> FhirResult<bool> {
+    let compiled = subscription::compile(candidate.topic.as_deref(), &candidate.criteria)?;
+    let current = w.rows.as_ref().map(|rows| Subject {
+        res_id: &w.res_id,
         last_updated: w.last_updated,
         rows,
     });
-    let mut previous_rows: Option<Option<(IndexRows, DateTime<Utc>)>> = None;
-    let mut matched = Vec::new();
-    for candidate in candidates {
-        let compiled = subscription::compile(candidate.topic.as_deref(), &candidate.criteria)?;
-        if previous_rows.is_none() && compiled.needs_previous(w.res_type, w.interaction) {
-            previous_rows = Some(previous_version(tx, w).await?);
-        }
-        let previous = previous_rows
-            .as_ref()
-            .and_then(|p| p.as_ref())
-            .map(|(rows, at)| Subject {
-                res_id: w.res_id,
-                last_updated: *at,
-                rows,
-            });
-        let verdict = compiled.evaluate(
-            w.res_type,
+    let previous_rows = if compiled.needs_previous(&w.res_type, w.interaction) {
+        previous_version(tx, w).await?
+    } else {
+        None
+    };
+    let previous = previous_rows.as_ref().map(|(rows, at)| Subject {
+        res_id: &w.res_id,
+        last_updated: *at,
+        rows,
+    });
+    Ok(
+        match compiled.evaluate(
+            &w.res_type,
             w.interaction,
             current.as_ref(),
             previous.as_ref(),
-        );
-        let yes = match verdict {
+        ) {
             Verdict::Yes => true,
             Verdict::No => false,
             Verdict::AskDatabase(conditions) => matches_in_database(tx, w, conditions).await?,
-        };
-        if yes {
-            matched.push(candidate.sub_id);
-        }
-    }
-    if matched.is_empty() {
-        return Ok(());
-    }
-    outbox::record(
-        tx,
-        &matched,
-        &outbox::Focus {
-            res_type: w.res_type,
-            res_id: w.res_id,
-            version_id: w.version_id,
-            interaction: w.interaction.as_str(),
         },
     )
-    .await
 }
 
 /// The index rows of the version before this one, if it was live.
 async fn previous_version(
     tx: &Transaction<'_>,
-    w: &Written<'_>,
+    w: &Fact,
 ) -> FhirResult<Option<(IndexRows, DateTime<Utc>)>> {
     if w.interaction == Interaction::Create || w.version_id <= 1 {
         return Ok(None);
     }
-    let Some(stored) = store::read_version(tx, w.res_type, w.res_id, w.version_id - 1).await?
+    let Some(stored) = store::read_version(tx, &w.res_type, &w.res_id, w.version_id - 1).await?
     else {
         return Ok(None);
     };
@@ -134,7 +175,7 @@ async fn previous_version(
     let resource: Value =
         serde_json::from_str(json).map_err(|e| FhirError::Internal(e.to_string()))?;
     Ok(Some((
-        index::extract(w.res_type, &resource),
+        index::extract(&w.res_type, &resource),
         stored.last_updated,
     )))
 }
@@ -143,12 +184,12 @@ async fn previous_version(
 /// whose index rows already hold this version (same transaction).
 async fn matches_in_database(
     tx: &Transaction<'_>,
-    w: &Written<'_>,
+    w: &Fact,
     mut conditions: Vec<Condition>,
 ) -> FhirResult<bool> {
-    conditions.push(Condition::Id(vec![w.res_id.to_owned()]));
+    conditions.push(Condition::Id(vec![w.res_id.clone()]));
     let plan = SearchPlan {
-        resource_type: w.res_type.to_owned(),
+        resource_type: w.res_type.clone(),
         other_types: Vec::new(),
         conditions,
         count: 1,

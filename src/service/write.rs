@@ -63,13 +63,16 @@ fn next_instant(now: DateTime<Utc>, previous: Option<DateTime<Utc>>) -> DateTime
 }
 
 /// Applies one change inside `tx`. `now` is the database clock read once for the
-/// transaction (`store::clock`).
+/// transaction (`store::clock`). What was written is added to `facts`, which the
+/// caller hands to `notify::record_events` before it commits (one subscription
+/// lookup per resource type for the whole transaction).
 #[tracing::instrument(skip_all, fields(res_type = %change.res_type, res_id = %change.res_id, kind = ?change.kind))]
 pub async fn apply(
     tx: &Transaction<'_>,
     rules: &super::Rules,
     now: DateTime<Utc>,
     change: Change,
+    facts: &mut Vec<notify::Fact>,
 ) -> FhirResult<Written> {
     let Change {
         res_type,
@@ -175,18 +178,14 @@ pub async fn apply(
         (Some(_), None) => Interaction::Create,
         (Some(_), Some(_)) => Interaction::Update,
     };
-    notify::record_events(
-        tx,
-        &notify::Written {
-            res_type: &res_type,
-            res_id: &res_id,
-            version_id,
-            last_updated,
-            interaction,
-            rows: json.is_some().then_some(&index),
-        },
-    )
-    .await?;
+    facts.push(notify::Fact {
+        res_type: res_type.clone(),
+        res_id: res_id.clone(),
+        version_id,
+        last_updated,
+        interaction,
+        rows: json.is_some().then_some(index),
+    });
     Ok(Written {
         created: json.is_some() && live.is_none(),
         res_type,

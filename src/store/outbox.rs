@@ -83,8 +83,9 @@ pub async fn unregister(tx: &Transaction<'_>, sub_id: &str) -> FhirResult<()> {
     Ok(())
 }
 
-/// A subscription that may match a write.
+/// A subscription that may match a write, with the key it was found under.
 pub struct Candidate {
+    pub match_key: String,
     pub sub_id: String,
     pub topic: Option<String>,
     pub criteria: Vec<String>,
@@ -99,7 +100,7 @@ pub async fn candidates(
 ) -> FhirResult<Vec<Candidate>> {
     // Two statements rather than `$2 IS NULL OR …`: a generic plan of that would
     // scan every key of the type, whatever the keys given.
-    const SELECT: &str = "SELECT DISTINCT s.sub_id, s.topic, s.criteria
+    const SELECT: &str = "SELECT k.match_key, s.sub_id, s.topic, s.criteria
            FROM subscription_key k JOIN subscription s ON s.sub_id = k.sub_id
           WHERE s.active AND (s.ends_at IS NULL OR s.ends_at > now()) AND k.res_type = $1";
     let rows = match keys {
@@ -120,40 +121,38 @@ pub async fn candidates(
     Ok(rows
         .iter()
         .map(|r| Candidate {
-            sub_id: r.get(0),
-            topic: r.get(1),
-            criteria: r.get(2),
+            match_key: r.get(0),
+            sub_id: r.get(1),
+            topic: r.get(2),
+            criteria: r.get(3),
         })
         .collect())
 }
 
-/// The write that caused events.
+/// An event: the subscription and the write that caused it.
 pub struct Focus<'a> {
+    pub sub_id: &'a str,
     pub res_type: &'a str,
     pub res_id: &'a str,
     pub version_id: i64,
     pub interaction: &'a str,
 }
 
-/// Records one event per matching subscription, in the write's transaction.
-pub async fn record(tx: &Transaction<'_>, sub_ids: &[String], focus: &Focus<'_>) -> FhirResult<()> {
+/// Records events in the writes' transaction, in one statement.
+pub async fn record(tx: &Transaction<'_>, events: &[Focus<'_>]) -> FhirResult<()> {
     let stmt = tx
         .prepare_cached(
             "INSERT INTO subscription_event (sub_id, focus_type, focus_id, focus_version, interaction)
-             SELECT s, $2, $3, $4, $5 FROM unnest($1::text[]) AS s",
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[])",
         )
         .await?;
-    tx.execute(
-        &stmt,
-        &[
-            &sub_ids,
-            &focus.res_type,
-            &focus.res_id,
-            &focus.version_id,
-            &focus.interaction,
-        ],
-    )
-    .await?;
+    let subs: Vec<&str> = events.iter().map(|e| e.sub_id).collect();
+    let types: Vec<&str> = events.iter().map(|e| e.res_type).collect();
+    let ids: Vec<&str> = events.iter().map(|e| e.res_id).collect();
+    let versions: Vec<i64> = events.iter().map(|e| e.version_id).collect();
+    let interactions: Vec<&str> = events.iter().map(|e| e.interaction).collect();
+    tx.execute(&stmt, &[&subs, &types, &ids, &versions, &interactions])
+        .await?;
     Ok(())
 }
 

@@ -170,6 +170,7 @@ async fn sync_never_skips_a_version_that_commits_late() {
             resource: json!({"resourceType": "Patient", "id": "slow"}),
             if_match: None,
         },
+        &mut Vec::new(),
     )
     .await
     .expect("slow write");

@@ -700,3 +700,48 @@ async fn a_subscription_is_turned_off_when_its_end_passes() {
     assert!(gp.next(Duration::from_millis(700)).await.is_none());
     assert_eq!(event_rows(&s, &sub_id).await.len(), 1);
 }
+
+#[tokio::test]
+async fn a_transaction_records_each_subscriptions_events_once() {
+    let s = TestServer::start().await;
+    let gp = Receiver::start().await;
+    gp.answer_with(503); // nothing delivered: the outbox shows what was recorded
+    let mut subs = Vec::new();
+    for criteria in [
+        "Encounter?patient=Patient/p1&status=finished",
+        "Encounter?patient=Patient/p2&status=finished",
+        "Encounter?status=finished,in-progress",
+    ] {
+        let created = json_of(
+            s.post_json("Subscription", &r4_subscription(criteria, &gp.url()))
+                .await,
+            201,
+        )
+        .await;
+        subs.push(created["id"].as_str().expect("id").to_owned());
+    }
+    let entry = |id: &str, status: &str, patient: &str| json!({"resource": encounter(id, status, patient), "request": {"method": "PUT", "url": format!("Encounter/{id}")}});
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        entry("a", "finished", "p1"), entry("b", "finished", "p2"),
+        entry("c", "planned", "p1"), entry("d", "in-progress", "p3")]});
+    json_of(s.post_json("", &bundle).await, 200).await;
+    let client = s.pool.get().await.expect("connection");
+    let recorded = |sub: String| {
+        let client = &client;
+        async move {
+            let rows = client
+                .query(
+                    "SELECT focus_id FROM subscription_event WHERE sub_id = $1 ORDER BY focus_id",
+                    &[&sub],
+                )
+                .await
+                .expect("events");
+            rows.iter()
+                .map(|r| r.get::<_, String>(0))
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(recorded(subs[0].clone()).await, vec!["a"]);
+    assert_eq!(recorded(subs[1].clone()).await, vec!["b"]);
+    assert_eq!(recorded(subs[2].clone()).await, vec!["a", "b", "d"]);
+}
