@@ -206,18 +206,55 @@ impl Target {
     }
 }
 
-/// Loads the paths into the target, reporting progress on stderr.
+/// The progress line: a bar of the files done, the resources written, failures
+/// and the rate. Pure.
+fn progress_line(done: usize, total: usize, summary: &Summary, secs: f64, current: &str) -> String {
+    const WIDTH: usize = 24;
+    let filled = (done * WIDTH).checked_div(total).unwrap_or(WIDTH);
+    let written = summary.created + summary.updated_or_unchanged;
+    let rate = if secs > 0.0 {
+        written as f64 / secs
+    } else {
+        0.0
+    };
+    format!(
+        "[{}{}] {done}/{total} files  {written} resources  {} failed  {rate:.0}/s  {current}",
+        "#".repeat(filled),
+        "-".repeat(WIDTH - filled),
+        summary.failed.len(),
+    )
+}
+
+/// Loads the paths into the target, with a progress bar on stderr (one line,
+/// redrawn; a line per file when stderr is not a terminal).
 pub async fn load(target: &Target, paths: &[PathBuf]) -> FhirResult<Summary> {
+    use std::io::IsTerminal as _;
     let files =
         files(paths).map_err(|e| FhirError::bad_request(format!("reading the paths: {e}")))?;
     let mut summary = Summary {
         files: files.len(),
         ..Summary::default()
     };
+    let started = std::time::Instant::now();
+    let terminal = std::io::stderr().is_terminal();
+    let show = |done: usize, summary: &Summary, current: &str| {
+        let line = progress_line(
+            done,
+            files.len(),
+            summary,
+            started.elapsed().as_secs_f64(),
+            current,
+        );
+        if terminal {
+            eprint!("\r{line}\x1b[K");
+            let _ = std::io::stderr().flush();
+        } else {
+            eprintln!("{line}");
+        }
+    };
     for (n, file) in files.iter().enumerate() {
         let name = file.display().to_string();
-        eprint!("\r[{}/{}] {name}\x1b[K", n + 1, files.len());
-        let _ = std::io::stderr().flush();
+        show(n, &summary, &name);
         let items = match items(file) {
             Ok(items) => items,
             Err(e) => {
@@ -244,6 +281,31 @@ pub async fn load(target: &Target, paths: &[PathBuf]) -> FhirResult<Summary> {
             }
         }
     }
-    eprintln!();
+    show(files.len(), &summary, "done");
+    if terminal {
+        eprintln!();
+    }
     Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_progress_line_shows_files_resources_failures_and_rate() {
+        let summary = Summary {
+            files: 4,
+            created: 30,
+            updated_or_unchanged: 10,
+            failed: vec!["x.json: bad".into()],
+        };
+        let line = progress_line(1, 4, &summary, 2.0, "fixtures/a.json");
+        assert_eq!(
+            line,
+            "[######------------------] 1/4 files  40 resources  1 failed  20/s  fixtures/a.json"
+        );
+        assert!(progress_line(0, 0, &Summary::default(), 0.0, "")
+            .starts_with("[########################] 0/0"));
+    }
 }
