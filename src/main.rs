@@ -86,14 +86,14 @@ impl SubscriptionArgs {
         }
     }
 
-    fn delivery(&self) -> server::DeliveryOptions {
-        server::DeliveryOptions {
+    fn delivery(&self) -> passerelle::delivery::Tuning {
+        passerelle::delivery::Tuning {
             workers: self.delivery_workers,
             max_attempts: self.delivery_max_attempts,
             backoff_base: Duration::from_millis(self.delivery_backoff_ms),
             backoff_max: Duration::from_millis(self.delivery_backoff_max_ms),
             timeout: Duration::from_millis(self.delivery_timeout_ms),
-            ..server::DeliveryOptions::default()
+            ..passerelle::delivery::Tuning::default()
         }
     }
 

@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::serve::ListenerExt;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -191,31 +190,7 @@ pub struct ServeOptions {
     pub base_url: Option<String>,
     pub max_body_bytes: usize,
     pub rules: crate::service::Rules,
-    pub delivery: DeliveryOptions,
-}
-
-/// Delivery of subscription notifications (see `delivery::Settings`).
-#[derive(Debug, Clone)]
-pub struct DeliveryOptions {
-    pub workers: usize,
-    pub max_attempts: i32,
-    pub backoff_base: Duration,
-    pub backoff_max: Duration,
-    pub timeout: Duration,
-    pub poll: Duration,
-}
-
-impl Default for DeliveryOptions {
-    fn default() -> Self {
-        DeliveryOptions {
-            workers: 4,
-            max_attempts: 8,
-            backoff_base: Duration::from_secs(1),
-            backoff_max: Duration::from_secs(300),
-            timeout: Duration::from_secs(10),
-            poll: Duration::from_secs(1),
-        }
-    }
+    pub delivery: delivery::Tuning,
 }
 
 /// Puts a subscription whose deliveries keep failing in `error`, or whose end has
@@ -262,14 +237,8 @@ pub fn start_delivery(
     local: SocketAddr,
     hub: Arc<delivery::websocket::Hub>,
 ) -> Result<delivery::Delivery, StartError> {
-    let d = &options.delivery;
     let settings = delivery::Settings {
-        workers: d.workers,
-        max_attempts: d.max_attempts.max(1),
-        backoff_base: d.backoff_base,
-        backoff_max: d.backoff_max,
-        timeout: d.timeout,
-        poll: d.poll,
+        tuning: options.delivery.clone(),
         policy: options.rules.endpoints,
         base_url: options
             .base_url

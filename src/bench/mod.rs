@@ -188,12 +188,12 @@ impl BenchServer {
 /// Serves the API over `database` on an ephemeral local port; callbacks may go to
 /// loopback (the subscription bench's listener lives in this process).
 pub(crate) async fn start_server(database: &Database) -> Result<BenchServer, StartError> {
-    start_server_with(database, server::DeliveryOptions::default()).await
+    start_server_with(database, crate::delivery::Tuning::default()).await
 }
 
 pub(crate) async fn start_server_with(
     database: &Database,
-    delivery: server::DeliveryOptions,
+    delivery: crate::delivery::Tuning,
 ) -> Result<BenchServer, StartError> {
     let serve = ServeOptions {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),

@@ -57,6 +57,28 @@ fn encounter(id: &str, patient: usize, status: &str) -> String {
     .to_string()
 }
 
+/// Creates one Encounter with a PUT.
+async fn put_encounter(
+    conn: &mut Connection,
+    id: &str,
+    patient: usize,
+    status: &str,
+) -> Result<(), String> {
+    let body = encounter(id, patient, status);
+    let reply = conn
+        .send(
+            "PUT",
+            &format!("/fhir/Encounter/{id}"),
+            Some(body.as_bytes()),
+        )
+        .await?;
+    if reply.status == 201 {
+        Ok(())
+    } else {
+        Err(format!("PUT answered {}", reply.status))
+    }
+}
+
 /// PUTs `total` Encounters (`tag`-prefixed ids, patients round-robin over
 /// `patients`) with `concurrency` clients.
 async fn writes(
@@ -73,19 +95,9 @@ async fn writes(
         let mut latencies = Vec::new();
         while let Some(i) = counter.next() {
             let id = format!("{tag}-{i}");
-            let body = encounter(&id, i % patients.max(1), status);
             let t = Instant::now();
-            let reply = conn
-                .send(
-                    "PUT",
-                    &format!("/fhir/Encounter/{id}"),
-                    Some(body.as_bytes()),
-                )
-                .await?;
+            put_encounter(&mut conn, &id, i % patients.max(1), status).await?;
             latencies.push(t.elapsed());
-            if reply.status != 201 {
-                return Err(format!("PUT answered {}", reply.status));
-            }
         }
         Ok(latencies)
     })
@@ -113,21 +125,11 @@ async fn latency(
     let started = Instant::now();
     for i in 0..events {
         let id = format!("l-{i}");
-        let body = encounter(&id, i % patients, "finished");
         let waiting = arrivals.changed.notified();
         tokio::pin!(waiting);
         waiting.as_mut().enable();
-        let reply = conn
-            .send(
-                "PUT",
-                &format!("/fhir/Encounter/{id}"),
-                Some(body.as_bytes()),
-            )
-            .await?;
+        put_encounter(&mut conn, &id, i % patients, "finished").await?;
         let answered = Instant::now();
-        if reply.status != 201 {
-            return Err(format!("PUT answered {}", reply.status));
-        }
         let deadline = answered + Duration::from_secs(10);
         let arrived = loop {
             if let Some(at) = arrivals.at.lock().ok().and_then(|a| a.get(&id).copied()) {
@@ -174,7 +176,7 @@ async fn measure(options: &SubscriptionBenchOptions, count: usize) -> Result<Row
     // An instance that writes events but does not deliver them.
     let writer = start_server_with(
         &database,
-        server::DeliveryOptions {
+        crate::delivery::Tuning {
             workers: 0,
             ..Default::default()
         },

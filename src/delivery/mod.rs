@@ -26,9 +26,11 @@ use crate::store::{self, outbox};
 use crate::subscription::notification::{self, About, Kind};
 use crate::subscription::{Channel, Content, EndpointPolicy};
 
-/// Delivery settings (environment variables in the README).
+/// How delivery works (environment variables in the README).
 #[derive(Debug, Clone)]
-pub struct Settings {
+pub struct Tuning {
+    /// Workers of this instance (0: it records events but leaves their delivery
+    /// to other instances).
     pub workers: usize,
     /// Attempts of one notification before the subscription goes to `error`.
     pub max_attempts: i32,
@@ -37,7 +39,27 @@ pub struct Settings {
     pub backoff_max: Duration,
     /// Per-request timeout (a subscription's `backport-timeout` overrides it).
     pub timeout: Duration,
+    /// The safety net of the commit notifications.
     pub poll: Duration,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            workers: 4,
+            max_attempts: 8,
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(300),
+            timeout: Duration::from_secs(10),
+            poll: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Delivery settings: the tuning, the endpoint policy and the public base.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub tuning: Tuning,
     pub policy: EndpointPolicy,
     /// The server's public FHIR base, for references in notifications.
     pub base_url: String,
@@ -46,16 +68,17 @@ pub struct Settings {
 impl Settings {
     /// A lease outlives one notification's timeout with room to spare.
     fn lease_secs(&self) -> f64 {
-        self.timeout.as_secs_f64() * 2.0 + 5.0
+        self.tuning.timeout.as_secs_f64() * 2.0 + 5.0
     }
 
     /// The wait before attempt `attempt + 1`: base × 2^(attempt-1), capped, times
     /// a random factor in [0.5, 1) so that retries of many subscriptions spread.
     fn backoff(&self, attempt: i32) -> Duration {
         let exp = self
+            .tuning
             .backoff_base
             .saturating_mul(1u32 << attempt.clamp(1, 20).saturating_sub(1));
-        let capped = exp.min(self.backoff_max);
+        let capped = exp.min(self.tuning.backoff_max);
         let jitter = 0.5 + (uuid::Uuid::new_v4().as_u128() % 1000) as f64 / 2000.0;
         capped.mul_f64(jitter)
     }
@@ -124,7 +147,7 @@ pub fn start(
     hub: Arc<websocket::Hub>,
 ) -> Result<Delivery, reqwest::Error> {
     let wake = hub.wake.clone();
-    let http = client::http_client(settings.policy, settings.timeout)?;
+    let http = client::http_client(settings.policy, settings.tuning.timeout)?;
     let instance = uuid::Uuid::new_v4().simple().to_string();
     let mut tasks = vec![tokio::spawn(listen_for_commits(listen, wake.clone()))];
     let worker = |n: usize| {
@@ -137,7 +160,7 @@ pub fn start(
             hub: hub.clone(),
         })
     };
-    for n in 0..settings.workers {
+    for n in 0..settings.tuning.workers {
         tasks.push(tokio::spawn(worker(n).run(wake.clone(), false)));
     }
     tasks.push(tokio::spawn(worker(usize::MAX).run(wake, true)));
@@ -201,7 +224,7 @@ impl Worker {
                 let poll = if heartbeats {
                     Duration::from_secs(1)
                 } else {
-                    self.settings.poll
+                    self.settings.tuning.poll
                 };
                 if heartbeats {
                     tokio::time::sleep(poll).await;
@@ -318,7 +341,7 @@ impl Worker {
             _ => return Ok(true),
         };
         let body = if channel.backport {
-            let events = self.with_resources(client, channel, batch.to_vec()).await?;
+            let events = notification_events(client, batch.to_vec(), channel.content).await?;
             self.status_body(sub, channel, Kind::EventNotification, &events)
         } else {
             self.r4_body(client, channel, &batch[0]).await?
@@ -349,7 +372,7 @@ impl Worker {
         seqs: &[i64],
         reason: &str,
     ) -> FhirResult<()> {
-        let give_up = attempt >= self.settings.max_attempts;
+        let give_up = attempt >= self.settings.tuning.max_attempts;
         let wait = self.settings.backoff(attempt);
         tracing::info!(%sub_id, attempt, give_up, reason, "notification failed");
         let client = self.pool.get().await?;
@@ -384,32 +407,6 @@ impl Worker {
         };
         let bundle = notification::bundle(&about, kind, events, channel.content, Utc::now());
         encode(channel, &bundle)
-    }
-
-    async fn with_resources(
-        &self,
-        client: &impl deadpool_postgres::GenericClient,
-        channel: &Channel,
-        events: Vec<outbox::Event>,
-    ) -> FhirResult<Vec<notification::Event>> {
-        let mut out = Vec::with_capacity(events.len());
-        for e in events {
-            let resource = if channel.content == Content::FullResource {
-                focus(client, &e).await?
-            } else {
-                None
-            };
-            out.push(notification::Event {
-                number: e.event_number,
-                recorded_at: e.recorded_at,
-                focus_type: e.focus_type,
-                focus_id: e.focus_id,
-                focus_version: e.focus_version,
-                interaction: e.interaction,
-                resource,
-            });
-        }
-        Ok(out)
     }
 
     /// R4 criteria: the resource itself in the payload's format, or no body.
@@ -496,6 +493,33 @@ impl Worker {
 fn channel_of(sub: &outbox::Leased) -> FhirResult<Channel> {
     serde_json::from_value(sub.channel.clone())
         .map_err(|e| FhirError::Internal(format!("subscription {}: bad channel: {e}", sub.sub_id)))
+}
+
+/// Recorded events as notifications show them, with each focus resource at its
+/// version for `full-resource` (for callbacks and for `$events`).
+pub async fn notification_events(
+    client: &impl deadpool_postgres::GenericClient,
+    events: Vec<outbox::Event>,
+    content: Content,
+) -> FhirResult<Vec<notification::Event>> {
+    let mut out = Vec::with_capacity(events.len());
+    for e in events {
+        let resource = if content == Content::FullResource {
+            focus(client, &e).await?
+        } else {
+            None
+        };
+        out.push(notification::Event {
+            number: e.event_number,
+            recorded_at: e.recorded_at,
+            focus_type: e.focus_type,
+            focus_id: e.focus_id,
+            focus_version: e.focus_version,
+            interaction: e.interaction,
+            resource,
+        });
+    }
+    Ok(out)
 }
 
 /// The focus of an event at its version (`None` for a delete).

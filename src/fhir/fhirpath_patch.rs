@@ -152,12 +152,18 @@ fn one<'a>(
     }
 }
 
-/// The pointer of the list an element of it is in, and its index there.
-fn in_list(op: &Operation<'_>, path: &str, pointer: &str) -> FhirResult<(String, usize)> {
-    pointer
+/// The list a path selects the elements of: its JSON pointer and its length.
+fn list(resource: &Value, op: &Operation<'_>, path: &str) -> FhirResult<(String, usize)> {
+    let found = locate(resource, op, path)?;
+    let (pointer, _) = found
+        .first()
+        .ok_or_else(|| unprocessable(op.index, format!("path '{path}' matches nothing")))?;
+    let list = pointer
         .rsplit_once('/')
-        .and_then(|(list, i)| Some((list.to_owned(), i.parse().ok()?)))
-        .ok_or_else(|| unprocessable(op.index, format!("path '{path}' is not a list element")))
+        .filter(|(_, i)| i.parse::<usize>().is_ok())
+        .map(|(list, _)| list.to_owned())
+        .ok_or_else(|| unprocessable(op.index, format!("path '{path}' is not a list element")))?;
+    Ok((list, found.len()))
 }
 
 /// The JSON Patch operations for one FHIRPath Patch operation on `resource`.
@@ -192,23 +198,11 @@ fn translate(resource: &Value, op: &Operation<'_>) -> FhirResult<Vec<Value>> {
         }
         "insert" => {
             let index = op.integer("index")?;
-            let found = locate(resource, op, path)?;
-            let list = match found.first() {
-                Some((pointer, _)) => in_list(op, path, pointer)?.0,
-                None => {
-                    return Err(unprocessable(
-                        op.index,
-                        format!("path '{path}' matches nothing"),
-                    ))
-                }
-            };
-            if index > found.len() {
+            let (list, len) = list(resource, op, path)?;
+            if index > len {
                 return Err(unprocessable(
                     op.index,
-                    format!(
-                        "index {index} is beyond the {} elements of '{path}'",
-                        found.len()
-                    ),
+                    format!("index {index} is beyond the {len} elements of '{path}'"),
                 ));
             }
             vec![json!({"op": "add", "path": format!("{list}/{index}"), "value": op.value()?})]
@@ -233,23 +227,11 @@ fn translate(resource: &Value, op: &Operation<'_>) -> FhirResult<Vec<Value>> {
         }
         "move" => {
             let (source, destination) = (op.integer("source")?, op.integer("destination")?);
-            let found = locate(resource, op, path)?;
-            let list = match found.first() {
-                Some((pointer, _)) => in_list(op, path, pointer)?.0,
-                None => {
-                    return Err(unprocessable(
-                        op.index,
-                        format!("path '{path}' matches nothing"),
-                    ))
-                }
-            };
-            if source >= found.len() || destination >= found.len() {
+            let (list, len) = list(resource, op, path)?;
+            if source >= len || destination >= len {
                 return Err(unprocessable(
                     op.index,
-                    format!(
-                        "'{path}' has {} elements; cannot move {source} to {destination}",
-                        found.len()
-                    ),
+                    format!("'{path}' has {len} elements; cannot move {source} to {destination}"),
                 ));
             }
             vec![

@@ -7,9 +7,10 @@ use deadpool_postgres::Pool;
 use serde_json::{json, Value};
 
 use super::read;
+use crate::delivery;
 use crate::error::{FhirError, FhirResult};
 use crate::fhir::datetime::format_instant;
-use crate::store::{self, outbox};
+use crate::store::outbox;
 use crate::subscription::notification::{self, About, Kind};
 use crate::subscription::{Channel, Content};
 
@@ -82,16 +83,25 @@ fn number_param(params: &[(String, String)], name: &str) -> FhirResult<Option<i6
         .transpose()
 }
 
-/// The range of event numbers asked for (`eventsSinceNumber`, `eventsUntilNumber`,
-/// both inclusive), bounded by what exists.
-fn range(params: &[(String, String)], last: i64) -> FhirResult<(i64, i64)> {
+/// The subscription and its recorded events in the range asked for
+/// (`eventsSinceNumber`, `eventsUntilNumber`, both inclusive, bounded by what
+/// exists), at most `MAX_EVENTS`.
+async fn events_in_range(
+    pool: &Pool,
+    sub_id: &str,
+    params: &[(String, String)],
+) -> FhirResult<(Current, Vec<outbox::Event>)> {
+    let c = current(pool, sub_id).await?;
+    let last = c.state.as_ref().map_or(0, |s| s.events_since_start);
     let since = number_param(params, "eventsSinceNumber")?
         .unwrap_or(1)
         .max(1);
     let until = number_param(params, "eventsUntilNumber")?
         .unwrap_or(last)
         .min(last);
-    Ok((since, until))
+    let client = pool.get().await?;
+    let events = outbox::events(&client, sub_id, since, until, MAX_EVENTS).await?;
+    Ok((c, events))
 }
 
 /// `$events`: the events numbered in the range, as a `query-event` notification,
@@ -102,9 +112,7 @@ pub async fn events(
     sub_id: &str,
     params: &[(String, String)],
 ) -> FhirResult<Value> {
-    let c = current(pool, sub_id).await?;
-    let last = c.state.as_ref().map_or(0, |s| s.events_since_start);
-    let (since, until) = range(params, last)?;
+    let (c, recorded) = events_in_range(pool, sub_id, params).await?;
     let content = match params.iter().find(|(k, _)| k == "content") {
         Some((_, v)) => Content::parse(v).ok_or_else(|| {
             FhirError::bad_request(format!(
@@ -114,26 +122,7 @@ pub async fn events(
         None => c.channel.as_ref().map_or(Content::IdOnly, |ch| ch.content),
     };
     let client = pool.get().await?;
-    let mut events = Vec::new();
-    for e in outbox::events(&client, sub_id, since, until, MAX_EVENTS).await? {
-        let resource = if content == Content::FullResource {
-            store::read_version(&client, &e.focus_type, &e.focus_id, e.focus_version)
-                .await?
-                .and_then(|v| v.json)
-                .and_then(|j| serde_json::from_str(&j).ok())
-        } else {
-            None
-        };
-        events.push(notification::Event {
-            number: e.event_number,
-            recorded_at: e.recorded_at,
-            focus_type: e.focus_type,
-            focus_id: e.focus_id,
-            focus_version: e.focus_version,
-            interaction: e.interaction,
-            resource,
-        });
-    }
+    let events = delivery::notification_events(&client, recorded, content).await?;
     Ok(notification::bundle(
         &about(base, sub_id, &c),
         Kind::QueryEvent,
@@ -150,10 +139,8 @@ pub async fn deliveries(
     sub_id: &str,
     params: &[(String, String)],
 ) -> FhirResult<Value> {
-    let c = current(pool, sub_id).await?;
+    let (c, recorded) = events_in_range(pool, sub_id, params).await?;
     let last = c.state.as_ref().map_or(0, |s| s.events_since_start);
-    let (since, until) = range(params, last)?;
-    let client = pool.get().await?;
     let mut parameters = vec![
         json!({"name": "status", "valueCode": c.resource["status"].as_str().unwrap_or("off")}),
         json!({"name": "events-since-subscription-start", "valueString": last.to_string()}),
@@ -166,7 +153,7 @@ pub async fn deliveries(
             parameters.push(json!({"name": "last-error", "valueString": error}));
         }
     }
-    for e in outbox::events(&client, sub_id, since, until, MAX_EVENTS).await? {
+    for e in recorded {
         let mut parts = vec![
             json!({"name": "event-number", "valueString": e.event_number.to_string()}),
             json!({"name": "focus", "valueReference": {"reference": format!("{}/{}/_history/{}", e.focus_type, e.focus_id, e.focus_version)}}),

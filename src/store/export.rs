@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
 
-use super::{search_sql::SqlCondition, version_from_row, StoredVersion, HORIZON, VERSION_COLUMNS};
+use super::{current_filters, current_versions, search_sql::SqlCondition, StoredVersion, HORIZON};
 use crate::error::FhirResult;
 
 /// What an export selects.
@@ -29,23 +29,7 @@ pub async fn page(
     limit: i64,
 ) -> FhirResult<Vec<StoredVersion>> {
     let mut sql = SqlCondition::new();
-    let mut filters = vec!["NOT r.deleted".to_owned()];
-    if let Some(types) = &selection.types {
-        filters.push(format!(
-            "r.res_type = ANY({})",
-            sql.bind(Box::new(types.clone()))
-        ));
-    }
-    if let Some(since) = selection.since {
-        filters.push(format!("r.last_updated >= {}", sql.bind(Box::new(since))));
-    }
-    if let Some((t, id)) = after {
-        let (t, id) = (
-            sql.bind(Box::new(t.clone())),
-            sql.bind(Box::new(id.clone())),
-        );
-        filters.push(format!("(r.res_type, r.res_id) > ({t}, {id})"));
-    }
+    let mut filters = current_filters(&mut sql, selection.types.as_ref(), selection.since, after);
     if let Some(through) = &selection.compartment {
         let through = sql.bind(Box::new(through.clone()));
         let (own, target) = match &selection.patients {
@@ -66,16 +50,7 @@ pub async fn page(
         ));
     }
     let limit = sql.bind(Box::new(limit));
-    let text = format!(
-        "SELECT {VERSION_COLUMNS} FROM resource r
-           JOIN resource_version v ON v.res_type = r.res_type AND v.res_id = r.res_id
-                                  AND v.version_id = r.version_id
-          WHERE {}
-          ORDER BY r.res_type, r.res_id LIMIT {limit}",
-        filters.join(" AND ")
-    );
-    let rows = client.query(&text, &sql.param_refs()).await?;
-    Ok(rows.iter().map(version_from_row).collect())
+    current_versions(client, "resource r", &sql, &filters, &limit).await
 }
 
 /// The horizon of the caller's snapshot (see `HORIZON`).

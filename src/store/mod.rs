@@ -483,6 +483,34 @@ pub struct EverythingQuery<'a> {
     pub limit: usize,
 }
 
+/// Conditions on current resources `r` (`$everything`, `$export`): not deleted, of
+/// these types, changed at or after `since`, after `(type, id)` in that order.
+fn current_filters(
+    sql: &mut search_sql::SqlCondition,
+    types: Option<&Vec<String>>,
+    since: Option<DateTime<Utc>>,
+    after: Option<&(String, String)>,
+) -> Vec<String> {
+    let mut filters = vec!["NOT r.deleted".to_owned()];
+    if let Some(types) = types {
+        filters.push(format!(
+            "r.res_type = ANY({})",
+            sql.bind(Box::new(types.clone()))
+        ));
+    }
+    if let Some(since) = since {
+        filters.push(format!("r.last_updated >= {}", sql.bind(Box::new(since))));
+    }
+    if let Some((t, id)) = after {
+        let (t, id) = (
+            sql.bind(Box::new(t.clone())),
+            sql.bind(Box::new(id.clone())),
+        );
+        filters.push(format!("(r.res_type, r.res_id) > ({t}, {id})"));
+    }
+    filters
+}
+
 /// The resource itself and the current resources that point to it (through the
 /// given parameters), in (type, id) order.
 #[tracing::instrument(skip_all, fields(res_type = q.res_type))]
@@ -502,31 +530,28 @@ pub async fn everything(
         ),
         None => String::new(),
     };
-    let mut filters = vec!["NOT r.deleted".to_owned()];
-    if let Some(types) = &q.types {
-        filters.push(format!(
-            "r.res_type = ANY({})",
-            sql.bind(Box::new(types.clone()))
-        ));
-    }
-    if let Some(since) = q.since {
-        filters.push(format!("r.last_updated >= {}", sql.bind(Box::new(since))));
-    }
-    if let Some((after_type, after_id)) = &q.after {
-        let (at, ai) = (
-            sql.bind(Box::new(after_type.clone())),
-            sql.bind(Box::new(after_id.clone())),
-        );
-        filters.push(format!("(r.res_type, r.res_id) > ({at}, {ai})"));
-    }
+    let filters = current_filters(&mut sql, q.types.as_ref(), q.since, q.after.as_ref());
     let limit = sql.bind(Box::new(q.limit as i64));
+    let from = format!(
+        "(SELECT x.res_type, x.res_id FROM search_reference x
+           WHERE x.target_type = {t} AND x.target_id = {id} {through}
+          UNION SELECT {t}, {id}) m
+         JOIN resource r ON r.res_type = m.res_type AND r.res_id = m.res_id"
+    );
+    current_versions(client, &from, &sql, &filters, &limit).await
+}
+
+/// The current versions of the resources `r` of `from`, meeting `filters`, in
+/// (type, id) order, `limit` at most (a bound parameter).
+async fn current_versions(
+    client: &impl GenericClient,
+    from: &str,
+    sql: &search_sql::SqlCondition,
+    filters: &[String],
+    limit: &str,
+) -> FhirResult<Vec<StoredVersion>> {
     let text = format!(
-        "WITH members AS (
-            SELECT x.res_type, x.res_id FROM search_reference x
-             WHERE x.target_type = {t} AND x.target_id = {id} {through}
-            UNION SELECT {t}, {id})
-         SELECT {VERSION_COLUMNS} FROM members m
-           JOIN resource r ON r.res_type = m.res_type AND r.res_id = m.res_id
+        "SELECT {VERSION_COLUMNS} FROM {from}
            JOIN resource_version v ON v.res_type = r.res_type AND v.res_id = r.res_id
                                   AND v.version_id = r.version_id
           WHERE {}

@@ -80,6 +80,19 @@ fn hmac_hex(secret: &str, body: &[u8]) -> String {
         .collect()
 }
 
+/// Creates a subscription and returns its id.
+async fn subscribe(s: &TestServer, subscription: &Value) -> String {
+    let created = json_of(s.post_json("Subscription", subscription).await, 201).await;
+    created["id"].as_str().expect("id").to_owned()
+}
+
+/// Event rows of `n` events, each delivered at the first attempt.
+fn delivered_once(n: i64) -> Vec<(Option<i64>, String, i32)> {
+    (1..=n)
+        .map(|i| (Some(i), "delivered".to_owned(), 1))
+        .collect()
+}
+
 async fn put(s: &TestServer, resource: &Value) -> Value {
     let path = format!(
         "{}/{}",
@@ -153,29 +166,14 @@ async fn an_r4_rest_hook_gets_each_matching_write_signed_and_nothing_else() {
         "nothing else"
     );
     let rows = event_rows(&s, &sub_id).await;
-    assert_eq!(
-        rows,
-        vec![
-            (Some(1), "delivered".into(), 1),
-            (Some(2), "delivered".into(), 1)
-        ]
-    );
+    assert_eq!(rows, delivered_once(2));
 }
 
 #[tokio::test]
 async fn a_rolled_back_transaction_records_no_event() {
     let s = TestServer::start().await;
     let gp = Receiver::start().await;
-    let created = json_of(
-        s.post_json(
-            "Subscription",
-            &r4_subscription("Encounter?status=finished", &gp.url()),
-        )
-        .await,
-        201,
-    )
-    .await;
-    let sub_id = created["id"].as_str().expect("id").to_owned();
+    let sub_id = subscribe(&s, &r4_subscription("Encounter?status=finished", &gp.url())).await;
     // The second entry expects a version that does not exist: all or nothing.
     let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
         {"resource": encounter("stay-9", "finished", "p9"), "request": {"method": "PUT", "url": "Encounter/stay-9"}},
@@ -195,21 +193,16 @@ async fn a_rolled_back_transaction_records_no_event() {
 async fn a_backport_subscription_shakes_hands_then_batches_numbered_events() {
     let s = TestServer::start().await;
     let dac = Receiver::start().await;
-    let created = json_of(
-        s.post_json(
-            "Subscription",
-            &backport_subscription(
-                DISCHARGE,
-                Some("Encounter?patient=Patient/p1"),
-                &dac.url(),
-                "full-resource",
-            ),
-        )
-        .await,
-        201,
+    let sub_id = subscribe(
+        &s,
+        &backport_subscription(
+            DISCHARGE,
+            Some("Encounter?patient=Patient/p1"),
+            &dac.url(),
+            "full-resource",
+        ),
     )
     .await;
-    let sub_id = created["id"].as_str().expect("id").to_owned();
     let handshake = dac.expect().await;
     assert_eq!(handshake.notification_type(), "handshake");
     assert_eq!(handshake.json()["type"], "history");
@@ -248,16 +241,11 @@ async fn a_receiver_that_is_down_gets_every_event_in_order_when_it_comes_back() 
     let s = TestServer::start().await;
     let addr = free_address();
     let endpoint = format!("http://{addr}/hook");
-    let created = json_of(
-        s.post_json(
-            "Subscription",
-            &backport_subscription(DISCHARGE, None, &endpoint, "id-only"),
-        )
-        .await,
-        201,
+    let sub_id = subscribe(
+        &s,
+        &backport_subscription(DISCHARGE, None, &endpoint, "id-only"),
     )
     .await;
-    let sub_id = created["id"].as_str().expect("id").to_owned();
     for n in 0..3 {
         put(&s, &encounter(&format!("stay-{n}"), "finished", "p1")).await;
     }
@@ -301,16 +289,7 @@ async fn a_subscription_that_keeps_failing_goes_to_error_with_the_reason() {
     let s = TestServer::start().await;
     let gp = Receiver::start().await;
     gp.answer_with(503);
-    let created = json_of(
-        s.post_json(
-            "Subscription",
-            &r4_subscription("Encounter?status=finished", &gp.url()),
-        )
-        .await,
-        201,
-    )
-    .await;
-    let sub_id = created["id"].as_str().expect("id").to_owned();
+    let sub_id = subscribe(&s, &r4_subscription("Encounter?status=finished", &gp.url())).await;
     put(&s, &encounter("stay-1", "finished", "p1")).await;
     let mut status = String::new();
     for _ in 0..100 {
@@ -466,16 +445,11 @@ fn parameter<'a>(parameters: &'a Value, name: &str) -> Vec<&'a Value> {
 async fn status_events_and_the_delivery_log_tell_what_happened_and_replay_it() {
     let s = TestServer::start().await;
     let dac = Receiver::start().await;
-    let created = json_of(
-        s.post_json(
-            "Subscription",
-            &backport_subscription(DISCHARGE, None, &dac.url(), "id-only"),
-        )
-        .await,
-        201,
+    let sub_id = subscribe(
+        &s,
+        &backport_subscription(DISCHARGE, None, &dac.url(), "id-only"),
     )
     .await;
-    let sub_id = created["id"].as_str().expect("id").to_owned();
     assert_eq!(dac.expect().await.notification_type(), "handshake");
     for n in 1..=3 {
         put(&s, &encounter(&format!("stay-{n}"), "finished", "p1")).await;
@@ -594,8 +568,7 @@ async fn a_websocket_bound_with_a_token_receives_the_handshake_then_notification
         .as_object_mut()
         .expect("channel")
         .remove("endpoint");
-    let created = json_of(s.post_json("Subscription", &sub).await, 201).await;
-    let sub_id = created["id"].as_str().expect("id").to_owned();
+    let sub_id = subscribe(&s, &sub).await;
     // Committed before any socket: it waits in the outbox.
     put(&s, &encounter("stay-1", "finished", "p1")).await;
 
@@ -666,13 +639,7 @@ async fn a_websocket_bound_with_a_token_receives_the_handshake_then_notification
         Some(true)
     );
     let rows = event_rows(&s, &sub_id).await;
-    assert_eq!(
-        rows,
-        vec![
-            (Some(1), "delivered".into(), 1),
-            (Some(2), "delivered".into(), 1)
-        ]
-    );
+    assert_eq!(rows, delivered_once(2));
 }
 
 #[tokio::test]
@@ -682,8 +649,7 @@ async fn a_subscription_is_turned_off_when_its_end_passes() {
     let mut sub = r4_subscription("Encounter?status=finished", &gp.url());
     let end = chrono::Utc::now() + chrono::Duration::seconds(2);
     sub["end"] = json!(end.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
-    let created = json_of(s.post_json("Subscription", &sub).await, 201).await;
-    let sub_id = created["id"].as_str().expect("id").to_owned();
+    let sub_id = subscribe(&s, &sub).await;
     put(&s, &encounter("stay-1", "finished", "p1")).await;
     assert_eq!(gp.expect().await.json()["id"], "stay-1");
     let mut status = String::new();

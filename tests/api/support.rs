@@ -129,7 +129,7 @@ pub fn test_options() -> ServeOptions {
                 allow_insecure: true,
             },
         },
-        delivery: server::DeliveryOptions {
+        delivery: passerelle::delivery::Tuning {
             workers: 2,
             max_attempts: 4,
             backoff_base: std::time::Duration::from_millis(100),
