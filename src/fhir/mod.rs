@@ -92,22 +92,44 @@ pub fn check_resource(value: &Value) -> FhirResult<()> {
 /// The walker of [`validate`], then fhirbolt's typed model on the same JSON.
 fn check_structure(value: &Value, json: &[u8]) -> FhirResult<()> {
     validate::validate_resource(value).map_err(FhirError::BadRequest)?;
-    // Second opinion from the typed model; our walker already named the path of
-    // anything it knows to be wrong, so this only fires on what it missed. The
-    // model requires elements that R4 lets a StructureDefinition's differential
-    // leave out (e.g. binding.strength): there the walker, which knows, decides.
-    if let Err(e) = fhir_codec::check_json(json) {
-        let partial_by_design =
-            resource_type(value) == "StructureDefinition" && value.get("differential").is_some();
-        if !partial_by_design {
-            return Err(FhirError::BadRequest(vec![Issue::new(
-                "structure",
-                format!("not a valid R4 resource: {e}"),
-            )]));
+    second_opinion(value, json).map_err(|e| {
+        FhirError::BadRequest(vec![Issue::new(
+            "structure",
+            format!("not a valid R4 resource: {e}"),
+        )])
+    })
+}
+
+/// The typed model's opinion; our walker already named the path of anything it
+/// knows to be wrong, so this only fires on what it missed. A Bundle's resources
+/// are checked one at a time (the typed model of a 10,000-entry Bundle would hold
+/// all of it at once). The model requires elements that R4 lets a
+/// StructureDefinition's differential leave out (e.g. binding.strength): there the
+/// walker, which knows, decides.
+fn second_opinion(value: &Value, json: &[u8]) -> Result<(), String> {
+    if let Some(entries) = value["entry"]
+        .as_array()
+        .filter(|_| resource_type(value) == "Bundle")
+    {
+        for (i, entry) in entries.iter().enumerate() {
+            if let Some(resource) = entry.get("resource") {
+                let bytes = serde_json::to_vec(resource).map_err(|e| e.to_string())?;
+                second_opinion(resource, &bytes).map_err(|e| format!("entry[{i}]: {e}"))?;
+            }
         }
-        tracing::debug!(error = %e, "accepted a differential the typed model cannot hold");
+        return Ok(());
     }
-    Ok(())
+    match fhir_codec::check_json(json) {
+        Ok(()) => Ok(()),
+        Err(e)
+            if resource_type(value) == "StructureDefinition"
+                && value.get("differential").is_some() =>
+        {
+            tracing::debug!(error = %e, "accepted a differential the typed model cannot hold");
+            Ok(())
+        }
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// The resource type of a parsed resource (validated to exist by [`parse_resource`]).

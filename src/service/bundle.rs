@@ -61,13 +61,17 @@ fn parse_target(url: &str) -> Option<Target> {
     }
 }
 
-/// Reads the entries of a validated Bundle.
-fn entries(bundle: &Value) -> FhirResult<Vec<Entry>> {
-    let items = bundle["entry"].as_array().cloned().unwrap_or_default();
+/// Reads the entries of a validated Bundle, moving its resources out (a Bundle of
+/// 10,000 entries is not held twice).
+fn entries(mut bundle: Value) -> FhirResult<Vec<Entry>> {
+    let items = match bundle.get_mut("entry").map(Value::take) {
+        Some(Value::Array(items)) => items,
+        _ => Vec::new(),
+    };
     items
         .into_iter()
         .enumerate()
-        .map(|(index, e)| {
+        .map(|(index, mut e)| {
             let bad = |m: &str| at_entry(index, FhirError::bad_request(m.to_owned()));
             let request = e
                 .get("request")
@@ -92,7 +96,7 @@ fn entries(bundle: &Value) -> FhirResult<Vec<Entry>> {
                 method,
                 target,
                 full_url: e["fullUrl"].as_str().map(str::to_owned),
-                resource: e.get("resource").cloned(),
+                resource: e.get_mut("resource").map(Value::take),
                 if_none_exist,
                 if_match,
             })
@@ -225,11 +229,13 @@ async fn get_entry(tx: &Transaction<'_>, entry: &Entry) -> FhirResult<Value> {
 }
 
 /// The write an entry asks for; `assigned` is the id given to a POST beforehand.
-fn write_request(entry: &Entry, assigned: Option<String>) -> FhirResult<WriteRequest> {
-    let resource = || {
-        entry.resource.clone().ok_or_else(|| {
-            FhirError::bad_request(format!("a {} entry needs a resource", entry.method))
-        })
+fn write_request(entry: &mut Entry, assigned: Option<String>) -> FhirResult<WriteRequest> {
+    let method = entry.method.clone();
+    let mut taken = entry.resource.take();
+    let mut resource = || {
+        taken
+            .take()
+            .ok_or_else(|| FhirError::bad_request(format!("a {method} entry needs a resource")))
     };
     Ok(match (entry.method.as_str(), &entry.target) {
         ("POST", Target::Type(t)) => WriteRequest::Create {
@@ -321,7 +327,7 @@ async fn assign_id(tx: &Transaction<'_>, entry: &Entry) -> FhirResult<Option<Str
 
 /// Runs a transaction Bundle; the response Bundle, or the first entry's error.
 pub async fn transaction(pool: &Pool, rules: &Rules, bundle: Value) -> FhirResult<Value> {
-    let mut entries = entries(&bundle)?;
+    let mut entries = entries(bundle)?;
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     // 1. Ids of what will be created, and the map from fullUrls to local references.
@@ -393,7 +399,7 @@ pub async fn transaction(pool: &Pool, rules: &Rules, bundle: Value) -> FhirResul
     let mut changed = Vec::new();
     let mut facts = Vec::new();
     for i in order {
-        let entry = &entries[i];
+        let entry = &mut entries[i];
         let response = if entry.method == "GET" {
             get_entry(&tx, entry).await.map_err(|e| at_entry(i, e))?
         } else {
@@ -403,7 +409,8 @@ pub async fn transaction(pool: &Pool, rules: &Rules, bundle: Value) -> FhirResul
                 .await
                 .map_err(|e| at_entry(i, e))?;
             let response = write_response(written.as_ref(), "201 Created");
-            changed.extend(written);
+            // Only SearchParameters need their version after the commit.
+            changed.extend(written.filter(|w| w.res_type == "SearchParameter"));
             response
         };
         responses[i] = response;
@@ -418,9 +425,9 @@ pub async fn transaction(pool: &Pool, rules: &Rules, bundle: Value) -> FhirResul
 
 /// Runs a batch Bundle: each entry on its own; failures are answered per entry.
 pub async fn batch(pool: &Pool, rules: &Rules, bundle: Value) -> FhirResult<Value> {
-    let entries = entries(&bundle)?;
+    let mut entries = entries(bundle)?;
     let mut responses = Vec::with_capacity(entries.len());
-    for entry in &entries {
+    for entry in &mut entries {
         let outcome = match entry.method.as_str() {
             "GET" => {
                 let mut client = pool.get().await?;
