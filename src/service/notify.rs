@@ -127,7 +127,15 @@ async fn matches(
     w: &Fact,
     candidate: &outbox::Candidate,
 ) -> FhirResult<bool> {
-    let compiled = subscription::compile(candidate.topic.as_deref(), &candidate.criteria)?;
+    // A subscription whose topic or parameters have since gone (a deployer's topic
+    // file, a SearchParameter deleted) matches nothing; it must not fail the write.
+    let compiled = match subscription::compile(candidate.topic.as_deref(), &candidate.criteria) {
+        Ok(compiled) => compiled,
+        Err(e) => {
+            tracing::warn!(sub_id = %candidate.sub_id, error = %e, "subscription criteria no longer compile");
+            return Ok(false);
+        }
+    };
     let current = w.rows.as_ref().map(|rows| Subject {
         res_id: &w.res_id,
         last_updated: w.last_updated,
