@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use base64::Engine as _;
 
 use super::{
-    conditional_match, execute, search_parameter_changed, Matches, PatchTarget, Rules,
+    conditional_match, execute, search_parameter_changed, write, Matches, PatchTarget, Rules,
     WriteRequest, Written,
 };
 use crate::error::{operation_outcome, FhirError, FhirResult, Issue};
@@ -325,6 +325,49 @@ async fn assign_id(tx: &Transaction<'_>, entry: &Entry) -> FhirResult<Option<Str
     Ok(Some(uuid::Uuid::new_v4().to_string()))
 }
 
+/// Plain creates written by one statement at most (arrays of their rows).
+const CREATES_PER_STATEMENT: usize = 500;
+
+/// A POST entry that can be written with others: a server-assigned id, no
+/// `ifNoneExist`, a resource of the URL's type, a type whose writes store a
+/// version and nothing more. Takes its resource.
+fn bulk_create(entry: &mut Entry, assigned: Option<&String>) -> Option<(String, String, Value)> {
+    let Target::Type(t) = &entry.target else {
+        return None;
+    };
+    let fits = entry.method == "POST"
+        && entry.if_none_exist.is_none()
+        && write::creates_in_bulk(t)
+        && entry
+            .resource
+            .as_ref()
+            .is_some_and(|r| fhir::resource_type(r) == t);
+    let id = assigned.filter(|_| fits)?;
+    Some((t.clone(), id.clone(), entry.resource.take()?))
+}
+
+/// Writes the waiting creates, one statement, and answers their entries.
+async fn write_creates(
+    tx: &Transaction<'_>,
+    now: chrono::DateTime<chrono::Utc>,
+    creates: &mut Vec<(usize, String, String, Value)>,
+    responses: &mut [Value],
+    facts: &mut Vec<super::Fact>,
+) -> FhirResult<()> {
+    let Some(first) = creates.first().map(|c| c.0) else {
+        return Ok(());
+    };
+    let indexes: Vec<usize> = creates.iter().map(|c| c.0).collect();
+    let batch = creates.drain(..).map(|(_, t, id, r)| (t, id, r)).collect();
+    let written = write::apply_creates(tx, now, batch, facts)
+        .await
+        .map_err(|e| at_entry(first, e))?;
+    for (i, w) in indexes.into_iter().zip(&written) {
+        responses[i] = write_response(Some(w), "201 Created");
+    }
+    Ok(())
+}
+
 /// Runs a transaction Bundle; the response Bundle, or the first entry's error.
 pub async fn transaction(pool: &Pool, rules: &Rules, bundle: Value) -> FhirResult<Value> {
     let mut entries = entries(bundle)?;
@@ -398,8 +441,19 @@ pub async fn transaction(pool: &Pool, rules: &Rules, bundle: Value) -> FhirResul
     let now = store::clock(&tx).await?;
     let mut changed = Vec::new();
     let mut facts = Vec::new();
+    // Plain creates waiting to be written together (entry index, type, id, resource).
+    let mut creates: Vec<(usize, String, String, Value)> = Vec::new();
     for i in order {
         let entry = &mut entries[i];
+        if let Some(create) = bulk_create(entry, assigned.get(&i)) {
+            creates.push((i, create.0, create.1, create.2));
+            if creates.len() == CREATES_PER_STATEMENT {
+                write_creates(&tx, now, &mut creates, &mut responses, &mut facts).await?;
+            }
+            continue;
+        }
+        // Anything else may read what the creates wrote: they go first.
+        write_creates(&tx, now, &mut creates, &mut responses, &mut facts).await?;
         let response = if entry.method == "GET" {
             get_entry(&tx, entry).await.map_err(|e| at_entry(i, e))?
         } else {
@@ -415,6 +469,7 @@ pub async fn transaction(pool: &Pool, rules: &Rules, bundle: Value) -> FhirResul
         };
         responses[i] = response;
     }
+    write_creates(&tx, now, &mut creates, &mut responses, &mut facts).await?;
     super::record_events(&tx, &facts).await?;
     tx.commit().await?;
     for w in &changed {

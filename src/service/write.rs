@@ -62,6 +62,83 @@ fn next_instant(now: DateTime<Utc>, previous: Option<DateTime<Utc>>) -> DateTime
     }
 }
 
+/// The stored form of a version: the resource with the server's `id` and `meta`,
+/// as JSON text, and its index rows.
+fn stamped(
+    res_type: &str,
+    res_id: &str,
+    version_id: i64,
+    last_updated: DateTime<Utc>,
+    mut resource: Value,
+) -> FhirResult<(String, IndexRows)> {
+    fhir::stamp(&mut resource, res_id, version_id, last_updated);
+    let index = index::extract(res_type, &resource);
+    let json = serde_json::to_string(&resource)
+        .map_err(|e| FhirError::Internal(format!("serialising a resource: {e}")))?;
+    Ok((json, index))
+}
+
+/// Whether a create can go through [`apply_creates`]: the types whose writes do
+/// more than store a version (a Subscription is filed, a SearchParameter reloads
+/// the table after commit) go through [`apply`] one by one.
+pub fn creates_in_bulk(res_type: &str) -> bool {
+    !matches!(res_type, "Subscription" | "SearchParameter")
+}
+
+/// Creates resources at ids that no resource has yet (server-assigned, as a
+/// transaction's POST entries get them): version 1 of each, written by one
+/// statement for all, their facts added for subscriptions. The same stamping and
+/// indexing as [`apply`]; nothing to lock, no previous version.
+pub async fn apply_creates(
+    tx: &Transaction<'_>,
+    now: DateTime<Utc>,
+    creates: Vec<(String, String, Value)>,
+    facts: &mut Vec<notify::Fact>,
+) -> FhirResult<Vec<Written>> {
+    let last_updated = next_instant(now, None);
+    let mut stored = Vec::with_capacity(creates.len());
+    for (res_type, res_id, resource) in creates {
+        debug_assert!(creates_in_bulk(&res_type));
+        let (json, index) = stamped(&res_type, &res_id, 1, last_updated, resource)?;
+        stored.push((res_type, res_id, json, index));
+    }
+    let news: Vec<NewVersion<'_>> = stored
+        .iter()
+        .map(|(res_type, res_id, json, index)| NewVersion {
+            res_type,
+            res_id,
+            version_id: 1,
+            last_updated,
+            method: Method::Post,
+            json: Some(json),
+            index,
+        })
+        .collect();
+    store::write_versions(tx, &news).await?;
+    drop(news);
+    Ok(stored
+        .into_iter()
+        .map(|(res_type, res_id, json, index)| {
+            facts.push(notify::Fact {
+                res_type: res_type.clone(),
+                res_id: res_id.clone(),
+                version_id: 1,
+                last_updated,
+                interaction: Interaction::Create,
+                rows: Some(index),
+            });
+            Written {
+                res_type,
+                res_id,
+                version_id: 1,
+                last_updated,
+                created: true,
+                json: Some(json),
+            }
+        })
+        .collect())
+}
+
 /// Applies one change inside `tx`. `now` is the database clock read once for the
 /// transaction (`store::clock`). What was written is added to `facts`, which the
 /// caller hands to `notify::record_events` before it commits (one subscription
@@ -150,10 +227,7 @@ pub async fn apply(
                     });
                 }
             }
-            fhir::stamp(&mut resource, &res_id, version_id, last_updated);
-            let index = index::extract(&res_type, &resource);
-            let json = serde_json::to_string(&resource)
-                .map_err(|e| FhirError::Internal(format!("serialising a resource: {e}")))?;
+            let (json, index) = stamped(&res_type, &res_id, version_id, last_updated, resource)?;
             (Some(json), index)
         }
     };

@@ -47,9 +47,7 @@ pub async fn replace(
     rows: &IndexRows,
 ) -> FhirResult<()> {
     let mut q = SqlCondition::new();
-    let t = q.bind(Box::new(res_type.to_owned()));
-    let id = q.bind(Box::new(res_id.to_owned()));
-    let ctes = ctes(&mut q, &t, &id, rows, true);
+    let ctes = ctes(&mut q, &[(res_type, res_id, rows)], true);
     if ctes.is_empty() {
         return Ok(());
     }
@@ -59,21 +57,34 @@ pub async fn replace(
     Ok(())
 }
 
-/// The data-modifying CTEs that replace the index rows of the resource whose type
-/// and id are bound as `t` and `id`; `replace` is false for a first version
-/// (nothing to delete). Part of the one statement that writes a version.
-pub fn ctes(
-    q: &mut SqlCondition,
-    t: &str,
-    id: &str,
-    rows: &IndexRows,
-    replace: bool,
-) -> Vec<String> {
+/// One resource's index rows: its type, its id and the rows.
+pub type Owned<'a> = (&'a str, &'a str, &'a IndexRows);
+
+/// Each row of one index table with its owner, across resources.
+fn flat<'a, R>(
+    owners: &[Owned<'a>],
+    rows: impl Fn(&'a IndexRows) -> &'a [R],
+) -> Vec<(&'a str, &'a str, &'a R)> {
+    owners
+        .iter()
+        .flat_map(|(t, id, index)| rows(index).iter().map(move |r| (*t, *id, r)))
+        .collect()
+}
+
+/// The data-modifying CTEs that replace the index rows of the `owners` (several
+/// resources in one statement: a transaction's creates); `replace` is false for
+/// first versions (nothing to delete). Part of the one statement that writes
+/// versions.
+pub fn ctes(q: &mut SqlCondition, owners: &[Owned<'_>], replace: bool) -> Vec<String> {
     let mut ctes: Vec<String> = Vec::new();
     if replace {
+        let types: Vec<String> = owners.iter().map(|o| o.0.to_owned()).collect();
+        let ids: Vec<String> = owners.iter().map(|o| o.1.to_owned()).collect();
+        let (t, id) = (q.bind(Box::new(types)), q.bind(Box::new(ids)));
         for (i, table) in TABLES.iter().enumerate() {
             ctes.push(format!(
-                "d{i} AS (DELETE FROM {table} WHERE res_type = {t} AND res_id = {id})"
+                "d{i} AS (DELETE FROM {table} WHERE (res_type, res_id) IN \
+                 (SELECT * FROM unnest({t}::text[], {id}::text[])))"
             ));
         }
     }
@@ -86,120 +97,129 @@ pub fn ctes(
             .map(|(value, sql_type)| format!("{}::{sql_type}[]", q.bind(value)))
             .collect();
         let aliases: Vec<String> = (0..binds.len()).map(|i| format!("c{i}")).collect();
-        // The last array is always the composite group (see `groups`).
+        // The first two arrays are the owners; the last is the composite group.
         let columns = format!("{columns}, grp");
         let select = format!("{select}, c{}", binds.len() - 1);
         ctes.push(format!(
-            "i_{table} AS (INSERT INTO {table} (res_type, res_id, {columns}) SELECT {t}, {id}, {select} \
+            "i_{table} AS (INSERT INTO {table} (res_type, res_id, {columns}) SELECT c0, c1, {select} \
              FROM unnest({}) AS u({}))",
             binds.join(", "),
             aliases.join(", ")
         ));
     };
-    let (s, tk, rf) = (&rows.strings, &rows.tokens, &rows.references);
-    let (d, n, qt, u) = (&rows.dates, &rows.numbers, &rows.quantities, &rows.uris);
-    let nonempty = |len: usize, columns: Vec<Column>| if len == 0 { Vec::new() } else { columns };
+    // Owner columns first, then the table's own, then the group.
+    fn with_owner<R>(
+        rows: &[(&str, &str, &R)],
+        own: impl FnOnce(&[(&str, &str, &R)]) -> Vec<Column>,
+    ) -> Vec<Column> {
+        if rows.is_empty() {
+            return Vec::new();
+        }
+        let mut columns = vec![text(rows, |r| Some(r.0)), text(rows, |r| Some(r.1))];
+        columns.extend(own(rows));
+        columns
+    }
+    let s = flat(owners, |r| &r.strings);
     insert(
         "search_string",
         "param, normalized, exact",
-        "c0, c1, c2",
-        nonempty(
-            s.len(),
+        "c2, c3, c4",
+        with_owner(&s, |s| {
             vec![
-                text(s, |r| Some(&r.param)),
-                text(s, |r| Some(&r.normalized)),
-                text(s, |r| Some(&r.exact)),
-                groups(s, |r| r.grp),
-            ],
-        ),
+                text(s, |r| Some(&r.2.param)),
+                text(s, |r| Some(&r.2.normalized)),
+                text(s, |r| Some(&r.2.exact)),
+                groups(s, |r| r.2.grp),
+            ]
+        }),
     );
+    let tk = flat(owners, |r| &r.tokens);
     insert(
         "search_token",
         "param, system, code, text",
-        "c0, c1, c2, c3",
-        nonempty(
-            tk.len(),
+        "c2, c3, c4, c5",
+        with_owner(&tk, |tk| {
             vec![
-                text(tk, |r| Some(&r.param)),
-                text(tk, |r| r.system.as_deref()),
-                text(tk, |r| r.code.as_deref()),
-                text(tk, |r| r.text.as_deref()),
-                groups(tk, |r| r.grp),
-            ],
-        ),
+                text(tk, |r| Some(&r.2.param)),
+                text(tk, |r| r.2.system.as_deref()),
+                text(tk, |r| r.2.code.as_deref()),
+                text(tk, |r| r.2.text.as_deref()),
+                groups(tk, |r| r.2.grp),
+            ]
+        }),
     );
+    let rf = flat(owners, |r| &r.references);
     insert(
         "search_reference",
         "param, target_type, target_id, url, identifier_system, identifier_value",
-        "c0, c1, c2, c3, c4, c5",
-        nonempty(
-            rf.len(),
+        "c2, c3, c4, c5, c6, c7",
+        with_owner(&rf, |rf| {
             vec![
-                text(rf, |r| Some(&r.param)),
-                text(rf, |r| r.target_type.as_deref()),
-                text(rf, |r| r.target_id.as_deref()),
-                text(rf, |r| r.url.as_deref()),
-                text(rf, |r| r.identifier_system.as_deref()),
-                text(rf, |r| r.identifier_value.as_deref()),
-                groups(rf, |r| r.grp),
-            ],
-        ),
+                text(rf, |r| Some(&r.2.param)),
+                text(rf, |r| r.2.target_type.as_deref()),
+                text(rf, |r| r.2.target_id.as_deref()),
+                text(rf, |r| r.2.url.as_deref()),
+                text(rf, |r| r.2.identifier_system.as_deref()),
+                text(rf, |r| r.2.identifier_value.as_deref()),
+                groups(rf, |r| r.2.grp),
+            ]
+        }),
     );
+    let d = flat(owners, |r| &r.dates);
     insert(
         "search_date",
         "param, low, high",
-        "c0, c1, c2",
-        nonempty(
-            d.len(),
+        "c2, c3, c4",
+        with_owner(&d, |d| {
             vec![
-                text(d, |r| Some(&r.param)),
-                instants(d, |r| r.low),
-                instants(d, |r| r.high),
-                groups(d, |r| r.grp),
-            ],
-        ),
+                text(d, |r| Some(&r.2.param)),
+                instants(d, |r| r.2.low),
+                instants(d, |r| r.2.high),
+                groups(d, |r| r.2.grp),
+            ]
+        }),
     );
+    let n = flat(owners, |r| &r.numbers);
     insert(
         "search_number",
         "param, value",
-        "c0, c1::numeric",
-        nonempty(
-            n.len(),
+        "c2, c3::numeric",
+        with_owner(&n, |n| {
             vec![
-                text(n, |r| Some(&r.param)),
-                text(n, |r| Some(&r.value)),
-                groups(n, |r| r.grp),
-            ],
-        ),
+                text(n, |r| Some(&r.2.param)),
+                text(n, |r| Some(&r.2.value)),
+                groups(n, |r| r.2.grp),
+            ]
+        }),
     );
+    let qt = flat(owners, |r| &r.quantities);
     insert(
         "search_quantity",
         "param, value, system, code, unit",
-        "c0, c1::numeric, c2, c3, c4",
-        nonempty(
-            qt.len(),
+        "c2, c3::numeric, c4, c5, c6",
+        with_owner(&qt, |qt| {
             vec![
-                text(qt, |r| Some(&r.param)),
-                text(qt, |r| Some(&r.value)),
-                text(qt, |r| r.system.as_deref()),
-                text(qt, |r| r.code.as_deref()),
-                text(qt, |r| r.unit.as_deref()),
-                groups(qt, |r| r.grp),
-            ],
-        ),
+                text(qt, |r| Some(&r.2.param)),
+                text(qt, |r| Some(&r.2.value)),
+                text(qt, |r| r.2.system.as_deref()),
+                text(qt, |r| r.2.code.as_deref()),
+                text(qt, |r| r.2.unit.as_deref()),
+                groups(qt, |r| r.2.grp),
+            ]
+        }),
     );
+    let u = flat(owners, |r| &r.uris);
     insert(
         "search_uri",
         "param, uri",
-        "c0, c1",
-        nonempty(
-            u.len(),
+        "c2, c3",
+        with_owner(&u, |u| {
             vec![
-                text(u, |r| Some(&r.param)),
-                text(u, |r| Some(&r.uri)),
-                groups(u, |r| r.grp),
-            ],
-        ),
+                text(u, |r| Some(&r.2.param)),
+                text(u, |r| Some(&r.2.uri)),
+                groups(u, |r| r.2.grp),
+            ]
+        }),
     );
     ctes
 }

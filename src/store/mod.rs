@@ -195,38 +195,63 @@ pub async fn lock_current(
 }
 
 /// Writes a new version: the version row, the current pointer and the index rows.
-#[tracing::instrument(skip_all, fields(res_type = new.res_type, res_id = new.res_id, version = new.version_id))]
 pub async fn write_version(tx: &Transaction<'_>, new: &NewVersion<'_>) -> FhirResult<()> {
-    // One statement, one round trip: the version, the current row and the index
-    // rows (data-modifying CTEs all run, in one snapshot).
+    write_versions(tx, std::slice::from_ref(new)).await
+}
+
+/// Writes new versions of several resources (each at most once) in one statement,
+/// one round trip: the version rows, the current pointers and every index row
+/// (data-modifying CTEs over arrays all run, in one snapshot).
+#[tracing::instrument(skip_all, fields(versions = news.len()))]
+pub async fn write_versions(tx: &Transaction<'_>, news: &[NewVersion<'_>]) -> FhirResult<()> {
+    if news.is_empty() {
+        return Ok(());
+    }
     let mut q = search_sql::SqlCondition::new();
-    let t = q.bind(Box::new(new.res_type.to_owned()));
-    let id = q.bind(Box::new(new.res_id.to_owned()));
-    let version = q.bind(Box::new(new.version_id));
-    let at = q.bind(Box::new(new.last_updated));
-    let method = q.bind(Box::new(new.method.as_str()));
-    let deleted = q.bind(Box::new(new.json.is_none()));
-    let body = q.bind(Box::new(new.json.map(str::to_owned)));
+    let column = |f: fn(&NewVersion<'_>) -> String| news.iter().map(f).collect::<Vec<String>>();
+    let t = q.bind(Box::new(column(|n| n.res_type.to_owned())));
+    let id = q.bind(Box::new(column(|n| n.res_id.to_owned())));
+    let version = q.bind(Box::new(
+        news.iter().map(|n| n.version_id).collect::<Vec<i64>>(),
+    ));
+    let at = q.bind(Box::new(
+        news.iter().map(|n| n.last_updated).collect::<Vec<_>>(),
+    ));
+    let method = q.bind(Box::new(column(|n| n.method.as_str().to_owned())));
+    let deleted = q.bind(Box::new(
+        news.iter().map(|n| n.json.is_none()).collect::<Vec<bool>>(),
+    ));
+    let body = q.bind(Box::new(
+        news.iter()
+            .map(|n| n.json.map(str::to_owned))
+            .collect::<Vec<Option<String>>>(),
+    ));
+    let rows = format!(
+        "unnest({t}::text[], {id}::text[], {version}::int8[], {at}::timestamptz[], \
+         {method}::text[], {deleted}::bool[], {body}::text[]) AS n(t, id, v, at, m, d, b)"
+    );
     let mut ctes = vec![
         format!(
             "v AS (INSERT INTO resource_version
                    (res_type, res_id, version_id, last_updated, method, deleted, resource)
-                 VALUES ({t}, {id}, {version}, {at}, {method}, {deleted}, {body}::text::jsonb))"
+                 SELECT t, id, v, at, m, d, b::jsonb FROM {rows})"
         ),
         format!(
             "c AS (INSERT INTO resource (res_type, res_id, version_id, last_updated, deleted)
-                 VALUES ({t}, {id}, {version}, {at}, {deleted})
+                 SELECT t, id, v, at, d FROM {rows}
                  ON CONFLICT (res_type, res_id) DO UPDATE
                  SET version_id = EXCLUDED.version_id, last_updated = EXCLUDED.last_updated,
                      deleted = EXCLUDED.deleted)"
         ),
     ];
+    let owners: Vec<index_rows::Owned<'_>> = news
+        .iter()
+        .map(|n| (n.res_type, n.res_id, n.index))
+        .collect();
     ctes.extend(index_rows::ctes(
         &mut q,
-        &t,
-        &id,
-        new.index,
-        new.version_id > 1,
+        &owners,
+        news.iter().any(|n| n.version_id > 1),
     ));
     let sql = format!("WITH {} SELECT 1", ctes.join(", "));
     let stmt = tx.prepare_cached(&sql).await?;
@@ -234,9 +259,10 @@ pub async fn write_version(tx: &Transaction<'_>, new: &NewVersion<'_>) -> FhirRe
         .await
         .map_err(|e| match e.code() {
             Some(code) if *code == tokio_postgres::error::SqlState::UNIQUE_VIOLATION => {
+                let first = &news[0];
                 FhirError::Conflict(format!(
                     "version {} of {}/{} already exists",
-                    new.version_id, new.res_type, new.res_id
+                    first.version_id, first.res_type, first.res_id
                 ))
             }
             _ => FhirError::from(e),

@@ -156,3 +156,75 @@ async fn batch_entries_stand_alone() {
     assert_eq!(status(3), "404");
     json_of(s.get("Patient/b1").await, 200).await;
 }
+
+#[tokio::test]
+async fn plain_creates_written_together_are_indexed_like_any() {
+    let s = TestServer::start().await;
+    let patient = |n: usize| {
+        json!({"fullUrl": format!("urn:uuid:00000000-0000-4000-8000-00000000000{n}"),
+               "resource": {"resourceType": "Patient",
+                            "identifier": [{"system": "urn:oid:1.2.250.1.213.1.4.10", "value": format!("27405{n}")}],
+                            "name": [{"family": format!("Durand{n}")}]},
+               "request": {"method": "POST", "url": "Patient"}})
+    };
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        patient(1), patient(2),
+        {"resource": {"resourceType": "Encounter", "status": "finished", "class": {"code": "IMP"},
+                      "subject": {"reference": "urn:uuid:00000000-0000-4000-8000-000000000001"}},
+         "request": {"method": "POST", "url": "Encounter"}},
+        // Conditional: written on its own, after the plain creates it may match.
+        {"resource": {"resourceType": "Patient",
+                      "identifier": [{"system": "urn:oid:1.2.250.1.213.1.4.10", "value": "274052"}]},
+         "request": {"method": "POST", "url": "Patient",
+                     "ifNoneExist": "identifier=urn:oid:1.2.250.1.213.1.4.10|274052"}},
+        patient(3),
+    ]});
+    let response = json_of(s.post_json("", &bundle).await, 200).await;
+    let statuses: Vec<&str> = response["entry"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter_map(|e| e["response"]["status"].as_str())
+        .collect();
+    assert_eq!(
+        statuses,
+        vec![
+            "201 Created",
+            "201 Created",
+            "201 Created",
+            "200 OK",
+            "201 Created"
+        ]
+    );
+    let location = |i: usize| {
+        response["entry"][i]["response"]["location"]
+            .as_str()
+            .expect("location")
+            .split("/_history")
+            .next()
+            .expect("url")
+            .to_owned()
+    };
+    // The conditional create found the Patient written in the same transaction.
+    assert_eq!(location(3), location(1));
+    for n in 1..=3 {
+        let found = json_of(
+            s.get(&format!(
+                "Patient?identifier=urn:oid:1.2.250.1.213.1.4.10|27405{n}"
+            ))
+            .await,
+            200,
+        )
+        .await;
+        assert_eq!(found["total"], 1, "patient {n}");
+    }
+    let encounters = json_of(
+        s.get(&format!("Encounter?subject={}", location(0))).await,
+        200,
+    )
+    .await;
+    assert_eq!(encounters["total"], 1);
+    let e = json_of(s.get(&location(2)).await, 200).await;
+    assert_eq!(e["subject"]["reference"], location(0));
+    assert_eq!(e["meta"]["versionId"], "1");
+}

@@ -727,3 +727,20 @@ async fn a_transaction_records_each_subscriptions_events_once() {
     assert_eq!(recorded(subs[1].clone()).await, vec!["b"]);
     assert_eq!(recorded(subs[2].clone()).await, vec!["a", "b", "d"]);
 }
+
+#[tokio::test]
+async fn creates_written_together_record_their_events() {
+    let s = TestServer::start().await;
+    let gp = Receiver::start().await;
+    gp.answer_with(503);
+    let sub_id = subscribe(&s, &r4_subscription("Encounter?status=finished", &gp.url())).await;
+    let post = |status: &str| {
+        let mut e = encounter("x", status, "p1");
+        e.as_object_mut().expect("object").remove("id");
+        json!({"resource": e, "request": {"method": "POST", "url": "Encounter"}})
+    };
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction",
+                        "entry": [post("finished"), post("planned"), post("finished")]});
+    json_of(s.post_json("", &bundle).await, 200).await;
+    assert_eq!(event_rows(&s, &sub_id).await.len(), 2);
+}
