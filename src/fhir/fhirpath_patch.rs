@@ -86,6 +86,11 @@ fn value_of(part: &Value) -> Option<Value> {
     Some(Value::Object(element))
 }
 
+/// A key as one JSON pointer token (RFC 6901).
+fn escape(key: &str) -> String {
+    key.replace('~', "~0").replace('/', "~1")
+}
+
 /// The JSON pointer of `target` inside `root` (found by identity).
 fn pointer_to(root: &Value, target: &Value, prefix: &mut String) -> bool {
     if std::ptr::eq(root, target) {
@@ -96,7 +101,7 @@ fn pointer_to(root: &Value, target: &Value, prefix: &mut String) -> bool {
         Value::Object(map) => map.iter().any(|(k, v)| {
             prefix.truncate(len);
             prefix.push('/');
-            prefix.push_str(&k.replace('~', "~0").replace('/', "~1"));
+            prefix.push_str(&escape(k));
             pointer_to(v, target, prefix)
         }),
         Value::Array(items) => items.iter().enumerate().any(|(i, v)| {
@@ -175,7 +180,8 @@ fn translate(resource: &Value, op: &Operation<'_>) -> FhirResult<Vec<Value>> {
             let name = op.text("name")?;
             let (pointer, parent) = one(op, path, locate(resource, op, path)?)?;
             let value = op.value()?;
-            let target = format!("{pointer}/{name}");
+            // The name is one element name, never a path (`a/b` stays one key).
+            let target = format!("{pointer}/{}", escape(name));
             match (parent.value.get(name), parent.child_is_many(name)) {
                 (_, None) if !parent.value.is_object() => {
                     return Err(unprocessable(

@@ -31,17 +31,22 @@ impl FhirRequest {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 
-    /// `Prefer` directives (`return=…`, `handling=…`).
-    fn prefer(&self, key: &str) -> Option<String> {
+    /// The directives of the `Prefer` headers, trimmed.
+    fn prefer_directives(&self) -> impl Iterator<Item = &str> {
         self.headers
             .get_all("prefer")
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split([',', ';']))
-            .find_map(|d| {
-                let (k, v) = d.trim().split_once('=')?;
-                (k.trim().eq_ignore_ascii_case(key)).then(|| v.trim().trim_matches('"').to_owned())
-            })
+            .map(str::trim)
+    }
+
+    /// `Prefer` directives with a value (`return=…`, `handling=…`).
+    fn prefer(&self, key: &str) -> Option<String> {
+        self.prefer_directives().find_map(|d| {
+            let (k, v) = d.trim().split_once('=')?;
+            (k.trim().eq_ignore_ascii_case(key)).then(|| v.trim().trim_matches('"').to_owned())
+        })
     }
 
     fn handling(&self) -> Handling {
@@ -319,13 +324,7 @@ async fn export_kick_off(
     res_type: &Option<String>,
     group: &Option<String>,
 ) -> FhirResult<Reply> {
-    let asynchronous = req
-        .headers
-        .get_all("prefer")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.split([',', ';']).any(|d| d.trim() == "respond-async"));
-    if !asynchronous {
+    if !req.prefer_directives().any(|d| d == "respond-async") {
         return Err(FhirError::bad_request(
             "$export runs asynchronously: send 'Prefer: respond-async'",
         ));

@@ -93,13 +93,15 @@ pub async fn record_events(tx: &Transaction<'_>, facts: &[Fact]) -> FhirResult<(
             continue;
         }
         for (n, fact, keys) in &of_type {
+            // The previous version is read once per write, when a candidate needs it.
+            let mut previous: Option<Option<(IndexRows, DateTime<Utc>)>> = None;
             for candidate in candidates.iter().filter(|c| {
                 c.match_key.is_empty() || keys.as_ref().is_none_or(|k| k.contains(&c.match_key))
             }) {
                 if !decided.insert((*n, candidate.sub_id.clone())) {
                     continue;
                 }
-                if matches(tx, fact, candidate).await? {
+                if matches(tx, fact, candidate, &mut previous).await? {
                     events.push((candidate.sub_id.clone(), fact));
                 }
             }
@@ -122,10 +124,12 @@ pub async fn record_events(tx: &Transaction<'_>, facts: &[Fact]) -> FhirResult<(
 }
 
 /// Is this version an event for the candidate subscription?
+/// `previous` caches the previous version's rows across the write's candidates.
 async fn matches(
     tx: &Transaction<'_>,
     w: &Fact,
     candidate: &outbox::Candidate,
+    previous: &mut Option<Option<(IndexRows, DateTime<Utc>)>>,
 ) -> FhirResult<bool> {
     // A subscription whose topic or parameters have since gone (a deployer's topic
     // file, a SearchParameter deleted) matches nothing; it must not fail the write.
@@ -141,16 +145,17 @@ async fn matches(
         last_updated: w.last_updated,
         rows,
     });
-    let previous_rows = if compiled.needs_previous(&w.res_type, w.interaction) {
-        previous_version(tx, w).await?
-    } else {
-        None
-    };
-    let previous = previous_rows.as_ref().map(|(rows, at)| Subject {
-        res_id: &w.res_id,
-        last_updated: *at,
-        rows,
-    });
+    if previous.is_none() && compiled.needs_previous(&w.res_type, w.interaction) {
+        *previous = Some(previous_version(tx, w).await?);
+    }
+    let previous = previous
+        .as_ref()
+        .and_then(Option::as_ref)
+        .map(|(rows, at)| Subject {
+            res_id: &w.res_id,
+            last_updated: *at,
+            rows,
+        });
     Ok(
         match compiled.evaluate(
             &w.res_type,
