@@ -139,12 +139,10 @@ impl Target {
                 Ok(bundle_statuses(&body))
             }
             Target::Database(pool) => {
-                fhir::check_resource(&bundle).map_err(|e| e.to_string())?;
-                let response = match bundle["type"].as_str() {
-                    Some("batch") => bundle::batch(pool, &service::Rules::default(), bundle).await,
-                    _ => bundle::transaction(pool, &service::Rules::default(), bundle).await,
-                };
-                response
+                let body = serde_json::to_vec(&bundle).map_err(|e| e.to_string())?;
+                drop(bundle);
+                bundle::process(pool, &service::Rules::default(), &body)
+                    .await
                     .map(|r| bundle_statuses(&r))
                     .map_err(|e| e.to_string())
             }

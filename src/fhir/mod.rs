@@ -1,6 +1,7 @@
 //! The FHIR model: R4 definitions, structural validation, wire formats, and the
 //! server-owned parts of a resource (`id`, `meta`). Pure: no I/O.
 
+pub mod bundle;
 pub mod datetime;
 pub mod definitions;
 pub mod fhirpath;

@@ -114,24 +114,18 @@ pub async fn handle(state: &AppState, req: FhirRequest) -> FhirResult<Reply> {
         }
         (&Method::GET, Route::Type(t)) => search(state, &req, t, req.criteria(), Scope::Type).await,
         (&Method::POST, Route::System) => {
-            let bundle = req.resource()?;
-            if fhir::resource_type(&bundle) != "Bundle" {
-                return Err(FhirError::bad_request(
-                    "POST to the base takes a transaction or batch Bundle",
-                ));
-            }
-            let response = match bundle["type"].as_str() {
-                Some("transaction") => {
-                    service::bundle::transaction(pool, &state.rules, bundle).await?
-                }
-                Some("batch") => service::bundle::batch(pool, &state.rules, bundle).await?,
-                other => {
-                    return Err(FhirError::bad_request(format!(
-                        "a Bundle of type {} cannot be processed; use transaction or batch",
-                        other.unwrap_or("(none)")
-                    )))
-                }
-            };
+            // JSON is read one entry at a time; XML goes through the typed model whole.
+            let response =
+                match negotiate::request_format(req.header(header::CONTENT_TYPE), &req.body)? {
+                    fhir::Format::Json => {
+                        service::bundle::process(pool, &state.rules, &req.body).await?
+                    }
+                    fhir::Format::Xml => {
+                        let json = serde_json::to_vec(&req.resource()?)
+                            .map_err(|e| FhirError::Internal(e.to_string()))?;
+                        service::bundle::process(pool, &state.rules, &json).await?
+                    }
+                };
             Ok(Reply::new(StatusCode::OK, Some(response.to_string())))
         }
         (&Method::GET, Route::System) => {

@@ -144,7 +144,15 @@ async fn patched(
         }
     };
     // Lock first: the version patched is the version replaced.
-    store::lock_current(tx, res_type, &res_id, false).await?;
+    store::lock_all(
+        tx,
+        &[store::LockKey {
+            res_type,
+            res_id: &res_id,
+            claim: false,
+        }],
+    )
+    .await?;
     let current = store::read_latest(tx, res_type, &res_id)
         .await?
         .ok_or_else(|| FhirError::NotFound(format!("{res_type}/{res_id} is not known")))?;
@@ -205,6 +213,40 @@ pub async fn execute(
     request: WriteRequest,
     facts: &mut Vec<Fact>,
 ) -> FhirResult<Option<Written>> {
+    match plan(tx, request).await? {
+        Planned::Change(change) => write::apply(tx, rules, now, change, facts).await.map(Some),
+        Planned::Answered(written) => Ok(written),
+    }
+}
+
+/// What a write interaction comes to once its conditions are resolved.
+pub enum Planned {
+    /// A change for the write path.
+    Change(Change),
+    /// Nothing to write: the match of a conditional create, or `None` for a
+    /// conditional delete that matched nothing.
+    Answered(Option<Written>),
+}
+
+impl WriteRequest {
+    /// Whether planning the write reads the database (conditional matching, the
+    /// version a PATCH applies to), and so must see every earlier write.
+    pub fn reads_first(&self) -> bool {
+        match self {
+            WriteRequest::Create { if_none_exist, .. } => if_none_exist.is_some(),
+            WriteRequest::Update { .. } | WriteRequest::Delete { .. } => false,
+            WriteRequest::ConditionalUpdate { .. }
+            | WriteRequest::Patch { .. }
+            | WriteRequest::ConditionalDelete { .. } => true,
+        }
+    }
+}
+
+/// The change a write interaction asks for: its checks, its conditions resolved.
+pub async fn plan(
+    tx: &deadpool_postgres::Transaction<'_>,
+    request: WriteRequest,
+) -> FhirResult<Planned> {
     let change = match request {
         WriteRequest::Create {
             res_type,
@@ -218,7 +260,7 @@ pub async fn execute(
                     let existing = store::read_latest(tx, &res_type, &id)
                         .await?
                         .ok_or_else(|| FhirError::Internal("matched resource vanished".into()))?;
-                    return Ok(Some(written_from_stored(existing)));
+                    return Ok(Planned::Answered(Some(written_from_stored(existing))));
                 }
             }
             Change {
@@ -300,7 +342,7 @@ pub async fn execute(
         },
         WriteRequest::ConditionalDelete { res_type, criteria } => {
             let Matches::One(res_id) = conditional_match(tx, &res_type, &criteria).await? else {
-                return Ok(None);
+                return Ok(Planned::Answered(None));
             };
             Change {
                 res_type,
@@ -311,7 +353,7 @@ pub async fn execute(
             }
         }
     };
-    write::apply(tx, rules, now, change, facts).await.map(Some)
+    Ok(Planned::Change(change))
 }
 
 fn update_change(

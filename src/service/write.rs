@@ -1,8 +1,11 @@
 //! The one place every change to a resource goes through, whatever the interaction
-//! (create, update, delete, and later PATCH and transaction entries): precondition
-//! checks, the server's `meta`, index rows and the stored version all happen here,
-//! inside the caller's database transaction. Authorisation and outbox events for
-//! subscriptions join here too.
+//! (create, update, PATCH, delete, one request's or a transaction's entries written
+//! together): locks, precondition checks, the no-op check, the server's `meta`,
+//! index rows, the stored versions and the facts for subscriptions all happen here,
+//! inside the caller's database transaction, in a fixed number of statements
+//! whatever the number of changes. Authorisation joins here too.
+
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Duration, DurationRound, Utc};
 use deadpool_postgres::Transaction;
@@ -78,72 +81,32 @@ fn stamped(
     Ok((json, index))
 }
 
-/// Whether a create can go through [`apply_creates`]: the types whose writes do
-/// more than store a version (a Subscription is filed, a SearchParameter reloads
-/// the table after commit) go through [`apply`] one by one.
-pub fn creates_in_bulk(res_type: &str) -> bool {
-    !matches!(res_type, "Subscription" | "SearchParameter")
+/// A change whose outcome is decided: nothing to write, or the version to write.
+enum Step {
+    Unchanged(Written),
+    Write {
+        version_id: i64,
+        last_updated: DateTime<Utc>,
+        method: Method,
+        /// Whether the resource existed (not deleted) before.
+        live: bool,
+        resource: Option<Value>,
+        subscription: Option<Box<crate::subscription::Spec>>,
+    },
 }
 
-/// Creates resources at ids that no resource has yet (server-assigned, as a
-/// transaction's POST entries get them): version 1 of each, written by one
-/// statement for all, their facts added for subscriptions. The same stamping and
-/// indexing as [`apply`]; nothing to lock, no previous version.
-pub async fn apply_creates(
-    tx: &Transaction<'_>,
-    now: DateTime<Utc>,
-    creates: Vec<(String, String, Value)>,
-    facts: &mut Vec<notify::Fact>,
-) -> FhirResult<Vec<Written>> {
-    let last_updated = next_instant(now, None);
-    let mut stored = Vec::with_capacity(creates.len());
-    for (res_type, res_id, resource) in creates {
-        debug_assert!(creates_in_bulk(&res_type));
-        let (json, index) = stamped(&res_type, &res_id, 1, last_updated, resource)?;
-        stored.push((res_type, res_id, json, index));
-    }
-    let news: Vec<NewVersion<'_>> = stored
-        .iter()
-        .map(|(res_type, res_id, json, index)| NewVersion {
-            res_type,
-            res_id,
-            version_id: 1,
-            last_updated,
-            method: Method::Post,
-            json: Some(json),
-            index,
-        })
-        .collect();
-    store::write_versions(tx, &news).await?;
-    drop(news);
-    Ok(stored
-        .into_iter()
-        .map(|(res_type, res_id, json, index)| {
-            facts.push(notify::Fact {
-                res_type: res_type.clone(),
-                res_id: res_id.clone(),
-                version_id: 1,
-                last_updated,
-                interaction: Interaction::Create,
-                rows: Some(index),
-            });
-            Written {
-                res_type,
-                res_id,
-                version_id: 1,
-                last_updated,
-                created: true,
-                json: Some(json),
-            }
-        })
-        .collect())
+/// A change that failed, at its position among the changes given.
+#[derive(Debug)]
+pub struct Failed {
+    pub position: usize,
+    pub error: FhirError,
 }
 
-/// Applies one change inside `tx`. `now` is the database clock read once for the
-/// transaction (`store::clock`). What was written is added to `facts`, which the
-/// caller hands to `notify::record_events` before it commits (one subscription
-/// lookup per resource type for the whole transaction).
-#[tracing::instrument(skip_all, fields(res_type = %change.res_type, res_id = %change.res_id, kind = ?change.kind))]
+fn at(position: usize) -> impl Fn(FhirError) -> Failed {
+    move |error| Failed { position, error }
+}
+
+/// Applies one change inside `tx`: [`apply_all`] with one change.
 pub async fn apply(
     tx: &Transaction<'_>,
     rules: &super::Rules,
@@ -151,23 +114,86 @@ pub async fn apply(
     change: Change,
     facts: &mut Vec<notify::Fact>,
 ) -> FhirResult<Written> {
-    let Change {
-        res_type,
-        res_id,
-        kind,
-        resource,
-        if_match,
-    } = change;
-    let current = match kind {
-        // A fresh server-assigned id has no row to lock; the version table's primary
-        // key still refuses a duplicate.
-        ChangeKind::Create => None,
-        ChangeKind::Update | ChangeKind::Patch => {
-            store::lock_current(tx, &res_type, &res_id, true).await?
+    let mut written = apply_all(tx, rules, now, vec![change], facts)
+        .await
+        .map_err(|f| f.error)?;
+    written
+        .pop()
+        .ok_or_else(|| FhirError::Internal("a change without a result".to_owned()))
+}
+
+/// Applies changes inside `tx`, each resource at most once: one statement locks
+/// the rows of those that may exist, one reads the current versions that updates
+/// may repeat (an update that changes nothing writes no version, as HAPI does: a
+/// record pushed twice stays at its version), one writes every new version with
+/// its index rows. `now` is the database clock read once for the transaction
+/// (`store::clock`). What was written is added to `facts`, which the caller hands
+/// to `notify::record_events` before it commits.
+#[tracing::instrument(skip_all, fields(changes = changes.len()))]
+pub async fn apply_all(
+    tx: &Transaction<'_>,
+    rules: &super::Rules,
+    now: DateTime<Utc>,
+    changes: Vec<Change>,
+    facts: &mut Vec<notify::Fact>,
+) -> Result<Vec<Written>, Failed> {
+    let mut seen = HashSet::new();
+    for (position, c) in changes.iter().enumerate() {
+        if !seen.insert((c.res_type.as_str(), c.res_id.as_str())) {
+            return Err(at(position)(FhirError::bad_request(format!(
+                "{}/{} is changed twice in one transaction",
+                c.res_type, c.res_id
+            ))));
         }
-        ChangeKind::Delete => store::lock_current(tx, &res_type, &res_id, false).await?,
-    };
-    if let Some(expected) = if_match {
+    }
+    drop(seen);
+    // A fresh server-assigned id has no row to lock; the version table's primary
+    // key still refuses a duplicate.
+    let keys: Vec<store::LockKey<'_>> = changes
+        .iter()
+        .filter(|c| !matches!(c.kind, ChangeKind::Create))
+        .map(|c| store::LockKey {
+            res_type: &c.res_type,
+            res_id: &c.res_id,
+            claim: !matches!(c.kind, ChangeKind::Delete),
+        })
+        .collect();
+    let currents = store::lock_all(tx, &keys).await.map_err(at(0))?;
+    drop(keys);
+    let mut steps = Vec::with_capacity(changes.len());
+    let mut repeats = Vec::new();
+    for (position, mut change) in changes.into_iter().enumerate() {
+        let current = currents
+            .get(&(change.res_type.clone(), change.res_id.clone()))
+            .copied();
+        let step = decide(rules, now, &mut change, current).map_err(at(position))?;
+        if let (
+            Step::Write {
+                live: true,
+                resource: Some(_),
+                ..
+            },
+            Some(cur),
+        ) = (&step, current)
+        {
+            repeats.push((position, cur.version_id));
+        }
+        steps.push((change, step));
+    }
+    unchanged(tx, &mut steps, &repeats).await.map_err(at(0))?;
+    write_steps(tx, steps, facts).await
+}
+
+/// What one change does, given the current state of its resource; takes the
+/// change's resource into the step.
+fn decide(
+    rules: &super::Rules,
+    now: DateTime<Utc>,
+    change: &mut Change,
+    current: Option<store::Current>,
+) -> FhirResult<Step> {
+    let (res_type, res_id) = (&change.res_type, &change.res_id);
+    if let Some(expected) = change.if_match {
         let actual = current.filter(|c| !c.deleted).map(|c| c.version_id);
         if actual != Some(expected) {
             return Err(FhirError::PreconditionFailed(format!(
@@ -176,98 +202,207 @@ pub async fn apply(
             )));
         }
     }
-    let method = match kind {
+    let method = match change.kind {
         ChangeKind::Create => Method::Post,
         ChangeKind::Update => Method::Put,
         ChangeKind::Patch => Method::Patch,
         ChangeKind::Delete => Method::Delete,
     };
-    let live = current.filter(|c| !c.deleted);
-    let version_id = current.map_or(1, |c| c.version_id + 1);
-    let last_updated = next_instant(now, current.map(|c| c.last_updated));
+    let live = current.is_some_and(|c| !c.deleted);
     let mut subscription = None;
-    let (json, index) = match resource {
-        None if method != Method::Delete => {
-            return Err(FhirError::Internal("a write without a resource".to_owned()))
-        }
+    match (change.resource.as_mut(), method) {
         // Deleting what is absent or already deleted changes nothing.
-        None if live.is_none() => {
-            return Ok(Written {
+        (None, Method::Delete) if !live => {
+            return Ok(Step::Unchanged(Written {
                 version_id: current.map_or(0, |c| c.version_id),
                 last_updated: current.map_or_else(Utc::now, |c| c.last_updated),
-                res_type,
-                res_id,
+                res_type: res_type.clone(),
+                res_id: res_id.clone(),
                 created: false,
                 json: None,
-            })
+            }));
         }
-        None => (None, IndexRows::default()),
-        Some(mut resource) => {
-            // The server's part of a Subscription (status, secret) is set before the
-            // no-op check, so that writing the same subscription again is a no-op.
-            if res_type == "Subscription" {
-                subscription = Some(crate::subscription::prepare(
-                    &mut resource,
-                    &rules.endpoints,
-                )?);
-            }
-            // An update that changes nothing writes no version (as HAPI does): a
-            // record pushed twice, or a fixture loaded twice, stays at its version.
-            if let Some(cur) = live {
-                if let Some(same) =
-                    store::unchanged(tx, &res_type, &res_id, cur.version_id, &resource).await?
-                {
-                    return Ok(Written {
-                        res_type,
-                        res_id,
-                        version_id: same.version_id,
-                        last_updated: same.last_updated,
-                        created: false,
-                        json: same.json,
-                    });
-                }
-            }
-            let (json, index) = stamped(&res_type, &res_id, version_id, last_updated, resource)?;
-            (Some(json), index)
+        (None, Method::Delete) => {}
+        (None, _) => return Err(FhirError::Internal("a write without a resource".to_owned())),
+        // The server's part of a Subscription (status, secret) is set before the
+        // no-op check, so that writing the same subscription again is a no-op.
+        (Some(resource), _) if res_type == "Subscription" => {
+            subscription = Some(Box::new(crate::subscription::prepare(
+                resource,
+                &rules.endpoints,
+            )?));
         }
-    };
-    store::write_version(
-        tx,
-        &NewVersion {
-            res_type: &res_type,
-            res_id: &res_id,
+        (Some(_), _) => {}
+    }
+    Ok(Step::Write {
+        version_id: current.map_or(1, |c| c.version_id + 1),
+        last_updated: next_instant(now, current.map(|c| c.last_updated)),
+        method,
+        live,
+        resource: change.resource.take(),
+        subscription,
+    })
+}
+
+/// Turns into [`Step::Unchanged`] the updates whose resource is the current
+/// version's, the server's `id` and `meta` aside (`repeats`: their positions and
+/// current versions), reading those versions in one query.
+async fn unchanged(
+    tx: &Transaction<'_>,
+    steps: &mut [(Change, Step)],
+    repeats: &[(usize, i64)],
+) -> FhirResult<()> {
+    let keys: Vec<(&str, &str, i64)> = repeats
+        .iter()
+        .map(|&(p, v)| (steps[p].0.res_type.as_str(), steps[p].0.res_id.as_str(), v))
+        .collect();
+    let stored = store::read_versions(tx, &keys).await?;
+    drop(keys);
+    let mut by_key: HashMap<(String, String), store::StoredVersion> = stored
+        .into_iter()
+        .map(|v| ((v.res_type.clone(), v.res_id.clone()), v))
+        .collect();
+    for &(p, _) in repeats {
+        let (change, step) = &mut steps[p];
+        let Some(stored) = by_key.remove(&(change.res_type.clone(), change.res_id.clone())) else {
+            continue;
+        };
+        let Step::Write {
+            resource: Some(candidate),
+            ..
+        } = step
+        else {
+            continue;
+        };
+        let Some(Ok(current)) = stored.json.as_deref().map(serde_json::from_str::<Value>) else {
+            continue;
+        };
+        if fhir::without_server_meta(current) == fhir::without_server_meta(candidate.clone()) {
+            *step = Step::Unchanged(Written {
+                res_type: stored.res_type,
+                res_id: stored.res_id,
+                version_id: stored.version_id,
+                last_updated: stored.last_updated,
+                created: false,
+                json: stored.json,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A version stamped, indexed and ready to be written.
+struct Ready {
+    change: Change,
+    version_id: i64,
+    last_updated: DateTime<Utc>,
+    method: Method,
+    live: bool,
+    json: Option<String>,
+    index: IndexRows,
+    subscription: Option<Box<crate::subscription::Spec>>,
+}
+
+/// Stamps and indexes the versions to write, writes them in one statement, files
+/// the subscriptions among them and records the facts.
+async fn write_steps(
+    tx: &Transaction<'_>,
+    steps: Vec<(Change, Step)>,
+    facts: &mut Vec<notify::Fact>,
+) -> Result<Vec<Written>, Failed> {
+    let mut outcomes: Vec<Result<Ready, Written>> = Vec::with_capacity(steps.len());
+    for (position, (change, step)) in steps.into_iter().enumerate() {
+        let Step::Write {
             version_id,
             last_updated,
             method,
-            json: json.as_deref(),
-            index: &index,
-        },
-    )
-    .await?;
-    if res_type == "Subscription" {
-        notify::file_subscription(tx, &res_id, subscription.as_ref()).await?;
+            live,
+            resource,
+            subscription,
+        } = step
+        else {
+            if let Step::Unchanged(w) = step {
+                outcomes.push(Err(w));
+            }
+            continue;
+        };
+        let (json, index) = match resource {
+            Some(r) => {
+                let (json, index) = stamped(
+                    &change.res_type,
+                    &change.res_id,
+                    version_id,
+                    last_updated,
+                    r,
+                )
+                .map_err(at(position))?;
+                (Some(json), index)
+            }
+            None => (None, IndexRows::default()),
+        };
+        outcomes.push(Ok(Ready {
+            change,
+            version_id,
+            last_updated,
+            method,
+            live,
+            json,
+            index,
+            subscription,
+        }));
     }
-    let interaction = match (&json, live) {
-        (None, _) => Interaction::Delete,
-        (Some(_), None) => Interaction::Create,
-        (Some(_), Some(_)) => Interaction::Update,
-    };
-    facts.push(notify::Fact {
-        res_type: res_type.clone(),
-        res_id: res_id.clone(),
-        version_id,
-        last_updated,
-        interaction,
-        rows: json.is_some().then_some(index),
-    });
-    Ok(Written {
-        created: json.is_some() && live.is_none(),
-        res_type,
-        res_id,
-        version_id,
-        last_updated,
-        json,
-    })
+    let news: Vec<NewVersion<'_>> = outcomes
+        .iter()
+        .filter_map(|o| o.as_ref().ok())
+        .map(|r| NewVersion {
+            res_type: &r.change.res_type,
+            res_id: &r.change.res_id,
+            version_id: r.version_id,
+            last_updated: r.last_updated,
+            method: r.method,
+            json: r.json.as_deref(),
+            index: &r.index,
+        })
+        .collect();
+    store::write_versions(tx, &news).await.map_err(at(0))?;
+    drop(news);
+    let mut written = Vec::with_capacity(outcomes.len());
+    for (position, outcome) in outcomes.into_iter().enumerate() {
+        let r = match outcome {
+            Err(unchanged) => {
+                written.push(unchanged);
+                continue;
+            }
+            Ok(ready) => ready,
+        };
+        if r.change.res_type == "Subscription" {
+            notify::file_subscription(tx, &r.change.res_id, r.subscription.as_deref())
+                .await
+                .map_err(at(position))?;
+        }
+        let interaction = match (&r.json, r.live) {
+            (None, _) => Interaction::Delete,
+            (Some(_), false) => Interaction::Create,
+            (Some(_), true) => Interaction::Update,
+        };
+        facts.push(notify::Fact {
+            res_type: r.change.res_type.clone(),
+            res_id: r.change.res_id.clone(),
+            version_id: r.version_id,
+            last_updated: r.last_updated,
+            interaction,
+            rows: r.json.is_some().then_some(r.index),
+        });
+        written.push(Written {
+            created: r.json.is_some() && !r.live,
+            res_type: r.change.res_type,
+            res_id: r.change.res_id,
+            version_id: r.version_id,
+            last_updated: r.last_updated,
+            json: r.json,
+        });
+    }
+    Ok(written)
 }
 
 #[cfg(test)]

@@ -9,6 +9,8 @@ pub mod migrate;
 pub mod outbox;
 mod search_sql;
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{GenericClient, Pool, Transaction};
 use serde_json::Value;
@@ -153,45 +155,71 @@ pub async fn read_version(
     Ok(row.as_ref().map(version_from_row))
 }
 
-/// Locks the resource's row for this transaction. With `claim`, a resource that
-/// does not exist yet gets a placeholder row first, so that two racing creates of
-/// the same id serialise on it instead of failing on the primary key.
-#[tracing::instrument(skip(tx))]
-pub async fn lock_current(
+/// A resource to lock: its type, its id, and whether a resource that does not
+/// exist yet gets a placeholder row (an update or PATCH may create it; a delete
+/// may not), so that two racing creates of the same id serialise on it instead
+/// of failing on the primary key.
+pub struct LockKey<'a> {
+    pub res_type: &'a str,
+    pub res_id: &'a str,
+    pub claim: bool,
+}
+
+/// Locks the rows of `keys` for this transaction, in (type, id) order so that two
+/// transactions locking overlapping sets wait for each other rather than lock in
+/// opposite orders. The current state of each one that has a version, by key.
+#[tracing::instrument(skip_all, fields(keys = keys.len()))]
+pub async fn lock_all(
     tx: &Transaction<'_>,
-    res_type: &str,
-    res_id: &str,
-    claim: bool,
-) -> FhirResult<Option<Current>> {
+    keys: &[LockKey<'_>],
+) -> FhirResult<HashMap<(String, String), Current>> {
+    let mut found = HashMap::new();
+    if keys.is_empty() {
+        return Ok(found);
+    }
+    let read = |rows: Vec<Row>, found: &mut HashMap<(String, String), Current>| {
+        for row in rows {
+            let current = Current {
+                version_id: row.get(2),
+                last_updated: row.get(3),
+                deleted: row.get(4),
+            };
+            // A placeholder (version 0) is locked but has no version.
+            found.insert((row.get(0), row.get(1)), current);
+        }
+    };
+    let types: Vec<&str> = keys.iter().map(|k| k.res_type).collect();
+    let ids: Vec<&str> = keys.iter().map(|k| k.res_id).collect();
     let select = tx
         .prepare_cached(
-            "SELECT version_id, last_updated, deleted FROM resource
-             WHERE res_type = $1 AND res_id = $2 FOR UPDATE",
+            "SELECT r.res_type, r.res_id, r.version_id, r.last_updated, r.deleted
+               FROM resource r JOIN unnest($1::text[], $2::text[]) AS k(t, id)
+                 ON r.res_type = k.t AND r.res_id = k.id
+              ORDER BY r.res_type, r.res_id FOR UPDATE OF r",
         )
         .await?;
-    let to_current = |row: Row| Current {
-        version_id: row.get(0),
-        last_updated: row.get(1),
-        deleted: row.get(2),
-    };
-    if let Some(row) = tx.query_opt(&select, &[&res_type, &res_id]).await? {
-        return Ok(Some(to_current(row)).filter(|c| c.version_id > 0));
+    read(tx.query(&select, &[&types, &ids]).await?, &mut found);
+    let (types, ids): (Vec<&str>, Vec<&str>) = keys
+        .iter()
+        .filter(|k| k.claim && !found.contains_key(&(k.res_type.to_owned(), k.res_id.to_owned())))
+        .map(|k| (k.res_type, k.res_id))
+        .unzip();
+    if !types.is_empty() {
+        // The placeholders, or the rows racing creates inserted meanwhile: either way
+        // the statement returns them locked (ON CONFLICT DO UPDATE waits and locks).
+        let claim = tx
+            .prepare_cached(
+                "INSERT INTO resource (res_type, res_id, version_id, last_updated, deleted)
+                 SELECT t, id, 0, now(), true FROM unnest($1::text[], $2::text[]) AS k(t, id)
+                  ORDER BY t, id
+                 ON CONFLICT (res_type, res_id) DO UPDATE SET res_type = EXCLUDED.res_type
+                 RETURNING res_type, res_id, version_id, last_updated, deleted",
+            )
+            .await?;
+        read(tx.query(&claim, &[&types, &ids]).await?, &mut found);
     }
-    if !claim {
-        return Ok(None);
-    }
-    // The placeholder, or the row a racing create inserted meanwhile: either way the
-    // statement returns it locked (ON CONFLICT DO UPDATE waits for and locks it).
-    let claim = tx
-        .prepare_cached(
-            "INSERT INTO resource (res_type, res_id, version_id, last_updated, deleted)
-             VALUES ($1, $2, 0, now(), true)
-             ON CONFLICT (res_type, res_id) DO UPDATE SET res_type = EXCLUDED.res_type
-             RETURNING version_id, last_updated, deleted",
-        )
-        .await?;
-    let row = tx.query_one(&claim, &[&res_type, &res_id]).await?;
-    Ok(Some(to_current(row)).filter(|c| c.version_id > 0))
+    found.retain(|_, c| c.version_id > 0);
+    Ok(found)
 }
 
 /// Writes a new version: the version row, the current pointer and the index rows.
@@ -665,24 +693,25 @@ pub async fn matching_ids(
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
-/// The stored version when it holds the same resource as `candidate`, the
-/// server's `id`, `meta.versionId` and `meta.lastUpdated` aside.
-pub async fn unchanged(
-    tx: &Transaction<'_>,
-    res_type: &str,
-    res_id: &str,
-    version_id: i64,
-    candidate: &Value,
-) -> FhirResult<Option<StoredVersion>> {
-    let Some(stored) = read_version(tx, res_type, res_id, version_id).await? else {
-        return Ok(None);
-    };
-    let Some(Ok(current)) = stored.json.as_deref().map(serde_json::from_str::<Value>) else {
-        return Ok(None);
-    };
-    Ok((crate::fhir::without_server_meta(current)
-        == crate::fhir::without_server_meta(candidate.clone()))
-    .then_some(stored))
+/// Versions by (type, id, version), in one query; those that exist.
+pub async fn read_versions(
+    client: &impl GenericClient,
+    keys: &[(&str, &str, i64)],
+) -> FhirResult<Vec<StoredVersion>> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sql = format!(
+        "SELECT {VERSION_COLUMNS} FROM resource_version v
+           JOIN unnest($1::text[], $2::text[], $3::int8[]) AS k(t, id, n)
+             ON v.res_type = k.t AND v.res_id = k.id AND v.version_id = k.n"
+    );
+    let stmt = client.prepare_cached(&sql).await?;
+    let types: Vec<&str> = keys.iter().map(|k| k.0).collect();
+    let ids: Vec<&str> = keys.iter().map(|k| k.1).collect();
+    let versions: Vec<i64> = keys.iter().map(|k| k.2).collect();
+    let rows = client.query(&stmt, &[&types, &ids, &versions]).await?;
+    Ok(rows.iter().map(version_from_row).collect())
 }
 
 /// The database's clock, for the instants of new versions. The transaction gets its

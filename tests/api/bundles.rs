@@ -137,7 +137,11 @@ async fn batch_entries_stand_alone() {
         {"resource":{"resourceType":"Patient","id":"b1"},"request":{"method":"PUT","url":"Patient/b1"}},
         {"resource":{"resourceType":"Patient","id":"b2"},"request":{"method":"PUT","url":"Patient/other"}},
         {"request":{"method":"GET","url":"Patient/b1"}},
-        {"request":{"method":"GET","url":"Patient/missing"}}]});
+        {"request":{"method":"GET","url":"Patient/missing"}},
+        // Entries are checked one by one: an invalid one fails alone.
+        {"resource":{"resourceType":"Patient","birthDate":"2024-02-30"},"request":{"method":"POST","url":"Patient"}},
+        {"resource":{"resourceType":"Patient"}},
+        {"resource":{"resourceType":"Patient","id":"b3"},"request":{"method":"PUT","url":"Patient/b3"}}]});
     let response = json_of(post_bundle(&s, &bundle).await, 200).await;
     assert_eq!(response["type"], "batch-response");
     let status = |i: usize| {
@@ -154,7 +158,16 @@ async fn batch_entries_stand_alone() {
     );
     assert_eq!(status(2), "200 OK");
     assert_eq!(status(3), "404");
+    assert_eq!(status(4), "400");
+    let invalid = response["entry"][4]["response"]["outcome"].to_string();
+    assert!(
+        invalid.contains("Bundle.entry[4].resource.birthDate"),
+        "{invalid}"
+    );
+    assert_eq!(status(5), "400");
+    assert_eq!(status(6), "201 Created");
     json_of(s.get("Patient/b1").await, 200).await;
+    json_of(s.get("Patient/b3").await, 200).await;
 }
 
 #[tokio::test]
@@ -227,4 +240,87 @@ async fn plain_creates_written_together_are_indexed_like_any() {
     let e = json_of(s.get(&location(2)).await, 200).await;
     assert_eq!(e["subject"]["reference"], location(0));
     assert_eq!(e["meta"]["versionId"], "1");
+}
+
+/// Updates and deletes are written together too (500 changes per statement):
+/// each keeps its own answer, its If-Match and its no-op, and the history of
+/// each resource moves by one version.
+#[tokio::test]
+async fn updates_and_deletes_written_together() {
+    let s = TestServer::start().await;
+    let patient = |i: usize, active: bool| {
+        json!({"resourceType": "Patient", "id": format!("w{i}"), "active": active,
+               "identifier": [{"system": INS, "value": format!("2740{i:06}")}]})
+    };
+    let put = |i: usize, active: bool| {
+        json!({"resource": patient(i, active),
+               "request": {"method": "PUT", "url": format!("Patient/w{i}")}})
+    };
+    let first: Vec<Value> = (0..700).map(|i| put(i, false)).collect();
+    let created = json_of(
+        post_bundle(
+            &s,
+            &json!({"resourceType": "Bundle", "type": "transaction", "entry": first}),
+        )
+        .await,
+        200,
+    )
+    .await;
+    assert_eq!(created["entry"][699]["response"]["status"], "201 Created");
+    // 600 updates (one of them the same resource again: no new version), 100
+    // deletes, and one stale If-Match in the second statement's share.
+    let mut entries: Vec<Value> = (0..600).map(|i| put(i, i != 7)).collect();
+    entries.extend(
+        (600..700)
+            .map(|i| json!({"request": {"method": "DELETE", "url": format!("Patient/w{i}")}})),
+    );
+    let mut stale = entries.clone();
+    stale[550]["request"]["ifMatch"] = json!("W/\"2\"");
+    let oo = outcome_of(
+        post_bundle(
+            &s,
+            &json!({"resourceType": "Bundle", "type": "transaction", "entry": stale}),
+        )
+        .await,
+        412,
+    )
+    .await;
+    assert!(oo.to_string().contains("Bundle.entry[550]"), "{oo}");
+    assert_eq!(
+        s.version_count().await,
+        700,
+        "nothing of the refused Bundle stays"
+    );
+    entries[3]["request"]["ifMatch"] = json!("W/\"1\"");
+    let response = json_of(
+        post_bundle(
+            &s,
+            &json!({"resourceType": "Bundle", "type": "transaction", "entry": entries}),
+        )
+        .await,
+        200,
+    )
+    .await;
+    let answer = |i: usize| response["entry"][i]["response"].clone();
+    assert_eq!(answer(0)["status"], "200 OK");
+    assert_eq!(answer(0)["etag"], "W/\"2\"");
+    assert_eq!(
+        answer(7)["etag"],
+        "W/\"1\"",
+        "an unchanged resource keeps its version"
+    );
+    assert_eq!(answer(599)["location"], "Patient/w599/_history/2");
+    assert_eq!(answer(600)["status"], "204 No Content");
+    assert_eq!(answer(699)["etag"], "W/\"2\"");
+    assert_eq!(s.version_count().await, 700 + 599 + 100);
+    outcome_of(s.get("Patient/w650").await, 410).await;
+    let updated = json_of(s.get("Patient/w599").await, 200).await;
+    assert_eq!(updated["active"], true);
+    // Indexed like any update: the search sees the new versions only.
+    let active = json_of(s.get("Patient?active=true&_summary=count").await, 200).await;
+    assert_eq!(active["total"], 599);
+    // Two entries for one resource: refused, as R4 says.
+    let twice = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        put(1, true), {"request": {"method": "DELETE", "url": "Patient/w1"}}]});
+    outcome_of(post_bundle(&s, &twice).await, 400).await;
 }
