@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 sizes=("${@:-1000 10000 40000}")
 read -r -a sizes <<<"${sizes[*]}"
 admin=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
-bin=target/release/passerelle
+bin=${CARGO_TARGET_DIR:-target}/release/passerelle
 cargo build --release --quiet
 work=$(mktemp -d)
 trap 'kill "${server:-0}" 2>/dev/null || true; rm -rf "$work"' EXIT

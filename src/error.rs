@@ -147,6 +147,18 @@ impl From<tokio_postgres::Error> for FhirError {
                 db.message()
             ));
         }
+        // Class 40, transaction rollback: a deadlock or a serialisation failure
+        // between concurrent writers; the client may retry (409, as HAPI answers
+        // racing writes).
+        if let Some(db) = e
+            .as_db_error()
+            .filter(|d| d.code().code().starts_with("40"))
+        {
+            return FhirError::Conflict(format!(
+                "a concurrent write collided with this one; retry: {}",
+                db.message()
+            ));
+        }
         FhirError::Internal(format!("database: {e}"))
     }
 }

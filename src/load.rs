@@ -143,6 +143,10 @@ impl Target {
                 drop(bundle);
                 bundle::process(pool, &service::Rules::default(), &body)
                     .await
+                    .and_then(|text| {
+                        serde_json::from_str::<Value>(&text)
+                            .map_err(|e| crate::error::FhirError::Internal(e.to_string()))
+                    })
                     .map(|r| bundle_statuses(&r))
                     .map_err(|e| e.to_string())
             }

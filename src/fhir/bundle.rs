@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use base64::Engine as _;
+use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
@@ -65,6 +66,9 @@ pub struct Head {
     pub conditional_references: Vec<String>,
     pub if_none_exist: Option<Vec<(String, String)>>,
     pub if_match: Option<i64>,
+    /// `ifNoneMatch` and `ifModifiedSince` of a GET entry (a conditional read).
+    pub if_none_match: Option<String>,
+    pub if_modified_since: Option<DateTime<Utc>>,
 }
 
 #[derive(Deserialize)]
@@ -83,6 +87,10 @@ struct RequestJson {
     if_none_exist: Option<String>,
     #[serde(rename = "ifMatch")]
     if_match: Option<String>,
+    #[serde(rename = "ifNoneMatch")]
+    if_none_match: Option<String>,
+    #[serde(rename = "ifModifiedSince")]
+    if_modified_since: Option<String>,
 }
 
 /// An entry's resource scanned, not built: its type and its conditional references.
@@ -259,15 +267,33 @@ impl RawBundle<'_> {
             ),
             None => None,
         };
+        let method = request.method.unwrap_or_default();
+        let conditional_read =
+            request.if_none_match.is_some() || request.if_modified_since.is_some();
+        if conditional_read && method != "GET" {
+            return Err(bad(format!(
+                "ifNoneMatch and ifModifiedSince make a GET entry conditional; a {method} entry takes ifMatch or ifNoneExist"
+            )));
+        }
+        let if_modified_since = match request.if_modified_since {
+            Some(v) => Some(
+                DateTime::parse_from_rfc3339(&v)
+                    .map_err(|_| bad(format!("ifModifiedSince '{v}' is not an instant")))?
+                    .with_timezone(&Utc),
+            ),
+            None => None,
+        };
         Ok(Head {
             index,
-            method: request.method.unwrap_or_default(),
+            method,
             target,
             full_url: json.full_url,
             resource_type: resource.resource_type,
             conditional_references: resource.conditional_references,
             if_none_exist: request.if_none_exist.as_deref().map(search::parse_criteria),
             if_match,
+            if_none_match: request.if_none_match,
+            if_modified_since,
         })
     }
 

@@ -52,6 +52,24 @@ pub fn parse_version_etag(value: &str) -> Option<i64> {
         .ok()
 }
 
+/// Whether a conditional read answers 304 Not Modified: an `If-None-Match` list
+/// naming the current version (or `*`), else an `If-Modified-Since` instant not
+/// before the version's `lastUpdated` (compared to the second, as HTTP dates are).
+pub fn not_modified(
+    if_none_match: Option<&str>,
+    if_modified_since: Option<DateTime<Utc>>,
+    version_id: i64,
+    last_updated: DateTime<Utc>,
+) -> bool {
+    match (if_none_match, if_modified_since) {
+        (Some(etags), _) => etags
+            .split(',')
+            .any(|e| e.trim() == "*" || parse_version_etag(e) == Some(version_id)),
+        (None, Some(since)) => last_updated.timestamp() <= since.timestamp(),
+        (None, None) => false,
+    }
+}
+
 /// Parses a request body into a resource and checks its structure against R4
 /// (fhirbolt's typed model plus the path-precise checks of [`validate`]).
 pub fn parse_resource(body: &[u8], format: Format) -> FhirResult<Value> {

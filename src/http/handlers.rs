@@ -126,7 +126,7 @@ pub async fn handle(state: &AppState, req: FhirRequest) -> FhirResult<Reply> {
                         service::bundle::process(pool, &state.rules, &json).await?
                     }
                 };
-            Ok(Reply::new(StatusCode::OK, Some(response.to_string())))
+            Ok(Reply::new(StatusCode::OK, Some(response)))
         }
         (&Method::GET, Route::System) => {
             let types = system_search_types(&req.params)?;
@@ -420,17 +420,13 @@ fn system_search_types(params: &[(String, String)]) -> FhirResult<Vec<String>> {
 
 /// A read or vread, honouring `If-None-Match` and `If-Modified-Since` (304).
 fn read_reply(req: &FhirRequest, v: &StoredVersion) -> FhirResult<Reply> {
-    let not_modified = match (
+    let not_modified = fhir::not_modified(
         req.header(header::IF_NONE_MATCH),
-        req.header(header::IF_MODIFIED_SINCE),
-    ) {
-        (Some(etags), _) => etags
-            .split(',')
-            .any(|e| e.trim() == "*" || fhir::parse_version_etag(e) == Some(v.version_id)),
-        (None, Some(since)) => datetime::parse_http_date(since)
-            .is_some_and(|since| v.last_updated.timestamp() <= since.timestamp()),
-        (None, None) => false,
-    };
+        req.header(header::IF_MODIFIED_SINCE)
+            .and_then(datetime::parse_http_date),
+        v.version_id,
+        v.last_updated,
+    );
     let status = if not_modified {
         StatusCode::NOT_MODIFIED
     } else {

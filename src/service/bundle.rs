@@ -26,7 +26,7 @@ use crate::fhir::{self, datetime};
 use crate::store;
 
 /// Runs a transaction or batch Bundle (JSON text); the response Bundle.
-pub async fn process(pool: &Pool, rules: &Rules, body: &[u8]) -> FhirResult<Value> {
+pub async fn process(pool: &Pool, rules: &Rules, body: &[u8]) -> FhirResult<String> {
     let bundle = fhir::bundle::open(body)?;
     match bundle.kind {
         Kind::Transaction => transaction(pool, rules, &bundle).await,
@@ -66,12 +66,22 @@ async fn get_entry(tx: &Transaction<'_>, head: &Head) -> FhirResult<Value> {
                 .await?
                 .filter(|v| !v.is_deleted())
                 .ok_or_else(|| FhirError::NotFound(format!("{t}/{id} is not known")))?;
+            let etag = format!("W/\"{}\"", version.version_id);
+            let last_modified = datetime::format_instant(version.last_updated);
+            if fhir::not_modified(
+                head.if_none_match.as_deref(),
+                head.if_modified_since,
+                version.version_id,
+                version.last_updated,
+            ) {
+                return Ok(json!({"response": {
+                    "status": "304 Not Modified", "etag": etag, "lastModified": last_modified,
+                }}));
+            }
             let resource: Value = serde_json::from_str(version.json.as_deref().unwrap_or("{}"))
                 .map_err(|e| FhirError::Internal(e.to_string()))?;
             Ok(json!({"resource": resource, "response": {
-                "status": "200 OK",
-                "etag": format!("W/\"{}\"", version.version_id),
-                "lastModified": datetime::format_instant(version.last_updated),
+                "status": "200 OK", "etag": etag, "lastModified": last_modified,
             }}))
         }
         _ => Err(FhirError::MethodNotAllowed(
@@ -181,9 +191,13 @@ impl Pending {
             return Ok(());
         }
         let changes = std::mem::take(&mut self.changes);
-        let written = write::apply_all(tx, rules, now, changes, &mut out.facts)
+        // Facts hold the index rows of their versions: matched here, batch by batch,
+        // rather than kept for the whole Bundle.
+        let mut facts = Vec::new();
+        let written = write::apply_all(tx, rules, now, changes, &mut facts)
             .await
             .map_err(|f| at_entry(self.entries[f.position], f.error))?;
+        super::record_events(tx, &facts).await?;
         for (i, w) in self.entries.drain(..).zip(written) {
             out.answer(i, Some(w));
         }
@@ -191,17 +205,19 @@ impl Pending {
     }
 }
 
-/// What a transaction has done so far: the response of each entry, the facts for
-/// subscriptions, the SearchParameters to put in force after the commit.
+/// What a transaction has done so far: the response of each entry (as JSON text,
+/// a few hundred bytes where a tree would take kilobytes), the SearchParameters to
+/// put in force after the commit.
 struct Answers {
-    responses: Vec<Value>,
-    facts: Vec<super::Fact>,
+    responses: Vec<Box<str>>,
     search_parameters: Vec<Written>,
 }
 
 impl Answers {
     fn answer(&mut self, entry: usize, written: Option<Written>) {
-        self.responses[entry] = write_response(written.as_ref(), "201 Created");
+        self.responses[entry] = write_response(written.as_ref(), "201 Created")
+            .to_string()
+            .into();
         // Only SearchParameters need their version after the commit.
         self.search_parameters
             .extend(written.filter(|w| w.res_type == "SearchParameter"));
@@ -216,7 +232,7 @@ fn heads(bundle: &RawBundle<'_>) -> FhirResult<Vec<Head>> {
 
 /// Runs a transaction Bundle; the response Bundle, or the first entry's error.
 /// Resources are parsed one entry at a time, in the order they are written.
-async fn transaction(pool: &Pool, rules: &Rules, bundle: &RawBundle<'_>) -> FhirResult<Value> {
+async fn transaction(pool: &Pool, rules: &Rules, bundle: &RawBundle<'_>) -> FhirResult<String> {
     let heads = heads(bundle)?;
     fhir::bundle::check_overlaps(&heads)?;
     let mut client = pool.get().await?;
@@ -275,8 +291,7 @@ async fn transaction(pool: &Pool, rules: &Rules, bundle: &RawBundle<'_>) -> Fhir
     order.sort_by_key(|i| rank(&heads[*i].method));
     let now = store::clock(&tx).await?;
     let mut out = Answers {
-        responses: vec![Value::Null; heads.len()],
-        facts: Vec::new(),
+        responses: vec![Box::from(""); heads.len()],
         search_parameters: Vec::new(),
     };
     let mut pending = Pending::default();
@@ -294,7 +309,8 @@ async fn transaction(pool: &Pool, rules: &Rules, bundle: &RawBundle<'_>) -> Fhir
         }
         if head.method == "GET" {
             pending.flush(&tx, rules, now, &mut out).await?;
-            out.responses[i] = get_entry(&tx, head).await.map_err(|e| at_entry(i, e))?;
+            let read = get_entry(&tx, head).await.map_err(|e| at_entry(i, e))?;
+            out.responses[i] = read.to_string().into();
             continue;
         }
         let request =
@@ -314,7 +330,6 @@ async fn transaction(pool: &Pool, rules: &Rules, bundle: &RawBundle<'_>) -> Fhir
         }
     }
     pending.flush(&tx, rules, now, &mut out).await?;
-    super::record_events(&tx, &out.facts).await?;
     tx.commit().await?;
     for w in &out.search_parameters {
         search_parameter_changed(pool, w).await;
@@ -343,25 +358,35 @@ async fn batch_entry(
 
 /// Runs a batch Bundle: each entry on its own; failures, an entry that does not
 /// validate included, are answered per entry.
-async fn batch(pool: &Pool, rules: &Rules, bundle: &RawBundle<'_>) -> FhirResult<Value> {
+async fn batch(pool: &Pool, rules: &Rules, bundle: &RawBundle<'_>) -> FhirResult<String> {
     let mut responses = Vec::with_capacity(bundle.len());
     for index in 0..bundle.len() {
         let outcome = batch_entry(pool, rules, bundle, index).await;
-        responses.push(outcome.unwrap_or_else(|e| {
+        let response = outcome.unwrap_or_else(|e| {
             json!({"response": {
                 "status": e.status().to_string(),
                 "outcome": e.operation_outcome(),
             }})
-        }));
+        });
+        responses.push(response.to_string().into());
     }
     Ok(response_bundle("batch-response", responses))
 }
 
-fn response_bundle(kind: &str, entries: Vec<Value>) -> Value {
-    json!({
-        "resourceType": "Bundle",
-        "id": uuid::Uuid::new_v4().to_string(),
-        "type": kind,
-        "entry": entries,
-    })
+/// The response Bundle around its entries' JSON texts.
+fn response_bundle(kind: &str, entries: Vec<Box<str>>) -> String {
+    let length: usize = entries.iter().map(|e| e.len() + 1).sum();
+    let mut text = String::with_capacity(length + 120);
+    text.push_str(&format!(
+        r#"{{"resourceType":"Bundle","id":"{}","type":"{kind}","entry":["#,
+        uuid::Uuid::new_v4()
+    ));
+    for (n, entry) in entries.iter().enumerate() {
+        if n > 0 {
+            text.push(',');
+        }
+        text.push_str(entry);
+    }
+    text.push_str("]}");
+    text
 }

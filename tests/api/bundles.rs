@@ -324,3 +324,31 @@ async fn updates_and_deletes_written_together() {
         put(1, true), {"request": {"method": "DELETE", "url": "Patient/w1"}}]});
     outcome_of(post_bundle(&s, &twice).await, 400).await;
 }
+
+/// `ifNoneMatch` and `ifModifiedSince` make a GET entry a conditional read (304).
+#[tokio::test]
+async fn conditional_reads_in_a_bundle() {
+    let s = TestServer::start().await;
+    s.put_json("Patient/c1", &json!({"resourceType":"Patient","id":"c1"}))
+        .await;
+    let read = |request: Value| json!({"request": request});
+    let bundle = json!({"resourceType":"Bundle","type":"batch","entry":[
+        read(json!({"method":"GET","url":"Patient/c1","ifNoneMatch":"W/\"1\""})),
+        read(json!({"method":"GET","url":"Patient/c1","ifNoneMatch":"W/\"7\""})),
+        read(json!({"method":"GET","url":"Patient/c1","ifModifiedSince":"2999-01-01T00:00:00Z"})),
+        read(json!({"method":"GET","url":"Patient/c1","ifModifiedSince":"2001-01-01T00:00:00Z"})),
+        read(json!({"method":"DELETE","url":"Patient/c1","ifNoneMatch":"*"})),
+    ]});
+    let response = json_of(post_bundle(&s, &bundle).await, 200).await;
+    let answer = |i: usize| response["entry"][i].clone();
+    assert_eq!(answer(0)["response"]["status"], "304 Not Modified");
+    assert!(answer(0).get("resource").is_none());
+    assert_eq!(answer(0)["response"]["etag"], "W/\"1\"");
+    assert_eq!(answer(1)["response"]["status"], "200 OK");
+    assert_eq!(answer(1)["resource"]["id"], "c1");
+    assert_eq!(answer(2)["response"]["status"], "304 Not Modified");
+    assert_eq!(answer(3)["response"]["status"], "200 OK");
+    // A write does not take a read's conditions: refused, not ignored.
+    assert_eq!(answer(4)["response"]["status"], "400");
+    json_of(s.get("Patient/c1").await, 200).await;
+}
