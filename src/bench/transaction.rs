@@ -1,6 +1,7 @@
 //! `passerelle bench-transaction`: ingest rate of transaction Bundles of 1, 100 and
-//! 1,000 entries over HTTP (validation, one database transaction each, every search
-//! parameter indexed), beside its ceiling measured in the same run: the same rows
+//! 1,000 POST entries over HTTP (validation, one database transaction each, every
+//! search parameter indexed), then of 1,000 PUT entries at new ids and of 1,000 PUT
+//! updates of them, beside the ceiling measured in the same run: the same rows
 //! (versions, current rows, index rows) written by a plain SQL `COPY`.
 
 use std::fmt::Write as _;
@@ -22,9 +23,43 @@ pub struct TransactionBenchOptions {
     pub concurrency: usize,
 }
 
-fn transaction(first: usize, size: usize) -> String {
+/// How the entries of a measured Bundle write their Patients.
+#[derive(Clone, Copy)]
+enum Entries {
+    /// POST, server-assigned ids.
+    Post,
+    /// PUT at ids no resource has yet.
+    PutNew,
+    /// PUT again at the same ids, with a change.
+    PutChanged,
+}
+
+impl Entries {
+    fn label(self) -> &'static str {
+        match self {
+            Entries::Post => "POST",
+            Entries::PutNew => "PUT new",
+            Entries::PutChanged => "PUT update",
+        }
+    }
+}
+
+fn transaction(entries: Entries, first: usize, size: usize) -> String {
     let entries: Vec<Value> = (first..first + size)
-        .map(|i| json!({"resource": patient(i), "request": {"method": "POST", "url": "Patient"}}))
+        .map(|i| {
+            let mut resource = patient(i);
+            let id = format!("put-{i}");
+            let request = match entries {
+                Entries::Post => return json!({"resource": resource, "request": {"method": "POST", "url": "Patient"}}),
+                Entries::PutNew => json!({"method": "PUT", "url": format!("Patient/{id}")}),
+                Entries::PutChanged => {
+                    resource["active"] = json!(false);
+                    json!({"method": "PUT", "url": format!("Patient/{id}")})
+                }
+            };
+            resource["id"] = json!(id);
+            json!({"resource": resource, "request": request})
+        })
         .collect();
     json!({"resourceType": "Bundle", "type": "transaction", "entry": entries}).to_string()
 }
@@ -134,9 +169,20 @@ pub async fn run(options: TransactionBenchOptions) -> Result<String, StartError>
     let n = options.resources;
     let mut lines = Vec::new();
     let mut first = 0;
-    for size in [1usize, 100, 1000] {
+    let phases = [
+        (Entries::Post, 1usize),
+        (Entries::Post, 100),
+        (Entries::Post, 1000),
+        (Entries::PutNew, 1000),
+        (Entries::PutChanged, 1000),
+    ];
+    for (entries, size) in phases {
         let bundles = n.div_ceil(size);
-        let start = first;
+        // The updates rewrite what the PUT creates wrote.
+        let start = match entries {
+            Entries::PutChanged => first - bundles * size,
+            _ => first,
+        };
         let phase = run_phase(
             "transaction",
             bundles,
@@ -145,7 +191,7 @@ pub async fn run(options: TransactionBenchOptions) -> Result<String, StartError>
                 let mut conn = Connection::open(addr).await?;
                 let mut latencies = Vec::new();
                 while let Some(b) = counter.next() {
-                    let body = transaction(start + b * size, size);
+                    let body = transaction(entries, start + b * size, size);
                     let t = Instant::now();
                     let reply = conn.send("POST", "/fhir", Some(body.as_bytes())).await?;
                     latencies.push(t.elapsed());
@@ -158,9 +204,11 @@ pub async fn run(options: TransactionBenchOptions) -> Result<String, StartError>
         )
         .await
         .map_err(db_err)?;
-        first += bundles * size;
+        if !matches!(entries, Entries::PutChanged) {
+            first += bundles * size;
+        }
         let rate = (bundles * size) as f64 / phase.wall.as_secs_f64();
-        lines.push((size, rate, phase.line()));
+        lines.push((entries.label(), size, rate, phase.line()));
     }
     // The ceiling: the same kind of rows, prepared beforehand, by COPY.
     let tables = Arc::new(copy_rows(n));
@@ -198,10 +246,10 @@ pub async fn run(options: TransactionBenchOptions) -> Result<String, StartError>
         options.concurrency,
         std::thread::available_parallelism().map_or(0, |p| p.get())
     );
-    for (size, rate, line) in lines {
+    for (label, size, rate, line) in lines {
         let _ = writeln!(
             report,
-            "Bundles of {size:>4}: {rate:>8.0} resources/s ({:.2} of COPY)   {line}",
+            "{label:<10} Bundles of {size:>4}: {rate:>8.0} resources/s ({:.2} of COPY)   {line}",
             rate / copy_rate
         );
     }
