@@ -134,30 +134,28 @@ impl From<tokio_postgres::Error> for FhirError {
         if e.is_closed() {
             return FhirError::Unavailable(e.to_string());
         }
-        // Class 22, data exception: a value the request carried (a search value, a
-        // cursor, a string with NUL, a number beyond numeric) that PostgreSQL cannot
-        // take. The server only binds values it made itself or the client sent, so
-        // this is the client's to correct, not a server fault.
-        if let Some(db) = e
+        let class = e
             .as_db_error()
-            .filter(|d| d.code().code().starts_with("22"))
-        {
-            return FhirError::bad_request(format!(
-                "a value of the request cannot be used: {}",
-                db.message()
-            ));
-        }
-        // Class 40, transaction rollback: a deadlock or a serialisation failure
-        // between concurrent writers; the client may retry (409, as HAPI answers
-        // racing writes).
-        if let Some(db) = e
-            .as_db_error()
-            .filter(|d| d.code().code().starts_with("40"))
-        {
-            return FhirError::Conflict(format!(
-                "a concurrent write collided with this one; retry: {}",
-                db.message()
-            ));
+            .map(|d| (&d.code().code()[..2], d.message()));
+        match class {
+            // Class 22, data exception: a value the request carried (a search value,
+            // a cursor, a string with NUL, a number beyond numeric) that PostgreSQL
+            // cannot take. The server only binds values it made itself or the client
+            // sent, so this is the client's to correct, not a server fault.
+            Some(("22", message)) => {
+                return FhirError::bad_request(format!(
+                    "a value of the request cannot be used: {message}"
+                ))
+            }
+            // Class 40, transaction rollback: a deadlock or a serialisation failure
+            // between concurrent writers; the client may retry (409, as HAPI answers
+            // racing writes).
+            Some(("40", message)) => {
+                return FhirError::Conflict(format!(
+                    "a concurrent write collided with this one; retry: {message}"
+                ))
+            }
+            _ => {}
         }
         FhirError::Internal(format!("database: {e}"))
     }

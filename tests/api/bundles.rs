@@ -10,6 +10,12 @@ async fn post_bundle(s: &TestServer, bundle: &Value) -> reqwest::Response {
     s.post_json("", bundle).await
 }
 
+/// Posts a transaction Bundle of `entries`.
+async fn post_transaction(s: &TestServer, entries: Vec<Value>) -> reqwest::Response {
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": entries});
+    post_bundle(s, &bundle).await
+}
+
 /// A discharge: the patient (found by INS, or created), the stay that ends, the GP
 /// in a care team, in one transaction that refers to its own entries.
 fn discharge(nir: &str) -> Value {
@@ -257,15 +263,7 @@ async fn updates_and_deletes_written_together() {
                "request": {"method": "PUT", "url": format!("Patient/w{i}")}})
     };
     let first: Vec<Value> = (0..700).map(|i| put(i, false)).collect();
-    let created = json_of(
-        post_bundle(
-            &s,
-            &json!({"resourceType": "Bundle", "type": "transaction", "entry": first}),
-        )
-        .await,
-        200,
-    )
-    .await;
+    let created = json_of(post_transaction(&s, first).await, 200).await;
     assert_eq!(created["entry"][699]["response"]["status"], "201 Created");
     // 600 updates (one of them the same resource again: no new version), 100
     // deletes, and one stale If-Match in the second statement's share.
@@ -276,15 +274,7 @@ async fn updates_and_deletes_written_together() {
     );
     let mut stale = entries.clone();
     stale[550]["request"]["ifMatch"] = json!("W/\"2\"");
-    let oo = outcome_of(
-        post_bundle(
-            &s,
-            &json!({"resourceType": "Bundle", "type": "transaction", "entry": stale}),
-        )
-        .await,
-        412,
-    )
-    .await;
+    let oo = outcome_of(post_transaction(&s, stale).await, 412).await;
     assert!(oo.to_string().contains("Bundle.entry[550]"), "{oo}");
     assert_eq!(
         s.version_count().await,
@@ -292,15 +282,7 @@ async fn updates_and_deletes_written_together() {
         "nothing of the refused Bundle stays"
     );
     entries[3]["request"]["ifMatch"] = json!("W/\"1\"");
-    let response = json_of(
-        post_bundle(
-            &s,
-            &json!({"resourceType": "Bundle", "type": "transaction", "entry": entries}),
-        )
-        .await,
-        200,
-    )
-    .await;
+    let response = json_of(post_transaction(&s, entries).await, 200).await;
     let answer = |i: usize| response["entry"][i]["response"].clone();
     assert_eq!(answer(0)["status"], "200 OK");
     assert_eq!(answer(0)["etag"], "W/\"2\"");
