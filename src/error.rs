@@ -136,7 +136,7 @@ impl From<tokio_postgres::Error> for FhirError {
         }
         let class = e
             .as_db_error()
-            .map(|d| (&d.code().code()[..2], d.message()));
+            .and_then(|d| Some((d.code().code().get(..2)?, d.message())));
         match class {
             // Class 22, data exception: a value the request carried (a search value,
             // a cursor, a string with NUL, a number beyond numeric) that PostgreSQL

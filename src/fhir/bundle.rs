@@ -52,6 +52,14 @@ pub enum Target {
     Criteria(String, Vec<(String, String)>),
 }
 
+impl Target {
+    pub fn res_type(&self) -> &str {
+        match self {
+            Target::Type(t) | Target::Instance(t, _) | Target::Criteria(t, _) => t,
+        }
+    }
+}
+
 /// An entry without its resource: enough to give ids, order the entries and
 /// resolve references before any resource is parsed.
 #[derive(Debug)]
@@ -60,8 +68,6 @@ pub struct Head {
     pub method: String,
     pub target: Target,
     pub full_url: Option<String>,
-    /// The `resourceType` of the entry's resource, when it has one.
-    pub resource_type: Option<String>,
     /// The conditional references (`Type?criteria`) inside the resource.
     pub conditional_references: Vec<String>,
     pub if_none_exist: Option<Vec<(String, String)>>,
@@ -93,10 +99,9 @@ struct RequestJson {
     if_modified_since: Option<String>,
 }
 
-/// An entry's resource scanned, not built: its type and its conditional references.
+/// An entry's resource scanned, not built: its conditional references.
 #[derive(Default)]
 struct ResourceScan {
-    resource_type: Option<String>,
     conditional_references: Vec<String>,
 }
 
@@ -105,17 +110,28 @@ impl<'de> Deserialize<'de> for ResourceScan {
         let mut scan = ResourceScan::default();
         deserializer.deserialize_any(ReferenceScan {
             found: &mut scan.conditional_references,
-            resource_type: Some(&mut scan.resource_type),
+            in_reference: false,
         })?;
         Ok(scan)
     }
 }
 
-/// Walks JSON without building it, keeping each `reference` string that holds a
-/// `?` (a conditional reference), and the `resourceType` at the top when asked.
+/// Walks JSON without building it, keeping each string value of a `reference`
+/// member that holds a `?` (a conditional reference), at any depth (a
+/// `reference` may itself be a Reference, as in ImplementationGuide).
 struct ReferenceScan<'s> {
     found: &'s mut Vec<String>,
-    resource_type: Option<&'s mut Option<String>>,
+    /// The value being visited is a `reference` member's.
+    in_reference: bool,
+}
+
+impl ReferenceScan<'_> {
+    fn child(&mut self, in_reference: bool) -> ReferenceScan<'_> {
+        ReferenceScan {
+            found: self.found,
+            in_reference,
+        }
+    }
 }
 
 impl<'de> serde::de::DeserializeSeed<'de> for ReferenceScan<'_> {
@@ -134,32 +150,20 @@ impl<'de> serde::de::Visitor<'de> for ReferenceScan<'_> {
 
     fn visit_map<A: serde::de::MapAccess<'de>>(mut self, mut map: A) -> Result<(), A::Error> {
         while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            match (key.as_ref(), self.resource_type.as_deref_mut()) {
-                ("resourceType", Some(slot)) => *slot = map.next_value()?,
-                ("reference", _) => {
-                    if let Value::String(r) = map.next_value::<Value>()? {
-                        if r.contains('?') {
-                            self.found.push(r);
-                        }
-                    }
-                }
-                _ => map.next_value_seed(ReferenceScan {
-                    found: self.found,
-                    resource_type: None,
-                })?,
-            }
+            map.next_value_seed(self.child(key == "reference"))?;
         }
         Ok(())
     }
 
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while seq
-            .next_element_seed(ReferenceScan {
-                found: self.found,
-                resource_type: None,
-            })?
-            .is_some()
-        {}
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(mut self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(self.child(false))?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_str<E>(self, value: &str) -> Result<(), E> {
+        if self.in_reference && value.contains('?') {
+            self.found.push(value.to_owned());
+        }
         Ok(())
     }
 
@@ -173,9 +177,6 @@ impl<'de> serde::de::Visitor<'de> for ReferenceScan<'_> {
         Ok(())
     }
     fn visit_f64<E>(self, _: f64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_str<E>(self, _: &str) -> Result<(), E> {
         Ok(())
     }
     fn visit_unit<E>(self) -> Result<(), E> {
@@ -288,7 +289,6 @@ impl RawBundle<'_> {
             method,
             target,
             full_url: json.full_url,
-            resource_type: resource.resource_type,
             conditional_references: resource.conditional_references,
             if_none_exist: request.if_none_exist.as_deref().map(search::parse_criteria),
             if_match,
@@ -300,7 +300,8 @@ impl RawBundle<'_> {
     /// The resource of entry `index`, parsed and checked as part of this Bundle
     /// (problems are named `Bundle.entry[index]…`, as a whole-Bundle check would).
     pub fn resource(&self, index: usize) -> FhirResult<Option<Value>> {
-        let entry: Value = serde_json::from_str(self.entries[index].get()).map_err(not_json)?;
+        let entry: Value = serde_json::from_str(self.entries[index].get())
+            .map_err(|e| at_entry(index, not_json(e)))?;
         let mut alone = serde_json::json!({
             "resourceType": "Bundle",
             "type": self.kind.code(),
@@ -316,16 +317,19 @@ impl RawBundle<'_> {
     }
 }
 
-/// An issue found in a one-entry Bundle, named at the entry's place in the real one.
+/// An issue found in a one-entry Bundle, named at the entry's place in the real
+/// one (the first `entry[0]` of a message or an expression is that entry; an issue
+/// without an expression is placed at the entry).
 fn renumber(issue: Issue, index: usize) -> Issue {
-    let at = |s: String| match s.strip_prefix("Bundle.entry[0]") {
-        Some(rest) => format!("Bundle.entry[{index}]{rest}"),
-        None => s,
-    };
+    let at = |s: String| s.replacen("entry[0]", &format!("entry[{index}]"), 1);
     Issue {
         code: issue.code,
         message: at(issue.message),
-        expression: issue.expression.map(at),
+        expression: Some(
+            issue
+                .expression
+                .map_or_else(|| format!("Bundle.entry[{index}]"), at),
+        ),
     }
 }
 
@@ -375,31 +379,6 @@ pub fn at_entry(index: usize, err: FhirError) -> FhirError {
         FhirError::PreconditionFailed(m) => FhirError::PreconditionFailed(prefix(&m)),
         other => other,
     }
-}
-
-/// Refuses a transaction whose entries change one resource twice by its id (R4:
-/// "If any resource identities overlap in steps 1-3, then the transaction SHALL
-/// fail"); conditional targets are known only when resolved, and the write path
-/// refuses those that meet in one statement.
-pub fn check_overlaps(heads: &[Head]) -> FhirResult<()> {
-    let mut seen: HashMap<(&str, &str), usize> = HashMap::new();
-    for head in heads {
-        let Target::Instance(t, id) = &head.target else {
-            continue;
-        };
-        if !matches!(head.method.as_str(), "PUT" | "PATCH" | "DELETE") {
-            continue;
-        }
-        if let Some(first) = seen.insert((t, id), head.index) {
-            return Err(at_entry(
-                head.index,
-                FhirError::bad_request(format!(
-                    "{t}/{id} is also changed by entry {first}: a transaction changes a resource once"
-                )),
-            ));
-        }
-    }
-    Ok(())
 }
 
 /// The order of the spec: DELETE, POST, PUT (and PATCH), GET.
@@ -495,7 +474,10 @@ mod tests {
             {"fullUrl":"urn:uuid:1","resource":{"resourceType":"Patient","gender":"female",
               "generalPractitioner":[{"reference":"Practitioner?identifier=r|1"},
                                      {"reference":"Practitioner/p"}],
-              "contained":[{"resourceType":"Organization","partOf":{"reference":"Organization?name=x"}}]},
+              "contained":[{"resourceType":"Organization","partOf":{"reference":"Organization?name=x"}},
+                {"resourceType":"ImplementationGuide","url":"http://x","name":"X","status":"draft",
+                 "packageId":"x","fhirVersion":["4.0.1"],
+                 "definition":{"resource":[{"reference":{"reference":"StructureDefinition?url=y"}}]}}]},
              "request":{"method":"POST","url":"Patient","ifNoneExist":"identifier=a|b"}},
             {"request":{"method":"DELETE","url":"Patient/x","ifMatch":"W/\"3\""}}]}),
         );
@@ -503,10 +485,13 @@ mod tests {
         assert_eq!((bundle.kind, bundle.len()), (Kind::Transaction, 2));
         let head = bundle.head(0).expect("a head");
         assert_eq!(head.full_url.as_deref(), Some("urn:uuid:1"));
-        assert_eq!(head.resource_type.as_deref(), Some("Patient"));
         assert_eq!(
             head.conditional_references,
-            ["Practitioner?identifier=r|1", "Organization?name=x"]
+            [
+                "Practitioner?identifier=r|1",
+                "Organization?name=x",
+                "StructureDefinition?url=y"
+            ]
         );
         assert_eq!(head.target, Target::Type("Patient".to_owned()));
         assert_eq!(
@@ -521,29 +506,6 @@ mod tests {
             ("DELETE", Some(3))
         );
         assert_eq!(bundle.resource(1).expect("valid"), None);
-    }
-
-    #[test]
-    fn one_resource_changed_twice_is_refused() {
-        let b = body(
-            json!({"resourceType":"Bundle","type":"transaction","entry":[
-            {"request":{"method":"GET","url":"Patient/a"}},
-            {"request":{"method":"DELETE","url":"Patient/a"}},
-            {"request":{"method":"DELETE","url":"Patient/b"}},
-            {"resource":{"resourceType":"Patient","id":"a"},"request":{"method":"PUT","url":"Patient/a"}}]}),
-        );
-        let bundle = open(&b).expect("a transaction");
-        let heads: Vec<Head> = (0..bundle.len())
-            .filter_map(|i| bundle.head(i).ok())
-            .collect();
-        let refused = check_overlaps(&heads).map_err(|e| e.to_string());
-        assert!(
-            refused
-                .as_ref()
-                .is_err_and(|m| m.contains("entry[3]") && m.contains("entry 1")),
-            "{refused:?}"
-        );
-        assert!(check_overlaps(&heads[..3]).is_ok());
     }
 
     #[test]

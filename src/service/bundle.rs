@@ -15,8 +15,8 @@ use deadpool_postgres::{Pool, Transaction};
 use serde_json::{json, Value};
 
 use super::{
-    conditional_match, plan, search_parameter_changed, write, Change, Matches, PatchTarget,
-    Planned, Rules, WriteRequest, Written,
+    conditional_match, notify, plan, search_parameter_changed, write, Change, Fact, Matches,
+    PatchTarget, Planned, Rules, WriteRequest, Written,
 };
 use crate::error::{FhirError, FhirResult};
 use crate::fhir::bundle::{
@@ -191,13 +191,22 @@ impl Pending {
             return Ok(());
         }
         let changes = std::mem::take(&mut self.changes);
-        // Facts hold the index rows of their versions: matched here, batch by batch,
-        // rather than kept for the whole Bundle.
         let mut facts = Vec::new();
         let written = write::apply_all(tx, rules, now, changes, &mut facts)
             .await
-            .map_err(|f| at_entry(self.entries[f.position], f.error))?;
-        super::record_events(tx, &facts).await?;
+            .map_err(|f| match f.position {
+                Some(p) => at_entry(self.entries[p], f.error),
+                None => f.error,
+            })?;
+        // Facts hold their versions' index rows: only those a subscription may want
+        // are kept for the matching at the end (against the transaction's final
+        // state, whatever the batch). A transaction that writes Subscriptions
+        // changes the candidates themselves: it keeps them all.
+        if out.writes_subscriptions {
+            out.facts.extend(facts);
+        } else {
+            out.facts.extend(notify::interested(tx, facts).await?);
+        }
         for (i, w) in self.entries.drain(..).zip(written) {
             out.answer(i, Some(w));
         }
@@ -206,10 +215,13 @@ impl Pending {
 }
 
 /// What a transaction has done so far: the response of each entry (as JSON text,
-/// a few hundred bytes where a tree would take kilobytes), the SearchParameters to
-/// put in force after the commit.
+/// a few hundred bytes where a tree would take kilobytes), the facts to match
+/// against subscriptions before the commit, the SearchParameters to put in force
+/// after it.
 struct Answers {
     responses: Vec<Box<str>>,
+    facts: Vec<Fact>,
+    writes_subscriptions: bool,
     search_parameters: Vec<Written>,
 }
 
@@ -233,8 +245,7 @@ fn heads(bundle: &RawBundle<'_>) -> FhirResult<Vec<Head>> {
 /// Runs a transaction Bundle; the response Bundle, or the first entry's error.
 /// Resources are parsed one entry at a time, in the order they are written.
 async fn transaction(pool: &Pool, rules: &Rules, bundle: &RawBundle<'_>) -> FhirResult<String> {
-    let heads = heads(bundle)?;
-    fhir::bundle::check_overlaps(&heads)?;
+    let mut heads = heads(bundle)?;
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     // 1. Ids of what will be created, and the map from fullUrls to local references.
@@ -258,12 +269,12 @@ async fn transaction(pool: &Pool, rules: &Rules, bundle: &RawBundle<'_>) -> Fhir
     }
     // 2. Conditional references, resolved once each against the state before the
     // transaction.
-    for head in &heads {
-        for reference in &head.conditional_references {
-            if ids.contains_key(reference) {
+    for head in &mut heads {
+        for reference in std::mem::take(&mut head.conditional_references) {
+            if ids.contains_key(&reference) {
                 continue;
             }
-            let Some(Target::Criteria(t, criteria)) = parse_target(reference) else {
+            let Some(Target::Criteria(t, criteria)) = parse_target(&reference) else {
                 continue;
             };
             match conditional_match(&tx, &t, &criteria)
@@ -271,7 +282,7 @@ async fn transaction(pool: &Pool, rules: &Rules, bundle: &RawBundle<'_>) -> Fhir
                 .map_err(|e| at_entry(head.index, e))?
             {
                 Matches::One(id) => {
-                    ids.insert(reference.clone(), format!("{t}/{id}"));
+                    ids.insert(reference, format!("{t}/{id}"));
                 }
                 Matches::None => {
                     return Err(at_entry(
@@ -292,9 +303,14 @@ async fn transaction(pool: &Pool, rules: &Rules, bundle: &RawBundle<'_>) -> Fhir
     let now = store::clock(&tx).await?;
     let mut out = Answers {
         responses: vec![Box::from(""); heads.len()],
+        facts: Vec::new(),
+        writes_subscriptions: heads.iter().any(|h| h.target.res_type() == "Subscription"),
         search_parameters: Vec::new(),
     };
     let mut pending = Pending::default();
+    // What each entry changes, known once its conditions are resolved: R4 says a
+    // transaction whose entries change one resource twice SHALL fail.
+    let mut changed: HashMap<(String, String), usize> = HashMap::new();
     for i in order {
         let head = &heads[i];
         let mut resource = bundle.resource(i)?;
@@ -320,6 +336,16 @@ async fn transaction(pool: &Pool, rules: &Rules, bundle: &RawBundle<'_>) -> Fhir
         }
         match plan(&tx, request).await.map_err(|e| at_entry(i, e))? {
             Planned::Change(change) => {
+                let target = (change.res_type.clone(), change.res_id.clone());
+                if let Some(first) = changed.insert(target, i) {
+                    return Err(at_entry(
+                        i,
+                        FhirError::bad_request(format!(
+                            "{}/{} is also changed by entry {first}: a transaction changes a resource once",
+                            change.res_type, change.res_id
+                        )),
+                    ));
+                }
                 pending.entries.push(i);
                 pending.changes.push(change);
                 if pending.changes.len() == CHANGES_PER_STATEMENT {
@@ -330,6 +356,7 @@ async fn transaction(pool: &Pool, rules: &Rules, bundle: &RawBundle<'_>) -> Fhir
         }
     }
     pending.flush(&tx, rules, now, &mut out).await?;
+    notify::record_events(&tx, &out.facts).await?;
     tx.commit().await?;
     for w in &out.search_parameters {
         search_parameter_changed(pool, w).await;

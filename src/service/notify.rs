@@ -61,17 +61,32 @@ pub async fn file_subscription(
     .await
 }
 
-/// Records an event for each active subscription each written version matches,
-/// in the writes' transaction: one lookup of candidates per resource type (by the
-/// keys the versions offer), then each version against its own candidates.
-pub async fn record_events(tx: &Transaction<'_>, facts: &[Fact]) -> FhirResult<()> {
-    let mut events: Vec<(String, &Fact)> = Vec::new();
-    // (fact, subscription) pairs already decided: a subscription may be filed
-    // under several keys one version offers.
-    let mut decided: HashSet<(usize, String)> = HashSet::new();
+/// The facts of one resource type, with their candidate keys (`None` for a
+/// delete, which offers none: every subscription of the type is a candidate),
+/// and the active subscriptions filed under the type and any of those keys.
+struct OfType<'f> {
+    facts: Vec<(usize, &'f Fact, Option<Vec<String>>)>,
+    candidates: Vec<outbox::Candidate>,
+}
+
+impl OfType<'_> {
+    /// The candidates a fact's keys select.
+    fn of<'c>(
+        &'c self,
+        keys: Option<&'c Vec<String>>,
+    ) -> impl Iterator<Item = &'c outbox::Candidate> + 'c {
+        self.candidates.iter().filter(move |c| {
+            c.match_key.is_empty() || keys.is_none_or(|k| k.contains(&c.match_key))
+        })
+    }
+}
+
+/// `facts` by resource type, each type with its candidates: one lookup per type.
+async fn by_type<'f>(tx: &Transaction<'_>, facts: &'f [Fact]) -> FhirResult<Vec<OfType<'f>>> {
     let mut types: Vec<&str> = facts.iter().map(|f| f.res_type.as_str()).collect();
     types.sort_unstable();
     types.dedup();
+    let mut groups = Vec::with_capacity(types.len());
     for res_type in types {
         let of_type: Vec<(usize, &Fact, Option<Vec<String>>)> = facts
             .iter()
@@ -82,22 +97,56 @@ pub async fn record_events(tx: &Transaction<'_>, facts: &[Fact]) -> FhirResult<(
                 (n, f, keys)
             })
             .collect();
-        // A delete offers no keys: every subscription of the type is a candidate.
         let keys: Option<Vec<String>> = of_type
             .iter()
             .map(|(_, _, k)| k.clone())
             .collect::<Option<Vec<Vec<String>>>>()
             .map(|all| all.concat());
         let candidates = outbox::candidates(tx, res_type, keys.as_deref()).await?;
-        if candidates.is_empty() {
-            continue;
-        }
-        for (n, fact, keys) in &of_type {
+        groups.push(OfType {
+            facts: of_type,
+            candidates,
+        });
+    }
+    Ok(groups)
+}
+
+/// The facts some active subscription may be interested in (a candidate by type
+/// and key); the others cannot become events. A long transaction keeps these
+/// alone until [`record_events`] at its end, instead of every version's rows.
+pub async fn interested(tx: &Transaction<'_>, facts: Vec<Fact>) -> FhirResult<Vec<Fact>> {
+    let keep: HashSet<usize> = by_type(tx, &facts)
+        .await?
+        .iter()
+        .flat_map(|group| {
+            group
+                .facts
+                .iter()
+                .filter(|(_, _, keys)| group.of(keys.as_ref()).next().is_some())
+                .map(|(n, _, _)| *n)
+        })
+        .collect();
+    Ok(facts
+        .into_iter()
+        .enumerate()
+        .filter(|(n, _)| keep.contains(n))
+        .map(|(_, f)| f)
+        .collect())
+}
+
+/// Records an event for each active subscription each written version matches,
+/// in the writes' transaction: one lookup of candidates per resource type (by the
+/// keys the versions offer), then each version against its own candidates.
+pub async fn record_events(tx: &Transaction<'_>, facts: &[Fact]) -> FhirResult<()> {
+    let mut events: Vec<(String, &Fact)> = Vec::new();
+    // (fact, subscription) pairs already decided: a subscription may be filed
+    // under several keys one version offers.
+    let mut decided: HashSet<(usize, String)> = HashSet::new();
+    for group in by_type(tx, facts).await? {
+        for (n, fact, keys) in &group.facts {
             // The previous version is read once per write, when a candidate needs it.
             let mut previous: Option<Option<(IndexRows, DateTime<Utc>)>> = None;
-            for candidate in candidates.iter().filter(|c| {
-                c.match_key.is_empty() || keys.as_ref().is_none_or(|k| k.contains(&c.match_key))
-            }) {
+            for candidate in group.of(keys.as_ref()) {
                 if !decided.insert((*n, candidate.sub_id.clone())) {
                     continue;
                 }

@@ -2,8 +2,9 @@
 //! (create, update, PATCH, delete, one request's or a transaction's entries written
 //! together): locks, precondition checks, the no-op check, the server's `meta`,
 //! index rows, the stored versions and the facts for subscriptions all happen here,
-//! inside the caller's database transaction, in a fixed number of statements
-//! whatever the number of changes. Authorisation joins here too.
+//! inside the caller's database transaction, in a few statements whatever the
+//! number of changes (plus one per Subscription filed). Authorisation joins here
+//! too.
 
 use std::collections::{HashMap, HashSet};
 
@@ -95,15 +96,27 @@ enum Step {
     },
 }
 
-/// A change that failed, at its position among the changes given.
+/// A failure of changes written together: at the position of the change that
+/// failed among those given, or of the whole statement (a lock or a write that
+/// no one change can be blamed for).
 #[derive(Debug)]
 pub struct Failed {
-    pub position: usize,
+    pub position: Option<usize>,
     pub error: FhirError,
 }
 
 fn at(position: usize) -> impl Fn(FhirError) -> Failed {
-    move |error| Failed { position, error }
+    move |error| Failed {
+        position: Some(position),
+        error,
+    }
+}
+
+fn whole(error: FhirError) -> Failed {
+    Failed {
+        position: None,
+        error,
+    }
 }
 
 /// Applies one change inside `tx`: [`apply_all`] with one change.
@@ -122,8 +135,8 @@ pub async fn apply(
         .ok_or_else(|| FhirError::Internal("a change without a result".to_owned()))
 }
 
-/// Applies changes inside `tx`, each resource at most once: one statement locks
-/// the rows of those that may exist, one reads the current versions that updates
+/// Applies changes inside `tx`, each resource at most once: two statements lock
+/// the rows of those that may exist (and claim the new ids of updates), one reads the current versions that updates
 /// may repeat (an update that changes nothing writes no version, as HAPI does: a
 /// record pushed twice stays at its version), one writes every new version with
 /// its index rows. `now` is the database clock read once for the transaction
@@ -158,7 +171,7 @@ pub async fn apply_all(
             claim: !matches!(c.kind, ChangeKind::Delete),
         })
         .collect();
-    let currents = store::lock_all(tx, &keys).await.map_err(at(0))?;
+    let currents = store::lock_all(tx, &keys).await.map_err(whole)?;
     drop(keys);
     let mut steps = Vec::with_capacity(changes.len());
     let mut repeats = Vec::new();
@@ -180,7 +193,7 @@ pub async fn apply_all(
         }
         steps.push((change, step));
     }
-    unchanged(tx, &mut steps, &repeats).await.map_err(at(0))?;
+    unchanged(tx, &mut steps, &repeats).await.map_err(whole)?;
     write_steps(tx, steps, facts).await
 }
 
@@ -364,7 +377,7 @@ async fn write_steps(
             index: &r.index,
         })
         .collect();
-    store::write_versions(tx, &news).await.map_err(at(0))?;
+    store::write_versions(tx, &news).await.map_err(whole)?;
     drop(news);
     let mut written = Vec::with_capacity(outcomes.len());
     for (position, outcome) in outcomes.into_iter().enumerate() {

@@ -165,9 +165,12 @@ pub struct LockKey<'a> {
     pub claim: bool,
 }
 
-/// Locks the rows of `keys` for this transaction, in (type, id) order so that two
-/// transactions locking overlapping sets wait for each other rather than lock in
-/// opposite orders. The current state of each one that has a version, by key.
+/// Locks the rows of `keys` for this transaction: the existing rows in (type, id)
+/// order, then the claims in that order, so that two calls over overlapping sets
+/// mostly wait for each other rather than lock in opposite orders (a transaction
+/// that locks in several calls can still deadlock with another: PostgreSQL
+/// detects it and the loser answers 409). The current state of each one that has
+/// a version, by key.
 #[tracing::instrument(skip_all, fields(keys = keys.len()))]
 pub async fn lock_all(
     tx: &Transaction<'_>,
@@ -286,11 +289,14 @@ pub async fn write_versions(tx: &Transaction<'_>, news: &[NewVersion<'_>]) -> Fh
     tx.execute(&stmt, &q.param_refs())
         .await
         .map_err(|e| match e.code() {
+            // A create racing another at the same id (the only key a version
+            // written here can collide on); the database names it.
             Some(code) if *code == tokio_postgres::error::SqlState::UNIQUE_VIOLATION => {
-                let first = &news[0];
                 FhirError::Conflict(format!(
-                    "version {} of {}/{} already exists",
-                    first.version_id, first.res_type, first.res_id
+                    "a version written here already exists: {}",
+                    e.as_db_error()
+                        .and_then(|d| d.detail())
+                        .unwrap_or("a concurrent write created it")
                 ))
             }
             _ => FhirError::from(e),

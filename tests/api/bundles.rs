@@ -301,10 +301,19 @@ async fn updates_and_deletes_written_together() {
     // Indexed like any update: the search sees the new versions only.
     let active = json_of(s.get("Patient?active=true&_summary=count").await, 200).await;
     assert_eq!(active["total"], 599);
-    // Two entries for one resource: refused, as R4 says.
-    let twice = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
-        put(1, true), {"request": {"method": "DELETE", "url": "Patient/w1"}}]});
-    outcome_of(post_bundle(&s, &twice).await, 400).await;
+    // Two entries for one resource, by id or by criteria, in either order:
+    // refused, as R4 says.
+    let by_criteria = json!({"resource": patient(1, false),
+        "request": {"method": "PUT", "url": format!("Patient?identifier={INS}|2740000001")}});
+    let delete = json!({"request": {"method": "DELETE", "url": "Patient/w1"}});
+    for twice in [
+        vec![put(1, true), delete.clone()],
+        vec![put(1, true), by_criteria.clone()],
+        vec![by_criteria.clone(), put(1, true)],
+    ] {
+        let oo = outcome_of(post_transaction(&s, twice).await, 400).await;
+        assert!(oo.to_string().contains("changes a resource once"), "{oo}");
+    }
 }
 
 /// `ifNoneMatch` and `ifModifiedSince` make a GET entry a conditional read (304).

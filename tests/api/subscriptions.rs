@@ -744,3 +744,30 @@ async fn creates_written_together_record_their_events() {
     json_of(s.post_json("", &bundle).await, 200).await;
     assert_eq!(event_rows(&s, &sub_id).await.len(), 2);
 }
+
+/// A transaction's versions are matched against its final state, wherever its
+/// entries' batches fall: a chained criterion (asked of the database) sees the
+/// patient a later entry creates, after a conditional create split the batches.
+#[tokio::test]
+async fn a_transaction_is_matched_against_its_final_state() {
+    let s = TestServer::start().await;
+    let gp = Receiver::start().await;
+    gp.answer_with(503);
+    let sub_id = subscribe(
+        &s,
+        &r4_subscription("Encounter?patient.name=dupont", &gp.url()),
+    )
+    .await;
+    let mut stay = encounter("x", "finished", "p1");
+    stay.as_object_mut().expect("object").remove("id");
+    stay["subject"] = json!({"reference": "urn:uuid:00000000-0000-4000-8000-0000000000aa"});
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": stay, "request": {"method": "POST", "url": "Encounter"}},
+        {"fullUrl": "urn:uuid:00000000-0000-4000-8000-0000000000aa",
+         "resource": {"resourceType": "Patient", "name": [{"family": "Dupont"}],
+                      "identifier": [{"system": "urn:oid:1.2.250.1.213.1.4.10", "value": "2800000000099"}]},
+         "request": {"method": "POST", "url": "Patient",
+                     "ifNoneExist": "identifier=urn:oid:1.2.250.1.213.1.4.10|2800000000099"}}]});
+    json_of(s.post_json("", &bundle).await, 200).await;
+    assert_eq!(event_rows(&s, &sub_id).await.len(), 1);
+}
