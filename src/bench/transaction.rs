@@ -32,6 +32,9 @@ enum Entries {
     PutNew,
     /// PUT again at the same ids, with a change.
     PutChanged,
+    /// POST with `ifNoneExist` on the INS (a record pushed by a shared-record
+    /// system): new records.
+    PostIfNoneExist,
 }
 
 impl Entries {
@@ -40,6 +43,7 @@ impl Entries {
             Entries::Post => "POST",
             Entries::PutNew => "PUT new",
             Entries::PutChanged => "PUT update",
+            Entries::PostIfNoneExist => "POST if-none-exist",
         }
     }
 }
@@ -51,6 +55,11 @@ fn transaction(entries: Entries, first: usize, size: usize) -> String {
             let id = format!("put-{i}");
             let request = match entries {
                 Entries::Post => return json!({"resource": resource, "request": {"method": "POST", "url": "Patient"}}),
+                Entries::PostIfNoneExist => {
+                    let ins = &resource["identifier"][0];
+                    let criteria = format!("identifier={}|{}", ins["system"].as_str().unwrap_or_default(), ins["value"].as_str().unwrap_or_default());
+                    return json!({"resource": resource, "request": {"method": "POST", "url": "Patient", "ifNoneExist": criteria}});
+                }
                 Entries::PutNew => json!({"method": "PUT", "url": format!("Patient/{id}")}),
                 Entries::PutChanged => {
                     resource["active"] = json!(false);
@@ -175,6 +184,7 @@ pub async fn run(options: TransactionBenchOptions) -> Result<String, StartError>
         (Entries::Post, 1000),
         (Entries::PutNew, 1000),
         (Entries::PutChanged, 1000),
+        (Entries::PostIfNoneExist, 1000),
     ];
     for (entries, size) in phases {
         let bundles = n.div_ceil(size);
@@ -249,7 +259,7 @@ pub async fn run(options: TransactionBenchOptions) -> Result<String, StartError>
     for (label, size, rate, line) in lines {
         let _ = writeln!(
             report,
-            "{label:<10} Bundles of {size:>4}: {rate:>8.0} resources/s ({:.2} of COPY)   {line}",
+            "{label:<17} Bundles of {size:>4}: {rate:>8.0} resources/s ({:.2} of COPY)   {line}",
             rate / copy_rate
         );
     }

@@ -9,7 +9,7 @@
 //! entry must read what they wrote (a conditional, a PATCH, a GET). A batch runs
 //! each entry on its own.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use deadpool_postgres::{Pool, Transaction};
 use serde_json::{json, Value};
@@ -94,7 +94,7 @@ async fn get_entry(tx: &Transaction<'_>, head: &Head) -> FhirResult<Value> {
 fn write_request(
     head: &Head,
     resource: Option<Value>,
-    assigned: Option<String>,
+    assigned: Option<&Assigned>,
 ) -> FhirResult<WriteRequest> {
     let method = head.method.as_str();
     let mut taken = resource;
@@ -107,8 +107,11 @@ fn write_request(
         ("POST", Target::Type(t)) => WriteRequest::Create {
             res_type: t.clone(),
             resource: resource()?,
-            if_none_exist: head.if_none_exist.clone(),
-            id: assigned,
+            if_none_exist: match assigned {
+                Some(a) if !a.search_again => None,
+                _ => head.if_none_exist.clone(),
+            },
+            id: assigned.map(|a| a.id.clone()),
         },
         ("PUT", Target::Instance(t, id)) => WriteRequest::Update {
             res_type: t.clone(),
@@ -152,20 +155,79 @@ fn write_request(
 }
 
 /// The id a POST entry will have, decided before anything is written so that the
-/// other entries can refer to it: the existing match of `ifNoneExist`, or new.
-async fn assign_id(tx: &Transaction<'_>, head: &Head) -> FhirResult<Option<String>> {
-    let Target::Type(t) = &head.target else {
-        return Ok(None);
-    };
-    if head.method != "POST" {
-        return Ok(None);
-    }
-    if let Some(criteria) = &head.if_none_exist {
-        if let Matches::One(id) = conditional_match(tx, t, criteria).await? {
-            return Ok(Some(id));
+/// other entries can refer to it, and whether its `ifNoneExist` must be searched
+/// again when its turn comes.
+struct Assigned {
+    id: String,
+    /// The criteria may match what an earlier entry of the transaction writes:
+    /// they matched before the transaction, or are an earlier entry's (which
+    /// creates the resource the later ones then match), or other entries write
+    /// the type without criteria. Otherwise the create joins the batched writes
+    /// without a second search.
+    search_again: bool,
+}
+
+/// The ids of the POST entries: new ones, or the matches of their `ifNoneExist`
+/// (against the state before the transaction, under the criteria's lock).
+async fn assign_ids(tx: &Transaction<'_>, heads: &[Head]) -> FhirResult<HashMap<usize, Assigned>> {
+    // The types that entries write without `ifNoneExist` criteria.
+    let written_plainly: HashSet<&str> = heads
+        .iter()
+        .filter(|h| match h.method.as_str() {
+            "POST" => h.if_none_exist.is_none(),
+            "PUT" | "PATCH" => true,
+            _ => false,
+        })
+        .map(|h| h.target.res_type())
+        .collect();
+    let mut assigned = HashMap::new();
+    // The id each `ifNoneExist` (type and criteria as written) came to.
+    type Criteria<'h> = (&'h str, &'h [(String, String)]);
+    let mut by_criteria: HashMap<Criteria<'_>, String> = HashMap::new();
+    for head in heads {
+        let (Target::Type(t), "POST") = (&head.target, head.method.as_str()) else {
+            continue;
+        };
+        let new = || uuid::Uuid::new_v4().to_string();
+        let Some(criteria) = &head.if_none_exist else {
+            let id = new();
+            assigned.insert(
+                head.index,
+                Assigned {
+                    id,
+                    search_again: false,
+                },
+            );
+            continue;
+        };
+        if let Some(id) = by_criteria.get(&(t.as_str(), criteria.as_slice())) {
+            let id = id.clone();
+            assigned.insert(
+                head.index,
+                Assigned {
+                    id,
+                    search_again: true,
+                },
+            );
+            continue;
         }
+        let outcome = match conditional_match(tx, t, criteria)
+            .await
+            .map_err(|e| at_entry(head.index, e))?
+        {
+            Matches::One(id) => Assigned {
+                id,
+                search_again: true,
+            },
+            Matches::None => Assigned {
+                id: new(),
+                search_again: written_plainly.contains(t.as_str()),
+            },
+        };
+        by_criteria.insert((t, criteria), outcome.id.clone());
+        assigned.insert(head.index, outcome);
     }
-    Ok(Some(uuid::Uuid::new_v4().to_string()))
+    Ok(assigned)
 }
 
 /// Changes written by one statement at most (arrays of their rows).
@@ -249,20 +311,14 @@ async fn transaction(pool: &Pool, rules: &Rules, bundle: &RawBundle<'_>) -> Fhir
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     // 1. Ids of what will be created, and the map from fullUrls to local references.
+    let assigned = assign_ids(&tx, &heads).await?;
     let mut ids: HashMap<String, String> = HashMap::new();
-    let mut assigned: HashMap<usize, String> = HashMap::new();
     for head in &heads {
-        let id = assign_id(&tx, head)
-            .await
-            .map_err(|e| at_entry(head.index, e))?;
-        let local = match (&head.target, &id) {
-            (Target::Type(t), Some(id)) => Some(format!("{t}/{id}")),
+        let local = match (&head.target, assigned.get(&head.index)) {
+            (Target::Type(t), Some(a)) => Some(format!("{t}/{}", a.id)),
             (Target::Instance(t, id), _) => Some(format!("{t}/{id}")),
             _ => None,
         };
-        if let Some(id) = id {
-            assigned.insert(head.index, id);
-        }
         if let (Some(full_url), Some(local)) = (&head.full_url, local) {
             ids.insert(full_url.clone(), local);
         }
@@ -330,7 +386,7 @@ async fn transaction(pool: &Pool, rules: &Rules, bundle: &RawBundle<'_>) -> Fhir
             continue;
         }
         let request =
-            write_request(head, resource, assigned.get(&i).cloned()).map_err(|e| at_entry(i, e))?;
+            write_request(head, resource, assigned.get(&i)).map_err(|e| at_entry(i, e))?;
         if request.reads_first() {
             pending.flush(&tx, rules, now, &mut out).await?;
         }

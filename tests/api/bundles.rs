@@ -343,3 +343,78 @@ async fn conditional_reads_in_a_bundle() {
     assert_eq!(answer(4)["response"]["status"], "400");
     json_of(s.get("Patient/c1").await, 200).await;
 }
+
+/// Conditional creates: new records join the batched creates; two entries with
+/// the same criteria make one resource, and references to either point to it;
+/// one that matches what another entry deletes is refused (R4: overlap).
+#[tokio::test]
+async fn conditional_creates_in_one_transaction() {
+    let s = TestServer::start().await;
+    let nir = |n: u32| format!("27401{n:08}");
+    let post = |n: u32, uuid: &str| {
+        json!({"fullUrl": format!("urn:uuid:{uuid}"),
+               "resource": {"resourceType": "Patient", "identifier": [{"system": INS, "value": nir(n)}]},
+               "request": {"method": "POST", "url": "Patient", "ifNoneExist": format!("identifier={INS}|{}", nir(n))}})
+    };
+    let flag = |uuid: &str| {
+        json!({"resource": {"resourceType": "Flag", "status": "active", "code": {"text": "sortie"},
+                            "subject": {"reference": format!("urn:uuid:{uuid}")}},
+               "request": {"method": "POST", "url": "Flag"}})
+    };
+    let a = "00000000-0000-4000-8000-0000000000a1";
+    let b = "00000000-0000-4000-8000-0000000000b1";
+    let response = json_of(
+        post_transaction(
+            &s,
+            vec![
+                post(1, a),
+                post(2, "00000000-0000-4000-8000-0000000000a2"),
+                post(1, b),
+                flag(b),
+            ],
+        )
+        .await,
+        200,
+    )
+    .await;
+    let answer = |i: usize| response["entry"][i]["response"].clone();
+    assert_eq!(answer(0)["status"], "201 Created");
+    assert_eq!(answer(1)["status"], "201 Created");
+    assert_eq!(answer(2)["status"], "200 OK");
+    assert_eq!(answer(2)["location"], answer(0)["location"]);
+    let patient = answer(0)["location"]
+        .as_str()
+        .and_then(|l| l.split("/_history").next())
+        .unwrap_or_default()
+        .to_owned();
+    let flag_at = answer(3)["location"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let stored = json_of(
+        s.get(flag_at.split("/_history").next().unwrap_or("")).await,
+        200,
+    )
+    .await;
+    assert_eq!(stored["subject"]["reference"], patient.as_str());
+    let found = json_of(
+        s.get(&format!("Patient?identifier={INS}|{}", nir(1))).await,
+        200,
+    )
+    .await;
+    assert_eq!(found["total"], 1);
+    // Pushed again: every record matched, nothing new.
+    let again = json_of(
+        post_transaction(&s, vec![post(1, a), post(2, b)]).await,
+        200,
+    )
+    .await;
+    assert_eq!(again["entry"][0]["response"]["status"], "200 OK");
+    assert_eq!(again["entry"][1]["response"]["status"], "200 OK");
+    assert_eq!(s.version_count().await, 3);
+    // Deleting what a conditional create of the same Bundle matches: refused.
+    let delete = json!({"request": {"method": "DELETE", "url": patient}});
+    let oo = outcome_of(post_transaction(&s, vec![post(1, a), delete]).await, 400).await;
+    assert!(oo.to_string().contains("changes a resource once"), "{oo}");
+    json_of(s.get(&patient).await, 200).await;
+}
