@@ -141,7 +141,8 @@ impl Target {
             Target::Database(pool) => {
                 let body = serde_json::to_vec(&bundle).map_err(|e| e.to_string())?;
                 drop(bundle);
-                bundle::process(pool, &service::Rules::default(), &body)
+                // No base URL: the loader reads the statuses alone.
+                bundle::process(pool, &service::Rules::default(), "", &body)
                     .await
                     .and_then(|text| {
                         serde_json::from_str::<Value>(&text)

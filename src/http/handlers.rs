@@ -6,11 +6,12 @@ use axum::http::{header, HeaderMap, HeaderName, Method, StatusCode};
 use serde_json::json;
 
 use super::negotiate;
-use super::respond::{bundle, with_raw_member, Reply, VersionRef};
+use super::respond::{Reply, VersionRef};
 use super::route::Route;
 use crate::error::{operation_outcome, FhirError, FhirResult, Issue};
+use crate::fhir::bundle::{render as bundle, with_raw_member};
 use crate::fhir::{self, datetime, subset};
-use crate::search::{self, Cursor, Handling};
+use crate::search::{self, Handling};
 use crate::service::{self, capability, PatchTarget, Scope, WriteRequest, Written};
 use crate::state::AppState;
 use crate::store::{Method as StoreMethod, StoredVersion};
@@ -85,13 +86,6 @@ impl FhirRequest {
     }
 }
 
-/// What to escape in a query component: all but the unreserved characters of RFC 3986.
-const QUERY_VALUE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'_')
-    .remove(b'.')
-    .remove(b'~');
-
 fn not_allowed(method: &Method, route: &Route) -> FhirError {
     FhirError::MethodNotAllowed(format!("{method} is not supported on {}", route.template()))
 }
@@ -118,12 +112,12 @@ pub async fn handle(state: &AppState, req: FhirRequest) -> FhirResult<Reply> {
             let response =
                 match negotiate::request_format(req.header(header::CONTENT_TYPE), &req.body)? {
                     fhir::Format::Json => {
-                        service::bundle::process(pool, &state.rules, &req.body).await?
+                        service::bundle::process(pool, &state.rules, &req.base, &req.body).await?
                     }
                     fhir::Format::Xml => {
                         let json = serde_json::to_vec(&req.resource()?)
                             .map_err(|e| FhirError::Internal(e.to_string()))?;
-                        service::bundle::process(pool, &state.rules, &json).await?
+                        service::bundle::process(pool, &state.rules, &req.base, &json).await?
                     }
                 };
             Ok(Reply::new(StatusCode::OK, Some(response)))
@@ -484,26 +478,6 @@ fn written_reply(req: &FhirRequest, w: &Written, has_body: bool) -> FhirResult<R
     Ok(reply)
 }
 
-/// The URL of a page: the request's own URL with parameters replaced.
-fn page_url(
-    req: &FhirRequest,
-    path: &str,
-    keep: &[(String, String)],
-    extra: &[(&str, String)],
-) -> String {
-    let encode = |s: &str| percent_encoding::utf8_percent_encode(s, QUERY_VALUE).to_string();
-    let mut pairs: Vec<String> = keep
-        .iter()
-        .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
-        .collect();
-    pairs.extend(extra.iter().map(|(k, v)| format!("{k}={}", encode(v))));
-    if pairs.is_empty() {
-        format!("{}{path}", req.base)
-    } else {
-        format!("{}{path}?{}", req.base, pairs.join("&"))
-    }
-}
-
 fn self_url(req: &FhirRequest, path: &str) -> String {
     match &req.raw_query {
         Some(q) if !q.is_empty() => format!("{}{path}?{q}", req.base),
@@ -539,7 +513,7 @@ async fn history(
             .collect();
         links.push((
             "next",
-            page_url(req, &path, &keep, &[("_page", cursor.clone())]),
+            search::page_url(&req.base, &path, &keep, &[("_page", cursor.clone())]),
         ));
     }
     let entries: Vec<String> = page
@@ -587,7 +561,8 @@ async fn search(
         Scope::Type => format!("/{res_type}"),
         Scope::System(_) => String::new(),
     };
-    let page = service::search(&state.pool, res_type, &params, req.handling(), scope).await?;
+    let client = state.pool.get().await?;
+    let page = service::search(&client, res_type, &params, req.handling(), scope).await?;
     searchset_reply(req, &path, &params, &page)
 }
 
@@ -598,73 +573,8 @@ fn searchset_reply(
     params: &[(String, String)],
     page: &service::SearchPage,
 ) -> FhirResult<Reply> {
-    let subset = subset::from_params(params)?;
-    let keep: Vec<(String, String)> = params
-        .iter()
-        .filter(|(k, _)| k != "_after" && k != "_offset")
-        .cloned()
-        .collect();
-    let mut links = vec![("self", page_url(req, path, params, &[]))];
-    match &page.next {
-        Some(Cursor::After { res_id, res_type }) => links.push((
-            "next",
-            page_url(
-                req,
-                path,
-                &keep,
-                &[("_after", format!("{res_type}/{res_id}"))],
-            ),
-        )),
-        Some(Cursor::AfterSorted {
-            values,
-            res_id,
-            res_type,
-        }) => links.push((
-            "next",
-            page_url(
-                req,
-                path,
-                &keep,
-                &[(
-                    "_after",
-                    search::encode_sorted_cursor(values, res_type, res_id),
-                )],
-            ),
-        )),
-        Some(Cursor::Offset(_)) => {}
-        Some(Cursor::Start) | None => {}
-    }
-    let entry_of = |v: &StoredVersion, mode: &str| -> FhirResult<Option<String>> {
-        let entry = json!({
-            "fullUrl": format!("{}/{}/{}", req.base, v.res_type, v.res_id),
-            "search": {"mode": mode},
-        })
-        .to_string();
-        let Some(resource) = v.json.as_deref() else {
-            return Ok(None);
-        };
-        let resource = match &subset {
-            Some(subset) => subset::apply(resource, subset)?,
-            None => resource.to_owned(),
-        };
-        Ok(Some(with_raw_member(&entry, "resource", &resource)))
-    };
-    let mut entries = Vec::with_capacity(page.matches.len() + page.included.len() + 1);
-    for v in &page.matches {
-        entries.extend(entry_of(v, "match")?);
-    }
-    for v in &page.included {
-        entries.extend(entry_of(v, "include")?);
-    }
-    if !page.plan.ignored.is_empty() {
-        let outcome = operation_outcome("warning", &page.plan.ignored).to_string();
-        let entry = json!({"search": {"mode": "outcome"}}).to_string();
-        entries.push(with_raw_member(&entry, "resource", &outcome));
-    }
-    Ok(Reply::new(
-        StatusCode::OK,
-        Some(bundle("searchset", page.total, &links, &entries)),
-    ))
+    let body = service::searchset(&req.base, path, params, page)?;
+    Ok(Reply::new(StatusCode::OK, Some(body)))
 }
 
 #[cfg(test)]

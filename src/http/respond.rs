@@ -5,7 +5,7 @@ use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::Response;
 use chrono::{DateTime, Utc};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::negotiate::Negotiated;
 use crate::error::FhirError;
@@ -145,67 +145,4 @@ pub fn error_response(err: &FhirError, how: Rendering) -> Response {
         reply = reply.header(header::ALLOW, "GET, HEAD, POST, PUT, PATCH, DELETE");
     }
     render(reply, how)
-}
-
-/// `{"key": raw, ...rest}`: puts already-serialised JSON into a serialised object
-/// without parsing it again (resources are stored as text).
-pub fn with_raw_member(object: &str, key: &str, raw: &str) -> String {
-    let rest = object.strip_prefix('{').unwrap_or(object);
-    if rest.trim_start().starts_with('}') {
-        format!("{{\"{key}\":{raw}}}")
-    } else {
-        format!("{{\"{key}\":{raw},{rest}")
-    }
-}
-
-/// A Bundle of the given type; entries are serialised JSON objects.
-pub fn bundle(
-    kind: &str,
-    total: Option<i64>,
-    links: &[(&str, String)],
-    entries: &[String],
-) -> String {
-    let links: Vec<Value> = links
-        .iter()
-        .map(|(relation, url)| json!({"relation": relation, "url": url}))
-        .collect();
-    let mut head = json!({
-        "resourceType": "Bundle",
-        "id": uuid::Uuid::new_v4().to_string(),
-        "meta": {"lastUpdated": datetime::format_instant(Utc::now())},
-        "type": kind,
-    });
-    if let Some(total) = total {
-        head["total"] = json!(total);
-    }
-    if !links.is_empty() {
-        head["link"] = Value::Array(links);
-    }
-    let head = head.to_string();
-    if entries.is_empty() {
-        return head;
-    }
-    let head = head.strip_suffix('}').unwrap_or(&head);
-    format!("{head},\"entry\":[{}]}}", entries.join(","))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn raw_members_and_bundles_are_valid_json() {
-        let entry = with_raw_member(
-            r#"{"fullUrl":"x"}"#,
-            "resource",
-            r#"{"resourceType":"Basic","code":{"text":"note"}}"#,
-        );
-        let v: Value = serde_json::from_str(&entry).expect("json");
-        assert_eq!(v["resource"]["resourceType"], "Basic");
-        let b = bundle("history", Some(1), &[("self", "http://x".into())], &[entry]);
-        let v: Value = serde_json::from_str(&b).expect("bundle json");
-        assert_eq!(v["entry"][0]["fullUrl"], "x");
-        assert_eq!(v["total"], 1);
-        crate::fhir::validate::validate_resource(&v).expect("valid Bundle");
-    }
 }

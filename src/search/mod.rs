@@ -928,6 +928,34 @@ pub fn is_searchable(resource_type: &str) -> bool {
     R4.is_resource_type(resource_type)
 }
 
+/// What to escape in a query component: all but the unreserved characters of RFC 3986.
+const QUERY_VALUE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// The URL of a page of results: `path` under `base` with the parameters `keep`,
+/// then `extra` (a cursor), percent-encoded.
+pub fn page_url(
+    base: &str,
+    path: &str,
+    keep: &[(String, String)],
+    extra: &[(&str, String)],
+) -> String {
+    let encode = |s: &str| percent_encoding::utf8_percent_encode(s, QUERY_VALUE).to_string();
+    let mut pairs: Vec<String> = keep
+        .iter()
+        .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+        .collect();
+    pairs.extend(extra.iter().map(|(k, v)| format!("{k}={}", encode(v))));
+    if pairs.is_empty() {
+        format!("{base}{path}")
+    } else {
+        format!("{base}{path}?{}", pairs.join("&"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,21 +16,23 @@ use serde_json::{json, Value};
 
 use super::{
     conditional_match, notify, plan, search_parameter_changed, write, Change, Fact, Matches,
-    PatchTarget, Planned, Rules, WriteRequest, Written,
+    PatchTarget, Planned, Rules, Scope, WriteRequest, Written,
 };
 use crate::error::{FhirError, FhirResult};
 use crate::fhir::bundle::{
     at_entry, parse_target, patch_document, rank, rewrite_references, Head, Kind, RawBundle, Target,
 };
 use crate::fhir::{self, datetime};
+use crate::search::Handling;
 use crate::store;
 
-/// Runs a transaction or batch Bundle (JSON text); the response Bundle.
-pub async fn process(pool: &Pool, rules: &Rules, body: &[u8]) -> FhirResult<String> {
+/// Runs a transaction or batch Bundle (JSON text); the response Bundle. `base` is
+/// the FHIR base URL, for the links and fullUrls of search entries' Bundles.
+pub async fn process(pool: &Pool, rules: &Rules, base: &str, body: &[u8]) -> FhirResult<String> {
     let bundle = fhir::bundle::open(body)?;
     match bundle.kind {
-        Kind::Transaction => transaction(pool, rules, &bundle).await,
-        Kind::Batch => batch(pool, rules, &bundle).await,
+        Kind::Transaction => transaction(pool, rules, base, &bundle).await,
+        Kind::Batch => batch(pool, rules, base, &bundle).await,
     }
 }
 
@@ -58,35 +60,44 @@ fn write_response(written: Option<&Written>, created_status: &str) -> Value {
     json!({"response": response})
 }
 
-/// Runs a GET entry (read or search) inside the transaction.
-async fn get_entry(tx: &Transaction<'_>, head: &Head) -> FhirResult<Value> {
-    match &head.target {
-        Target::Instance(t, id) => {
-            let version = store::read_latest(tx, t, id)
-                .await?
-                .filter(|v| !v.is_deleted())
-                .ok_or_else(|| FhirError::NotFound(format!("{t}/{id} is not known")))?;
-            let etag = format!("W/\"{}\"", version.version_id);
-            let last_modified = datetime::format_instant(version.last_updated);
-            if fhir::not_modified(
-                head.if_none_match.as_deref(),
-                head.if_modified_since,
-                version.version_id,
-                version.last_updated,
-            ) {
-                return Ok(json!({"response": {
-                    "status": "304 Not Modified", "etag": etag, "lastModified": last_modified,
-                }}));
-            }
-            let resource: Value = serde_json::from_str(version.json.as_deref().unwrap_or("{}"))
-                .map_err(|e| FhirError::Internal(e.to_string()))?;
-            Ok(json!({"resource": resource, "response": {
-                "status": "200 OK", "etag": etag, "lastModified": last_modified,
-            }}))
-        }
-        _ => Err(FhirError::MethodNotAllowed(
-            "only reads (GET Type/id) are supported inside a transaction".to_owned(),
-        )),
+/// Runs a GET entry inside the transaction: a read (honouring `ifNoneMatch` and
+/// `ifModifiedSince`), or a search answered with a searchset Bundle. The entry as
+/// JSON text.
+async fn get_entry(tx: &Transaction<'_>, base: &str, head: &Head) -> FhirResult<String> {
+    let (t, params) = match &head.target {
+        Target::Instance(t, id) => return read_entry(tx, head, t, id).await,
+        Target::Type(t) => (t, Vec::new()),
+        Target::Criteria(t, criteria) => (t, criteria.clone()),
+    };
+    let page = super::search(tx, t, &params, Handling::Lenient, Scope::Type).await?;
+    let searchset = super::searchset(base, &format!("/{t}"), &params, &page)?;
+    Ok(fhir::bundle::with_raw_member(
+        r#"{"response":{"status":"200 OK"}}"#,
+        "resource",
+        &searchset,
+    ))
+}
+
+async fn read_entry(tx: &Transaction<'_>, head: &Head, t: &str, id: &str) -> FhirResult<String> {
+    let version = store::read_latest(tx, t, id)
+        .await?
+        .filter(|v| !v.is_deleted())
+        .ok_or_else(|| FhirError::NotFound(format!("{t}/{id} is not known")))?;
+    let not_modified = fhir::not_modified(
+        head.if_none_match.as_deref(),
+        head.if_modified_since,
+        version.version_id,
+        version.last_updated,
+    );
+    let entry = json!({"response": {
+        "status": if not_modified { "304 Not Modified" } else { "200 OK" },
+        "etag": format!("W/\"{}\"", version.version_id),
+        "lastModified": datetime::format_instant(version.last_updated),
+    }})
+    .to_string();
+    match (not_modified, version.json.as_deref()) {
+        (false, Some(resource)) => Ok(fhir::bundle::with_raw_member(&entry, "resource", resource)),
+        _ => Ok(entry),
     }
 }
 
@@ -306,7 +317,12 @@ fn heads(bundle: &RawBundle<'_>) -> FhirResult<Vec<Head>> {
 
 /// Runs a transaction Bundle; the response Bundle, or the first entry's error.
 /// Resources are parsed one entry at a time, in the order they are written.
-async fn transaction(pool: &Pool, rules: &Rules, bundle: &RawBundle<'_>) -> FhirResult<String> {
+async fn transaction(
+    pool: &Pool,
+    rules: &Rules,
+    base: &str,
+    bundle: &RawBundle<'_>,
+) -> FhirResult<String> {
     let mut heads = heads(bundle)?;
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
@@ -381,8 +397,10 @@ async fn transaction(pool: &Pool, rules: &Rules, bundle: &RawBundle<'_>) -> Fhir
         }
         if head.method == "GET" {
             pending.flush(&tx, rules, now, &mut out).await?;
-            let read = get_entry(&tx, head).await.map_err(|e| at_entry(i, e))?;
-            out.responses[i] = read.to_string().into();
+            let read = get_entry(&tx, base, head)
+                .await
+                .map_err(|e| at_entry(i, e))?;
+            out.responses[i] = read.into();
             continue;
         }
         let request =
@@ -417,59 +435,57 @@ async fn transaction(pool: &Pool, rules: &Rules, bundle: &RawBundle<'_>) -> Fhir
     for w in &out.search_parameters {
         search_parameter_changed(pool, w).await;
     }
-    Ok(response_bundle("transaction-response", out.responses))
+    Ok(fhir::bundle::render(
+        "transaction-response",
+        None,
+        &[],
+        &out.responses,
+    ))
 }
 
 /// One batch entry, on its own.
 async fn batch_entry(
     pool: &Pool,
     rules: &Rules,
+    base: &str,
     bundle: &RawBundle<'_>,
     index: usize,
-) -> FhirResult<Value> {
+) -> FhirResult<String> {
     let head = bundle.head(index)?;
     let resource = bundle.resource(index)?;
     if head.method == "GET" {
         let mut client = pool.get().await?;
         let tx = client.transaction().await?;
-        return get_entry(&tx, &head).await;
+        return get_entry(&tx, base, &head).await;
     }
     let request = write_request(&head, resource, None)?;
     let written = super::write(pool, rules, request).await?;
-    Ok(write_response(written.as_ref(), "201 Created"))
+    Ok(write_response(written.as_ref(), "201 Created").to_string())
 }
 
 /// Runs a batch Bundle: each entry on its own; failures, an entry that does not
 /// validate included, are answered per entry.
-async fn batch(pool: &Pool, rules: &Rules, bundle: &RawBundle<'_>) -> FhirResult<String> {
-    let mut responses = Vec::with_capacity(bundle.len());
+async fn batch(
+    pool: &Pool,
+    rules: &Rules,
+    base: &str,
+    bundle: &RawBundle<'_>,
+) -> FhirResult<String> {
+    let mut responses: Vec<String> = Vec::with_capacity(bundle.len());
     for index in 0..bundle.len() {
-        let outcome = batch_entry(pool, rules, bundle, index).await;
-        let response = outcome.unwrap_or_else(|e| {
+        let outcome = batch_entry(pool, rules, base, bundle, index).await;
+        responses.push(outcome.unwrap_or_else(|e| {
             json!({"response": {
                 "status": e.status().to_string(),
                 "outcome": e.operation_outcome(),
             }})
-        });
-        responses.push(response.to_string().into());
+            .to_string()
+        }));
     }
-    Ok(response_bundle("batch-response", responses))
-}
-
-/// The response Bundle around its entries' JSON texts.
-fn response_bundle(kind: &str, entries: Vec<Box<str>>) -> String {
-    let length: usize = entries.iter().map(|e| e.len() + 1).sum();
-    let mut text = String::with_capacity(length + 120);
-    text.push_str(&format!(
-        r#"{{"resourceType":"Bundle","id":"{}","type":"{kind}","entry":["#,
-        uuid::Uuid::new_v4()
-    ));
-    for (n, entry) in entries.iter().enumerate() {
-        if n > 0 {
-            text.push(',');
-        }
-        text.push_str(entry);
-    }
-    text.push_str("]}");
-    text
+    Ok(fhir::bundle::render(
+        "batch-response",
+        None,
+        &[],
+        &responses,
+    ))
 }

@@ -541,8 +541,75 @@ pub enum Scope<'a> {
     System(Vec<String>),
 }
 
+/// A page of results as a searchset Bundle (JSON text), with its self and next
+/// links under `base` + `path`; `_elements`/`_summary` applied to each resource.
+pub fn searchset(
+    base: &str,
+    path: &str,
+    params: &[(String, String)],
+    page: &SearchPage,
+) -> FhirResult<String> {
+    let subset = fhir::subset::from_params(params)?;
+    let keep: Vec<(String, String)> = params
+        .iter()
+        .filter(|(k, _)| k != "_after" && k != "_offset")
+        .cloned()
+        .collect();
+    let mut links = vec![("self", search::page_url(base, path, params, &[]))];
+    let after = match &page.next {
+        Some(Cursor::After { res_id, res_type }) => Some(format!("{res_type}/{res_id}")),
+        Some(Cursor::AfterSorted {
+            values,
+            res_id,
+            res_type,
+        }) => Some(search::encode_sorted_cursor(values, res_type, res_id)),
+        Some(Cursor::Offset(_) | Cursor::Start) | None => None,
+    };
+    if let Some(after) = after {
+        links.push((
+            "next",
+            search::page_url(base, path, &keep, &[("_after", after)]),
+        ));
+    }
+    let entry_of = |v: &StoredVersion, mode: &str| -> FhirResult<Option<String>> {
+        let entry = serde_json::json!({
+            "fullUrl": format!("{base}/{}/{}", v.res_type, v.res_id),
+            "search": {"mode": mode},
+        })
+        .to_string();
+        let Some(resource) = v.json.as_deref() else {
+            return Ok(None);
+        };
+        let resource = match &subset {
+            Some(subset) => fhir::subset::apply(resource, subset)?,
+            None => resource.to_owned(),
+        };
+        Ok(Some(fhir::bundle::with_raw_member(
+            &entry, "resource", &resource,
+        )))
+    };
+    let mut entries = Vec::with_capacity(page.matches.len() + page.included.len() + 1);
+    for v in &page.matches {
+        entries.extend(entry_of(v, "match")?);
+    }
+    for v in &page.included {
+        entries.extend(entry_of(v, "include")?);
+    }
+    if !page.plan.ignored.is_empty() {
+        let outcome = crate::error::operation_outcome("warning", &page.plan.ignored).to_string();
+        let entry = serde_json::json!({"search": {"mode": "outcome"}}).to_string();
+        entries.push(fhir::bundle::with_raw_member(&entry, "resource", &outcome));
+    }
+    Ok(fhir::bundle::render(
+        "searchset",
+        page.total,
+        &links,
+        &entries,
+    ))
+}
+
 pub async fn search(
-    pool: &Pool,
+    client: &impl deadpool_postgres::GenericClient,
     res_type: &str,
     params: &[(String, String)],
     handling: Handling,
@@ -565,12 +632,11 @@ pub async fn search(
             })?;
         plan.conditions.push(membership);
     }
-    let client = pool.get().await?;
     // `_count=0` and `_summary=count` ask for the total alone.
     let mut rows = if plan.count == 0 {
         Vec::new()
     } else {
-        store::search(&client, &plan, plan.count + 1).await?
+        store::search(client, &plan, plan.count + 1).await?
     };
     // One more than the page tells whether there is a next one; the page's last
     // row is where it starts (a keyset: stable while resources change).
@@ -595,13 +661,13 @@ pub async fn search(
     };
     let matches: Vec<StoredVersion> = rows.into_iter().map(|(v, _)| v).collect();
     let total = match plan.total {
-        TotalMode::Accurate => Some(store::count(&client, &plan).await?),
+        TotalMode::Accurate => Some(store::count(client, &plan).await?),
         TotalMode::WhenFree if next.is_none() && plan.cursor == Cursor::Start && plan.count > 0 => {
             Some(matches.len() as i64)
         }
         TotalMode::WhenFree | TotalMode::None => None,
     };
-    let included = includes(&client, &plan, &matches).await?;
+    let included = includes(client, &plan, &matches).await?;
     Ok(SearchPage {
         plan,
         matches,
@@ -705,7 +771,7 @@ const MAX_INCLUDE_ROUNDS: usize = 4;
 /// Follows `_include` and `_revinclude` from the matches (and, with `:iterate`, from
 /// what they included), each resource once, at most `store::MAX_INCLUDED`.
 async fn includes(
-    client: &deadpool_postgres::Client,
+    client: &impl deadpool_postgres::GenericClient,
     plan: &SearchPlan,
     matches: &[StoredVersion],
 ) -> FhirResult<Vec<StoredVersion>> {

@@ -418,3 +418,42 @@ async fn conditional_creates_in_one_transaction() {
     assert!(oo.to_string().contains("changes a resource once"), "{oo}");
     json_of(s.get(&patient).await, 200).await;
 }
+
+/// GET entries may search: the entry's resource is a searchset Bundle, and in a
+/// transaction the search sees what the transaction wrote before it.
+#[tokio::test]
+async fn search_entries() {
+    let s = TestServer::start().await;
+    s.put_json(
+        "Patient/s1",
+        &json!({"resourceType":"Patient","id":"s1","name":[{"family":"Lemaire"}]}),
+    )
+    .await;
+    let bundle = json!({"resourceType":"Bundle","type":"transaction","entry":[
+        {"request":{"method":"GET","url":"Patient?name=lemaire&_sort=_id"}},
+        {"resource":{"resourceType":"Patient","id":"s2","name":[{"family":"Lemaire"}]},
+         "request":{"method":"PUT","url":"Patient/s2"}},
+        {"request":{"method":"GET","url":"Patient?name=nobody"}}]});
+    let response = json_of(post_bundle(&s, &bundle).await, 200).await;
+    let found = &response["entry"][0];
+    assert_eq!(found["response"]["status"], "200 OK");
+    assert_eq!(found["resource"]["type"], "searchset");
+    // GET entries run last: the search sees the PUT of the same transaction.
+    assert_eq!(found["resource"]["total"], 2);
+    assert_eq!(found["resource"]["entry"][1]["resource"]["id"], "s2");
+    let full_url = found["resource"]["entry"][0]["fullUrl"]
+        .as_str()
+        .unwrap_or("");
+    assert!(
+        full_url.starts_with("http") && full_url.ends_with("/Patient/s1"),
+        "{full_url}"
+    );
+    assert_eq!(response["entry"][2]["resource"]["total"], 0);
+    // In a batch, a search that cannot run fails alone.
+    let batch = json!({"resourceType":"Bundle","type":"batch","entry":[
+        {"request":{"method":"GET","url":"Patient?birthdate=notadate"}},
+        {"request":{"method":"GET","url":"Patient"}}]});
+    let response = json_of(post_bundle(&s, &batch).await, 200).await;
+    assert_eq!(response["entry"][0]["response"]["status"], "400");
+    assert_eq!(response["entry"][1]["resource"]["total"], 2);
+}
