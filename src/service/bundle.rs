@@ -23,7 +23,7 @@ use crate::fhir::bundle::{
     at_entry, parse_target, patch_document, rank, rewrite_references, Head, Kind, RawBundle, Target,
 };
 use crate::fhir::{self, datetime};
-use crate::search::Handling;
+use crate::search::{self, Handling};
 use crate::store;
 
 /// Runs a transaction or batch Bundle (JSON text); the response Bundle. `base` is
@@ -69,6 +69,11 @@ async fn get_entry(tx: &Transaction<'_>, base: &str, head: &Head) -> FhirResult<
         Target::Type(t) => (t, Vec::new()),
         Target::Criteria(t, criteria) => (t, criteria.clone()),
     };
+    if head.if_none_match.is_some() || head.if_modified_since.is_some() {
+        return Err(FhirError::bad_request(
+            "ifNoneMatch and ifModifiedSince make a read conditional, not a search",
+        ));
+    }
     let page = super::search(tx, t, &params, Handling::Lenient, Scope::Type).await?;
     let searchset = super::searchset(base, &format!("/{t}"), &params, &page)?;
     Ok(fhir::bundle::with_raw_member(
@@ -81,8 +86,10 @@ async fn get_entry(tx: &Transaction<'_>, base: &str, head: &Head) -> FhirResult<
 async fn read_entry(tx: &Transaction<'_>, head: &Head, t: &str, id: &str) -> FhirResult<String> {
     let version = store::read_latest(tx, t, id)
         .await?
-        .filter(|v| !v.is_deleted())
         .ok_or_else(|| FhirError::NotFound(format!("{t}/{id} is not known")))?;
+    if version.is_deleted() {
+        return Err(FhirError::Gone(format!("{t}/{id} was deleted")));
+    }
     let not_modified = fhir::not_modified(
         head.if_none_match.as_deref(),
         head.if_modified_since,
@@ -101,11 +108,13 @@ async fn read_entry(tx: &Transaction<'_>, head: &Head, t: &str, id: &str) -> Fhi
     }
 }
 
-/// The write an entry asks for; `assigned` is the id given to a POST beforehand.
+/// The write an entry asks for; `id` is the one given to a POST beforehand, and
+/// `search` whether its `ifNoneExist` is searched (again) at its turn.
 fn write_request(
     head: &Head,
     resource: Option<Value>,
-    assigned: Option<&Assigned>,
+    id: Option<String>,
+    search: bool,
 ) -> FhirResult<WriteRequest> {
     let method = head.method.as_str();
     let mut taken = resource;
@@ -118,11 +127,8 @@ fn write_request(
         ("POST", Target::Type(t)) => WriteRequest::Create {
             res_type: t.clone(),
             resource: resource()?,
-            if_none_exist: match assigned {
-                Some(a) if !a.search_again => None,
-                _ => head.if_none_exist.clone(),
-            },
-            id: assigned.map(|a| a.id.clone()),
+            if_none_exist: head.if_none_exist.clone().filter(|_| search),
+            id,
         },
         ("PUT", Target::Instance(t, id)) => WriteRequest::Update {
             res_type: t.clone(),
@@ -166,34 +172,32 @@ fn write_request(
 }
 
 /// The id a POST entry will have, decided before anything is written so that the
-/// other entries can refer to it, and whether its `ifNoneExist` must be searched
-/// again when its turn comes.
+/// other entries can refer to it, and how its `ifNoneExist` is settled at its turn.
 struct Assigned {
     id: String,
-    /// The criteria may match what an earlier entry of the transaction writes:
-    /// they matched before the transaction, or are an earlier entry's (which
-    /// creates the resource the later ones then match), or other entries write
-    /// the type without criteria. Otherwise the create joins the batched writes
-    /// without a second search.
-    search_again: bool,
+    search: Search,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Search {
+    /// No `ifNoneExist`.
+    Never,
+    /// Matched nothing before the transaction: searched again at its turn only if
+    /// an earlier create of the transaction may match it (see [`Created`]).
+    IfCreatedMayMatch,
+    /// Matched a resource before the transaction: searched again at its turn.
+    Again,
+    /// The criteria of an earlier entry, which creates what this one then matches:
+    /// searched again at its turn, and given a new id if that finds nothing.
+    AgainAsShared,
 }
 
 /// The ids of the POST entries: new ones, or the matches of their `ifNoneExist`
 /// (against the state before the transaction, under the criteria's lock).
 async fn assign_ids(tx: &Transaction<'_>, heads: &[Head]) -> FhirResult<HashMap<usize, Assigned>> {
-    // The types that entries write without `ifNoneExist` criteria.
-    let written_plainly: HashSet<&str> = heads
-        .iter()
-        .filter(|h| match h.method.as_str() {
-            "POST" => h.if_none_exist.is_none(),
-            "PUT" | "PATCH" => true,
-            _ => false,
-        })
-        .map(|h| h.target.res_type())
-        .collect();
     let mut assigned = HashMap::new();
-    // The id each `ifNoneExist` (type and criteria as written) came to.
-    type Criteria<'h> = (&'h str, &'h [(String, String)]);
+    // The id each `ifNoneExist` (type and criteria, in order) came to.
+    type Criteria<'h> = (&'h str, Vec<(String, String)>);
     let mut by_criteria: HashMap<Criteria<'_>, String> = HashMap::new();
     for head in heads {
         let (Target::Type(t), "POST") = (&head.target, head.method.as_str()) else {
@@ -202,24 +206,15 @@ async fn assign_ids(tx: &Transaction<'_>, heads: &[Head]) -> FhirResult<HashMap<
         let new = || uuid::Uuid::new_v4().to_string();
         let Some(criteria) = &head.if_none_exist else {
             let id = new();
-            assigned.insert(
-                head.index,
-                Assigned {
-                    id,
-                    search_again: false,
-                },
-            );
+            let search = Search::Never;
+            assigned.insert(head.index, Assigned { id, search });
             continue;
         };
-        if let Some(id) = by_criteria.get(&(t.as_str(), criteria.as_slice())) {
-            let id = id.clone();
-            assigned.insert(
-                head.index,
-                Assigned {
-                    id,
-                    search_again: true,
-                },
-            );
+        let mut key = criteria.clone();
+        key.sort();
+        if let Some(id) = by_criteria.get(&(t.as_str(), key.clone())) {
+            let (id, search) = (id.clone(), Search::AgainAsShared);
+            assigned.insert(head.index, Assigned { id, search });
             continue;
         }
         let outcome = match conditional_match(tx, t, criteria)
@@ -228,17 +223,60 @@ async fn assign_ids(tx: &Transaction<'_>, heads: &[Head]) -> FhirResult<HashMap<
         {
             Matches::One(id) => Assigned {
                 id,
-                search_again: true,
+                search: Search::Again,
             },
             Matches::None => Assigned {
                 id: new(),
-                search_again: written_plainly.contains(t.as_str()),
+                search: Search::IfCreatedMayMatch,
             },
         };
-        by_criteria.insert((t, criteria), outcome.id.clone());
+        by_criteria.insert((t, key), outcome.id.clone());
         assigned.insert(head.index, outcome);
     }
     Ok(assigned)
+}
+
+/// The search keys (tokens, references, ids: `search::matcher`) that the resources
+/// created so far by the transaction offer, by type, for the types that have
+/// conditional creates. A conditional create none of whose criteria keys is
+/// offered cannot match anything the transaction created: it is not searched
+/// again, and joins the batched writes.
+struct Created {
+    offered: HashMap<String, HashSet<String>>,
+}
+
+impl Created {
+    fn new(heads: &[Head]) -> Created {
+        let offered = heads
+            .iter()
+            .filter(|h| h.method == "POST" && h.if_none_exist.is_some())
+            .map(|h| (h.target.res_type().to_owned(), HashSet::new()))
+            .collect();
+        Created { offered }
+    }
+
+    /// Whether a create with these criteria may match a resource created earlier.
+    fn may_match(&self, res_type: &str, criteria: &[(String, String)]) -> bool {
+        let Some(offered) = self.offered.get(res_type) else {
+            return false;
+        };
+        let keys = search::parse(res_type, criteria, Handling::Lenient)
+            .ok()
+            .and_then(|plan| search::matcher::keys_of_conditions(&plan.conditions));
+        match keys {
+            Some(keys) => keys.iter().any(|k| offered.contains(k)),
+            // Criteria without a key (a name, a date) may match anything.
+            None => !offered.is_empty(),
+        }
+    }
+
+    /// Records what a created resource offers.
+    fn add(&mut self, res_type: &str, res_id: &str, resource: &Value) {
+        if let Some(offered) = self.offered.get_mut(res_type) {
+            let rows = search::index::extract(res_type, resource);
+            offered.extend(search::matcher::keys_of_rows(res_id, &rows));
+        }
+    }
 }
 
 /// Changes written by one statement at most (arrays of their rows).
@@ -380,6 +418,7 @@ async fn transaction(
         search_parameters: Vec::new(),
     };
     let mut pending = Pending::default();
+    let mut created = Created::new(&heads);
     // What each entry changes, known once its conditions are resolved: R4 says a
     // transaction whose entries change one resource twice SHALL fail.
     let mut changed: HashMap<(String, String), usize> = HashMap::new();
@@ -403,8 +442,25 @@ async fn transaction(
             out.responses[i] = read.into();
             continue;
         }
-        let request =
-            write_request(head, resource, assigned.get(&i)).map_err(|e| at_entry(i, e))?;
+        let (id, search) = match assigned.get(&i) {
+            None => (None, true),
+            Some(a) => {
+                let search = match a.search {
+                    Search::Never => false,
+                    Search::Again | Search::AgainAsShared => true,
+                    Search::IfCreatedMayMatch => created.may_match(
+                        head.target.res_type(),
+                        head.if_none_exist.as_deref().unwrap_or_default(),
+                    ),
+                };
+                if let Some(resource) = &resource {
+                    created.add(head.target.res_type(), &a.id, resource);
+                }
+                let id = Some(a.id.clone()).filter(|_| a.search != Search::AgainAsShared);
+                (id, search)
+            }
+        };
+        let request = write_request(head, resource, id, search).map_err(|e| at_entry(i, e))?;
         if request.reads_first() {
             pending.flush(&tx, rules, now, &mut out).await?;
         }
@@ -458,7 +514,7 @@ async fn batch_entry(
         let tx = client.transaction().await?;
         return get_entry(&tx, base, &head).await;
     }
-    let request = write_request(&head, resource, None)?;
+    let request = write_request(&head, resource, None, true)?;
     let written = super::write(pool, rules, request).await?;
     Ok(write_response(written.as_ref(), "201 Created").to_string())
 }

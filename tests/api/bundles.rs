@@ -412,6 +412,48 @@ async fn conditional_creates_in_one_transaction() {
     assert_eq!(again["entry"][0]["response"]["status"], "200 OK");
     assert_eq!(again["entry"][1]["response"]["status"], "200 OK");
     assert_eq!(s.version_count().await, 3);
+    // Criteria that another entry's new resource meets, whatever their form, are
+    // found (the same criteria in another order; another parameter of the same
+    // record); criteria the first entry's own resource does not meet give the
+    // later entry a resource of its own.
+    let named = |n: u32, family: &str, criteria: String| {
+        json!({"resource": {"resourceType": "Patient", "name": [{"family": family}],
+                            "identifier": [{"system": INS, "value": nir(n)}]},
+               "request": {"method": "POST", "url": "Patient", "ifNoneExist": criteria}})
+    };
+    let ins = |n: u32| format!("identifier={INS}|{}", nir(n));
+    let response = json_of(
+        post_transaction(
+            &s,
+            vec![
+                named(5, "Arnaud", format!("{}&gender=unknown", ins(5))),
+                named(5, "Arnaud", format!("gender=unknown&{}", ins(5))),
+                named(6, "Berthier", ins(6)),
+                named(6, "Berthier", "family=berthier".to_owned()),
+                named(9, "Caron", format!("{}&family=caron", ins(9))),
+                named(9, "Caron", format!("family=caron&{}", ins(9))),
+            ],
+        )
+        .await,
+        200,
+    )
+    .await;
+    let answer = |i: usize| response["entry"][i]["response"].clone();
+    let statuses: Vec<Value> = (0..6).map(|i| answer(i)["status"].clone()).collect();
+    assert_eq!(
+        statuses,
+        [
+            "201 Created",
+            "201 Created",
+            "201 Created",
+            "200 OK",
+            "201 Created",
+            "200 OK"
+        ]
+    );
+    assert_ne!(answer(1)["location"], answer(0)["location"]);
+    assert_eq!(answer(3)["location"], answer(2)["location"]);
+    assert_eq!(answer(5)["location"], answer(4)["location"]);
     // Deleting what a conditional create of the same Bundle matches: refused.
     let delete = json!({"request": {"method": "DELETE", "url": patient}});
     let oo = outcome_of(post_transaction(&s, vec![post(1, a), delete]).await, 400).await;
@@ -456,4 +498,16 @@ async fn search_entries() {
     let response = json_of(post_bundle(&s, &batch).await, 200).await;
     assert_eq!(response["entry"][0]["response"]["status"], "400");
     assert_eq!(response["entry"][1]["resource"]["total"], 2);
+    // A read of a deleted resource: 410, as the REST read answers.
+    s.http
+        .delete(s.url("Patient/s1"))
+        .send()
+        .await
+        .expect("delete");
+    let read = json!({"resourceType":"Bundle","type":"batch","entry":[
+        {"request":{"method":"GET","url":"Patient/s1"}},
+        {"request":{"method":"GET","url":"Patient?name=lemaire","ifNoneMatch":"W/\"1\""}}]});
+    let response = json_of(post_bundle(&s, &read).await, 200).await;
+    assert_eq!(response["entry"][0]["response"]["status"], "410");
+    assert_eq!(response["entry"][1]["response"]["status"], "400");
 }
