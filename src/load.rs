@@ -142,7 +142,12 @@ impl Target {
                 let body = serde_json::to_vec(&bundle).map_err(|e| e.to_string())?;
                 drop(bundle);
                 // No base URL: the loader reads the statuses alone.
-                bundle::process(pool, &service::Rules::default(), "", &body)
+                let answering = bundle::Answering {
+                    base: "",
+                    handling: crate::search::Handling::Lenient,
+                    representation: false,
+                };
+                bundle::process(pool, &service::Rules::default(), &answering, &body)
                     .await
                     .and_then(|text| {
                         serde_json::from_str::<Value>(&text)

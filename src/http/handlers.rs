@@ -108,16 +108,21 @@ pub async fn handle(state: &AppState, req: FhirRequest) -> FhirResult<Reply> {
         }
         (&Method::GET, Route::Type(t)) => search(state, &req, t, req.criteria(), Scope::Type).await,
         (&Method::POST, Route::System) => {
+            let answering = service::bundle::Answering {
+                base: &req.base,
+                handling: req.handling(),
+                representation: req.prefer("return").as_deref() == Some("representation"),
+            };
             // JSON is read one entry at a time; XML goes through the typed model whole.
             let response =
                 match negotiate::request_format(req.header(header::CONTENT_TYPE), &req.body)? {
                     fhir::Format::Json => {
-                        service::bundle::process(pool, &state.rules, &req.base, &req.body).await?
+                        service::bundle::process(pool, &state.rules, &answering, &req.body).await?
                     }
                     fhir::Format::Xml => {
                         let json = serde_json::to_vec(&req.resource()?)
                             .map_err(|e| FhirError::Internal(e.to_string()))?;
-                        service::bundle::process(pool, &state.rules, &req.base, &json).await?
+                        service::bundle::process(pool, &state.rules, &answering, &json).await?
                     }
                 };
             Ok(Reply::new(StatusCode::OK, Some(response)))

@@ -26,24 +26,39 @@ use crate::fhir::{self, datetime};
 use crate::search::{self, Handling};
 use crate::store;
 
-/// Runs a transaction or batch Bundle (JSON text); the response Bundle. `base` is
-/// the FHIR base URL, for the links and fullUrls of search entries' Bundles.
-pub async fn process(pool: &Pool, rules: &Rules, base: &str, body: &[u8]) -> FhirResult<String> {
+/// How a Bundle's entries are answered, from the request that carries it.
+pub struct Answering<'a> {
+    /// The FHIR base URL, for the links and fullUrls of search entries' Bundles.
+    pub base: &'a str,
+    /// `Prefer: handling`, for search entries.
+    pub handling: Handling,
+    /// `Prefer: return=representation`: each written resource in its entry.
+    pub representation: bool,
+}
+
+/// Runs a transaction or batch Bundle (JSON text); the response Bundle.
+pub async fn process(
+    pool: &Pool,
+    rules: &Rules,
+    answering: &Answering<'_>,
+    body: &[u8],
+) -> FhirResult<String> {
     let bundle = fhir::bundle::open(body)?;
     match bundle.kind {
-        Kind::Transaction => transaction(pool, rules, base, &bundle).await,
-        Kind::Batch => batch(pool, rules, base, &bundle).await,
+        Kind::Transaction => transaction(pool, rules, answering, &bundle).await,
+        Kind::Batch => batch(pool, rules, answering, &bundle).await,
     }
 }
 
-/// The response entry of a write.
-fn write_response(written: Option<&Written>, created_status: &str) -> Value {
+/// The entry answering a write (JSON text), with the resource written when
+/// `representation` is asked for.
+fn write_response(written: Option<&Written>, representation: bool) -> String {
     let Some(w) = written else {
-        return json!({"response": {"status": "204 No Content"}});
+        return json!({"response": {"status": "204 No Content"}}).to_string();
     };
     let status = match (&w.json, w.created) {
         (None, _) => "204 No Content",
-        (Some(_), true) => created_status,
+        (Some(_), true) => "201 Created",
         (Some(_), false) => "200 OK",
     };
     let mut response = json!({"status": status});
@@ -57,13 +72,21 @@ fn write_response(written: Option<&Written>, created_status: &str) -> Value {
             ));
         }
     }
-    json!({"response": response})
+    let entry = json!({ "response": response }).to_string();
+    match w.json.as_deref().filter(|_| representation) {
+        Some(resource) => fhir::bundle::with_raw_member(&entry, "resource", resource),
+        None => entry,
+    }
 }
 
 /// Runs a GET entry inside the transaction: a read (honouring `ifNoneMatch` and
 /// `ifModifiedSince`), or a search answered with a searchset Bundle. The entry as
 /// JSON text.
-async fn get_entry(tx: &Transaction<'_>, base: &str, head: &Head) -> FhirResult<String> {
+async fn get_entry(
+    tx: &Transaction<'_>,
+    answering: &Answering<'_>,
+    head: &Head,
+) -> FhirResult<String> {
     let (t, params) = match &head.target {
         Target::Instance(t, id) => return read_entry(tx, head, t, id).await,
         Target::Type(t) => (t, Vec::new()),
@@ -74,8 +97,8 @@ async fn get_entry(tx: &Transaction<'_>, base: &str, head: &Head) -> FhirResult<
             "ifNoneMatch and ifModifiedSince make a read conditional, not a search",
         ));
     }
-    let page = super::search(tx, t, &params, Handling::Lenient, Scope::Type).await?;
-    let searchset = super::searchset(base, &format!("/{t}"), &params, &page)?;
+    let page = super::search(tx, t, &params, answering.handling, Scope::Type).await?;
+    let searchset = super::searchset(answering.base, &format!("/{t}"), &params, &page)?;
     Ok(fhir::bundle::with_raw_member(
         r#"{"response":{"status":"200 OK"}}"#,
         "resource",
@@ -331,6 +354,7 @@ impl Pending {
 /// after it.
 struct Answers {
     responses: Vec<Box<str>>,
+    representation: bool,
     facts: Vec<Fact>,
     writes_subscriptions: bool,
     search_parameters: Vec<Written>,
@@ -338,9 +362,7 @@ struct Answers {
 
 impl Answers {
     fn answer(&mut self, entry: usize, written: Option<Written>) {
-        self.responses[entry] = write_response(written.as_ref(), "201 Created")
-            .to_string()
-            .into();
+        self.responses[entry] = write_response(written.as_ref(), self.representation).into();
         // Only SearchParameters need their version after the commit.
         self.search_parameters
             .extend(written.filter(|w| w.res_type == "SearchParameter"));
@@ -358,7 +380,7 @@ fn heads(bundle: &RawBundle<'_>) -> FhirResult<Vec<Head>> {
 async fn transaction(
     pool: &Pool,
     rules: &Rules,
-    base: &str,
+    answering: &Answering<'_>,
     bundle: &RawBundle<'_>,
 ) -> FhirResult<String> {
     let mut heads = heads(bundle)?;
@@ -413,6 +435,7 @@ async fn transaction(
     let now = store::clock(&tx).await?;
     let mut out = Answers {
         responses: vec![Box::from(""); heads.len()],
+        representation: answering.representation,
         facts: Vec::new(),
         writes_subscriptions: heads.iter().any(|h| h.target.res_type() == "Subscription"),
         search_parameters: Vec::new(),
@@ -436,7 +459,7 @@ async fn transaction(
         }
         if head.method == "GET" {
             pending.flush(&tx, rules, now, &mut out).await?;
-            let read = get_entry(&tx, base, head)
+            let read = get_entry(&tx, answering, head)
                 .await
                 .map_err(|e| at_entry(i, e))?;
             out.responses[i] = read.into();
@@ -503,7 +526,7 @@ async fn transaction(
 async fn batch_entry(
     pool: &Pool,
     rules: &Rules,
-    base: &str,
+    answering: &Answering<'_>,
     bundle: &RawBundle<'_>,
     index: usize,
 ) -> FhirResult<String> {
@@ -512,11 +535,11 @@ async fn batch_entry(
     if head.method == "GET" {
         let mut client = pool.get().await?;
         let tx = client.transaction().await?;
-        return get_entry(&tx, base, &head).await;
+        return get_entry(&tx, answering, &head).await;
     }
     let request = write_request(&head, resource, None, true)?;
     let written = super::write(pool, rules, request).await?;
-    Ok(write_response(written.as_ref(), "201 Created").to_string())
+    Ok(write_response(written.as_ref(), answering.representation))
 }
 
 /// Runs a batch Bundle: each entry on its own; failures, an entry that does not
@@ -524,12 +547,12 @@ async fn batch_entry(
 async fn batch(
     pool: &Pool,
     rules: &Rules,
-    base: &str,
+    answering: &Answering<'_>,
     bundle: &RawBundle<'_>,
 ) -> FhirResult<String> {
     let mut responses: Vec<String> = Vec::with_capacity(bundle.len());
     for index in 0..bundle.len() {
-        let outcome = batch_entry(pool, rules, base, bundle, index).await;
+        let outcome = batch_entry(pool, rules, answering, bundle, index).await;
         responses.push(outcome.unwrap_or_else(|e| {
             json!({"response": {
                 "status": e.status().to_string(),

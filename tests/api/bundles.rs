@@ -511,3 +511,38 @@ async fn search_entries() {
     assert_eq!(response["entry"][0]["response"]["status"], "410");
     assert_eq!(response["entry"][1]["response"]["status"], "400");
 }
+
+/// `Prefer: return=representation` puts each written resource in its entry;
+/// `Prefer: handling=strict` applies to search entries.
+#[tokio::test]
+async fn prefer_applies_to_entries() {
+    let s = TestServer::start().await;
+    let post = |bundle: &Value, prefer: &'static str| {
+        s.http
+            .post(s.url(""))
+            .header("content-type", "application/fhir+json")
+            .header("prefer", prefer)
+            .body(bundle.to_string())
+            .send()
+    };
+    let bundle = json!({"resourceType":"Bundle","type":"transaction","entry":[
+        {"resource":{"resourceType":"Patient","id":"r1","gender":"other"},
+         "request":{"method":"PUT","url":"Patient/r1"}}]});
+    let plain = json_of(post(&bundle, "return=minimal").await.expect("post"), 200).await;
+    assert!(plain["entry"][0].get("resource").is_none());
+    let mut changed = bundle.clone();
+    changed["entry"][0]["resource"]["gender"] = json!("female");
+    let full = json_of(
+        post(&changed, "return=representation").await.expect("post"),
+        200,
+    )
+    .await;
+    assert_eq!(full["entry"][0]["resource"]["gender"], "female");
+    assert_eq!(full["entry"][0]["resource"]["meta"]["versionId"], "2");
+    let search = json!({"resourceType":"Bundle","type":"batch","entry":[
+        {"request":{"method":"GET","url":"Patient?nonsense=1"}}]});
+    let lenient = json_of(post(&search, "handling=lenient").await.expect("post"), 200).await;
+    assert_eq!(lenient["entry"][0]["response"]["status"], "200 OK");
+    let strict = json_of(post(&search, "handling=strict").await.expect("post"), 200).await;
+    assert_eq!(strict["entry"][0]["response"]["status"], "400");
+}
