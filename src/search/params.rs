@@ -140,7 +140,16 @@ pub fn install(search_parameters: &[serde_json::Value]) -> Vec<(String, String)>
     }
     let rejected = table.unsupported[before..].to_vec();
     *CURRENT.write().unwrap_or_else(|e| e.into_inner()) = Some(Box::leak(Box::new(table)));
+    GENERATION.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     rejected
+}
+
+/// Counts the tables installed: what was compiled against the parameters (a
+/// subscription's criteria) is stale when it changes.
+static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+pub fn generation() -> u64 {
+    GENERATION.load(std::sync::atomic::Ordering::SeqCst)
 }
 
 /// Kinds that the index and the query renderer handle.

@@ -512,7 +512,7 @@ async fn transaction(
     notify::record_events(&tx, &out.facts).await?;
     tx.commit().await?;
     for w in &out.search_parameters {
-        search_parameter_changed(pool, w).await;
+        search_parameter_changed(pool, rules, w).await;
     }
     Ok(fhir::bundle::render(
         "transaction-response",

@@ -197,7 +197,7 @@ pub async fn write(
     notify::record_events(&tx, &facts).await?;
     tx.commit().await?;
     if let Some(w) = &written {
-        search_parameter_changed(pool, w).await;
+        search_parameter_changed(pool, rules, w).await;
     }
     Ok(written)
 }
@@ -843,13 +843,17 @@ pub async fn load_search_parameters(pool: &Pool) -> FhirResult<String> {
 
 /// After a SearchParameter was written here: put it in force, then index the
 /// existing resources of its base types in the background.
-async fn search_parameter_changed(pool: &Pool, written: &Written) {
+async fn search_parameter_changed(pool: &Pool, rules: &Rules, written: &Written) {
     if written.res_type != "SearchParameter" {
         return;
     }
     if let Err(e) = load_search_parameters(pool).await {
         tracing::error!(error = %e, "reloading search parameters");
         return;
+    }
+    // Boxed: it writes Subscriptions, through the write path that calls this one.
+    if let Err(e) = Box::pin(stop_subscriptions_out_of_force(pool, rules)).await {
+        tracing::error!(error = %e, "checking subscriptions after a SearchParameter change");
     }
     let bases: Vec<String> = written
         .json
@@ -868,6 +872,21 @@ async fn search_parameter_changed(pool: &Pool, written: &Written) {
             Err(e) => tracing::error!(error = %e, "reindexing after a SearchParameter change"),
         }
     });
+}
+
+/// Puts in `error` the active subscriptions whose criteria no longer compile (a
+/// SearchParameter they use was deleted or changed): visibly failed, rather than
+/// silently matching nothing.
+async fn stop_subscriptions_out_of_force(pool: &Pool, rules: &Rules) -> FhirResult<()> {
+    let active = store::outbox::active(&pool.get().await?).await?;
+    for s in active {
+        if let Err(e) = crate::subscription::compile(s.topic.as_deref(), &s.criteria) {
+            let reason = format!("the subscription's criteria no longer apply: {e}");
+            tracing::warn!(sub_id = %s.sub_id, %reason, "subscription put in error");
+            subscription_status(pool, rules, &s.sub_id, "error", Some(&reason)).await?;
+        }
+    }
+    Ok(())
 }
 
 /// Watches for SearchParameter changes made by other instances and puts them in

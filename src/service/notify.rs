@@ -37,7 +37,12 @@ pub async fn file_subscription(
     let Some(spec) = spec else {
         return outbox::unregister(tx, sub_id).await;
     };
-    let compiled = subscription::compile(spec.topic.as_deref(), &spec.criteria)?;
+    // Keys only for a subscription in force: one in `error` or `off` may hold
+    // criteria that no longer compile, and is a candidate for nothing.
+    let keys = match spec.active {
+        true => subscription::compile(spec.topic.as_deref(), &spec.criteria)?.keys(),
+        false => Vec::new(),
+    };
     let channel = serde_json::to_value(&spec.channel)
         .map_err(|e| FhirError::Internal(format!("serialising a channel: {e}")))?;
     outbox::register(
@@ -55,7 +60,7 @@ pub async fn file_subscription(
                 .heartbeat_secs
                 .filter(|s| *s > 0)
                 .map(|s| i32::try_from(s).unwrap_or(i32::MAX)),
-            keys: &compiled.keys(),
+            keys: &keys,
         },
     )
     .await

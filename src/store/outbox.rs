@@ -129,6 +129,26 @@ pub async fn candidates(
         .collect())
 }
 
+/// Every active subscription's topic and criteria (`match_key` empty): to check
+/// that they still compile after the search parameters change.
+pub async fn active(client: &impl GenericClient) -> FhirResult<Vec<Candidate>> {
+    let rows = client
+        .query(
+            "SELECT sub_id, topic, criteria FROM subscription WHERE active ORDER BY sub_id",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| Candidate {
+            match_key: String::new(),
+            sub_id: r.get(0),
+            topic: r.get(1),
+            criteria: r.get(2),
+        })
+        .collect())
+}
+
 /// An event: the subscription and the write that caused it.
 pub struct Focus<'a> {
     pub sub_id: &'a str,

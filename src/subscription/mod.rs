@@ -119,6 +119,11 @@ fn extension_int(element: &Value, name: &str) -> Option<i64> {
 /// requested subscription becomes `active` (and loses a stale `error`), and one
 /// without a signing secret gets a generated one. Returns what is then in force.
 pub fn prepare(resource: &mut Value, policy: &EndpointPolicy) -> FhirResult<Spec> {
+    let status = resource["status"]
+        .as_str()
+        .unwrap_or("requested")
+        .to_owned();
+    let active = matches!(status.as_str(), "requested" | "active");
     let criteria_text = resource["criteria"]
         .as_str()
         .ok_or_else(|| invalid("Subscription.criteria", "a Subscription needs criteria"))?
@@ -137,9 +142,15 @@ pub fn prepare(resource: &mut Value, policy: &EndpointPolicy) -> FhirResult<Spec
             )
             .filter_map(|e| e["valueString"].as_str().map(str::to_owned))
             .collect();
-            check_filters(topic, &filters)?;
+            if active {
+                check_filters(topic, &filters)?;
+            }
             filters
         }
+        // Criteria are checked for a subscription that will be in force; one put in
+        // `error` or `off` may keep criteria that no longer apply (see
+        // `service::stop_subscriptions_out_of_force`).
+        None if !active => vec![criteria_text.clone()],
         None if is_backport || criteria_text.contains("://") => {
             return Err(invalid(
                 "Subscription.criteria",
@@ -263,11 +274,6 @@ pub fn prepare(resource: &mut Value, policy: &EndpointPolicy) -> FhirResult<Spec
             secret
         }
     };
-    let status = resource["status"]
-        .as_str()
-        .unwrap_or("requested")
-        .to_owned();
-    let active = matches!(status.as_str(), "requested" | "active");
     if active {
         resource["status"] = json!("active");
         if let Some(obj) = resource.as_object_mut() {
@@ -381,17 +387,25 @@ pub enum Verdict {
 }
 
 type CacheKey = (Option<String>, Vec<String>);
-static COMPILED: Mutex<Option<HashMap<CacheKey, Arc<Compiled>>>> = Mutex::new(None);
+/// Compiled criteria by their text, for one generation of the parameter table.
+struct Cache {
+    generation: u64,
+    compiled: HashMap<CacheKey, Arc<Compiled>>,
+}
+static COMPILED: Mutex<Option<Cache>> = Mutex::new(None);
 const CACHE_LIMIT: usize = 50_000;
 
-/// The compiled form of a subscription in force (cached by its text).
+/// The compiled form of a subscription in force (cached by its text until the
+/// search parameters change: a parameter deleted makes the criteria fail).
 pub fn compile(topic_url: Option<&str>, criteria: &[String]) -> FhirResult<Arc<Compiled>> {
     let key = (topic_url.map(str::to_owned), criteria.to_vec());
-    if let Some(found) = COMPILED
-        .lock()
-        .ok()
-        .and_then(|cache| cache.as_ref().and_then(|c| c.get(&key).cloned()))
-    {
+    let generation = crate::search::params::generation();
+    if let Some(found) = COMPILED.lock().ok().and_then(|cache| {
+        cache
+            .as_ref()
+            .filter(|c| c.generation == generation)
+            .and_then(|c| c.compiled.get(&key).cloned())
+    }) {
         return Ok(found);
     }
     let topic = match topic_url {
@@ -407,11 +421,15 @@ pub fn compile(topic_url: Option<&str>, criteria: &[String]) -> FhirResult<Arc<C
     }
     let compiled = Arc::new(Compiled { topic, filters });
     if let Ok(mut cache) = COMPILED.lock() {
-        let map = cache.get_or_insert_with(HashMap::new);
-        if map.len() >= CACHE_LIMIT {
-            map.clear();
+        let cache = cache.get_or_insert_with(|| Cache {
+            generation,
+            compiled: HashMap::new(),
+        });
+        if cache.generation != generation || cache.compiled.len() >= CACHE_LIMIT {
+            cache.generation = generation;
+            cache.compiled.clear();
         }
-        map.insert(key, compiled.clone());
+        cache.compiled.insert(key, compiled.clone());
     }
     Ok(compiled)
 }

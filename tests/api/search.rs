@@ -771,6 +771,28 @@ async fn posted_search_parameters_are_indexed() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert_eq!(found, ["after", "before"]);
+    // A subscription on the parameter; the parameter deleted: the subscription is
+    // put in error, visibly, rather than matching nothing from then on.
+    let criteria = "Patient?passerelle-test-district=haute";
+    let subscription = crate::subscriptions::r4_subscription(criteria, "http://127.0.0.1:9/hook");
+    let created = json_of(s.post_json("Subscription", &subscription).await, 201).await;
+    let id = created["id"].as_str().expect("id").to_owned();
+    assert_eq!(created["status"], "active");
+    let deleted = s
+        .http
+        .delete(s.url("SearchParameter/passerelle-test-district"))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(deleted.status(), 204);
+    let stopped = json_of(s.get(&format!("Subscription/{id}")).await, 200).await;
+    assert_eq!(stopped["status"], "error");
+    assert!(
+        stopped["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("no longer apply")),
+        "{stopped}"
+    );
 }
 
 #[tokio::test]
