@@ -269,6 +269,14 @@ impl RawBundle<'_> {
             None => None,
         };
         let method = request.method.unwrap_or_default();
+        if !matches!(
+            method.as_str(),
+            "GET" | "HEAD" | "POST" | "PUT" | "DELETE" | "PATCH"
+        ) {
+            return Err(bad(format!(
+                "request.method '{method}' is not one of GET, HEAD, POST, PUT, DELETE, PATCH"
+            )));
+        }
         let conditional_read =
             request.if_none_match.is_some() || request.if_modified_since.is_some();
         if conditional_read && method != "GET" {
@@ -379,6 +387,26 @@ pub fn at_entry(index: usize, err: FhirError) -> FhirError {
         FhirError::PreconditionFailed(m) => FhirError::PreconditionFailed(prefix(&m)),
         other => other,
     }
+}
+
+/// Refuses two entries with one `fullUrl` (R4 bdl-7; the references to it could
+/// not tell them apart).
+pub fn check_full_urls(heads: &[Head]) -> FhirResult<()> {
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for head in heads {
+        let Some(full_url) = head.full_url.as_deref() else {
+            continue;
+        };
+        if let Some(first) = seen.insert(full_url, head.index) {
+            return Err(at_entry(
+                head.index,
+                FhirError::bad_request(format!(
+                    "fullUrl '{full_url}' is also entry {first}'s: a fullUrl names one entry"
+                )),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The order of the spec: DELETE, POST, PUT (and PATCH), GET.
@@ -578,6 +606,26 @@ mod tests {
     }
 
     #[test]
+    fn full_urls_name_one_entry() {
+        let b = body(
+            json!({"resourceType":"Bundle","type":"transaction","entry":[
+            {"fullUrl":"urn:uuid:1","request":{"method":"GET","url":"Patient/a"}},
+            {"fullUrl":"urn:uuid:2","request":{"method":"GET","url":"Patient/b"}},
+            {"fullUrl":"urn:uuid:1","request":{"method":"GET","url":"Patient/c"}}]}),
+        );
+        let bundle = open(&b).expect("a transaction");
+        let heads: Vec<Head> = (0..3).filter_map(|i| bundle.head(i).ok()).collect();
+        assert!(check_full_urls(&heads[..2]).is_ok());
+        let refused = check_full_urls(&heads).map_err(|e| e.to_string());
+        assert!(
+            refused
+                .as_ref()
+                .is_err_and(|m| m.contains("entry[2]") && m.contains("entry 0")),
+            "{refused:?}"
+        );
+    }
+
+    #[test]
     fn problems_are_named_at_their_entry() {
         let b = body(json!({"resourceType":"Bundle","type":"batch","entry":[
             {"request":{"method":"GET","url":"Patient/a"}},
@@ -585,7 +633,8 @@ mod tests {
             {"resource":{"resourceType":"Patient","birthDate":"2024-02-30"},
              "request":{"method":"POST","url":"Patient"}},
             {"fullUrl":7,"request":{"method":"GET","url":"Patient/a"}},
-            {"request":{"method":"GET","url":"Nope/a"}}]}));
+            {"request":{"method":"GET","url":"Nope/a"}},
+            {"request":{"method":"get","url":"Patient/a"}}]}));
         let bundle = open(&b).expect("a batch");
         // Where the first issue is, then what it says.
         let message = |e: FhirError| match e {
@@ -602,6 +651,7 @@ mod tests {
             ),
             (bundle.head(3).map(|_| ()), "Bundle.entry[3].fullUrl"),
             (bundle.head(4).map(|_| ()), "entry[4]"),
+            (bundle.head(5).map(|_| ()), "not one of GET"),
         ];
         for (refused, says) in refusals {
             let refused = refused.map_err(message);

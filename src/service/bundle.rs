@@ -384,6 +384,7 @@ async fn transaction(
     bundle: &RawBundle<'_>,
 ) -> FhirResult<String> {
     let mut heads = heads(bundle)?;
+    fhir::bundle::check_full_urls(&heads)?;
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     // 1. Ids of what will be created, and the map from fullUrls to local references.
@@ -406,8 +407,17 @@ async fn transaction(
             if ids.contains_key(&reference) {
                 continue;
             }
-            let Some(Target::Criteria(t, criteria)) = parse_target(&reference) else {
+            // An absolute URL with a query is a literal reference elsewhere.
+            if reference.contains("://") || reference.starts_with("urn:") {
                 continue;
+            }
+            let Some(Target::Criteria(t, criteria)) = parse_target(&reference) else {
+                return Err(at_entry(
+                    head.index,
+                    FhirError::bad_request(format!(
+                        "the reference '{reference}' is neither a fullUrl of the Bundle nor a conditional reference (Type?criteria)"
+                    )),
+                ));
             };
             match conditional_match(&tx, &t, &criteria)
                 .await

@@ -90,6 +90,10 @@ async fn a_failing_entry_rolls_everything_back() {
             "subject":{"reference":format!("Patient?identifier={INS}|0000000000000")}},
          "request":{"method":"POST","url":"Encounter"}}]});
     outcome_of(post_bundle(&s, &dangling).await, 412).await;
+    // A reference with criteria that name no type: refused, not stored as written.
+    let mut unknown = dangling.clone();
+    unknown["entry"][0]["resource"]["subject"]["reference"] = json!("Nope?x=1");
+    outcome_of(post_bundle(&s, &unknown).await, 400).await;
     // If-Match on an entry.
     s.put_json("Patient/p1", &json!({"resourceType":"Patient","id":"p1"}))
         .await;
