@@ -39,6 +39,8 @@ impl Kind {
 pub struct RawBundle<'a> {
     pub kind: Kind,
     entries: Vec<&'a RawValue>,
+    /// The server's base URL, which an absolute `request.url` may start with.
+    base: String,
 }
 
 /// What an entry asks for, from `request.method` and `request.url`.
@@ -228,10 +230,22 @@ pub fn open(body: &[u8]) -> FhirResult<RawBundle<'_>> {
         }
     };
     super::check_resource(&shell)?;
-    Ok(RawBundle { kind, entries })
+    Ok(RawBundle {
+        kind,
+        entries,
+        base: String::new(),
+    })
 }
 
-impl RawBundle<'_> {
+impl<'a> RawBundle<'a> {
+    /// Accepts the entries' absolute URLs under `base` (`http://host/fhir/Patient/1`).
+    pub fn served_at(self, base: &str) -> RawBundle<'a> {
+        RawBundle {
+            base: base.trim_end_matches('/').to_owned(),
+            ..self
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.entries.len()
     }
@@ -256,7 +270,11 @@ impl RawBundle<'_> {
             .ok_or_else(|| bad("an entry needs a request".to_owned()))?;
         let resource = json.resource.unwrap_or_default();
         let url = request.url.unwrap_or_default();
-        let target = parse_target(&url).ok_or_else(|| {
+        let relative = match url.strip_prefix(&self.base) {
+            Some(rest) if !self.base.is_empty() && rest.starts_with('/') => rest,
+            _ => &url,
+        };
+        let target = parse_target(relative).ok_or_else(|| {
             bad(format!(
                 "request.url '{url}' is not Type, Type/id or Type?criteria"
             ))
@@ -576,10 +594,11 @@ mod tests {
                  "packageId":"x","fhirVersion":["4.0.1"],
                  "definition":{"resource":[{"reference":{"reference":"StructureDefinition?url=y"}}]}}]},
              "request":{"method":"POST","url":"Patient","ifNoneExist":"identifier=a|b"}},
-            {"request":{"method":"DELETE","url":"Patient/x","ifMatch":"W/\"3\""}}]}),
+            {"request":{"method":"DELETE","url":"Patient/x","ifMatch":"W/\"3\""}},
+            {"request":{"method":"GET","url":"http://h/fhir/Patient/y"}}]}),
         );
-        let bundle = open(&b).expect("a transaction");
-        assert_eq!((bundle.kind, bundle.len()), (Kind::Transaction, 2));
+        let bundle = open(&b).expect("a transaction").served_at("http://h/fhir/");
+        assert_eq!((bundle.kind, bundle.len()), (Kind::Transaction, 3));
         let head = bundle.head(0).expect("a head");
         assert_eq!(head.full_url.as_deref(), Some("urn:uuid:1"));
         assert_eq!(
@@ -603,6 +622,11 @@ mod tests {
             ("DELETE", Some(3))
         );
         assert_eq!(bundle.resource(1).expect("valid"), None);
+        let absolute = bundle.head(2).expect("a head under the base");
+        assert_eq!(
+            absolute.target,
+            Target::Instance("Patient".to_owned(), "y".to_owned())
+        );
     }
 
     #[test]

@@ -43,7 +43,7 @@ pub async fn process(
     answering: &Answering<'_>,
     body: &[u8],
 ) -> FhirResult<String> {
-    let bundle = fhir::bundle::open(body)?;
+    let bundle = fhir::bundle::open(body)?.served_at(answering.base);
     match bundle.kind {
         Kind::Transaction => transaction(pool, rules, answering, &bundle).await,
         Kind::Batch => batch(pool, rules, answering, &bundle).await,
