@@ -473,6 +473,22 @@ fn decode_cursor(text: &str) -> FhirResult<(DateTime<Utc>, i64)> {
     Ok((t, seq))
 }
 
+/// `_since` of `_history` and `$everything`: an instant (R4), the changes from it on.
+fn since_param(value: &str) -> FhirResult<DateTime<Utc>> {
+    datetime::parse_range(value)
+        .filter(|_| value.contains('T'))
+        .map(|range| range.low)
+        .ok_or_else(|| FhirError::bad_request(format!("'{value}' is not a valid _since instant")))
+}
+
+/// `_count` of `_history` and `$everything`, within the server's page sizes.
+fn count_param(value: &str) -> FhirResult<usize> {
+    let n: usize = value
+        .parse()
+        .map_err(|_| FhirError::bad_request(format!("'{value}' is not a valid _count")))?;
+    Ok(n.clamp(1, search::MAX_COUNT))
+}
+
 /// `_history` at system, type or instance level.
 pub async fn history(
     pool: &Pool,
@@ -487,19 +503,14 @@ pub async fn history(
         ..HistoryFilter::default()
     };
     for (name, value) in params {
-        let bad = |what: &str| FhirError::bad_request(format!("'{value}' is not a valid {what}"));
         match name.as_str() {
-            "_since" => {
-                let range = datetime::parse_range(value)
-                    .filter(|_| value.contains('T'))
-                    .ok_or_else(|| bad("_since instant"))?;
-                filter.since = Some(range.low);
+            "_since" => filter.since = Some(since_param(value)?),
+            "_at" => {
+                filter.at = Some(datetime::parse_range(value).ok_or_else(|| {
+                    FhirError::bad_request(format!("'{value}' is not a valid _at date"))
+                })?)
             }
-            "_at" => filter.at = Some(datetime::parse_range(value).ok_or_else(|| bad("_at date"))?),
-            "_count" => {
-                let n: usize = value.parse().map_err(|_| bad("_count"))?;
-                filter.count = n.clamp(1, search::MAX_COUNT);
-            }
+            "_count" => filter.count = count_param(value)?,
             "_page" => filter.before = Some(decode_cursor(value)?),
             _ => {}
         }
@@ -705,24 +716,14 @@ pub async fn everything(
         limit: search::DEFAULT_COUNT,
     };
     for (name, value) in params {
-        let bad = |what: &str| FhirError::bad_request(format!("'{value}' is not a valid {what}"));
         match name.as_str() {
-            "_since" => {
-                query.since = Some(
-                    datetime::parse_range(value)
-                        .ok_or_else(|| bad("_since"))?
-                        .low,
-                )
-            }
+            "_since" => query.since = Some(since_param(value)?),
             "_type" => query.types = Some(value.split(',').map(str::to_owned).collect()),
-            "_count" => {
-                query.limit = value
-                    .parse::<usize>()
-                    .map_err(|_| bad("_count"))?
-                    .clamp(1, search::MAX_COUNT)
-            }
+            "_count" => query.limit = count_param(value)?,
             "_after" => {
-                let (t, id) = value.split_once('/').ok_or_else(|| bad("_after cursor"))?;
+                let (t, id) = value.split_once('/').ok_or_else(|| {
+                    FhirError::bad_request(format!("'{value}' is not a valid _after cursor"))
+                })?;
                 query.after = Some((t.to_owned(), id.to_owned()));
             }
             _ => {}

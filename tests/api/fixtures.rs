@@ -185,4 +185,11 @@ async fn everything_about_a_patient_and_a_stay() {
     );
     let missing = s.get("Patient/nobody/$everything").await;
     assert_eq!(missing.status(), 404);
+    // `_since` is an instant, as for `_history`.
+    for bad in ["_since=2026-01-01", "_since=yesterday", "_count=many"] {
+        let refused = s
+            .get(&format!("Patient/fx-discharge-patient/$everything?{bad}"))
+            .await;
+        assert_eq!(refused.status(), 400, "{bad}");
+    }
 }
