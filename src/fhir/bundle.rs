@@ -52,12 +52,17 @@ pub enum Target {
     Instance(String, String),
     /// `Type?criteria`
     Criteria(String, Vec<(String, String)>),
+    /// `Type/id/_history/vid` (a vread)
+    Version(String, String, String),
 }
 
 impl Target {
     pub fn res_type(&self) -> &str {
         match self {
-            Target::Type(t) | Target::Instance(t, _) | Target::Criteria(t, _) => t,
+            Target::Type(t)
+            | Target::Instance(t, _)
+            | Target::Criteria(t, _)
+            | Target::Version(t, _, _) => t,
         }
     }
 }
@@ -276,7 +281,7 @@ impl<'a> RawBundle<'a> {
         };
         let target = parse_target(relative).ok_or_else(|| {
             bad(format!(
-                "request.url '{url}' is not Type, Type/id or Type?criteria"
+                "request.url '{url}' is not Type, Type/id, Type/id/_history/vid or Type?criteria"
             ))
         })?;
         let if_match = match request.if_match {
@@ -372,6 +377,9 @@ pub fn parse_target(url: &str) -> Option<Target> {
         [t, id] if R4.is_resource_type(t) && is_valid_id(id) => {
             Some(Target::Instance((*t).to_owned(), (*id).to_owned()))
         }
+        [t, id, "_history", vid] if R4.is_resource_type(t) && is_valid_id(id) => Some(
+            Target::Version((*t).to_owned(), (*id).to_owned(), (*vid).to_owned()),
+        ),
         _ => None,
     }
 }
@@ -562,6 +570,10 @@ mod tests {
             matches!(parse_target("Patient?identifier=a%7Cb"), Some(Target::Criteria(_, c)) if c[0].1 == "a|b")
         );
         assert!(parse_target("Nope/1").is_none());
+        assert_eq!(
+            parse_target("Patient/p1/_history/2"),
+            Some(Target::Version("Patient".into(), "p1".into(), "2".into()))
+        );
         let mut r = json!({"subject":{"reference":"urn:uuid:1"},"x":[{"reference":"urn:uuid:2"}],"y":{"reference":"Patient/3"}});
         let ids = HashMap::from([
             ("urn:uuid:1".to_owned(), "Patient/a".to_owned()),

@@ -202,7 +202,7 @@ pub async fn handle(state: &AppState, req: FhirRequest) -> FhirResult<Reply> {
             }
         }
         (&Method::GET, Route::Instance(t, id)) => {
-            let version = service::read(pool, t, id).await?;
+            let version = service::read(&pool.get().await?, t, id).await?;
             read_reply(&req, &version)
         }
         (&Method::PUT, Route::Instance(t, id)) => {
@@ -298,7 +298,7 @@ pub async fn handle(state: &AppState, req: FhirRequest) -> FhirResult<Reply> {
             Ok(Reply::new(StatusCode::OK, Some(body.to_string())))
         }
         (&Method::GET, Route::Version(t, id, vid)) => {
-            let version = service::vread(pool, t, id, vid).await?;
+            let version = service::vread(&pool.get().await?, t, id, vid).await?;
             read_reply(&req, &version)
         }
         (&Method::GET, Route::SystemHistory) => history(state, &req, None, None).await,

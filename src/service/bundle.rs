@@ -88,7 +88,12 @@ async fn get_entry(
     head: &Head,
 ) -> FhirResult<String> {
     let (t, params) = match &head.target {
-        Target::Instance(t, id) => return read_entry(tx, head, t, id).await,
+        Target::Instance(t, id) => {
+            return read_entry(head, super::read(tx, t, id).await?);
+        }
+        Target::Version(t, id, vid) => {
+            return read_entry(head, super::vread(tx, t, id, vid).await?);
+        }
         Target::Type(t) => (t, Vec::new()),
         Target::Criteria(t, criteria) => (t, criteria.clone()),
     };
@@ -106,13 +111,9 @@ async fn get_entry(
     ))
 }
 
-async fn read_entry(tx: &Transaction<'_>, head: &Head, t: &str, id: &str) -> FhirResult<String> {
-    let version = store::read_latest(tx, t, id)
-        .await?
-        .ok_or_else(|| FhirError::NotFound(format!("{t}/{id} is not known")))?;
-    if version.is_deleted() {
-        return Err(FhirError::Gone(format!("{t}/{id} was deleted")));
-    }
+/// The entry answering a read or vread of `version`, honouring `ifNoneMatch` and
+/// `ifModifiedSince` (304, without the resource).
+fn read_entry(head: &Head, version: store::StoredVersion) -> FhirResult<String> {
     let not_modified = fhir::not_modified(
         head.if_none_match.as_deref(),
         head.if_modified_since,

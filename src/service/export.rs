@@ -111,7 +111,7 @@ pub async fn start(pool: &Pool, kick: KickOff, request: &str) -> FhirResult<Stri
         Level::System => {}
         Level::Patient => selection.compartment = Some(compartment::patient_membership_params()),
         Level::Group(id) => {
-            let group = super::read(pool, "Group", id).await?;
+            let group = super::read(&pool.get().await?, "Group", id).await?;
             let group: Value = serde_json::from_str(group.json.as_deref().unwrap_or("{}"))
                 .map_err(|e| FhirError::Internal(e.to_string()))?;
             selection.compartment = Some(compartment::patient_membership_params());

@@ -393,7 +393,7 @@ pub async fn subscription_status(
     status: &str,
     error: Option<&str>,
 ) -> FhirResult<()> {
-    let current = read(pool, "Subscription", sub_id).await?;
+    let current = read(&pool.get().await?, "Subscription", sub_id).await?;
     let json = current.json.as_deref().unwrap_or("{}");
     let mut resource: Value =
         serde_json::from_str(json).map_err(|e| FhirError::Internal(e.to_string()))?;
@@ -417,9 +417,12 @@ pub async fn subscription_status(
 }
 
 /// `GET [type]/[id]`: 404 when it never existed, 410 when its latest version is a delete.
-pub async fn read(pool: &Pool, res_type: &str, res_id: &str) -> FhirResult<StoredVersion> {
-    let client = pool.get().await?;
-    let version = store::read_latest(&client, res_type, res_id)
+pub async fn read(
+    client: &impl deadpool_postgres::GenericClient,
+    res_type: &str,
+    res_id: &str,
+) -> FhirResult<StoredVersion> {
+    let version = store::read_latest(client, res_type, res_id)
         .await?
         .ok_or_else(|| FhirError::NotFound(format!("{res_type}/{res_id} is not known")))?;
     if version.is_deleted() {
@@ -433,7 +436,7 @@ pub async fn read(pool: &Pool, res_type: &str, res_id: &str) -> FhirResult<Store
 
 /// `GET [type]/[id]/_history/[vid]`.
 pub async fn vread(
-    pool: &Pool,
+    client: &impl deadpool_postgres::GenericClient,
     res_type: &str,
     res_id: &str,
     version_id: &str,
@@ -441,8 +444,7 @@ pub async fn vread(
     let vid: i64 = version_id.parse().ok().filter(|v| *v > 0).ok_or_else(|| {
         FhirError::NotFound(format!("no version '{version_id}' of {res_type}/{res_id}"))
     })?;
-    let client = pool.get().await?;
-    let version = store::read_version(&client, res_type, res_id, vid)
+    let version = store::read_version(client, res_type, res_id, vid)
         .await?
         .ok_or_else(|| FhirError::NotFound(format!("{res_type}/{res_id} has no version {vid}")))?;
     if version.is_deleted() {

@@ -24,7 +24,7 @@ struct Current {
 }
 
 async fn current(pool: &Pool, sub_id: &str) -> FhirResult<Current> {
-    let stored = read(pool, "Subscription", sub_id).await?;
+    let stored = read(&pool.get().await?, "Subscription", sub_id).await?;
     let resource: Value = serde_json::from_str(stored.json.as_deref().unwrap_or("{}"))
         .map_err(|e| FhirError::Internal(e.to_string()))?;
     let client = pool.get().await?;

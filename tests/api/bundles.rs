@@ -333,6 +333,8 @@ async fn conditional_reads_in_a_bundle() {
         read(json!({"method":"GET","url":"Patient/c1","ifModifiedSince":"2999-01-01T00:00:00Z"})),
         read(json!({"method":"GET","url":"Patient/c1","ifModifiedSince":"2001-01-01T00:00:00Z"})),
         read(json!({"method":"DELETE","url":"Patient/c1","ifNoneMatch":"*"})),
+        read(json!({"method":"GET","url":"Patient/c1/_history/1"})),
+        read(json!({"method":"GET","url":"Patient/c1/_history/9"})),
     ]});
     let response = json_of(post_bundle(&s, &bundle).await, 200).await;
     let answer = |i: usize| response["entry"][i].clone();
@@ -345,6 +347,10 @@ async fn conditional_reads_in_a_bundle() {
     assert_eq!(answer(3)["response"]["status"], "200 OK");
     // A write does not take a read's conditions: refused, not ignored.
     assert_eq!(answer(4)["response"]["status"], "400");
+    // A vread entry.
+    assert_eq!(answer(5)["response"]["status"], "200 OK");
+    assert_eq!(answer(5)["resource"]["meta"]["versionId"], "1");
+    assert_eq!(answer(6)["response"]["status"], "404");
     json_of(s.get("Patient/c1").await, 200).await;
 }
 
