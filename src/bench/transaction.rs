@@ -1,7 +1,7 @@
 //! `passerelle bench-transaction`: ingest rate of transaction Bundles of 1, 100 and
 //! 1,000 POST entries over HTTP (validation, one database transaction each, every
-//! search parameter indexed), then of 1,000 PUT entries at new ids and of 1,000 PUT
-//! updates of them, beside the ceiling measured in the same run: the same rows
+//! search parameter indexed), then of 1,000 PUT entries at new ids, of 1,000 PUT
+//! updates of them and of 1,000 POSTs with `ifNoneExist`, beside the ceiling measured in the same run: the same rows
 //! (versions, current rows, index rows) written by a plain SQL `COPY`.
 
 use std::fmt::Write as _;
@@ -48,12 +48,12 @@ impl Entries {
     }
 }
 
-fn transaction(entries: Entries, first: usize, size: usize) -> String {
+fn transaction(kind: Entries, first: usize, size: usize) -> String {
     let entries: Vec<Value> = (first..first + size)
         .map(|i| {
             let mut resource = patient(i);
             let id = format!("put-{i}");
-            let request = match entries {
+            let request = match kind {
                 Entries::Post => return json!({"resource": resource, "request": {"method": "POST", "url": "Patient"}}),
                 Entries::PostIfNoneExist => {
                     let ins = &resource["identifier"][0];

@@ -17,7 +17,6 @@ use serde_json::{Map, Value};
 
 use super::{definitions::R4, is_valid_id, parse_version_etag, resource_type};
 use crate::error::{FhirError, FhirResult, Issue};
-use crate::search;
 
 /// What `POST [base]` processes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -321,7 +320,10 @@ impl<'a> RawBundle<'a> {
             target,
             full_url: json.full_url,
             conditional_references: resource.conditional_references,
-            if_none_exist: request.if_none_exist.as_deref().map(search::parse_criteria),
+            if_none_exist: request
+                .if_none_exist
+                .as_deref()
+                .map(super::query::parse_criteria),
             if_match,
             if_none_match: request.if_none_match,
             if_modified_since,
@@ -370,7 +372,7 @@ pub fn parse_target(url: &str) -> Option<Target> {
         let t = path.trim_end_matches('/');
         return R4
             .is_resource_type(t)
-            .then(|| Target::Criteria(t.to_owned(), search::parse_form(query)));
+            .then(|| Target::Criteria(t.to_owned(), super::query::parse_form(query)));
     }
     match url.split('/').collect::<Vec<_>>().as_slice() {
         [t] if R4.is_resource_type(t) => Some(Target::Type((*t).to_owned())),
@@ -388,24 +390,26 @@ pub fn parse_target(url: &str) -> Option<Target> {
 /// issues about the entry's resource are placed under `Bundle.entry[index].resource`.
 pub fn at_entry(index: usize, err: FhirError) -> FhirError {
     let prefix = |m: &str| format!("Bundle.entry[{index}]: {m}");
+    let located = |issues: Vec<Issue>| -> Vec<Issue> {
+        issues
+            .into_iter()
+            .map(|i| {
+                let expression = i
+                    .expression
+                    .map(|e| {
+                        format!(
+                            "Bundle.entry[{index}].resource{}",
+                            e.find('.').map_or("", |p| &e[p..])
+                        )
+                    })
+                    .unwrap_or_else(|| format!("Bundle.entry[{index}]"));
+                Issue::new(i.code, prefix(&i.message)).at(expression)
+            })
+            .collect()
+    };
     match err {
-        FhirError::BadRequest(issues) | FhirError::Unprocessable(issues) => FhirError::BadRequest(
-            issues
-                .into_iter()
-                .map(|i| {
-                    let expression = i
-                        .expression
-                        .map(|e| {
-                            format!(
-                                "Bundle.entry[{index}].resource{}",
-                                e.find('.').map_or("", |p| &e[p..])
-                            )
-                        })
-                        .unwrap_or_else(|| format!("Bundle.entry[{index}]"));
-                    Issue::new(i.code, prefix(&i.message)).at(expression)
-                })
-                .collect(),
-        ),
+        FhirError::BadRequest(issues) => FhirError::BadRequest(located(issues)),
+        FhirError::Unprocessable(issues) => FhirError::Unprocessable(located(issues)),
         FhirError::NotFound(m) => FhirError::NotFound(prefix(&m)),
         FhirError::Gone(m) => FhirError::Gone(prefix(&m)),
         FhirError::MethodNotAllowed(m) => FhirError::MethodNotAllowed(prefix(&m)),

@@ -7,6 +7,7 @@ pub mod definitions;
 pub mod fhirpath;
 pub mod fhirpath_patch;
 pub mod patch;
+pub mod query;
 pub mod subset;
 pub mod validate;
 

@@ -6,6 +6,9 @@ pub mod index;
 pub mod matcher;
 pub mod params;
 
+/// Query strings are the wire format of search requests (`fhir::query`).
+pub use crate::fhir::query::{page_url, parse_criteria, parse_form};
+
 use crate::error::{FhirError, FhirResult, Issue};
 use crate::fhir::datetime::{self, Range};
 use crate::fhir::definitions::R4;
@@ -316,29 +319,6 @@ pub fn supported_params(resource_type: &str) -> Vec<(String, &'static str)> {
 pub enum Handling {
     Strict,
     Lenient,
-}
-
-/// Parses an `application/x-www-form-urlencoded` string (a query string, a
-/// `_search` form body, the criteria of a conditional request).
-pub fn parse_form(query: &str) -> Vec<(String, String)> {
-    let decode = |s: &str| {
-        percent_encoding::percent_decode_str(&s.replace('+', " "))
-            .decode_utf8_lossy()
-            .into_owned()
-    };
-    query
-        .split('&')
-        .filter(|pair| !pair.is_empty())
-        .map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (decode(k), decode(v))
-        })
-        .collect()
-}
-
-/// Conditional criteria, written `identifier=x` or `Patient?identifier=x`.
-pub fn parse_criteria(text: &str) -> Vec<(String, String)> {
-    parse_form(text.split_once('?').map_or(text, |(_, q)| q))
 }
 
 /// Splits on unescaped `sep`; escapes are kept for [`unescape`] to undo at the leaf.
@@ -926,34 +906,6 @@ fn merge_same_row(resource_type: &str, conditions: Vec<Condition>) -> Vec<Condit
 /// True when `resource_type` is a concrete R4 resource.
 pub fn is_searchable(resource_type: &str) -> bool {
     R4.is_resource_type(resource_type)
-}
-
-/// What to escape in a query component: all but the unreserved characters of RFC 3986.
-const QUERY_VALUE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'_')
-    .remove(b'.')
-    .remove(b'~');
-
-/// The URL of a page of results: `path` under `base` with the parameters `keep`,
-/// then `extra` (a cursor), percent-encoded.
-pub fn page_url(
-    base: &str,
-    path: &str,
-    keep: &[(String, String)],
-    extra: &[(&str, String)],
-) -> String {
-    let encode = |s: &str| percent_encoding::utf8_percent_encode(s, QUERY_VALUE).to_string();
-    let mut pairs: Vec<String> = keep
-        .iter()
-        .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
-        .collect();
-    pairs.extend(extra.iter().map(|(k, v)| format!("{k}={}", encode(v))));
-    if pairs.is_empty() {
-        format!("{base}{path}")
-    } else {
-        format!("{base}{path}?{}", pairs.join("&"))
-    }
 }
 
 #[cfg(test)]

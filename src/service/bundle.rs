@@ -11,7 +11,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use deadpool_postgres::{Pool, Transaction};
+use deadpool_postgres::{GenericClient, Pool, Transaction};
 use serde_json::{json, Value};
 
 use super::{
@@ -79,20 +79,20 @@ fn write_response(written: Option<&Written>, representation: bool) -> String {
     }
 }
 
-/// Runs a GET entry inside the transaction: a read (honouring `ifNoneMatch` and
-/// `ifModifiedSince`), or a search answered with a searchset Bundle. The entry as
-/// JSON text.
+/// Runs a GET entry (in a transaction, inside it): a read or vread (honouring
+/// `ifNoneMatch` and `ifModifiedSince`), or a search answered with a searchset
+/// Bundle. The entry as JSON text.
 async fn get_entry(
-    tx: &Transaction<'_>,
+    client: &impl GenericClient,
     answering: &Answering<'_>,
     head: &Head,
 ) -> FhirResult<String> {
     let (t, params) = match &head.target {
         Target::Instance(t, id) => {
-            return read_entry(head, super::read(tx, t, id).await?);
+            return Ok(read_entry(head, super::read(client, t, id).await?));
         }
         Target::Version(t, id, vid) => {
-            return read_entry(head, super::vread(tx, t, id, vid).await?);
+            return Ok(read_entry(head, super::vread(client, t, id, vid).await?));
         }
         Target::Type(t) => (t, Vec::new()),
         Target::Criteria(t, criteria) => (t, criteria.clone()),
@@ -102,7 +102,7 @@ async fn get_entry(
             "ifNoneMatch and ifModifiedSince make a read conditional, not a search",
         ));
     }
-    let page = super::search(tx, t, &params, answering.handling, Scope::Type).await?;
+    let page = super::search(client, t, &params, answering.handling, Scope::Type).await?;
     let searchset = super::searchset(answering.base, &format!("/{t}"), &params, &page)?;
     Ok(fhir::bundle::with_raw_member(
         r#"{"response":{"status":"200 OK"}}"#,
@@ -113,7 +113,7 @@ async fn get_entry(
 
 /// The entry answering a read or vread of `version`, honouring `ifNoneMatch` and
 /// `ifModifiedSince` (304, without the resource).
-fn read_entry(head: &Head, version: store::StoredVersion) -> FhirResult<String> {
+fn read_entry(head: &Head, version: store::StoredVersion) -> String {
     let not_modified = fhir::not_modified(
         head.if_none_match.as_deref(),
         head.if_modified_since,
@@ -127,8 +127,8 @@ fn read_entry(head: &Head, version: store::StoredVersion) -> FhirResult<String> 
     }})
     .to_string();
     match (not_modified, version.json.as_deref()) {
-        (false, Some(resource)) => Ok(fhir::bundle::with_raw_member(&entry, "resource", resource)),
-        _ => Ok(entry),
+        (false, Some(resource)) => fhir::bundle::with_raw_member(&entry, "resource", resource),
+        _ => entry,
     }
 }
 
@@ -220,7 +220,7 @@ enum Search {
 /// (against the state before the transaction, under the criteria's lock).
 async fn assign_ids(tx: &Transaction<'_>, heads: &[Head]) -> FhirResult<HashMap<usize, Assigned>> {
     let mut assigned = HashMap::new();
-    // The id each `ifNoneExist` (type and criteria, in order) came to.
+    // The id each `ifNoneExist` (type and criteria, sorted) came to.
     type Criteria<'h> = (&'h str, Vec<(String, String)>);
     let mut by_criteria: HashMap<Criteria<'_>, String> = HashMap::new();
     for head in heads {
@@ -544,9 +544,7 @@ async fn batch_entry(
     let head = bundle.head(index)?;
     let resource = bundle.resource(index)?;
     if head.method == "GET" {
-        let mut client = pool.get().await?;
-        let tx = client.transaction().await?;
-        return get_entry(&tx, answering, &head).await;
+        return get_entry(&pool.get().await?, answering, &head).await;
     }
     let request = write_request(&head, resource, None, true)?;
     let written = super::write(pool, rules, request).await?;

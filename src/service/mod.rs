@@ -17,7 +17,7 @@ use crate::error::{FhirError, FhirResult};
 use crate::fhir::{self, datetime};
 use crate::search::{self, Cursor, Handling, SearchPlan, TotalMode};
 use crate::store::{self, HistoryFilter, StoredVersion};
-pub use notify::{record_events, Fact};
+pub use notify::Fact;
 pub use write::{Change, ChangeKind, Written};
 
 /// The server's policies that every write obeys, whoever asks for it.
@@ -182,8 +182,9 @@ async fn patched(
     Ok((res_id, result))
 }
 
-/// Runs one write interaction in its own transaction. `None`: a conditional delete
-/// that matched nothing.
+/// Runs one write interaction in its own transaction: its conditions resolved
+/// (`plan`), then the single write path, then the subscriptions' events, all before
+/// the commit. `None`: a conditional delete that matched nothing.
 pub async fn write(
     pool: &Pool,
     rules: &Rules,
@@ -193,30 +194,16 @@ pub async fn write(
     let tx = client.transaction().await?;
     let now = store::clock(&tx).await?;
     let mut facts = Vec::new();
-    let written = execute(&tx, rules, now, request, &mut facts).await?;
+    let written = match plan(&tx, request).await? {
+        Planned::Change(change) => Some(write::apply(&tx, rules, now, change, &mut facts).await?),
+        Planned::Answered(written) => written,
+    };
     notify::record_events(&tx, &facts).await?;
     tx.commit().await?;
     if let Some(w) = &written {
         search_parameter_changed(pool, rules, w).await;
     }
     Ok(written)
-}
-
-/// Runs one write interaction inside `tx` (a request's own, or a transaction
-/// Bundle's): conditional matching, then the single write path. `now` is the
-/// transaction's reading of the database clock: every version a transaction writes
-/// carries the same instant (unless a resource's previous version is later).
-pub async fn execute(
-    tx: &deadpool_postgres::Transaction<'_>,
-    rules: &Rules,
-    now: DateTime<Utc>,
-    request: WriteRequest,
-    facts: &mut Vec<Fact>,
-) -> FhirResult<Option<Written>> {
-    match plan(tx, request).await? {
-        Planned::Change(change) => write::apply(tx, rules, now, change, facts).await.map(Some),
-        Planned::Answered(written) => Ok(written),
-    }
 }
 
 /// What a write interaction comes to once its conditions are resolved.
@@ -383,7 +370,7 @@ fn written_from_stored(v: StoredVersion) -> Written {
 }
 
 /// Moves an active subscription to `status` (`error` with the reason when delivery
-/// gave up, `off` when it has ended): a new version through the write path, which
+/// gave up or its criteria no longer apply, `off` when it has ended): a new version through the write path, which
 /// stops its matching. A concurrent change by the client, or by another
 /// instance, wins (the `If-Match` fails and nothing is written).
 pub async fn subscription_status(
@@ -844,8 +831,9 @@ pub async fn load_search_parameters(pool: &Pool) -> FhirResult<String> {
     Ok(fingerprint)
 }
 
-/// After a SearchParameter was written here: put it in force, then index the
-/// existing resources of its base types in the background.
+/// After a SearchParameter was written here: put it in force, put in `error` the
+/// subscriptions whose criteria it broke, then index the existing resources of
+/// its base types in the background.
 async fn search_parameter_changed(pool: &Pool, rules: &Rules, written: &Written) {
     if written.res_type != "SearchParameter" {
         return;

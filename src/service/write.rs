@@ -3,8 +3,8 @@
 //! together): locks, precondition checks, the no-op check, the server's `meta`,
 //! index rows, the stored versions and the facts for subscriptions all happen here,
 //! inside the caller's database transaction, in a few statements whatever the
-//! number of changes (plus one per Subscription filed). Authorisation joins here
-//! too.
+//! number of changes (plus one per Subscription filed). Authorisation will join
+//! here too.
 
 use std::collections::{HashMap, HashSet};
 
@@ -82,18 +82,21 @@ fn stamped(
     Ok((json, index))
 }
 
-/// A change whose outcome is decided: nothing to write, or the version to write.
+/// The version a change writes, decided before it is stamped.
+struct NextVersion {
+    version_id: i64,
+    last_updated: DateTime<Utc>,
+    method: Method,
+    /// Whether the resource existed (not deleted) before.
+    live: bool,
+    subscription: Option<Box<crate::subscription::Spec>>,
+}
+
+/// A change whose outcome is decided: nothing to write, or the next version and
+/// its resource (`None` for a delete).
 enum Step {
     Unchanged(Written),
-    Write {
-        version_id: i64,
-        last_updated: DateTime<Utc>,
-        method: Method,
-        /// Whether the resource existed (not deleted) before.
-        live: bool,
-        resource: Option<Value>,
-        subscription: Option<Box<crate::subscription::Spec>>,
-    },
+    Write(NextVersion, Option<Value>),
 }
 
 /// A failure of changes written together: at the position of the change that
@@ -150,16 +153,15 @@ pub async fn apply_all(
     changes: Vec<Change>,
     facts: &mut Vec<notify::Fact>,
 ) -> Result<Vec<Written>, Failed> {
-    let mut seen = HashSet::new();
-    for (position, c) in changes.iter().enumerate() {
-        if !seen.insert((c.res_type.as_str(), c.res_id.as_str())) {
-            return Err(at(position)(FhirError::bad_request(format!(
-                "{}/{} is changed twice in one transaction",
-                c.res_type, c.res_id
-            ))));
-        }
-    }
-    drop(seen);
+    // Callers give each resource once (a transaction refuses an entry that changes
+    // a resource again, R4's overlap rule): two versions of one resource in one
+    // statement would collide on the primary key.
+    debug_assert!({
+        let mut seen = HashSet::new();
+        changes
+            .iter()
+            .all(|c| seen.insert((c.res_type.as_str(), c.res_id.as_str())))
+    });
     // A fresh server-assigned id has no row to lock; the version table's primary
     // key still refuses a duplicate.
     let keys: Vec<store::LockKey<'_>> = changes
@@ -168,7 +170,8 @@ pub async fn apply_all(
         .map(|c| store::LockKey {
             res_type: &c.res_type,
             res_id: &c.res_id,
-            claim: !matches!(c.kind, ChangeKind::Delete),
+            // An update may create the resource; a PATCH or a delete may not.
+            claim: matches!(c.kind, ChangeKind::Update),
         })
         .collect();
     let currents = store::lock_all(tx, &keys).await.map_err(whole)?;
@@ -180,16 +183,10 @@ pub async fn apply_all(
             .get(&(change.res_type.clone(), change.res_id.clone()))
             .copied();
         let step = decide(rules, now, &mut change, current).map_err(at(position))?;
-        if let (
-            Step::Write {
-                live: true,
-                resource: Some(_),
-                ..
-            },
-            Some(cur),
-        ) = (&step, current)
-        {
-            repeats.push((position, cur.version_id));
+        if let (Step::Write(next, Some(_)), Some(cur)) = (&step, current) {
+            if next.live {
+                repeats.push((position, cur.version_id));
+            }
         }
         steps.push((change, step));
     }
@@ -247,14 +244,14 @@ fn decide(
         }
         (Some(_), _) => {}
     }
-    Ok(Step::Write {
+    let next = NextVersion {
         version_id: current.map_or(1, |c| c.version_id + 1),
         last_updated: next_instant(now, current.map(|c| c.last_updated)),
         method,
         live,
-        resource: change.resource.take(),
         subscription,
-    })
+    };
+    Ok(Step::Write(next, change.resource.take()))
 }
 
 /// Turns into [`Step::Unchanged`] the updates whose resource is the current
@@ -280,11 +277,7 @@ async fn unchanged(
         let Some(stored) = by_key.remove(&(change.res_type.clone(), change.res_id.clone())) else {
             continue;
         };
-        let Step::Write {
-            resource: Some(candidate),
-            ..
-        } = step
-        else {
+        let Step::Write(_, Some(candidate)) = step else {
             continue;
         };
         let Some(Ok(current)) = stored.json.as_deref().map(serde_json::from_str::<Value>) else {
@@ -307,13 +300,15 @@ async fn unchanged(
 /// A version stamped, indexed and ready to be written.
 struct Ready {
     change: Change,
-    version_id: i64,
-    last_updated: DateTime<Utc>,
-    method: Method,
-    live: bool,
+    next: NextVersion,
     json: Option<String>,
     index: IndexRows,
-    subscription: Option<Box<crate::subscription::Spec>>,
+}
+
+/// What a change comes to before the statement that writes the versions.
+enum Outcome {
+    Unchanged(Written),
+    Ready(Box<Ready>),
 }
 
 /// Stamps and indexes the versions to write, writes them in one statement, files
@@ -323,56 +318,46 @@ async fn write_steps(
     steps: Vec<(Change, Step)>,
     facts: &mut Vec<notify::Fact>,
 ) -> Result<Vec<Written>, Failed> {
-    let mut outcomes: Vec<Result<Ready, Written>> = Vec::with_capacity(steps.len());
+    let mut outcomes = Vec::with_capacity(steps.len());
     for (position, (change, step)) in steps.into_iter().enumerate() {
-        let Step::Write {
-            version_id,
-            last_updated,
-            method,
-            live,
-            resource,
-            subscription,
-        } = step
-        else {
-            if let Step::Unchanged(w) = step {
-                outcomes.push(Err(w));
+        outcomes.push(match step {
+            Step::Unchanged(w) => Outcome::Unchanged(w),
+            Step::Write(next, resource) => {
+                let (json, index) = match resource {
+                    Some(r) => {
+                        let (json, index) = stamped(
+                            &change.res_type,
+                            &change.res_id,
+                            next.version_id,
+                            next.last_updated,
+                            r,
+                        )
+                        .map_err(at(position))?;
+                        (Some(json), index)
+                    }
+                    None => (None, IndexRows::default()),
+                };
+                Outcome::Ready(Box::new(Ready {
+                    change,
+                    next,
+                    json,
+                    index,
+                }))
             }
-            continue;
-        };
-        let (json, index) = match resource {
-            Some(r) => {
-                let (json, index) = stamped(
-                    &change.res_type,
-                    &change.res_id,
-                    version_id,
-                    last_updated,
-                    r,
-                )
-                .map_err(at(position))?;
-                (Some(json), index)
-            }
-            None => (None, IndexRows::default()),
-        };
-        outcomes.push(Ok(Ready {
-            change,
-            version_id,
-            last_updated,
-            method,
-            live,
-            json,
-            index,
-            subscription,
-        }));
+        });
     }
     let news: Vec<NewVersion<'_>> = outcomes
         .iter()
-        .filter_map(|o| o.as_ref().ok())
+        .filter_map(|o| match o {
+            Outcome::Ready(r) => Some(r),
+            Outcome::Unchanged(_) => None,
+        })
         .map(|r| NewVersion {
             res_type: &r.change.res_type,
             res_id: &r.change.res_id,
-            version_id: r.version_id,
-            last_updated: r.last_updated,
-            method: r.method,
+            version_id: r.next.version_id,
+            last_updated: r.next.last_updated,
+            method: r.next.method,
             json: r.json.as_deref(),
             index: &r.index,
         })
@@ -382,18 +367,18 @@ async fn write_steps(
     let mut written = Vec::with_capacity(outcomes.len());
     for (position, outcome) in outcomes.into_iter().enumerate() {
         let r = match outcome {
-            Err(unchanged) => {
-                written.push(unchanged);
+            Outcome::Unchanged(w) => {
+                written.push(w);
                 continue;
             }
-            Ok(ready) => ready,
+            Outcome::Ready(ready) => *ready,
         };
         if r.change.res_type == "Subscription" {
-            notify::file_subscription(tx, &r.change.res_id, r.subscription.as_deref())
+            notify::file_subscription(tx, &r.change.res_id, r.next.subscription.as_deref())
                 .await
                 .map_err(at(position))?;
         }
-        let interaction = match (&r.json, r.live) {
+        let interaction = match (&r.json, r.next.live) {
             (None, _) => Interaction::Delete,
             (Some(_), false) => Interaction::Create,
             (Some(_), true) => Interaction::Update,
@@ -401,17 +386,17 @@ async fn write_steps(
         facts.push(notify::Fact {
             res_type: r.change.res_type.clone(),
             res_id: r.change.res_id.clone(),
-            version_id: r.version_id,
-            last_updated: r.last_updated,
+            version_id: r.next.version_id,
+            last_updated: r.next.last_updated,
             interaction,
             rows: r.json.is_some().then_some(r.index),
         });
         written.push(Written {
-            created: r.json.is_some() && !r.live,
+            created: r.json.is_some() && !r.next.live,
             res_type: r.change.res_type,
             res_id: r.change.res_id,
-            version_id: r.version_id,
-            last_updated: r.last_updated,
+            version_id: r.next.version_id,
+            last_updated: r.next.last_updated,
             json: r.json,
         });
     }

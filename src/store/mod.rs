@@ -156,7 +156,7 @@ pub async fn read_version(
 }
 
 /// A resource to lock: its type, its id, and whether a resource that does not
-/// exist yet gets a placeholder row (an update or PATCH may create it; a delete
+/// exist yet gets a placeholder row (an update may create it; a PATCH or a delete
 /// may not), so that two racing creates of the same id serialise on it instead
 /// of failing on the primary key.
 pub struct LockKey<'a> {
@@ -223,11 +223,6 @@ pub async fn lock_all(
     }
     found.retain(|_, c| c.version_id > 0);
     Ok(found)
-}
-
-/// Writes a new version: the version row, the current pointer and the index rows.
-pub async fn write_version(tx: &Transaction<'_>, new: &NewVersion<'_>) -> FhirResult<()> {
-    write_versions(tx, std::slice::from_ref(new)).await
 }
 
 /// Writes new versions of several resources (each at most once) in one statement,

@@ -129,9 +129,16 @@ pub async fn candidates(
         .collect())
 }
 
-/// Every active subscription's topic and criteria (`match_key` empty): to check
-/// that they still compile after the search parameters change.
-pub async fn active(client: &impl GenericClient) -> FhirResult<Vec<Candidate>> {
+/// An active subscription's topic and criteria.
+pub struct Active {
+    pub sub_id: String,
+    pub topic: Option<String>,
+    pub criteria: Vec<String>,
+}
+
+/// Every active subscription: to check that their criteria still compile after
+/// the search parameters change.
+pub async fn active(client: &impl GenericClient) -> FhirResult<Vec<Active>> {
     let rows = client
         .query(
             "SELECT sub_id, topic, criteria FROM subscription WHERE active ORDER BY sub_id",
@@ -140,8 +147,7 @@ pub async fn active(client: &impl GenericClient) -> FhirResult<Vec<Candidate>> {
         .await?;
     Ok(rows
         .iter()
-        .map(|r| Candidate {
-            match_key: String::new(),
+        .map(|r| Active {
             sub_id: r.get(0),
             topic: r.get(1),
             criteria: r.get(2),

@@ -115,9 +115,11 @@ fn extension_int(element: &Value, name: &str) -> Option<i64> {
     })
 }
 
-/// Checks a Subscription about to be written and puts the server's part in it: a
-/// requested subscription becomes `active` (and loses a stale `error`), and one
-/// without a signing secret gets a generated one. Returns what is then in force.
+/// Checks a Subscription about to be written (its criteria only when it will be in
+/// force: one put in `error` or `off` may keep criteria that no longer apply) and
+/// puts the server's part in it: a requested subscription becomes `active` (and
+/// loses a stale `error`), and one without a signing secret gets a generated one.
+/// Returns what is then in force.
 pub fn prepare(resource: &mut Value, policy: &EndpointPolicy) -> FhirResult<Spec> {
     let status = resource["status"]
         .as_str()

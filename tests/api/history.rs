@@ -142,7 +142,7 @@ async fn paging_neither_skips_nor_repeats_while_writes_continue() {
 /// skipped by a client that syncs `_since` the last version it saw.
 #[tokio::test]
 async fn sync_never_skips_a_version_that_commits_late() {
-    use passerelle::service::{execute, WriteRequest};
+    use passerelle::service::{write, Change, ChangeKind};
     let s = TestServer::start().await;
     let start = json_of(
         s.put_json(
@@ -160,14 +160,15 @@ async fn sync_never_skips_a_version_that_commits_late() {
     let mut client = s.pool.get().await.expect("connection");
     let tx = client.transaction().await.expect("begin");
     let now = passerelle::store::clock(&tx).await.expect("clock");
-    execute(
+    write::apply(
         &tx,
         &Default::default(),
         now,
-        WriteRequest::Update {
+        Change {
             res_type: "Patient".into(),
             res_id: "slow".into(),
-            resource: json!({"resourceType": "Patient", "id": "slow"}),
+            kind: ChangeKind::Update,
+            resource: Some(json!({"resourceType": "Patient", "id": "slow"})),
             if_match: None,
         },
         &mut Vec::new(),
