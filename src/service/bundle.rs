@@ -217,34 +217,46 @@ enum Search {
 }
 
 /// The ids of the POST entries: new ones, or the matches of their `ifNoneExist`
-/// (against the state before the transaction, under the criteria's lock).
+/// (against the state before the transaction, under the criteria's lock). The
+/// searches of distinct criteria are sent together: the connection pipelines
+/// them, in entry order, instead of waiting for each answer.
 async fn assign_ids(tx: &Transaction<'_>, heads: &[Head]) -> FhirResult<HashMap<usize, Assigned>> {
+    let new = || uuid::Uuid::new_v4().to_string();
     let mut assigned = HashMap::new();
-    // The id each `ifNoneExist` (type and criteria, sorted) came to.
+    // The first entry of each `ifNoneExist` (type and criteria, sorted), and the
+    // later entries that repeat it.
     type Criteria<'h> = (&'h str, Vec<(String, String)>);
-    let mut by_criteria: HashMap<Criteria<'_>, String> = HashMap::new();
+    let mut first_of: HashMap<Criteria<'_>, usize> = HashMap::new();
+    let mut searched: Vec<(usize, &str, &[(String, String)])> = Vec::new();
+    let mut repeats: Vec<(usize, usize)> = Vec::new();
     for head in heads {
         let (Target::Type(t), "POST") = (&head.target, head.method.as_str()) else {
             continue;
         };
-        let new = || uuid::Uuid::new_v4().to_string();
         let Some(criteria) = &head.if_none_exist else {
-            let id = new();
-            let search = Search::Never;
+            let (id, search) = (new(), Search::Never);
             assigned.insert(head.index, Assigned { id, search });
             continue;
         };
         let mut key = criteria.clone();
         key.sort();
-        if let Some(id) = by_criteria.get(&(t.as_str(), key.clone())) {
-            let (id, search) = (id.clone(), Search::AgainAsShared);
-            assigned.insert(head.index, Assigned { id, search });
-            continue;
+        match first_of.get(&(t.as_str(), key.clone())) {
+            Some(&first) => repeats.push((head.index, first)),
+            None => {
+                first_of.insert((t, key), head.index);
+                searched.push((head.index, t, criteria));
+            }
         }
-        let outcome = match conditional_match(tx, t, criteria)
-            .await
-            .map_err(|e| at_entry(head.index, e))?
-        {
+    }
+    let outcomes =
+        futures_util::future::try_join_all(searched.iter().map(|&(i, t, c)| async move {
+            conditional_match(tx, t, c)
+                .await
+                .map_err(|e| at_entry(i, e))
+        }))
+        .await?;
+    for (&(index, _, _), outcome) in searched.iter().zip(outcomes) {
+        let assignment = match outcome {
             Matches::One(id) => Assigned {
                 id,
                 search: Search::Again,
@@ -254,8 +266,15 @@ async fn assign_ids(tx: &Transaction<'_>, heads: &[Head]) -> FhirResult<HashMap<
                 search: Search::IfCreatedMayMatch,
             },
         };
-        by_criteria.insert((t, key), outcome.id.clone());
-        assigned.insert(head.index, outcome);
+        assigned.insert(index, assignment);
+    }
+    for (index, first) in repeats {
+        let id = assigned
+            .get(&first)
+            .map(|a| a.id.clone())
+            .unwrap_or_else(new);
+        let search = Search::AgainAsShared;
+        assigned.insert(index, Assigned { id, search });
     }
     Ok(assigned)
 }
