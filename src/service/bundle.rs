@@ -227,7 +227,8 @@ async fn assign_ids(tx: &Transaction<'_>, heads: &[Head]) -> FhirResult<HashMap<
     // later entries that repeat it.
     type Criteria<'h> = (&'h str, Vec<(String, String)>);
     let mut first_of: HashMap<Criteria<'_>, usize> = HashMap::new();
-    let mut searched: Vec<(usize, &str, &[(String, String)])> = Vec::new();
+    // The entries whose criteria are searched: the first of each.
+    let mut searched: Vec<(usize, Criteria<'_>)> = Vec::new();
     let mut repeats: Vec<(usize, usize)> = Vec::new();
     for head in heads {
         let (Target::Type(t), "POST") = (&head.target, head.method.as_str()) else {
@@ -244,18 +245,18 @@ async fn assign_ids(tx: &Transaction<'_>, heads: &[Head]) -> FhirResult<HashMap<
             Some(&first) => repeats.push((head.index, first)),
             None => {
                 first_of.insert((t, key), head.index);
-                searched.push((head.index, t, criteria));
+                searched.push((head.index, (t, criteria.clone())));
             }
         }
     }
     let outcomes =
-        futures_util::future::try_join_all(searched.iter().map(|&(i, t, c)| async move {
+        futures_util::future::try_join_all(searched.iter().map(|(i, (t, c))| async move {
             conditional_match(tx, t, c)
                 .await
-                .map_err(|e| at_entry(i, e))
+                .map_err(|e| at_entry(*i, e))
         }))
         .await?;
-    for (&(index, _, _), outcome) in searched.iter().zip(outcomes) {
+    for (&(index, _), outcome) in searched.iter().zip(outcomes) {
         let assignment = match outcome {
             Matches::One(id) => Assigned {
                 id,
