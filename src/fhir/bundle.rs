@@ -208,14 +208,15 @@ pub fn open(body: &[u8]) -> FhirResult<RawBundle<'_>> {
     let mut shell = Map::new();
     let mut entries = Vec::new();
     for (name, raw) in members {
-        match serde_json::from_str::<Vec<&RawValue>>(raw.get()) {
-            Ok(items) if name == "entry" => entries = items,
-            // Anything else, an `entry` that is not an array included, is checked
-            // by the validator below.
-            _ => {
-                shell.insert(name, serde_json::from_str(raw.get()).map_err(not_json)?);
+        if name == "entry" {
+            if let Ok(items) = serde_json::from_str::<Vec<&RawValue>>(raw.get()) {
+                entries = items;
+                continue;
             }
         }
+        // Anything else, an `entry` that is not an array included, is checked by
+        // the validator below.
+        shell.insert(name, serde_json::from_str(raw.get()).map_err(not_json)?);
     }
     let shell = Value::Object(shell);
     if resource_type(&shell) != "Bundle" {

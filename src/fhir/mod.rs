@@ -94,7 +94,7 @@ pub fn parse_resource(body: &[u8], format: Format) -> FhirResult<Value> {
         })?,
     };
     match format {
-        Format::Json => check_structure(&value, body)?,
+        Format::Json => check_structure(&value, Some(body))?,
         // The XML went through the typed model already.
         Format::Xml => {
             validate::validate_resource(&value).map_err(FhirError::BadRequest)?;
@@ -103,14 +103,15 @@ pub fn parse_resource(body: &[u8], format: Format) -> FhirResult<Value> {
     Ok(value)
 }
 
-/// Checks a resource built by the server (a patched one) like an incoming one.
+/// Checks a resource built by the server (a patched one, a Bundle entry read on
+/// its own) like an incoming one.
 pub fn check_resource(value: &Value) -> FhirResult<()> {
-    let json = serde_json::to_vec(value).map_err(|e| FhirError::Internal(e.to_string()))?;
-    check_structure(value, &json)
+    check_structure(value, None)
 }
 
-/// The walker of [`validate`], then fhirbolt's typed model on the same JSON.
-fn check_structure(value: &Value, json: &[u8]) -> FhirResult<()> {
+/// The walker of [`validate`], then fhirbolt's typed model on the same JSON (the
+/// request's text when there is one; serialised only when the model needs it).
+fn check_structure(value: &Value, json: Option<&[u8]>) -> FhirResult<()> {
     validate::validate_resource(value).map_err(FhirError::BadRequest)?;
     second_opinion(value, json).map_err(|e| {
         FhirError::BadRequest(vec![Issue::new(
@@ -126,19 +127,26 @@ fn check_structure(value: &Value, json: &[u8]) -> FhirResult<()> {
 /// all of it at once). The model requires elements that R4 lets a
 /// StructureDefinition's differential leave out (e.g. binding.strength): there the
 /// walker, which knows, decides.
-fn second_opinion(value: &Value, json: &[u8]) -> Result<(), String> {
+fn second_opinion(value: &Value, json: Option<&[u8]>) -> Result<(), String> {
     if let Some(entries) = value["entry"]
         .as_array()
         .filter(|_| resource_type(value) == "Bundle")
     {
         for (i, entry) in entries.iter().enumerate() {
             if let Some(resource) = entry.get("resource") {
-                let bytes = serde_json::to_vec(resource).map_err(|e| e.to_string())?;
-                second_opinion(resource, &bytes).map_err(|e| format!("entry[{i}]: {e}"))?;
+                second_opinion(resource, None).map_err(|e| format!("entry[{i}]: {e}"))?;
             }
         }
         return Ok(());
     }
+    let serialised;
+    let json = match json {
+        Some(json) => json,
+        None => {
+            serialised = serde_json::to_vec(value).map_err(|e| e.to_string())?;
+            &serialised
+        }
+    };
     match fhir_codec::check_json(json) {
         Ok(()) => Ok(()),
         Err(e)
