@@ -8,6 +8,7 @@ pub mod delivery;
 pub mod error;
 pub mod fhir;
 pub mod http;
+pub mod limits;
 pub mod load;
 pub mod search;
 pub mod server;

@@ -8,6 +8,7 @@
 use serde_json::Value;
 
 use crate::fhir::definitions::{TypeKind, R4};
+use crate::limits::MAX_FHIRPATH_DEPTH;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Expr {
@@ -69,6 +70,8 @@ pub struct Unsupported(pub String);
 struct Parser<'s> {
     src: &'s str,
     pos: usize,
+    /// Parentheses open at `pos`, bounded by [`MAX_FHIRPATH_DEPTH`].
+    depth: usize,
 }
 
 impl<'s> Parser<'s> {
@@ -100,7 +103,8 @@ impl<'s> Parser<'s> {
     }
 
     fn error(&self, what: &str) -> Unsupported {
-        Unsupported(format!("{what} at '{}'", self.rest()))
+        let rest: String = self.rest().chars().take(40).collect();
+        Unsupported(format!("{what} at '{rest}'"))
     }
 
     fn identifier(&mut self) -> Result<String, Unsupported> {
@@ -143,8 +147,15 @@ impl<'s> Parser<'s> {
     fn term(&mut self) -> Result<Expr, Unsupported> {
         let mut steps_first = None;
         let start = if self.eat("(") {
+            self.depth += 1;
+            if self.depth > MAX_FHIRPATH_DEPTH {
+                return Err(Unsupported(format!(
+                    "the expression nests parentheses more than {MAX_FHIRPATH_DEPTH} deep"
+                )));
+            }
             let inner = self.union()?;
             self.expect(")")?;
+            self.depth -= 1;
             Start::Group(Box::new(inner))
         } else if self.eat("%resource") {
             Start::Resource
@@ -209,9 +220,38 @@ impl<'s> Parser<'s> {
     }
 }
 
+/// Refuses an expression that nests parentheses beyond [`MAX_FHIRPATH_DEPTH`],
+/// by a flat scan (string literals skipped): for definitions the server stores
+/// whole whether or not its subset can evaluate them.
+pub fn check_depth(src: &str) -> Result<(), Unsupported> {
+    let (mut depth, mut in_literal, mut escaped) = (0usize, false, false);
+    for c in src.chars() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if in_literal => escaped = true,
+            '\'' => in_literal = !in_literal,
+            '(' if !in_literal => {
+                depth += 1;
+                if depth > MAX_FHIRPATH_DEPTH {
+                    return Err(Unsupported(format!(
+                        "the expression nests parentheses more than {MAX_FHIRPATH_DEPTH} deep"
+                    )));
+                }
+            }
+            ')' if !in_literal => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Compiles an expression of the subset.
 pub fn compile(src: &str) -> Result<Expr, Unsupported> {
-    let mut parser = Parser { src, pos: 0 };
+    let mut parser = Parser {
+        src,
+        pos: 0,
+        depth: 0,
+    };
     let expr = parser.union()?;
     parser.skip_ws();
     if !parser.rest().is_empty() {
@@ -519,6 +559,18 @@ mod tests {
         assert!(!single("Patient.name"));
         assert!(!single("CareTeam.participant.period"));
         assert!(!single("Encounter.period | Patient.birthDate"));
+    }
+
+    #[test]
+    fn nesting_is_bounded() {
+        let ok = format!("{}Patient.name{}", "(".repeat(16), ")".repeat(16));
+        assert!(compile(&ok).is_ok());
+        let deep = format!("{}Patient.name{}", "(".repeat(20_000), ")".repeat(20_000));
+        let err = compile(&deep).expect_err("too deep");
+        assert!(err.0.contains("more than 16"), "{err:?}");
+        assert!(check_depth(&deep).is_err());
+        assert!(check_depth(&ok).is_ok());
+        assert!(check_depth("Patient.name.where(family = '((((((((((((((((((((')").is_ok());
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod datetime;
 pub mod definitions;
 pub mod fhirpath;
 pub mod fhirpath_patch;
+pub mod nesting;
 pub mod patch;
 pub mod query;
 pub mod subset;

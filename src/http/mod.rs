@@ -119,6 +119,9 @@ async fn fhir(State(state): State<AppState>, req: Request) -> Response {
         Ok(body) => body,
         Err(err) => return respond::error_response(&err, rendering),
     };
+    if let Err(err) = check_nesting(&parts.headers, &body) {
+        return respond::error_response(&err, rendering);
+    }
     let request = FhirRequest {
         method: parts.method,
         base: base_url(&state, &parts.headers),
@@ -131,6 +134,25 @@ async fn fhir(State(state): State<AppState>, req: Request) -> Response {
     match handlers::handle(&state, request).await {
         Ok(reply) => respond::render(reply, rendering),
         Err(err) => respond::error_response(&err, rendering),
+    }
+}
+
+/// Refuses a JSON or XML body nested too deeply for the recursive parsers below,
+/// whatever the route does with it.
+fn check_nesting(headers: &axum::http::HeaderMap, body: &[u8]) -> Result<(), FhirError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    // Without a Content-Type the body is sniffed, as `negotiate::request_format` does.
+    let sniffed_xml = || body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'<');
+    if content_type.contains("xml") || (content_type.is_empty() && sniffed_xml()) {
+        crate::fhir::nesting::check_xml(body)
+    } else if content_type.contains("json") || content_type.is_empty() {
+        crate::fhir::nesting::check_json(body)
+    } else {
+        Ok(())
     }
 }
 

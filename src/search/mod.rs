@@ -12,6 +12,10 @@ pub use crate::fhir::query::{page_url, parse_criteria, parse_form};
 use crate::error::{FhirError, FhirResult, Issue};
 use crate::fhir::datetime::{self, Range};
 use crate::fhir::definitions::R4;
+use crate::limits::{
+    MAX_CHAIN_HOPS, MAX_CRITERION_BRANCHES, MAX_HAS_DEPTH, MAX_SEARCH_PARAMS, MAX_SEARCH_VALUES,
+    MAX_SORT_KEYS,
+};
 use params::{params, ParamType, COLUMN_PARAMS};
 
 /// Default and largest page sizes.
@@ -229,9 +233,13 @@ pub enum Cursor {
 }
 
 fn parse_sort(resource_type: &str, value: &str) -> Result<Vec<SortKey>, ParamError> {
-    value
-        .split(',')
-        .filter(|k| !k.is_empty())
+    let keys: Vec<&str> = value.split(',').filter(|k| !k.is_empty()).collect();
+    if keys.len() > MAX_SORT_KEYS {
+        return Err(ParamError::Invalid(format!(
+            "_sort takes at most {MAX_SORT_KEYS} keys"
+        )));
+    }
+    keys.into_iter()
         .map(|key| {
             let (descending, code) = match key.strip_prefix('-') {
                 Some(code) => (true, code),
@@ -244,6 +252,12 @@ fn parse_sort(resource_type: &str, value: &str) -> Result<Vec<SortKey>, ParamErr
                     let p = params().get(resource_type, code).ok_or_else(|| {
                         ParamError::Unknown(format!("cannot sort {resource_type} by '{code}'"))
                     })?;
+                    if matches!(p.kind, ParamType::Composite | ParamType::Special) {
+                        return Err(ParamError::Invalid(format!(
+                            "cannot sort by '{code}': a {} parameter has no order",
+                            p.kind.as_str()
+                        )));
+                    }
                     SortParam::Indexed {
                         code: p.code.clone(),
                         kind: p.kind,
@@ -539,6 +553,7 @@ pub fn parse(
         ignored: Vec::new(),
     };
     let bad = |message: String| FhirError::BadRequest(vec![Issue::new("invalid", message)]);
+    check_size(pairs)?;
     for (name, value) in pairs {
         match name.as_str() {
             "_count" => {
@@ -627,6 +642,49 @@ pub fn parse(
     Ok(plan)
 }
 
+/// Refuses a query with more parameters or values than [`MAX_SEARCH_PARAMS`] and
+/// [`MAX_SEARCH_VALUES`], before any of it is parsed.
+fn check_size(pairs: &[(String, String)]) -> FhirResult<()> {
+    let too_costly =
+        |message: String| FhirError::BadRequest(vec![Issue::new("too-costly", message)]);
+    if pairs.len() > MAX_SEARCH_PARAMS {
+        return Err(too_costly(format!(
+            "a search takes at most {MAX_SEARCH_PARAMS} parameters, this one has {}",
+            pairs.len()
+        )));
+    }
+    let values: usize = pairs.iter().map(|(_, v)| 1 + v.matches(',').count()).sum();
+    if values > MAX_SEARCH_VALUES {
+        return Err(too_costly(format!(
+            "a search takes at most {MAX_SEARCH_VALUES} values (counting each comma-separated one), this one has {values}"
+        )));
+    }
+    Ok(())
+}
+
+/// How far a parameter has gone into chains and `_has`, and how many target types
+/// it has expanded to: bounded so that neither the parse nor the SQL grows with
+/// the input's length ([`MAX_CHAIN_HOPS`], [`MAX_HAS_DEPTH`],
+/// [`MAX_CRITERION_BRANCHES`]).
+#[derive(Default)]
+struct Reach {
+    hops: usize,
+    has: usize,
+    branches: usize,
+}
+
+impl Reach {
+    fn branch(&mut self, name: &str) -> Result<(), ParamError> {
+        self.branches += 1;
+        if self.branches > MAX_CRITERION_BRANCHES {
+            return Err(ParamError::Invalid(format!(
+                "'{name}' reaches more than {MAX_CRITERION_BRANCHES} resource types through its chains; name the target type (e.g. subject:Patient.name)"
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// Why a parameter was not used: unknown ones may be ignored (lenient handling),
 /// invalid values of a known parameter are always an error.
 enum ParamError {
@@ -655,7 +713,14 @@ fn parse_chain(
     head: &str,
     rest: &str,
     value: &str,
+    reach: &mut Reach,
 ) -> Result<Condition, ParamError> {
+    if reach.hops >= MAX_CHAIN_HOPS {
+        return Err(ParamError::Invalid(format!(
+            "a chain may follow at most {MAX_CHAIN_HOPS} references ('{head}.{}…')",
+            rest.chars().take(40).collect::<String>()
+        )));
+    }
     let (code, type_modifier) = match head.split_once(':') {
         Some((c, t)) => (c, Some(t)),
         None => (head, None),
@@ -668,13 +733,16 @@ fn parse_chain(
     };
     let mut targets = Vec::new();
     let mut unknown = None;
+    reach.hops += 1;
     for target in candidates {
-        match parse_param(&target, rest, value) {
+        reach.branch(head)?;
+        match parse_param_within(&target, rest, value, reach) {
             Ok(inner) => targets.push((target, inner)),
             Err(ParamError::Invalid(m)) => return Err(ParamError::Invalid(m)),
             Err(e) => unknown = Some(e),
         }
     }
+    reach.hops -= 1;
     if targets.is_empty() {
         return Err(unknown.unwrap_or_else(|| {
             ParamError::Unknown(format!("'{rest}' applies to no target of {code}"))
@@ -692,7 +760,14 @@ fn parse_has(
     name: &str,
     rest: &str,
     value: &str,
+    reach: &mut Reach,
 ) -> Result<Condition, ParamError> {
+    if reach.has >= MAX_HAS_DEPTH {
+        return Err(ParamError::Invalid(format!(
+            "_has may nest at most {MAX_HAS_DEPTH} deep"
+        )));
+    }
+    reach.branch("_has")?;
     let mut parts = rest.splitn(3, ':');
     let (Some(source_type), Some(code), Some(inner_name)) =
         (parts.next(), parts.next(), parts.next())
@@ -712,7 +787,9 @@ fn parse_has(
             "{source_type}.{code} does not point to {resource_type}"
         )));
     }
-    let inner = parse_param(source_type, inner_name, value)?;
+    reach.has += 1;
+    let inner = parse_param_within(source_type, inner_name, value, reach)?;
+    reach.has -= 1;
     Ok(Condition::Has {
         source_type: source_type.to_owned(),
         param: param.code.clone(),
@@ -722,11 +799,21 @@ fn parse_has(
 
 /// One `name[:modifier]=value[,value]` of the query.
 fn parse_param(resource_type: &str, name: &str, value: &str) -> Result<Condition, ParamError> {
+    parse_param_within(resource_type, name, value, &mut Reach::default())
+}
+
+/// [`parse_param`] at some depth of a chain or `_has`.
+fn parse_param_within(
+    resource_type: &str,
+    name: &str,
+    value: &str,
+    reach: &mut Reach,
+) -> Result<Condition, ParamError> {
     if let Some(rest) = name.strip_prefix("_has:") {
-        return parse_has(resource_type, name, rest, value);
+        return parse_has(resource_type, name, rest, value, reach);
     }
     if let Some((head, rest)) = name.split_once('.') {
-        return parse_chain(resource_type, head, rest, value);
+        return parse_chain(resource_type, head, rest, value, reach);
     }
     match name {
         "_id" => {

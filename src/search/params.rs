@@ -341,6 +341,23 @@ mod tests {
 #[cfg(test)]
 mod profile_tests {
     #[test]
+    fn a_definition_beyond_the_limits_is_reported_not_fatal() {
+        // As stored before the limits existed: the start must go on without it.
+        let expression = format!("{}Patient.name{}", "(".repeat(20_000), ")".repeat(20_000));
+        let mut table = super::ParamTable::default();
+        table.add_search_parameter(&serde_json::json!({
+            "resourceType": "SearchParameter", "code": "deep", "base": ["Patient"],
+            "type": "string", "expression": expression
+        }));
+        assert!(table.get("Patient", "deep").is_none());
+        assert!(
+            table.unsupported()[0].1.contains("more than"),
+            "{:?}",
+            table.unsupported()
+        );
+    }
+
+    #[test]
     fn profile_definitions_are_valid_r4() {
         let bundle: serde_json::Value = serde_json::from_str(super::PROFILE_PARAMS).expect("json");
         crate::fhir::validate::validate_resource(&bundle).expect("a valid R4 Bundle");

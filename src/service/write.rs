@@ -13,7 +13,7 @@ use deadpool_postgres::Transaction;
 use serde_json::Value;
 
 use super::notify;
-use crate::error::{FhirError, FhirResult};
+use crate::error::{FhirError, FhirResult, Issue};
 use crate::fhir;
 use crate::search::index::{self, IndexRows};
 use crate::store::{self, Method, NewVersion};
@@ -242,6 +242,9 @@ fn decide(
                 &rules.endpoints,
             )?));
         }
+        (Some(resource), _) if res_type == "SearchParameter" => {
+            check_search_parameter(resource)?;
+        }
         (Some(_), _) => {}
     }
     let next = NextVersion {
@@ -401,6 +404,18 @@ async fn write_steps(
         });
     }
     Ok(written)
+}
+
+/// Refuses a SearchParameter whose expression is beyond the FHIRPath limits: it
+/// would be compiled at every start and by every instance. One outside the
+/// server's FHIRPath subset is stored and reported as not used.
+fn check_search_parameter(resource: &Value) -> FhirResult<()> {
+    let expression = resource["expression"].as_str().unwrap_or_default();
+    crate::fhir::fhirpath::check_depth(expression).map_err(|e| {
+        FhirError::Unprocessable(vec![
+            Issue::new("too-costly", e.0).at("SearchParameter.expression")
+        ])
+    })
 }
 
 #[cfg(test)]

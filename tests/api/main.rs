@@ -12,6 +12,7 @@ mod patch;
 mod process;
 mod receiver;
 mod rest;
+mod robustness;
 mod search;
 mod subscriptions;
 mod support;
