@@ -51,8 +51,20 @@ pub enum FhirError {
     UnsupportedMediaType(String),
     #[error("request body is larger than the limit of {0} bytes")]
     PayloadTooLarge(usize),
+    /// 408: the client did not send its body in time.
+    #[error("{0}")]
+    RequestTimeout(String),
+    /// 503: the database cannot be reached or the connection was lost before the
+    /// commit: nothing was changed, the request may be sent again.
     #[error("database unavailable: {0}")]
     Unavailable(String),
+    /// 503: the connection was lost while committing: the write may or may not
+    /// have been saved.
+    #[error("connection lost during the commit: {0}")]
+    CommitUnknown(String),
+    /// 503: a statement ran past the statement timeout and was cancelled.
+    #[error("statement timeout: {0}")]
+    StatementTimeout(String),
     /// 500: a fault of the server, never of the input. Details are logged, not sent.
     #[error("internal error: {0}")]
     Internal(String),
@@ -82,7 +94,10 @@ impl FhirError {
             FhirError::NotAcceptable(_) => 406,
             FhirError::UnsupportedMediaType(_) => 415,
             FhirError::PayloadTooLarge(_) => 413,
-            FhirError::Unavailable(_) => 503,
+            FhirError::RequestTimeout(_) => 408,
+            FhirError::Unavailable(_)
+            | FhirError::CommitUnknown(_)
+            | FhirError::StatementTimeout(_) => 503,
             FhirError::Internal(_) => 500,
         }
     }
@@ -99,7 +114,19 @@ impl FhirError {
             FhirError::Conflict(m) => single("conflict", m.clone()),
             FhirError::PreconditionFailed(m) => single("conflict", m.clone()),
             FhirError::PayloadTooLarge(_) => single("too-costly", self.to_string()),
-            FhirError::Unavailable(_) => single("transient", "database unavailable".to_owned()),
+            FhirError::RequestTimeout(m) => single("timeout", m.clone()),
+            FhirError::Unavailable(_) => single(
+                "transient",
+                "the database is unavailable: nothing was changed; retry later".to_owned(),
+            ),
+            FhirError::CommitUnknown(_) => single(
+                "transient",
+                "the database connection was lost while committing: the change may or may not have been saved; read it before sending it again".to_owned(),
+            ),
+            FhirError::StatementTimeout(_) => single(
+                "timeout",
+                "the request took longer than the server's statement timeout and was cancelled: nothing was changed".to_owned(),
+            ),
             FhirError::Internal(_) => single("exception", "internal server error".to_owned()),
         }
     }
@@ -131,13 +158,17 @@ pub fn operation_outcome(severity: &str, issues: &[Issue]) -> Value {
 
 impl From<tokio_postgres::Error> for FhirError {
     fn from(e: tokio_postgres::Error) -> Self {
-        if e.is_closed() {
+        if is_connection_lost(&e) {
             return FhirError::Unavailable(e.to_string());
         }
         let class = e
             .as_db_error()
             .and_then(|d| Some((d.code().code().get(..2)?, d.message())));
         match class {
+            // Class 57014, query_canceled: the statement timeout (or a cancel).
+            _ if e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED) => {
+                return FhirError::StatementTimeout(e.to_string())
+            }
             // Class 22, data exception: a value the request carried (a search value,
             // a cursor, a string with NUL, a number beyond numeric) that PostgreSQL
             // cannot take. The server only binds values it made itself or the client
@@ -159,6 +190,19 @@ impl From<tokio_postgres::Error> for FhirError {
         }
         FhirError::Internal(format!("database: {e}"))
     }
+}
+
+/// The connection is gone or the server is going away: class 08 (connection
+/// exception), 57P01–57P03 (shutdown, crash, not accepting connections), 53300
+/// (too many connections), or an I/O error on the socket.
+pub fn is_connection_lost(e: &tokio_postgres::Error) -> bool {
+    if e.is_closed() {
+        return true;
+    }
+    if let Some(code) = e.code().map(|c| c.code()) {
+        return code.starts_with("08") || code.starts_with("57P") || code == "53300";
+    }
+    std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
 }
 
 impl From<deadpool_postgres::PoolError> for FhirError {

@@ -124,6 +124,19 @@ enum Command {
         /// Database connections in the pool.
         #[arg(long, env = "PASSERELLE_POOL_SIZE", default_value_t = 16)]
         pool_size: usize,
+        /// Longest a database statement may run (e.g. 30s, 500ms); 503 beyond.
+        #[arg(long, env = "PASSERELLE_STATEMENT_TIMEOUT", default_value = "30s", value_parser = server::parse_duration)]
+        statement_timeout: Duration,
+        /// Longest wait for a request's head, and for the next request on an idle
+        /// keep-alive connection.
+        #[arg(long, env = "PASSERELLE_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = server::parse_duration)]
+        header_read_timeout: Duration,
+        /// Longest a request body may take to arrive; 408 beyond.
+        #[arg(long, env = "PASSERELLE_BODY_READ_TIMEOUT", default_value = "30s", value_parser = server::parse_duration)]
+        body_read_timeout: Duration,
+        /// Client connections served at once.
+        #[arg(long, env = "PASSERELLE_MAX_CONNECTIONS", default_value_t = 512)]
+        max_connections: usize,
         #[command(flatten)]
         db: DatabaseArgs,
         #[command(flatten)]
@@ -218,7 +231,7 @@ async fn load(
             None,
         ),
         None => {
-            let database = server::open_database(&db.choice(), 4).await?;
+            let database = server::open_database(&db.choice(), 4, None).await?;
             passerelle::service::load_search_parameters(&database.pool)
                 .await
                 .map_err(to_err)?;
@@ -256,10 +269,16 @@ async fn main() -> ExitCode {
             base_url,
             max_body_bytes,
             pool_size,
+            statement_timeout,
+            header_read_timeout,
+            body_read_timeout,
+            max_connections,
             db,
             subscriptions,
         } => match subscriptions.install_topics() {
-            Ok(()) => match server::open_database(&db.choice(), pool_size).await {
+            Ok(()) => match server::open_database(&db.choice(), pool_size, Some(statement_timeout))
+                .await
+            {
                 Ok(database) => {
                     let options = ServeOptions {
                         listen,
@@ -267,6 +286,12 @@ async fn main() -> ExitCode {
                         max_body_bytes,
                         rules: subscriptions.rules(),
                         delivery: subscriptions.delivery(),
+                        limits: server::RequestLimits {
+                            header_read_timeout,
+                            body_read_timeout,
+                            max_connections,
+                            statement_timeout,
+                        },
                     };
                     server::serve(database, options).await
                 }
@@ -274,7 +299,7 @@ async fn main() -> ExitCode {
             },
             Err(e) => Err(e),
         },
-        Command::Migrate { db } => match server::open_database(&db.choice(), 1).await {
+        Command::Migrate { db } => match server::open_database(&db.choice(), 1, None).await {
             Ok(database) => {
                 database.close().await;
                 println!("schema is up to date");
@@ -309,7 +334,7 @@ async fn main() -> ExitCode {
         )
         .await
         .map(|report| println!("{report}")),
-        Command::Reindex { db } => match server::open_database(&db.choice(), 2).await {
+        Command::Reindex { db } => match server::open_database(&db.choice(), 2, None).await {
             Ok(database) => {
                 let started = std::time::Instant::now();
                 let result = match passerelle::service::load_search_parameters(&database.pool).await

@@ -7,8 +7,9 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use axum::serve::ListenerExt;
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
 use tokio_postgres::NoTls;
 
 use crate::delivery;
@@ -52,18 +53,36 @@ pub struct Database {
 /// The name of the database the embedded cluster serves.
 const EMBEDDED_DB: &str = "passerelle";
 
-pub fn pool_for(config: tokio_postgres::Config, size: usize) -> Result<Pool, StartError> {
-    let manager = Manager::from_config(
-        config,
-        NoTls,
-        ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        },
-    );
-    Pool::builder(manager)
-        .max_size(size)
-        .build()
-        .map_err(|e| StartError::Database(e.to_string()))
+/// A pool of `size` connections (see [`crate::store::pool`]); with a statement
+/// timeout, PostgreSQL ends any statement that runs longer.
+pub fn pool_for(
+    config: tokio_postgres::Config,
+    size: usize,
+    statement_timeout: Option<Duration>,
+) -> Result<Pool, StartError> {
+    crate::store::pool::build(config, size, statement_timeout).map_err(StartError::Database)
+}
+
+/// Reads a duration written `30s`, `500ms`, `2m` or `1h` (a bare number is seconds).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a duration such as 30s or 500ms"))?;
+    let millis = match unit.trim() {
+        "ms" => Some(n),
+        "" | "s" => n.checked_mul(1_000),
+        "m" | "min" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        _ => None,
+    };
+    millis
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("'{text}' is not a duration such as 30s or 500ms"))
 }
 
 /// Creates `name` on the server of `admin` if it does not exist.
@@ -116,12 +135,16 @@ async fn locate(
     }
 }
 
-async fn migrated_pool(config: tokio_postgres::Config, size: usize) -> Result<Pool, StartError> {
-    let pool = pool_for(config, size)?;
-    let mut client = pool
-        .get()
-        .await
-        .map_err(|e| StartError::Database(e.to_string()))?;
+/// Applies the migrations on a connection of their own (they may run longer than
+/// any request may), then opens the pool.
+async fn migrated_pool(
+    config: tokio_postgres::Config,
+    size: usize,
+    statement_timeout: Option<Duration>,
+) -> Result<Pool, StartError> {
+    let db_err = |e: tokio_postgres::Error| StartError::Database(e.to_string());
+    let (mut client, connection) = config.connect(NoTls).await.map_err(db_err)?;
+    let task = tokio::spawn(connection);
     let applied = migrate::migrate(&mut client)
         .await
         .map_err(|e| StartError::Database(e.to_string()))?;
@@ -129,16 +152,18 @@ async fn migrated_pool(config: tokio_postgres::Config, size: usize) -> Result<Po
         tracing::info!(?applied, "schema migrated");
     }
     drop(client);
-    Ok(pool)
+    let _ = task.await;
+    pool_for(config, size, statement_timeout)
 }
 
 /// Connects (starting the embedded cluster if chosen) and applies migrations.
 pub async fn open_database(
     choice: &DatabaseChoice,
     pool_size: usize,
+    statement_timeout: Option<Duration>,
 ) -> Result<Database, StartError> {
     let (config, cluster) = locate(choice).await?;
-    let pool = migrated_pool(config.clone(), pool_size).await?;
+    let pool = migrated_pool(config.clone(), pool_size, statement_timeout).await?;
     Ok(Database {
         pool,
         config,
@@ -167,7 +192,7 @@ pub async fn open_bench_database(
     let _ = task.await;
     let mut bench_config = config;
     bench_config.dbname("passerelle_bench");
-    let pool = migrated_pool(bench_config.clone(), pool_size).await?;
+    let pool = migrated_pool(bench_config.clone(), pool_size, None).await?;
     Ok(Database {
         pool,
         config: bench_config,
@@ -191,6 +216,34 @@ pub struct ServeOptions {
     pub max_body_bytes: usize,
     pub rules: crate::service::Rules,
     pub delivery: delivery::Tuning,
+    pub limits: RequestLimits,
+}
+
+/// How long a client may take and how many may be connected at once, and how long
+/// a statement may run: what keeps slow or hostile clients from holding the
+/// server or the database.
+#[derive(Debug, Clone)]
+pub struct RequestLimits {
+    /// A request's head must arrive within this, counted from when the server
+    /// starts waiting for it: also how long an idle keep-alive connection stays.
+    pub header_read_timeout: Duration,
+    /// The whole body must arrive within this (408 otherwise).
+    pub body_read_timeout: Duration,
+    /// Connections served at once; further ones wait in the listen backlog.
+    pub max_connections: usize,
+    /// Longest statement (PostgreSQL's `statement_timeout`; 503 when reached).
+    pub statement_timeout: Duration,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        RequestLimits {
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
+            max_connections: 512,
+            statement_timeout: Duration::from_secs(30),
+        }
+    }
 }
 
 /// Puts a subscription whose deliveries keep failing in `error`, or whose end has
@@ -265,25 +318,98 @@ pub fn app_state(
         settings: Arc::new(Settings {
             base_url: options.base_url.clone(),
             max_body_bytes: options.max_body_bytes,
+            body_read_timeout: options.limits.body_read_timeout,
             started: datetime::format_instant(chrono::Utc::now()),
         }),
         rules: Arc::new(options.rules.clone()),
     }
 }
 
-/// Serves the FHIR API on `listener` until `shutdown` completes.
+/// Serves the FHIR API on `listener` until `shutdown` completes: at most
+/// `max_connections` at once, each with hyper's header (and idle) timeout; on
+/// shutdown, requests in flight finish.
 pub async fn serve_on(
     listener: tokio::net::TcpListener,
     state: AppState,
+    limits: RequestLimits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    // Responses are written whole; do not let Nagle hold back the last segment.
-    let listener = listener.tap_io(|tcp| {
+    let app = http::router(state);
+    let max_connections = limits
+        .max_connections
+        .clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    let (stopping, stop) = tokio::sync::watch::channel(false);
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    tokio::pin!(shutdown);
+    loop {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
+        let tcp = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    // Out of file descriptors, most often: wait for some to close.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        // Responses are written whole; do not let Nagle hold back the last segment.
         let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, http::router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let connection = builder
+            .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+            .with_upgrades();
+        let mut stop = stop.clone();
+        tokio::spawn(async move {
+            tokio::pin!(connection);
+            let ended = tokio::select! {
+                ended = connection.as_mut() => ended,
+                _ = async { stop.wait_for(|stopping| *stopping).await.is_ok() } => {
+                    // Finish the request in flight, then close.
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(e) = ended {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    let _ = stopping.send(true);
+    // Every connection holds a slot until it ends: all slots back means all ended.
+    let _ = slots.acquire_many(max_connections as u32).await;
+    Ok(())
+}
+
+/// Lets this process hold as many sockets as the system allows it (the soft
+/// limit is often 1,024, below what `max_connections` plus the pool may need).
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
 }
 
 /// Serves until SIGINT or SIGTERM, then shuts down gracefully.
@@ -310,7 +436,8 @@ pub async fn serve(database: Database, options: ServeOptions) -> Result<(), Star
         hub.clone(),
     )?;
     let state = app_state(database.pool.clone(), &options, hub);
-    let result = serve_on(listener, state, shutdown_signal()).await;
+    raise_open_file_limit();
+    let result = serve_on(listener, state, options.limits.clone(), shutdown_signal()).await;
     watcher.abort();
     delivery.stop();
     tracing::info!("shutting down");
@@ -333,5 +460,22 @@ async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {},
         () = terminate => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
+        assert!(parse_duration("thirty").is_err());
+        assert!(parse_duration("5d").is_err());
+        assert!(parse_duration("99999999999999999999h").is_err());
     }
 }

@@ -12,6 +12,8 @@ pub struct Settings {
     pub base_url: Option<String>,
     /// Largest accepted request body, in bytes.
     pub max_body_bytes: usize,
+    /// How long the whole body may take to arrive.
+    pub body_read_timeout: std::time::Duration,
     /// When the server started (CapabilityStatement `date`).
     pub started: String,
 }

@@ -205,6 +205,7 @@ pub(crate) async fn start_server_with(
             },
         },
         delivery,
+        limits: server::RequestLimits::default(),
     };
     let listener = tokio::net::TcpListener::bind(serve.listen).await?;
     let addr = listener.local_addr()?;
@@ -212,7 +213,12 @@ pub(crate) async fn start_server_with(
     let delivery =
         server::start_delivery(&database.pool, &database.config, &serve, addr, hub.clone())?;
     let state = server::app_state(database.pool.clone(), &serve, hub);
-    let task = tokio::spawn(server::serve_on(listener, state, std::future::pending()));
+    let task = tokio::spawn(server::serve_on(
+        listener,
+        state,
+        serve.limits.clone(),
+        std::future::pending(),
+    ));
     Ok(BenchServer {
         addr,
         task,

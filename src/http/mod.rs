@@ -115,7 +115,7 @@ async fn fhir(State(state): State<AppState>, req: Request) -> Response {
         Err(err) => return respond::error_response(&err, rendering),
     };
     tracing::Span::current().record("route", route.template());
-    let body = match read_body(body, &parts.headers, state.settings.max_body_bytes).await {
+    let body = match read_body(body, &parts.headers, &state.settings).await {
         Ok(body) => body,
         Err(err) => return respond::error_response(&err, rendering),
     };
@@ -131,7 +131,9 @@ async fn fhir(State(state): State<AppState>, req: Request) -> Response {
         headers: parts.headers,
         body,
     };
-    match handlers::handle(&state, request).await {
+    // The database work is cancelled if the client goes away before the answer.
+    let pool = state.pool.clone();
+    match crate::store::pool::track(pool, handlers::handle(&state, request)).await {
         Ok(reply) => respond::render(reply, rendering),
         Err(err) => respond::error_response(&err, rendering),
     }
@@ -156,12 +158,14 @@ fn check_nesting(headers: &axum::http::HeaderMap, body: &[u8]) -> Result<(), Fhi
     }
 }
 
-/// Reads the whole body, refusing more than `limit` bytes with 413.
+/// Reads the whole body, refusing more than the limit with 413 and a body that
+/// does not arrive in time with 408.
 async fn read_body(
     body: Body,
     headers: &axum::http::HeaderMap,
-    limit: usize,
+    settings: &crate::state::Settings,
 ) -> Result<axum::body::Bytes, FhirError> {
+    let limit = settings.max_body_bytes;
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -169,7 +173,16 @@ async fn read_body(
     if declared.is_some_and(|n| n > limit) {
         return Err(FhirError::PayloadTooLarge(limit));
     }
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
+    let timeout = settings.body_read_timeout;
+    let read = tokio::time::timeout(timeout, axum::body::to_bytes(body, limit))
+        .await
+        .map_err(|_| {
+            FhirError::RequestTimeout(format!(
+                "the request body did not arrive within {} s",
+                timeout.as_secs_f64()
+            ))
+        })?;
+    read.map_err(|e| {
         let inner = e.into_inner();
         if inner
             .downcast_ref::<http_body_util::LengthLimitError>()

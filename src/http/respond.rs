@@ -144,5 +144,8 @@ pub fn error_response(err: &FhirError, how: Rendering) -> Response {
     if let FhirError::MethodNotAllowed(_) = err {
         reply = reply.header(header::ALLOW, "GET, HEAD, POST, PUT, PATCH, DELETE");
     }
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        reply = reply.header(header::RETRY_AFTER, "5");
+    }
     render(reply, how)
 }

@@ -1,7 +1,7 @@
 //! Schema migrations, embedded in the binary and applied in order. Safe to run from
 //! several instances at once: one transaction under an advisory lock.
 
-use deadpool_postgres::Client;
+use tokio_postgres::Client;
 
 use crate::error::FhirResult;
 

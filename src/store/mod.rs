@@ -7,6 +7,7 @@ pub mod export;
 mod index_rows;
 pub mod migrate;
 pub mod outbox;
+pub mod pool;
 mod search_sql;
 
 use std::collections::HashMap;

@@ -164,7 +164,7 @@ async fn spans_are_exported_over_otlp_when_configured() {
 async fn reindex_rebuilds_the_search_index() {
     let url = fresh_database_url().await;
     let config: tokio_postgres::Config = url.parse().expect("config");
-    let pool = passerelle::server::pool_for(config, 2).expect("pool");
+    let pool = passerelle::server::pool_for(config, 2, None).expect("pool");
     let port = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_passerelle"))
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])

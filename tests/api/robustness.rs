@@ -231,3 +231,232 @@ async fn fhirpath_nesting_is_bounded_in_patches_and_search_parameters() {
     assert_eq!(oo["issue"][0]["code"], "too-costly", "{oo}");
     still_serving(&s).await;
 }
+
+/// A plain connection to the test's database, outside the server's pool.
+async fn direct(s: &TestServer) -> tokio_postgres::Client {
+    let (client, connection) = s
+        .config
+        .connect(tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(connection);
+    client
+}
+
+/// Holds the row lock of `Patient/{id}` (what every write of it takes first) until
+/// the returned client is dropped.
+async fn lock_patient(s: &TestServer, id: &str) -> tokio_postgres::Client {
+    let holder = direct(s).await;
+    holder
+        .batch_execute(&format!(
+            "BEGIN; SELECT 1 FROM resource WHERE res_type = 'Patient' AND res_id = '{id}' FOR UPDATE"
+        ))
+        .await
+        .expect("lock");
+    holder
+}
+
+/// Backends of this database waiting for a lock: the server's blocked statements.
+async fn waiting_backends(observer: &tokio_postgres::Client) -> Vec<i32> {
+    observer
+        .query(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            &[],
+        )
+        .await
+        .expect("pg_stat_activity")
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+async fn wait_for_waiting(observer: &tokio_postgres::Client) -> Vec<i32> {
+    for _ in 0..100 {
+        let pids = waiting_backends(observer).await;
+        if !pids.is_empty() {
+            return pids;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("the server's statement never waited for the lock");
+}
+
+fn with_limits(limits: passerelle::server::RequestLimits) -> passerelle::server::ServeOptions {
+    passerelle::server::ServeOptions {
+        limits,
+        ..crate::support::test_options()
+    }
+}
+
+#[tokio::test]
+async fn a_statement_past_the_timeout_is_cancelled_with_503() {
+    let options = with_limits(passerelle::server::RequestLimits {
+        statement_timeout: std::time::Duration::from_millis(800),
+        ..Default::default()
+    });
+    let s = TestServer::start_on(crate::support::fresh_database().await, options).await;
+    let id = s
+        .create(&json!({"resourceType":"Patient","active":true}))
+        .await;
+    let holder = lock_patient(&s, &id).await;
+    let started = std::time::Instant::now();
+    let resp = s
+        .put_json(
+            &format!("Patient/{id}"),
+            &json!({"resourceType":"Patient","id":id,"active":false}),
+        )
+        .await;
+    assert_eq!(resp.headers()["retry-after"], "5");
+    let oo = outcome_of(resp, 503).await;
+    assert_eq!(oo["issue"][0]["code"], "timeout", "{oo}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    drop(holder);
+    let resp = s.get(&format!("Patient/{id}")).await;
+    let patient = crate::support::json_of(resp, 200).await;
+    assert_eq!(patient["active"], true, "nothing was written");
+}
+
+#[tokio::test]
+async fn a_request_whose_client_went_away_stops_its_statements() {
+    let s = TestServer::start().await;
+    let id = s
+        .create(&json!({"resourceType":"Patient","active":true}))
+        .await;
+    let holder = lock_patient(&s, &id).await;
+    let observer = direct(&s).await;
+    let impatient = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_millis(700))
+        .build()
+        .expect("client");
+    let sent = impatient
+        .put(s.url(&format!("Patient/{id}")))
+        .header("content-type", "application/fhir+json")
+        .body(json!({"resourceType":"Patient","id":id,"active":false}).to_string())
+        .send();
+    let (gave_up, waiting) = tokio::join!(sent, wait_for_waiting(&observer));
+    assert!(gave_up.is_err(), "the client timed out");
+    assert_eq!(waiting.len(), 1);
+    // Within a few seconds the blocked statement is cancelled, not left waiting for
+    // the 30 s statement timeout.
+    let mut left = waiting;
+    for _ in 0..60 {
+        left = waiting_backends(&observer).await;
+        if left.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(left.is_empty(), "still waiting: {left:?}");
+    drop(holder);
+    let patient = crate::support::json_of(s.get(&format!("Patient/{id}")).await, 200).await;
+    assert_eq!(
+        patient["active"], true,
+        "the abandoned write was rolled back"
+    );
+    still_serving(&s).await;
+}
+
+#[tokio::test]
+async fn a_lost_database_connection_is_503_and_the_server_recovers() {
+    let s = TestServer::start().await;
+    let id = s
+        .create(&json!({"resourceType":"Patient","active":true}))
+        .await;
+    let holder = lock_patient(&s, &id).await;
+    let observer = direct(&s).await;
+    let (path, body) = (
+        format!("Patient/{id}"),
+        json!({"resourceType":"Patient","id":id,"active":false}),
+    );
+    let put = s.put_json(&path, &body);
+    let kill = async {
+        for pid in wait_for_waiting(&observer).await {
+            observer
+                .execute("SELECT pg_terminate_backend($1)", &[&pid])
+                .await
+                .expect("terminate");
+        }
+    };
+    let (resp, ()) = tokio::join!(put, kill);
+    assert_eq!(resp.headers()["retry-after"], "5");
+    let oo = outcome_of(resp, 503).await;
+    assert_eq!(oo["issue"][0]["code"], "transient", "{oo}");
+    assert!(
+        oo["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap_or("")
+            .contains("nothing was changed"),
+        "{oo}"
+    );
+    drop(holder);
+    still_serving(&s).await;
+}
+
+#[tokio::test]
+async fn slow_clients_are_timed_out_and_connections_are_capped() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let options = with_limits(passerelle::server::RequestLimits {
+        header_read_timeout: std::time::Duration::from_millis(600),
+        body_read_timeout: std::time::Duration::from_millis(600),
+        max_connections: 3,
+        ..Default::default()
+    });
+    let s = TestServer::start_on(crate::support::fresh_database().await, options).await;
+    let addr = s
+        .base
+        .trim_start_matches("http://")
+        .trim_end_matches("/fhir")
+        .to_owned();
+
+    // A head that never ends: the server closes the connection.
+    let mut slow = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    slow.write_all(b"GET /fhir/metadata HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("write");
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        slow.read_to_end(&mut buf),
+    )
+    .await;
+    assert!(read.is_ok(), "the server closed the half-sent request");
+
+    // A body that never ends: 408.
+    let mut slow = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    slow.write_all(b"POST /fhir/Patient HTTP/1.1\r\nHost: x\r\nContent-Type: application/fhir+json\r\nContent-Length: 100\r\n\r\n{\"resourceType\"")
+        .await
+        .expect("write");
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        slow.read_to_end(&mut buf),
+    )
+    .await;
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+
+    // Three idle connections fill the server; a fourth client is served once the
+    // header timeout has closed them, not locked out.
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        idle.push(
+            tokio::net::TcpStream::connect(&addr)
+                .await
+                .expect("connect"),
+        );
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    let resp = s.get("metadata").await;
+    assert_eq!(resp.status(), 200);
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(300),
+        "served while the cap was reached: {:?}",
+        started.elapsed()
+    );
+    drop(idle);
+}

@@ -66,7 +66,7 @@ async fn template() -> &'static tokio_postgres::Config {
                 .expect("create template");
             let mut config = admin.clone();
             config.dbname(TEMPLATE_DB);
-            let pool = server::pool_for(config, 1).expect("pool");
+            let pool = server::pool_for(config, 1, None).expect("pool");
             let mut c = pool.get().await.expect("template connection");
             passerelle::store::migrate::migrate(&mut c)
                 .await
@@ -137,6 +137,7 @@ pub fn test_options() -> ServeOptions {
             timeout: std::time::Duration::from_secs(2),
             poll: std::time::Duration::from_millis(250),
         },
+        limits: passerelle::server::RequestLimits::default(),
     }
 }
 
@@ -155,7 +156,8 @@ impl TestServer {
 
     /// A server over an existing database (a second instance, or other options).
     pub async fn start_on(config: tokio_postgres::Config, options: ServeOptions) -> TestServer {
-        let pool = server::pool_for(config.clone(), 8).expect("pool");
+        let pool = server::pool_for(config.clone(), 8, Some(options.limits.statement_timeout))
+            .expect("pool");
         let listener = tokio::net::TcpListener::bind(options.listen)
             .await
             .expect("bind");
@@ -164,7 +166,12 @@ impl TestServer {
         let delivery = server::start_delivery(&pool, &config, &options, addr, hub.clone())
             .expect("delivery workers");
         let state = server::app_state(pool.clone(), &options, hub);
-        tokio::spawn(server::serve_on(listener, state, std::future::pending()));
+        tokio::spawn(server::serve_on(
+            listener,
+            state,
+            options.limits.clone(),
+            std::future::pending(),
+        ));
         TestServer {
             base: format!("http://{addr}/fhir"),
             http: reqwest::Client::new(),

@@ -1,0 +1,137 @@
+//! The connection pool, and what protects the database from a request: every
+//! statement ends by `statement_timeout`, and the queries of a request whose
+//! client went away are cancelled rather than left running.
+//!
+//! Dropping a request's future (hyper does when the client disconnects) drops
+//! tokio-postgres futures, but the server keeps executing their statements, and the
+//! connection, back in the pool, would make its next user wait for them. So each
+//! request remembers the connections it took ([`track`]); if it is dropped before
+//! finishing, those connections are taken out of the pool, their queries cancelled
+//! and the connections closed.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use deadpool_postgres::{ClientWrapper, Hook, Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::NoTls;
+
+tokio::task_local! {
+    /// The connections taken by the request being polled.
+    static TAKEN: Taken;
+}
+
+/// A connection's identity while it lives: its statement cache is one `Arc` per
+/// connection, never moved out of it.
+fn identity(client: &ClientWrapper) -> usize {
+    Arc::as_ptr(&client.statement_cache) as usize
+}
+
+fn note_taken(client: &mut ClientWrapper) {
+    let id = identity(client);
+    // Outside a tracked request (background jobs) there is nothing to note.
+    let _ = TAKEN.try_with(|taken| taken.lock().unwrap_or_else(|e| e.into_inner()).push(id));
+}
+
+/// A pool of `size` connections; with a `statement_timeout`, every statement on
+/// them is cancelled by PostgreSQL after that long.
+pub fn build(
+    mut config: tokio_postgres::Config,
+    size: usize,
+    statement_timeout: Option<Duration>,
+) -> Result<Pool, String> {
+    if let Some(timeout) = statement_timeout {
+        let options = config.get_options().unwrap_or_default();
+        let options = format!("{options} -c statement_timeout={}", timeout.as_millis());
+        config.options(options.trim());
+    }
+    let manager = Manager::from_config(
+        config,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(size)
+        .post_create(Hook::sync_fn(|client, _| {
+            note_taken(client);
+            Ok(())
+        }))
+        .post_recycle(Hook::sync_fn(|client, _| {
+            note_taken(client);
+            Ok(())
+        }))
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+/// Runs `request`; if it is dropped before it finishes, cancels the statements of
+/// the connections it took from `pool`.
+pub fn track<F: Future>(pool: Pool, request: F) -> Tracked<F> {
+    let taken = Arc::new(Mutex::new(Vec::new()));
+    Tracked {
+        inner: Some(Box::pin(TAKEN.scope(taken.clone(), request))),
+        taken,
+        pool,
+    }
+}
+
+/// Identities of the connections a request took.
+type Taken = Arc<Mutex<Vec<usize>>>;
+
+pub struct Tracked<F: Future> {
+    inner: Option<Pin<Box<tokio::task::futures::TaskLocalFuture<Taken, F>>>>,
+    taken: Taken,
+    pool: Pool,
+}
+
+impl<F: Future> Future for Tracked<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Pending;
+        };
+        let out = std::task::ready!(inner.as_mut().poll(cx));
+        self.inner = None;
+        Poll::Ready(out)
+    }
+}
+
+impl<F: Future> Drop for Tracked<F> {
+    fn drop(&mut self) {
+        // Finished: its connections went back to the pool idle.
+        let Some(inner) = self.inner.take() else {
+            return;
+        };
+        // Dropping the request returns its connections to the pool, busy or not;
+        // take them straight back out, before another request can use them.
+        drop(inner);
+        let taken = std::mem::take(&mut *self.taken.lock().unwrap_or_else(|e| e.into_inner()));
+        if taken.is_empty() {
+            return;
+        }
+        let removed = self
+            .pool
+            .retain(|client, _| !taken.contains(&identity(client)));
+        if removed.removed.is_empty() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
+            for client in removed.removed {
+                let token = client.cancel_token();
+                if let Err(e) = token.cancel_query(NoTls).await {
+                    tracing::debug!(error = %e, "cancelling the query of a dropped request");
+                }
+                tracing::debug!("cancelled the statements of a request whose client went away");
+                drop(client);
+            }
+        });
+    }
+}
