@@ -38,6 +38,7 @@ pub const MAX_SORT_KEYS: usize = 8;
 /// and is not bounded by this).
 pub const MAX_ARRAY_ITEMS: usize = 10_000;
 
-/// Characters of a string kept in the search index; longer values are kept whole
-/// in the resource and indexed by this prefix (see the README).
-pub const MAX_INDEXED_CHARS: usize = 256;
+/// Bytes of a value kept in the search index (a b-tree entry holds at most about
+/// 2.7 kB, and a token row holds a system and a code); longer values are kept
+/// whole in the resource and indexed by this prefix (see the README).
+pub const MAX_INDEXED_BYTES: usize = 1_000;

@@ -6,6 +6,7 @@ use serde_json::Value;
 use super::params::{params, ParamType, SearchParam, COLUMN_PARAMS};
 use crate::fhir::datetime;
 use crate::fhir::fhirpath::{self, Node};
+use crate::limits::MAX_INDEXED_BYTES;
 
 /// Open ends of periods and ranges: inside PostgreSQL's timestamptz range.
 pub fn far_past() -> chrono::DateTime<chrono::Utc> {
@@ -104,8 +105,35 @@ pub struct IndexRows {
     pub uris: Vec<UriRow>,
 }
 
+/// The part of a value that the search index keeps: its first
+/// [`MAX_INDEXED_BYTES`] bytes (cut at a character boundary). A b-tree entry
+/// holds at most about 2.7 kB, and a search value is cut the same way, so that a
+/// longer value is still stored whole in the resource and found by its beginning.
+pub fn bounded(text: &str) -> &str {
+    if text.len() <= MAX_INDEXED_BYTES {
+        return text;
+    }
+    let mut end = MAX_INDEXED_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+fn bound(text: &mut String) {
+    let len = bounded(text).len();
+    text.truncate(len);
+}
+
+fn bound_opt(text: &mut Option<String>) {
+    if let Some(text) = text {
+        bound(text);
+    }
+}
+
 /// Lower case, Latin accents removed (`Lefèvre` → `lefevre`, `Œuvre` → `oeuvre`):
-/// how string parameters are compared by default.
+/// how string parameters are compared by default. Bounded like every indexed
+/// value ([`bounded`]).
 pub fn normalize(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars().flat_map(char::to_lowercase) {
@@ -135,6 +163,7 @@ pub fn normalize(text: &str) -> String {
         };
         out.push_str(plain);
     }
+    bound(&mut out);
     out
 }
 
@@ -484,13 +513,66 @@ pub fn extract(resource_type: &str, resource: &Value) -> IndexRows {
             extract_param(param, resource, &mut rows);
         }
     }
+    rows.bound();
     rows
+}
+
+impl IndexRows {
+    /// Cuts every value that goes into a b-tree to [`bounded`] (`normalized` and
+    /// token `text` already are; a string's `exact` is not indexed and stays whole).
+    fn bound(&mut self) {
+        for t in &mut self.tokens {
+            bound_opt(&mut t.system);
+            bound_opt(&mut t.code);
+        }
+        for r in &mut self.references {
+            bound_opt(&mut r.url);
+            bound_opt(&mut r.identifier_system);
+            bound_opt(&mut r.identifier_value);
+        }
+        for q in &mut self.quantities {
+            bound_opt(&mut q.system);
+            bound_opt(&mut q.code);
+            bound_opt(&mut q.unit);
+        }
+        for u in &mut self.uris {
+            bound(&mut u.uri);
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn long_values_are_indexed_by_their_beginning() {
+        let prose = "Patiente de 84 ans, insuffisance cardiaque. ".repeat(300);
+        let obs = json!({"resourceType":"Observation","status":"final","code":{"text":"note"},
+            "valueString": prose,
+            "identifier":[{"system":"urn:x","value":"é".repeat(3_000)}]});
+        let rows = extract("Observation", &obs);
+        let value = rows
+            .strings
+            .iter()
+            .find(|r| r.param == "value-string")
+            .expect("row");
+        assert_eq!(value.exact, prose, "kept whole");
+        assert!(value.normalized.len() <= MAX_INDEXED_BYTES);
+        assert!(prose.to_lowercase().starts_with(&value.normalized));
+        let id = rows
+            .tokens
+            .iter()
+            .find(|t| t.param == "identifier")
+            .expect("row");
+        let code = id.code.as_deref().expect("code");
+        assert!(code.len() <= MAX_INDEXED_BYTES && code.len() > MAX_INDEXED_BYTES - 4);
+        assert!(
+            code.chars().all(|c| c == 'é'),
+            "cut at a character boundary"
+        );
+    }
 
     #[test]
     fn composite_components_may_name_the_resource() {

@@ -372,14 +372,14 @@ fn unescape(text: &str) -> String {
 
 pub fn parse_token(text: &str) -> Token {
     let parts = split_escaped(text, '|');
-    let non_empty = |s: &str| (!s.is_empty()).then(|| unescape(s));
+    let non_empty = |s: &str| (!s.is_empty()).then(|| indexed(&unescape(s)));
     match parts.as_slice() {
         [code] => Token {
             system: None,
             code: non_empty(code),
         },
         [system, code, ..] => Token {
-            system: Some(unescape(system)),
+            system: Some(indexed(&unescape(system))),
             code: non_empty(code),
         },
         [] => Token {
@@ -387,6 +387,11 @@ pub fn parse_token(text: &str) -> Token {
             code: None,
         },
     }
+}
+
+/// A search value compared with an index column: cut as the index cuts it.
+fn indexed(text: &str) -> String {
+    index::bounded(text).to_owned()
 }
 
 /// Splits a leading comparison prefix off a value.
@@ -430,7 +435,7 @@ fn parse_value(kind: ParamType, modifier: &Modifier, raw: &str) -> Result<Search
     let bad = |what: &str| format!("'{raw}' is not a valid {what} search value");
     match kind {
         ParamType::String => Ok(SearchValue::String(unescape(raw))),
-        ParamType::Uri => Ok(SearchValue::Uri(unescape(raw))),
+        ParamType::Uri => Ok(SearchValue::Uri(indexed(&unescape(raw)))),
         ParamType::Token => Ok(SearchValue::Token(parse_token(raw))),
         ParamType::Date => parse_date_value(raw)
             .map(|(p, r)| SearchValue::Date(p, r))
@@ -448,7 +453,8 @@ fn parse_value(kind: ParamType, modifier: &Modifier, raw: &str) -> Result<Search
             if !is_decimal(&value) {
                 return Err(bad("quantity"));
             }
-            let non_empty = |s: Option<&String>| s.filter(|s| !s.is_empty()).map(|s| unescape(s));
+            let non_empty =
+                |s: Option<&String>| s.filter(|s| !s.is_empty()).map(|s| indexed(&unescape(s)));
             Ok(SearchValue::Quantity {
                 prefix,
                 value,
@@ -461,7 +467,7 @@ fn parse_value(kind: ParamType, modifier: &Modifier, raw: &str) -> Result<Search
             if *modifier == Modifier::Identifier {
                 return Ok(SearchValue::Token(parse_token(raw)));
             }
-            let url = text.contains(':').then(|| text.clone());
+            let url = text.contains(':').then(|| indexed(&text));
             let (target_type, id) = match index::split_reference(&text) {
                 Some((t, id)) => (Some(t.to_owned()), id.to_owned()),
                 None if crate::fhir::is_valid_id(&text) => (None, text.clone()),
@@ -900,7 +906,11 @@ fn parse_of_type(name: &str, code: &str, value: &str) -> Result<Condition, Param
             [system, type_code, id] if !type_code.is_empty() && !id.is_empty() => {
                 Ok(SearchValue::Token(Token {
                     system: Some(unescape(system)).filter(|s| !s.is_empty()),
-                    code: Some(format!("{}|{}", unescape(type_code), unescape(id))),
+                    code: Some(indexed(&format!(
+                        "{}|{}",
+                        unescape(type_code),
+                        unescape(id)
+                    ))),
                 }))
             }
             _ => Err(ParamError::Invalid(format!(

@@ -541,7 +541,7 @@ async fn transaction(
     }
     pending.flush(&tx, rules, now, &mut out).await?;
     notify::record_events(&tx, &out.facts).await?;
-    tx.commit().await?;
+    store::commit(tx).await?;
     for w in &out.search_parameters {
         search_parameter_changed(pool, rules, w).await;
     }

@@ -199,7 +199,7 @@ pub async fn write(
         Planned::Answered(written) => written,
     };
     notify::record_events(&tx, &facts).await?;
-    tx.commit().await?;
+    store::commit(tx).await?;
     if let Some(w) = &written {
         search_parameter_changed(pool, rules, w).await;
     }
@@ -814,7 +814,7 @@ pub async fn reindex(pool: &Pool, types: Option<&[String]>, batch: usize) -> Fhi
             let rows = search::index::extract(res_type, resource);
             store::reindex_resource(&tx, res_type, res_id, &rows).await?;
         }
-        tx.commit().await?;
+        store::commit(tx).await?;
         done += resources.len();
         tracing::info!(done, "reindexed");
     }

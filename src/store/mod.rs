@@ -716,6 +716,18 @@ pub async fn read_versions(
     Ok(rows.iter().map(version_from_row).collect())
 }
 
+/// Commits a write. A connection lost during the commit leaves its outcome
+/// unknown, and the client is told so (a loss before it means nothing was saved).
+pub async fn commit(tx: Transaction<'_>) -> FhirResult<()> {
+    tx.commit().await.map_err(|e| {
+        if crate::error::is_connection_lost(&e) {
+            FhirError::CommitUnknown(e.to_string())
+        } else {
+            e.into()
+        }
+    })
+}
+
 /// The database's clock, for the instants of new versions. The transaction gets its
 /// id first, so that from this instant on it counts as in flight for the history
 /// horizon (see `history`) and none of its versions can be stamped before it.

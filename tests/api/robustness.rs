@@ -460,3 +460,84 @@ async fn slow_clients_are_timed_out_and_connections_are_capped() {
     );
     drop(idle);
 }
+
+/// `POST [type]/_search` with a form body (long values do not fit a URL well).
+async fn search_form(s: &TestServer, resource_type: &str, pairs: &[(&str, &str)]) -> Vec<String> {
+    let body: String = pairs
+        .iter()
+        .map(|(k, v)| {
+            format!(
+                "{}={}",
+                k,
+                percent_encoding::utf8_percent_encode(v, percent_encoding::NON_ALPHANUMERIC)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("&");
+    let resp = s
+        .http
+        .post(s.url(&format!("{resource_type}/_search")))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .expect("POST _search");
+    let bundle = crate::support::json_of(resp, 200).await;
+    bundle["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| e["resource"]["id"].as_str().unwrap_or("").to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn long_indexed_text_is_stored_whole_and_found() {
+    let s = TestServer::start().await;
+    let prose =
+        "Patiente de 84 ans, insuffisance cardiaque décompensée, retour à domicile avec IDE. "
+            .repeat(150);
+    assert!(prose.len() > 12_000);
+    let obs = s
+        .create(
+            &json!({"resourceType":"Observation","status":"final","code":{"text":"synthèse"},
+            "valueString": prose}),
+        )
+        .await;
+    let stored = crate::support::json_of(s.get(&format!("Observation/{obs}")).await, 200).await;
+    assert_eq!(stored["valueString"], prose.as_str(), "stored whole");
+    assert_eq!(
+        search_form(&s, "Observation", &[("value-string", "patiente de 84")]).await,
+        [obs.as_str()]
+    );
+    // Commas separate values in a search: escaped, the prose is one value.
+    let escaped = prose.replace(',', "\\,");
+    assert_eq!(
+        search_form(&s, "Observation", &[("value-string:exact", &escaped)]).await,
+        [obs.as_str()]
+    );
+    let almost = format!("{}.", escaped.trim_end());
+    assert!(
+        search_form(&s, "Observation", &[("value-string:exact", &almost)])
+            .await
+            .is_empty()
+    );
+
+    // 2,700 characters of every width (ASCII, accented, CJK, emoji), indexed string and token.
+    let noise: String = (0..2_700u32)
+        .map(|i| ['a', 'é', '漢', '🩺', 'Z', '9'][(i * 7 % 6) as usize])
+        .collect();
+    let patient = s
+        .create(&json!({"resourceType":"Patient","name":[{"family":noise}],
+            "identifier":[{"system":"urn:example:long","value":noise}]}))
+        .await;
+    assert_eq!(
+        search_form(&s, "Patient", &[("family:exact", &noise)]).await,
+        [patient.as_str()]
+    );
+    let token = format!("urn:example:long|{noise}");
+    assert_eq!(
+        search_form(&s, "Patient", &[("identifier", &token)]).await,
+        [patient.as_str()]
+    );
+}
