@@ -547,7 +547,7 @@ fn encode(channel: &Channel, resource: &Value) -> Option<(Vec<u8>, String)> {
         .clone()
         .unwrap_or_else(|| "application/fhir+json".to_owned());
     if mime.contains("xml") {
-        match fhir_codec::json_to_xml(resource.to_string().as_bytes()) {
+        match crate::fhir::xml::from_json(&resource.to_string(), false) {
             Ok(xml) => return Some((xml, mime)),
             Err(e) => {
                 tracing::warn!(error = %e, "notification not expressible as XML; sent as JSON")

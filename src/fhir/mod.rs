@@ -11,6 +11,7 @@ pub mod patch;
 pub mod query;
 pub mod subset;
 pub mod validate;
+pub mod xml;
 
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
@@ -87,7 +88,7 @@ pub fn parse_resource(body: &[u8], format: Format) -> FhirResult<Value> {
                 format!("the body is not valid JSON: {e}"),
             )])
         })?,
-        Format::Xml => fhir_codec::xml_to_json(body).map_err(|e| {
+        Format::Xml => xml::to_json(body).map_err(|e| {
             FhirError::BadRequest(vec![Issue::new(
                 "structure",
                 format!("the body is not a valid R4 XML resource: {e}"),

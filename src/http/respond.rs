@@ -125,7 +125,7 @@ fn encode(json: String, how: Rendering) -> Result<Vec<u8>, FhirError> {
             .and_then(|v| serde_json::to_vec_pretty(&v))
             .map_err(|e| FhirError::Internal(format!("pretty-printing: {e}"))),
         // Only content the typed model cannot hold gets here (see fhir::parse_resource).
-        (Format::Xml, _) => fhir_codec::json_to_xml(json.as_bytes()).map_err(|e| {
+        (Format::Xml, pretty) => crate::fhir::xml::from_json(&json, pretty).map_err(|e| {
             FhirError::NotAcceptable(format!(
                 "this content cannot be written as XML ({e}); ask for JSON"
             ))

@@ -76,6 +76,44 @@ async fn xml_in_and_out() {
         .contains("<CapabilityStatement"));
 }
 
+/// XML as Python's fhir.resources writes it (a lower-case encoding name), with a
+/// narrative whose white space is content: stored and returned as written.
+#[tokio::test]
+async fn xml_declarations_and_narratives_as_written() {
+    let s = TestServer::start().await;
+    let div = r#"<div xmlns="http://www.w3.org/1999/xhtml"><p>40 mg <b>le matin</b>, <i>puis</i> 20 mg</p></div>"#;
+    let body = format!(
+        r#"<?xml version='1.0' encoding='utf-8'?>
+<MedicationStatement xmlns="http://hl7.org/fhir"><text><status value="generated"/>{div}</text><status value="active"/><medicationCodeableConcept><text value="furosémide"/></medicationCodeableConcept><subject><reference value="Patient/p1"/></subject></MedicationStatement>"#
+    );
+    let resp = s
+        .http
+        .post(s.url("MedicationStatement"))
+        .header("content-type", "application/fhir+xml")
+        .header("accept", "application/fhir+json")
+        .body(body)
+        .send()
+        .await
+        .expect("post");
+    let created = json_of(resp, 201).await;
+    assert_eq!(created["text"]["div"], div);
+    let id = created["id"].as_str().expect("id");
+    for (pretty, indented) in [
+        ("", false),
+        ("&_pretty=false", false),
+        ("&_pretty=true", true),
+    ] {
+        let xml = s
+            .get(&format!("MedicationStatement/{id}?_format=xml{pretty}"))
+            .await
+            .text()
+            .await
+            .expect("xml");
+        assert!(xml.contains(div), "{xml}");
+        assert_eq!(xml.contains("\n  <status"), indented, "{pretty}: {xml}");
+    }
+}
+
 #[tokio::test]
 async fn bad_xml_is_400() {
     let s = TestServer::start().await;
