@@ -204,6 +204,7 @@ pub fn open(body: &[u8]) -> FhirResult<RawBundle<'_>> {
             "the request has no resource in its body",
         ));
     }
+    super::nesting::check_json(body)?;
     let members: BTreeMap<String, &RawValue> = serde_json::from_slice(body).map_err(not_json)?;
     let mut shell = Map::new();
     let mut entries = Vec::new();

@@ -81,6 +81,11 @@ pub fn parse_resource(body: &[u8], format: Format) -> FhirResult<Value> {
             "the request has no resource in its body",
         ));
     }
+    // The HTTP edge checks every body; the loader's files come here directly.
+    match format {
+        Format::Json => nesting::check_json(body)?,
+        Format::Xml => nesting::check_xml(body)?,
+    }
     let value = match format {
         Format::Json => serde_json::from_slice::<Value>(body).map_err(|e| {
             FhirError::BadRequest(vec![Issue::new(

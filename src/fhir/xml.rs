@@ -12,9 +12,11 @@ const XHTML_NS: &str = "http://www.w3.org/1999/xhtml";
 
 /// Parses R4 XML into its JSON form, narratives as written.
 pub fn to_json(xml: &[u8]) -> Result<Value, CodecError> {
+    // fhirbolt unwraps its UTF-8 decoding: a stray byte would panic in it.
+    std::str::from_utf8(xml).map_err(|e| CodecError(format!("the XML is not UTF-8: {e}")))?;
     let xml = without_utf8_declaration(xml)?;
     let raw_divs = xhtml_divs(xml);
-    let mut json = fhir_codec::xml_to_json(xml)?;
+    let mut json = unpanicked(|| fhir_codec::xml_to_json(xml))?;
     let mut divs: Vec<Option<&str>> = raw_divs.iter().map(|d| Some(*d)).collect();
     restore_divs(&mut json, &mut divs);
     Ok(json)
@@ -23,7 +25,7 @@ pub fn to_json(xml: &[u8]) -> Result<Value, CodecError> {
 /// Writes an R4 JSON resource (text) as XML, indented when `pretty`, narratives
 /// as stored.
 pub fn from_json(json: &str, pretty: bool) -> Result<Vec<u8>, CodecError> {
-    let written = fhir_codec::json_to_xml(json.as_bytes())?;
+    let written = unpanicked(|| fhir_codec::json_to_xml(json.as_bytes()))?;
     let mut text = String::from_utf8(written).map_err(|e| CodecError(e.to_string()))?;
     if !pretty {
         text = compact(&text);
@@ -46,6 +48,19 @@ pub fn from_json(json: &str, pretty: bool) -> Result<Vec<u8>, CodecError> {
     }
     out.push_str(rest);
     Ok(out.into_bytes())
+}
+
+/// fhirbolt is unmaintained and unwraps in places (the fuzzer found one): a panic
+/// there is the input's fault, answered as a codec error, never a dropped
+/// connection.
+fn unpanicked<T>(
+    codec: impl FnOnce() -> Result<T, CodecError> + std::panic::UnwindSafe,
+) -> Result<T, CodecError> {
+    std::panic::catch_unwind(codec).unwrap_or_else(|_| {
+        Err(CodecError(
+            "the XML codec could not read this input".to_owned(),
+        ))
+    })
 }
 
 /// Drops a leading `<?xml …?>` declaration whose encoding is UTF-8 in any case

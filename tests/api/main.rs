@@ -7,6 +7,7 @@ mod export;
 mod fidelity;
 mod fixtures;
 mod formats;
+mod fuzz;
 mod history;
 mod patch;
 mod process;
