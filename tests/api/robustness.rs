@@ -541,3 +541,42 @@ async fn long_indexed_text_is_stored_whole_and_found() {
         [patient.as_str()]
     );
 }
+
+#[tokio::test]
+async fn wide_arrays_are_refused_before_parsing_but_large_bundles_are_not() {
+    let s = TestServer::start().await;
+    let identifiers = |n: usize| {
+        let items = vec![r#"{"value":"1"}"#; n].join(",");
+        format!(r#"{{"resourceType":"Patient","identifier":[{items}]}}"#)
+    };
+    let oo = outcome_of(
+        post_body(&s, "Patient", "application/fhir+json", identifiers(400_000)).await,
+        400,
+    )
+    .await;
+    assert_eq!(oo["issue"][0]["code"], "too-costly", "{oo}");
+    assert_eq!(
+        post_body(&s, "Patient", "application/fhir+json", identifiers(10_000))
+            .await
+            .status(),
+        201
+    );
+    // A transaction of 12,000 entries is read one entry at a time.
+    let entries: Vec<String> = (0..12_000)
+        .map(|i| {
+            format!(
+                r#"{{"resource":{{"resourceType":"Basic","code":{{"text":"b{i}"}}}},"request":{{"method":"POST","url":"Basic"}}}}"#
+            )
+        })
+        .collect();
+    let bundle = format!(
+        r#"{{"resourceType":"Bundle","type":"transaction","entry":[{}]}}"#,
+        entries.join(",")
+    );
+    assert_eq!(
+        post_body(&s, "", "application/fhir+json", bundle)
+            .await
+            .status(),
+        200
+    );
+}
