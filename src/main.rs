@@ -137,6 +137,9 @@ enum Command {
         /// Client connections served at once.
         #[arg(long, env = "PASSERELLE_MAX_CONNECTIONS", default_value_t = 512)]
         max_connections: usize,
+        /// Bytes of large request bodies (64 KiB and more) served at once; others wait.
+        #[arg(long, env = "PASSERELLE_LARGE_BODIES_IN_FLIGHT", default_value_t = 32 << 20)]
+        large_bodies_in_flight: usize,
         #[command(flatten)]
         db: DatabaseArgs,
         #[command(flatten)]
@@ -273,6 +276,7 @@ async fn main() -> ExitCode {
             header_read_timeout,
             body_read_timeout,
             max_connections,
+            large_bodies_in_flight,
             db,
             subscriptions,
         } => match subscriptions.install_topics() {
@@ -291,6 +295,7 @@ async fn main() -> ExitCode {
                             body_read_timeout,
                             max_connections,
                             statement_timeout,
+                            large_bodies_in_flight,
                         },
                     };
                     server::serve(database, options).await

@@ -233,6 +233,10 @@ pub struct RequestLimits {
     pub max_connections: usize,
     /// Longest statement (PostgreSQL's `statement_timeout`; 503 when reached).
     pub statement_timeout: Duration,
+    /// Bytes of large request bodies (64 KiB and more) served at once; more wait.
+    /// A body costs about ten times its size while it is parsed, checked, indexed
+    /// and written: this bounds the server's memory whatever the concurrency.
+    pub large_bodies_in_flight: usize,
 }
 
 impl Default for RequestLimits {
@@ -242,6 +246,7 @@ impl Default for RequestLimits {
             body_read_timeout: Duration::from_secs(30),
             max_connections: 512,
             statement_timeout: Duration::from_secs(30),
+            large_bodies_in_flight: 32 << 20,
         }
     }
 }
@@ -312,9 +317,18 @@ pub fn app_state(
     options: &ServeOptions,
     hub: Arc<delivery::websocket::Hub>,
 ) -> AppState {
+    // Never below the body limit, so that any one body fits.
+    let budget = options
+        .limits
+        .large_bodies_in_flight
+        .max(options.max_body_bytes);
+    let budget_kib = budget
+        .div_ceil(1024)
+        .min(tokio::sync::Semaphore::MAX_PERMITS);
     AppState {
         hub,
         pool,
+        body_budget: Arc::new(tokio::sync::Semaphore::new(budget_kib)),
         settings: Arc::new(Settings {
             base_url: options.base_url.clone(),
             max_body_bytes: options.max_body_bytes,

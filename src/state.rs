@@ -23,6 +23,8 @@ pub struct AppState {
     pub pool: Pool,
     pub settings: Arc<Settings>,
     pub rules: Arc<crate::service::Rules>,
+    /// Large request bodies in flight, in KiB permits (`http::reserve_body_memory`).
+    pub body_budget: Arc<tokio::sync::Semaphore>,
     /// Websockets bound on this instance (subscriptions with a websocket channel).
     pub hub: Arc<crate::delivery::websocket::Hub>,
 }

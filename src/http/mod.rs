@@ -115,6 +115,7 @@ async fn fhir(State(state): State<AppState>, req: Request) -> Response {
         Err(err) => return respond::error_response(&err, rendering),
     };
     tracing::Span::current().record("route", route.template());
+    let memory = reserve_body_memory(&state, &parts.headers).await;
     let body = match read_body(body, &parts.headers, &state.settings).await {
         Ok(body) => body,
         Err(err) => return respond::error_response(&err, rendering),
@@ -131,12 +132,46 @@ async fn fhir(State(state): State<AppState>, req: Request) -> Response {
         headers: parts.headers,
         body,
     };
-    // The database work is cancelled if the client goes away before the answer.
+    // The database work is cancelled if the client goes away before the answer;
+    // the connections that carried a large body are closed after it.
     let pool = state.pool.clone();
-    match crate::store::pool::track(pool, handlers::handle(&state, request)).await {
+    let large = memory.is_some();
+    let handled = crate::store::pool::track(pool, handlers::handle(&state, request), large).await;
+    let response = match handled {
         Ok(reply) => respond::render(reply, rendering),
         Err(err) => respond::error_response(&err, rendering),
+    };
+    drop(memory);
+    response
+}
+
+/// Bodies from this size on draw on the state's budget of large bodies in flight.
+const LARGE_BODY: usize = 64 * 1024;
+
+/// Holds, from before a large body is read until its answer is written, its size
+/// (as declared, or the body limit when it comes in chunks) out of the budget of
+/// large bodies in flight: a burst of large requests waits rather than multiplying
+/// the server's memory. `None` for small or no bodies.
+async fn reserve_body_memory(
+    state: &AppState,
+    headers: &axum::http::HeaderMap,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    let limit = state.settings.max_body_bytes;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let size = match declared {
+        Some(n) => n.min(limit),
+        None if headers.contains_key(header::TRANSFER_ENCODING) => limit,
+        None => 0,
+    };
+    if size < LARGE_BODY {
+        return None;
     }
+    // The budget is never below the body limit: the permits always exist.
+    let kib = u32::try_from(size.div_ceil(1024)).unwrap_or(u32::MAX);
+    state.body_budget.clone().acquire_many_owned(kib).await.ok()
 }
 
 /// Refuses a JSON or XML body nested too deeply for the recursive parsers below,

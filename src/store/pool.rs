@@ -56,9 +56,20 @@ pub fn build(
     );
     Pool::builder(manager)
         .max_size(size)
-        .post_create(Hook::sync_fn(|client, _| {
+        .post_create(Hook::async_fn(|client, _| {
             note_taken(client);
-            Ok(())
+            Box::pin(async move {
+                // PostgreSQL 14 and later stop the statement of a backend whose
+                // client is gone (this server killed, say) within a second, instead of
+                // running it to the end; older servers refuse the setting, harmlessly.
+                if let Err(e) = client
+                    .batch_execute("SET client_connection_check_interval = 1000")
+                    .await
+                {
+                    tracing::debug!(error = %e, "client_connection_check_interval not set");
+                }
+                Ok(())
+            })
         }))
         .post_recycle(Hook::sync_fn(|client, _| {
             note_taken(client);
@@ -69,13 +80,16 @@ pub fn build(
 }
 
 /// Runs `request`; if it is dropped before it finishes, cancels the statements of
-/// the connections it took from `pool`.
-pub fn track<F: Future>(pool: Pool, request: F) -> Tracked<F> {
+/// the connections it took from `pool`. With `close_after`, its connections are
+/// closed when it finishes: a connection keeps the buffers of the largest message
+/// it carried, and a request with a large body would leave megabytes in each.
+pub fn track<F: Future>(pool: Pool, request: F, close_after: bool) -> Tracked<F> {
     let taken = Arc::new(Mutex::new(Vec::new()));
     Tracked {
         inner: Some(Box::pin(TAKEN.scope(taken.clone(), request))),
         taken,
         pool,
+        close_after,
     }
 }
 
@@ -86,6 +100,17 @@ pub struct Tracked<F: Future> {
     inner: Option<Pin<Box<tokio::task::futures::TaskLocalFuture<Taken, F>>>>,
     taken: Taken,
     pool: Pool,
+    close_after: bool,
+}
+
+/// Takes out of `pool` those of the `taken` connections that are idle in it.
+fn remove_idle(pool: &Pool, taken: &Mutex<Vec<usize>>) -> Vec<ClientWrapper> {
+    let taken = std::mem::take(&mut *taken.lock().unwrap_or_else(|e| e.into_inner()));
+    if taken.is_empty() {
+        return Vec::new();
+    }
+    pool.retain(|client, _| !taken.contains(&identity(client)))
+        .removed
 }
 
 impl<F: Future> Future for Tracked<F> {
@@ -97,6 +122,9 @@ impl<F: Future> Future for Tracked<F> {
         };
         let out = std::task::ready!(inner.as_mut().poll(cx));
         self.inner = None;
+        if self.close_after {
+            drop(remove_idle(&self.pool, &self.taken));
+        }
         Poll::Ready(out)
     }
 }
@@ -110,21 +138,15 @@ impl<F: Future> Drop for Tracked<F> {
         // Dropping the request returns its connections to the pool, busy or not;
         // take them straight back out, before another request can use them.
         drop(inner);
-        let taken = std::mem::take(&mut *self.taken.lock().unwrap_or_else(|e| e.into_inner()));
-        if taken.is_empty() {
-            return;
-        }
-        let removed = self
-            .pool
-            .retain(|client, _| !taken.contains(&identity(client)));
-        if removed.removed.is_empty() {
+        let removed = remove_idle(&self.pool, &self.taken);
+        if removed.is_empty() {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
         runtime.spawn(async move {
-            for client in removed.removed {
+            for client in removed {
                 let token = client.cancel_token();
                 if let Err(e) = token.cancel_query(NoTls).await {
                     tracing::debug!(error = %e, "cancelling the query of a dropped request");

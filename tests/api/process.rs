@@ -292,3 +292,73 @@ async fn notifications_committed_before_a_sigkill_are_delivered_after_restart() 
     );
     terminate(child);
 }
+
+/// A statement of a server that dies does not outlive it: PostgreSQL notices the
+/// closed connection (client_connection_check_interval) and stops it.
+#[tokio::test]
+async fn statements_of_a_killed_server_do_not_outlive_it() {
+    let database_url = fresh_database_url().await;
+    let (observer, connection) = tokio_postgres::connect(&database_url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(connection);
+    let http = reqwest::Client::new();
+    let port = free_port();
+    let mut child = spawn_serve_url(&database_url, port);
+    wait_ready(&http, port).await;
+    let base = format!("http://127.0.0.1:{port}/fhir");
+    let resp = http
+        .put(format!("{base}/Patient/locked"))
+        .header("content-type", "application/fhir+json")
+        .body(json!({"resourceType":"Patient","id":"locked"}).to_string())
+        .send()
+        .await
+        .expect("PUT");
+    assert_eq!(resp.status(), 201);
+    observer
+        .batch_execute(
+            "BEGIN; SELECT 1 FROM resource WHERE res_type = 'Patient' AND res_id = 'locked' FOR UPDATE",
+        )
+        .await
+        .expect("lock");
+    let blocked = {
+        let (http, base) = (http.clone(), base.clone());
+        tokio::spawn(async move {
+            let _ = http
+                .put(format!("{base}/Patient/locked"))
+                .header("content-type", "application/fhir+json")
+                .body(json!({"resourceType":"Patient","id":"locked","active":true}).to_string())
+                .send()
+                .await;
+        })
+    };
+    let waiting = || async {
+        observer
+            .query(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .expect("pg_stat_activity")
+            .len()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while waiting().await == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the PUT never waited for the lock"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reap");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while waiting().await > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the dead server's statement still waits for the lock"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    blocked.abort();
+}

@@ -580,3 +580,53 @@ async fn wide_arrays_are_refused_before_parsing_but_large_bundles_are_not() {
         200
     );
 }
+
+/// Large bodies share a budget: while one holds it (here a chunked body that never
+/// ends, counted at the body limit), the next large one waits; small ones do not.
+#[tokio::test]
+async fn large_bodies_wait_for_their_share_of_memory() {
+    use tokio::io::AsyncWriteExt;
+    let mut options = with_limits(passerelle::server::RequestLimits {
+        body_read_timeout: std::time::Duration::from_millis(1_500),
+        large_bodies_in_flight: 1 << 20,
+        ..Default::default()
+    });
+    options.max_body_bytes = 1 << 20;
+    let s = TestServer::start_on(crate::support::fresh_database().await, options).await;
+    let addr = s
+        .base
+        .trim_start_matches("http://")
+        .trim_end_matches("/fhir")
+        .to_owned();
+    let mut stalled = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    stalled
+        .write_all(b"POST /fhir/Patient HTTP/1.1\r\nHost: x\r\nContent-Type: application/fhir+json\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{\"res\r\n")
+        .await
+        .expect("write");
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+
+    let started = std::time::Instant::now();
+    s.create(&json!({"resourceType":"Patient","active":true}))
+        .await;
+    let small = started.elapsed();
+
+    let identifiers: Vec<serde_json::Value> = (0..2_000)
+        .map(|i| json!({"system":"urn:example:wide","value":format!("{i:040}")}))
+        .collect();
+    let large = json!({"resourceType":"Patient","identifier":identifiers});
+    assert!(large.to_string().len() > 64 * 1024);
+    let started = std::time::Instant::now();
+    s.create(&large).await;
+    let waited = started.elapsed();
+    assert!(
+        small < std::time::Duration::from_millis(700),
+        "small body: {small:?}"
+    );
+    assert!(
+        waited >= std::time::Duration::from_millis(700),
+        "the large body did not wait for the stalled one: {waited:?}"
+    );
+    drop(stalled);
+}
