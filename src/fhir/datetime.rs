@@ -4,8 +4,7 @@
 //! `_since`/`_at` need: every value becomes `[low, high)` in UTC.
 
 use chrono::{
-    DateTime, Datelike, Duration, FixedOffset, NaiveDate, NaiveDateTime, SecondsFormat, TimeZone,
-    Timelike, Utc,
+    DateTime, Duration, FixedOffset, NaiveDate, NaiveDateTime, SecondsFormat, TimeZone, Utc,
 };
 
 /// A half-open interval of instants.
@@ -121,29 +120,17 @@ pub fn format_instant(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Micros, false)
 }
 
-/// RFC 7231 HTTP-date, for `Last-Modified` (on every read: no format parsing).
+/// RFC 7231 HTTP-date, for `Last-Modified`.
 pub fn format_http_date(t: DateTime<Utc>) -> String {
-    const DAYS: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    format!(
-        "{}, {:02} {} {:04} {:02}:{:02}:{:02} GMT",
-        DAYS[t.weekday().num_days_from_monday() as usize],
-        t.day(),
-        MONTHS[t.month0() as usize],
-        t.year(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    )
+    httpdate::fmt_http_date(t.into())
 }
 
-/// Parses an RFC 7231 HTTP-date (`If-Modified-Since`).
+/// Parses an HTTP-date in any of RFC 7231's three forms (IMF-fixdate, RFC 850,
+/// asctime), for `If-Modified-Since`.
 pub fn parse_http_date(text: &str) -> Option<DateTime<Utc>> {
-    NaiveDateTime::parse_from_str(text.trim(), "%a, %d %b %Y %H:%M:%S GMT")
+    httpdate::parse_http_date(text.trim())
         .ok()
-        .map(|n| Utc.from_utc_datetime(&n))
+        .map(DateTime::<Utc>::from)
 }
 
 #[cfg(test)]
@@ -201,6 +188,12 @@ mod tests {
         let s = format_http_date(t);
         assert_eq!(s, "Wed, 25 Nov 2026 16:21:56 GMT");
         assert_eq!(parse_http_date(&s), Some(t));
+        assert_eq!(
+            parse_http_date("Wednesday, 25-Nov-26 16:21:56 GMT"),
+            Some(t)
+        );
+        assert_eq!(parse_http_date("Wed Nov 25 16:21:56 2026"), Some(t));
+        assert_eq!(parse_http_date("yesterday"), None);
         assert_eq!(format_instant(t), "2026-11-25T16:21:56.000000+00:00");
     }
 }

@@ -131,37 +131,27 @@ fn bound_opt(text: &mut Option<String>) {
     }
 }
 
-/// Lower case, Latin accents removed (`Lefèvre` → `lefevre`, `Œuvre` → `oeuvre`):
-/// how string parameters are compared by default. Bounded like every indexed
+/// Lower case, accents removed (`Lefèvre` → `lefevre`, `Œuvre` → `oeuvre`, and
+/// `e` followed by a combining accent → `e`): how string parameters are compared
+/// by default. Letters are decomposed (Unicode NFD) and their marks dropped; the
+/// few letters that do not decompose are spelt out. Bounded like every indexed
 /// value ([`bounded`]).
 pub fn normalize(text: &str) -> String {
+    use unicode_normalization::char::is_combining_mark;
+    use unicode_normalization::UnicodeNormalization;
     let mut out = String::with_capacity(text.len());
-    for c in text.chars().flat_map(char::to_lowercase) {
-        let plain = match c {
-            'à'..='å' | 'ā' | 'ă' | 'ą' => "a",
-            'ç' | 'ć' | 'ĉ' | 'ċ' | 'č' => "c",
-            'ď' | 'đ' => "d",
-            'è'..='ë' | 'ē' | 'ĕ' | 'ė' | 'ę' | 'ě' => "e",
-            'ĝ' | 'ğ' | 'ġ' | 'ģ' => "g",
-            'ì'..='ï' | 'ĩ' | 'ī' | 'ĭ' | 'į' | 'ı' => "i",
-            'ñ' | 'ń' | 'ņ' | 'ň' => "n",
-            'ò'..='ö' | 'ø' | 'ō' | 'ŏ' | 'ő' => "o",
-            'ù'..='ü' | 'ũ' | 'ū' | 'ŭ' | 'ů' | 'ű' | 'ų' => "u",
-            'ý' | 'ÿ' => "y",
-            'ł' | 'ľ' | 'ĺ' | 'ļ' => "l",
-            'ř' | 'ŕ' | 'ŗ' => "r",
-            'ś' | 'š' | 'ş' | 'ŝ' => "s",
-            'ť' | 'ţ' => "t",
-            'ź' | 'ż' | 'ž' => "z",
-            'œ' => "oe",
-            'æ' => "ae",
-            'ß' => "ss",
-            _ => {
-                out.push(c);
-                continue;
-            }
-        };
-        out.push_str(plain);
+    for c in text.nfd().flat_map(char::to_lowercase) {
+        match c {
+            _ if is_combining_mark(c) => {}
+            'œ' => out.push_str("oe"),
+            'æ' => out.push_str("ae"),
+            'ß' => out.push_str("ss"),
+            'ø' => out.push('o'),
+            'đ' => out.push('d'),
+            'ł' => out.push('l'),
+            'ı' => out.push('i'),
+            _ => out.push(c),
+        }
     }
     bound(&mut out);
     out
@@ -603,6 +593,15 @@ mod tests {
     fn accents_and_case() {
         assert_eq!(normalize("Lefèvre"), "lefevre");
         assert_eq!(normalize("ŒUVRE Ça"), "oeuvre ca");
+        assert_eq!(
+            normalize("Lefe\u{300}vre Zo\u{308}e"),
+            "lefevre zoe",
+            "decomposed accents"
+        );
+        assert_eq!(
+            normalize("Łódź Ørsted İzmir Straße"),
+            "lodz orsted izmir strasse"
+        );
     }
 
     #[test]

@@ -71,16 +71,19 @@ pub fn find_bin_dir() -> Result<PathBuf, EmbeddedError> {
         .ok_or(EmbeddedError::NoBinaries)
 }
 
-/// uid and gid of a user from /etc/passwd.
+/// uid and gid of a user, from the system's user database (NSS: files, LDAP…).
 fn lookup_account(name: &str) -> Option<Account> {
-    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
-    passwd.lines().find_map(|line| {
-        let fields: Vec<&str> = line.split(':').collect();
-        (fields.len() > 3 && fields[0] == name).then(|| Account {
-            uid: fields[2].parse().unwrap_or(u32::MAX),
-            gid: fields[3].parse().unwrap_or(u32::MAX),
+    let name = std::ffi::CString::new(name).ok()?;
+    // SAFETY: getpwnam reads a NUL-terminated name and returns a pointer to static
+    // storage (or null); it is read at once, before any other call could reuse it.
+    // Only the start of the embedded cluster calls it, once.
+    unsafe {
+        let entry = libc::getpwnam(name.as_ptr());
+        entry.as_ref().map(|pw| Account {
+            uid: pw.pw_uid,
+            gid: pw.pw_gid,
         })
-    })
+    }
 }
 
 fn is_root() -> bool {
