@@ -77,13 +77,15 @@ fn observation(rng: &mut Rng, i: usize, patients: usize) -> Value {
     o
 }
 
+/// A search value written literally (`\\`, `,` and `|` escaped).
+fn escape(text: &str) -> String {
+    text.replace('\\', "\\\\")
+        .replace(',', "\\,")
+        .replace('|', "\\|")
+}
+
 /// A value for a parameter of this kind, usually one the resources carry.
 fn value(rng: &mut Rng, kind: &str) -> String {
-    let escape = |s: &str| {
-        s.replace('\\', "\\\\")
-            .replace(',', "\\,")
-            .replace('|', "\\|")
-    };
     match kind {
         "string" => {
             let word = rng.pick(&[FAMILIES, GIVENS, CITIES]).to_owned();
@@ -92,8 +94,8 @@ fn value(rng: &mut Rng, kind: &str) -> String {
             escape(&word.chars().take(cut).collect::<String>())
         }
         "token" => match rng.below(4) {
-            0 => escape(*rng.pick(CODES)),
-            1 => format!("{}|{}", rng.pick(SYSTEMS), escape(*rng.pick(CODES))),
+            0 => escape(rng.pick::<&str>(CODES)),
+            1 => format!("{}|{}", rng.pick(SYSTEMS), escape(rng.pick::<&str>(CODES))),
             2 => format!("{}|{}", rng.pick(SYSTEMS), rng.below(5)),
             _ => rng
                 .pick(&["male", "female", "true", "false", "final", "|8867-4"])
@@ -125,11 +127,16 @@ const PARAMS: &[(&str, &str, &str)] = &[
     ("Observation", "patient", "reference"),
 ];
 
+/// Modifiers by kind; no modifier weighs more.
+const STRING_MODIFIERS: &[&str] = &["", "", ":exact", ":contains", ":missing"];
+const TOKEN_MODIFIERS: &[&str] = &["", "", ":not", ":text", ":missing"];
+const OTHER_MODIFIERS: &[&str] = &["", "", "", ":missing"];
+
 fn modifier(rng: &mut Rng, kind: &str) -> &'static str {
     match kind {
-        "string" => *rng.pick(&["", "", ":exact", ":contains", ":missing"]),
-        "token" => *rng.pick(&["", "", ":not", ":text", ":missing"]),
-        "date" | "reference" => *rng.pick(&["", "", "", ":missing"]),
+        "string" => rng.pick::<&str>(STRING_MODIFIERS),
+        "token" => rng.pick::<&str>(TOKEN_MODIFIERS),
+        "date" | "reference" => rng.pick::<&str>(OTHER_MODIFIERS),
         _ => "",
     }
 }
