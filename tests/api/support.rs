@@ -21,6 +21,33 @@ extern "C" fn stop_cluster() {
     }
 }
 
+/// The databases this test process created, dropped when it exits.
+static CREATED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+static DROP_AT_EXIT: std::sync::Once = std::sync::Once::new();
+
+/// Drops the test databases and the template (registered after the cluster's own
+/// exit hook, so it runs before the cluster stops).
+extern "C" fn drop_test_databases() {
+    let names = std::mem::take(&mut *CREATED.lock().unwrap_or_else(|e| e.into_inner()));
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return;
+    };
+    runtime.block_on(async {
+        let Ok((client, connection)) = admin_config().connect(NoTls).await else {
+            return;
+        };
+        tokio::spawn(connection);
+        for name in names.iter().map(String::as_str).chain([TEMPLATE_DB]) {
+            let _ = client
+                .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .await;
+        }
+    });
+}
+
 /// The server every test database lives on, with a database to connect to.
 fn admin_config() -> tokio_postgres::Config {
     if let Ok(url) = std::env::var("DATABASE_URL") {
@@ -98,6 +125,16 @@ pub async fn fresh_database() -> tokio_postgres::Config {
             Err(e) => panic!("create test database: {e}"),
         }
     }
+    CREATED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(name.clone());
+    DROP_AT_EXIT.call_once(|| {
+        // SAFETY: registering a plain extern "C" function with no captured state.
+        unsafe {
+            libc::atexit(drop_test_databases);
+        }
+    });
     let mut config = admin.clone();
     config.dbname(&name);
     config
