@@ -21,8 +21,9 @@ pub enum Target {
         client: reqwest::Client,
         base: String,
     },
-    /// The database, through the server's own write path.
-    Database(Pool),
+    /// The database, through the server's own write path, with the definitions in
+    /// force there.
+    Database(Pool, service::Rules),
 }
 
 /// One unit of work read from a file.
@@ -138,7 +139,7 @@ impl Target {
                 }
                 Ok(bundle_statuses(&body))
             }
-            Target::Database(pool) => {
+            Target::Database(pool, rules) => {
                 let body = serde_json::to_vec(&bundle).map_err(|e| e.to_string())?;
                 drop(bundle);
                 // No base URL: the loader reads the statuses alone.
@@ -147,7 +148,7 @@ impl Target {
                     handling: crate::search::Handling::Lenient,
                     representation: false,
                 };
-                bundle::process(pool, &service::Rules::default(), &answering, &body)
+                bundle::process(pool, rules, &answering, &body)
                     .await
                     .and_then(|text| {
                         serde_json::from_str::<Value>(&text)
@@ -182,7 +183,7 @@ impl Target {
                 let body: Value = resp.json().await.unwrap_or_default();
                 Err(format!("{status}: {}", body["issue"][0]["diagnostics"]))
             }
-            Target::Database(pool) => {
+            Target::Database(pool, rules) => {
                 let written = async {
                     fhir::check_resource(&resource)?;
                     let request = match id {
@@ -199,7 +200,7 @@ impl Target {
                             id: None,
                         },
                     };
-                    service::write(pool, &service::Rules::default(), request).await
+                    service::write(pool, rules, request).await
                 }
                 .await
                 .map_err(|e: FhirError| e.to_string())?;

@@ -78,12 +78,21 @@ struct SubscriptionArgs {
 }
 
 impl SubscriptionArgs {
-    fn rules(&self) -> passerelle::service::Rules {
-        passerelle::service::Rules {
+    /// The write path's rules: the endpoint policy, and the server's topics plus
+    /// the deployer's file when given.
+    fn rules(&self) -> Result<passerelle::service::Rules, server::StartError> {
+        let extra = match &self.subscription_topics {
+            Some(path) => Some(std::fs::read_to_string(path)?),
+            None => None,
+        };
+        let catalog = passerelle::service::Catalog::new(extra.as_deref())
+            .map_err(|e| server::StartError::Database(format!("subscription topics: {e}")))?;
+        Ok(passerelle::service::Rules {
             endpoints: passerelle::subscription::EndpointPolicy {
                 allow_insecure: self.allow_insecure_endpoints,
             },
-        }
+            catalog: std::sync::Arc::new(catalog),
+        })
     }
 
     fn delivery(&self) -> passerelle::delivery::Tuning {
@@ -95,17 +104,6 @@ impl SubscriptionArgs {
             timeout: Duration::from_millis(self.delivery_timeout_ms),
             ..passerelle::delivery::Tuning::default()
         }
-    }
-
-    /// Puts the server's topics, and the deployer's if given, in force.
-    fn install_topics(&self) -> Result<(), server::StartError> {
-        let extra = match &self.subscription_topics {
-            Some(path) => Some(std::fs::read_to_string(path)?),
-            None => None,
-        };
-        passerelle::subscription::topic::install(extra.as_deref())
-            .map(|_| ())
-            .map_err(|e| server::StartError::Database(format!("subscription topics: {e}")))
     }
 }
 
@@ -235,11 +233,12 @@ async fn load(
         ),
         None => {
             let database = server::open_database(&db.choice(), 4, None).await?;
-            passerelle::service::load_search_parameters(&database.pool)
+            let rules = passerelle::service::Rules::default();
+            passerelle::service::load_search_parameters(&database.pool, &rules.catalog)
                 .await
                 .map_err(to_err)?;
             (
-                passerelle::load::Target::Database(database.pool.clone()),
+                passerelle::load::Target::Database(database.pool.clone(), rules),
                 Some(database),
             )
         }
@@ -279,29 +278,30 @@ async fn main() -> ExitCode {
             large_bodies_in_flight,
             db,
             subscriptions,
-        } => match subscriptions.install_topics() {
-            Ok(()) => match server::open_database(&db.choice(), pool_size, Some(statement_timeout))
-                .await
-            {
-                Ok(database) => {
-                    let options = ServeOptions {
-                        listen,
-                        base_url,
-                        max_body_bytes,
-                        rules: subscriptions.rules(),
-                        delivery: subscriptions.delivery(),
-                        limits: server::RequestLimits {
-                            header_read_timeout,
-                            body_read_timeout,
-                            max_connections,
-                            statement_timeout,
-                            large_bodies_in_flight,
-                        },
-                    };
-                    server::serve(database, options).await
+        } => match subscriptions.rules() {
+            Ok(rules) => {
+                match server::open_database(&db.choice(), pool_size, Some(statement_timeout)).await
+                {
+                    Ok(database) => {
+                        let options = ServeOptions {
+                            listen,
+                            base_url,
+                            max_body_bytes,
+                            rules,
+                            delivery: subscriptions.delivery(),
+                            limits: server::RequestLimits {
+                                header_read_timeout,
+                                body_read_timeout,
+                                max_connections,
+                                statement_timeout,
+                                large_bodies_in_flight,
+                            },
+                        };
+                        server::serve(database, options).await
+                    }
+                    Err(e) => Err(e),
                 }
-                Err(e) => Err(e),
-            },
+            }
             Err(e) => Err(e),
         },
         Command::Migrate { db } => match server::open_database(&db.choice(), 1, None).await {
@@ -342,11 +342,17 @@ async fn main() -> ExitCode {
         Command::Reindex { db } => match server::open_database(&db.choice(), 2, None).await {
             Ok(database) => {
                 let started = std::time::Instant::now();
-                let result = match passerelle::service::load_search_parameters(&database.pool).await
-                {
-                    Ok(_) => passerelle::service::reindex(&database.pool, None, 500).await,
-                    Err(e) => Err(e),
-                };
+                let catalog = passerelle::service::Catalog::default();
+                let result =
+                    match passerelle::service::load_search_parameters(&database.pool, &catalog)
+                        .await
+                    {
+                        Ok(_) => {
+                            let params = catalog.params.current();
+                            passerelle::service::reindex(&database.pool, &params, None, 500).await
+                        }
+                        Err(e) => Err(e),
+                    };
                 database.close().await;
                 match result {
                     Ok(n) => {

@@ -288,7 +288,7 @@ impl delivery::StatusSink for SubscriptionStatus {
 
 /// Starts the delivery workers for the server at `local` (its FHIR base names
 /// the resources in notifications unless a public base URL is set).
-pub fn start_delivery(
+fn start_delivery(
     pool: &Pool,
     config: &tokio_postgres::Config,
     options: &ServeOptions,
@@ -312,11 +312,7 @@ pub fn start_delivery(
         .map_err(|e| StartError::Database(format!("delivery client: {e}")))
 }
 
-pub fn app_state(
-    pool: Pool,
-    options: &ServeOptions,
-    hub: Arc<delivery::websocket::Hub>,
-) -> AppState {
+fn app_state(pool: Pool, options: &ServeOptions, hub: Arc<delivery::websocket::Hub>) -> AppState {
     // Never below the body limit, so that any one body fits.
     let budget = options
         .limits
@@ -342,7 +338,7 @@ pub fn app_state(
 /// Serves the FHIR API on `listener` until `shutdown` completes: at most
 /// `max_connections` at once, each with hyper's header (and idle) timeout; on
 /// shutdown, requests in flight finish.
-pub async fn serve_on(
+async fn serve_on(
     listener: tokio::net::TcpListener,
     state: AppState,
     limits: RequestLimits,
@@ -426,6 +422,77 @@ fn raise_open_file_limit() {
     }
 }
 
+/// A server started by [`start`]: its address, the accept loop, the delivery
+/// workers and the watcher of SearchParameter changes.
+pub struct Running {
+    pub local: SocketAddr,
+    pub rules: Arc<crate::service::Rules>,
+    serving: tokio::task::JoinHandle<std::io::Result<()>>,
+    watcher: tokio::task::JoinHandle<()>,
+    delivery: Option<delivery::Delivery>,
+}
+
+impl Running {
+    /// Waits for the accept loop to end (after `shutdown`), then stops the rest.
+    pub async fn wait(mut self) -> std::io::Result<()> {
+        let serving = (&mut self.serving).await;
+        self.stop_background();
+        serving.unwrap_or_else(|e| Err(std::io::Error::other(e)))
+    }
+
+    fn stop_background(&mut self) {
+        self.watcher.abort();
+        if let Some(d) = self.delivery.take() {
+            d.stop();
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop_background();
+        self.serving.abort();
+    }
+}
+
+/// Starts a server over `pool` on `listener`, the one way `serve`, the tests and
+/// the benchmarks start one: the SearchParameters of the database put in force,
+/// the watcher of changes made by other instances, the delivery workers, and the
+/// accept loop until `shutdown` completes.
+pub async fn start(
+    pool: Pool,
+    config: &tokio_postgres::Config,
+    options: &ServeOptions,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<Running, StartError> {
+    let local = listener.local_addr()?;
+    let fingerprint = crate::service::load_search_parameters(&pool, &options.rules.catalog)
+        .await
+        .map_err(|e| StartError::Database(e.to_string()))?;
+    let watcher = tokio::spawn(crate::service::watch_search_parameters(
+        pool.clone(),
+        options.rules.catalog.clone(),
+        fingerprint,
+        SEARCH_PARAMETER_POLL,
+    ));
+    let hub = delivery::websocket::Hub::new();
+    let delivery = start_delivery(&pool, config, options, local, hub.clone())?;
+    let state = app_state(pool, options, hub);
+    let rules = state.rules.clone();
+    let serving = tokio::spawn(serve_on(listener, state, options.limits.clone(), shutdown));
+    Ok(Running {
+        local,
+        rules,
+        serving,
+        watcher,
+        delivery: Some(delivery),
+    })
+}
+
+/// How often an instance looks for SearchParameters written through another.
+const SEARCH_PARAMETER_POLL: Duration = Duration::from_secs(5);
+
 /// Serves until SIGINT or SIGTERM, then shuts down gracefully.
 pub async fn serve(database: Database, options: ServeOptions) -> Result<(), StartError> {
     let listener = tokio::net::TcpListener::bind(options.listen)
@@ -433,27 +500,16 @@ pub async fn serve(database: Database, options: ServeOptions) -> Result<(), Star
         .map_err(|e| StartError::Listen(options.listen, e))?;
     let local = listener.local_addr()?;
     tracing::info!(%local, "Passerelle listening; FHIR base is http://{local}/fhir");
-    let fingerprint = crate::service::load_search_parameters(&database.pool)
-        .await
-        .map_err(|e| StartError::Database(e.to_string()))?;
-    let watcher = tokio::spawn(crate::service::watch_search_parameters(
+    raise_open_file_limit();
+    let running = start(
         database.pool.clone(),
-        fingerprint,
-        std::time::Duration::from_secs(5),
-    ));
-    let hub = delivery::websocket::Hub::new();
-    let delivery = start_delivery(
-        &database.pool,
         &database.config,
         &options,
-        local,
-        hub.clone(),
-    )?;
-    let state = app_state(database.pool.clone(), &options, hub);
-    raise_open_file_limit();
-    let result = serve_on(listener, state, options.limits.clone(), shutdown_signal()).await;
-    watcher.abort();
-    delivery.stop();
+        listener,
+        shutdown_signal(),
+    )
+    .await?;
+    let result = running.wait().await;
     tracing::info!("shutting down");
     database.close().await;
     result.map_err(StartError::Io)

@@ -174,14 +174,12 @@ impl Connection {
 /// The API served in the bench process, with its delivery workers.
 pub(crate) struct BenchServer {
     pub addr: SocketAddr,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
-    delivery: crate::delivery::Delivery,
+    running: server::Running,
 }
 
 impl BenchServer {
     pub(crate) fn stop(self) {
-        self.delivery.stop();
-        self.task.abort();
+        drop(self.running);
     }
 }
 
@@ -203,25 +201,22 @@ pub(crate) async fn start_server_with(
             endpoints: crate::subscription::EndpointPolicy {
                 allow_insecure: true,
             },
+            ..Default::default()
         },
         delivery,
         limits: server::RequestLimits::default(),
     };
     let listener = tokio::net::TcpListener::bind(serve.listen).await?;
-    let addr = listener.local_addr()?;
-    let hub = crate::delivery::websocket::Hub::new();
-    let delivery =
-        server::start_delivery(&database.pool, &database.config, &serve, addr, hub.clone())?;
-    let state = server::app_state(database.pool.clone(), &serve, hub);
-    let task = tokio::spawn(server::serve_on(
+    let running = server::start(
+        database.pool.clone(),
+        &database.config,
+        &serve,
         listener,
-        state,
-        serve.limits.clone(),
         std::future::pending(),
-    ));
+    )
+    .await?;
     Ok(BenchServer {
-        addr,
-        task,
-        delivery,
+        addr: running.local,
+        running,
     })
 }

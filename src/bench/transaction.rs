@@ -100,11 +100,12 @@ fn copy_rows(n: usize) -> Vec<(&'static str, String)> {
     ];
     let t = |s: &str| copy_text(Some(s));
     let o = |s: &Option<String>| copy_text(s.as_deref());
+    let params = crate::search::params::ParamTable::standard();
     for i in 0..n {
         let id = format!("copy-{i}");
         let mut resource = patient(i);
         fhir::stamp(&mut resource, &id, 1, now);
-        let rows: IndexRows = index::extract("Patient", &resource);
+        let rows: IndexRows = index::extract(&params, "Patient", &resource);
         let _ = writeln!(
             tables[0].1,
             "Patient\t{id}\t1\t{stamp}\tPOST\tf\t{}",

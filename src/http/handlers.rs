@@ -100,6 +100,7 @@ pub async fn handle(state: &AppState, req: FhirRequest) -> FhirResult<Reply> {
     match (&method, &req.route) {
         (&Method::GET, Route::Metadata) => {
             let cs = capability::capability_statement(
+                &state.rules.catalog,
                 &req.base,
                 env!("CARGO_PKG_VERSION"),
                 &state.settings.started,
@@ -266,7 +267,8 @@ pub async fn handle(state: &AppState, req: FhirRequest) -> FhirResult<Reply> {
         }
         (&Method::GET, Route::Everything(t, id)) => {
             let params = req.criteria();
-            let page = service::everything(pool, t, id, &params).await?;
+            let params_in_force = state.rules.catalog.params.current();
+            let page = service::everything(pool, &params_in_force, t, id, &params).await?;
             searchset_reply(&req, &format!("/{t}/{id}/$everything"), &params, &page)
         }
         (&Method::GET | &Method::POST, Route::SubscriptionOperation(Some(id), op))
@@ -566,8 +568,17 @@ async fn search(
         Scope::Type => format!("/{res_type}"),
         Scope::System(_) => String::new(),
     };
+    let params_in_force = state.rules.catalog.params.current();
     let client = state.pool.get().await?;
-    let page = service::search(&client, res_type, &params, req.handling(), scope).await?;
+    let page = service::search(
+        &client,
+        &params_in_force,
+        res_type,
+        &params,
+        req.handling(),
+        scope,
+    )
+    .await?;
     searchset_reply(req, &path, &params, &page)
 }
 

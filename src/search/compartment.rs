@@ -7,7 +7,7 @@ use std::sync::LazyLock;
 
 use serde_json::Value;
 
-use super::params::{params, ParamType};
+use super::params::{ParamTable, ParamType};
 use super::{Condition, Modifier, SearchValue};
 
 const PATIENT: &str = include_str!("../../profiles/compartment-patient.json");
@@ -33,7 +33,12 @@ static PATIENT_COMPARTMENT: LazyLock<HashMap<String, Vec<String>>> = LazyLock::n
 
 /// The condition "belongs to the compartment of `compartment_type/id`" for
 /// `resource_type`, or `None` when that type is not in such a compartment.
-pub fn membership(compartment_type: &str, id: &str, resource_type: &str) -> Option<Condition> {
+pub fn membership(
+    table: &ParamTable,
+    compartment_type: &str,
+    id: &str,
+    resource_type: &str,
+) -> Option<Condition> {
     if compartment_type != "Patient" {
         return None;
     }
@@ -46,7 +51,7 @@ pub fn membership(compartment_type: &str, id: &str, resource_type: &str) -> Opti
     let mut alternatives: Vec<Condition> = members
         .iter()
         .filter(|p| {
-            params()
+            table
                 .get(resource_type, p)
                 .is_some_and(|d| d.kind == ParamType::Reference)
         })
@@ -86,7 +91,7 @@ mod tests {
         assert!(PATIENT_COMPARTMENT.len() > 60);
         for (resource_type, members) in PATIENT_COMPARTMENT.iter() {
             for p in members {
-                let def = params().get(resource_type, p);
+                let def = super::super::params::test_table().get(resource_type, p);
                 assert_eq!(
                     def.map(|d| d.kind),
                     Some(ParamType::Reference),
@@ -101,11 +106,28 @@ mod tests {
 
     #[test]
     fn membership_conditions() {
-        let Some(Condition::AnyOf(of_care_team)) = membership("Patient", "p1", "CareTeam") else {
+        let Some(Condition::AnyOf(of_care_team)) = membership(
+            super::super::params::test_table(),
+            "Patient",
+            "p1",
+            "CareTeam",
+        ) else {
             panic!("CareTeam is in the Patient compartment")
         };
         assert_eq!(of_care_team.len(), 2, "patient and participant");
-        assert!(membership("Patient", "p1", "Organization").is_none());
-        assert!(membership("Practitioner", "x", "Encounter").is_none());
+        assert!(membership(
+            super::super::params::test_table(),
+            "Patient",
+            "p1",
+            "Organization"
+        )
+        .is_none());
+        assert!(membership(
+            super::super::params::test_table(),
+            "Practitioner",
+            "x",
+            "Encounter"
+        )
+        .is_none());
     }
 }

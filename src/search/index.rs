@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use super::params::{params, ParamType, SearchParam, COLUMN_PARAMS};
+use super::params::{ParamTable, ParamType, SearchParam, COLUMN_PARAMS};
 use crate::fhir::datetime;
 use crate::fhir::fhirpath::{self, Node};
 use crate::limits::MAX_INDEXED_BYTES;
@@ -496,9 +496,9 @@ fn rows_of_node(code: &str, kind: ParamType, node: &Node<'_>, rows: &mut IndexRo
 }
 
 /// The index rows of a resource for every parameter of its type.
-pub fn extract(resource_type: &str, resource: &Value) -> IndexRows {
+pub fn extract(table: &ParamTable, resource_type: &str, resource: &Value) -> IndexRows {
     let mut rows = IndexRows::default();
-    for param in params().for_type(resource_type) {
+    for param in table.for_type(resource_type) {
         if !COLUMN_PARAMS.contains(&param.code.as_str()) {
             extract_param(param, resource, &mut rows);
         }
@@ -542,7 +542,7 @@ mod tests {
         let obs = json!({"resourceType":"Observation","status":"final","code":{"text":"note"},
             "valueString": prose,
             "identifier":[{"system":"urn:x","value":"é".repeat(3_000)}]});
-        let rows = extract("Observation", &obs);
+        let rows = extract(super::super::params::test_table(), "Observation", &obs);
         let value = rows
             .strings
             .iter()
@@ -569,7 +569,11 @@ mod tests {
         let seq = json!({"resourceType":"MolecularSequence","coordinateSystem":0,
             "referenceSeq":{"chromosome":{"coding":[{"code":"1"}]}},
             "variant":[{"start":100,"end":101},{"start":200,"end":201}]});
-        let rows = extract("MolecularSequence", &seq);
+        let rows = extract(
+            super::super::params::test_table(),
+            "MolecularSequence",
+            &seq,
+        );
         let chromosome: Vec<i32> = rows
             .tokens
             .iter()
@@ -613,7 +617,7 @@ mod tests {
             "telecom":[{"system":"email","value":"j@x.fr"}],
             "generalPractitioner":[{"reference":"Practitioner/dr-martin"}],
             "meta":{"tag":[{"system":"http://t","code":"demo"}],"profile":["http://p"]}});
-        let rows = extract("Patient", &p);
+        let rows = extract(super::super::params::test_table(), "Patient", &p);
         assert!(rows
             .strings
             .iter()
@@ -669,7 +673,7 @@ mod tests {
             "length":{"value":3.5,"unit":"d","system":"http://unitsofmeasure.org","code":"d"},
             "subject":{"reference":"https://autre.fr/fhir/Patient/p9"},
             "serviceProvider":{"identifier":{"system":"https://finess.esante.gouv.fr","value":"190000042"}}});
-        let rows = extract("Encounter", &e);
+        let rows = extract(super::super::params::test_table(), "Encounter", &e);
         let date = rows.dates.iter().find(|d| d.param == "date").expect("date");
         assert_eq!(date.high, far_future());
         assert!(rows

@@ -321,12 +321,13 @@ mod tests {
 
     fn check(res_type: &str, resource: &serde_json::Value, query: &str) -> Truth {
         let plan = parse(
+            crate::search::params::test_table(),
             res_type,
             &crate::search::parse_form(query),
             Handling::Strict,
         )
         .expect("query parses");
-        let rows = index::extract(res_type, resource);
+        let rows = index::extract(crate::search::params::test_table(), res_type, resource);
         evaluate(
             &plan.conditions,
             &Subject {
@@ -416,6 +417,7 @@ mod tests {
     #[test]
     fn keys_prefer_the_most_selective_condition_and_meet_the_rows() {
         let plan = parse(
+            crate::search::params::test_table(),
             "Encounter",
             &crate::search::parse_form("status=finished&patient=Patient/p1,Patient/p2"),
             Handling::Strict,
@@ -423,11 +425,16 @@ mod tests {
         .expect("parses");
         let keys = keys_of_conditions(&plan.conditions).expect("keyed");
         assert_eq!(keys, vec!["patient>p1", "patient>p2"]);
-        let rows = index::extract("Encounter", &discharge());
+        let rows = index::extract(
+            crate::search::params::test_table(),
+            "Encounter",
+            &discharge(),
+        );
         let offered = keys_of_rows("e1", &rows);
         assert!(offered.contains(&"patient>p1".to_owned()));
         assert!(offered.contains(&"status=finished".to_owned()));
         let unkeyed = parse(
+            crate::search::params::test_table(),
             "Encounter",
             &crate::search::parse_form("date=ge2026"),
             Handling::Strict,

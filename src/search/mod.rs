@@ -16,7 +16,7 @@ use crate::limits::{
     MAX_CHAIN_HOPS, MAX_CRITERION_BRANCHES, MAX_HAS_DEPTH, MAX_SEARCH_PARAMS, MAX_SEARCH_VALUES,
     MAX_SORT_KEYS,
 };
-use params::{params, ParamType, COLUMN_PARAMS};
+use params::{ParamTable, ParamType, COLUMN_PARAMS};
 
 /// Default and largest page sizes.
 pub const DEFAULT_COUNT: usize = 50;
@@ -232,7 +232,11 @@ pub enum Cursor {
     Offset(usize),
 }
 
-fn parse_sort(resource_type: &str, value: &str) -> Result<Vec<SortKey>, ParamError> {
+fn parse_sort(
+    table: &ParamTable,
+    resource_type: &str,
+    value: &str,
+) -> Result<Vec<SortKey>, ParamError> {
     let keys: Vec<&str> = value.split(',').filter(|k| !k.is_empty()).collect();
     if keys.len() > MAX_SORT_KEYS {
         return Err(ParamError::Invalid(format!(
@@ -249,7 +253,7 @@ fn parse_sort(resource_type: &str, value: &str) -> Result<Vec<SortKey>, ParamErr
                 "_id" => SortParam::Id,
                 "_lastUpdated" => SortParam::LastUpdated,
                 _ => {
-                    let p = params().get(resource_type, code).ok_or_else(|| {
+                    let p = table.get(resource_type, code).ok_or_else(|| {
                         ParamError::Unknown(format!("cannot sort {resource_type} by '{code}'"))
                     })?;
                     if matches!(p.kind, ParamType::Composite | ParamType::Special) {
@@ -280,7 +284,7 @@ pub struct Include {
     pub target_type: Option<String>,
 }
 
-fn parse_include(name: &str, value: &str) -> Result<Include, ParamError> {
+fn parse_include(table: &ParamTable, name: &str, value: &str) -> Result<Include, ParamError> {
     let reverse = name.starts_with("_revinclude");
     let iterate = name.ends_with(":iterate") || name.ends_with(":recurse");
     let mut parts = value.split(':');
@@ -302,7 +306,7 @@ fn parse_include(name: &str, value: &str) -> Result<Include, ParamError> {
     let param = if code == "*" {
         None
     } else {
-        Some(reference_param(source_type, code)?.code.clone())
+        Some(reference_param(table, source_type, code)?.code.clone())
     };
     Ok(Include {
         reverse,
@@ -314,13 +318,13 @@ fn parse_include(name: &str, value: &str) -> Result<Include, ParamError> {
 }
 
 /// The search parameters a resource type supports, with their FHIR types.
-pub fn supported_params(resource_type: &str) -> Vec<(String, &'static str)> {
+pub fn supported_params(table: &ParamTable, resource_type: &str) -> Vec<(String, &'static str)> {
     let mut supported: Vec<(String, &'static str)> = vec![
         ("_id".to_owned(), "token"),
         ("_lastUpdated".to_owned(), "date"),
     ];
     supported.extend(
-        params()
+        table
             .for_type(resource_type)
             .filter(|p| !COLUMN_PARAMS.contains(&p.code.as_str()))
             .map(|p| (p.code.clone(), p.kind.as_str())),
@@ -543,6 +547,7 @@ const RESULT_PARAMS: &[&str] = &["_format", "_pretty", "_summary", "_elements"];
 
 /// Parses `(name, value)` pairs of a query string into a plan for `resource_type`.
 pub fn parse(
+    table: &ParamTable,
     resource_type: &str,
     pairs: &[(String, String)],
     handling: Handling,
@@ -609,7 +614,7 @@ pub fn parse(
                 continue;
             }
             "_sort" => {
-                match parse_sort(resource_type, value) {
+                match parse_sort(table, resource_type, value) {
                     Ok(keys) => plan.sort = keys,
                     Err(ParamError::Unknown(message)) if handling == Handling::Lenient => {
                         plan.ignored.push(Issue::new("not-supported", message))
@@ -621,7 +626,7 @@ pub fn parse(
                 continue;
             }
             n if n.starts_with("_include") || n.starts_with("_revinclude") => {
-                match parse_include(n, value) {
+                match parse_include(table, n, value) {
                     Ok(include) => plan.includes.push(include),
                     Err(ParamError::Unknown(message)) if handling == Handling::Lenient => {
                         plan.ignored.push(Issue::new("not-supported", message))
@@ -634,7 +639,7 @@ pub fn parse(
             }
             _ => {}
         }
-        match parse_param(resource_type, name, value) {
+        match parse_param(table, resource_type, name, value) {
             Ok(condition) => plan.conditions.push(condition),
             Err(ParamError::Unknown(message)) if handling == Handling::Lenient => {
                 plan.ignored.push(Issue::new("not-supported", message))
@@ -644,7 +649,7 @@ pub fn parse(
             }
         }
     }
-    plan.conditions = merge_same_row(resource_type, std::mem::take(&mut plan.conditions));
+    plan.conditions = merge_same_row(table, resource_type, std::mem::take(&mut plan.conditions));
     Ok(plan)
 }
 
@@ -672,14 +677,23 @@ fn check_size(pairs: &[(String, String)]) -> FhirResult<()> {
 /// it has expanded to: bounded so that neither the parse nor the SQL grows with
 /// the input's length ([`MAX_CHAIN_HOPS`], [`MAX_HAS_DEPTH`],
 /// [`MAX_CRITERION_BRANCHES`]).
-#[derive(Default)]
-struct Reach {
+struct Reach<'t> {
+    table: &'t ParamTable,
     hops: usize,
     has: usize,
     branches: usize,
 }
 
-impl Reach {
+impl<'t> Reach<'t> {
+    fn new(table: &'t ParamTable) -> Self {
+        Reach {
+            table,
+            hops: 0,
+            has: 0,
+            branches: 0,
+        }
+    }
+
     fn branch(&mut self, name: &str) -> Result<(), ParamError> {
         self.branches += 1;
         if self.branches > MAX_CRITERION_BRANCHES {
@@ -699,11 +713,12 @@ enum ParamError {
 }
 
 /// The reference parameter `code` of `resource_type`, or why it cannot be used.
-fn reference_param(
+fn reference_param<'t>(
+    table: &'t ParamTable,
     resource_type: &str,
     code: &str,
-) -> Result<&'static params::SearchParam, ParamError> {
-    params()
+) -> Result<&'t params::SearchParam, ParamError> {
+    table
         .get(resource_type, code)
         .filter(|p| p.kind == ParamType::Reference)
         .ok_or_else(|| {
@@ -719,7 +734,7 @@ fn parse_chain(
     head: &str,
     rest: &str,
     value: &str,
-    reach: &mut Reach,
+    reach: &mut Reach<'_>,
 ) -> Result<Condition, ParamError> {
     if reach.hops >= MAX_CHAIN_HOPS {
         return Err(ParamError::Invalid(format!(
@@ -731,7 +746,7 @@ fn parse_chain(
         Some((c, t)) => (c, Some(t)),
         None => (head, None),
     };
-    let param = reference_param(resource_type, code)?;
+    let param = reference_param(reach.table, resource_type, code)?;
     let candidates: Vec<String> = match type_modifier {
         Some(t) if param.targets.iter().any(|x| x == t) => vec![t.to_owned()],
         Some(t) => return Err(ParamError::Unknown(format!("{code} cannot point to a {t}"))),
@@ -766,7 +781,7 @@ fn parse_has(
     name: &str,
     rest: &str,
     value: &str,
-    reach: &mut Reach,
+    reach: &mut Reach<'_>,
 ) -> Result<Condition, ParamError> {
     if reach.has >= MAX_HAS_DEPTH {
         return Err(ParamError::Invalid(format!(
@@ -787,7 +802,7 @@ fn parse_has(
             "'{source_type}' in '{name}' is not a resource type"
         )));
     }
-    let param = reference_param(source_type, code)?;
+    let param = reference_param(reach.table, source_type, code)?;
     if !param.targets.iter().any(|t| t == resource_type) {
         return Err(ParamError::Unknown(format!(
             "{source_type}.{code} does not point to {resource_type}"
@@ -804,8 +819,13 @@ fn parse_has(
 }
 
 /// One `name[:modifier]=value[,value]` of the query.
-fn parse_param(resource_type: &str, name: &str, value: &str) -> Result<Condition, ParamError> {
-    parse_param_within(resource_type, name, value, &mut Reach::default())
+fn parse_param(
+    table: &ParamTable,
+    resource_type: &str,
+    name: &str,
+    value: &str,
+) -> Result<Condition, ParamError> {
+    parse_param_within(resource_type, name, value, &mut Reach::new(table))
 }
 
 /// [`parse_param`] at some depth of a chain or `_has`.
@@ -813,7 +833,7 @@ fn parse_param_within(
     resource_type: &str,
     name: &str,
     value: &str,
-    reach: &mut Reach,
+    reach: &mut Reach<'_>,
 ) -> Result<Condition, ParamError> {
     if let Some(rest) = name.strip_prefix("_has:") {
         return parse_has(resource_type, name, rest, value, reach);
@@ -846,7 +866,7 @@ fn parse_param_within(
         Some((c, m)) => (c, Some(m)),
         None => (name, None),
     };
-    let param = params().get(resource_type, code).ok_or_else(|| {
+    let param = reach.table.get(resource_type, code).ok_or_else(|| {
         ParamError::Unknown(format!(
             "unknown or unsupported search parameter '{code}' for {resource_type}"
         ))
@@ -949,7 +969,11 @@ fn parse_composite(param: &params::SearchParam, raw: &str) -> Result<SearchValue
 
 /// Merges AND-ed single-value date conditions on the same single-valued parameter
 /// into one `SameRow` condition: the same result, found from one index range.
-fn merge_same_row(resource_type: &str, conditions: Vec<Condition>) -> Vec<Condition> {
+fn merge_same_row(
+    table: &ParamTable,
+    resource_type: &str,
+    conditions: Vec<Condition>,
+) -> Vec<Condition> {
     let mut merged: Vec<Condition> = Vec::with_capacity(conditions.len());
     for condition in conditions {
         let mergeable = match &condition {
@@ -960,7 +984,7 @@ fn merge_same_row(resource_type: &str, conditions: Vec<Condition>) -> Vec<Condit
                 values,
             } => {
                 values.len() == 1
-                    && params()
+                    && table
                         .get(resource_type, param)
                         .is_some_and(|p| p.single_valued)
             }
@@ -1008,13 +1032,20 @@ pub fn is_searchable(resource_type: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::search::params::test_table;
 
     #[test]
     fn decimals_beyond_the_database_are_refused() {
         let q = |v: &str| vec![("length".to_owned(), v.to_owned())];
-        assert!(parse("Encounter", &q("1e200000"), Handling::Lenient).is_err());
-        assert!(parse("Encounter", &q("1e-200000"), Handling::Lenient).is_err());
-        assert!(parse("Encounter", &q("4.5e2"), Handling::Lenient).is_ok());
+        assert!(parse(test_table(), "Encounter", &q("1e200000"), Handling::Lenient).is_err());
+        assert!(parse(
+            test_table(),
+            "Encounter",
+            &q("1e-200000"),
+            Handling::Lenient
+        )
+        .is_err());
+        assert!(parse(test_table(), "Encounter", &q("4.5e2"), Handling::Lenient).is_ok());
     }
 
     fn pairs(q: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -1065,6 +1096,7 @@ mod tests {
     #[test]
     fn or_values_and_escapes() {
         let plan = parse(
+            test_table(),
             "Patient",
             &pairs(&[("identifier", r"s|a\,b,s|c")]),
             Handling::Strict,
@@ -1084,12 +1116,12 @@ mod tests {
     fn strict_rejects_unknown_lenient_reports() {
         let q = pairs(&[("nickname", "x")]);
         assert_eq!(
-            parse("Patient", &q, Handling::Strict)
+            parse(test_table(), "Patient", &q, Handling::Strict)
                 .expect_err("strict")
                 .status(),
             400
         );
-        let plan = parse("Patient", &q, Handling::Lenient).expect("lenient");
+        let plan = parse(test_table(), "Patient", &q, Handling::Lenient).expect("lenient");
         assert_eq!(plan.ignored.len(), 1);
         assert!(plan.conditions.is_empty());
     }
@@ -1097,6 +1129,7 @@ mod tests {
     #[test]
     fn dates_and_count() {
         let plan = parse(
+            test_table(),
             "Patient",
             &pairs(&[("_lastUpdated", "ge2026-01"), ("_count", "5000")]),
             Handling::Strict,
@@ -1108,20 +1141,27 @@ mod tests {
         };
         assert_eq!(v[0].0, Prefix::Ge);
         assert!(parse(
+            test_table(),
             "Patient",
             &pairs(&[("_lastUpdated", "soon")]),
             Handling::Strict
         )
         .is_err());
-        assert!(parse("Patient", &pairs(&[("_count", "-1")]), Handling::Strict).is_err());
+        assert!(parse(
+            test_table(),
+            "Patient",
+            &pairs(&[("_count", "-1")]),
+            Handling::Strict
+        )
+        .is_err());
     }
 
     #[test]
     fn identifier_only_where_the_type_has_one() {
-        assert!(supported_params("Patient")
+        assert!(supported_params(test_table(), "Patient")
             .iter()
             .any(|p| p.0 == "identifier"));
-        assert!(!supported_params("Parameters")
+        assert!(!supported_params(test_table(), "Parameters")
             .iter()
             .any(|p| p.0 == "identifier"));
     }

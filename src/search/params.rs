@@ -2,7 +2,10 @@
 //! `scripts/gen_r4_search_params.py`) with each expression compiled once. Pure.
 
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 
 use crate::fhir::fhirpath::{self, Expr};
 
@@ -113,43 +116,48 @@ pub struct ParamTable {
     /// `type.code` of the parameters whose expression is outside the subset or whose
     /// kind is not indexed yet, with the reason.
     unsupported: Vec<(String, String)>,
+    /// Which table this is, counting from the standard one (0): what was compiled
+    /// against a table (a subscription's criteria) is stale under another.
+    generation: u64,
 }
 
-/// The table in force. Tables are leaked rather than freed: a search holds plain
-/// references into the table it started with, and definitions change rarely (a
-/// SearchParameter written), so each change costs the old table's memory once.
-static CURRENT: RwLock<Option<&'static ParamTable>> = RwLock::new(None);
+/// The parameter tables of one server over time. The one in force is replaced
+/// whole when a SearchParameter changes; a search keeps the table it started with,
+/// and an old table is freed when the last search using it ends.
+pub struct Registry {
+    current: ArcSwap<ParamTable>,
+    installs: AtomicU64,
+}
 
-/// The parameter table in force: R4, the project's profiles, and the
-/// SearchParameter resources installed with [`install`].
-pub fn params() -> &'static ParamTable {
-    if let Some(table) = *CURRENT.read().unwrap_or_else(|e| e.into_inner()) {
-        return table;
+impl Default for Registry {
+    fn default() -> Self {
+        Registry {
+            current: ArcSwap::from_pointee(ParamTable::standard()),
+            installs: AtomicU64::new(0),
+        }
     }
-    let mut current = CURRENT.write().unwrap_or_else(|e| e.into_inner());
-    current.get_or_insert_with(|| Box::leak(Box::new(ParamTable::standard())))
 }
 
-/// Puts a new table in force: the standard one plus these SearchParameter
-/// resources (JSON). Returns what could not be used, with the reason.
-pub fn install(search_parameters: &[serde_json::Value]) -> Vec<(String, String)> {
-    let mut table = ParamTable::standard();
-    let before = table.unsupported.len();
-    for sp in search_parameters {
-        table.add_search_parameter(sp);
+impl Registry {
+    /// The table in force: R4, the project's profiles, and the SearchParameter
+    /// resources last installed.
+    pub fn current(&self) -> Arc<ParamTable> {
+        self.current.load_full()
     }
-    let rejected = table.unsupported[before..].to_vec();
-    *CURRENT.write().unwrap_or_else(|e| e.into_inner()) = Some(Box::leak(Box::new(table)));
-    GENERATION.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    rejected
-}
 
-/// Counts the tables installed: what was compiled against the parameters (a
-/// subscription's criteria) is stale when it changes.
-static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-pub fn generation() -> u64 {
-    GENERATION.load(std::sync::atomic::Ordering::SeqCst)
+    /// Puts in force the standard table plus these SearchParameter resources
+    /// (JSON). Returns what could not be used, with the reason.
+    pub fn install(&self, search_parameters: &[serde_json::Value]) -> Vec<(String, String)> {
+        let mut table = ParamTable::standard();
+        table.generation = self.installs.fetch_add(1, Ordering::SeqCst) + 1;
+        let before = table.unsupported.len();
+        for sp in search_parameters {
+            table.add_search_parameter(sp);
+        }
+        let rejected = table.unsupported[before..].to_vec();
+        self.current.store(Arc::new(table));
+        rejected
+    }
 }
 
 /// Kinds that the index and the query renderer handle.
@@ -163,7 +171,7 @@ const SPECIAL: &[&str] = &["near"];
 
 impl ParamTable {
     /// R4 and the project's own definitions.
-    fn standard() -> ParamTable {
+    pub fn standard() -> ParamTable {
         let mut table = ParamTable::parse(TABLE);
         table.add_search_parameters(PROFILE_PARAMS);
         table
@@ -297,6 +305,17 @@ impl ParamTable {
     pub fn unsupported(&self) -> &[(String, String)] {
         &self.unsupported
     }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+}
+
+/// The standard table, built once for the unit tests of every module.
+#[cfg(test)]
+pub(crate) fn test_table() -> &'static ParamTable {
+    static TABLE: std::sync::LazyLock<ParamTable> = std::sync::LazyLock::new(ParamTable::standard);
+    &TABLE
 }
 
 #[cfg(test)]
@@ -305,36 +324,38 @@ mod tests {
 
     #[test]
     fn the_table_compiles_almost_everything() {
-        let supported: usize = params().by_type.values().map(Vec::len).sum();
-        let unsupported = params().unsupported();
+        let supported: usize = test_table().by_type.values().map(Vec::len).sum();
+        let unsupported = test_table().unsupported();
         assert!(supported > 1500, "{supported} supported");
         let outside: Vec<_> = unsupported
             .iter()
             .filter(|(_, why)| !why.contains("not indexed yet"))
             .collect();
         assert!(outside.is_empty(), "{outside:?}");
-        let participant = params()
+        let participant = test_table()
             .get("CareTeam", "participant")
             .expect("CareTeam.participant");
         assert_eq!(participant.kind, ParamType::Reference);
         assert!(participant.targets.contains(&"Practitioner".to_owned()));
         assert!(
-            params().get("Patient", "_tag").is_some(),
+            test_table().get("Patient", "_tag").is_some(),
             "common parameters apply to every type"
         );
-        assert!(params().get("Patient", "participant").is_none());
+        assert!(test_table().get("Patient", "participant").is_none());
         // The project's own definitions (profiles/search-parameters.json).
         assert_eq!(
-            params()
+            test_table()
                 .get("CommunicationRequest", "event-type")
                 .map(|p| p.kind),
             Some(ParamType::Token)
         );
         assert_eq!(
-            params().get("CareTeam", "participant-end").map(|p| p.kind),
+            test_table()
+                .get("CareTeam", "participant-end")
+                .map(|p| p.kind),
             Some(ParamType::Date)
         );
-        assert!(params().get("Patient", "birthplace").is_some());
+        assert!(test_table().get("Patient", "birthplace").is_some());
     }
 }
 

@@ -23,6 +23,7 @@ use crate::fhir::bundle::{
     at_entry, parse_target, patch_document, rank, rewrite_references, Head, Kind, RawBundle, Target,
 };
 use crate::fhir::{self, datetime};
+use crate::search::params::ParamTable;
 use crate::search::{self, Handling};
 use crate::store;
 
@@ -84,6 +85,7 @@ fn write_response(written: Option<&Written>, representation: bool) -> String {
 /// Bundle. The entry as JSON text.
 async fn get_entry(
     client: &impl GenericClient,
+    params_in_force: &ParamTable,
     answering: &Answering<'_>,
     head: &Head,
 ) -> FhirResult<String> {
@@ -102,7 +104,15 @@ async fn get_entry(
             "ifNoneMatch and ifModifiedSince make a read conditional, not a search",
         ));
     }
-    let page = super::search(client, t, &params, answering.handling, Scope::Type).await?;
+    let page = super::search(
+        client,
+        params_in_force,
+        t,
+        &params,
+        answering.handling,
+        Scope::Type,
+    )
+    .await?;
     let searchset = super::searchset(answering.base, &format!("/{t}"), &params, &page)?;
     Ok(fhir::bundle::with_raw_member(
         r#"{"response":{"status":"200 OK"}}"#,
@@ -220,7 +230,11 @@ enum Search {
 /// (against the state before the transaction, under the criteria's lock). The
 /// searches of distinct criteria are sent together: the connection pipelines
 /// them, in entry order, instead of waiting for each answer.
-async fn assign_ids(tx: &Transaction<'_>, heads: &[Head]) -> FhirResult<HashMap<usize, Assigned>> {
+async fn assign_ids(
+    tx: &Transaction<'_>,
+    params: &ParamTable,
+    heads: &[Head],
+) -> FhirResult<HashMap<usize, Assigned>> {
     let new = || uuid::Uuid::new_v4().to_string();
     let mut assigned = HashMap::new();
     // The first entry of each `ifNoneExist` (type and criteria, sorted), and the
@@ -251,7 +265,7 @@ async fn assign_ids(tx: &Transaction<'_>, heads: &[Head]) -> FhirResult<HashMap<
     }
     let outcomes =
         futures_util::future::try_join_all(searched.iter().map(|(i, (t, c))| async move {
-            conditional_match(tx, t, c)
+            conditional_match(tx, params, t, c)
                 .await
                 .map_err(|e| at_entry(*i, e))
         }))
@@ -285,18 +299,19 @@ async fn assign_ids(tx: &Transaction<'_>, heads: &[Head]) -> FhirResult<HashMap<
 /// conditional creates. A conditional create none of whose criteria keys is
 /// offered cannot match anything the transaction created: it is not searched
 /// again, and joins the batched writes.
-struct Created {
+struct Created<'p> {
+    params: &'p ParamTable,
     offered: HashMap<String, HashSet<String>>,
 }
 
-impl Created {
-    fn new(heads: &[Head]) -> Created {
+impl<'p> Created<'p> {
+    fn new(params: &'p ParamTable, heads: &[Head]) -> Created<'p> {
         let offered = heads
             .iter()
             .filter(|h| h.method == "POST" && h.if_none_exist.is_some())
             .map(|h| (h.target.res_type().to_owned(), HashSet::new()))
             .collect();
-        Created { offered }
+        Created { params, offered }
     }
 
     /// Whether a create with these criteria may match a resource created earlier.
@@ -304,7 +319,7 @@ impl Created {
         let Some(offered) = self.offered.get(res_type) else {
             return false;
         };
-        let keys = search::parse(res_type, criteria, Handling::Lenient)
+        let keys = search::parse(self.params, res_type, criteria, Handling::Lenient)
             .ok()
             .and_then(|plan| search::matcher::keys_of_conditions(&plan.conditions));
         match keys {
@@ -317,7 +332,7 @@ impl Created {
     /// Records what a created resource offers.
     fn add(&mut self, res_type: &str, res_id: &str, resource: &Value) {
         if let Some(offered) = self.offered.get_mut(res_type) {
-            let rows = search::index::extract(res_type, resource);
+            let rows = search::index::extract(self.params, res_type, resource);
             offered.extend(search::matcher::keys_of_rows(res_id, &rows));
         }
     }
@@ -406,10 +421,11 @@ async fn transaction(
 ) -> FhirResult<String> {
     let mut heads = heads(bundle)?;
     fhir::bundle::check_full_urls(&heads)?;
+    let params = rules.catalog.params.current();
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     // 1. Ids of what will be created, and the map from fullUrls to local references.
-    let assigned = assign_ids(&tx, &heads).await?;
+    let assigned = assign_ids(&tx, &params, &heads).await?;
     let mut ids: HashMap<String, String> = HashMap::new();
     for head in &heads {
         let local = match (&head.target, assigned.get(&head.index)) {
@@ -440,7 +456,7 @@ async fn transaction(
                     )),
                 ));
             };
-            match conditional_match(&tx, &t, &criteria)
+            match conditional_match(&tx, &params, &t, &criteria)
                 .await
                 .map_err(|e| at_entry(head.index, e))?
             {
@@ -472,7 +488,7 @@ async fn transaction(
         search_parameters: Vec::new(),
     };
     let mut pending = Pending::default();
-    let mut created = Created::new(&heads);
+    let mut created = Created::new(&params, &heads);
     // What each entry changes, known once its conditions are resolved: R4 says a
     // transaction whose entries change one resource twice SHALL fail.
     let mut changed: HashMap<(String, String), usize> = HashMap::new();
@@ -490,7 +506,7 @@ async fn transaction(
         }
         if head.method == "GET" {
             pending.flush(&tx, rules, now, &mut out).await?;
-            let read = get_entry(&tx, answering, head)
+            let read = get_entry(&tx, &params, answering, head)
                 .await
                 .map_err(|e| at_entry(i, e))?;
             out.responses[i] = read.into();
@@ -518,7 +534,10 @@ async fn transaction(
         if request.reads_first() {
             pending.flush(&tx, rules, now, &mut out).await?;
         }
-        match plan(&tx, request).await.map_err(|e| at_entry(i, e))? {
+        match plan(&tx, &params, request)
+            .await
+            .map_err(|e| at_entry(i, e))?
+        {
             Planned::Change(change) => {
                 let target = (change.res_type.clone(), change.res_id.clone());
                 if let Some(first) = changed.insert(target, i) {
@@ -540,7 +559,7 @@ async fn transaction(
         }
     }
     pending.flush(&tx, rules, now, &mut out).await?;
-    notify::record_events(&tx, &out.facts).await?;
+    notify::record_events(&tx, &rules.catalog, &out.facts).await?;
     store::commit(tx).await?;
     for w in &out.search_parameters {
         search_parameter_changed(pool, rules, w).await;
@@ -564,7 +583,8 @@ async fn batch_entry(
     let head = bundle.head(index)?;
     let resource = bundle.resource(index)?;
     if head.method == "GET" {
-        return get_entry(&pool.get().await?, answering, &head).await;
+        let params = rules.catalog.params.current();
+        return get_entry(&pool.get().await?, &params, answering, &head).await;
     }
     let request = write_request(&head, resource, None, true)?;
     let written = super::write(pool, rules, request).await?;

@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 
 use crate::fhir::{definitions::R4, FHIR_VERSION};
 use crate::search;
-use crate::subscription::topic;
+use crate::subscription::Topic;
 
 /// Instance and type interactions served for every resource type.
 const TYPE_INTERACTIONS: &[&str] = &[
@@ -21,12 +21,18 @@ const TYPE_INTERACTIONS: &[&str] = &[
     "search-type",
 ];
 
-pub fn capability_statement(base_url: &str, software_version: &str, started: &str) -> Value {
+pub fn capability_statement(
+    catalog: &super::Catalog,
+    base_url: &str,
+    software_version: &str,
+    started: &str,
+) -> Value {
+    let params_in_force = catalog.params.current();
     let resources: Vec<Value> = R4
         .resource_types()
         .into_iter()
         .map(|rt| {
-            let params: Vec<Value> = search::supported_params(rt)
+            let params: Vec<Value> = search::supported_params(&params_in_force, rt)
                 .into_iter()
                 .map(|(name, kind)| json!({"name": name, "type": kind}))
                 .collect();
@@ -81,7 +87,7 @@ pub fn capability_statement(base_url: &str, software_version: &str, started: &st
         "rest": [{
             "mode": "server",
             // The R4 Backport's list of the topics a client may subscribe to.
-            "extension": topic_extensions(),
+            "extension": topic_extensions(&catalog.topics),
             "resource": resources,
             "operation": [{"name": "export", "definition": format!("{BULK_DATA}/OperationDefinition/export")}],
             "interaction": [
@@ -107,8 +113,8 @@ fn subscription_operations() -> Value {
     ])
 }
 
-fn topic_extensions() -> Value {
-    topic::topics()
+fn topic_extensions(topics: &[Topic]) -> Value {
+    topics
         .iter()
         .map(|t| {
             json!({
@@ -125,7 +131,12 @@ mod tests {
 
     #[test]
     fn lists_every_resource_with_its_parameters() {
-        let cs = capability_statement("http://x/fhir", "0", "2026-11-25");
+        let cs = capability_statement(
+            &crate::service::Catalog::default(),
+            "http://x/fhir",
+            "0",
+            "2026-11-25",
+        );
         let resources = cs["rest"][0]["resource"].as_array().expect("resources");
         assert_eq!(resources.len(), R4.resource_types().len());
         let patient = resources

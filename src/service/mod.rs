@@ -9,22 +9,71 @@ mod notify;
 pub mod subscriptions;
 pub mod write;
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 use serde_json::Value;
 
 use crate::error::{FhirError, FhirResult};
 use crate::fhir::{self, datetime};
+use crate::search::params::ParamTable;
 use crate::search::{self, Cursor, Handling, SearchPlan, TotalMode};
 use crate::store::{self, HistoryFilter, StoredVersion};
 pub use notify::Fact;
 pub use write::{Change, ChangeKind, Written};
 
-/// The server's policies that every write obeys, whoever asks for it.
-#[derive(Debug, Clone, Default)]
+/// The server's policies that every write obeys, whoever asks for it, and the
+/// definitions in force that every interaction reads.
+#[derive(Clone, Default)]
 pub struct Rules {
     /// Which subscription endpoints may be called.
     pub endpoints: crate::subscription::EndpointPolicy,
+    pub catalog: Arc<Catalog>,
+}
+
+/// The definitions in force on one server: the search parameters (replaced whole
+/// when a SearchParameter changes), the subscription topics, and the
+/// subscriptions compiled against both. Each server has its own.
+pub struct Catalog {
+    pub params: search::params::Registry,
+    pub topics: Vec<crate::subscription::Topic>,
+    pub compiled: crate::subscription::CompiledCache,
+}
+
+impl Catalog {
+    /// The standard search parameters and the server's topics, plus `extra_topics`
+    /// (a Bundle or one SubscriptionTopic, JSON) when given.
+    pub fn new(extra_topics: Option<&str>) -> FhirResult<Catalog> {
+        let params = search::params::Registry::default();
+        let topics = crate::subscription::topic::load(&params.current(), extra_topics)?;
+        Ok(Catalog {
+            params,
+            topics,
+            compiled: Default::default(),
+        })
+    }
+}
+
+impl Catalog {
+    /// What subscriptions are checked and compiled against, with `params` the
+    /// table a caller took from [`Catalog::params`].
+    pub fn definitions<'a>(
+        &'a self,
+        params: &'a ParamTable,
+    ) -> crate::subscription::Definitions<'a> {
+        crate::subscription::Definitions {
+            params,
+            topics: &self.topics,
+        }
+    }
+}
+
+impl Default for Catalog {
+    fn default() -> Self {
+        // The server's own topics are data of this build, checked by a unit test.
+        Catalog::new(None).expect("the server's subscription topics are valid")
+    }
 }
 
 /// What a conditional interaction found for its criteria.
@@ -38,6 +87,7 @@ enum Matches {
 /// requests with the same criteria cannot both see "no match" and both create.
 async fn conditional_match(
     tx: &deadpool_postgres::Transaction<'_>,
+    params: &ParamTable,
     res_type: &str,
     criteria: &[(String, String)],
 ) -> FhirResult<Matches> {
@@ -46,7 +96,7 @@ async fn conditional_match(
             "a conditional interaction needs search criteria",
         ));
     }
-    let plan = search::parse(res_type, criteria, Handling::Strict)?;
+    let plan = search::parse(params, res_type, criteria, Handling::Strict)?;
     let mut key: Vec<String> = criteria.iter().map(|(k, v)| format!("{k}={v}")).collect();
     key.sort();
     store::lock_key(tx, &format!("{res_type}?{}", key.join("&"))).await?;
@@ -126,6 +176,7 @@ pub enum PatchTarget {
 /// The resource after a JSON Patch, checked like any incoming resource.
 async fn patched(
     tx: &deadpool_postgres::Transaction<'_>,
+    params: &ParamTable,
     res_type: &str,
     target: PatchTarget,
     document: &Value,
@@ -133,7 +184,7 @@ async fn patched(
     let res_id = match target {
         PatchTarget::Id(id) => id,
         PatchTarget::Criteria(criteria) => {
-            match conditional_match(tx, res_type, &criteria).await? {
+            match conditional_match(tx, params, res_type, &criteria).await? {
                 Matches::One(id) => id,
                 Matches::None => {
                     return Err(FhirError::NotFound(format!(
@@ -194,11 +245,12 @@ pub async fn write(
     let tx = client.transaction().await?;
     let now = store::clock(&tx).await?;
     let mut facts = Vec::new();
-    let written = match plan(&tx, request).await? {
+    let params = rules.catalog.params.current();
+    let written = match plan(&tx, &params, request).await? {
         Planned::Change(change) => Some(write::apply(&tx, rules, now, change, &mut facts).await?),
         Planned::Answered(written) => written,
     };
-    notify::record_events(&tx, &facts).await?;
+    notify::record_events(&tx, &rules.catalog, &facts).await?;
     store::commit(tx).await?;
     if let Some(w) = &written {
         search_parameter_changed(pool, rules, w).await;
@@ -232,6 +284,7 @@ impl WriteRequest {
 /// The change a write interaction asks for: its checks, its conditions resolved.
 pub async fn plan(
     tx: &deadpool_postgres::Transaction<'_>,
+    params: &ParamTable,
     request: WriteRequest,
 ) -> FhirResult<Planned> {
     let change = match request {
@@ -243,7 +296,9 @@ pub async fn plan(
         } => {
             check_type(&res_type, &resource)?;
             if let Some(criteria) = if_none_exist {
-                if let Matches::One(id) = conditional_match(tx, &res_type, &criteria).await? {
+                if let Matches::One(id) =
+                    conditional_match(tx, params, &res_type, &criteria).await?
+                {
                     let existing = store::read_latest(tx, &res_type, &id)
                         .await?
                         .ok_or_else(|| FhirError::Internal("matched resource vanished".into()))?;
@@ -288,7 +343,7 @@ pub async fn plan(
         } => {
             check_type(&res_type, &resource)?;
             let body_id = fhir::resource_id(&resource).map(str::to_owned);
-            let res_id = match conditional_match(tx, &res_type, &criteria).await? {
+            let res_id = match conditional_match(tx, params, &res_type, &criteria).await? {
                 Matches::One(id) => {
                     if body_id.as_ref().is_some_and(|b| *b != id) {
                         return Err(FhirError::bad_request(format!(
@@ -307,7 +362,7 @@ pub async fn plan(
             document,
             if_match,
         } => {
-            let (res_id, resource) = patched(tx, &res_type, target, &document).await?;
+            let (res_id, resource) = patched(tx, params, &res_type, target, &document).await?;
             Change {
                 res_type,
                 res_id,
@@ -328,7 +383,8 @@ pub async fn plan(
             if_match,
         },
         WriteRequest::ConditionalDelete { res_type, criteria } => {
-            let Matches::One(res_id) = conditional_match(tx, &res_type, &criteria).await? else {
+            let Matches::One(res_id) = conditional_match(tx, params, &res_type, &criteria).await?
+            else {
                 return Ok(Planned::Answered(None));
             };
             Change {
@@ -610,26 +666,28 @@ pub fn searchset(
 
 pub async fn search(
     client: &impl deadpool_postgres::GenericClient,
+    params_in_force: &ParamTable,
     res_type: &str,
     params: &[(String, String)],
     handling: Handling,
     scope: Scope<'_>,
 ) -> FhirResult<SearchPage> {
-    let mut plan = search::parse(res_type, params, handling)?;
+    let mut plan = search::parse(params_in_force, res_type, params, handling)?;
     if let Scope::System(types) = &scope {
         // Every type must understand every parameter: parse for each, strictly.
         for other in types.iter().filter(|t| *t != res_type) {
-            search::parse(other, params, Handling::Strict)?;
+            search::parse(params_in_force, other, params, Handling::Strict)?;
             plan.other_types.push(other.clone());
         }
     }
     if let Scope::Compartment(compartment_type, id) = scope {
-        let membership = search::compartment::membership(compartment_type, id, res_type)
-            .ok_or_else(|| {
-                FhirError::bad_request(format!(
-                    "{res_type} is not in the {compartment_type} compartment"
-                ))
-            })?;
+        let membership =
+            search::compartment::membership(params_in_force, compartment_type, id, res_type)
+                .ok_or_else(|| {
+                    FhirError::bad_request(format!(
+                        "{res_type} is not in the {compartment_type} compartment"
+                    ))
+                })?;
         plan.conditions.push(membership);
     }
     // `_count=0` and `_summary=count` ask for the total alone.
@@ -683,6 +741,7 @@ pub async fn search(
 /// `_type`, `_count`, and the `_after` of the next link.
 pub async fn everything(
     pool: &Pool,
+    params_in_force: &ParamTable,
     res_type: &str,
     res_id: &str,
     params: &[(String, String)],
@@ -694,7 +753,7 @@ pub async fn everything(
     if root.is_deleted() {
         return Err(FhirError::Gone(format!("{res_type}/{res_id} was deleted")));
     }
-    let mut plan = search::parse(res_type, &[], Handling::Lenient)?;
+    let mut plan = search::parse(params_in_force, res_type, &[], Handling::Lenient)?;
     let mut query = store::EverythingQuery {
         res_type,
         res_id,
@@ -799,7 +858,12 @@ async fn includes(
 /// the parameter table in force, in batches of `batch` per transaction; returns how
 /// many were indexed. Run after the definitions change (`passerelle reindex`, or
 /// by itself after a SearchParameter is written).
-pub async fn reindex(pool: &Pool, types: Option<&[String]>, batch: usize) -> FhirResult<usize> {
+pub async fn reindex(
+    pool: &Pool,
+    params: &ParamTable,
+    types: Option<&[String]>,
+    batch: usize,
+) -> FhirResult<usize> {
     let mut client = pool.get().await?;
     let mut after: Option<(String, String)> = None;
     let mut done = 0;
@@ -811,7 +875,7 @@ pub async fn reindex(pool: &Pool, types: Option<&[String]>, batch: usize) -> Fhi
         };
         after = Some((t.clone(), id.clone()));
         for (res_type, res_id, resource) in &resources {
-            let rows = search::index::extract(res_type, resource);
+            let rows = search::index::extract(params, res_type, resource);
             store::reindex_resource(&tx, res_type, res_id, &rows).await?;
         }
         store::commit(tx).await?;
@@ -822,10 +886,10 @@ pub async fn reindex(pool: &Pool, types: Option<&[String]>, batch: usize) -> Fhi
 
 /// Puts the SearchParameter resources of the database in force (at start, and when
 /// they change); returns the fingerprint of what was loaded.
-pub async fn load_search_parameters(pool: &Pool) -> FhirResult<String> {
+pub async fn load_search_parameters(pool: &Pool, catalog: &Catalog) -> FhirResult<String> {
     let client = pool.get().await?;
     let (resources, fingerprint) = store::search_parameters(&client).await?;
-    for (name, why) in search::params::install(&resources) {
+    for (name, why) in catalog.params.install(&resources) {
         tracing::warn!(parameter = %name, reason = %why, "SearchParameter not used");
     }
     Ok(fingerprint)
@@ -838,7 +902,7 @@ async fn search_parameter_changed(pool: &Pool, rules: &Rules, written: &Written)
     if written.res_type != "SearchParameter" {
         return;
     }
-    if let Err(e) = load_search_parameters(pool).await {
+    if let Err(e) = load_search_parameters(pool, &rules.catalog).await {
         tracing::error!(error = %e, "reloading search parameters");
         return;
     }
@@ -855,10 +919,11 @@ async fn search_parameter_changed(pool: &Pool, rules: &Rules, written: &Written)
         .flatten()
         .filter_map(|b| b.as_str().map(str::to_owned))
         .collect();
-    let pool = pool.clone();
+    let (pool, catalog) = (pool.clone(), rules.catalog.clone());
     tokio::spawn(async move {
         let types = (!bases.is_empty()).then_some(bases);
-        match reindex(&pool, types.as_deref(), 500).await {
+        let params = catalog.params.current();
+        match reindex(&pool, &params, types.as_deref(), 500).await {
             Ok(n) => tracing::info!(n, "reindexed after a SearchParameter change"),
             Err(e) => tracing::error!(error = %e, "reindexing after a SearchParameter change"),
         }
@@ -870,8 +935,15 @@ async fn search_parameter_changed(pool: &Pool, rules: &Rules, written: &Written)
 /// silently matching nothing.
 async fn stop_subscriptions_out_of_force(pool: &Pool, rules: &Rules) -> FhirResult<()> {
     let active = store::outbox::active(&pool.get().await?).await?;
+    let params = rules.catalog.params.current();
+    let definitions = rules.catalog.definitions(&params);
     for s in active {
-        if let Err(e) = crate::subscription::compile(s.topic.as_deref(), &s.criteria) {
+        let compiled =
+            rules
+                .catalog
+                .compiled
+                .compile(&definitions, s.topic.as_deref(), &s.criteria);
+        if let Err(e) = compiled {
             let reason = format!("the subscription's criteria no longer apply: {e}");
             tracing::warn!(sub_id = %s.sub_id, %reason, "subscription put in error");
             subscription_status(pool, rules, &s.sub_id, "error", Some(&reason)).await?;
@@ -884,6 +956,7 @@ async fn stop_subscriptions_out_of_force(pool: &Pool, rules: &Rules) -> FhirResu
 /// force; runs until the process ends.
 pub async fn watch_search_parameters(
     pool: Pool,
+    catalog: Arc<Catalog>,
     mut fingerprint: String,
     every: std::time::Duration,
 ) {
@@ -897,7 +970,7 @@ pub async fn watch_search_parameters(
         };
         drop(client);
         if now != fingerprint {
-            match load_search_parameters(&pool).await {
+            match load_search_parameters(&pool, &catalog).await {
                 Ok(f) => fingerprint = f,
                 Err(e) => tracing::error!(error = %e, "reloading search parameters"),
             }

@@ -8,12 +8,14 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::Transaction;
 use serde_json::Value;
 
+use super::Catalog;
 use crate::error::{FhirError, FhirResult};
 use crate::search::index::{self, IndexRows};
 use crate::search::matcher::{self, Subject};
+use crate::search::params::ParamTable;
 use crate::search::{Condition, Cursor, SearchPlan, TotalMode};
 use crate::store::{self, outbox};
-use crate::subscription::{self, Interaction, Spec, Verdict};
+use crate::subscription::{Definitions, Interaction, Spec, Verdict};
 
 /// One written version, as matching sees it.
 #[derive(Debug)]
@@ -31,6 +33,7 @@ pub struct Fact {
 /// `subscription::prepare`), or unfiles a deleted one.
 pub async fn file_subscription(
     tx: &Transaction<'_>,
+    catalog: &Catalog,
     sub_id: &str,
     spec: Option<&Spec>,
 ) -> FhirResult<()> {
@@ -40,7 +43,14 @@ pub async fn file_subscription(
     // Keys only for a subscription in force: one in `error` or `off` may hold
     // criteria that no longer compile, and is a candidate for nothing.
     let keys = match spec.active {
-        true => subscription::compile(spec.topic.as_deref(), &spec.criteria)?.keys(),
+        true => {
+            let params = catalog.params.current();
+            let definitions = catalog.definitions(&params);
+            catalog
+                .compiled
+                .compile(&definitions, spec.topic.as_deref(), &spec.criteria)?
+                .keys()
+        }
         false => Vec::new(),
     };
     let channel = serde_json::to_value(&spec.channel)
@@ -142,7 +152,13 @@ pub async fn interested(tx: &Transaction<'_>, facts: Vec<Fact>) -> FhirResult<Ve
 /// Records an event for each active subscription each written version matches,
 /// in the writes' transaction: one lookup of candidates per resource type (by the
 /// keys the versions offer), then each version against its own candidates.
-pub async fn record_events(tx: &Transaction<'_>, facts: &[Fact]) -> FhirResult<()> {
+pub async fn record_events(
+    tx: &Transaction<'_>,
+    catalog: &Catalog,
+    facts: &[Fact],
+) -> FhirResult<()> {
+    let params = catalog.params.current();
+    let definitions = catalog.definitions(&params);
     let mut events: Vec<(String, &Fact)> = Vec::new();
     // (fact, subscription) pairs already decided: a subscription may be filed
     // under several keys one version offers.
@@ -155,7 +171,7 @@ pub async fn record_events(tx: &Transaction<'_>, facts: &[Fact]) -> FhirResult<(
                 if !decided.insert((*n, candidate.sub_id.clone())) {
                     continue;
                 }
-                if matches(tx, fact, candidate, &mut previous).await? {
+                if matches(tx, catalog, &definitions, fact, candidate, &mut previous).await? {
                     events.push((candidate.sub_id.clone(), fact));
                 }
             }
@@ -181,13 +197,19 @@ pub async fn record_events(tx: &Transaction<'_>, facts: &[Fact]) -> FhirResult<(
 /// `previous` caches the previous version's rows across the write's candidates.
 async fn matches(
     tx: &Transaction<'_>,
+    catalog: &Catalog,
+    definitions: &Definitions<'_>,
     w: &Fact,
     candidate: &outbox::Candidate,
     previous: &mut Option<Option<(IndexRows, DateTime<Utc>)>>,
 ) -> FhirResult<bool> {
     // A subscription whose topic or parameters have since gone (a deployer's topic
     // file, a SearchParameter deleted) matches nothing; it must not fail the write.
-    let compiled = match subscription::compile(candidate.topic.as_deref(), &candidate.criteria) {
+    let compiled =
+        catalog
+            .compiled
+            .compile(definitions, candidate.topic.as_deref(), &candidate.criteria);
+    let compiled = match compiled {
         Ok(compiled) => compiled,
         Err(e) => {
             tracing::warn!(sub_id = %candidate.sub_id, error = %e, "subscription criteria no longer compile");
@@ -200,7 +222,7 @@ async fn matches(
         rows,
     });
     if previous.is_none() && compiled.needs_previous(&w.res_type, w.interaction) {
-        *previous = Some(previous_version(tx, w).await?);
+        *previous = Some(previous_version(tx, definitions.params, w).await?);
     }
     let previous = previous
         .as_ref()
@@ -227,6 +249,7 @@ async fn matches(
 /// The index rows of the version before this one, if it was live.
 async fn previous_version(
     tx: &Transaction<'_>,
+    params: &ParamTable,
     w: &Fact,
 ) -> FhirResult<Option<(IndexRows, DateTime<Utc>)>> {
     if w.interaction == Interaction::Create || w.version_id <= 1 {
@@ -242,7 +265,7 @@ async fn previous_version(
     let resource: Value =
         serde_json::from_str(json).map_err(|e| FhirError::Internal(e.to_string()))?;
     Ok(Some((
-        index::extract(&w.res_type, &resource),
+        index::extract(params, &w.res_type, &resource),
         stored.last_updated,
     )))
 }

@@ -16,6 +16,7 @@ use super::notify;
 use crate::error::{FhirError, FhirResult, Issue};
 use crate::fhir;
 use crate::search::index::{self, IndexRows};
+use crate::search::params::ParamTable;
 use crate::store::{self, Method, NewVersion};
 use crate::subscription::Interaction;
 
@@ -69,6 +70,7 @@ fn next_instant(now: DateTime<Utc>, previous: Option<DateTime<Utc>>) -> DateTime
 /// The stored form of a version: the resource with the server's `id` and `meta`,
 /// as JSON text, and its index rows.
 fn stamped(
+    params: &ParamTable,
     res_type: &str,
     res_id: &str,
     version_id: i64,
@@ -76,7 +78,7 @@ fn stamped(
     mut resource: Value,
 ) -> FhirResult<(String, IndexRows)> {
     fhir::stamp(&mut resource, res_id, version_id, last_updated);
-    let index = index::extract(res_type, &resource);
+    let index = index::extract(params, res_type, &resource);
     let json = serde_json::to_string(&resource)
         .map_err(|e| FhirError::Internal(format!("serialising a resource: {e}")))?;
     Ok((json, index))
@@ -191,7 +193,7 @@ pub async fn apply_all(
         steps.push((change, step));
     }
     unchanged(tx, &mut steps, &repeats).await.map_err(whole)?;
-    write_steps(tx, steps, facts).await
+    write_steps(tx, rules, steps, facts).await
 }
 
 /// What one change does, given the current state of its resource; takes the
@@ -237,9 +239,11 @@ fn decide(
         // The server's part of a Subscription (status, secret) is set before the
         // no-op check, so that writing the same subscription again is a no-op.
         (Some(resource), _) if res_type == "Subscription" => {
+            let params = rules.catalog.params.current();
             subscription = Some(Box::new(crate::subscription::prepare(
                 resource,
                 &rules.endpoints,
+                &rules.catalog.definitions(&params),
             )?));
         }
         (Some(resource), _) if res_type == "SearchParameter" => {
@@ -318,9 +322,11 @@ enum Outcome {
 /// the subscriptions among them and records the facts.
 async fn write_steps(
     tx: &Transaction<'_>,
+    rules: &super::Rules,
     steps: Vec<(Change, Step)>,
     facts: &mut Vec<notify::Fact>,
 ) -> Result<Vec<Written>, Failed> {
+    let params = rules.catalog.params.current();
     let mut outcomes = Vec::with_capacity(steps.len());
     for (position, (change, step)) in steps.into_iter().enumerate() {
         outcomes.push(match step {
@@ -329,6 +335,7 @@ async fn write_steps(
                 let (json, index) = match resource {
                     Some(r) => {
                         let (json, index) = stamped(
+                            &params,
                             &change.res_type,
                             &change.res_id,
                             next.version_id,
@@ -377,9 +384,14 @@ async fn write_steps(
             Outcome::Ready(ready) => *ready,
         };
         if r.change.res_type == "Subscription" {
-            notify::file_subscription(tx, &r.change.res_id, r.next.subscription.as_deref())
-                .await
-                .map_err(at(position))?;
+            notify::file_subscription(
+                tx,
+                &rules.catalog,
+                &r.change.res_id,
+                r.next.subscription.as_deref(),
+            )
+            .await
+            .map_err(at(position))?;
         }
         let interaction = match (&r.json, r.next.live) {
             (None, _) => Interaction::Delete,

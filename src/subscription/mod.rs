@@ -18,6 +18,7 @@ use crate::error::{FhirError, FhirResult, Issue};
 use crate::fhir::datetime;
 use crate::search::index::IndexRows;
 use crate::search::matcher::{self, Subject, Truth};
+use crate::search::params::ParamTable;
 use crate::search::{self, Condition, Handling};
 pub use endpoint::EndpointPolicy;
 pub use topic::{Interaction, Topic};
@@ -120,7 +121,11 @@ fn extension_int(element: &Value, name: &str) -> Option<i64> {
 /// puts the server's part in it: a requested subscription becomes `active` (and
 /// loses a stale `error`), and one without a signing secret gets a generated one.
 /// Returns what is then in force.
-pub fn prepare(resource: &mut Value, policy: &EndpointPolicy) -> FhirResult<Spec> {
+pub fn prepare(
+    resource: &mut Value,
+    policy: &EndpointPolicy,
+    definitions: &Definitions<'_>,
+) -> FhirResult<Spec> {
     let status = resource["status"]
         .as_str()
         .unwrap_or("requested")
@@ -130,7 +135,7 @@ pub fn prepare(resource: &mut Value, policy: &EndpointPolicy) -> FhirResult<Spec
         .as_str()
         .ok_or_else(|| invalid("Subscription.criteria", "a Subscription needs criteria"))?
         .to_owned();
-    let topic = topic::find(&criteria_text);
+    let topic = topic::find(definitions.topics, &criteria_text);
     let is_backport = topic.is_some()
         || resource["meta"]["profile"].as_array().is_some_and(|p| {
             p.iter()
@@ -145,7 +150,7 @@ pub fn prepare(resource: &mut Value, policy: &EndpointPolicy) -> FhirResult<Spec
             .filter_map(|e| e["valueString"].as_str().map(str::to_owned))
             .collect();
             if active {
-                check_filters(topic, &filters)?;
+                check_filters(definitions.params, topic, &filters)?;
             }
             filters
         }
@@ -162,7 +167,7 @@ pub fn prepare(resource: &mut Value, policy: &EndpointPolicy) -> FhirResult<Spec
             ))
         }
         None => {
-            check_criteria(&criteria_text)?;
+            check_criteria(definitions.params, &criteria_text)?;
             vec![criteria_text.clone()]
         }
     };
@@ -315,7 +320,7 @@ fn valid_header(header: &str) -> bool {
     })
 }
 
-fn parse_query(criteria: &str) -> FhirResult<(String, Vec<Condition>)> {
+fn parse_query(params: &ParamTable, criteria: &str) -> FhirResult<(String, Vec<Condition>)> {
     let (res_type, _) = criteria.split_once('?').unwrap_or((criteria, ""));
     if !crate::fhir::definitions::R4.is_resource_type(res_type) {
         return Err(invalid(
@@ -324,6 +329,7 @@ fn parse_query(criteria: &str) -> FhirResult<(String, Vec<Condition>)> {
         ));
     }
     let plan = search::parse(
+        params,
         res_type,
         &search::parse_criteria(criteria),
         Handling::Strict,
@@ -332,15 +338,15 @@ fn parse_query(criteria: &str) -> FhirResult<(String, Vec<Condition>)> {
     Ok((res_type.to_owned(), plan.conditions))
 }
 
-fn check_criteria(criteria: &str) -> FhirResult<()> {
-    parse_query(criteria).map(|_| ())
+fn check_criteria(params: &ParamTable, criteria: &str) -> FhirResult<()> {
+    parse_query(params, criteria).map(|_| ())
 }
 
 /// Backport filters: each on a type the topic triggers on, with parameters the
 /// topic's `canFilterBy` allows.
-fn check_filters(topic: &Topic, filters: &[String]) -> FhirResult<()> {
+fn check_filters(params: &ParamTable, topic: &Topic, filters: &[String]) -> FhirResult<()> {
     for filter in filters {
-        let (res_type, _) = parse_query(filter)?;
+        let (res_type, _) = parse_query(params, filter)?;
         if !topic.triggers.iter().any(|t| t.resource_type == res_type) {
             return Err(invalid(
                 "Subscription.criteria",
@@ -373,7 +379,7 @@ fn check_filters(topic: &Topic, filters: &[String]) -> FhirResult<()> {
 /// A subscription's matching rules, compiled once and shared.
 #[derive(Debug)]
 pub struct Compiled {
-    topic: Option<&'static Topic>,
+    topic: Option<Topic>,
     /// R4 criteria or Backport filters, by resource type (AND-ed).
     filters: HashMap<String, Vec<Condition>>,
 }
@@ -388,52 +394,76 @@ pub enum Verdict {
     AskDatabase(Vec<Condition>),
 }
 
+/// What subscriptions are checked and compiled against: the search parameters
+/// in force and the topics.
+#[derive(Clone, Copy)]
+pub struct Definitions<'a> {
+    pub params: &'a ParamTable,
+    pub topics: &'a [Topic],
+}
+
 type CacheKey = (Option<String>, Vec<String>);
 /// Compiled criteria by their text, for one generation of the parameter table.
 struct Cache {
     generation: u64,
     compiled: HashMap<CacheKey, Arc<Compiled>>,
 }
-static COMPILED: Mutex<Option<Cache>> = Mutex::new(None);
 const CACHE_LIMIT: usize = 50_000;
 
-/// The compiled form of a subscription in force (cached by its text until the
-/// search parameters change: a parameter deleted makes the criteria fail).
-pub fn compile(topic_url: Option<&str>, criteria: &[String]) -> FhirResult<Arc<Compiled>> {
-    let key = (topic_url.map(str::to_owned), criteria.to_vec());
-    let generation = crate::search::params::generation();
-    if let Some(found) = COMPILED.lock().ok().and_then(|cache| {
-        cache
-            .as_ref()
-            .filter(|c| c.generation == generation)
-            .and_then(|c| c.compiled.get(&key).cloned())
-    }) {
-        return Ok(found);
-    }
-    let topic = match topic_url {
-        Some(url) => Some(topic::find(url).ok_or_else(|| {
-            FhirError::Internal(format!("subscription topic {url} is no longer defined"))
-        })?),
-        None => None,
-    };
-    let mut filters: HashMap<String, Vec<Condition>> = HashMap::new();
-    for criterion in criteria {
-        let (res_type, conditions) = parse_query(criterion)?;
-        filters.entry(res_type).or_default().extend(conditions);
-    }
-    let compiled = Arc::new(Compiled { topic, filters });
-    if let Ok(mut cache) = COMPILED.lock() {
-        let cache = cache.get_or_insert_with(|| Cache {
-            generation,
-            compiled: HashMap::new(),
-        });
-        if cache.generation != generation || cache.compiled.len() >= CACHE_LIMIT {
-            cache.generation = generation;
-            cache.compiled.clear();
+/// The subscriptions in force, compiled once each and shared (by their text,
+/// until the search parameters change: a parameter deleted makes criteria fail).
+#[derive(Default)]
+pub struct CompiledCache(Mutex<Option<Cache>>);
+
+impl CompiledCache {
+    /// The compiled form of a subscription in force.
+    pub fn compile(
+        &self,
+        definitions: &Definitions<'_>,
+        topic_url: Option<&str>,
+        criteria: &[String],
+    ) -> FhirResult<Arc<Compiled>> {
+        let key = (topic_url.map(str::to_owned), criteria.to_vec());
+        let generation = definitions.params.generation();
+        if let Some(found) = self.0.lock().ok().and_then(|cache| {
+            cache
+                .as_ref()
+                .filter(|c| c.generation == generation)
+                .and_then(|c| c.compiled.get(&key).cloned())
+        }) {
+            return Ok(found);
         }
-        cache.compiled.insert(key, compiled.clone());
+        let topic = match topic_url {
+            Some(url) => Some(
+                topic::find(definitions.topics, url)
+                    .ok_or_else(|| {
+                        FhirError::Internal(format!(
+                            "subscription topic {url} is no longer defined"
+                        ))
+                    })?
+                    .clone(),
+            ),
+            None => None,
+        };
+        let mut filters: HashMap<String, Vec<Condition>> = HashMap::new();
+        for criterion in criteria {
+            let (res_type, conditions) = parse_query(definitions.params, criterion)?;
+            filters.entry(res_type).or_default().extend(conditions);
+        }
+        let compiled = Arc::new(Compiled { topic, filters });
+        if let Ok(mut cache) = self.0.lock() {
+            let cache = cache.get_or_insert_with(|| Cache {
+                generation,
+                compiled: HashMap::new(),
+            });
+            if cache.generation != generation || cache.compiled.len() >= CACHE_LIMIT {
+                cache.generation = generation;
+                cache.compiled.clear();
+            }
+            cache.compiled.insert(key, compiled.clone());
+        }
+        Ok(compiled)
     }
-    Ok(compiled)
 }
 
 /// The values of one search parameter in a version's rows, comparable as a set.
@@ -481,7 +511,7 @@ impl Compiled {
     /// is empty when no single value is required (see `search::matcher`).
     pub fn keys(&self) -> Vec<(String, String)> {
         let mut required: Vec<(String, Vec<Condition>)> = Vec::new();
-        match self.topic {
+        match &self.topic {
             None => required.extend(self.filters.iter().map(|(t, c)| (t.clone(), c.clone()))),
             Some(topic) => {
                 for trigger in &topic.triggers {
@@ -512,7 +542,7 @@ impl Compiled {
     /// Whether evaluating a write needs the previous version's rows.
     pub fn needs_previous(&self, res_type: &str, interaction: Interaction) -> bool {
         interaction == Interaction::Delete
-            || self.topic.is_some_and(|t| {
+            || self.topic.as_ref().is_some_and(|t| {
                 t.triggers.iter().any(|tr| {
                     tr.resource_type == res_type
                         && (tr.previous.is_some() || tr.changed_param.is_some())
@@ -530,7 +560,7 @@ impl Compiled {
         previous: Option<&Subject<'_>>,
     ) -> Verdict {
         let filters = self.filters.get(res_type);
-        let Some(topic) = self.topic else {
+        let Some(topic) = &self.topic else {
             // R4 criteria: creates and updates whose result matches.
             return match (interaction, filters, current) {
                 (Interaction::Delete, ..) | (_, None, _) | (_, _, None) => Verdict::No,

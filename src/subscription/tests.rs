@@ -2,6 +2,21 @@ use super::*;
 use crate::search::index;
 use serde_json::json;
 
+/// The standard parameters and the server's topics.
+fn definitions() -> Definitions<'static> {
+    static TOPICS: std::sync::LazyLock<Vec<Topic>> = std::sync::LazyLock::new(|| {
+        topic::load(crate::search::params::test_table(), None).expect("the server's topics")
+    });
+    Definitions {
+        params: crate::search::params::test_table(),
+        topics: &TOPICS,
+    }
+}
+
+fn compile(topic_url: Option<&str>, criteria: &[String]) -> FhirResult<Arc<Compiled>> {
+    CompiledCache::default().compile(&definitions(), topic_url, criteria)
+}
+
 const DISCHARGE: &str = "https://passerelle.example.fr/fhir/SubscriptionTopic/encounter-discharge";
 const TEAM: &str = "https://passerelle.example.fr/fhir/SubscriptionTopic/careteam-membership";
 
@@ -38,7 +53,7 @@ fn backport_subscription(filter: &str) -> Value {
 #[test]
 fn a_requested_r4_subscription_becomes_active_with_a_secret() {
     let mut s = r4_subscription();
-    let spec = prepare(&mut s, &EndpointPolicy::default()).expect("accepted");
+    let spec = prepare(&mut s, &EndpointPolicy::default(), &definitions()).expect("accepted");
     assert!(spec.active && !spec.handshake);
     assert_eq!(s["status"], "active");
     assert_eq!(spec.criteria, vec!["Encounter?status=finished&class=IMP"]);
@@ -47,7 +62,7 @@ fn a_requested_r4_subscription_becomes_active_with_a_secret() {
     assert_eq!(spec.channel.secret.len(), 64);
     assert_eq!(s["extension"][0]["valueString"], json!(spec.channel.secret));
     // Written again, the secret is kept.
-    let again = prepare(&mut s, &EndpointPolicy::default()).expect("accepted");
+    let again = prepare(&mut s, &EndpointPolicy::default(), &definitions()).expect("accepted");
     assert_eq!(again.channel.secret, spec.channel.secret);
 }
 
@@ -84,7 +99,7 @@ fn bad_subscriptions_are_refused_with_the_element_at_fault() {
             "criteria" => s["criteria"] = value,
             other => s["channel"][other] = value,
         }
-        let err = prepare(&mut s, &EndpointPolicy::default()).expect_err(path);
+        let err = prepare(&mut s, &EndpointPolicy::default(), &definitions()).expect_err(path);
         let FhirError::Unprocessable(issues) = err else {
             panic!("{path}: not a 422");
         };
@@ -95,17 +110,23 @@ fn bad_subscriptions_are_refused_with_the_element_at_fault() {
 #[test]
 fn backport_filters_must_be_allowed_by_the_topic() {
     let mut ok = backport_subscription("Encounter?patient=Patient/p1");
-    let spec = prepare(&mut ok, &dev()).expect("accepted");
+    let spec = prepare(&mut ok, &dev(), &definitions()).expect("accepted");
     assert!(spec.handshake && spec.channel.backport);
     assert_eq!(spec.channel.max_count, 5);
     assert_eq!(spec.channel.heartbeat_secs, Some(60));
     assert_eq!(spec.channel.content, Content::FullResource);
     assert!(prepare(
         &mut backport_subscription("Encounter?reason-code=x"),
-        &dev()
+        &dev(),
+        &definitions()
     )
     .is_err());
-    assert!(prepare(&mut backport_subscription("Patient?name=x"), &dev()).is_err());
+    assert!(prepare(
+        &mut backport_subscription("Patient?name=x"),
+        &dev(),
+        &definitions()
+    )
+    .is_err());
 }
 
 fn subject<'a>(rows: &'a IndexRows) -> Subject<'a> {
@@ -118,6 +139,7 @@ fn subject<'a>(rows: &'a IndexRows) -> Subject<'a> {
 
 fn encounter(status: &str, patient: &str) -> IndexRows {
     index::extract(
+        crate::search::params::test_table(),
         "Encounter",
         &json!({"resourceType": "Encounter", "id": "e1", "status": status,
                 "class": {"code": "IMP"}, "subject": {"reference": patient}}),
@@ -184,6 +206,7 @@ fn the_care_team_topic_fires_when_participants_change() {
             .map(|m| json!({"member": {"reference": m}}))
             .collect();
         index::extract(
+            crate::search::params::test_table(),
             "CareTeam",
             &json!({"resourceType": "CareTeam", "participant": participants}),
         )

@@ -5,11 +5,10 @@
 //! previous and current versions, and (our extension) a search parameter whose
 //! values must change. Pure, apart from the one-time installation.
 
-use std::sync::OnceLock;
-
 use serde_json::Value;
 
 use crate::error::{FhirError, FhirResult, Issue};
+use crate::search::params::ParamTable;
 use crate::search::{self, Condition, Handling};
 
 const SERVER_TOPICS: &str = include_str!("../../profiles/subscription-topics.json");
@@ -60,34 +59,27 @@ pub struct Topic {
     pub definition: Value,
 }
 
-static TOPICS: OnceLock<Vec<Topic>> = OnceLock::new();
-
-/// The topics in force: the server's, and those of `extra` (a Bundle or a single
-/// SubscriptionTopic, JSON) when given. Called once at start; later calls keep the
-/// first set.
-pub fn install(extra: Option<&str>) -> FhirResult<&'static [Topic]> {
-    let mut topics = parse_topics(SERVER_TOPICS)?;
+/// The server's topics, and those of `extra` (a Bundle or a single
+/// SubscriptionTopic, JSON) when given; their criteria are read against `params`.
+pub fn load(params: &ParamTable, extra: Option<&str>) -> FhirResult<Vec<Topic>> {
+    let mut topics = parse_topics(params, SERVER_TOPICS)?;
     if let Some(text) = extra {
-        topics.extend(parse_topics(text)?);
+        topics.extend(parse_topics(params, text)?);
     }
-    Ok(TOPICS.get_or_init(|| topics))
+    Ok(topics)
 }
 
-/// The topics in force (the server's own when nothing was installed).
-pub fn topics() -> &'static [Topic] {
-    TOPICS.get_or_init(|| parse_topics(SERVER_TOPICS).unwrap_or_default())
-}
-
-pub fn find(url: &str) -> Option<&'static Topic> {
+/// The topic of `url` (a canonical, `|version` ignored) among `topics`.
+pub fn find<'t>(topics: &'t [Topic], url: &str) -> Option<&'t Topic> {
     let url = url.split('|').next().unwrap_or(url);
-    topics().iter().find(|t| t.url == url)
+    topics.iter().find(|t| t.url == url)
 }
 
 fn invalid(message: String) -> FhirError {
     FhirError::Unprocessable(vec![Issue::new("invalid", message)])
 }
 
-fn parse_topics(text: &str) -> FhirResult<Vec<Topic>> {
+fn parse_topics(params: &ParamTable, text: &str) -> FhirResult<Vec<Topic>> {
     let value: Value = serde_json::from_str(text)
         .map_err(|e| invalid(format!("subscription topics are not JSON: {e}")))?;
     let resources: Vec<&Value> = match value["resourceType"].as_str() {
@@ -97,10 +89,13 @@ fn parse_topics(text: &str) -> FhirResult<Vec<Topic>> {
             .unwrap_or_default(),
         _ => vec![&value],
     };
-    resources.into_iter().map(parse_topic).collect()
+    resources
+        .into_iter()
+        .map(|t| parse_topic(params, t))
+        .collect()
 }
 
-fn parse_topic(topic: &Value) -> FhirResult<Topic> {
+fn parse_topic(params: &ParamTable, topic: &Value) -> FhirResult<Topic> {
     let url = topic["url"]
         .as_str()
         .ok_or_else(|| invalid("a SubscriptionTopic needs a url".to_owned()))?;
@@ -108,7 +103,7 @@ fn parse_topic(topic: &Value) -> FhirResult<Topic> {
         .as_array()
         .into_iter()
         .flatten()
-        .map(|t| parse_trigger(url, t))
+        .map(|t| parse_trigger(params, url, t))
         .collect::<FhirResult<Vec<_>>>()?;
     if triggers.is_empty() {
         return Err(invalid(format!("topic {url} has no resourceTrigger")));
@@ -133,7 +128,7 @@ fn parse_topic(topic: &Value) -> FhirResult<Topic> {
     })
 }
 
-fn parse_trigger(url: &str, trigger: &Value) -> FhirResult<Trigger> {
+fn parse_trigger(params: &ParamTable, url: &str, trigger: &Value) -> FhirResult<Trigger> {
     let resource_type = trigger["resource"]
         .as_str()
         .and_then(|r| r.rsplit('/').next())
@@ -155,9 +150,14 @@ fn parse_trigger(url: &str, trigger: &Value) -> FhirResult<Trigger> {
         criteria[key]
             .as_str()
             .map(|q| {
-                search::parse(&resource_type, &search::parse_form(q), Handling::Strict)
-                    .map(|plan| plan.conditions)
-                    .map_err(|e| invalid(format!("topic {url}, {key} criteria '{q}': {e}")))
+                search::parse(
+                    params,
+                    &resource_type,
+                    &search::parse_form(q),
+                    Handling::Strict,
+                )
+                .map(|plan| plan.conditions)
+                .map_err(|e| invalid(format!("topic {url}, {key} criteria '{q}': {e}")))
             })
             .transpose()
     };
@@ -186,7 +186,7 @@ mod tests {
 
     #[test]
     fn the_server_topics_compile() {
-        let topics = parse_topics(SERVER_TOPICS).expect("topics parse");
+        let topics = parse_topics(&ParamTable::standard(), SERVER_TOPICS).expect("topics parse");
         assert_eq!(topics.len(), 5);
         let discharge = topics
             .iter()
@@ -211,7 +211,7 @@ mod tests {
     fn a_bad_topic_is_refused_with_its_reason() {
         let bad = r#"{"resourceType": "SubscriptionTopic", "url": "urn:t",
             "resourceTrigger": [{"resource": "Encounter", "queryCriteria": {"current": "nope=1"}}]}"#;
-        let err = parse_topics(bad).expect_err("unknown parameter");
+        let err = parse_topics(&ParamTable::standard(), bad).expect_err("unknown parameter");
         assert!(err.to_string().contains("nope"), "{err}");
     }
 }

@@ -178,6 +178,7 @@ async fn the_matcher_and_the_database_agree() {
     for i in 0..30 {
         resources.push(observation(&mut rng, i, 12));
     }
+    let params = s.params();
     // As stored: with the server's meta, indexed by the server's own extraction.
     let mut stored = Vec::new();
     for r in &resources {
@@ -203,7 +204,7 @@ async fn the_matcher_and_the_database_agree() {
                 .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
                 .map(|t| t.with_timezone(&Utc))
                 .expect("lastUpdated");
-            let rows = passerelle::search::index::extract(&rt, r);
+            let rows = passerelle::search::index::extract(&params, &rt, r);
             (rt, r["id"].as_str().unwrap_or("").to_owned(), updated, rows)
         })
         .collect();
@@ -211,7 +212,7 @@ async fn the_matcher_and_the_database_agree() {
     let (mut decided, mut disagreements) = (0, Vec::new());
     for _ in 0..400 {
         let (resource_type, pairs) = query(&mut rng);
-        let Ok(plan) = search::parse(resource_type, &pairs, Handling::Strict) else {
+        let Ok(plan) = search::parse(&params, resource_type, &pairs, Handling::Strict) else {
             continue;
         };
         let query_string = pairs

@@ -277,6 +277,13 @@ fn keep_failure(target: &str, input: &[u8]) -> PathBuf {
     path
 }
 
+/// The standard search parameters, built once.
+fn params() -> &'static passerelle::search::params::ParamTable {
+    static TABLE: std::sync::LazyLock<passerelle::search::params::ParamTable> =
+        std::sync::LazyLock::new(passerelle::search::params::ParamTable::standard);
+    &TABLE
+}
+
 /// One input through one parser: it may fail, but only as the client's error; a
 /// panic keeps the input.
 fn parse_one(target: &str, input: &[u8], patient: &Value) {
@@ -309,7 +316,8 @@ fn parse_unguarded(target: &str, input: &[u8], patient: &Value) {
                 Ok(resource) => {
                     let text = resource.to_string();
                     let _ = fhir::xml::from_json(&text, false);
-                    let _ = search::index::extract(fhir::resource_type(&resource), &resource);
+                    let _ =
+                        search::index::extract(params(), fhir::resource_type(&resource), &resource);
                 }
                 Err(e) => client_error("parse_resource", e),
             }
@@ -331,7 +339,7 @@ fn parse_unguarded(target: &str, input: &[u8], patient: &Value) {
             let pairs = search::parse_form(&String::from_utf8_lossy(input));
             for handling in [Handling::Lenient, Handling::Strict] {
                 for resource_type in ["Patient", "Encounter", "Observation", "Basic"] {
-                    if let Err(e) = search::parse(resource_type, &pairs, handling) {
+                    if let Err(e) = search::parse(params(), resource_type, &pairs, handling) {
                         client_error("search::parse", e);
                     }
                 }

@@ -736,7 +736,6 @@ async fn system_search_across_types() {
 
 /// A SearchParameter written through the API is put in force and indexes the
 /// resources that existed before it (in the background) and those written after.
-/// The parameter table is process-wide: this is the only test that writes one.
 #[tokio::test]
 async fn posted_search_parameters_are_indexed() {
     let s = TestServer::start().await;
@@ -792,6 +791,55 @@ async fn posted_search_parameters_are_indexed() {
             .as_str()
             .is_some_and(|e| e.contains("no longer apply")),
         "{stopped}"
+    );
+}
+
+/// Each server has its own parameter table: a SearchParameter written on one
+/// database is in force on the instances over it (the second one learns it from
+/// its watcher) and on no other server.
+#[tokio::test]
+async fn search_parameters_are_in_force_per_database() {
+    let s = TestServer::start().await;
+    let other = TestServer::start().await;
+    let second = TestServer::start_on(s.config.clone(), crate::support::test_options()).await;
+    put(&s, json!({"resourceType":"SearchParameter","id":"passerelle-test-city-code",
+        "url":"https://passerelle.example.fr/fhir/SearchParameter/passerelle-test-city-code",
+        "name":"PatientCityCode","status":"active","description":"Postal code of the patient's address",
+        "code":"passerelle-test-city-code","base":["Patient"],"type":"string",
+        "expression":"Patient.address.postalCode"})).await;
+    put(
+        &s,
+        json!({"resourceType":"Patient","id":"ussel","address":[{"postalCode":"19200"}]}),
+    )
+    .await;
+    let strict = |server: &TestServer| {
+        server
+            .http
+            .get(server.url("Patient?passerelle-test-city-code=192"))
+            .header("prefer", "handling=strict")
+            .send()
+    };
+    assert_eq!(
+        ids(&s, "Patient?passerelle-test-city-code=192").await,
+        ["ussel"]
+    );
+    outcome_of(strict(&other).await.expect("get"), 400).await;
+    // The second instance polls for changes every 5 s.
+    let mut status = 0;
+    for _ in 0..100 {
+        status = strict(&second).await.expect("get").status().as_u16();
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        status, 200,
+        "the second instance put the parameter in force"
+    );
+    assert_eq!(
+        ids(&second, "Patient?passerelle-test-city-code=192").await,
+        ["ussel"]
     );
 }
 

@@ -146,13 +146,8 @@ pub struct TestServer {
     pub http: reqwest::Client,
     pub pool: deadpool_postgres::Pool,
     pub config: tokio_postgres::Config,
-    delivery: Option<passerelle::delivery::Delivery>,
-}
-
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        self.stop_delivery();
-    }
+    /// Stops the accept loop, the watcher and the delivery workers when dropped.
+    running: server::Running,
 }
 
 /// Test servers call back to loopback listeners and retry quickly.
@@ -165,6 +160,7 @@ pub fn test_options() -> ServeOptions {
             endpoints: passerelle::subscription::EndpointPolicy {
                 allow_insecure: true,
             },
+            ..Default::default()
         },
         delivery: passerelle::delivery::Tuning {
             workers: 2,
@@ -191,38 +187,35 @@ impl TestServer {
         Self::start_on(fresh_database().await, options).await
     }
 
-    /// A server over an existing database (a second instance, or other options).
+    /// A server over an existing database (a second instance, or other options),
+    /// started as `passerelle serve` starts one.
     pub async fn start_on(config: tokio_postgres::Config, options: ServeOptions) -> TestServer {
         let pool = server::pool_for(config.clone(), 8, Some(options.limits.statement_timeout))
             .expect("pool");
         let listener = tokio::net::TcpListener::bind(options.listen)
             .await
             .expect("bind");
-        let addr = listener.local_addr().expect("address");
-        let hub = passerelle::delivery::websocket::Hub::new();
-        let delivery = server::start_delivery(&pool, &config, &options, addr, hub.clone())
-            .expect("delivery workers");
-        let state = server::app_state(pool.clone(), &options, hub);
-        tokio::spawn(server::serve_on(
+        let running = server::start(
+            pool.clone(),
+            &config,
+            &options,
             listener,
-            state,
-            options.limits.clone(),
             std::future::pending(),
-        ));
+        )
+        .await
+        .expect("start the server");
         TestServer {
-            base: format!("http://{addr}/fhir"),
+            base: format!("http://{}/fhir", running.local),
             http: reqwest::Client::new(),
             pool,
             config,
-            delivery: Some(delivery),
+            running,
         }
     }
 
-    /// Stops this instance's delivery workers (as if it had died).
-    pub fn stop_delivery(&mut self) {
-        if let Some(d) = self.delivery.take() {
-            d.stop();
-        }
+    /// The search parameter table in force on this server.
+    pub fn params(&self) -> std::sync::Arc<passerelle::search::params::ParamTable> {
+        self.running.rules.catalog.params.current()
     }
 
     pub fn url(&self, path: &str) -> String {
