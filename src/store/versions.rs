@@ -1,0 +1,168 @@
+//! Versions as rows: the version table's columns read into [`StoredVersion`], and
+//! the reads of one or many versions.
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::GenericClient;
+use tokio_postgres::Row;
+
+use crate::error::FhirResult;
+
+/// How a version came to be: the HTTP verb of the interaction that wrote it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Post,
+    Put,
+    Patch,
+    Delete,
+}
+
+impl Method {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Post => "POST",
+            Method::Put => "PUT",
+            Method::Patch => "PATCH",
+            Method::Delete => "DELETE",
+        }
+    }
+
+    fn parse(text: &str) -> Method {
+        match text {
+            "POST" => Method::Post,
+            "DELETE" => Method::Delete,
+            "PATCH" => Method::Patch,
+            _ => Method::Put,
+        }
+    }
+}
+
+/// One stored version, as read back.
+#[derive(Debug, Clone)]
+pub struct StoredVersion {
+    pub res_type: String,
+    pub res_id: String,
+    pub version_id: i64,
+    pub last_updated: DateTime<Utc>,
+    pub method: Method,
+    /// Position in the global change order (history paging cursor).
+    pub seq: i64,
+    /// The resource's JSON text, `resourceType` first; `None` for a delete.
+    pub json: Option<String>,
+}
+
+impl StoredVersion {
+    pub fn is_deleted(&self) -> bool {
+        self.json.is_none()
+    }
+}
+
+/// The current state of a resource, locked for update.
+#[derive(Debug, Clone, Copy)]
+pub struct Current {
+    pub version_id: i64,
+    pub last_updated: DateTime<Utc>,
+    pub deleted: bool,
+}
+
+/// The columns every version query selects, in the order [`version_from_row`] reads.
+pub(super) const VERSION_COLUMNS: &str =
+    "v.res_type, v.res_id, v.version_id, v.last_updated, v.method, v.seq, \
+     (v.resource - 'resourceType')::text";
+
+/// JSONB sorts keys; FHIR readers expect `resourceType` first, so it is put back
+/// in front of the stored text (which the query returns without it).
+pub(super) fn with_type_first(res_type: &str, rest: &str) -> String {
+    let inner = rest.trim_start().strip_prefix('{').unwrap_or(rest);
+    if inner.trim_start().starts_with('}') {
+        format!("{{\"resourceType\": \"{res_type}\"}}")
+    } else {
+        format!("{{\"resourceType\": \"{res_type}\", {}", inner.trim_start())
+    }
+}
+
+pub(super) fn version_from_row(row: &Row) -> StoredVersion {
+    let res_type: String = row.get(0);
+    let rest: Option<String> = row.get(6);
+    let json = rest.map(|rest| with_type_first(&res_type, &rest));
+    StoredVersion {
+        res_id: row.get(1),
+        version_id: row.get(2),
+        last_updated: row.get(3),
+        method: Method::parse(row.get(4)),
+        seq: row.get(5),
+        json,
+        res_type,
+    }
+}
+
+/// The newest version of a resource (deleted or not), `None` if it never existed.
+#[tracing::instrument(skip(client))]
+pub async fn read_latest(
+    client: &impl GenericClient,
+    res_type: &str,
+    res_id: &str,
+) -> FhirResult<Option<StoredVersion>> {
+    let sql = format!(
+        "SELECT {VERSION_COLUMNS} FROM resource_version v
+         WHERE v.res_type = $1 AND v.res_id = $2 ORDER BY v.version_id DESC LIMIT 1"
+    );
+    let stmt = client.prepare_cached(&sql).await?;
+    let row = client.query_opt(&stmt, &[&res_type, &res_id]).await?;
+    Ok(row.as_ref().map(version_from_row))
+}
+
+#[tracing::instrument(skip(client))]
+pub async fn read_version(
+    client: &impl GenericClient,
+    res_type: &str,
+    res_id: &str,
+    version_id: i64,
+) -> FhirResult<Option<StoredVersion>> {
+    let sql = format!(
+        "SELECT {VERSION_COLUMNS} FROM resource_version v
+         WHERE v.res_type = $1 AND v.res_id = $2 AND v.version_id = $3"
+    );
+    let stmt = client.prepare_cached(&sql).await?;
+    let row = client
+        .query_opt(&stmt, &[&res_type, &res_id, &version_id])
+        .await?;
+    Ok(row.as_ref().map(version_from_row))
+}
+
+/// Versions by (type, id, version), in one query; those that exist.
+pub async fn read_versions(
+    client: &impl GenericClient,
+    keys: &[(&str, &str, i64)],
+) -> FhirResult<Vec<StoredVersion>> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sql = format!(
+        "SELECT {VERSION_COLUMNS} FROM resource_version v
+           JOIN unnest($1::text[], $2::text[], $3::int8[]) AS k(t, id, n)
+             ON v.res_type = k.t AND v.res_id = k.id AND v.version_id = k.n"
+    );
+    let stmt = client.prepare_cached(&sql).await?;
+    let types: Vec<&str> = keys.iter().map(|k| k.0).collect();
+    let ids: Vec<&str> = keys.iter().map(|k| k.1).collect();
+    let versions: Vec<i64> = keys.iter().map(|k| k.2).collect();
+    let rows = client.query(&stmt, &[&types, &ids, &versions]).await?;
+    Ok(rows.iter().map(version_from_row).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resource_type_goes_first() {
+        assert_eq!(
+            with_type_first("Patient", r#"{"id": "1", "active": true}"#),
+            r#"{"resourceType": "Patient", "id": "1", "active": true}"#
+        );
+        assert_eq!(
+            with_type_first("Basic", "{}"),
+            r#"{"resourceType": "Basic"}"#
+        );
+    }
+}
