@@ -139,13 +139,16 @@ pub async fn start(pool: &Pool, kick: KickOff, request: &str) -> FhirResult<Stri
 /// Pages through one snapshot, writing a file per type and per 1,000 resources.
 async fn run(pool: &Pool, job_id: &str, selection: &Selection) -> FhirResult<()> {
     let mut reader = pool.get().await?;
+    // The horizon first, then the snapshot: every transaction not in flight at the
+    // horizon has committed into the snapshot (one committing in between may be in
+    // it too, and exported again by the next `_since`: repeated, never missed).
+    let transaction_time = export::horizon(&reader).await?;
     let snapshot = reader
         .build_transaction()
         .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
         .read_only(true)
         .start()
         .await?;
-    let transaction_time = export::horizon(&snapshot).await?;
     let writer = pool.get().await?;
     if !export::progress(&writer, job_id, "started", Some(transaction_time)).await? {
         return Ok(());

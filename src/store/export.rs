@@ -53,7 +53,7 @@ pub async fn page(
     current_versions(client, "resource r", &sql, &filters, &limit).await
 }
 
-/// The horizon of the caller's snapshot (see `HORIZON`).
+/// The horizon (see `HORIZON`): read before the snapshot it bounds is taken.
 pub async fn horizon(client: &impl GenericClient) -> FhirResult<DateTime<Utc>> {
     Ok(client.query_one(HORIZON, &[]).await?.get(0))
 }

@@ -69,8 +69,13 @@ pub async fn history(
         // flight may yet commit versions stamped from its start on, so nothing at or
         // after the start of the oldest one is shown. Every version shown is then
         // final: a client that asks again `_since` the last one it saw misses none,
-        // even when transactions commit out of order.
-        q.clauses.push(format!("v.last_updated < ({HORIZON})"));
+        // even when transactions commit out of order. The horizon is read by a
+        // statement of its own, before the versions: as a subquery it was read after
+        // the query's snapshot was taken, and a transaction committing in between
+        // was neither in flight nor visible (a version could be skipped).
+        let horizon: DateTime<Utc> = client.query_one(HORIZON, &[]).await?.get(0);
+        let p = q.bind(Box::new(horizon));
+        q.clauses.push(format!("v.last_updated < {p}"));
     }
     let limit = q.bind(Box::new(filter.count as i64));
     let where_sql = if q.clauses.is_empty() {
