@@ -22,7 +22,7 @@ use tokio::sync::Notify;
 use tokio_postgres::{AsyncMessage, NoTls};
 
 use crate::error::{FhirError, FhirResult};
-use crate::store::{self, outbox};
+use crate::store::{self, subscriptions};
 use crate::subscription::notification::{self, About, Kind};
 use crate::subscription::{Channel, Content, EndpointPolicy};
 
@@ -240,12 +240,12 @@ impl Worker {
         let client = self.pool.get().await?;
         if heartbeats {
             // The heartbeat loop also turns off subscriptions whose end has passed.
-            for sub_id in outbox::ended(&client).await? {
+            for sub_id in subscriptions::ended(&client).await? {
                 let reason = "its end has passed".to_owned();
                 self.sink.set_status(sub_id, Outcome::Ended, reason).await;
             }
         }
-        let leased = outbox::lease(
+        let leased = subscriptions::lease(
             &client,
             &self.id,
             self.settings.lease_secs(),
@@ -268,17 +268,17 @@ impl Worker {
             tracing::warn!(%sub_id, error = %e, "delivery");
         }
         let client = self.pool.get().await?;
-        outbox::release(&client, &self.id, &sub_id).await?;
+        subscriptions::release(&client, &self.id, &sub_id).await?;
         Ok(true)
     }
 
-    async fn heartbeat(&self, sub: outbox::Leased) -> FhirResult<()> {
+    async fn heartbeat(&self, sub: subscriptions::Leased) -> FhirResult<()> {
         let channel = channel_of(&sub)?;
         let body = self.status_body(&sub, &channel, Kind::Heartbeat, &[]);
         match self.send(&sub.sub_id, &channel, body, None).await {
             Ok(()) => {
                 let client = self.pool.get().await?;
-                outbox::delivered(&client, &sub.sub_id, &[], false).await
+                subscriptions::delivered(&client, &sub.sub_id, &[], false).await
             }
             Err(SendError::NotBound) => Ok(()),
             Err(SendError::Failed(reason)) => {
@@ -290,14 +290,14 @@ impl Worker {
 
     /// Delivers a leased subscription's handshake, then its events in order.
     #[tracing::instrument(skip_all, fields(sub_id = %sub.sub_id))]
-    async fn deliver(&self, mut sub: outbox::Leased) -> FhirResult<()> {
+    async fn deliver(&self, mut sub: subscriptions::Leased) -> FhirResult<()> {
         let channel = channel_of(&sub)?;
         let client = self.pool.get().await?;
-        sub.events_since_start = outbox::number_events(&client, &sub.sub_id).await?;
+        sub.events_since_start = subscriptions::number_events(&client, &sub.sub_id).await?;
         if sub.handshake_due {
             let body = self.status_body(&sub, &channel, Kind::Handshake, &[]);
             match self.send(&sub.sub_id, &channel, body, None).await {
-                Ok(()) => outbox::delivered(&client, &sub.sub_id, &[], true).await?,
+                Ok(()) => subscriptions::delivered(&client, &sub.sub_id, &[], true).await?,
                 Err(SendError::NotBound) => return Ok(()),
                 Err(SendError::Failed(reason)) => {
                     return self
@@ -310,7 +310,7 @@ impl Worker {
         // was left (later ones wake a worker again).
         let page = channel.max_count.max(PAGE);
         loop {
-            let events = outbox::pending(&client, &sub.sub_id, page).await?;
+            let events = subscriptions::pending(&client, &sub.sub_id, page).await?;
             for batch in events.chunks(channel.max_count.max(1) as usize) {
                 if !self.send_batch(&client, &sub, &channel, batch).await? {
                     return Ok(());
@@ -318,7 +318,7 @@ impl Worker {
                 sub.attempts = 0;
             }
             if (events.len() as i64) < page
-                || !outbox::renew(&client, &self.id, &sub.sub_id, self.settings.lease_secs())
+                || !subscriptions::renew(&client, &self.id, &sub.sub_id, self.settings.lease_secs())
                     .await?
             {
                 return Ok(());
@@ -331,9 +331,9 @@ impl Worker {
     async fn send_batch(
         &self,
         client: &deadpool_postgres::Client,
-        sub: &outbox::Leased,
+        sub: &subscriptions::Leased,
         channel: &Channel,
-        batch: &[outbox::Event],
+        batch: &[subscriptions::Event],
     ) -> FhirResult<bool> {
         let seqs: Vec<i64> = batch.iter().map(|e| e.seq).collect();
         let (first, last) = match (batch.first(), batch.last()) {
@@ -353,7 +353,7 @@ impl Worker {
         };
         match self.send(&sub.sub_id, channel, body, Some(event_id)).await {
             Ok(()) => {
-                outbox::delivered(client, &sub.sub_id, &seqs, false).await?;
+                subscriptions::delivered(client, &sub.sub_id, &seqs, false).await?;
                 Ok(true)
             }
             Err(SendError::NotBound) => Ok(false),
@@ -376,7 +376,7 @@ impl Worker {
         let wait = self.settings.backoff(attempt);
         tracing::info!(%sub_id, attempt, give_up, reason, "notification failed");
         let client = self.pool.get().await?;
-        outbox::failed(&client, sub_id, seqs, reason, wait.as_secs_f64(), give_up).await?;
+        subscriptions::failed(&client, sub_id, seqs, reason, wait.as_secs_f64(), give_up).await?;
         drop(client);
         if give_up {
             self.sink
@@ -392,7 +392,7 @@ impl Worker {
 
     fn status_body(
         &self,
-        sub: &outbox::Leased,
+        sub: &subscriptions::Leased,
         channel: &Channel,
         kind: Kind,
         events: &[notification::Event],
@@ -414,7 +414,7 @@ impl Worker {
         &self,
         client: &impl deadpool_postgres::GenericClient,
         channel: &Channel,
-        event: &outbox::Event,
+        event: &subscriptions::Event,
     ) -> FhirResult<Option<(Vec<u8>, String)>> {
         if channel.content == Content::Empty {
             return Ok(None);
@@ -490,7 +490,7 @@ impl Worker {
     }
 }
 
-fn channel_of(sub: &outbox::Leased) -> FhirResult<Channel> {
+fn channel_of(sub: &subscriptions::Leased) -> FhirResult<Channel> {
     serde_json::from_value(sub.channel.clone())
         .map_err(|e| FhirError::Internal(format!("subscription {}: bad channel: {e}", sub.sub_id)))
 }
@@ -499,7 +499,7 @@ fn channel_of(sub: &outbox::Leased) -> FhirResult<Channel> {
 /// version for `full-resource` (for callbacks and for `$events`).
 pub async fn notification_events(
     client: &impl deadpool_postgres::GenericClient,
-    events: Vec<outbox::Event>,
+    events: Vec<subscriptions::Event>,
     content: Content,
 ) -> FhirResult<Vec<notification::Event>> {
     let mut out = Vec::with_capacity(events.len());
@@ -525,7 +525,7 @@ pub async fn notification_events(
 /// The focus of an event at its version (`None` for a delete).
 async fn focus(
     client: &impl deadpool_postgres::GenericClient,
-    event: &outbox::Event,
+    event: &subscriptions::Event,
 ) -> FhirResult<Option<Value>> {
     let stored = store::read_version(
         client,

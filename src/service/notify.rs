@@ -14,7 +14,7 @@ use crate::search::index::{self, IndexRows};
 use crate::search::matcher::{self, Subject};
 use crate::search::params::ParamTable;
 use crate::search::{Condition, Cursor, SearchPlan, TotalMode};
-use crate::store::{self, outbox};
+use crate::store::{self, subscriptions};
 use crate::subscription::{Definitions, Interaction, Spec, Verdict};
 
 /// One written version, as matching sees it.
@@ -38,7 +38,7 @@ pub async fn file_subscription(
     spec: Option<&Spec>,
 ) -> FhirResult<()> {
     let Some(spec) = spec else {
-        return outbox::unregister(tx, sub_id).await;
+        return subscriptions::unregister(tx, sub_id).await;
     };
     // Keys only for a subscription in force: one in `error` or `off` may hold
     // criteria that no longer compile, and is a candidate for nothing.
@@ -55,9 +55,9 @@ pub async fn file_subscription(
     };
     let channel = serde_json::to_value(&spec.channel)
         .map_err(|e| FhirError::Internal(format!("serialising a channel: {e}")))?;
-    outbox::register(
+    subscriptions::register(
         tx,
-        &outbox::Registration {
+        &subscriptions::Registration {
             sub_id,
             active: spec.active,
             topic: spec.topic.as_deref(),
@@ -81,7 +81,7 @@ pub async fn file_subscription(
 /// and the active subscriptions filed under the type and any of those keys.
 struct OfType<'f> {
     facts: Vec<(usize, &'f Fact, Option<Vec<String>>)>,
-    candidates: Vec<outbox::Candidate>,
+    candidates: Vec<subscriptions::Candidate>,
 }
 
 impl OfType<'_> {
@@ -89,7 +89,7 @@ impl OfType<'_> {
     fn of<'c>(
         &'c self,
         keys: Option<&'c Vec<String>>,
-    ) -> impl Iterator<Item = &'c outbox::Candidate> + 'c {
+    ) -> impl Iterator<Item = &'c subscriptions::Candidate> + 'c {
         self.candidates.iter().filter(move |c| {
             c.match_key.is_empty() || keys.is_none_or(|k| k.contains(&c.match_key))
         })
@@ -117,7 +117,7 @@ async fn by_type<'f>(tx: &Transaction<'_>, facts: &'f [Fact]) -> FhirResult<Vec<
             .map(|(_, _, k)| k.clone())
             .collect::<Option<Vec<Vec<String>>>>()
             .map(|all| all.concat());
-        let candidates = outbox::candidates(tx, res_type, keys.as_deref()).await?;
+        let candidates = subscriptions::candidates(tx, res_type, keys.as_deref()).await?;
         groups.push(OfType {
             facts: of_type,
             candidates,
@@ -180,9 +180,9 @@ pub async fn record_events(
     if events.is_empty() {
         return Ok(());
     }
-    let focus: Vec<outbox::Focus<'_>> = events
+    let focus: Vec<subscriptions::Focus<'_>> = events
         .iter()
-        .map(|(sub_id, f)| outbox::Focus {
+        .map(|(sub_id, f)| subscriptions::Focus {
             sub_id,
             res_type: &f.res_type,
             res_id: &f.res_id,
@@ -190,7 +190,7 @@ pub async fn record_events(
             interaction: f.interaction.as_str(),
         })
         .collect();
-    outbox::record(tx, &focus).await
+    subscriptions::record(tx, &focus).await
 }
 
 /// Is this version an event for the candidate subscription?
@@ -200,7 +200,7 @@ async fn matches(
     catalog: &Catalog,
     definitions: &Definitions<'_>,
     w: &Fact,
-    candidate: &outbox::Candidate,
+    candidate: &subscriptions::Candidate,
     previous: &mut Option<Option<(IndexRows, DateTime<Utc>)>>,
 ) -> FhirResult<bool> {
     // A subscription whose topic or parameters have since gone (a deployer's topic

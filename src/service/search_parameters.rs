@@ -94,7 +94,7 @@ pub(super) async fn search_parameter_changed(pool: &Pool, rules: &Rules, written
 /// SearchParameter they use was deleted or changed): visibly failed, rather than
 /// silently matching nothing.
 async fn stop_subscriptions_out_of_force(pool: &Pool, rules: &Rules) -> FhirResult<()> {
-    let active = store::outbox::active(&pool.get().await?).await?;
+    let active = store::subscriptions::active(&pool.get().await?).await?;
     let params = rules.catalog.params.current();
     let definitions = rules.catalog.definitions(&params);
     for s in active {

@@ -10,7 +10,7 @@ use super::read;
 use crate::delivery;
 use crate::error::{FhirError, FhirResult};
 use crate::fhir::datetime::format_instant;
-use crate::store::outbox;
+use crate::store::subscriptions;
 use crate::subscription::notification::{self, About, Kind};
 use crate::subscription::{Channel, Content};
 
@@ -20,7 +20,7 @@ const MAX_EVENTS: i64 = 1000;
 struct Current {
     resource: Value,
     channel: Option<Channel>,
-    state: Option<outbox::Status>,
+    state: Option<subscriptions::Status>,
 }
 
 async fn current(pool: &Pool, sub_id: &str) -> FhirResult<Current> {
@@ -28,7 +28,7 @@ async fn current(pool: &Pool, sub_id: &str) -> FhirResult<Current> {
     let resource: Value = serde_json::from_str(stored.json.as_deref().unwrap_or("{}"))
         .map_err(|e| FhirError::Internal(e.to_string()))?;
     let client = pool.get().await?;
-    let state = outbox::status(&client, sub_id).await?;
+    let state = subscriptions::status(&client, sub_id).await?;
     let channel = state
         .as_ref()
         .and_then(|s| serde_json::from_value(s.channel.clone()).ok());
@@ -90,7 +90,7 @@ async fn events_in_range(
     pool: &Pool,
     sub_id: &str,
     params: &[(String, String)],
-) -> FhirResult<(Current, Vec<outbox::Event>)> {
+) -> FhirResult<(Current, Vec<subscriptions::Event>)> {
     let c = current(pool, sub_id).await?;
     let last = c.state.as_ref().map_or(0, |s| s.events_since_start);
     let since = number_param(params, "eventsSinceNumber")?
@@ -100,7 +100,7 @@ async fn events_in_range(
         .unwrap_or(last)
         .min(last);
     let client = pool.get().await?;
-    let events = outbox::events(&client, sub_id, since, until, MAX_EVENTS).await?;
+    let events = subscriptions::events(&client, sub_id, since, until, MAX_EVENTS).await?;
     Ok((c, events))
 }
 
@@ -192,7 +192,7 @@ pub async fn ws_binding_token(pool: &Pool, base: &str, sub_id: &str) -> FhirResu
     );
     let expires = Utc::now() + chrono::Duration::minutes(WS_TOKEN_MINUTES);
     let client = pool.get().await?;
-    outbox::insert_ws_token(&client, &token, sub_id, expires).await?;
+    subscriptions::insert_ws_token(&client, &token, sub_id, expires).await?;
     let socket = match base.split_once("://") {
         Some(("https", rest)) => format!("wss://{rest}/$websocket"),
         Some((_, rest)) => format!("ws://{rest}/$websocket"),
@@ -210,7 +210,7 @@ pub async fn ws_binding_token(pool: &Pool, base: &str, sub_id: &str) -> FhirResu
 /// a Backport handshake Bundle, or R4's `bound <id>`.
 pub async fn ws_bind(pool: &Pool, base: &str, token: &str) -> FhirResult<(String, String)> {
     let client = pool.get().await?;
-    let sub_id = outbox::ws_token_subscription(&client, token)
+    let sub_id = subscriptions::ws_token_subscription(&client, token)
         .await?
         .ok_or_else(|| FhirError::bad_request("the binding token is unknown or has expired"))?;
     drop(client);

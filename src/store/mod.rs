@@ -7,11 +7,11 @@ pub mod export;
 mod history;
 mod index_rows;
 pub mod migrate;
-pub mod outbox;
 pub mod pool;
 mod search;
 mod search_parameters;
 mod search_sql;
+pub mod subscriptions;
 mod versions;
 mod writes;
 

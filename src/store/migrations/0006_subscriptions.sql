@@ -27,7 +27,7 @@ CREATE TABLE subscription (
 -- One row per value a subscription requires ('' when none): a write looks up the
 -- candidates for its type and the keys its index rows offer (search::matcher).
 -- Workers find work from the few subscriptions with something due, never by
--- scanning them all (see outbox::lease).
+-- scanning them all (see subscriptions::lease).
 CREATE INDEX subscription_handshake_due ON subscription (sub_id) WHERE handshake_due;
 CREATE INDEX subscription_heartbeat ON subscription (sub_id) WHERE heartbeat_secs IS NOT NULL;
 CREATE INDEX subscription_ends ON subscription (ends_at) WHERE active AND ends_at IS NOT NULL;
