@@ -62,6 +62,9 @@ pub enum FhirError {
     /// have been saved.
     #[error("connection lost during the commit: {0}")]
     CommitUnknown(String),
+    /// 503: large requests already use the memory set aside for them.
+    #[error("busy: {0}")]
+    Busy(String),
     /// 503: a statement ran past the statement timeout and was cancelled.
     #[error("statement timeout: {0}")]
     StatementTimeout(String),
@@ -97,6 +100,7 @@ impl FhirError {
             FhirError::RequestTimeout(_) => 408,
             FhirError::Unavailable(_)
             | FhirError::CommitUnknown(_)
+            | FhirError::Busy(_)
             | FhirError::StatementTimeout(_) => 503,
             FhirError::Internal(_) => 500,
         }
@@ -123,6 +127,7 @@ impl FhirError {
                 "transient",
                 "the database connection was lost while committing: the change may or may not have been saved; read it before sending it again".to_owned(),
             ),
+            FhirError::Busy(m) => single("transient", m.clone()),
             FhirError::StatementTimeout(_) => single(
                 "timeout",
                 "the request took longer than the server's statement timeout and was cancelled: nothing was changed".to_owned(),

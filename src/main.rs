@@ -132,6 +132,10 @@ enum Command {
         /// Longest a request body may take to arrive; 408 beyond.
         #[arg(long, env = "PASSERELLE_BODY_READ_TIMEOUT", default_value = "30s", value_parser = server::parse_duration)]
         body_read_timeout: Duration,
+        /// Longest a client may take nothing of its response before the connection
+        /// is closed.
+        #[arg(long, env = "PASSERELLE_WRITE_TIMEOUT", default_value = "30s", value_parser = server::parse_duration)]
+        write_timeout: Duration,
         /// Client connections served at once.
         #[arg(long, env = "PASSERELLE_MAX_CONNECTIONS", default_value_t = 512)]
         max_connections: usize,
@@ -274,6 +278,7 @@ async fn main() -> ExitCode {
             statement_timeout,
             header_read_timeout,
             body_read_timeout,
+            write_timeout,
             max_connections,
             large_bodies_in_flight,
             db,
@@ -292,6 +297,7 @@ async fn main() -> ExitCode {
                             limits: server::RequestLimits {
                                 header_read_timeout,
                                 body_read_timeout,
+                                write_timeout,
                                 max_connections,
                                 statement_timeout,
                                 large_bodies_in_flight,

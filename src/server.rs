@@ -229,6 +229,9 @@ pub struct RequestLimits {
     pub header_read_timeout: Duration,
     /// The whole body must arrive within this (408 otherwise).
     pub body_read_timeout: Duration,
+    /// A response the client takes nothing of for this long is abandoned and the
+    /// connection closed.
+    pub write_timeout: Duration,
     /// Connections served at once; further ones wait in the listen backlog.
     pub max_connections: usize,
     /// Longest statement (PostgreSQL's `statement_timeout`; 503 when reached).
@@ -244,6 +247,7 @@ impl Default for RequestLimits {
         RequestLimits {
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(30),
             max_connections: 512,
             statement_timeout: Duration::from_secs(30),
             large_bodies_in_flight: 32 << 20,
@@ -345,9 +349,7 @@ async fn serve_on(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = http::router(state);
-    let max_connections = limits
-        .max_connections
-        .clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+    let max_connections = limits.max_connections.clamp(1, u32::MAX as usize);
     let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
     let (stopping, stop) = tokio::sync::watch::channel(false);
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -379,7 +381,10 @@ async fn serve_on(
         let _ = tcp.set_nodelay(true);
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
         let connection = builder
-            .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+            .serve_connection(
+                hyper_util::rt::TokioIo::new(WriteTimeout::new(tcp, limits.write_timeout)),
+                service,
+            )
             .with_upgrades();
         let mut stop = stop.clone();
         tokio::spawn(async move {
@@ -401,8 +406,112 @@ async fn serve_on(
     drop(listener);
     let _ = stopping.send(true);
     // Every connection holds a slot until it ends: all slots back means all ended.
-    let _ = slots.acquire_many(max_connections as u32).await;
+    // Every connection holds a slot until it ends: all slots back means all ended.
+    // A connection that does not end within the grace period is dropped.
+    let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, slots.acquire_many(all)).await;
     Ok(())
+}
+
+/// How long a shutdown waits for the requests in flight.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// A socket whose writes fail once the peer has taken nothing for `timeout`: a
+/// client that stops reading its response cannot hold a connection slot.
+struct WriteTimeout<T> {
+    inner: T,
+    timeout: Duration,
+    /// Armed while a write waits for the peer.
+    stalled: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<T> WriteTimeout<T> {
+    fn new(inner: T, timeout: Duration) -> Self {
+        WriteTimeout {
+            inner,
+            timeout,
+            stalled: None,
+        }
+    }
+
+    /// After a write that could not proceed: pending until the timeout, then an
+    /// error.
+    fn wait<R>(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<R>> {
+        let timeout = self.timeout;
+        let stalled = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match stalled.as_mut().poll(cx) {
+            std::task::Poll::Ready(()) => std::task::Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client stopped reading its response",
+            ))),
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    }
+
+    fn progress<R>(
+        &mut self,
+        poll: std::task::Poll<std::io::Result<R>>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<R>> {
+        match poll {
+            std::task::Poll::Pending => self.wait(cx),
+            ready => {
+                self.stalled = None;
+                ready
+            }
+        }
+    }
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for WriteTimeout<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for WriteTimeout<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let poll = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.progress(poll, cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let poll = std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.progress(poll, cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let poll = std::pin::Pin::new(&mut self.inner).poll_flush(cx);
+        self.progress(poll, cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 /// Lets this process hold as many sockets as the system allows it (the soft

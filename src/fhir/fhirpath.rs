@@ -8,7 +8,7 @@
 use serde_json::Value;
 
 use crate::fhir::definitions::{TypeKind, R4};
-use crate::limits::MAX_FHIRPATH_DEPTH;
+use crate::limits::{MAX_FHIRPATH_DEPTH, MAX_FHIRPATH_LENGTH};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Expr {
@@ -224,6 +224,11 @@ impl<'s> Parser<'s> {
 /// by a flat scan (string literals skipped): for definitions the server stores
 /// whole whether or not its subset can evaluate them.
 pub fn check_depth(src: &str) -> Result<(), Unsupported> {
+    if src.len() > MAX_FHIRPATH_LENGTH {
+        return Err(Unsupported(format!(
+            "the expression is longer than {MAX_FHIRPATH_LENGTH} characters"
+        )));
+    }
     let (mut depth, mut in_literal, mut escaped) = (0usize, false, false);
     for c in src.chars() {
         match c {
@@ -247,6 +252,11 @@ pub fn check_depth(src: &str) -> Result<(), Unsupported> {
 
 /// Compiles an expression of the subset.
 pub fn compile(src: &str) -> Result<Expr, Unsupported> {
+    if src.len() > MAX_FHIRPATH_LENGTH {
+        return Err(Unsupported(format!(
+            "the expression is longer than {MAX_FHIRPATH_LENGTH} characters"
+        )));
+    }
     let mut parser = Parser {
         src,
         pos: 0,
@@ -565,12 +575,16 @@ mod tests {
     fn nesting_is_bounded() {
         let ok = format!("{}Patient.name{}", "(".repeat(16), ")".repeat(16));
         assert!(compile(&ok).is_ok());
-        let deep = format!("{}Patient.name{}", "(".repeat(20_000), ")".repeat(20_000));
+        let deep = format!("{}Patient.name{}", "(".repeat(17), ")".repeat(17));
         let err = compile(&deep).expect_err("too deep");
         assert!(err.0.contains("more than 16"), "{err:?}");
         assert!(check_depth(&deep).is_err());
+        let huge = format!("{}Patient.name{}", "(".repeat(20_000), ")".repeat(20_000));
+        assert!(compile(&huge).is_err() && check_depth(&huge).is_err());
         assert!(check_depth(&ok).is_ok());
         assert!(check_depth("Patient.name.where(family = '((((((((((((((((((((')").is_ok());
+        let long = vec!["Patient.name"; 1_000].join(" | ");
+        assert!(compile(&long).is_err() && check_depth(&long).is_err());
     }
 
     #[test]

@@ -9,12 +9,6 @@ fn too_costly(message: String) -> FhirError {
     FhirError::BadRequest(vec![Issue::new("too-costly", message)])
 }
 
-/// The deepest nesting of objects and arrays in JSON text (strings skipped);
-/// stops counting once past `limit`. Malformed text is left to the parser.
-pub fn json_depth(text: &[u8], limit: usize) -> usize {
-    json_shape(text, limit).depth
-}
-
 /// What a flat scan tells of a body before it is parsed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Shape {
@@ -26,7 +20,8 @@ pub struct Shape {
     pub widest: usize,
 }
 
-/// The [`Shape`] of JSON text; stops once the depth passes `limit`.
+/// The [`Shape`] of JSON text (strings skipped); stops once the depth passes
+/// `limit`. Malformed text is left to the parser.
 pub fn json_shape(text: &[u8], limit: usize) -> Shape {
     let (mut depth, mut deepest) = (0usize, 0usize);
     let mut widest = 0usize;
@@ -82,14 +77,9 @@ pub fn json_shape(text: &[u8], limit: usize) -> Shape {
     }
 }
 
-/// The deepest nesting of elements in XML text. Comments, CDATA sections,
-/// processing instructions and declarations are skipped; quoted attribute values
-/// may hold `>`. Malformed text is left to the parser.
-pub fn xml_depth(text: &[u8], limit: usize) -> usize {
-    xml_shape(text, limit).depth
-}
-
-/// The [`Shape`] of XML text; stops once the depth passes `limit`.
+/// The [`Shape`] of XML text; stops once the depth passes `limit`. Comments,
+/// CDATA sections, processing instructions and declarations are skipped; quoted
+/// attribute values may hold `>`. Malformed text is left to the parser.
 pub fn xml_shape(text: &[u8], limit: usize) -> Shape {
     let (mut depth, mut deepest) = (0usize, 0usize);
     let mut widest = 0usize;
@@ -201,11 +191,15 @@ mod tests {
 
     #[test]
     fn json_depth_counts_containers_not_strings() {
-        assert_eq!(json_depth(br#"{"a":[{"b":"[[[{{{"}]}"#, 100), 3);
-        assert_eq!(json_depth(br#"{"a":"\"[[","b":{}}"#, 100), 2);
-        assert_eq!(json_depth(b"5", 100), 0);
+        assert_eq!(json_shape(br#"{"a":[{"b":"[[[{{{"}]}"#, 100).depth, 3);
+        assert_eq!(json_shape(br#"{"a":"\"[[","b":{}}"#, 100).depth, 2);
+        assert_eq!(json_shape(b"5", 100).depth, 0);
         let deep = "[".repeat(10_000);
-        assert_eq!(json_depth(deep.as_bytes(), 64), 65, "stops past the limit");
+        assert_eq!(
+            json_shape(deep.as_bytes(), 64).depth,
+            65,
+            "stops past the limit"
+        );
         assert!(check_json(deep.as_bytes()).is_err());
         assert!(check_json(br#"{"resourceType":"Patient"}"#).is_ok());
     }
@@ -213,11 +207,15 @@ mod tests {
     #[test]
     fn xml_depth_counts_elements() {
         let xml = br#"<?xml version="1.0"?><!-- <a><a> --><Patient xmlns="x"><name><family value="a>b"/></name><text><div><![CDATA[<p><p>]]><br/></div></text></Patient>"#;
-        assert_eq!(xml_depth(xml, 100), 3);
+        assert_eq!(xml_shape(xml, 100).depth, 3);
         let deep = "<extension url='u'>".repeat(5_000);
-        assert_eq!(xml_depth(deep.as_bytes(), 40), 41);
+        assert_eq!(xml_shape(deep.as_bytes(), 40).depth, 41);
         assert!(check_xml(deep.as_bytes()).is_err());
-        assert_eq!(xml_depth(b"<a", 40), 0, "malformed text is the parser's");
+        assert_eq!(
+            xml_shape(b"<a", 40).depth,
+            0,
+            "malformed text is the parser's"
+        );
     }
 
     #[test]

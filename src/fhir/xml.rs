@@ -4,6 +4,8 @@
 //! of narrative XHTML on the way in and out, and always indents. What is stored and
 //! returned is what came in.
 
+use std::collections::{HashMap, VecDeque};
+
 use serde_json::Value;
 
 use fhir_codec::CodecError;
@@ -17,8 +19,7 @@ pub fn to_json(xml: &[u8]) -> Result<Value, CodecError> {
     let xml = without_utf8_declaration(xml)?;
     let raw_divs = xhtml_divs(xml);
     let mut json = unpanicked(|| fhir_codec::xml_to_json(xml))?;
-    let mut divs: Vec<Option<&str>> = raw_divs.iter().map(|d| Some(*d)).collect();
-    restore_divs(&mut json, &mut divs);
+    restore_divs(&mut json, &mut Originals::new(raw_divs));
     Ok(json)
 }
 
@@ -36,14 +37,14 @@ pub fn from_json(json: &str, pretty: bool) -> Result<Vec<u8>, CodecError> {
     let value: Value = serde_json::from_str(json).map_err(|e| CodecError(e.to_string()))?;
     let mut stored = Vec::new();
     collect_divs(&value, &mut stored);
-    let mut stored: Vec<Option<&str>> = stored.into_iter().map(Some).collect();
+    let mut stored = Originals::new(stored);
     let mut out = String::with_capacity(text.len());
     let mut rest = text.as_str();
     for written_div in xhtml_divs(text.as_bytes()) {
         // The slices come from `text`: find where this one starts in `rest`.
         let start = written_div.as_ptr() as usize - rest.as_ptr() as usize;
         out.push_str(&rest[..start]);
-        out.push_str(take_match(&mut stored, written_div).unwrap_or(written_div));
+        out.push_str(stored.take(written_div).unwrap_or(written_div));
         rest = &rest[start + written_div.len()..];
     }
     out.push_str(rest);
@@ -114,7 +115,9 @@ fn xhtml_divs(xml: &[u8]) -> Vec<&str> {
         let is_div =
             head[4..].starts_with(|c: char| c.is_ascii_whitespace() || c == '>' || c == '/');
         if !is_div || !head.contains(XHTML_NS) {
-            from = start + 4;
+            // Past this tag, not just past `<div`: scanning to its end again from
+            // each `<div` inside it would be quadratic.
+            from = head_end + 1;
             continue;
         }
         let end = if head.ends_with("/>") {
@@ -179,34 +182,41 @@ fn matching_close(text: &str, from: usize) -> Option<usize> {
     None
 }
 
-/// How fhirbolt's rewriting of a div is recognised: the same text once white
-/// space is removed and quotes are made alike.
-fn same_markup(a: &str, b: &str) -> bool {
-    let key = |s: &str| {
-        s.chars()
-            .filter(|c| !c.is_whitespace())
-            .map(|c| if c == '\'' { '"' } else { c })
-            .collect::<String>()
-    };
-    key(a) == key(b)
+/// Divs as written, found by their markup: how fhirbolt's rewriting of a div is
+/// recognised (the same text once white space is removed and quotes made alike).
+/// Each is handed out once, first written first.
+struct Originals<'a>(HashMap<String, VecDeque<&'a str>>);
+
+impl<'a> Originals<'a> {
+    fn new(divs: impl IntoIterator<Item = &'a str>) -> Self {
+        let mut by_markup: HashMap<String, VecDeque<&'a str>> = HashMap::new();
+        for div in divs {
+            by_markup.entry(markup(div)).or_default().push_back(div);
+        }
+        Originals(by_markup)
+    }
+
+    /// The first unused original with the same markup as `div`.
+    fn take(&mut self, div: &str) -> Option<&'a str> {
+        self.0.get_mut(&markup(div))?.pop_front()
+    }
 }
 
-/// Takes out the first of `candidates` with the same markup as `div`.
-fn take_match<'a>(candidates: &mut [Option<&'a str>], div: &str) -> Option<&'a str> {
-    candidates
-        .iter_mut()
-        .find(|c| c.is_some_and(|c| same_markup(c, div)))
-        .and_then(Option::take)
+fn markup(div: &str) -> String {
+    div.chars()
+        .filter(|c| !c.is_whitespace())
+        .map(|c| if c == '\'' { '"' } else { c })
+        .collect()
 }
 
 /// Puts back, in every Narrative of `json`, the div as written in the XML.
-fn restore_divs(json: &mut Value, raw: &mut [Option<&str>]) {
+fn restore_divs(json: &mut Value, raw: &mut Originals<'_>) {
     match json {
         Value::Object(map) => {
             for (key, value) in map.iter_mut() {
                 match value {
                     Value::String(div) if key == "div" => {
-                        if let Some(original) = take_match(raw, div) {
+                        if let Some(original) = raw.take(div) {
                             *div = original.to_owned();
                         }
                     }
@@ -296,6 +306,13 @@ mod tests {
             assert_eq!(xml.contains("\n  <active"), pretty, "{xml}");
             assert_eq!(to_json(xml.as_bytes()).expect("again"), json);
         }
+    }
+
+    #[test]
+    fn many_div_lookalikes_are_scanned_once() {
+        // Each `<div` not an XHTML div must not restart a scan to the one `>`.
+        let text = format!("{}>", "<div".repeat(250_000));
+        assert!(xhtml_divs(text.as_bytes()).is_empty());
     }
 
     #[test]

@@ -115,7 +115,10 @@ async fn fhir(State(state): State<AppState>, req: Request) -> Response {
         Err(err) => return respond::error_response(&err, rendering),
     };
     tracing::Span::current().record("route", route.template());
-    let memory = reserve_body_memory(&state, &parts.headers).await;
+    let memory = match reserve_body_memory(&state, &parts.headers).await {
+        Ok(memory) => memory,
+        Err(err) => return respond::error_response(&err, rendering),
+    };
     let body = match read_body(body, &parts.headers, &state.settings).await {
         Ok(body) => body,
         Err(err) => return respond::error_response(&err, rendering),
@@ -148,48 +151,57 @@ async fn fhir(State(state): State<AppState>, req: Request) -> Response {
 /// Bodies from this size on draw on the state's budget of large bodies in flight.
 const LARGE_BODY: usize = 64 * 1024;
 
-/// Holds, from before a large body is read until its answer is written, its size
+/// Holds, from before a large body is read until its answer is rendered, its size
 /// (as declared, or the body limit when it comes in chunks) out of the budget of
 /// large bodies in flight: a burst of large requests waits rather than multiplying
-/// the server's memory. `None` for small or no bodies.
+/// the server's memory. `None` for small or no bodies; a body over the limit is
+/// refused at once (413), and one that cannot get its share within the body read
+/// timeout is answered 503.
 async fn reserve_body_memory(
     state: &AppState,
     headers: &axum::http::HeaderMap,
-) -> Option<tokio::sync::OwnedSemaphorePermit> {
+) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, FhirError> {
     let limit = state.settings.max_body_bytes;
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
     let size = match declared {
-        Some(n) => n.min(limit),
+        Some(n) if n > limit => return Err(FhirError::PayloadTooLarge(limit)),
+        Some(n) => n,
         None if headers.contains_key(header::TRANSFER_ENCODING) => limit,
         None => 0,
     };
     if size < LARGE_BODY {
-        return None;
+        return Ok(None);
     }
     // The budget is never below the body limit: the permits always exist.
     let kib = u32::try_from(size.div_ceil(1024)).unwrap_or(u32::MAX);
-    state.body_budget.clone().acquire_many_owned(kib).await.ok()
+    let wait = state.settings.body_read_timeout;
+    match tokio::time::timeout(wait, state.body_budget.clone().acquire_many_owned(kib)).await {
+        Ok(Ok(permit)) => Ok(Some(permit)),
+        _ => Err(FhirError::Busy(
+            "the server is busy with other large requests; retry later".to_owned(),
+        )),
+    }
 }
 
 /// Refuses a JSON or XML body nested too deeply for the recursive parsers below,
-/// whatever the route does with it.
+/// whatever the route does with it; the format is read as the body will be (JSON
+/// Patch is JSON; a body whose Content-Type is neither is left to its route).
 fn check_nesting(headers: &axum::http::HeaderMap, body: &[u8]) -> Result<(), FhirError> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    // Without a Content-Type the body is sniffed, as `negotiate::request_format` does.
-    let sniffed_xml = || body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'<');
-    if content_type.contains("xml") || (content_type.is_empty() && sniffed_xml()) {
-        crate::fhir::nesting::check_xml(body)
-    } else if content_type.contains("json") || content_type.is_empty() {
-        crate::fhir::nesting::check_json(body)
-    } else {
-        Ok(())
+        .and_then(|v| v.to_str().ok());
+    let json_patch = content_type.is_some_and(|c| c.to_ascii_lowercase().contains("json-patch"));
+    let format = match json_patch {
+        true => Ok(crate::fhir::Format::Json),
+        false => negotiate::request_format(content_type, body),
+    };
+    match format {
+        Ok(crate::fhir::Format::Xml) => crate::fhir::nesting::check_xml(body),
+        Ok(crate::fhir::Format::Json) => crate::fhir::nesting::check_json(body),
+        Err(_) => Ok(()),
     }
 }
 

@@ -516,6 +516,7 @@ impl IndexRows {
             bound_opt(&mut t.code);
         }
         for r in &mut self.references {
+            bound_opt(&mut r.target_type);
             bound_opt(&mut r.url);
             bound_opt(&mut r.identifier_system);
             bound_opt(&mut r.identifier_value);

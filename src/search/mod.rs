@@ -679,6 +679,9 @@ fn check_size(pairs: &[(String, String)]) -> FhirResult<()> {
 /// [`MAX_CRITERION_BRANCHES`]).
 struct Reach<'t> {
     table: &'t ParamTable,
+    /// Values bound so far: a value under an untyped chain is bound once per
+    /// target type.
+    values: usize,
     hops: usize,
     has: usize,
     branches: usize,
@@ -688,6 +691,7 @@ impl<'t> Reach<'t> {
     fn new(table: &'t ParamTable) -> Self {
         Reach {
             table,
+            values: 0,
             hops: 0,
             has: 0,
             branches: 0,
@@ -909,6 +913,12 @@ fn parse_param_within(
         })
         .collect::<Result<Vec<_>, _>>()
         .map_err(ParamError::Invalid)?;
+    reach.values += values.len();
+    if reach.values > MAX_SEARCH_VALUES {
+        return Err(ParamError::Invalid(format!(
+            "'{name}' expands to more than {MAX_SEARCH_VALUES} values across the target types of its chain; name the target type or send fewer values"
+        )));
+    }
     Ok(Condition::Param {
         param: param.code.clone(),
         kind: param.kind,
@@ -925,7 +935,7 @@ fn parse_of_type(name: &str, code: &str, value: &str) -> Result<Condition, Param
         .map(|v| match split_escaped(v, '|').as_slice() {
             [system, type_code, id] if !type_code.is_empty() && !id.is_empty() => {
                 Ok(SearchValue::Token(Token {
-                    system: Some(unescape(system)).filter(|s| !s.is_empty()),
+                    system: Some(indexed(&unescape(system))).filter(|s| !s.is_empty()),
                     code: Some(indexed(&format!(
                         "{}|{}",
                         unescape(type_code),

@@ -372,7 +372,7 @@ mod profile_tests {
         }));
         assert!(table.get("Patient", "deep").is_none());
         assert!(
-            table.unsupported()[0].1.contains("more than"),
+            table.unsupported()[0].1.contains("longer than"),
             "{:?}",
             table.unsupported()
         );

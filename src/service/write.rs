@@ -15,6 +15,7 @@ use serde_json::Value;
 use super::notify;
 use crate::error::{FhirError, FhirResult, Issue};
 use crate::fhir;
+use crate::limits::MAX_SEARCH_PARAMETER_CODE;
 use crate::search::index::{self, IndexRows};
 use crate::search::params::ParamTable;
 use crate::store::{self, Method, NewVersion};
@@ -418,16 +419,23 @@ async fn write_steps(
     Ok(written)
 }
 
-/// Refuses a SearchParameter whose expression is beyond the FHIRPath limits: it
-/// would be compiled at every start and by every instance. One outside the
-/// server's FHIRPath subset is stored and reported as not used.
+/// Refuses a SearchParameter beyond the limits: its expression is compiled at every
+/// start and by every instance, its code is stored in every index row. One outside
+/// the server's FHIRPath subset is stored and reported as not used.
 fn check_search_parameter(resource: &Value) -> FhirResult<()> {
+    let too_costly = |message: String, at: &str| {
+        FhirError::Unprocessable(vec![Issue::new("too-costly", message).at(at)])
+    };
+    let code = resource["code"].as_str().unwrap_or_default();
+    if code.chars().count() > MAX_SEARCH_PARAMETER_CODE {
+        return Err(too_costly(
+            format!("a code is at most {MAX_SEARCH_PARAMETER_CODE} characters"),
+            "SearchParameter.code",
+        ));
+    }
     let expression = resource["expression"].as_str().unwrap_or_default();
-    crate::fhir::fhirpath::check_depth(expression).map_err(|e| {
-        FhirError::Unprocessable(vec![
-            Issue::new("too-costly", e.0).at("SearchParameter.expression")
-        ])
-    })
+    crate::fhir::fhirpath::check_depth(expression)
+        .map_err(|e| too_costly(e.0, "SearchParameter.expression"))
 }
 
 #[cfg(test)]
