@@ -148,6 +148,9 @@ async fn fhir(State(state): State<AppState>, req: Request) -> Response {
     response
 }
 
+/// Largest `_search` form body (100 parameters of 1,000 values fit many times).
+const MAX_FORM_BYTES: usize = 1 << 20;
+
 /// Bodies from this size on draw on the state's budget of large bodies in flight.
 const LARGE_BODY: usize = 64 * 1024;
 
@@ -212,7 +215,18 @@ async fn read_body(
     headers: &axum::http::HeaderMap,
     settings: &crate::state::Settings,
 ) -> Result<axum::body::Bytes, FhirError> {
-    let limit = settings.max_body_bytes;
+    let is_form = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| {
+            c.to_ascii_lowercase()
+                .starts_with("application/x-www-form-urlencoded")
+        });
+    // A search form holds parameters, not resources: it has a bound of its own.
+    let limit = match is_form {
+        true => settings.max_body_bytes.min(MAX_FORM_BYTES),
+        false => settings.max_body_bytes,
+    };
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())

@@ -162,6 +162,16 @@ async fn chains_and_has_are_bounded_before_any_sql() {
             .status(),
         200
     );
+    // A search form is not a resource: 1 MiB at most.
+    let resp = s
+        .http
+        .post(s.url("Patient/_search"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("name={}", "a".repeat(2 << 20)))
+        .send()
+        .await
+        .expect("POST _search");
+    outcome_of(resp, 413).await;
     // Too many parameters or values.
     let many = (0..101)
         .map(|i| format!("name=n{i}"))
