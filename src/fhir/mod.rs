@@ -9,6 +9,7 @@ pub mod fhirpath_patch;
 pub mod nesting;
 pub mod patch;
 pub mod query;
+pub mod render;
 pub mod subset;
 pub mod validate;
 pub mod xml;

@@ -9,7 +9,7 @@ use super::negotiate;
 use super::respond::{Reply, VersionRef};
 use super::route::Route;
 use crate::error::{operation_outcome, FhirError, FhirResult, Issue};
-use crate::fhir::bundle::{render, with_raw_member};
+use crate::fhir::render::with_raw_member;
 use crate::fhir::{self, datetime, subset};
 use crate::search::{self, Handling};
 use crate::service::{self, capability, PatchTarget, Scope, WriteRequest, Written};
@@ -530,7 +530,9 @@ async fn history(
         .collect();
     Ok(Reply::new(
         StatusCode::OK,
-        Some(render("history", None, &links, &entries)),
+        Some(crate::fhir::render::bundle(
+            "history", None, &links, &entries,
+        )),
     ))
 }
 

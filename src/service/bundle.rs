@@ -75,7 +75,7 @@ fn write_response(written: Option<&Written>, representation: bool) -> String {
     }
     let entry = json!({ "response": response }).to_string();
     match w.json.as_deref().filter(|_| representation) {
-        Some(resource) => fhir::bundle::with_raw_member(&entry, "resource", resource),
+        Some(resource) => fhir::render::with_raw_member(&entry, "resource", resource),
         None => entry,
     }
 }
@@ -114,7 +114,7 @@ async fn get_entry(
     )
     .await?;
     let searchset = super::searchset(answering.base, &format!("/{t}"), &params, &page)?;
-    Ok(fhir::bundle::with_raw_member(
+    Ok(fhir::render::with_raw_member(
         r#"{"response":{"status":"200 OK"}}"#,
         "resource",
         &searchset,
@@ -137,7 +137,7 @@ fn read_entry(head: &Head, version: store::StoredVersion) -> String {
     }})
     .to_string();
     match (not_modified, version.json.as_deref()) {
-        (false, Some(resource)) => fhir::bundle::with_raw_member(&entry, "resource", resource),
+        (false, Some(resource)) => fhir::render::with_raw_member(&entry, "resource", resource),
         _ => entry,
     }
 }
@@ -564,7 +564,7 @@ async fn transaction(
     for w in &out.search_parameters {
         search_parameter_changed(pool, rules, w).await;
     }
-    Ok(fhir::bundle::render(
+    Ok(fhir::render::bundle(
         "transaction-response",
         None,
         &[],
@@ -610,7 +610,7 @@ async fn batch(
             .to_string()
         }));
     }
-    Ok(fhir::bundle::render(
+    Ok(fhir::render::bundle(
         "batch-response",
         None,
         &[],

@@ -77,7 +77,7 @@ pub fn searchset(
             Some(subset) => fhir::subset::apply(resource, subset)?,
             None => resource.to_owned(),
         };
-        Ok(Some(fhir::bundle::with_raw_member(
+        Ok(Some(fhir::render::with_raw_member(
             &entry, "resource", &resource,
         )))
     };
@@ -91,9 +91,9 @@ pub fn searchset(
     if !page.plan.ignored.is_empty() {
         let outcome = crate::error::operation_outcome("warning", &page.plan.ignored).to_string();
         let entry = serde_json::json!({"search": {"mode": "outcome"}}).to_string();
-        entries.push(fhir::bundle::with_raw_member(&entry, "resource", &outcome));
+        entries.push(fhir::render::with_raw_member(&entry, "resource", &outcome));
     }
-    Ok(fhir::bundle::render(
+    Ok(fhir::render::bundle(
         "searchset",
         page.total,
         &links,
