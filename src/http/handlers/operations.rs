@@ -1,0 +1,133 @@
+//! Operations: the CapabilityStatement, bulk `$export` and the subscription
+//! operations.
+
+use axum::http::{header, HeaderName, StatusCode};
+
+use crate::error::{operation_outcome, FhirError, FhirResult, Issue};
+use crate::http::respond::Reply;
+use crate::service::{self, capability};
+use crate::state::AppState;
+
+use super::FhirRequest;
+
+/// `GET [base]/metadata`.
+pub(super) fn metadata(state: &AppState, req: &FhirRequest) -> FhirResult<Reply> {
+    let cs = capability::capability_statement(
+        &state.rules.catalog,
+        &req.base,
+        env!("CARGO_PKG_VERSION"),
+        &state.settings.started,
+    );
+    Ok(Reply::new(StatusCode::OK, Some(cs.to_string())))
+}
+
+/// `$export-status`: 202 with `X-Progress` while running, then the manifest.
+pub(super) async fn export_status(
+    state: &AppState,
+    req: &FhirRequest,
+    job: &str,
+) -> FhirResult<Reply> {
+    match service::export::status(&state.pool, &req.base, job).await? {
+        service::export::Status::InProgress(progress) => Ok(Reply::new(StatusCode::ACCEPTED, None)
+            .header(HeaderName::from_static("x-progress"), &progress)
+            .header(header::RETRY_AFTER, "1")),
+        service::export::Status::Completed(manifest) => Ok(Reply::raw(
+            StatusCode::OK,
+            "application/json",
+            manifest.to_string(),
+        )),
+        service::export::Status::Failed(reason) => Ok(Reply::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Some(operation_outcome("error", &[Issue::new("exception", reason)]).to_string()),
+        )),
+    }
+}
+
+/// `DELETE` of an export's status URL: the job cancelled, its files removed.
+pub(super) async fn export_delete(state: &AppState, job: &str) -> FhirResult<Reply> {
+    service::export::delete(&state.pool, job).await?;
+    Ok(Reply::new(StatusCode::ACCEPTED, None))
+}
+
+/// One NDJSON file of an export.
+pub(super) async fn export_file(state: &AppState, job: &str, n: &str) -> FhirResult<Reply> {
+    let ndjson = service::export::file(&state.pool, job, n).await?;
+    Ok(Reply::raw(
+        StatusCode::OK,
+        "application/fhir+ndjson",
+        ndjson,
+    ))
+}
+
+/// `Subscription/[id]/$get-ws-binding-token`.
+pub(super) async fn ws_binding_token(
+    state: &AppState,
+    req: &FhirRequest,
+    id: &str,
+) -> FhirResult<Reply> {
+    let body = service::subscriptions::ws_binding_token(&state.pool, &req.base, id).await?;
+    Ok(Reply::new(StatusCode::OK, Some(body.to_string())))
+}
+
+/// `$status` (of one subscription, or of those listed by `id`), `$events` and
+/// `$deliveries`.
+pub(super) async fn subscription_operation(
+    state: &AppState,
+    req: &FhirRequest,
+    id: Option<&str>,
+    op: &str,
+) -> FhirResult<Reply> {
+    let (pool, params) = (&state.pool, req.criteria());
+    let body = match (id, op) {
+        (Some(id), "$status") => {
+            service::subscriptions::status(pool, &req.base, &[id.to_owned()]).await?
+        }
+        (None, _) => {
+            let ids: Vec<String> = params
+                .iter()
+                .filter(|(k, _)| k == "id")
+                .flat_map(|(_, v)| v.split(',').map(str::to_owned))
+                .collect();
+            service::subscriptions::status(pool, &req.base, &ids).await?
+        }
+        (Some(id), "$events") => {
+            service::subscriptions::events(pool, &req.base, id, &params).await?
+        }
+        (Some(id), _) => service::subscriptions::deliveries(pool, id, &params).await?,
+    };
+    Ok(Reply::new(StatusCode::OK, Some(body.to_string())))
+}
+
+/// `$export` kick-off: 202 and the status URL in `Content-Location`.
+pub(super) async fn export_kick_off(
+    state: &AppState,
+    req: &FhirRequest,
+    res_type: &Option<String>,
+    group: &Option<String>,
+) -> FhirResult<Reply> {
+    if !req.prefer_directives().any(|d| d == "respond-async") {
+        return Err(FhirError::bad_request(
+            "$export runs asynchronously: send 'Prefer: respond-async'",
+        ));
+    }
+    let level = match (res_type.as_deref(), group) {
+        (Some("Group"), Some(id)) => service::export::Level::Group(id.clone()),
+        (Some(_), _) => service::export::Level::Patient,
+        (None, _) => service::export::Level::System,
+    };
+    let kick = service::export::kick_off(level, &req.criteria())?;
+    let path = match (res_type, group) {
+        (Some(t), Some(id)) => format!("/{t}/{id}/$export"),
+        (Some(t), None) => format!("/{t}/$export"),
+        _ => "/$export".to_owned(),
+    };
+    let request = match &req.raw_query {
+        Some(q) => format!("{}{path}?{q}", req.base),
+        None => format!("{}{path}", req.base),
+    };
+    let job = service::export::start(&state.pool, kick, &request).await?;
+    Ok(Reply::new(StatusCode::ACCEPTED, None).header(
+        header::CONTENT_LOCATION,
+        &format!("{}/$export-status/{job}", req.base),
+    ))
+}

@@ -1,0 +1,116 @@
+//! Reads: read, vread and history, with their conditional headers.
+
+use axum::http::{header, StatusCode};
+use serde_json::json;
+
+use crate::error::FhirResult;
+use crate::fhir::render::with_raw_member;
+use crate::fhir::{self, datetime, subset};
+use crate::http::respond::Reply;
+use crate::search;
+use crate::service;
+use crate::state::AppState;
+use crate::store::{Method as StoreMethod, StoredVersion};
+
+use super::{route_path, self_url, version_ref, FhirRequest};
+
+/// `GET [type]/[id]`.
+pub(super) async fn read(
+    state: &AppState,
+    req: &FhirRequest,
+    res_type: &str,
+    id: &str,
+) -> FhirResult<Reply> {
+    let version = service::read(&state.pool.get().await?, res_type, id).await?;
+    read_reply(req, &version)
+}
+
+/// `GET [type]/[id]/_history/[vid]`.
+pub(super) async fn vread(
+    state: &AppState,
+    req: &FhirRequest,
+    res_type: &str,
+    id: &str,
+    vid: &str,
+) -> FhirResult<Reply> {
+    let version = service::vread(&state.pool.get().await?, res_type, id, vid).await?;
+    read_reply(req, &version)
+}
+
+/// A read or vread, honouring `If-None-Match` and `If-Modified-Since` (304).
+pub(super) fn read_reply(req: &FhirRequest, v: &StoredVersion) -> FhirResult<Reply> {
+    let not_modified = fhir::not_modified(
+        req.header(header::IF_NONE_MATCH),
+        req.header(header::IF_MODIFIED_SINCE)
+            .and_then(datetime::parse_http_date),
+        v.version_id,
+        v.last_updated,
+    );
+    let status = if not_modified {
+        StatusCode::NOT_MODIFIED
+    } else {
+        StatusCode::OK
+    };
+    let body = match (not_modified, &v.json, subset::from_params(&req.params)?) {
+        (true, _, _) | (_, None, _) => None,
+        (false, Some(json), Some(subset)) => Some(subset::apply(json, &subset)?),
+        (false, Some(json), None) => Some(json.clone()),
+    };
+    Ok(Reply::new(status, body).versioned(&req.base, &version_ref(v)))
+}
+
+pub(super) async fn history(
+    state: &AppState,
+    req: &FhirRequest,
+    res_type: Option<&str>,
+    res_id: Option<&str>,
+) -> FhirResult<Reply> {
+    let page = service::history(&state.pool, res_type, res_id, &req.params).await?;
+    let path = route_path(&req.route);
+    let mut links = vec![("self", self_url(req, &path))];
+    if let Some(cursor) = &page.next {
+        let keep: Vec<(String, String)> = req
+            .params
+            .iter()
+            .filter(|(k, _)| k != "_page")
+            .cloned()
+            .collect();
+        links.push((
+            "next",
+            search::page_url(&req.base, &path, &keep, &[("_page", cursor.clone())]),
+        ));
+    }
+    let entries: Vec<String> = page
+        .versions
+        .iter()
+        .map(|v| history_entry(&req.base, v))
+        .collect();
+    Ok(Reply::new(
+        StatusCode::OK,
+        Some(crate::fhir::render::bundle(
+            "history", None, &links, &entries,
+        )),
+    ))
+}
+
+pub(super) fn history_entry(base: &str, v: &StoredVersion) -> String {
+    let (request_url, status) = match v.method {
+        StoreMethod::Post => (v.res_type.clone(), "201 Created"),
+        StoreMethod::Put | StoreMethod::Patch => (format!("{}/{}", v.res_type, v.res_id), "200 OK"),
+        StoreMethod::Delete => (format!("{}/{}", v.res_type, v.res_id), "204 No Content"),
+    };
+    let entry = json!({
+        "fullUrl": format!("{base}/{}/{}", v.res_type, v.res_id),
+        "request": {"method": v.method.as_str(), "url": request_url},
+        "response": {
+            "status": status,
+            "etag": format!("W/\"{}\"", v.version_id),
+            "lastModified": datetime::format_instant(v.last_updated),
+        },
+    })
+    .to_string();
+    match &v.json {
+        Some(resource) => with_raw_member(&entry, "resource", resource),
+        None => entry,
+    }
+}

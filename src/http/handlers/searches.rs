@@ -1,0 +1,138 @@
+//! Searches: type, system, compartment and form searches, `$everything`, and
+//! the searchset Bundle with its links.
+
+use axum::http::StatusCode;
+
+use crate::error::{FhirError, FhirResult};
+use crate::fhir;
+use crate::http::respond::Reply;
+use crate::search;
+use crate::service::{self, Scope};
+use crate::state::AppState;
+
+use super::FhirRequest;
+
+/// `GET [base]?_type=…`: one search over several types.
+pub(super) async fn system_search(state: &AppState, req: &FhirRequest) -> FhirResult<Reply> {
+    let types = system_search_types(&req.params)?;
+    let criteria: Vec<(String, String)> = req
+        .criteria()
+        .into_iter()
+        .filter(|(k, _)| k != "_type")
+        .collect();
+    let first = types
+        .first()
+        .cloned()
+        .ok_or_else(|| FhirError::bad_request("_type names no resource type"))?;
+    search(state, req, &first, criteria, Scope::System(types)).await
+}
+
+/// `POST [type]/_search`: the form's parameters with the URL's.
+pub(super) async fn form_search(
+    state: &AppState,
+    req: &FhirRequest,
+    res_type: &str,
+) -> FhirResult<Reply> {
+    let mut params = req.criteria();
+    params.extend(search::parse_form(&String::from_utf8_lossy(&req.body)));
+    search(state, req, res_type, params, Scope::Type).await
+}
+
+/// `GET [compartment]/[id]/[type]`.
+pub(super) async fn compartment_search(
+    state: &AppState,
+    req: &FhirRequest,
+    compartment: &str,
+    id: &str,
+    res_type: &str,
+) -> FhirResult<Reply> {
+    if !search::compartment::is_supported(compartment) {
+        return Err(FhirError::NotFound(format!(
+            "the {compartment} compartment is not supported (Patient is)"
+        )));
+    }
+    let scope = Scope::Compartment(compartment, id);
+    search(state, req, res_type, req.criteria(), scope).await
+}
+
+/// `[type]/[id]/$everything`.
+pub(super) async fn everything(
+    state: &AppState,
+    req: &FhirRequest,
+    res_type: &str,
+    id: &str,
+) -> FhirResult<Reply> {
+    let params = req.criteria();
+    let params_in_force = state.rules.catalog.params.current();
+    let page = service::everything(&state.pool, &params_in_force, res_type, id, &params).await?;
+    searchset_reply(
+        req,
+        &format!("/{res_type}/{id}/$everything"),
+        &params,
+        &page,
+    )
+}
+
+/// The types of a system search: `_type`, or every type.
+pub(super) fn system_search_types(params: &[(String, String)]) -> FhirResult<Vec<String>> {
+    let listed: Vec<String> = params
+        .iter()
+        .filter(|(k, _)| k == "_type")
+        .flat_map(|(_, v)| v.split(','))
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty())
+        .collect();
+    if let Some(unknown) = listed
+        .iter()
+        .find(|t| !fhir::definitions::R4.is_resource_type(t))
+    {
+        return Err(FhirError::bad_request(format!(
+            "_type: '{unknown}' is not a resource type"
+        )));
+    }
+    if listed.is_empty() {
+        return Ok(fhir::definitions::R4
+            .resource_types()
+            .into_iter()
+            .map(str::to_owned)
+            .collect());
+    }
+    Ok(listed)
+}
+
+pub(super) async fn search(
+    state: &AppState,
+    req: &FhirRequest,
+    res_type: &str,
+    params: Vec<(String, String)>,
+    scope: Scope<'_>,
+) -> FhirResult<Reply> {
+    let path = match &scope {
+        Scope::Compartment(c, id) => format!("/{c}/{id}/{res_type}"),
+        Scope::Type => format!("/{res_type}"),
+        Scope::System(_) => String::new(),
+    };
+    let params_in_force = state.rules.catalog.params.current();
+    let client = state.pool.get().await?;
+    let page = service::search(
+        &client,
+        &params_in_force,
+        res_type,
+        &params,
+        req.handling(),
+        scope,
+    )
+    .await?;
+    searchset_reply(req, &path, &params, &page)
+}
+
+/// A page of results as a searchset Bundle, with its self and next links.
+pub(super) fn searchset_reply(
+    req: &FhirRequest,
+    path: &str,
+    params: &[(String, String)],
+    page: &service::SearchPage,
+) -> FhirResult<Reply> {
+    let body = service::searchset(&req.base, path, params, page)?;
+    Ok(Reply::new(StatusCode::OK, Some(body)))
+}
