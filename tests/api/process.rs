@@ -332,16 +332,7 @@ async fn statements_of_a_killed_server_do_not_outlive_it() {
                 .await;
         })
     };
-    let waiting = || async {
-        observer
-            .query(
-                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
-                &[],
-            )
-            .await
-            .expect("pg_stat_activity")
-            .len()
-    };
+    let waiting = || async { crate::robustness::waiting_backends(&observer).await.len() };
     let deadline = Instant::now() + Duration::from_secs(10);
     while waiting().await == 0 {
         assert!(

@@ -274,7 +274,7 @@ async fn lock_patient(s: &TestServer, id: &str) -> tokio_postgres::Client {
 }
 
 /// Backends of this database waiting for a lock: the server's blocked statements.
-async fn waiting_backends(observer: &tokio_postgres::Client) -> Vec<i32> {
+pub async fn waiting_backends(observer: &tokio_postgres::Client) -> Vec<i32> {
     observer
         .query(
             "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
@@ -409,9 +409,25 @@ async fn a_lost_database_connection_is_503_and_the_server_recovers() {
     still_serving(&s).await;
 }
 
+/// Sends part of a request and reads until the server closes the connection (at
+/// most 5 s): what it answered, or `None` if it kept the connection open.
+async fn half_sent(addr: &str, bytes: &[u8]) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut slow = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    slow.write_all(bytes).await.expect("write");
+    let mut buf = Vec::new();
+    let closed = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        slow.read_to_end(&mut buf),
+    )
+    .await;
+    closed
+        .is_ok()
+        .then(|| String::from_utf8_lossy(&buf).into_owned())
+}
+
 #[tokio::test]
 async fn slow_clients_are_timed_out_and_connections_are_capped() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let options = with_limits(passerelle::server::RequestLimits {
         header_read_timeout: std::time::Duration::from_millis(600),
         body_read_timeout: std::time::Duration::from_millis(600),
@@ -426,34 +442,12 @@ async fn slow_clients_are_timed_out_and_connections_are_capped() {
         .to_owned();
 
     // A head that never ends: the server closes the connection.
-    let mut slow = tokio::net::TcpStream::connect(&addr)
-        .await
-        .expect("connect");
-    slow.write_all(b"GET /fhir/metadata HTTP/1.1\r\nHost: x\r\n")
-        .await
-        .expect("write");
-    let mut buf = Vec::new();
-    let read = tokio::time::timeout(
-        std::time::Duration::from_secs(5),
-        slow.read_to_end(&mut buf),
-    )
-    .await;
-    assert!(read.is_ok(), "the server closed the half-sent request");
+    let answer = half_sent(&addr, b"GET /fhir/metadata HTTP/1.1\r\nHost: x\r\n").await;
+    assert!(answer.is_some(), "the server closed the half-sent request");
 
     // A body that never ends: 408.
-    let mut slow = tokio::net::TcpStream::connect(&addr)
-        .await
-        .expect("connect");
-    slow.write_all(b"POST /fhir/Patient HTTP/1.1\r\nHost: x\r\nContent-Type: application/fhir+json\r\nContent-Length: 100\r\n\r\n{\"resourceType\"")
-        .await
-        .expect("write");
-    let mut buf = Vec::new();
-    let _ = tokio::time::timeout(
-        std::time::Duration::from_secs(5),
-        slow.read_to_end(&mut buf),
-    )
-    .await;
-    let text = String::from_utf8_lossy(&buf);
+    let answer = half_sent(&addr, b"POST /fhir/Patient HTTP/1.1\r\nHost: x\r\nContent-Type: application/fhir+json\r\nContent-Length: 100\r\n\r\n{\"resourceType\"").await;
+    let text = answer.unwrap_or_default();
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
 
     // Three idle connections fill the server; a fourth client is served once the
