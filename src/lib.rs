@@ -3,7 +3,6 @@
 //! single write path) → `fhir` (model, validation) and `search` (plans, index rows)
 //! → `store` (PostgreSQL). See docs/architecture.md.
 
-pub mod bench;
 pub mod delivery;
 pub mod error;
 pub mod fhir;

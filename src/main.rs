@@ -5,9 +5,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use passerelle::bench::rest::{self, BenchOptions};
-use passerelle::bench::search::{self as search_bench, SearchBenchOptions};
-use passerelle::server::{self, DatabaseChoice, ServeOptions};
+use passerelle::server::{self, DatabaseArgs, ServeOptions};
 use passerelle::telemetry;
 
 // glibc malloc took about a tenth of the server's CPU in the read path (perf).
@@ -23,26 +21,6 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Cli {
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Args, Clone)]
-struct DatabaseArgs {
-    /// PostgreSQL connection string (libpq URL). Without it, an embedded cluster is
-    /// started under --data-dir.
-    #[arg(long, env = "DATABASE_URL")]
-    database_url: Option<String>,
-    /// Folder of the embedded PostgreSQL cluster (used when no database URL is given).
-    #[arg(long, env = "PASSERELLE_DATA_DIR", default_value = "./data")]
-    data_dir: PathBuf,
-}
-
-impl DatabaseArgs {
-    fn choice(&self) -> DatabaseChoice {
-        match self.database_url.as_deref().filter(|u| !u.is_empty()) {
-            Some(url) => DatabaseChoice::Url(url.to_owned()),
-            None => DatabaseChoice::Embedded(self.data_dir.clone()),
-        }
-    }
 }
 
 /// Subscription endpoints and delivery.
@@ -168,57 +146,6 @@ enum Command {
         #[command(flatten)]
         db: DatabaseArgs,
     },
-    /// Load a synthetic population and time realistic searches (fresh bench database).
-    BenchSearch {
-        /// Patients (the population is about five resources per patient).
-        #[arg(long, default_value_t = 20_000)]
-        patients: usize,
-        /// Searches timed per query.
-        #[arg(long, default_value_t = 300)]
-        queries: usize,
-        #[arg(long, default_value_t = 16)]
-        concurrency: usize,
-        #[command(flatten)]
-        db: DatabaseArgs,
-    },
-    /// Ingest rate of transaction Bundles (1, 100, 1,000 entries) beside SQL COPY.
-    BenchTransaction {
-        /// Resources written per Bundle size.
-        #[arg(long, default_value_t = 10_000)]
-        resources: usize,
-        #[arg(long, default_value_t = 4)]
-        concurrency: usize,
-        #[command(flatten)]
-        db: DatabaseArgs,
-    },
-    /// Write throughput and callback latency with 0, 1, 100 and 10,000 subscriptions.
-    BenchSubscriptions {
-        /// Subscription counts, comma-separated.
-        #[arg(long, value_delimiter = ',', default_value = "0,1,100,10000")]
-        counts: Vec<usize>,
-        /// Writes per throughput phase.
-        #[arg(long, default_value_t = 2000)]
-        writes: usize,
-        /// Matching writes timed one at a time for the latency.
-        #[arg(long, default_value_t = 300)]
-        events: usize,
-        #[arg(long, default_value_t = 4)]
-        concurrency: usize,
-        #[command(flatten)]
-        db: DatabaseArgs,
-    },
-    /// Measure create and read throughput against a fresh bench database.
-    Bench {
-        #[arg(long, default_value_t = 10_000)]
-        resources: usize,
-        /// Times each resource is read.
-        #[arg(long, default_value_t = 3)]
-        read_passes: usize,
-        #[arg(long, default_value_t = 16)]
-        concurrency: usize,
-        #[command(flatten)]
-        db: DatabaseArgs,
-    },
 }
 
 async fn load(
@@ -318,33 +245,7 @@ async fn main() -> ExitCode {
             }
             Err(e) => Err(e),
         },
-        Command::BenchSearch {
-            patients,
-            queries,
-            concurrency,
-            db,
-        } => search_bench::run(SearchBenchOptions {
-            database: db.choice(),
-            patients: patients.max(1),
-            queries: queries.max(1),
-            concurrency: concurrency.max(1),
-        })
-        .await
-        .map(|report| println!("{report}")),
         Command::Load { url, db, paths } => load(url, db, paths).await,
-        Command::BenchTransaction {
-            resources,
-            concurrency,
-            db,
-        } => passerelle::bench::transaction::run(
-            passerelle::bench::transaction::TransactionBenchOptions {
-                database: db.choice(),
-                resources: resources.max(1),
-                concurrency: concurrency.max(1),
-            },
-        )
-        .await
-        .map(|report| println!("{report}")),
         Command::Reindex { db } => match server::open_database(&db.choice(), 2, None).await {
             Ok(database) => {
                 let started = std::time::Instant::now();
@@ -373,36 +274,6 @@ async fn main() -> ExitCode {
             }
             Err(e) => Err(e),
         },
-        Command::BenchSubscriptions {
-            counts,
-            writes,
-            events,
-            concurrency,
-            db,
-        } => passerelle::bench::subscriptions::run(
-            passerelle::bench::subscriptions::SubscriptionBenchOptions {
-                database: db.choice(),
-                counts,
-                writes: writes.max(1),
-                events: events.max(1),
-                concurrency: concurrency.max(1),
-            },
-        )
-        .await
-        .map(|report| println!("{report}")),
-        Command::Bench {
-            resources,
-            read_passes,
-            concurrency,
-            db,
-        } => rest::run(BenchOptions {
-            database: db.choice(),
-            resources: resources.max(1),
-            read_passes: read_passes.max(1),
-            concurrency: concurrency.max(1),
-        })
-        .await
-        .map(|report| println!("{report}")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -42,6 +42,28 @@ pub enum DatabaseChoice {
     Embedded(PathBuf),
 }
 
+/// The command-line choice of database, shared by the server's commands and the
+/// benchmarks.
+#[derive(clap::Args, Clone, Debug)]
+pub struct DatabaseArgs {
+    /// PostgreSQL connection string (libpq URL). Without it, an embedded cluster is
+    /// started under --data-dir.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Folder of the embedded PostgreSQL cluster (used when no database URL is given).
+    #[arg(long, env = "PASSERELLE_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+}
+
+impl DatabaseArgs {
+    pub fn choice(&self) -> DatabaseChoice {
+        match self.database_url.as_deref().filter(|u| !u.is_empty()) {
+            Some(url) => DatabaseChoice::Url(url.to_owned()),
+            None => DatabaseChoice::Embedded(self.data_dir.clone()),
+        }
+    }
+}
+
 /// A connected, migrated database; owns the embedded cluster when there is one.
 pub struct Database {
     pub pool: Pool,

@@ -1,4 +1,4 @@
-//! `passerelle bench-transaction`: ingest rate of transaction Bundles of 1, 100 and
+//! `cargo bench --bench passerelle -- transaction`: ingest rate of transaction Bundles of 1, 100 and
 //! 1,000 POST entries over HTTP (validation, one database transaction each, every
 //! search parameter indexed), then of 1,000 PUT entries at new ids, of 1,000 PUT
 //! updates of them and of 1,000 POSTs with `ifNoneExist`, beside the ceiling measured in the same run: the same rows
@@ -11,10 +11,11 @@ use std::time::Instant;
 use futures_util::SinkExt;
 use serde_json::{json, Value};
 
-use super::{rest::patient, run_phase, start_server, Connection};
-use crate::fhir;
-use crate::search::index::{self, IndexRows};
-use crate::server::{self, DatabaseChoice, StartError};
+use crate::common::{run_phase, start_server, Connection};
+use crate::rest::patient;
+use passerelle::fhir;
+use passerelle::search::index::{self, IndexRows};
+use passerelle::server::{self, DatabaseChoice, StartError};
 
 pub struct TransactionBenchOptions {
     pub database: DatabaseChoice,
@@ -100,7 +101,7 @@ fn copy_rows(n: usize) -> Vec<(&'static str, String)> {
     ];
     let t = |s: &str| copy_text(Some(s));
     let o = |s: &Option<String>| copy_text(s.as_deref());
-    let params = crate::search::params::ParamTable::standard();
+    let params = passerelle::search::params::ParamTable::standard();
     for i in 0..n {
         let id = format!("copy-{i}");
         let mut resource = patient(i);

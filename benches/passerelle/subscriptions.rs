@@ -1,4 +1,4 @@
-//! `passerelle bench-subscriptions`: with 0, 1, 100 and 10,000 active R4
+//! `cargo bench --bench passerelle -- subscriptions`: with 0, 1, 100 and 10,000 active R4
 //! subscriptions (one per patient, `Encounter?patient=…&status=finished`, as GP
 //! software would file them), the write throughput of Encounters that match none
 //! and that each match one subscription, and the latency from the HTTP response of
@@ -13,8 +13,8 @@ use axum::extract::State;
 use serde_json::json;
 use tokio::sync::Notify;
 
-use super::{run_phase, start_server, start_server_with, Connection, Phase};
-use crate::server::{self, DatabaseChoice, StartError};
+use crate::common::{run_phase, start_server, start_server_with, Connection, Phase};
+use passerelle::server::{self, DatabaseChoice, StartError};
 
 pub struct SubscriptionBenchOptions {
     pub database: DatabaseChoice,
@@ -176,7 +176,7 @@ async fn measure(options: &SubscriptionBenchOptions, count: usize) -> Result<Row
     // An instance that writes events but does not deliver them.
     let writer = start_server_with(
         &database,
-        crate::delivery::Tuning {
+        passerelle::delivery::Tuning {
             workers: 0,
             ..Default::default()
         },

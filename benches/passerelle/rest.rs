@@ -1,4 +1,4 @@
-//! `passerelle bench`: create and read throughput over real HTTP against a real
+//! `cargo bench --bench passerelle -- rest`: create and read throughput over real HTTP against a real
 //! database, beside the ceiling measured in the same run (the same reads as a
 //! prepared SQL `SELECT` through the same pool).
 
@@ -7,9 +7,9 @@ use std::time::Instant;
 
 use serde_json::json;
 
-use super::{run_phase, start_server, Connection};
-use crate::server::{self, DatabaseChoice, StartError};
-use crate::store;
+use crate::common::{run_phase, start_server, Connection};
+use passerelle::server::{self, DatabaseChoice, StartError};
+use passerelle::store;
 
 pub struct BenchOptions {
     pub database: DatabaseChoice,
@@ -20,7 +20,7 @@ pub struct BenchOptions {
 }
 
 /// A plausible French patient, deterministic in `i`.
-pub(crate) fn patient(i: usize) -> serde_json::Value {
+pub fn patient(i: usize) -> serde_json::Value {
     const FAMILY: &[&str] = &[
         "Martin", "Bernard", "Dubois", "Thomas", "Robert", "Richard", "Petit", "Durand",
     ];

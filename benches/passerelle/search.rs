@@ -1,4 +1,4 @@
-//! `passerelle bench-search`: loads a synthetic coordination population over HTTP
+//! `cargo bench --bench passerelle -- search`: loads a synthetic coordination population over HTTP
 //! (Organizations, Practitioners, Patients, Encounters, CareTeams, CarePlans,
 //! ServiceRequests, Observations; every parameter indexed) and times a fixed list
 //! of realistic searches against it.
@@ -8,8 +8,8 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
-use super::{run_phase, start_server, Connection, Phase};
-use crate::server::{self, DatabaseChoice, StartError};
+use crate::common::{run_phase, start_server, Connection, Phase};
+use passerelle::server::{self, DatabaseChoice, StartError};
 
 pub struct SearchBenchOptions {
     pub database: DatabaseChoice,

@@ -1,0 +1,156 @@
+//! Passerelle's benchmarks, over real HTTP against a real database, each on a fresh
+//! `passerelle_bench` database with the server started in this process:
+//! `cargo bench --bench passerelle -- <rest|search|transaction|subscriptions> [options]`.
+//! The figures are in the README.
+
+mod common;
+mod rest;
+mod search;
+mod subscriptions;
+mod transaction;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use passerelle::server::DatabaseArgs;
+
+// As the server binary: the allocator is part of what is measured.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(name = "passerelle-bench", about = "Passerelle's benchmarks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create and read throughput beside the same reads in SQL.
+    Rest {
+        #[arg(long, default_value_t = 10_000)]
+        resources: usize,
+        /// Times each resource is read.
+        #[arg(long, default_value_t = 3)]
+        read_passes: usize,
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        #[command(flatten)]
+        db: DatabaseArgs,
+    },
+    /// Load a synthetic population and time realistic searches.
+    Search {
+        /// Patients (the population is about five resources per patient).
+        #[arg(long, default_value_t = 20_000)]
+        patients: usize,
+        /// Searches timed per query.
+        #[arg(long, default_value_t = 300)]
+        queries: usize,
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        #[command(flatten)]
+        db: DatabaseArgs,
+    },
+    /// Ingest rate of transaction Bundles (1, 100, 1,000 entries) beside SQL COPY.
+    Transaction {
+        /// Resources written per Bundle size.
+        #[arg(long, default_value_t = 10_000)]
+        resources: usize,
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+        #[command(flatten)]
+        db: DatabaseArgs,
+    },
+    /// Write throughput and callback latency with 0, 1, 100 and 10,000 subscriptions.
+    Subscriptions {
+        /// Subscription counts, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "0,1,100,10000")]
+        counts: Vec<usize>,
+        /// Writes per throughput phase.
+        #[arg(long, default_value_t = 2000)]
+        writes: usize,
+        /// Matching writes timed one at a time for the latency.
+        #[arg(long, default_value_t = 300)]
+        events: usize,
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+        #[command(flatten)]
+        db: DatabaseArgs,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    // `cargo bench` appends `--bench` to the arguments of a harness-less target.
+    let cli = Cli::parse_from(std::env::args().filter(|a| a != "--bench"));
+    let report = match cli.command {
+        Command::Rest {
+            resources,
+            read_passes,
+            concurrency,
+            db,
+        } => {
+            rest::run(rest::BenchOptions {
+                database: db.choice(),
+                resources: resources.max(1),
+                read_passes: read_passes.max(1),
+                concurrency: concurrency.max(1),
+            })
+            .await
+        }
+        Command::Search {
+            patients,
+            queries,
+            concurrency,
+            db,
+        } => {
+            search::run(search::SearchBenchOptions {
+                database: db.choice(),
+                patients: patients.max(1),
+                queries: queries.max(1),
+                concurrency: concurrency.max(1),
+            })
+            .await
+        }
+        Command::Transaction {
+            resources,
+            concurrency,
+            db,
+        } => {
+            transaction::run(transaction::TransactionBenchOptions {
+                database: db.choice(),
+                resources: resources.max(1),
+                concurrency: concurrency.max(1),
+            })
+            .await
+        }
+        Command::Subscriptions {
+            counts,
+            writes,
+            events,
+            concurrency,
+            db,
+        } => {
+            subscriptions::run(subscriptions::SubscriptionBenchOptions {
+                database: db.choice(),
+                counts,
+                writes: writes.max(1),
+                events: events.max(1),
+                concurrency: concurrency.max(1),
+            })
+            .await
+        }
+    };
+    match report {
+        Ok(report) => {
+            println!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("passerelle-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
