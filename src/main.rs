@@ -23,6 +23,28 @@ struct Cli {
     command: Command,
 }
 
+/// The coordination rules.
+#[derive(Args, Clone)]
+struct CoordinationArgs {
+    /// Encounter class codes that are hospital stays besides the v3 ActCode
+    /// IMP, ACUTE, NONAC and SS (comma-separated, any code system), e.g. HH.
+    #[arg(long, env = "PASSERELLE_INPATIENT_CLASSES", value_delimiter = ',')]
+    inpatient_classes: Vec<String>,
+}
+
+impl CoordinationArgs {
+    fn stays(&self) -> passerelle::coordination::StayRules {
+        passerelle::coordination::StayRules {
+            extra_classes: self
+                .inpatient_classes
+                .iter()
+                .map(|c| c.trim().to_owned())
+                .filter(|c| !c.is_empty())
+                .collect(),
+        }
+    }
+}
+
 /// Subscription endpoints and delivery.
 #[derive(Args, Clone)]
 struct SubscriptionArgs {
@@ -70,6 +92,7 @@ impl SubscriptionArgs {
                 allow_insecure: self.allow_insecure_endpoints,
             },
             catalog: std::sync::Arc::new(catalog),
+            ..Default::default()
         })
     }
 
@@ -124,6 +147,8 @@ enum Command {
         db: DatabaseArgs,
         #[command(flatten)]
         subscriptions: SubscriptionArgs,
+        #[command(flatten)]
+        coordination: CoordinationArgs,
     },
     /// Apply the schema migrations and exit.
     Migrate {
@@ -210,8 +235,10 @@ async fn main() -> ExitCode {
             large_bodies_in_flight,
             db,
             subscriptions,
+            coordination,
         } => match subscriptions.rules() {
-            Ok(rules) => {
+            Ok(mut rules) => {
+                rules.stays = coordination.stays();
                 match server::open_database(&db.choice(), pool_size, Some(statement_timeout)).await
                 {
                     Ok(database) => {

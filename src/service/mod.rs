@@ -36,6 +36,8 @@ pub use writes::{plan, subscription_status, write, PatchTarget, Planned, WriteRe
 pub struct Rules {
     /// Which subscription endpoints may be called.
     pub endpoints: crate::subscription::EndpointPolicy,
+    /// Which Encounters are hospital stays.
+    pub stays: crate::coordination::StayRules,
     pub catalog: Arc<Catalog>,
 }
 

@@ -13,6 +13,7 @@ use deadpool_postgres::Transaction;
 use serde_json::Value;
 
 use super::notify;
+use crate::coordination;
 use crate::error::{FhirError, FhirResult, Issue};
 use crate::fhir;
 use crate::limits::MAX_SEARCH_PARAMETER_CODE;
@@ -156,6 +157,43 @@ pub async fn apply_all(
     changes: Vec<Change>,
     facts: &mut Vec<notify::Fact>,
 ) -> Result<Vec<Written>, Failed> {
+    let (written, mut derived) = apply_round(tx, rules, now, changes, facts).await?;
+    // What the server derives is written in the same transaction, each derived
+    // change answering for the change it came from. A declaration derives nothing
+    // today; the bound keeps a future rule from looping.
+    for _ in 0..MAX_DERIVATION_ROUNDS {
+        if derived.is_empty() {
+            break;
+        }
+        let (origins, changes): (Vec<usize>, Vec<Change>) = derived.into_iter().unzip();
+        let (_, next) = apply_round(tx, rules, now, changes, facts)
+            .await
+            .map_err(|f| Failed {
+                position: f.position.map(|p| origins[p]),
+                error: f.error,
+            })?;
+        derived = next.into_iter().map(|(p, c)| (origins[p], c)).collect();
+    }
+    if !derived.is_empty() {
+        return Err(whole(FhirError::Internal(
+            "derived writes did not settle".to_owned(),
+        )));
+    }
+    Ok(written)
+}
+
+/// Rounds of derived writes after the changes asked for.
+const MAX_DERIVATION_ROUNDS: usize = 3;
+
+/// Writes `changes` and returns what they derive, each with the position of the
+/// change it comes from.
+async fn apply_round(
+    tx: &Transaction<'_>,
+    rules: &super::Rules,
+    now: DateTime<Utc>,
+    changes: Vec<Change>,
+    facts: &mut Vec<notify::Fact>,
+) -> Result<(Vec<Written>, Vec<(usize, Change)>), Failed> {
     // Callers give each resource once (a transaction refuses an entry that changes
     // a resource again, R4's overlap rule): two versions of one resource in one
     // statement would collide on the primary key.
@@ -193,8 +231,48 @@ pub async fn apply_all(
         }
         steps.push((change, step));
     }
-    unchanged(tx, &mut steps, &repeats).await.map_err(whole)?;
-    write_steps(tx, rules, steps, facts).await
+    let previous = unchanged(tx, &mut steps, &repeats).await.map_err(whole)?;
+    let derived = derive(rules, now, &steps, &previous)?;
+    let written = write_steps(tx, rules, steps, facts).await?;
+    Ok((written, derived))
+}
+
+/// What the coordination rules make of the changes about to be written: refusals
+/// (409, naming the rule) and resources to write with them.
+fn derive(
+    rules: &super::Rules,
+    now: DateTime<Utc>,
+    steps: &[(Change, Step)],
+    previous: &HashMap<usize, Value>,
+) -> Result<Vec<(usize, Change)>, Failed> {
+    let mut derived = Vec::new();
+    for (position, (change, step)) in steps.iter().enumerate() {
+        let Step::Write(_, resource) = step else {
+            continue;
+        };
+        if change.res_type != "Encounter" {
+            continue;
+        }
+        let resources = coordination::encounter_written(
+            &rules.stays,
+            &change.res_id,
+            previous.get(&position),
+            resource.as_ref(),
+            now,
+        )
+        .map_err(|refusal| at(position)(FhirError::Conflict(refusal.message)))?;
+        derived.extend(resources.into_iter().map(|d| {
+            let change = Change {
+                res_type: d.res_type.to_owned(),
+                res_id: uuid::Uuid::new_v4().to_string(),
+                kind: ChangeKind::Create,
+                resource: Some(d.resource),
+                if_match: None,
+            };
+            (position, change)
+        }));
+    }
+    Ok(derived)
 }
 
 /// What one change does, given the current state of its resource; takes the
@@ -264,12 +342,14 @@ fn decide(
 
 /// Turns into [`Step::Unchanged`] the updates whose resource is the current
 /// version's, the server's `id` and `meta` aside (`repeats`: their positions and
-/// current versions), reading those versions in one query.
+/// current versions), reading those versions in one query. Returns, by position,
+/// the versions that the coordination rules compare with what replaces them.
 async fn unchanged(
     tx: &Transaction<'_>,
     steps: &mut [(Change, Step)],
     repeats: &[(usize, i64)],
-) -> FhirResult<()> {
+) -> FhirResult<HashMap<usize, Value>> {
+    let mut previous = HashMap::new();
     let keys: Vec<(&str, &str, i64)> = repeats
         .iter()
         .map(|&(p, v)| (steps[p].0.res_type.as_str(), steps[p].0.res_id.as_str(), v))
@@ -291,7 +371,8 @@ async fn unchanged(
         let Some(Ok(current)) = stored.json.as_deref().map(serde_json::from_str::<Value>) else {
             continue;
         };
-        if fhir::without_server_meta(current) == fhir::without_server_meta(candidate.clone()) {
+        let current = fhir::without_server_meta(current);
+        if current == fhir::without_server_meta(candidate.clone()) {
             *step = Step::Unchanged(Written {
                 res_type: stored.res_type,
                 res_id: stored.res_id,
@@ -300,9 +381,11 @@ async fn unchanged(
                 created: false,
                 json: stored.json,
             });
+        } else if change.res_type == "Encounter" {
+            previous.insert(p, current);
         }
     }
-    Ok(())
+    Ok(previous)
 }
 
 /// A version stamped, indexed and ready to be written.

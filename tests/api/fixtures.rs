@@ -44,11 +44,19 @@ async fn scenarios_load_twice_and_answer_their_questions() {
         }
     }
     let versions = json_of(s.get("_history?_count=1000").await, 200).await;
+    // 48 resources, and the admission the orthopaedic stay (in progress) declares.
     assert_eq!(
         versions["entry"].as_array().map(Vec::len),
-        Some(48),
+        Some(49),
         "the second load wrote no version"
     );
+    let declared = json_of(
+        s.get("CommunicationRequest?encounter=Encounter/fx-ortho-stay&event-type=ADM")
+            .await,
+        200,
+    )
+    .await;
+    assert_eq!(declared["total"], 1, "{declared}");
     // Who is on Mme Delmas's care team? The eight professionals and her GP.
     let team = json_of(s.get("CareTeam/fx-ortho-careteam").await, 200).await;
     assert_eq!(team["participant"].as_array().map(Vec::len), Some(9));

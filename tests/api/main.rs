@@ -16,5 +16,6 @@ mod receiver;
 mod rest;
 mod robustness;
 mod search;
+mod stays;
 mod subscriptions;
 mod support;

@@ -1,0 +1,43 @@
+//! Coordination rules: what the writes of stays, care circles and notices mean
+//! beyond themselves. Pure: given the previous and the new version of a resource
+//! and the clock, the write path learns what to refuse and what to write with it,
+//! in the same transaction.
+
+pub mod nde;
+pub mod stay;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+pub use stay::StayRules;
+
+/// A resource the server writes because of another write, with a new id.
+#[derive(Debug)]
+pub struct Derived {
+    pub res_type: &'static str,
+    pub resource: Value,
+}
+
+/// What the write of `Encounter/{id}` brings with it: `previous` is the live
+/// version it replaces, `next` the new one (none for a delete).
+pub fn encounter_written(
+    rules: &StayRules,
+    id: &str,
+    previous: Option<&Value>,
+    next: Option<&Value>,
+    now: DateTime<Utc>,
+) -> Result<Vec<Derived>, stay::Refusal> {
+    let events = stay::transition(rules, previous, next)?;
+    let Some(next) = next else {
+        return Ok(Vec::new());
+    };
+    Ok(events
+        .into_iter()
+        .filter_map(nde::EventType::of)
+        .filter_map(|event| nde::event_declaration(event, id, next, now))
+        .map(|resource| Derived {
+            res_type: "CommunicationRequest",
+            resource,
+        })
+        .collect())
+}

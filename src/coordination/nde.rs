@@ -1,0 +1,235 @@
+//! The resources of the *Notification d'Événements* guide (ANS, NdE 3.0.0) that the
+//! server writes itself: the event declaration of an admission or a discharge.
+//! Pure: the write path hands in the stay and the clock.
+//!
+//! One departure from the guide, on purpose: the subject and the requester are
+//! references to the server's own Patient and Organization rather than contained
+//! copies (the guide's `aggregation = contained` is written for messages between
+//! systems), so that `CommunicationRequest?subject=` and `?encounter=` find the
+//! declarations. The notification sent to a recipient carries the resources whole.
+
+use chrono::{DateTime, Utc};
+use serde_json::{json, Value};
+
+use super::stay::StayEvent;
+use crate::fhir::datetime::format_instant;
+
+pub const STRUCTURE_DEFINITION: &str =
+    "https://interop.esante.gouv.fr/ig/fhir/nde/StructureDefinition/";
+pub const EVENT_TYPE_URL: &str =
+    "https://interop.esante.gouv.fr/ig/fhir/nde/StructureDefinition/event-type";
+pub const EVENT_TIME_URL: &str =
+    "https://interop.esante.gouv.fr/ig/fhir/nde/StructureDefinition/event-time";
+/// TRE_R254 TypeEvenement, the codes of the event-type extension.
+pub const EVENT_TYPE_SYSTEM: &str =
+    "https://mos.esante.gouv.fr/NOS/TRE_R254-TypeEvenement/FHIR/TRE-R254-TypeEvenement";
+/// The identifier system of what the server derives: a declaration's identifier
+/// says which write it declares, so that it can be found again.
+pub const DERIVED_IDENTIFIER_SYSTEM: &str = "urn:ietf:rfc:3986";
+
+/// An NdE event type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventType {
+    /// ADM: admission.
+    Admission,
+    /// SOR: discharge.
+    Discharge,
+}
+
+impl EventType {
+    pub fn of(event: StayEvent) -> Option<EventType> {
+        match event {
+            StayEvent::Admission => Some(EventType::Admission),
+            StayEvent::Discharge => Some(EventType::Discharge),
+            // NdE has no transfer event; care-team changes carry it.
+            StayEvent::Transfer => None,
+        }
+    }
+
+    pub fn code(self) -> &'static str {
+        match self {
+            EventType::Admission => "ADM",
+            EventType::Discharge => "SOR",
+        }
+    }
+
+    fn display(self) -> &'static str {
+        match self {
+            EventType::Admission => "Admission d'un patient dans l'établissement de santé",
+            EventType::Discharge => "Sortie d'un patient de l'établissement de santé",
+        }
+    }
+
+    pub fn coding(self) -> Value {
+        json!({"system": EVENT_TYPE_SYSTEM, "code": self.code(), "display": self.display()})
+    }
+}
+
+/// The text of a codeable concept: its text, else its first coding's display or code.
+fn concept_text(concept: &Value) -> Option<&str> {
+    concept["text"].as_str().or_else(|| {
+        let coding = &concept["coding"][0];
+        coding["display"]
+            .as_str()
+            .or_else(|| coding["code"].as_str())
+    })
+}
+
+/// The short human-readable summary of the event (the payload), in French as the
+/// guide's users read it.
+fn summary(event: EventType, encounter_ref: &str, encounter: &Value, time: &str) -> String {
+    let mut text = match event {
+        EventType::Admission => format!("Admission le {time} (séjour {encounter_ref})"),
+        EventType::Discharge => format!("Sortie le {time} (séjour {encounter_ref})"),
+    };
+    if let Some(provider) = encounter["serviceProvider"]["display"].as_str() {
+        text.push_str(&format!(", {provider}"));
+    }
+    if event == EventType::Discharge {
+        let hospitalization = &encounter["hospitalization"];
+        if let Some(mode) = concept_text(&hospitalization["dischargeDisposition"]) {
+            text.push_str(&format!(" ; mode de sortie : {mode}"));
+        }
+        if let Some(to) = hospitalization["destination"]["display"]
+            .as_str()
+            .or_else(|| hospitalization["destination"]["reference"].as_str())
+        {
+            text.push_str(&format!(" ; destination : {to}"));
+        }
+    }
+    text.push('.');
+    text
+}
+
+/// The identifier of the declaration of `event` for the Encounter `encounter_id`:
+/// a stay is admitted and discharged at most once (see `stay::REFUSED`).
+pub fn declaration_identifier(event: EventType, encounter_id: &str) -> String {
+    format!(
+        "urn:passerelle:event:{}:Encounter/{encounter_id}",
+        event.code()
+    )
+}
+
+/// The event declaration (`nde-eventdeclaration`) of `event` for the stay
+/// `encounter` at `Encounter/{encounter_id}`, authored at `now`; none when the
+/// stay names no patient, as there is no one to tell about.
+pub fn event_declaration(
+    event: EventType,
+    encounter_id: &str,
+    encounter: &Value,
+    now: DateTime<Utc>,
+) -> Option<Value> {
+    let subject = encounter["subject"].as_object()?;
+    let period = &encounter["period"];
+    let authored = format_instant(now);
+    let time = match event {
+        EventType::Admission => period["start"].as_str(),
+        EventType::Discharge => period["end"].as_str(),
+    }
+    .unwrap_or(&authored)
+    .to_owned();
+    let encounter_ref = format!("Encounter/{encounter_id}");
+    let mut declaration = json!({
+        "resourceType": "CommunicationRequest",
+        "meta": {"profile": [format!("{STRUCTURE_DEFINITION}nde-eventdeclaration")]},
+        "extension": [
+            {"url": EVENT_TYPE_URL, "valueCodeableConcept": {"coding": [event.coding()]}},
+            {"url": EVENT_TIME_URL, "valueDateTime": time},
+        ],
+        "identifier": [{
+            "system": DERIVED_IDENTIFIER_SYSTEM,
+            "value": declaration_identifier(event, encounter_id),
+        }],
+        "status": "active",
+        "subject": subject,
+        "encounter": {"reference": encounter_ref},
+        "authoredOn": authored,
+        "payload": [{"contentString": summary(event, &encounter_ref, encounter, &time)}],
+    });
+    if let Some(provider) = encounter["serviceProvider"].as_object() {
+        declaration["requester"] = json!(provider);
+    }
+    Some(declaration)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn discharged() -> Value {
+        json!({
+            "resourceType": "Encounter", "status": "finished",
+            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IMP"},
+            "subject": {"reference": "Patient/p1"},
+            "serviceProvider": {"reference": "Organization/ch", "display": "CH de Tulle"},
+            "period": {"start": "2026-11-16T10:15:00+01:00", "end": "2026-11-20T19:40:00+01:00"},
+            "hospitalization": {
+                "dischargeDisposition": {"text": "Retour à domicile"},
+                "destination": {"reference": "Location/home"}
+            }
+        })
+    }
+
+    #[test]
+    fn a_discharge_declares_sor_with_the_stay() {
+        let now = Utc::now();
+        let d = event_declaration(EventType::Discharge, "s1", &discharged(), now).unwrap();
+        assert_eq!(d["extension"][0]["url"], EVENT_TYPE_URL);
+        assert_eq!(
+            d["extension"][0]["valueCodeableConcept"]["coding"][0]["code"],
+            "SOR"
+        );
+        assert_eq!(
+            d["extension"][1]["valueDateTime"],
+            "2026-11-20T19:40:00+01:00"
+        );
+        assert_eq!(d["encounter"]["reference"], "Encounter/s1");
+        assert_eq!(d["subject"]["reference"], "Patient/p1");
+        assert_eq!(d["requester"]["reference"], "Organization/ch");
+        assert_eq!(d["status"], "active");
+        let text = d["payload"][0]["contentString"].as_str().unwrap();
+        assert!(
+            text.contains("Sortie le 2026-11-20T19:40:00+01:00"),
+            "{text}"
+        );
+        assert!(text.contains("CH de Tulle"), "{text}");
+        assert!(
+            text.contains("mode de sortie : Retour à domicile"),
+            "{text}"
+        );
+        assert!(text.contains("destination : Location/home"), "{text}");
+        assert_eq!(
+            d["identifier"][0]["value"],
+            "urn:passerelle:event:SOR:Encounter/s1"
+        );
+    }
+
+    #[test]
+    fn declarations_are_valid_r4() {
+        let now = Utc::now();
+        for event in [EventType::Admission, EventType::Discharge] {
+            let d = event_declaration(event, "s1", &discharged(), now).unwrap();
+            crate::fhir::validate::validate_resource(&d).unwrap();
+        }
+    }
+
+    #[test]
+    fn an_admission_without_its_start_takes_the_clock() {
+        let now = Utc::now();
+        let mut stay = discharged();
+        stay["period"] = json!({});
+        let d = event_declaration(EventType::Admission, "s1", &stay, now).unwrap();
+        assert_eq!(d["extension"][1]["valueDateTime"], format_instant(now));
+        assert_eq!(
+            d["extension"][0]["valueCodeableConcept"]["coding"][0]["code"],
+            "ADM"
+        );
+    }
+
+    #[test]
+    fn no_patient_no_declaration() {
+        let mut stay = discharged();
+        stay.as_object_mut().unwrap().remove("subject");
+        assert!(event_declaration(EventType::Discharge, "s1", &stay, Utc::now()).is_none());
+    }
+}

@@ -1,0 +1,231 @@
+//! Hospital stays: admissions and discharges declared as NdE events in the write's
+//! own transaction, whatever the interaction; transitions that make no sense refused.
+
+use serde_json::{json, Value};
+
+use crate::receiver::Receiver;
+use crate::subscriptions::r4_subscription;
+use crate::support::{json_of, outcome_of, TestServer};
+
+fn stay(id: &str, status: &str) -> Value {
+    json!({
+        "resourceType": "Encounter", "id": id, "status": status,
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IMP"},
+        "subject": {"reference": "Patient/stay-patient"},
+        "serviceProvider": {"reference": "Organization/stay-ch", "display": "CH de Tulle"},
+        "period": {"start": "2026-11-16T10:15:00+01:00"}
+    })
+}
+
+fn discharged(id: &str) -> Value {
+    let mut s = stay(id, "finished");
+    s["period"]["end"] = json!("2026-11-20T19:40:00+01:00");
+    s["hospitalization"] = json!({"dischargeDisposition": {"text": "Retour à domicile"}});
+    s
+}
+
+/// The event declarations of a stay for one event type.
+async fn declarations(s: &TestServer, encounter: &str, event: &str) -> Vec<Value> {
+    let bundle = json_of(
+        s.get(&format!(
+            "CommunicationRequest?encounter=Encounter/{encounter}&event-type={event}"
+        ))
+        .await,
+        200,
+    )
+    .await;
+    bundle["entry"]
+        .as_array()
+        .map(|e| e.iter().map(|e| e["resource"].clone()).collect())
+        .unwrap_or_default()
+}
+
+async fn put(s: &TestServer, resource: &Value, status: u16) -> Value {
+    let path = format!(
+        "{}/{}",
+        resource["resourceType"].as_str().unwrap(),
+        resource["id"].as_str().unwrap()
+    );
+    json_of(s.put_json(&path, resource).await, status).await
+}
+
+#[tokio::test]
+async fn admission_and_discharge_are_declared_once() {
+    let s = TestServer::start().await;
+    put(&s, &stay("st1", "planned"), 201).await;
+    assert!(declarations(&s, "st1", "ADM").await.is_empty());
+
+    put(&s, &stay("st1", "in-progress"), 200).await;
+    let adm = declarations(&s, "st1", "ADM").await;
+    assert_eq!(adm.len(), 1, "{adm:?}");
+    let adm = &adm[0];
+    assert_eq!(adm["status"], "active");
+    assert_eq!(adm["subject"]["reference"], "Patient/stay-patient");
+    assert_eq!(adm["requester"]["reference"], "Organization/stay-ch");
+    assert_eq!(
+        adm["meta"]["profile"][0],
+        "https://interop.esante.gouv.fr/ig/fhir/nde/StructureDefinition/nde-eventdeclaration"
+    );
+    assert_eq!(
+        adm["extension"][1]["valueDateTime"],
+        "2026-11-16T10:15:00+01:00"
+    );
+
+    // The same stay written again, and a change that is no move: no new event.
+    put(&s, &stay("st1", "in-progress"), 200).await;
+    let mut noted = stay("st1", "in-progress");
+    noted["reasonCode"] = json!([{"text": "Pneumopathie"}]);
+    put(&s, &noted, 200).await;
+    assert_eq!(declarations(&s, "st1", "ADM").await.len(), 1);
+    assert!(declarations(&s, "st1", "SOR").await.is_empty());
+
+    // Discharge by JSON Patch.
+    let patch = json!([
+        {"op": "replace", "path": "/status", "value": "finished"},
+        {"op": "add", "path": "/period/end", "value": "2026-11-20T19:40:00+01:00"},
+        {"op": "add", "path": "/hospitalization", "value": {"dischargeDisposition": {"text": "Retour à domicile"}}}
+    ]);
+    let resp = reqwest::Client::new()
+        .patch(s.url("Encounter/st1"))
+        .header("content-type", "application/json-patch+json")
+        .body(patch.to_string())
+        .send()
+        .await
+        .unwrap();
+    json_of(resp, 200).await;
+    let sor = declarations(&s, "st1", "SOR").await;
+    assert_eq!(sor.len(), 1, "{sor:?}");
+    assert_eq!(
+        sor[0]["extension"][1]["valueDateTime"],
+        "2026-11-20T19:40:00+01:00"
+    );
+    let text = sor[0]["payload"][0]["contentString"].as_str().unwrap();
+    assert!(
+        text.contains("mode de sortie : Retour à domicile"),
+        "{text}"
+    );
+    put(&s, &discharged("st1"), 200).await;
+    assert_eq!(declarations(&s, "st1", "SOR").await.len(), 1);
+    // Both events of the stay, by the stay alone.
+    let all = json_of(
+        s.get("CommunicationRequest?encounter=Encounter/st1").await,
+        200,
+    )
+    .await;
+    assert_eq!(all["total"], 2, "{all}");
+}
+
+#[tokio::test]
+async fn transitions_that_make_no_sense_are_refused_and_write_nothing() {
+    let s = TestServer::start().await;
+    put(&s, &stay("st2", "in-progress"), 201).await;
+    put(&s, &discharged("st2"), 200).await;
+    let before = s.version_count().await;
+    let oo = outcome_of(
+        s.put_json("Encounter/st2", &stay("st2", "in-progress"))
+            .await,
+        409,
+    )
+    .await;
+    let message = oo["issue"][0]["diagnostics"].as_str().unwrap();
+    assert!(message.contains("stay-finished-is-final"), "{message}");
+    assert_eq!(oo["issue"][0]["code"], "conflict");
+    let oo = outcome_of(
+        s.put_json("Encounter/st2", &stay("st2", "cancelled")).await,
+        409,
+    )
+    .await;
+    assert!(oo["issue"][0]["diagnostics"]
+        .as_str()
+        .unwrap()
+        .contains("stay-finished-is-final"));
+    assert_eq!(s.version_count().await, before);
+    // entered-in-error stays possible.
+    put(&s, &stay("st2", "entered-in-error"), 200).await;
+
+    put(&s, &stay("st3", "in-progress"), 201).await;
+    let oo = outcome_of(
+        s.put_json("Encounter/st3", &stay("st3", "planned")).await,
+        409,
+    )
+    .await;
+    assert!(oo["issue"][0]["diagnostics"]
+        .as_str()
+        .unwrap()
+        .contains("stay-admitted-cannot-go-back"));
+}
+
+#[tokio::test]
+async fn a_transaction_declares_its_stays_or_writes_nothing() {
+    let s = TestServer::start().await;
+    put(&s, &stay("st4", "in-progress"), 201).await;
+    put(&s, &discharged("st5"), 201).await;
+    let entry = |r: Value| {
+        let url = format!("Encounter/{}", r["id"].as_str().unwrap());
+        json!({"resource": r, "request": {"method": "PUT", "url": url}})
+    };
+    // A discharge and a new admission together, then a refused entry: nothing.
+    let before = s.version_count().await;
+    let bad = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        entry(discharged("st4")), entry(stay("st6", "in-progress")), entry(stay("st5", "in-progress"))
+    ]});
+    let oo = outcome_of(s.post_json("", &bad).await, 409).await;
+    let text = oo.to_string();
+    assert!(text.contains("stay-finished-is-final"), "{text}");
+    assert!(text.contains("Bundle.entry[2]"), "{text}");
+    assert_eq!(s.version_count().await, before);
+    assert!(declarations(&s, "st4", "SOR").await.is_empty());
+
+    let good = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        entry(discharged("st4")), entry(stay("st6", "in-progress"))
+    ]});
+    json_of(s.post_json("", &good).await, 200).await;
+    assert_eq!(declarations(&s, "st4", "SOR").await.len(), 1);
+    assert_eq!(declarations(&s, "st6", "ADM").await.len(), 1);
+    // A stay recorded already finished is history, not news.
+    assert!(declarations(&s, "st5", "SOR").await.is_empty());
+}
+
+#[tokio::test]
+async fn other_encounters_declare_nothing() {
+    let s = TestServer::start().await;
+    let mut consult = stay("amb1", "in-progress");
+    consult["class"]["code"] = json!("AMB");
+    put(&s, &consult, 201).await;
+    consult["status"] = json!("finished");
+    put(&s, &consult, 200).await;
+    // No stay rules either: an outpatient visit may be reopened.
+    consult["status"] = json!("in-progress");
+    put(&s, &consult, 200).await;
+    let all = json_of(s.get("CommunicationRequest").await, 200).await;
+    assert_eq!(all["total"], 0, "{all}");
+}
+
+#[tokio::test]
+async fn an_nde_subscriber_is_called_back_with_the_discharge() {
+    let s = TestServer::start().await;
+    let dac = Receiver::start().await;
+    json_of(
+        s.post_json(
+            "Subscription",
+            &r4_subscription("CommunicationRequest?event-type=SOR", &dac.url()),
+        )
+        .await,
+        201,
+    )
+    .await;
+    put(&s, &stay("st7", "in-progress"), 201).await;
+    put(&s, &discharged("st7"), 200).await;
+    let callback = dac.expect().await.json();
+    assert_eq!(callback["resourceType"], "CommunicationRequest");
+    assert_eq!(callback["encounter"]["reference"], "Encounter/st7");
+    assert_eq!(
+        callback["extension"][0]["valueCodeableConcept"]["coding"][0]["code"],
+        "SOR"
+    );
+    // The admission matched nothing.
+    assert!(dac
+        .next(std::time::Duration::from_millis(700))
+        .await
+        .is_none());
+}
