@@ -1,6 +1,8 @@
 use super::*;
-use crate::search::index;
+use crate::search::index::{self, IndexRows};
+use crate::search::matcher::Subject;
 use serde_json::json;
+use std::sync::Arc;
 
 /// The standard parameters and the server's topics.
 fn definitions() -> Definitions<'static> {
