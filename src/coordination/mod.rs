@@ -4,6 +4,7 @@
 //! in the same transaction.
 
 pub mod nde;
+pub mod recipients;
 pub mod stay;
 
 use chrono::{DateTime, Utc};
@@ -11,22 +12,16 @@ use serde_json::Value;
 
 pub use stay::StayRules;
 
-/// A resource the server writes because of another write, with a new id.
-#[derive(Debug)]
-pub struct Derived {
-    pub res_type: &'static str,
-    pub resource: Value,
-}
-
-/// What the write of `Encounter/{id}` brings with it: `previous` is the live
-/// version it replaces, `next` the new one (none for a delete).
-pub fn encounter_written(
+/// The event declarations the write of `Encounter/{id}` brings with it, or the
+/// rule it breaks: `previous` is the live version it replaces, `next` the new one
+/// (none for a delete).
+pub fn encounter_declarations(
     rules: &StayRules,
     id: &str,
     previous: Option<&Value>,
     next: Option<&Value>,
     now: DateTime<Utc>,
-) -> Result<Vec<Derived>, stay::Refusal> {
+) -> Result<Vec<Value>, stay::Refusal> {
     let events = stay::transition(rules, previous, next)?;
     let Some(next) = next else {
         return Ok(Vec::new());
@@ -35,9 +30,5 @@ pub fn encounter_written(
         .into_iter()
         .filter_map(nde::EventType::of)
         .filter_map(|event| nde::event_declaration(event, id, next, now))
-        .map(|resource| Derived {
-            res_type: "CommunicationRequest",
-            resource,
-        })
         .collect())
 }

@@ -101,6 +101,72 @@ fn summary(event: EventType, encounter_ref: &str, encounter: &Value, time: &str)
     text
 }
 
+/// The notification request (`nde-notificationrequest`) that tells `recipient` of
+/// the event of `declaration` through the standing Subscription `subscription_id`:
+/// the stay and the patient (with INS) are contained, so the body the recipient
+/// receives holds what it needs; `subject` and `encounter` reference the server's
+/// own resources, so searches by patient and by stay find the requests.
+pub fn notification_request(
+    declaration: &Value,
+    subscription_id: &str,
+    recipient: &super::recipients::Recipient,
+    encounter: &Value,
+    patient: Option<&Value>,
+) -> Value {
+    let mut stay = encounter.clone();
+    let mut contained = Vec::new();
+    if let Some(patient) = patient {
+        let mut copy = patient.clone();
+        copy["id"] = json!("patient");
+        if let Some(obj) = copy.as_object_mut() {
+            obj.remove("meta");
+        }
+        contained.push(copy);
+        stay["subject"] = json!({"reference": "#patient"});
+    } else if let Some(obj) = stay.as_object_mut() {
+        obj.remove("subject");
+    }
+    stay["id"] = json!("stay");
+    if let Some(obj) = stay.as_object_mut() {
+        obj.remove("meta");
+    }
+    contained.push(stay);
+    let extension: Vec<Value> = declaration["extension"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["url"] == EVENT_TYPE_URL || e["url"] == EVENT_TIME_URL)
+        .cloned()
+        .chain(declaration["authoredOn"].as_str().map(|at| {
+            json!({"url": format!("{STRUCTURE_DEFINITION}event-emission-time"), "valueDateTime": at})
+        }))
+        .collect();
+    let mut request = json!({
+        "resourceType": "CommunicationRequest",
+        "meta": {"profile": [format!("{STRUCTURE_DEFINITION}nde-notificationrequest")]},
+        "contained": contained,
+        "extension": extension,
+        "basedOn": [{"reference": format!("Subscription/{subscription_id}")}],
+        "status": "active",
+        "medium": [{"coding": [{
+            "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationMode",
+            "code": "ELECTRONIC", "display": "electronic data"
+        }], "text": "Rappel FHIR REST"}],
+        "subject": declaration["subject"],
+        "encounter": declaration["encounter"],
+        "payload": [{"contentReference": {"reference": "#stay"}}],
+        "authoredOn": declaration["authoredOn"],
+        "recipient": [{
+            "extension": [{"url": format!("{STRUCTURE_DEFINITION}recipient-endpoint"), "valueUrl": recipient.address}],
+            "reference": recipient.reference,
+        }],
+    });
+    if declaration["requester"].is_object() {
+        request["requester"] = declaration["requester"].clone();
+    }
+    request
+}
+
 /// The identifier of the declaration of `event` for the Encounter `encounter_id`:
 /// a stay is admitted and discharged at most once (see `stay::REFUSED`).
 pub fn declaration_identifier(event: EventType, encounter_id: &str) -> String {
@@ -223,6 +289,44 @@ mod tests {
         assert_eq!(
             d["extension"][0]["valueCodeableConcept"]["coding"][0]["code"],
             "ADM"
+        );
+    }
+
+    #[test]
+    fn a_notification_request_holds_the_stay_and_the_patient() {
+        let now = Utc::now();
+        let stay = discharged();
+        let d = event_declaration(EventType::Discharge, "s1", &stay, now).unwrap();
+        let patient = json!({"resourceType": "Patient", "id": "p1",
+            "meta": {"versionId": "3"},
+            "identifier": [{"system": "urn:oid:1.2.250.1.213.1.4.10", "value": "2800175123456"}]});
+        let recipient = super::super::recipients::Recipient {
+            reference: "Practitioner/gp".into(),
+            address: "https://cabinet.example/hook".into(),
+        };
+        let n = notification_request(&d, "nde-1", &recipient, &stay, Some(&patient));
+        crate::fhir::validate::validate_resource(&n).unwrap();
+        assert_eq!(n["basedOn"][0]["reference"], "Subscription/nde-1");
+        assert_eq!(n["encounter"]["reference"], "Encounter/s1");
+        assert_eq!(n["subject"]["reference"], "Patient/p1");
+        assert_eq!(n["recipient"][0]["reference"], "Practitioner/gp");
+        assert_eq!(
+            n["recipient"][0]["extension"][0]["valueUrl"],
+            "https://cabinet.example/hook"
+        );
+        assert_eq!(
+            n["extension"][0]["valueCodeableConcept"]["coding"][0]["code"],
+            "SOR"
+        );
+        let contained = n["contained"].as_array().unwrap();
+        assert_eq!(contained[0]["identifier"][0]["value"], "2800175123456");
+        assert_eq!(contained[0]["id"], "patient");
+        assert!(contained[0].get("meta").is_none());
+        assert_eq!(contained[1]["subject"]["reference"], "#patient");
+        assert_eq!(contained[1]["period"]["end"], "2026-11-20T19:40:00+01:00");
+        assert_eq!(
+            contained[1]["hospitalization"]["dischargeDisposition"]["text"],
+            "Retour à domicile"
         );
     }
 

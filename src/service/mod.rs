@@ -6,6 +6,7 @@ pub mod bundle;
 pub mod capability;
 pub mod export;
 mod history;
+mod notices;
 mod notify;
 mod read;
 mod search_parameters;

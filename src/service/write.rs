@@ -12,6 +12,7 @@ use chrono::{DateTime, Duration, DurationRound, Utc};
 use deadpool_postgres::Transaction;
 use serde_json::Value;
 
+use super::notices::{self, Declared, GpChange};
 use super::notify;
 use crate::coordination;
 use crate::error::{FhirError, FhirResult, Issue};
@@ -224,55 +225,90 @@ async fn apply_round(
             .get(&(change.res_type.clone(), change.res_id.clone()))
             .copied();
         let step = decide(rules, now, &mut change, current).map_err(at(position))?;
-        if let (Step::Write(next, Some(_)), Some(cur)) = (&step, current) {
-            if next.live {
+        if let (Step::Write(next, resource), Some(cur)) = (&step, current) {
+            // A delete's previous version matters only to the coordination rules.
+            let compared = resource.is_some() || change.res_type == "Patient";
+            if next.live && compared {
                 repeats.push((position, cur.version_id));
             }
         }
         steps.push((change, step));
     }
     let previous = unchanged(tx, &mut steps, &repeats).await.map_err(whole)?;
-    let derived = derive(rules, now, &steps, &previous)?;
+    let (declared, gps) = coordinate(rules, now, &steps, &previous)?;
     let written = write_steps(tx, rules, steps, facts).await?;
+    if declared.is_empty() && gps.is_empty() {
+        return Ok((written, Vec::new()));
+    }
+    // Who is told is read after this round's writes, which it may depend on (a
+    // transaction writing the patient's GP with the stay).
+    let mut derived = notices::notices(tx, rules, &declared, &gps)
+        .await
+        .map_err(whole)?;
+    derived.extend(declared.into_iter().map(|d| {
+        let change = Change {
+            res_type: "CommunicationRequest".to_owned(),
+            res_id: uuid::Uuid::new_v4().to_string(),
+            kind: ChangeKind::Create,
+            resource: Some(d.declaration),
+            if_match: None,
+        };
+        (d.position, change)
+    }));
     Ok((written, derived))
 }
 
-/// What the coordination rules make of the changes about to be written: refusals
-/// (409, naming the rule) and resources to write with them.
-fn derive(
+/// What the coordination rules make of the changes about to be written:
+/// refusals (409, naming the rule), the events stays declare and the GPs patients
+/// gain or lose.
+fn coordinate(
     rules: &super::Rules,
     now: DateTime<Utc>,
     steps: &[(Change, Step)],
     previous: &HashMap<usize, Value>,
-) -> Result<Vec<(usize, Change)>, Failed> {
-    let mut derived = Vec::new();
+) -> Result<(Vec<Declared>, Vec<GpChange>), Failed> {
+    let (mut declared, mut gps) = (Vec::new(), Vec::new());
     for (position, (change, step)) in steps.iter().enumerate() {
         let Step::Write(_, resource) = step else {
             continue;
         };
-        if change.res_type != "Encounter" {
-            continue;
+        let previous = previous.get(&position);
+        match change.res_type.as_str() {
+            "Encounter" => {
+                let declarations = coordination::encounter_declarations(
+                    &rules.stays,
+                    &change.res_id,
+                    previous,
+                    resource.as_ref(),
+                    now,
+                )
+                .map_err(|refusal| at(position)(FhirError::Conflict(refusal.message)))?;
+                if let Some(encounter) = resource.as_ref().filter(|_| !declarations.is_empty()) {
+                    declared.extend(declarations.into_iter().map(|declaration| Declared {
+                        position,
+                        encounter: encounter.clone(),
+                        declaration,
+                    }));
+                }
+            }
+            "Patient" => {
+                let (added, removed) = coordination::recipients::general_practitioner_changes(
+                    previous,
+                    resource.as_ref(),
+                );
+                if !added.is_empty() || !removed.is_empty() {
+                    gps.push(GpChange {
+                        position,
+                        patient_id: change.res_id.clone(),
+                        added,
+                        removed,
+                    });
+                }
+            }
+            _ => {}
         }
-        let resources = coordination::encounter_written(
-            &rules.stays,
-            &change.res_id,
-            previous.get(&position),
-            resource.as_ref(),
-            now,
-        )
-        .map_err(|refusal| at(position)(FhirError::Conflict(refusal.message)))?;
-        derived.extend(resources.into_iter().map(|d| {
-            let change = Change {
-                res_type: d.res_type.to_owned(),
-                res_id: uuid::Uuid::new_v4().to_string(),
-                kind: ChangeKind::Create,
-                resource: Some(d.resource),
-                if_match: None,
-            };
-            (position, change)
-        }));
     }
-    Ok(derived)
+    Ok((declared, gps))
 }
 
 /// What one change does, given the current state of its resource; takes the
@@ -328,6 +364,15 @@ fn decide(
         (Some(resource), _) if res_type == "SearchParameter" => {
             check_search_parameter(resource)?;
         }
+        (Some(resource), _) if res_type == "Endpoint" => {
+            coordination::recipients::check_endpoint(resource, &rules.endpoints).map_err(
+                |message| {
+                    FhirError::Unprocessable(vec![
+                        Issue::new("value", message).at("Endpoint.address")
+                    ])
+                },
+            )?;
+        }
         (Some(_), _) => {}
     }
     let next = NextVersion {
@@ -365,13 +410,17 @@ async fn unchanged(
         let Some(stored) = by_key.remove(&(change.res_type.clone(), change.res_id.clone())) else {
             continue;
         };
-        let Step::Write(_, Some(candidate)) = step else {
+        let Step::Write(_, candidate) = step else {
             continue;
         };
         let Some(Ok(current)) = stored.json.as_deref().map(serde_json::from_str::<Value>) else {
             continue;
         };
         let current = fhir::without_server_meta(current);
+        let Some(candidate) = candidate else {
+            previous.insert(p, current);
+            continue;
+        };
         if current == fhir::without_server_meta(candidate.clone()) {
             *step = Step::Unchanged(Written {
                 res_type: stored.res_type,
@@ -381,7 +430,7 @@ async fn unchanged(
                 created: false,
                 json: stored.json,
             });
-        } else if change.res_type == "Encounter" {
+        } else if matches!(change.res_type.as_str(), "Encounter" | "Patient") {
             previous.insert(p, current);
         }
     }

@@ -229,3 +229,163 @@ async fn an_nde_subscriber_is_called_back_with_the_discharge() {
         .await
         .is_none());
 }
+
+/// The GP of `stay-patient`, reachable at `address` through a PractitionerRole.
+async fn reachable_gp(s: &TestServer, address: &str) {
+    let resources = [
+        json!({"resourceType": "Practitioner", "id": "stay-gp",
+            "identifier": [{"system": "https://rpps.esante.gouv.fr", "value": "810000000001"}],
+            "name": [{"family": "Lenoir", "given": ["Claire"]}]}),
+        json!({"resourceType": "Endpoint", "id": "stay-gp-ep", "status": "active",
+            "connectionType": {"system": "http://terminology.hl7.org/CodeSystem/endpoint-connection-type", "code": "hl7-fhir-rest"},
+            "payloadType": [{"text": "FHIR"}], "address": address}),
+        json!({"resourceType": "PractitionerRole", "id": "stay-gp-role", "active": true,
+            "practitioner": {"reference": "Practitioner/stay-gp"},
+            "endpoint": [{"reference": "Endpoint/stay-gp-ep"}]}),
+        json!({"resourceType": "Patient", "id": "stay-patient",
+            "identifier": [{"system": "urn:oid:1.2.250.1.213.1.4.10", "value": "2800175123456"}],
+            "name": [{"family": "Chabrol", "given": ["Henri"]}],
+            "generalPractitioner": [{"reference": "Practitioner/stay-gp"}]}),
+    ];
+    for r in &resources {
+        put(s, r, 201).await;
+    }
+}
+
+#[tokio::test]
+async fn the_gp_is_called_back_without_writing_a_subscription() {
+    let s = TestServer::start().await;
+    let gp = Receiver::start().await;
+    reachable_gp(&s, &gp.url()).await;
+
+    put(&s, &stay("st8", "in-progress"), 201).await;
+    let adm = gp.expect().await.json();
+    assert_eq!(adm["resourceType"], "CommunicationRequest");
+    assert_eq!(
+        adm["meta"]["profile"][0],
+        "https://interop.esante.gouv.fr/ig/fhir/nde/StructureDefinition/nde-notificationrequest"
+    );
+    assert_eq!(
+        adm["extension"][0]["valueCodeableConcept"]["coding"][0]["code"],
+        "ADM"
+    );
+    assert_eq!(adm["recipient"][0]["reference"], "Practitioner/stay-gp");
+    assert_eq!(adm["encounter"]["reference"], "Encounter/st8");
+    assert_eq!(adm["status"], "active");
+    let patient = &adm["contained"][0];
+    assert_eq!(patient["identifier"][0]["value"], "2800175123456");
+    let standing = adm["basedOn"][0]["reference"].as_str().unwrap().to_owned();
+
+    put(&s, &discharged("st8"), 200).await;
+    let sor = gp.expect().await.json();
+    assert_eq!(
+        sor["extension"][0]["valueCodeableConcept"]["coding"][0]["code"],
+        "SOR"
+    );
+    assert_eq!(sor["basedOn"][0]["reference"], standing.as_str());
+    let stay_copy = &sor["contained"][1];
+    assert_eq!(stay_copy["period"]["end"], "2026-11-20T19:40:00+01:00");
+    assert_eq!(
+        stay_copy["hospitalization"]["dischargeDisposition"]["text"],
+        "Retour à domicile"
+    );
+    assert!(gp
+        .next(std::time::Duration::from_millis(700))
+        .await
+        .is_none());
+
+    // The standing Subscription is visible and has its $status; there is one.
+    let sub = json_of(s.get(&standing).await, 200).await;
+    assert_eq!(sub["status"], "active");
+    assert_eq!(sub["channel"]["endpoint"], gp.url());
+    json_of(s.get(&format!("{standing}/$status")).await, 200).await;
+    let all = json_of(s.get("Subscription").await, 200).await;
+    assert_eq!(all["total"], 1, "{all}");
+    // The notices of the stay, by the Subscription that brought them.
+    let notices = json_of(
+        s.get(&format!("CommunicationRequest?based-on={standing}"))
+            .await,
+        200,
+    )
+    .await;
+    assert_eq!(notices["total"], 2, "{notices}");
+}
+
+#[tokio::test]
+async fn an_endpoint_that_cannot_be_called_back_is_refused() {
+    let s = TestServer::start().await;
+    let endpoint = |address: &str| {
+        json!({"resourceType": "Endpoint", "status": "active",
+            "connectionType": {"code": "hl7-fhir-rest"},
+            "payloadType": [{"text": "FHIR"}], "address": address})
+    };
+    let before = s.version_count().await;
+    // Not a url at all (the datatype's check), then urls the server cannot call.
+    for (address, status) in [
+        ("not a url", 400),
+        ("ftp://cabinet.example/hook", 422),
+        ("mailto:dr.lenoir@medecin.mssante.fr", 422),
+    ] {
+        let oo = outcome_of(s.post_json("Endpoint", &endpoint(address)).await, status).await;
+        assert_eq!(oo["issue"][0]["expression"][0], "Endpoint.address", "{oo}");
+    }
+    assert_eq!(s.version_count().await, before);
+    json_of(
+        s.post_json("Endpoint", &endpoint("https://cabinet.example/hook"))
+            .await,
+        201,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn standing_subscriptions_follow_the_patients_gp() {
+    let s = TestServer::start().await;
+    let gp = Receiver::start().await;
+    reachable_gp(&s, &gp.url()).await;
+    // Writing the patient with a reachable GP made the standing Subscription.
+    let subs = json_of(s.get("Subscription?status=active").await, 200).await;
+    assert_eq!(subs["total"], 1, "{subs}");
+    let standing = subs["entry"][0]["resource"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // Another GP, not reachable: the first one's Subscription is off, no new one.
+    let mut patient = json_of(s.get("Patient/stay-patient").await, 200).await;
+    patient["generalPractitioner"] = json!([{"reference": "Practitioner/elsewhere"}]);
+    put(&s, &patient, 200).await;
+    let sub = json_of(s.get(&format!("Subscription/{standing}")).await, 200).await;
+    assert_eq!(sub["status"], "off");
+    assert_eq!(
+        json_of(s.get("Subscription?status=active").await, 200).await["total"],
+        0
+    );
+    put(&s, &stay("st9", "in-progress"), 201).await;
+    assert!(gp
+        .next(std::time::Duration::from_millis(700))
+        .await
+        .is_none());
+
+    // Back to the first GP: the same Subscription, active again, and notified.
+    patient["generalPractitioner"] = json!([{"reference": "Practitioner/stay-gp"}]);
+    put(&s, &patient, 200).await;
+    let sub = json_of(s.get(&format!("Subscription/{standing}")).await, 200).await;
+    assert_eq!(sub["status"], "active");
+    put(&s, &discharged("st9"), 200).await;
+    let sor = gp.expect().await.json();
+    assert_eq!(
+        sor["basedOn"][0]["reference"],
+        format!("Subscription/{standing}")
+    );
+
+    // The patient deleted: the GP's Subscription ends.
+    let resp = reqwest::Client::new()
+        .delete(s.url("Patient/stay-patient"))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success());
+    let sub = json_of(s.get(&format!("Subscription/{standing}")).await, 200).await;
+    assert_eq!(sub["status"], "off");
+}

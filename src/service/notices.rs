@@ -1,0 +1,207 @@
+//! Who is told of a stay's events, inside the write's transaction: for each event
+//! declared, the patient's GPs that an Endpoint reaches each get their standing
+//! NdE Subscription (written again, a no-op when unchanged) and a notification
+//! request based on it, which that Subscription delivers through the outbox. The
+//! standing Subscriptions also follow the patient's `generalPractitioner`: made
+//! for a GP added (when reachable), put `off` for a GP removed. What to write is
+//! decided by `coordination`; this reads what it needs.
+
+use std::collections::HashSet;
+
+use deadpool_postgres::Transaction;
+use serde_json::{json, Value};
+
+use super::{Change, ChangeKind, Rules};
+use crate::coordination::nde;
+use crate::coordination::recipients::{self, Recipient};
+use crate::error::{FhirError, FhirResult};
+use crate::search::{self, Handling};
+use crate::store;
+
+/// An event declared by a write: the change it came from, the stay, and the
+/// declaration.
+pub(super) struct Declared {
+    pub position: usize,
+    pub encounter: Value,
+    pub declaration: Value,
+}
+
+/// The GPs a write of `Patient/{patient_id}` added and removed.
+pub(super) struct GpChange {
+    pub position: usize,
+    pub patient_id: String,
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+}
+
+/// PractitionerRoles looked at for one practitioner.
+const MAX_ROLES: usize = 20;
+
+/// The current JSON of a resource, `None` if absent or deleted.
+async fn current(tx: &Transaction<'_>, res_type: &str, id: &str) -> FhirResult<Option<Value>> {
+    let Some(json) = store::read_latest(tx, res_type, id)
+        .await?
+        .and_then(|v| v.json)
+    else {
+        return Ok(None);
+    };
+    serde_json::from_str(&json)
+        .map(Some)
+        .map_err(|e| FhirError::Internal(format!("stored {res_type}/{id}: {e}")))
+}
+
+async fn by_reference(tx: &Transaction<'_>, reference: &str) -> FhirResult<Option<Value>> {
+    match reference.split_once('/') {
+        Some((res_type, id)) => current(tx, res_type, id).await,
+        None => Ok(None),
+    }
+}
+
+/// How to reach `gp`, if an Endpoint the policy allows does.
+async fn reachable(tx: &Transaction<'_>, rules: &Rules, gp: &str) -> FhirResult<Option<Recipient>> {
+    let Some(address) = callback(tx, rules, gp).await? else {
+        return Ok(None);
+    };
+    // An Endpoint refused by the policy is refused when written; one written
+    // before the policy changed is skipped, not fatal to the write.
+    if let Some(reason) = rules.endpoints.refusal(&address) {
+        tracing::warn!(%gp, %address, %reason, "GP endpoint not usable");
+        return Ok(None);
+    }
+    Ok(Some(Recipient {
+        reference: gp.to_owned(),
+        address,
+    }))
+}
+
+fn standing_change(patient_id: &str, recipient: &Recipient, sub_id: &str) -> Change {
+    Change {
+        res_type: "Subscription".to_owned(),
+        res_id: sub_id.to_owned(),
+        kind: ChangeKind::Update,
+        resource: Some(recipients::standing_subscription(
+            patient_id, recipient, sub_id,
+        )),
+        if_match: None,
+    }
+}
+
+/// The callback URL that reaches `gp` (a Practitioner through one of their
+/// PractitionerRoles, a PractitionerRole or an Organization through its own
+/// endpoints), if any.
+async fn callback(tx: &Transaction<'_>, rules: &Rules, gp: &str) -> FhirResult<Option<String>> {
+    let holders: Vec<Value> = if gp.starts_with("Practitioner/") {
+        let params = rules.catalog.params.current();
+        let plan = search::parse(
+            &params,
+            "PractitionerRole",
+            &[("practitioner".to_owned(), gp.to_owned())],
+            Handling::Strict,
+        )?;
+        let mut roles = Vec::new();
+        for id in store::matching_ids(tx, &plan, MAX_ROLES).await? {
+            roles.extend(current(tx, "PractitionerRole", &id).await?);
+        }
+        roles
+    } else {
+        by_reference(tx, gp).await?.into_iter().collect()
+    };
+    for holder in holders.iter().filter(|h| h["active"] != false) {
+        for endpoint in recipients::endpoint_references(holder) {
+            if let Some(endpoint) = by_reference(tx, &endpoint).await? {
+                if let Some(address) = recipients::callback_address(&endpoint) {
+                    return Ok(Some(address.to_owned()));
+                }
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// The standing Subscriptions and notification requests of the events
+/// `declared` and of the GP changes `gps`, each with the position of the change
+/// it comes from; a standing Subscription is changed at most once.
+pub(super) async fn notices(
+    tx: &Transaction<'_>,
+    rules: &Rules,
+    declared: &[Declared],
+    gps: &[GpChange],
+) -> FhirResult<Vec<(usize, Change)>> {
+    let mut changes = Vec::new();
+    let mut standing = HashSet::new();
+    for change in gps {
+        for gp in &change.removed {
+            let sub_id = recipients::standing_subscription_id(&change.patient_id, gp);
+            if !standing.insert(sub_id.clone()) {
+                continue;
+            }
+            let Some(mut sub) = current(tx, "Subscription", &sub_id).await? else {
+                continue;
+            };
+            if sub["status"] != "off" {
+                sub["status"] = json!("off");
+                let off = Change {
+                    res_type: "Subscription".to_owned(),
+                    res_id: sub_id,
+                    kind: ChangeKind::Update,
+                    resource: Some(sub),
+                    if_match: None,
+                };
+                changes.push((change.position, off));
+            }
+        }
+        for gp in &change.added {
+            let Some(recipient) = reachable(tx, rules, gp).await? else {
+                continue;
+            };
+            let sub_id = recipients::standing_subscription_id(&change.patient_id, gp);
+            if standing.insert(sub_id.clone()) {
+                changes.push((
+                    change.position,
+                    standing_change(&change.patient_id, &recipient, &sub_id),
+                ));
+            }
+        }
+    }
+    for event in declared {
+        let Some(patient_id) = event.encounter["subject"]["reference"]
+            .as_str()
+            .and_then(|r| r.strip_prefix("Patient/"))
+        else {
+            continue;
+        };
+        let Some(patient) = current(tx, "Patient", patient_id).await? else {
+            continue;
+        };
+        for gp in recipients::general_practitioners(&patient) {
+            let Some(recipient) = reachable(tx, rules, &gp).await? else {
+                continue;
+            };
+            let sub_id = recipients::standing_subscription_id(patient_id, &gp);
+            if standing.insert(sub_id.clone()) {
+                changes.push((
+                    event.position,
+                    standing_change(patient_id, &recipient, &sub_id),
+                ));
+            }
+            let request = nde::notification_request(
+                &event.declaration,
+                &sub_id,
+                &recipient,
+                &event.encounter,
+                Some(&patient),
+            );
+            changes.push((
+                event.position,
+                Change {
+                    res_type: "CommunicationRequest".to_owned(),
+                    res_id: uuid::Uuid::new_v4().to_string(),
+                    kind: ChangeKind::Create,
+                    resource: Some(request),
+                    if_match: None,
+                },
+            ));
+        }
+    }
+    Ok(changes)
+}
