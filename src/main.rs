@@ -30,6 +30,10 @@ struct CoordinationArgs {
     /// IMP, ACUTE, NONAC and SS (comma-separated, any code system), e.g. HH.
     #[arg(long, env = "PASSERELLE_INPATIENT_CLASSES", value_delimiter = ',')]
     inpatient_classes: Vec<String>,
+    /// How long a notification request may wait for its acknowledgement before
+    /// it is escalated to the stay's service provider (e.g. 48h, 30m, 3s).
+    #[arg(long, env = "PASSERELLE_ACK_ESCALATION_AFTER", default_value = "48h", value_parser = server::parse_duration)]
+    ack_escalation_after: Duration,
 }
 
 impl CoordinationArgs {
@@ -108,6 +112,8 @@ impl SubscriptionArgs {
     }
 }
 
+// Parsed once at start: the size of the serve variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Serve the FHIR API (migrates the schema first).
@@ -239,6 +245,7 @@ async fn main() -> ExitCode {
         } => match subscriptions.rules() {
             Ok(mut rules) => {
                 rules.stays = coordination.stays();
+                rules.acks.escalate_after = coordination.ack_escalation_after;
                 match server::open_database(&db.choice(), pool_size, Some(statement_timeout)).await
                 {
                     Ok(database) => {

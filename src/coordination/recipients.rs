@@ -102,31 +102,74 @@ pub fn standing_subscription_id(patient_id: &str, recipient: &str) -> String {
     format!("nde-{hex}")
 }
 
-/// The standing NdE Subscription through which `recipient` hears of the events of
-/// `Patient/{patient_id}`: its criteria are the notification requests based on
-/// it, its channel the recipient's endpoint, its payload the request itself.
-pub fn standing_subscription(patient_id: &str, recipient: &Recipient, id: &str) -> Value {
+/// A Subscription the server keeps on `recipient`'s behalf: `criteria` delivered
+/// as the resource itself to their endpoint, tagged as the server's.
+fn kept_for(
+    recipient: &Recipient,
+    criteria: String,
+    reason: String,
+    extension: Vec<Value>,
+) -> Value {
     json!({
         "resourceType": "Subscription",
         "meta": {
             "profile": [format!("{}nde-subscription", nde::STRUCTURE_DEFINITION)],
             "tag": [{"system": STANDING_TAG_SYSTEM, "code": STANDING_TAG_CODE}],
         },
-        "extension": [
-            {"url": format!("{}subject", nde::STRUCTURE_DEFINITION),
-             "valueReference": {"reference": format!("Patient/{patient_id}")}},
-            {"url": format!("{}subscriber", nde::STRUCTURE_DEFINITION),
-             "valueReference": {"reference": recipient.reference}},
-        ],
+        "extension": extension,
         "status": "requested",
-        "reason": format!("Notification d'événements du patient Patient/{patient_id} à {} (médecin traitant)", recipient.reference),
-        "criteria": format!("CommunicationRequest?based-on=Subscription/{id}"),
+        "reason": reason,
+        "criteria": criteria,
         "channel": {
             "type": "rest-hook",
             "endpoint": recipient.address,
             "payload": "application/fhir+json",
         },
     })
+}
+
+/// The standing NdE Subscription through which `recipient` hears of the events of
+/// `Patient/{patient_id}`: its criteria are the notification requests based on
+/// it, its channel the recipient's endpoint, its payload the request itself.
+pub fn standing_subscription(patient_id: &str, recipient: &Recipient, id: &str) -> Value {
+    kept_for(
+        recipient,
+        format!("CommunicationRequest?based-on=Subscription/{id}&status=active"),
+        format!(
+            "Notification d'événements du patient Patient/{patient_id} à {} (médecin traitant)",
+            recipient.reference
+        ),
+        vec![
+            json!({"url": format!("{}subject", nde::STRUCTURE_DEFINITION),
+                   "valueReference": {"reference": format!("Patient/{patient_id}")}}),
+            json!({"url": format!("{}subscriber", nde::STRUCTURE_DEFINITION),
+                   "valueReference": {"reference": recipient.reference}}),
+        ],
+    )
+}
+
+/// The id of the Subscription through which an owner hears of escalations.
+pub fn escalation_subscription_id(owner: &str) -> String {
+    standing_subscription_id("escalation", owner)
+}
+
+/// The Subscription through which `owner` (a stay's service provider) hears of
+/// the escalation Tasks it owns.
+pub fn escalation_subscription(owner: &Recipient) -> Value {
+    kept_for(
+        owner,
+        format!(
+            "Task?owner={}&code={}|{}",
+            owner.reference,
+            super::acknowledgement::CODE_SYSTEM,
+            super::acknowledgement::ESCALATION
+        ),
+        format!("Notifications non acquittées, pour {}", owner.reference),
+        vec![
+            json!({"url": format!("{}subscriber", nde::STRUCTURE_DEFINITION),
+                    "valueReference": {"reference": owner.reference}}),
+        ],
+    )
 }
 
 #[cfg(test)]
@@ -231,7 +274,7 @@ mod tests {
         let sub = standing_subscription("p1", &recipient, &a);
         assert_eq!(
             sub["criteria"],
-            format!("CommunicationRequest?based-on=Subscription/{a}")
+            format!("CommunicationRequest?based-on=Subscription/{a}&status=active")
         );
         assert_eq!(sub["channel"]["endpoint"], "https://cabinet.example/hook");
         crate::fhir::validate::validate_resource(&sub).unwrap();

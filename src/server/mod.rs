@@ -174,6 +174,7 @@ pub struct Running {
     pub rules: Arc<crate::service::Rules>,
     serving: tokio::task::JoinHandle<std::io::Result<()>>,
     watcher: tokio::task::JoinHandle<()>,
+    escalations: tokio::task::JoinHandle<()>,
     delivery: Option<delivery::Delivery>,
 }
 
@@ -187,6 +188,7 @@ impl Running {
 
     fn stop_background(&mut self) {
         self.watcher.abort();
+        self.escalations.abort();
         if let Some(d) = self.delivery.take() {
             d.stop();
         }
@@ -202,8 +204,9 @@ impl Drop for Running {
 
 /// Starts a server over `pool` on `listener`, the one way `serve`, the tests and
 /// the benchmarks start one: the SearchParameters of the database put in force,
-/// the watcher of changes made by other instances, the delivery workers, and the
-/// accept loop until `shutdown` completes.
+/// the watcher of changes made by other instances, the delivery workers, the
+/// escalation of unacknowledged notifications, and the accept loop until
+/// `shutdown` completes.
 pub async fn start(
     pool: Pool,
     config: &tokio_postgres::Config,
@@ -223,14 +226,26 @@ pub async fn start(
     ));
     let hub = delivery::websocket::Hub::new();
     let delivery = start_delivery(&pool, config, options, local, hub.clone())?;
-    let state = app_state(pool, options, hub);
+    let state = app_state(pool.clone(), options, hub);
     let rules = state.rules.clone();
+    // A short delay (tests, drills) is looked at more often than the poll.
+    let acks = options.rules.acks;
+    let every = acks
+        .poll
+        .min(acks.escalate_after / 4)
+        .max(Duration::from_millis(100));
+    let escalations = tokio::spawn(crate::service::watch_escalations(
+        pool,
+        rules.clone(),
+        every,
+    ));
     let serving = tokio::spawn(serve_on(listener, state, options.limits.clone(), shutdown));
     Ok(Running {
         local,
         rules,
         serving,
         watcher,
+        escalations,
         delivery: Some(delivery),
     })
 }

@@ -4,6 +4,7 @@
 
 pub mod bundle;
 pub mod capability;
+mod escalation;
 pub mod export;
 mod history;
 mod notices;
@@ -21,6 +22,7 @@ use crate::error::FhirResult;
 use crate::search;
 use crate::search::params::ParamTable;
 
+pub use escalation::{escalate_due, watch_escalations};
 pub use history::{history, HistoryPage};
 pub use notify::Fact;
 pub use read::{read, vread};
@@ -39,6 +41,8 @@ pub struct Rules {
     pub endpoints: crate::subscription::EndpointPolicy,
     /// Which Encounters are hospital stays.
     pub stays: crate::coordination::StayRules,
+    /// When an unacknowledged notification request is escalated.
+    pub acks: crate::coordination::acknowledgement::AckRules,
     pub catalog: Arc<Catalog>,
 }
 

@@ -8,13 +8,15 @@
 
 use std::collections::HashSet;
 
+use chrono::{DateTime, Utc};
 use deadpool_postgres::Transaction;
 use serde_json::{json, Value};
 
+use super::write::Failed;
 use super::{Change, ChangeKind, Rules};
-use crate::coordination::nde;
 use crate::coordination::recipients::{self, Recipient};
-use crate::error::{FhirError, FhirResult};
+use crate::coordination::{acknowledgement, nde};
+use crate::error::{FhirError, FhirResult, Issue};
 use crate::search::{self, Handling};
 use crate::store;
 
@@ -34,11 +36,37 @@ pub(super) struct GpChange {
     pub removed: Vec<String>,
 }
 
+/// A write that claims to acknowledge a notification request.
+pub(super) struct Ack {
+    pub position: usize,
+    /// `Task/…` or `Communication/…`.
+    pub by: String,
+    pub claim: acknowledgement::Claim,
+}
+
+/// What the coordination rules found in one round of changes.
+#[derive(Default)]
+pub(super) struct Coordinated {
+    pub declared: Vec<Declared>,
+    pub gps: Vec<GpChange>,
+    pub acks: Vec<Ack>,
+}
+
+impl Coordinated {
+    pub fn is_empty(&self) -> bool {
+        self.declared.is_empty() && self.gps.is_empty() && self.acks.is_empty()
+    }
+}
+
 /// PractitionerRoles looked at for one practitioner.
 const MAX_ROLES: usize = 20;
 
 /// The current JSON of a resource, `None` if absent or deleted.
-async fn current(tx: &Transaction<'_>, res_type: &str, id: &str) -> FhirResult<Option<Value>> {
+pub(super) async fn current(
+    tx: &Transaction<'_>,
+    res_type: &str,
+    id: &str,
+) -> FhirResult<Option<Value>> {
     let Some(json) = store::read_latest(tx, res_type, id)
         .await?
         .and_then(|v| v.json)
@@ -58,7 +86,11 @@ async fn by_reference(tx: &Transaction<'_>, reference: &str) -> FhirResult<Optio
 }
 
 /// How to reach `gp`, if an Endpoint the policy allows does.
-async fn reachable(tx: &Transaction<'_>, rules: &Rules, gp: &str) -> FhirResult<Option<Recipient>> {
+pub(super) async fn reachable(
+    tx: &Transaction<'_>,
+    rules: &Rules,
+    gp: &str,
+) -> FhirResult<Option<Recipient>> {
     let Some(address) = callback(tx, rules, gp).await? else {
         return Ok(None);
     };
@@ -118,13 +150,101 @@ async fn callback(tx: &Transaction<'_>, rules: &Rules, gp: &str) -> FhirResult<O
     Ok(None)
 }
 
-/// The standing Subscriptions and notification requests of the events
-/// `declared` and of the GP changes `gps`, each with the position of the change
-/// it comes from; a standing Subscription is changed at most once.
+/// What one round's coordination brings with it: acknowledged requests
+/// completed (their timers stopped), standing Subscriptions made or ended, and
+/// notification requests (their timers started), each with the position of the
+/// change it comes from. A standing Subscription is changed at most once.
 pub(super) async fn notices(
     tx: &Transaction<'_>,
     rules: &Rules,
+    now: DateTime<Utc>,
     declared: &[Declared],
+    found: Coordinated,
+) -> Result<Vec<(usize, Change)>, Failed> {
+    let whole = |error| Failed {
+        position: None,
+        error,
+    };
+    let mut changes = acknowledgements(tx, now, &found.acks).await?;
+    let standing = standing_subscriptions(tx, rules, &found.gps)
+        .await
+        .map_err(whole)?;
+    let mut written: HashSet<String> = standing.iter().map(|(_, c)| c.res_id.clone()).collect();
+    changes.extend(standing);
+    let requests = requests(tx, rules, declared, &mut written)
+        .await
+        .map_err(whole)?;
+    let due = now
+        + chrono::Duration::from_std(rules.acks.escalate_after).unwrap_or(chrono::Duration::MAX);
+    let timers: Vec<(String, DateTime<Utc>)> = requests
+        .iter()
+        .filter(|(_, c)| c.res_type == "CommunicationRequest")
+        .map(|(_, c)| (c.res_id.clone(), due))
+        .collect();
+    crate::store::acknowledgements::schedule(tx, &timers)
+        .await
+        .map_err(whole)?;
+    changes.extend(requests);
+    Ok(changes)
+}
+
+/// The notification requests acknowledged by `acks`, completed; an explicit
+/// acknowledgement of something that is not a notification request is refused.
+async fn acknowledgements(
+    tx: &Transaction<'_>,
+    now: DateTime<Utc>,
+    acks: &[Ack],
+) -> Result<Vec<(usize, Change)>, Failed> {
+    let mut changes = Vec::new();
+    let mut completed = HashSet::new();
+    for ack in acks {
+        let at = |error| Failed {
+            position: Some(ack.position),
+            error,
+        };
+        let request = match ack.claim.request_id.as_str() {
+            "" => None,
+            id => current(tx, "CommunicationRequest", id).await.map_err(at)?,
+        };
+        let Some(request) = request.filter(acknowledgement::is_notification_request) else {
+            if ack.claim.explicit {
+                return Err(at(FhirError::Unprocessable(vec![Issue::new(
+                    "business-rule",
+                    format!(
+                        "an acknowledgement's focus must be a notification request the server sent; CommunicationRequest/{} is not one",
+                        ack.claim.request_id
+                    ),
+                )
+                .at("Task.focus")])));
+            }
+            continue;
+        };
+        if !completed.insert(ack.claim.request_id.clone()) {
+            continue;
+        }
+        if let Some(done) = acknowledgement::acknowledged(request, &ack.by, now) {
+            crate::store::acknowledgements::acknowledged(tx, &ack.claim.request_id)
+                .await
+                .map_err(at)?;
+            changes.push((
+                ack.position,
+                Change {
+                    res_type: "CommunicationRequest".to_owned(),
+                    res_id: ack.claim.request_id.clone(),
+                    kind: ChangeKind::Update,
+                    resource: Some(done),
+                    if_match: None,
+                },
+            ));
+        }
+    }
+    Ok(changes)
+}
+
+/// The standing Subscriptions the GP changes `gps` make or end.
+async fn standing_subscriptions(
+    tx: &Transaction<'_>,
+    rules: &Rules,
     gps: &[GpChange],
 ) -> FhirResult<Vec<(usize, Change)>> {
     let mut changes = Vec::new();
@@ -163,6 +283,18 @@ pub(super) async fn notices(
             }
         }
     }
+    Ok(changes)
+}
+
+/// The notification requests of the events `declared`, with the standing
+/// Subscriptions they need that are not `written` yet.
+async fn requests(
+    tx: &Transaction<'_>,
+    rules: &Rules,
+    declared: &[Declared],
+    written: &mut HashSet<String>,
+) -> FhirResult<Vec<(usize, Change)>> {
+    let mut changes = Vec::new();
     for event in declared {
         let Some(patient_id) = event.encounter["subject"]["reference"]
             .as_str()
@@ -178,7 +310,7 @@ pub(super) async fn notices(
                 continue;
             };
             let sub_id = recipients::standing_subscription_id(patient_id, &gp);
-            if standing.insert(sub_id.clone()) {
+            if written.insert(sub_id.clone()) {
                 changes.push((
                     event.position,
                     standing_change(patient_id, &recipient, &sub_id),

@@ -12,7 +12,7 @@ use chrono::{DateTime, Duration, DurationRound, Utc};
 use deadpool_postgres::Transaction;
 use serde_json::Value;
 
-use super::notices::{self, Declared, GpChange};
+use super::notices::{self, Ack, Coordinated, Declared, GpChange};
 use super::notify;
 use crate::coordination;
 use crate::error::{FhirError, FhirResult, Issue};
@@ -235,16 +235,15 @@ async fn apply_round(
         steps.push((change, step));
     }
     let previous = unchanged(tx, &mut steps, &repeats).await.map_err(whole)?;
-    let (declared, gps) = coordinate(rules, now, &steps, &previous)?;
+    let mut found = coordinate(rules, now, &steps, &previous)?;
     let written = write_steps(tx, rules, steps, facts).await?;
-    if declared.is_empty() && gps.is_empty() {
+    if found.is_empty() {
         return Ok((written, Vec::new()));
     }
+    let declared = std::mem::take(&mut found.declared);
     // Who is told is read after this round's writes, which it may depend on (a
     // transaction writing the patient's GP with the stay).
-    let mut derived = notices::notices(tx, rules, &declared, &gps)
-        .await
-        .map_err(whole)?;
+    let mut derived = notices::notices(tx, rules, now, &declared, found).await?;
     derived.extend(declared.into_iter().map(|d| {
         let change = Change {
             res_type: "CommunicationRequest".to_owned(),
@@ -259,15 +258,15 @@ async fn apply_round(
 }
 
 /// What the coordination rules make of the changes about to be written:
-/// refusals (409, naming the rule), the events stays declare and the GPs patients
-/// gain or lose.
+/// refusals (409, naming the rule), the events stays declare, the GPs patients
+/// gain or lose, and the acknowledgements claimed.
 fn coordinate(
     rules: &super::Rules,
     now: DateTime<Utc>,
     steps: &[(Change, Step)],
     previous: &HashMap<usize, Value>,
-) -> Result<(Vec<Declared>, Vec<GpChange>), Failed> {
-    let (mut declared, mut gps) = (Vec::new(), Vec::new());
+) -> Result<Coordinated, Failed> {
+    let mut found = Coordinated::default();
     for (position, (change, step)) in steps.iter().enumerate() {
         let Step::Write(_, resource) = step else {
             continue;
@@ -284,11 +283,13 @@ fn coordinate(
                 )
                 .map_err(|refusal| at(position)(FhirError::Conflict(refusal.message)))?;
                 if let Some(encounter) = resource.as_ref().filter(|_| !declarations.is_empty()) {
-                    declared.extend(declarations.into_iter().map(|declaration| Declared {
-                        position,
-                        encounter: encounter.clone(),
-                        declaration,
-                    }));
+                    found
+                        .declared
+                        .extend(declarations.into_iter().map(|declaration| Declared {
+                            position,
+                            encounter: encounter.clone(),
+                            declaration,
+                        }));
                 }
             }
             "Patient" => {
@@ -297,7 +298,7 @@ fn coordinate(
                     resource.as_ref(),
                 );
                 if !added.is_empty() || !removed.is_empty() {
-                    gps.push(GpChange {
+                    found.gps.push(GpChange {
                         position,
                         patient_id: change.res_id.clone(),
                         added,
@@ -305,10 +306,24 @@ fn coordinate(
                     });
                 }
             }
+            "Task" | "Communication" => {
+                let by = format!("{}/{}", change.res_type, change.res_id);
+                for claim in resource
+                    .as_ref()
+                    .map(|r| coordination::acknowledgement::claims(&change.res_type, r))
+                    .unwrap_or_default()
+                {
+                    found.acks.push(Ack {
+                        position,
+                        by: by.clone(),
+                        claim,
+                    });
+                }
+            }
             _ => {}
         }
     }
-    Ok((declared, gps))
+    Ok(found)
 }
 
 /// What one change does, given the current state of its resource; takes the

@@ -41,6 +41,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "bulk export",
         include_str!("migrations/0007_bulk_export.sql"),
     ),
+    (
+        8,
+        "acknowledgements",
+        include_str!("migrations/0008_acknowledgements.sql"),
+    ),
 ];
 
 /// Arbitrary constant naming the migration lock.

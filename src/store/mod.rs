@@ -2,6 +2,7 @@
 //! of searches and history. Every write happens inside a transaction handed in by
 //! the caller, so that one request's changes commit or roll back together.
 
+pub mod acknowledgements;
 pub mod embedded;
 pub mod export;
 mod history;

@@ -155,7 +155,9 @@ pub fn prepare(
         // `error` or `off` may keep criteria that no longer apply (see
         // `service::stop_subscriptions_out_of_force`).
         None if !active => vec![criteria_text.clone()],
-        None if is_backport || criteria_text.contains("://") => {
+        // A canonical URL that names no topic here; R4 criteria (`Type?…`) may hold
+        // URLs in their values (`code=http://loinc.org|…`).
+        None if is_backport || is_url(&criteria_text) => {
             return Err(invalid(
                 "Subscription.criteria",
                 format!(
@@ -305,6 +307,13 @@ pub fn prepare(
         },
         ends_at,
     })
+}
+
+/// A URL rather than R4 criteria: the scheme comes before any query.
+fn is_url(criteria: &str) -> bool {
+    criteria
+        .find("://")
+        .is_some_and(|at| !criteria[..at].contains('?'))
 }
 
 fn valid_header(header: &str) -> bool {

@@ -260,3 +260,11 @@ fn r4_criteria_match_creates_and_updates_and_leave_chains_to_the_database() {
         Verdict::AskDatabase(_)
     ));
 }
+
+#[test]
+fn criteria_may_hold_urls_in_their_values() {
+    let mut s = r4_subscription();
+    s["criteria"] = json!("Observation?code=http://loinc.org|29463-7");
+    let spec = prepare(&mut s, &EndpointPolicy::default(), &definitions()).expect("accepted");
+    assert_eq!(spec.criteria, ["Observation?code=http://loinc.org|29463-7"]);
+}

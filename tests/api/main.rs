@@ -1,5 +1,6 @@
 //! End-to-end tests: real HTTP against the real server on a real PostgreSQL.
 
+mod acknowledgements;
 mod agreement;
 mod bundles;
 mod conditional;

@@ -7,7 +7,7 @@ use crate::receiver::Receiver;
 use crate::subscriptions::r4_subscription;
 use crate::support::{json_of, outcome_of, TestServer};
 
-fn stay(id: &str, status: &str) -> Value {
+pub fn stay(id: &str, status: &str) -> Value {
     json!({
         "resourceType": "Encounter", "id": id, "status": status,
         "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IMP"},
@@ -17,7 +17,7 @@ fn stay(id: &str, status: &str) -> Value {
     })
 }
 
-fn discharged(id: &str) -> Value {
+pub fn discharged(id: &str) -> Value {
     let mut s = stay(id, "finished");
     s["period"]["end"] = json!("2026-11-20T19:40:00+01:00");
     s["hospitalization"] = json!({"dischargeDisposition": {"text": "Retour à domicile"}});
@@ -40,7 +40,7 @@ async fn declarations(s: &TestServer, encounter: &str, event: &str) -> Vec<Value
         .unwrap_or_default()
 }
 
-async fn put(s: &TestServer, resource: &Value, status: u16) -> Value {
+pub async fn put(s: &TestServer, resource: &Value, status: u16) -> Value {
     let path = format!(
         "{}/{}",
         resource["resourceType"].as_str().unwrap(),
@@ -231,7 +231,7 @@ async fn an_nde_subscriber_is_called_back_with_the_discharge() {
 }
 
 /// The GP of `stay-patient`, reachable at `address` through a PractitionerRole.
-async fn reachable_gp(s: &TestServer, address: &str) {
+pub async fn reachable_gp(s: &TestServer, address: &str) {
     let resources = [
         json!({"resourceType": "Practitioner", "id": "stay-gp",
             "identifier": [{"system": "https://rpps.esante.gouv.fr", "value": "810000000001"}],

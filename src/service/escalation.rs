@@ -1,0 +1,89 @@
+//! Escalation of the notification requests nobody acknowledged in time: the
+//! timers are rows of `ack_deadline`, so any instance escalates each request
+//! once, after restarts and crashes too. The escalation Task goes through the one
+//! write path, in the transaction that marks the timer done.
+
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+
+use super::{notices, notify, write, Change, ChangeKind, Rules};
+use crate::coordination::{acknowledgement, recipients};
+use crate::error::{FhirError, FhirResult};
+use crate::store;
+
+/// Requests escalated per transaction.
+const BATCH: i64 = 50;
+
+/// Escalates the requests that are due, in one transaction; returns how many
+/// timers it ended (escalated, or found acknowledged or ended meanwhile).
+pub async fn escalate_due(pool: &Pool, rules: &Rules) -> FhirResult<usize> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let due = store::acknowledgements::take_due(&tx, BATCH).await?;
+    if due.is_empty() {
+        return Ok(0);
+    }
+    let now = store::clock(&tx).await?;
+    let mut changes = Vec::new();
+    let mut owners = std::collections::HashSet::new();
+    for request_id in &due {
+        store::acknowledgements::escalated(&tx, request_id).await?;
+        let Some(request) = notices::current(&tx, "CommunicationRequest", request_id).await? else {
+            continue;
+        };
+        let Some(task) = (request["status"] == "active")
+            .then(|| {
+                acknowledgement::escalation_task(
+                    &request,
+                    request_id,
+                    rules.acks.escalate_after,
+                    now,
+                )
+            })
+            .flatten()
+        else {
+            continue;
+        };
+        let owner = task["owner"]["reference"].as_str().unwrap_or_default();
+        if owners.insert(owner.to_owned()) {
+            if let Some(recipient) = notices::reachable(&tx, rules, owner).await? {
+                changes.push(Change {
+                    res_type: "Subscription".to_owned(),
+                    res_id: recipients::escalation_subscription_id(owner),
+                    kind: ChangeKind::Update,
+                    resource: Some(recipients::escalation_subscription(&recipient)),
+                    if_match: None,
+                });
+            }
+        }
+        changes.push(Change {
+            res_type: "Task".to_owned(),
+            res_id: uuid::Uuid::new_v4().to_string(),
+            kind: ChangeKind::Create,
+            resource: Some(task),
+            if_match: None,
+        });
+    }
+    let mut facts = Vec::new();
+    write::apply_all(&tx, rules, now, changes, &mut facts)
+        .await
+        .map_err(|f| f.error)?;
+    notify::record_events(&tx, &rules.catalog, &facts).await?;
+    store::commit(tx).await?;
+    Ok(due.len())
+}
+
+/// Escalates what is due every `every`, until the task is aborted.
+pub async fn watch_escalations(pool: Pool, rules: std::sync::Arc<Rules>, every: Duration) {
+    loop {
+        match escalate_due(&pool, &rules).await {
+            // More may be due: go on at once.
+            Ok(n) if n as i64 == BATCH => continue,
+            Ok(_) => {}
+            Err(FhirError::Unavailable(_)) => {}
+            Err(e) => tracing::error!(error = %e, "escalating unacknowledged notifications"),
+        }
+        tokio::time::sleep(every).await;
+    }
+}
