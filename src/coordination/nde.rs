@@ -34,6 +34,9 @@ pub enum EventType {
     Admission,
     /// SOR: discharge.
     Discharge,
+    /// DOC: a document about the stay (the discharge letter) filed with or
+    /// after the discharge.
+    Document,
 }
 
 impl EventType {
@@ -50,6 +53,7 @@ impl EventType {
         match self {
             EventType::Admission => "ADM",
             EventType::Discharge => "SOR",
+            EventType::Document => "DOC",
         }
     }
 
@@ -57,6 +61,7 @@ impl EventType {
         match self {
             EventType::Admission => "Admission d'un patient dans l'établissement de santé",
             EventType::Discharge => "Sortie d'un patient de l'établissement de santé",
+            EventType::Document => "Dépôt d'un document",
         }
     }
 
@@ -81,6 +86,7 @@ fn summary(event: EventType, encounter_ref: &str, encounter: &Value, time: &str)
     let mut text = match event {
         EventType::Admission => format!("Admission le {time} (séjour {encounter_ref})"),
         EventType::Discharge => format!("Sortie le {time} (séjour {encounter_ref})"),
+        EventType::Document => format!("Document déposé le {time} (séjour {encounter_ref})"),
     };
     if let Some(provider) = encounter["serviceProvider"]["display"].as_str() {
         text.push_str(&format!(", {provider}"));
@@ -167,55 +173,109 @@ pub fn notification_request(
     request
 }
 
-/// The identifier of the declaration of `event` for the Encounter `encounter_id`:
-/// a stay is admitted and discharged at most once (see `stay::REFUSED`).
-pub fn declaration_identifier(event: EventType, encounter_id: &str) -> String {
-    format!(
-        "urn:passerelle:event:{}:Encounter/{encounter_id}",
-        event.code()
-    )
+/// The identifier of the declaration of `event` for `{res_type}/{id}`: a stay is
+/// admitted and discharged at most once (see `stay::REFUSED`), a document filed
+/// once.
+pub fn declaration_identifier(event: EventType, res_type: &str, id: &str) -> String {
+    format!("urn:passerelle:event:{}:{res_type}/{id}", event.code())
 }
 
-/// The event declaration (`nde-eventdeclaration`) of `event` for the stay
-/// `encounter` at `Encounter/{encounter_id}`, authored at `now`; none when the
-/// stay names no patient, as there is no one to tell about.
+/// What a declaration says beyond the stay it is about.
+struct Declaration {
+    event: EventType,
+    time: String,
+    identifier: String,
+    summary: String,
+}
+
+/// The `nde-eventdeclaration` CommunicationRequest about `Encounter/{encounter_id}`;
+/// none when the stay names no patient, as there is no one to tell about.
+fn declaration(
+    d: Declaration,
+    encounter_id: &str,
+    encounter: &Value,
+    authored: &str,
+) -> Option<Value> {
+    let subject = encounter["subject"].as_object()?;
+    let mut declaration = json!({
+        "resourceType": "CommunicationRequest",
+        "meta": {"profile": [format!("{STRUCTURE_DEFINITION}nde-eventdeclaration")]},
+        "extension": [
+            {"url": EVENT_TYPE_URL, "valueCodeableConcept": {"coding": [d.event.coding()]}},
+            {"url": EVENT_TIME_URL, "valueDateTime": d.time},
+        ],
+        "identifier": [{"system": DERIVED_IDENTIFIER_SYSTEM, "value": d.identifier}],
+        "status": "active",
+        "subject": subject,
+        "encounter": {"reference": format!("Encounter/{encounter_id}")},
+        "authoredOn": authored,
+        "payload": [{"contentString": d.summary}],
+    });
+    if let Some(provider) = encounter["serviceProvider"].as_object() {
+        declaration["requester"] = json!(provider);
+    }
+    Some(declaration)
+}
+
+/// The event declaration of an admission or a discharge of the stay `encounter`
+/// at `Encounter/{encounter_id}`, authored at `now`.
 pub fn event_declaration(
     event: EventType,
     encounter_id: &str,
     encounter: &Value,
     now: DateTime<Utc>,
 ) -> Option<Value> {
-    let subject = encounter["subject"].as_object()?;
     let period = &encounter["period"];
     let authored = format_instant(now);
     let time = match event {
         EventType::Admission => period["start"].as_str(),
         EventType::Discharge => period["end"].as_str(),
+        EventType::Document => None,
     }
     .unwrap_or(&authored)
     .to_owned();
     let encounter_ref = format!("Encounter/{encounter_id}");
-    let mut declaration = json!({
-        "resourceType": "CommunicationRequest",
-        "meta": {"profile": [format!("{STRUCTURE_DEFINITION}nde-eventdeclaration")]},
-        "extension": [
-            {"url": EVENT_TYPE_URL, "valueCodeableConcept": {"coding": [event.coding()]}},
-            {"url": EVENT_TIME_URL, "valueDateTime": time},
-        ],
-        "identifier": [{
-            "system": DERIVED_IDENTIFIER_SYSTEM,
-            "value": declaration_identifier(event, encounter_id),
-        }],
-        "status": "active",
-        "subject": subject,
-        "encounter": {"reference": encounter_ref},
-        "authoredOn": authored,
-        "payload": [{"contentString": summary(event, &encounter_ref, encounter, &time)}],
-    });
-    if let Some(provider) = encounter["serviceProvider"].as_object() {
-        declaration["requester"] = json!(provider);
-    }
-    Some(declaration)
+    let d = Declaration {
+        event,
+        identifier: declaration_identifier(event, "Encounter", encounter_id),
+        summary: summary(event, &encounter_ref, encounter, &time),
+        time,
+    };
+    declaration(d, encounter_id, encounter, &authored)
+}
+
+/// The DOC declaration of `DocumentReference/{document_id}`, filed about the stay
+/// `encounter` with or after its discharge.
+pub fn document_declaration(
+    document_id: &str,
+    document: &Value,
+    encounter_id: &str,
+    encounter: &Value,
+    now: DateTime<Utc>,
+) -> Option<Value> {
+    let authored = format_instant(now);
+    let time = document["date"].as_str().unwrap_or(&authored).to_owned();
+    let encounter_ref = format!("Encounter/{encounter_id}");
+    let mut summary = summary(EventType::Document, &encounter_ref, encounter, &time);
+    summary.pop();
+    let kind = concept_text(&document["type"]).unwrap_or("document");
+    summary.push_str(&format!(" : {kind} (DocumentReference/{document_id})."));
+    let d = Declaration {
+        event: EventType::Document,
+        identifier: declaration_identifier(EventType::Document, "DocumentReference", document_id),
+        summary,
+        time,
+    };
+    declaration(d, encounter_id, encounter, &authored)
+}
+
+/// The stay a DocumentReference is about (`context.encounter`), if one.
+pub fn document_stay(document: &Value) -> Option<&str> {
+    document["context"]["encounter"]
+        .as_array()?
+        .iter()
+        .filter_map(|r| r["reference"].as_str()?.strip_prefix("Encounter/"))
+        .find(|id| !id.is_empty() && !id.contains('/'))
 }
 
 #[cfg(test)]
@@ -328,6 +388,37 @@ mod tests {
             contained[1]["hospitalization"]["dischargeDisposition"]["text"],
             "Retour à domicile"
         );
+    }
+
+    #[test]
+    fn a_letter_about_the_stay_declares_doc() {
+        let letter = json!({"resourceType": "DocumentReference", "status": "current",
+            "date": "2026-11-20T19:45:00+01:00",
+            "type": {"coding": [{"system": "http://loinc.org", "code": "11490-0",
+                "display": "Lettre de sortie"}]},
+            "context": {"encounter": [{"reference": "Encounter/s1"}]}});
+        assert_eq!(document_stay(&letter), Some("s1"));
+        let d = document_declaration("doc1", &letter, "s1", &discharged(), Utc::now()).unwrap();
+        crate::fhir::validate::validate_resource(&d).unwrap();
+        assert_eq!(
+            d["extension"][0]["valueCodeableConcept"]["coding"][0]["code"],
+            "DOC"
+        );
+        assert_eq!(
+            d["extension"][1]["valueDateTime"],
+            "2026-11-20T19:45:00+01:00"
+        );
+        assert_eq!(d["encounter"]["reference"], "Encounter/s1");
+        assert_eq!(
+            d["identifier"][0]["value"],
+            "urn:passerelle:event:DOC:DocumentReference/doc1"
+        );
+        let text = d["payload"][0]["contentString"].as_str().unwrap();
+        assert!(
+            text.contains("Lettre de sortie (DocumentReference/doc1)"),
+            "{text}"
+        );
+        assert_eq!(document_stay(&json!({"context": {}})), None);
     }
 
     #[test]

@@ -44,18 +44,65 @@ pub(super) struct Ack {
     pub claim: acknowledgement::Claim,
 }
 
+/// A DocumentReference filed about a stay: a DOC event if the stay is over.
+pub(super) struct Documented {
+    pub position: usize,
+    pub document_id: String,
+    pub document: Value,
+    pub encounter_id: String,
+}
+
 /// What the coordination rules found in one round of changes.
 #[derive(Default)]
 pub(super) struct Coordinated {
     pub declared: Vec<Declared>,
+    pub documents: Vec<Documented>,
     pub gps: Vec<GpChange>,
     pub acks: Vec<Ack>,
 }
 
 impl Coordinated {
     pub fn is_empty(&self) -> bool {
-        self.declared.is_empty() && self.gps.is_empty() && self.acks.is_empty()
+        self.declared.is_empty()
+            && self.documents.is_empty()
+            && self.gps.is_empty()
+            && self.acks.is_empty()
     }
+}
+
+/// The DOC events of documents filed about stays that are finished (in this
+/// round's writes too).
+async fn documents_declared(
+    tx: &Transaction<'_>,
+    rules: &Rules,
+    now: DateTime<Utc>,
+    documents: Vec<Documented>,
+) -> FhirResult<Vec<Declared>> {
+    let mut declared = Vec::new();
+    for doc in documents {
+        let Some(encounter) = current(tx, "Encounter", &doc.encounter_id).await? else {
+            continue;
+        };
+        let over = crate::coordination::stay::Status::of(&encounter)
+            == Some(crate::coordination::stay::Status::Finished);
+        if !over || !rules.stays.is_stay(&encounter) {
+            continue;
+        }
+        if let Some(declaration) = nde::document_declaration(
+            &doc.document_id,
+            &doc.document,
+            &doc.encounter_id,
+            &encounter,
+            now,
+        ) {
+            declared.push(Declared {
+                position: doc.position,
+                encounter,
+                declaration,
+            });
+        }
+    }
+    Ok(declared)
 }
 
 /// PractitionerRoles looked at for one practitioner.
@@ -151,27 +198,34 @@ async fn callback(tx: &Transaction<'_>, rules: &Rules, gp: &str) -> FhirResult<O
 }
 
 /// What one round's coordination brings with it: acknowledged requests
-/// completed (their timers stopped), standing Subscriptions made or ended, and
-/// notification requests (their timers started), each with the position of the
-/// change it comes from. A standing Subscription is changed at most once.
+/// completed (their timers stopped), standing Subscriptions made or ended, the
+/// event declarations, and notification requests (their timers started), each
+/// with the position of the change it comes from. A standing Subscription is
+/// changed at most once.
 pub(super) async fn notices(
     tx: &Transaction<'_>,
     rules: &Rules,
     now: DateTime<Utc>,
-    declared: &[Declared],
-    found: Coordinated,
+    mut found: Coordinated,
 ) -> Result<Vec<(usize, Change)>, Failed> {
     let whole = |error| Failed {
         position: None,
         error,
     };
+    let documents = std::mem::take(&mut found.documents);
+    let mut declared = std::mem::take(&mut found.declared);
+    declared.extend(
+        documents_declared(tx, rules, now, documents)
+            .await
+            .map_err(whole)?,
+    );
     let mut changes = acknowledgements(tx, now, &found.acks).await?;
     let standing = standing_subscriptions(tx, rules, &found.gps)
         .await
         .map_err(whole)?;
     let mut written: HashSet<String> = standing.iter().map(|(_, c)| c.res_id.clone()).collect();
     changes.extend(standing);
-    let requests = requests(tx, rules, declared, &mut written)
+    let requests = requests(tx, rules, &declared, &mut written)
         .await
         .map_err(whole)?;
     let due = now
@@ -185,6 +239,16 @@ pub(super) async fn notices(
         .await
         .map_err(whole)?;
     changes.extend(requests);
+    changes.extend(declared.into_iter().map(|d| {
+        let change = Change {
+            res_type: "CommunicationRequest".to_owned(),
+            res_id: uuid::Uuid::new_v4().to_string(),
+            kind: ChangeKind::Create,
+            resource: Some(d.declaration),
+            if_match: None,
+        };
+        (d.position, change)
+    }));
     Ok(changes)
 }
 

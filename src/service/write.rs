@@ -12,7 +12,7 @@ use chrono::{DateTime, Duration, DurationRound, Utc};
 use deadpool_postgres::Transaction;
 use serde_json::Value;
 
-use super::notices::{self, Ack, Coordinated, Declared, GpChange};
+use super::notices::{self, Ack, Coordinated, Declared, Documented, GpChange};
 use super::notify;
 use crate::coordination;
 use crate::error::{FhirError, FhirResult, Issue};
@@ -235,25 +235,14 @@ async fn apply_round(
         steps.push((change, step));
     }
     let previous = unchanged(tx, &mut steps, &repeats).await.map_err(whole)?;
-    let mut found = coordinate(rules, now, &steps, &previous)?;
+    let found = coordinate(rules, now, &steps, &previous)?;
     let written = write_steps(tx, rules, steps, facts).await?;
     if found.is_empty() {
         return Ok((written, Vec::new()));
     }
-    let declared = std::mem::take(&mut found.declared);
     // Who is told is read after this round's writes, which it may depend on (a
-    // transaction writing the patient's GP with the stay).
-    let mut derived = notices::notices(tx, rules, now, &declared, found).await?;
-    derived.extend(declared.into_iter().map(|d| {
-        let change = Change {
-            res_type: "CommunicationRequest".to_owned(),
-            res_id: uuid::Uuid::new_v4().to_string(),
-            kind: ChangeKind::Create,
-            resource: Some(d.declaration),
-            if_match: None,
-        };
-        (d.position, change)
-    }));
+    // transaction writing the patient's GP, or the discharge, with the stay).
+    let derived = notices::notices(tx, rules, now, found).await?;
     Ok((written, derived))
 }
 
@@ -268,7 +257,7 @@ fn coordinate(
 ) -> Result<Coordinated, Failed> {
     let mut found = Coordinated::default();
     for (position, (change, step)) in steps.iter().enumerate() {
-        let Step::Write(_, resource) = step else {
+        let Step::Write(next, resource) = step else {
             continue;
         };
         let previous = previous.get(&position);
@@ -303,6 +292,23 @@ fn coordinate(
                         patient_id: change.res_id.clone(),
                         added,
                         removed,
+                    });
+                }
+            }
+            // Filed once: a document updated later is no new event.
+            "DocumentReference" if !next.live => {
+                let Some(document) = resource.as_ref() else {
+                    continue;
+                };
+                let filed = document["status"] != "entered-in-error";
+                if let Some(encounter_id) =
+                    coordination::nde::document_stay(document).filter(|_| filed)
+                {
+                    found.documents.push(Documented {
+                        position,
+                        document_id: change.res_id.clone(),
+                        document: document.clone(),
+                        encounter_id: encounter_id.to_owned(),
                     });
                 }
             }

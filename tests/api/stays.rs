@@ -24,11 +24,13 @@ pub fn discharged(id: &str) -> Value {
     s
 }
 
-/// The event declarations of a stay for one event type.
+/// The event declarations of a stay for one event type (the notification
+/// requests to its recipients carry the event type too).
 async fn declarations(s: &TestServer, encounter: &str, event: &str) -> Vec<Value> {
     let bundle = json_of(
         s.get(&format!(
-            "CommunicationRequest?encounter=Encounter/{encounter}&event-type={event}"
+            "CommunicationRequest?encounter=Encounter/{encounter}&event-type={event}\
+             &_profile=https://interop.esante.gouv.fr/ig/fhir/nde/StructureDefinition/nde-eventdeclaration"
         ))
         .await,
         200,
@@ -388,4 +390,61 @@ async fn standing_subscriptions_follow_the_patients_gp() {
     assert!(resp.status().is_success());
     let sub = json_of(s.get(&format!("Subscription/{standing}")).await, 200).await;
     assert_eq!(sub["status"], "off");
+}
+
+#[tokio::test]
+async fn a_discharge_with_its_letter_tells_the_gp_sor_and_doc() {
+    let s = TestServer::start().await;
+    let gp = Receiver::start().await;
+    reachable_gp(&s, &gp.url()).await;
+    put(&s, &stay("st10", "in-progress"), 201).await;
+    assert_eq!(
+        gp.expect().await.json()["extension"][0]["valueCodeableConcept"]["coding"][0]["code"],
+        "ADM"
+    );
+    // A letter filed during the stay is no event: the stay is not over.
+    let draft = json!({"resourceType": "DocumentReference", "status": "current",
+        "type": {"text": "Compte rendu intermédiaire"},
+        "subject": {"reference": "Patient/stay-patient"},
+        "content": [{"attachment": {"contentType": "text/plain", "data": "Qm9u"}}],
+        "context": {"encounter": [{"reference": "Encounter/st10"}]}});
+    json_of(s.post_json("DocumentReference", &draft).await, 201).await;
+    assert!(gp
+        .next(std::time::Duration::from_millis(700))
+        .await
+        .is_none());
+
+    let letter = json!({"resourceType": "DocumentReference", "status": "current",
+        "type": {"coding": [{"system": "http://loinc.org", "code": "11490-0", "display": "Lettre de sortie"}]},
+        "date": "2026-11-20T19:45:00+01:00",
+        "subject": {"reference": "Patient/stay-patient"},
+        "content": [{"attachment": {"contentType": "application/pdf", "url": "https://ch.example/lettres/st10.pdf"}}],
+        "context": {"encounter": [{"reference": "Encounter/st10"}]}});
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": discharged("st10"), "request": {"method": "PUT", "url": "Encounter/st10"}},
+        {"resource": letter, "request": {"method": "POST", "url": "DocumentReference"}}
+    ]});
+    json_of(s.post_json("", &bundle).await, 200).await;
+    let mut codes = Vec::new();
+    for _ in 0..2 {
+        let notice = gp.expect().await.json();
+        codes.push(
+            notice["extension"][0]["valueCodeableConcept"]["coding"][0]["code"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    codes.sort();
+    assert_eq!(codes, ["DOC", "SOR"]);
+    let doc = declarations(&s, "st10", "DOC").await;
+    assert_eq!(doc.len(), 1);
+    assert!(doc[0]["payload"][0]["contentString"]
+        .as_str()
+        .unwrap()
+        .contains("Lettre de sortie"));
+    assert!(gp
+        .next(std::time::Duration::from_millis(700))
+        .await
+        .is_none());
 }
