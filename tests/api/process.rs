@@ -214,8 +214,13 @@ async fn reindex_rebuilds_the_search_index() {
 
 /// `serve` against a database URL, calling back to loopback, retrying quickly.
 fn spawn_serve_url(database_url: &str, port: u16) -> Child {
+    spawn_serve_url_with(database_url, port, &[])
+}
+
+fn spawn_serve_url_with(database_url: &str, port: u16, env: &[(&str, &str)]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_passerelle"))
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .envs(env.iter().copied())
         .env("DATABASE_URL", database_url)
         .env("PASSERELLE_ALLOW_INSECURE_ENDPOINTS", "true")
         .env("PASSERELLE_DELIVERY_BACKOFF_MS", "100")
@@ -352,4 +357,71 @@ async fn statements_of_a_killed_server_do_not_outlive_it() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     blocked.abort();
+}
+
+/// The escalation timer lives in the database: a server killed before a notice
+/// is due leaves it to the next one, which escalates it once.
+#[tokio::test]
+async fn an_escalation_due_after_a_sigkill_happens_once_after_restart() {
+    use crate::receiver::Receiver;
+    use crate::stays::stay;
+
+    let database_url = fresh_database_url().await;
+    let http = reqwest::Client::new();
+    let (gp, desk) = (Receiver::start().await, Receiver::start().await);
+    let settings = [("PASSERELLE_ACK_ESCALATION_AFTER", "3s")];
+    let port = free_port();
+    let mut child = spawn_serve_url_with(&database_url, port, &settings);
+    wait_ready(&http, port).await;
+    let base = format!("http://127.0.0.1:{port}/fhir");
+    let endpoint = |id: &str, address: String| {
+        json!({"resourceType": "Endpoint", "id": id, "status": "active",
+            "connectionType": {"code": "hl7-fhir-rest"}, "payloadType": [{"text": "FHIR"}],
+            "address": address})
+    };
+    let resources = [
+        endpoint("gp-ep", gp.url()),
+        json!({"resourceType": "PractitionerRole", "id": "gp-role",
+            "practitioner": {"reference": "Practitioner/stay-gp"},
+            "endpoint": [{"reference": "Endpoint/gp-ep"}]}),
+        json!({"resourceType": "Patient", "id": "stay-patient",
+            "generalPractitioner": [{"reference": "Practitioner/stay-gp"}]}),
+        endpoint("desk-ep", desk.url()),
+        json!({"resourceType": "Organization", "id": "stay-ch", "name": "CH",
+            "endpoint": [{"reference": "Endpoint/desk-ep"}]}),
+        stay("kill-1", "in-progress"),
+    ];
+    for r in &resources {
+        let url = format!(
+            "{base}/{}/{}",
+            r["resourceType"].as_str().unwrap(),
+            r["id"].as_str().unwrap()
+        );
+        let resp = http
+            .put(url)
+            .header("content-type", "application/fhir+json")
+            .body(r.to_string())
+            .send()
+            .await
+            .expect("PUT");
+        assert_eq!(resp.status(), 201);
+    }
+    gp.expect().await;
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reap");
+
+    let port = free_port();
+    let child = spawn_serve_url_with(&database_url, port, &settings);
+    wait_ready(&http, port).await;
+    let task = desk
+        .next(Duration::from_secs(30))
+        .await
+        .expect("the escalation after restart")
+        .json();
+    assert_eq!(task["code"]["coding"][0]["code"], "escalation");
+    assert!(
+        desk.next(Duration::from_secs(2)).await.is_none(),
+        "escalated once"
+    );
+    terminate(child);
 }
