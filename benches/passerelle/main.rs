@@ -1,6 +1,6 @@
 //! Passerelle's benchmarks, over real HTTP against a real database, each on a fresh
 //! `passerelle_bench` database with the server started in this process:
-//! `cargo bench --bench passerelle -- <rest|search|transaction|subscriptions> [options]`.
+//! `cargo bench --bench passerelle -- <rest|search|transaction|subscriptions|workflow> [options]`.
 //! The figures are in the README.
 
 mod common;
@@ -8,6 +8,7 @@ mod rest;
 mod search;
 mod subscriptions;
 mod transaction;
+mod workflow;
 
 use std::process::ExitCode;
 
@@ -58,6 +59,23 @@ enum Command {
         /// Resources written per Bundle size.
         #[arg(long, default_value_t = 10_000)]
         resources: usize,
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+        #[command(flatten)]
+        db: DatabaseArgs,
+    },
+    /// Discharges of stays told to the patients' GPs: throughput beside updates
+    /// without the workflow, and discharge-to-callback latency.
+    Workflow {
+        /// Patients, each with a GP reachable through an Endpoint (one GP per ten).
+        #[arg(long, default_value_t = 10_000)]
+        patients: usize,
+        /// Encounter updates per throughput phase.
+        #[arg(long, default_value_t = 1000)]
+        writes: usize,
+        /// Discharges timed one at a time for the latency.
+        #[arg(long, default_value_t = 300)]
+        events: usize,
         #[arg(long, default_value_t = 4)]
         concurrency: usize,
         #[command(flatten)]
@@ -136,6 +154,22 @@ async fn main() -> ExitCode {
             subscriptions::run(subscriptions::SubscriptionBenchOptions {
                 database: db.choice(),
                 counts,
+                writes: writes.max(1),
+                events: events.max(1),
+                concurrency: concurrency.max(1),
+            })
+            .await
+        }
+        Command::Workflow {
+            patients,
+            writes,
+            events,
+            concurrency,
+            db,
+        } => {
+            workflow::run(workflow::WorkflowBenchOptions {
+                database: db.choice(),
+                patients: patients.max(1),
                 writes: writes.max(1),
                 events: events.max(1),
                 concurrency: concurrency.max(1),

@@ -1,0 +1,315 @@
+//! `cargo bench --bench passerelle -- workflow`: the discharge workflow at scale.
+//! A population of patients, each with a GP reachable through a PractitionerRole's
+//! Endpoint (the server keeps a standing Subscription for each pair), then: the
+//! write throughput of Encounter updates to `finished` for stays (each one a
+//! discharge: declaration, notification request, delivery) beside the same
+//! updates of outpatient Encounters (no workflow); and the latency from the HTTP
+//! response of a discharge to the arrival of the GP's callback at a listener in
+//! this process.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use serde_json::{json, Value};
+use tokio::sync::Notify;
+
+use crate::common::{run_phase, start_server, Connection, Phase};
+use passerelle::server::{self, DatabaseChoice, StartError};
+
+pub struct WorkflowBenchOptions {
+    pub database: DatabaseChoice,
+    pub patients: usize,
+    /// Encounter updates per throughput phase.
+    pub writes: usize,
+    /// Discharges timed one at a time for the latency.
+    pub events: usize,
+    pub concurrency: usize,
+}
+
+/// When the callback about each stay arrived.
+#[derive(Default)]
+struct Arrivals {
+    at: Mutex<HashMap<String, Instant>>,
+    changed: Notify,
+}
+
+async fn receive(State(arrivals): State<Arc<Arrivals>>, body: Bytes) -> &'static str {
+    let now = Instant::now();
+    let stay = serde_json::from_slice::<Value>(&body).ok().and_then(|v| {
+        let code = v["extension"][0]["valueCodeableConcept"]["coding"][0]["code"].as_str()?;
+        let stay = v["encounter"]["reference"].as_str()?;
+        Some(format!("{code} {stay}"))
+    });
+    if let (Some(stay), Ok(mut at)) = (stay, arrivals.at.lock()) {
+        at.insert(stay, now);
+    }
+    arrivals.changed.notify_waiters();
+    "ok"
+}
+
+/// GPs: one for ten patients.
+fn gps(patients: usize) -> usize {
+    (patients / 10).max(1)
+}
+
+/// The population, in load order: each GP's Endpoint, Practitioner and
+/// PractitionerRole, then the patients.
+fn population(patients: usize, hook: &str) -> Vec<Value> {
+    let mut resources = Vec::with_capacity(3 * gps(patients) + patients);
+    for g in 0..gps(patients) {
+        resources.push(json!({"resourceType": "Endpoint", "id": format!("ep{g}"), "status": "active",
+            "connectionType": {"system": "http://terminology.hl7.org/CodeSystem/endpoint-connection-type", "code": "hl7-fhir-rest"},
+            "payloadType": [{"text": "FHIR"}], "address": format!("{hook}/gp{g}")}));
+        resources.push(json!({"resourceType": "Practitioner", "id": format!("gp{g}"),
+            "identifier": [{"system": "https://rpps.esante.gouv.fr", "value": format!("{}", 10_000_000_000u64 + g as u64)}]}));
+        resources.push(
+            json!({"resourceType": "PractitionerRole", "id": format!("role{g}"), "active": true,
+            "practitioner": {"reference": format!("Practitioner/gp{g}")},
+            "endpoint": [{"reference": format!("Endpoint/ep{g}")}]}),
+        );
+    }
+    for p in 0..patients {
+        resources.push(json!({"resourceType": "Patient", "id": format!("p{p}"),
+            "identifier": [{"system": "urn:oid:1.2.250.1.213.1.4.10", "value": format!("{}", 1_700_000_000_000u64 + p as u64)}],
+            "generalPractitioner": [{"reference": format!("Practitioner/gp{}", p % gps(patients))}]}));
+    }
+    resources
+}
+
+fn encounter(id: &str, patient: usize, class: &str, status: &str) -> String {
+    let mut e = json!({
+        "resourceType": "Encounter", "id": id, "status": status,
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": class},
+        "subject": {"reference": format!("Patient/p{patient}")},
+        "serviceProvider": {"reference": "Organization/chu"},
+        "period": {"start": "2026-11-20T08:00:00+01:00"}
+    });
+    if status == "finished" {
+        e["period"]["end"] = json!("2026-11-27T18:00:00+01:00");
+        e["hospitalization"] = json!({"dischargeDisposition": {"text": "Retour à domicile"}});
+    }
+    e.to_string()
+}
+
+async fn put(conn: &mut Connection, path: &str, body: &str) -> Result<(), String> {
+    let reply = conn.send("PUT", path, Some(body.as_bytes())).await?;
+    match reply.status {
+        200 | 201 => Ok(()),
+        other => Err(format!("PUT {path} answered {other}")),
+    }
+}
+
+/// PUTs `total` Encounters `{tag}-{i}` of `class` in `status`, patients round
+/// robin, with `concurrency` clients.
+async fn encounters(
+    name: &'static str,
+    addr: SocketAddr,
+    options: &WorkflowBenchOptions,
+    tag: &'static str,
+    class: &'static str,
+    status: &'static str,
+) -> Result<Phase, String> {
+    let patients = options.patients;
+    run_phase(
+        name,
+        options.writes,
+        options.concurrency,
+        move |counter| async move {
+            let mut conn = Connection::open(addr).await?;
+            let mut latencies = Vec::new();
+            while let Some(i) = counter.next() {
+                let id = format!("{tag}-{i}");
+                let body = encounter(&id, i % patients, class, status);
+                let t = Instant::now();
+                put(&mut conn, &format!("/fhir/Encounter/{id}"), &body).await?;
+                latencies.push(t.elapsed());
+            }
+            Ok(latencies)
+        },
+    )
+    .await
+}
+
+/// Waits until `n` callbacks have arrived (or two minutes have passed).
+async fn drained(arrivals: &Arrivals, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while arrivals.at.lock().map(|a| a.len()).unwrap_or(0) < n && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Discharges one at a time (each stay admitted first), each timed from the
+/// discharge's HTTP response to the arrival of its SOR at the GP.
+async fn latency(
+    addr: SocketAddr,
+    arrivals: &Arrivals,
+    options: &WorkflowBenchOptions,
+) -> Result<Phase, String> {
+    let mut conn = Connection::open(addr).await?;
+    let mut latencies = Vec::with_capacity(options.events);
+    let started = Instant::now();
+    for i in 0..options.events {
+        let id = format!("l-{i}");
+        let patient = (i * 7919) % options.patients;
+        let path = format!("/fhir/Encounter/{id}");
+        put(
+            &mut conn,
+            &path,
+            &encounter(&id, patient, "IMP", "in-progress"),
+        )
+        .await?;
+        let key = format!("SOR Encounter/{id}");
+        let waiting = arrivals.changed.notified();
+        tokio::pin!(waiting);
+        waiting.as_mut().enable();
+        put(
+            &mut conn,
+            &path,
+            &encounter(&id, patient, "IMP", "finished"),
+        )
+        .await?;
+        let answered = Instant::now();
+        let deadline = answered + Duration::from_secs(10);
+        let arrived = loop {
+            if let Some(at) = arrivals.at.lock().ok().and_then(|a| a.get(&key).copied()) {
+                break at;
+            }
+            if Instant::now() > deadline {
+                return Err(format!("no SOR callback for {id} within 10 s"));
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(50), waiting.as_mut()).await;
+            waiting.set(arrivals.changed.notified());
+            waiting.as_mut().enable();
+        };
+        latencies.push(arrived.saturating_duration_since(answered));
+    }
+    latencies.sort_unstable();
+    Ok(Phase {
+        name: "discharge response -> GP callback received",
+        wall: started.elapsed(),
+        latencies,
+    })
+}
+
+pub async fn run(options: WorkflowBenchOptions) -> Result<String, StartError> {
+    let err = StartError::Database;
+    let database = server::open_bench_database(&options.database, options.concurrency + 8).await?;
+    let arrivals = Arc::new(Arrivals::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let hook = format!("http://{}", listener.local_addr()?);
+    let app = axum::Router::new()
+        .fallback(axum::routing::post(receive))
+        .with_state(arrivals.clone());
+    let receiver = tokio::spawn(async move { axum::serve(listener, app).await });
+    let bench = start_server(&database).await?;
+    let addr = bench.addr;
+
+    let resources = Arc::new(population(options.patients, &hook));
+    let gp_records = 3 * gps(options.patients);
+    // The GPs first (the patients' standing Subscriptions need their endpoints).
+    for (name, range) in [
+        ("GPs with endpoints (HTTP PUT)", 0..gp_records),
+        (
+            "patients, standing subscriptions (HTTP PUT)",
+            gp_records..resources.len(),
+        ),
+    ] {
+        let resources = resources.clone();
+        let first = range.start;
+        let phase = run_phase(name, range.len(), options.concurrency, move |counter| {
+            let resources = resources.clone();
+            async move {
+                let mut conn = Connection::open(addr).await?;
+                let mut latencies = Vec::new();
+                while let Some(i) = counter.next() {
+                    let r = &resources[first + i];
+                    let path = format!(
+                        "/fhir/{}/{}",
+                        r["resourceType"].as_str().unwrap_or_default(),
+                        r["id"].as_str().unwrap_or_default()
+                    );
+                    let t = Instant::now();
+                    put(&mut conn, &path, &r.to_string()).await?;
+                    latencies.push(t.elapsed());
+                }
+                Ok(latencies)
+            }
+        })
+        .await
+        .map_err(err)?;
+        eprintln!("{}", phase.line());
+    }
+    let client = database.pool.get().await.map_err(|e| err(e.to_string()))?;
+    client
+        .batch_execute("VACUUM ANALYZE")
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    drop(client);
+
+    // Outpatient Encounters: the same updates without any workflow.
+    encounters(
+        "outpatient, in progress",
+        addr,
+        &options,
+        "a",
+        "AMB",
+        "in-progress",
+    )
+    .await
+    .map_err(err)?;
+    let without = encounters(
+        "outpatient -> finished (no workflow)",
+        addr,
+        &options,
+        "a",
+        "AMB",
+        "finished",
+    )
+    .await
+    .map_err(err)?;
+    encounters(
+        "stays admitted (ADM to the GP)",
+        addr,
+        &options,
+        "s",
+        "IMP",
+        "in-progress",
+    )
+    .await
+    .map_err(err)?;
+    drained(&arrivals, options.writes).await;
+    let with = encounters(
+        "stays -> finished (SOR to the GP)",
+        addr,
+        &options,
+        "s",
+        "IMP",
+        "finished",
+    )
+    .await
+    .map_err(err)?;
+    drained(&arrivals, 2 * options.writes).await;
+    let latency = latency(addr, &arrivals, &options).await.map_err(err)?;
+    receiver.abort();
+    bench.stop();
+    database.close().await;
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    Ok(format!(
+        "Passerelle bench-workflow: {} patients, {} GPs with endpoints, {} updates per phase, {} clients, {} cores\n{}\n{}\nwith / without: {:.2}\n{}\nlatency p50 {:.1} ms, p99 {:.1} ms",
+        options.patients,
+        gps(options.patients),
+        options.writes,
+        options.concurrency,
+        std::thread::available_parallelism().map_or(0, |p| p.get()),
+        without.line(),
+        with.line(),
+        with.per_second() / without.per_second(),
+        latency.line(),
+        ms(latency.percentile(0.5)),
+        ms(latency.percentile(0.99)),
+    ))
+}
