@@ -17,7 +17,7 @@ use axum::extract::State;
 use serde_json::{json, Value};
 use tokio::sync::Notify;
 
-use crate::common::{run_phase, start_server, Connection, Phase};
+use crate::common::{run_phase, start_server, start_server_with, Connection, Phase};
 use passerelle::server::{self, DatabaseChoice, StartError};
 
 pub struct WorkflowBenchOptions {
@@ -132,6 +132,52 @@ async fn encounters(
         },
     )
     .await
+}
+
+/// Updates to `finished` of outpatient Encounters (no workflow) and of stays
+/// (discharges), each Encounter first written in progress; `tags` name the ids.
+async fn phases(
+    addr: SocketAddr,
+    o: &WorkflowBenchOptions,
+    [outpatient, stays]: [&'static str; 2],
+) -> Result<(Phase, Phase), String> {
+    encounters(
+        "outpatient, in progress",
+        addr,
+        o,
+        outpatient,
+        "AMB",
+        "in-progress",
+    )
+    .await?;
+    let without = encounters(
+        "outpatient -> finished (no workflow)",
+        addr,
+        o,
+        outpatient,
+        "AMB",
+        "finished",
+    )
+    .await?;
+    encounters(
+        "stays admitted (ADM to the GP)",
+        addr,
+        o,
+        stays,
+        "IMP",
+        "in-progress",
+    )
+    .await?;
+    let with = encounters(
+        "stays -> finished (SOR to the GP)",
+        addr,
+        o,
+        stays,
+        "IMP",
+        "finished",
+    )
+    .await?;
+    Ok((without, with))
 }
 
 /// Waits until `n` callbacks have arrived (or two minutes have passed).
@@ -250,64 +296,48 @@ pub async fn run(options: WorkflowBenchOptions) -> Result<String, StartError> {
         .map_err(|e| err(e.to_string()))?;
     drop(client);
 
-    // Outpatient Encounters: the same updates without any workflow.
-    encounters(
-        "outpatient, in progress",
-        addr,
-        &options,
-        "a",
-        "AMB",
-        "in-progress",
+    // First on an instance that writes events and leaves their delivery to
+    // others (the write path with its outbox), then with deliveries running on
+    // the same two cores.
+    bench.stop();
+    let writer = start_server_with(
+        &database,
+        passerelle::delivery::Tuning {
+            workers: 0,
+            ..Default::default()
+        },
     )
-    .await
-    .map_err(err)?;
-    let without = encounters(
-        "outpatient -> finished (no workflow)",
-        addr,
-        &options,
-        "a",
-        "AMB",
-        "finished",
-    )
-    .await
-    .map_err(err)?;
-    encounters(
-        "stays admitted (ADM to the GP)",
-        addr,
-        &options,
-        "s",
-        "IMP",
-        "in-progress",
-    )
-    .await
-    .map_err(err)?;
-    drained(&arrivals, options.writes).await;
-    let with = encounters(
-        "stays -> finished (SOR to the GP)",
-        addr,
-        &options,
-        "s",
-        "IMP",
-        "finished",
-    )
-    .await
-    .map_err(err)?;
+    .await?;
+    let outbox = phases(writer.addr, &options, ["a1", "s1"])
+        .await
+        .map_err(err)?;
+    writer.stop();
+    let bench = start_server(&database).await?;
+    let addr = bench.addr;
     drained(&arrivals, 2 * options.writes).await;
+    let delivering = phases(addr, &options, ["a2", "s2"]).await.map_err(err)?;
+    drained(&arrivals, 4 * options.writes).await;
     let latency = latency(addr, &arrivals, &options).await.map_err(err)?;
     receiver.abort();
     bench.stop();
     database.close().await;
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let ratio = |(without, with): &(Phase, Phase)| with.per_second() / without.per_second();
     Ok(format!(
-        "Passerelle bench-workflow: {} patients, {} GPs with endpoints, {} updates per phase, {} clients, {} cores\n{}\n{}\nwith / without: {:.2}\n{}\nlatency p50 {:.1} ms, p99 {:.1} ms",
+        "Passerelle bench-workflow: {} patients, {} GPs with endpoints, {} updates per phase, {} clients, {} cores\n\
+         outbox only (deliveries on another instance):\n{}\n{}\nwith / without: {:.2}\n\
+         deliveries running on the same cores:\n{}\n{}\nwith / without: {:.2}\n{}\nlatency p50 {:.1} ms, p99 {:.1} ms",
         options.patients,
         gps(options.patients),
         options.writes,
         options.concurrency,
         std::thread::available_parallelism().map_or(0, |p| p.get()),
-        without.line(),
-        with.line(),
-        with.per_second() / without.per_second(),
+        outbox.0.line(),
+        outbox.1.line(),
+        ratio(&outbox),
+        delivering.0.line(),
+        delivering.1.line(),
+        ratio(&delivering),
         latency.line(),
         ms(latency.percentile(0.5)),
         ms(latency.percentile(0.99)),
