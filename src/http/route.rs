@@ -27,6 +27,8 @@ pub enum Route {
     Compartment(String, String, String),
     /// `[base]/[type]/[id]/$everything`
     Everything(String, String),
+    /// `[base]/Patient/[id]/$care-circle`
+    CareCircle(String),
     /// `[base]/$export`, `[base]/Patient/$export`, `[base]/Group/[id]/$export`:
     /// the type (`Patient`, `Group`) and the Group's id.
     Export(Option<String>, Option<String>),
@@ -53,6 +55,7 @@ impl Route {
             Route::Version(..) => "/fhir/{type}/{id}/_history/{vid}",
             Route::Compartment(..) => "/fhir/{compartment}/{id}/{type}",
             Route::Everything(..) => "/fhir/{type}/{id}/$everything",
+            Route::CareCircle(_) => "/fhir/Patient/{id}/$care-circle",
             Route::Export(None, _) => "/fhir/$export",
             Route::Export(Some(_), None) => "/fhir/Patient/$export",
             Route::Export(Some(_), Some(_)) => "/fhir/Group/{id}/$export",
@@ -119,6 +122,7 @@ pub fn parse(path: &str) -> FhirResult<Route> {
         }
         [t, id] => Ok(Route::Instance(resource_type(t)?, resource_id(id)?)),
         [t, id, "_history"] => Ok(Route::InstanceHistory(resource_type(t)?, resource_id(id)?)),
+        ["Patient", id, "$care-circle"] => Ok(Route::CareCircle(resource_id(id)?)),
         [t @ ("Patient" | "Encounter"), id, "$everything"] => {
             Ok(Route::Everything((*t).to_owned(), resource_id(id)?))
         }

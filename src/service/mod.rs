@@ -4,6 +4,7 @@
 
 pub mod bundle;
 pub mod capability;
+mod circle;
 mod escalation;
 pub mod export;
 mod history;
@@ -22,6 +23,7 @@ use crate::error::FhirResult;
 use crate::search;
 use crate::search::params::ParamTable;
 
+pub use circle::care_circle;
 pub use escalation::{escalate_due, watch_escalations};
 pub use history::{history, HistoryPage};
 pub use notify::Fact;

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use super::write::Failed;
 use super::{Change, ChangeKind, Rules};
 use crate::coordination::recipients::{self, Recipient};
-use crate::coordination::{acknowledgement, nde};
+use crate::coordination::{acknowledgement, circle, nde};
 use crate::error::{FhirError, FhirResult, Issue};
 use crate::search::{self, Handling};
 use crate::store;
@@ -32,8 +32,17 @@ pub(super) struct Declared {
 pub(super) struct GpChange {
     pub position: usize,
     pub patient_id: String,
+    /// The new version (none for a delete).
+    pub patient: Option<Value>,
     pub added: Vec<String>,
     pub removed: Vec<String>,
+}
+
+/// A stay written: its CareTeam follows it.
+pub(super) struct StayWritten {
+    pub position: usize,
+    pub encounter_id: String,
+    pub encounter: Value,
 }
 
 /// A write that claims to acknowledge a notification request.
@@ -58,6 +67,7 @@ pub(super) struct Coordinated {
     pub declared: Vec<Declared>,
     pub documents: Vec<Documented>,
     pub gps: Vec<GpChange>,
+    pub stays: Vec<StayWritten>,
     pub acks: Vec<Ack>,
 }
 
@@ -66,6 +76,7 @@ impl Coordinated {
         self.declared.is_empty()
             && self.documents.is_empty()
             && self.gps.is_empty()
+            && self.stays.is_empty()
             && self.acks.is_empty()
     }
 }
@@ -220,6 +231,7 @@ pub(super) async fn notices(
             .map_err(whole)?,
     );
     let mut changes = acknowledgements(tx, now, &found.acks).await?;
+    changes.extend(care_teams(tx, now, &found).await.map_err(whole)?);
     let standing = standing_subscriptions(tx, rules, &found.gps)
         .await
         .map_err(whole)?;
@@ -249,6 +261,56 @@ pub(super) async fn notices(
         };
         (d.position, change)
     }));
+    Ok(changes)
+}
+
+/// The care circles of the patients whose GPs changed, and the CareTeams of the
+/// stays written, where they change.
+async fn care_teams(
+    tx: &Transaction<'_>,
+    now: DateTime<Utc>,
+    found: &Coordinated,
+) -> FhirResult<Vec<(usize, Change)>> {
+    let update = |position, res_id: String, resource| {
+        (
+            position,
+            Change {
+                res_type: "CareTeam".to_owned(),
+                res_id,
+                kind: ChangeKind::Update,
+                resource: Some(resource),
+                if_match: None,
+            },
+        )
+    };
+    let mut changes = Vec::new();
+    for gp in &found.gps {
+        let id = circle::circle_id(&gp.patient_id);
+        let previous = current(tx, "CareTeam", &id).await?;
+        let gps = gp
+            .patient
+            .as_ref()
+            .map(recipients::general_practitioners)
+            .unwrap_or_default();
+        if let Some(circle) = circle::care_circle(
+            &gp.patient_id,
+            gp.patient.as_ref(),
+            previous.as_ref(),
+            &gps,
+            now,
+        ) {
+            changes.push(update(gp.position, id, circle));
+        }
+    }
+    for stay in &found.stays {
+        let id = circle::stay_team_id(&stay.encounter_id);
+        let previous = current(tx, "CareTeam", &id).await?;
+        if let Some(team) =
+            circle::stay_team(&stay.encounter_id, &stay.encounter, previous.as_ref(), now)
+        {
+            changes.push(update(stay.position, id, team));
+        }
+    }
     Ok(changes)
 }
 

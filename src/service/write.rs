@@ -12,7 +12,7 @@ use chrono::{DateTime, Duration, DurationRound, Utc};
 use deadpool_postgres::Transaction;
 use serde_json::Value;
 
-use super::notices::{self, Ack, Coordinated, Declared, Documented, GpChange};
+use super::notices::{self, Ack, Coordinated, Declared, Documented, GpChange, StayWritten};
 use super::notify;
 use crate::coordination;
 use crate::error::{FhirError, FhirResult, Issue};
@@ -263,6 +263,13 @@ fn coordinate(
         let previous = previous.get(&position);
         match change.res_type.as_str() {
             "Encounter" => {
+                if let Some(encounter) = resource.as_ref().filter(|e| rules.stays.is_stay(e)) {
+                    found.stays.push(StayWritten {
+                        position,
+                        encounter_id: change.res_id.clone(),
+                        encounter: encounter.clone(),
+                    });
+                }
                 let declarations = coordination::encounter_declarations(
                     &rules.stays,
                     &change.res_id,
@@ -290,6 +297,7 @@ fn coordinate(
                     found.gps.push(GpChange {
                         position,
                         patient_id: change.res_id.clone(),
+                        patient: resource.clone(),
                         added,
                         removed,
                     });

@@ -44,10 +44,11 @@ async fn scenarios_load_twice_and_answer_their_questions() {
         }
     }
     let versions = json_of(s.get("_history?_count=1000").await, 200).await;
-    // 48 resources, and the admission the orthopaedic stay (in progress) declares.
+    // 48 resources, the admission the orthopaedic stay (in progress) declares and
+    // its CareTeam, and the care circles of the five patients with a GP.
     assert_eq!(
         versions["entry"].as_array().map(Vec::len),
-        Some(49),
+        Some(55),
         "the second load wrote no version"
     );
     let declared = json_of(
@@ -147,9 +148,14 @@ async fn everything_about_a_patient_and_a_stay() {
         serde_json::from_str(&std::fs::read_to_string(file).expect("read")).expect("json");
     json_of(s.post_json("", &bundle).await, 200).await;
     let record = json_of(s.get("Patient/fx-discharge-patient/$everything").await, 200).await;
+    let circle = format!(
+        "CareTeam/{}",
+        passerelle::coordination::circle::circle_id("fx-discharge-patient")
+    );
     assert_eq!(
         refs_by_mode(&record, "match"),
         [
+            circle.as_str(),
             "CommunicationRequest/fx-discharge-notice",
             "Encounter/fx-discharge-stay",
             "Patient/fx-discharge-patient"

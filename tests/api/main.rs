@@ -3,6 +3,7 @@
 mod acknowledgements;
 mod agreement;
 mod bundles;
+mod circles;
 mod conditional;
 mod errors;
 mod export;

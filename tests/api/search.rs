@@ -599,9 +599,15 @@ async fn patient_compartment_post_search_and_reference_identifiers() {
     assert!(ids(&s, "Patient/louis/Encounter?status=finished")
         .await
         .is_empty());
+    // Her care circle (she has a GP) and the team she is a participant of.
+    let mut teams = vec![
+        passerelle::coordination::circle::circle_id("jeanne"),
+        "ville".to_owned(),
+    ];
+    teams.sort();
     assert_eq!(
         ids(&s, "Patient/jeanne/CareTeam").await,
-        ["ville"],
+        teams,
         "as a participant"
     );
     assert_eq!(ids(&s, "Patient/jeanne/Patient").await, ["jeanne"]);

@@ -25,7 +25,7 @@ use operations::{
     ws_binding_token,
 };
 use reads::{history, read, vread};
-use searches::{compartment_search, everything, form_search, search, system_search};
+use searches::{care_circle, compartment_search, everything, form_search, search, system_search};
 use writes::{conditional_delete, conditional_update, create, delete, patch, transaction, update};
 
 /// A FHIR request, parsed at the edge.
@@ -119,6 +119,7 @@ pub async fn handle(state: &AppState, req: FhirRequest) -> FhirResult<Reply> {
             compartment_search(state, &req, compartment, id, t).await
         }
         (&Method::GET, Route::Everything(t, id)) => everything(state, &req, t, id).await,
+        (&Method::GET, Route::CareCircle(id)) => care_circle(state, &req, id).await,
         (&Method::POST, Route::Type(t)) => create(state, &req, t).await,
         (&Method::PUT, Route::Type(t)) => conditional_update(state, &req, t).await,
         (&Method::DELETE, Route::Type(t)) => conditional_delete(state, &req, t).await,

@@ -73,6 +73,17 @@ pub(super) async fn everything(
     )
 }
 
+/// `Patient/[id]/$care-circle`.
+pub(super) async fn care_circle(
+    state: &AppState,
+    req: &FhirRequest,
+    id: &str,
+) -> FhirResult<Reply> {
+    let params_in_force = state.rules.catalog.params.current();
+    let page = service::care_circle(&state.pool, &params_in_force, id).await?;
+    searchset_reply(req, &format!("/Patient/{id}/$care-circle"), &[], &page)
+}
+
 /// The types of a system search: `_type`, or every type.
 pub(super) fn system_search_types(params: &[(String, String)]) -> FhirResult<Vec<String>> {
     let listed: Vec<String> = params
