@@ -59,6 +59,13 @@ pub fn capability_statement(
                     "definition": format!("http://hl7.org/fhir/OperationDefinition/{rt}-everything"),
                 }));
             }
+            if rt == "Patient" {
+                operations.push(json!({
+                    "name": "care-circle",
+                    "definition": "https://passerelle.example.fr/fhir/OperationDefinition/Patient-care-circle",
+                    "documentation": "Who is in the patient's care circle now: the active CareTeams about the patient, their current members and the PractitionerRoles, Organizations and Endpoints that reach them (a searchset).",
+                }));
+            }
             if matches!(rt, "Patient" | "Group") {
                 operations.push(json!({
                     "name": "export",

@@ -65,4 +65,18 @@ async fn the_care_circle_shows_who_to_call_now() {
     assert!(!refs_by_mode(&circle, "include").contains(&"Practitioner/hospitalist".to_owned()));
 
     assert_eq!(s.get("Patient/nobody/$care-circle").await.status(), 404);
+    // Declared in the CapabilityStatement.
+    let metadata = json_of(s.get("metadata").await, 200).await;
+    let patient = metadata["rest"][0]["resource"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["type"] == "Patient")
+        .unwrap()
+        .clone();
+    assert!(patient["operation"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|o| o["name"] == "care-circle"));
 }
