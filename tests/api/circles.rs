@@ -30,7 +30,10 @@ async fn the_care_circle_shows_who_to_call_now() {
     let teams = refs_by_mode(&circle, "match");
     let circle_id = passerelle::coordination::circle::circle_id("stay-patient");
     let team_id = passerelle::coordination::circle::stay_team_id("circ1");
-    let mut expected = vec![format!("CareTeam/{circle_id}"), format!("CareTeam/{team_id}")];
+    let mut expected = vec![
+        format!("CareTeam/{circle_id}"),
+        format!("CareTeam/{team_id}"),
+    ];
     expected.sort();
     let mut teams_sorted = teams.clone();
     teams_sorted.sort();
@@ -48,10 +51,20 @@ async fn the_care_circle_shows_who_to_call_now() {
     );
     // The GP's role in the circle, and "the patients whose circle I am in".
     let team = json_of(s.get(&format!("CareTeam/{circle_id}")).await, 200).await;
-    assert_eq!(team["participant"][0]["role"][0]["coding"][0]["code"], "PCP");
-    let mine = json_of(s.get("CareTeam?participant=Practitioner/stay-gp").await, 200).await;
+    assert_eq!(
+        team["participant"][0]["role"][0]["coding"][0]["code"],
+        "PCP"
+    );
+    let mine = json_of(
+        s.get("CareTeam?participant=Practitioner/stay-gp").await,
+        200,
+    )
+    .await;
     assert_eq!(mine["total"], 1);
-    assert_eq!(mine["entry"][0]["resource"]["subject"]["reference"], "Patient/stay-patient");
+    assert_eq!(
+        mine["entry"][0]["resource"]["subject"]["reference"],
+        "Patient/stay-patient"
+    );
 
     // After the discharge the stay's team is over: the circle alone remains.
     let mut left = discharged("circ1");
@@ -59,9 +72,15 @@ async fn the_care_circle_shows_who_to_call_now() {
     put(&s, &left, 200).await;
     let team = json_of(s.get(&format!("CareTeam/{team_id}")).await, 200).await;
     assert_eq!(team["status"], "inactive");
-    assert_eq!(team["participant"][0]["period"]["end"], "2026-11-20T19:40:00+01:00");
+    assert_eq!(
+        team["participant"][0]["period"]["end"],
+        "2026-11-20T19:40:00+01:00"
+    );
     let circle = json_of(s.get("Patient/stay-patient/$care-circle").await, 200).await;
-    assert_eq!(refs_by_mode(&circle, "match"), [format!("CareTeam/{circle_id}")]);
+    assert_eq!(
+        refs_by_mode(&circle, "match"),
+        [format!("CareTeam/{circle_id}")]
+    );
     assert!(!refs_by_mode(&circle, "include").contains(&"Practitioner/hospitalist".to_owned()));
 
     assert_eq!(s.get("Patient/nobody/$care-circle").await.status(), 404);
