@@ -1,16 +1,19 @@
 //! What the benchmarks share: phases of timed operations, an HTTP client per worker,
 //! and the server they measure, started in this process over a fresh database.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use axum::extract::State;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use passerelle::server::{self, Database, ServeOptions, StartError};
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 
 /// Latencies of one phase.
 pub struct Phase {
@@ -155,6 +158,99 @@ impl Connection {
             .await
             .map_err(|e| e.to_string())?;
         Ok(HttpReply { status, location })
+    }
+}
+
+/// When the callback about each key (what `key` reads of its body) arrived at a
+/// [`Listener`].
+pub struct Arrivals {
+    at: Mutex<HashMap<String, Instant>>,
+    changed: Notify,
+    key: fn(&serde_json::Value) -> Option<String>,
+}
+
+/// A listener in the bench process standing for the subscribers' endpoints;
+/// stops when dropped.
+pub struct Listener {
+    pub arrivals: Arc<Arrivals>,
+    /// Its base URL: any path under it is received.
+    pub base: String,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn receive(State(arrivals): State<Arc<Arrivals>>, body: Bytes) -> &'static str {
+    let now = Instant::now();
+    let key = serde_json::from_slice(&body)
+        .ok()
+        .and_then(|v| (arrivals.key)(&v));
+    if let (Some(key), Ok(mut at)) = (key, arrivals.at.lock()) {
+        at.insert(key, now);
+    }
+    arrivals.changed.notify_waiters();
+    "ok"
+}
+
+impl Listener {
+    /// Listens on a loopback port, noting callbacks by `key`.
+    pub async fn start(key: fn(&serde_json::Value) -> Option<String>) -> std::io::Result<Listener> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let base = format!("http://{}", listener.local_addr()?);
+        let arrivals = Arc::new(Arrivals {
+            at: Mutex::new(HashMap::new()),
+            changed: Notify::new(),
+            key,
+        });
+        let app = axum::Router::new()
+            .fallback(axum::routing::post(receive))
+            .with_state(arrivals.clone());
+        let task = tokio::spawn(async move { axum::serve(listener, app).await });
+        Ok(Listener {
+            arrivals,
+            base,
+            task,
+        })
+    }
+}
+
+impl Arrivals {
+    /// Waits until `n` callbacks have arrived (or two minutes have passed).
+    pub async fn drained(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while self.at.lock().map(|a| a.len()).unwrap_or(0) < n && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Runs `write`, then waits for the callback keyed `key`: the time from the
+    /// end of the write to the callback's arrival.
+    pub async fn time(
+        &self,
+        key: &str,
+        write: impl std::future::Future<Output = Result<(), String>>,
+    ) -> Result<Duration, String> {
+        let waiting = self.changed.notified();
+        tokio::pin!(waiting);
+        waiting.as_mut().enable();
+        write.await?;
+        let answered = Instant::now();
+        let deadline = answered + Duration::from_secs(10);
+        loop {
+            if let Some(at) = self.at.lock().ok().and_then(|a| a.get(key).copied()) {
+                return Ok(at.saturating_duration_since(answered));
+            }
+            if Instant::now() > deadline {
+                return Err(format!("no callback for {key} within 10 s"));
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(50), waiting.as_mut()).await;
+            waiting.set(self.changed.notified());
+            waiting.as_mut().enable();
+        }
     }
 }
 

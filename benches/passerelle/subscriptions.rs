@@ -4,16 +4,13 @@
 //! and that each match one subscription, and the latency from the HTTP response of
 //! a matching write to the callback's arrival at a listener in this process.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
-use axum::extract::State;
 use serde_json::json;
-use tokio::sync::Notify;
 
-use crate::common::{run_phase, start_server, start_server_with, Connection, Phase};
+use crate::common::{
+    run_phase, start_server, start_server_with, Arrivals, Connection, Listener, Phase,
+};
 use passerelle::server::{self, DatabaseChoice, StartError};
 
 pub struct SubscriptionBenchOptions {
@@ -25,25 +22,6 @@ pub struct SubscriptionBenchOptions {
     /// Matching writes timed one at a time for the latency.
     pub events: usize,
     pub concurrency: usize,
-}
-
-/// When each notified Encounter's callback arrived.
-#[derive(Default)]
-struct Arrivals {
-    at: Mutex<HashMap<String, Instant>>,
-    changed: Notify,
-}
-
-async fn receive(State(arrivals): State<Arc<Arrivals>>, body: Bytes) -> &'static str {
-    let now = Instant::now();
-    let id = serde_json::from_slice::<serde_json::Value>(&body)
-        .ok()
-        .and_then(|v| v["id"].as_str().map(str::to_owned));
-    if let (Some(id), Ok(mut at)) = (id, arrivals.at.lock()) {
-        at.insert(id, now);
-    }
-    arrivals.changed.notify_waiters();
-    "ok"
 }
 
 fn encounter(id: &str, patient: usize, status: &str) -> String {
@@ -104,14 +82,6 @@ async fn writes(
     .await
 }
 
-/// Waits until `n` callbacks have arrived (or two minutes have passed).
-async fn drained(arrivals: &Arrivals, n: usize) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while arrivals.at.lock().map(|a| a.len()).unwrap_or(0) < n && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// Matching writes one at a time, each timed from its HTTP response to the
 /// arrival of its callback.
 async fn latency(
@@ -125,24 +95,8 @@ async fn latency(
     let started = Instant::now();
     for i in 0..events {
         let id = format!("l-{i}");
-        let waiting = arrivals.changed.notified();
-        tokio::pin!(waiting);
-        waiting.as_mut().enable();
-        put_encounter(&mut conn, &id, i % patients, "finished").await?;
-        let answered = Instant::now();
-        let deadline = answered + Duration::from_secs(10);
-        let arrived = loop {
-            if let Some(at) = arrivals.at.lock().ok().and_then(|a| a.get(&id).copied()) {
-                break at;
-            }
-            if Instant::now() > deadline {
-                return Err(format!("no callback for {id} within 10 s"));
-            }
-            let _ = tokio::time::timeout(Duration::from_millis(50), waiting.as_mut()).await;
-            waiting.set(arrivals.changed.notified());
-            waiting.as_mut().enable();
-        };
-        latencies.push(arrived.saturating_duration_since(answered));
+        let write = put_encounter(&mut conn, &id, i % patients, "finished");
+        latencies.push(arrivals.time(&id, write).await?);
     }
     latencies.sort_unstable();
     Ok(Phase {
@@ -165,13 +119,10 @@ struct Row {
 async fn measure(options: &SubscriptionBenchOptions, count: usize) -> Result<Row, StartError> {
     let err = StartError::Database;
     let database = server::open_bench_database(&options.database, options.concurrency + 8).await?;
-    let arrivals = Arc::new(Arrivals::default());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let hook = format!("http://{}/hook", listener.local_addr()?);
-    let app = axum::Router::new()
-        .fallback(axum::routing::post(receive))
-        .with_state(arrivals.clone());
-    let receiver = tokio::spawn(async move { axum::serve(listener, app).await });
+    // Callbacks carry the Encounter (full-resource R4 payload): noted by its id.
+    let listener = Listener::start(|v| v["id"].as_str().map(str::to_owned)).await?;
+    let arrivals = listener.arrivals.clone();
+    let hook = format!("{}/hook", listener.base);
 
     // An instance that writes events but does not deliver them.
     let writer = start_server_with(
@@ -234,7 +185,7 @@ async fn measure(options: &SubscriptionBenchOptions, count: usize) -> Result<Row
     let bench = start_server(&database).await?;
     let addr = bench.addr;
     let expected = if count == 0 { 0 } else { n };
-    drained(&arrivals, expected).await;
+    arrivals.drained(expected).await;
     let matched_live = writes(
         "matching, delivering",
         addr,
@@ -249,14 +200,14 @@ async fn measure(options: &SubscriptionBenchOptions, count: usize) -> Result<Row
     let latency = if count == 0 {
         None
     } else {
-        drained(&arrivals, 2 * n).await;
+        arrivals.drained(2 * n).await;
         Some(
             latency(addr, &arrivals, options.events, patients)
                 .await
                 .map_err(err)?,
         )
     };
-    receiver.abort();
+    drop(listener);
     bench.stop();
     database.close().await;
     Ok(Row {

@@ -7,17 +7,15 @@
 //! response of a discharge to the arrival of the GP's callback at a listener in
 //! this process.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
-use axum::extract::State;
 use serde_json::{json, Value};
-use tokio::sync::Notify;
 
-use crate::common::{run_phase, start_server, start_server_with, Connection, Phase};
+use crate::common::{
+    run_phase, start_server, start_server_with, Arrivals, Connection, Listener, Phase,
+};
 use passerelle::server::{self, DatabaseChoice, StartError};
 
 pub struct WorkflowBenchOptions {
@@ -30,25 +28,11 @@ pub struct WorkflowBenchOptions {
     pub concurrency: usize,
 }
 
-/// When the callback about each stay arrived.
-#[derive(Default)]
-struct Arrivals {
-    at: Mutex<HashMap<String, Instant>>,
-    changed: Notify,
-}
-
-async fn receive(State(arrivals): State<Arc<Arrivals>>, body: Bytes) -> &'static str {
-    let now = Instant::now();
-    let stay = serde_json::from_slice::<Value>(&body).ok().and_then(|v| {
-        let code = v["extension"][0]["valueCodeableConcept"]["coding"][0]["code"].as_str()?;
-        let stay = v["encounter"]["reference"].as_str()?;
-        Some(format!("{code} {stay}"))
-    });
-    if let (Some(stay), Ok(mut at)) = (stay, arrivals.at.lock()) {
-        at.insert(stay, now);
-    }
-    arrivals.changed.notify_waiters();
-    "ok"
+/// The event and the stay of a notification request: `SOR Encounter/l-3`.
+fn event_of(request: &Value) -> Option<String> {
+    let code = request["extension"][0]["valueCodeableConcept"]["coding"][0]["code"].as_str()?;
+    let stay = request["encounter"]["reference"].as_str()?;
+    Some(format!("{code} {stay}"))
 }
 
 /// GPs: one for ten patients.
@@ -180,14 +164,6 @@ async fn phases(
     Ok((without, with))
 }
 
-/// Waits until `n` callbacks have arrived (or two minutes have passed).
-async fn drained(arrivals: &Arrivals, n: usize) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while arrivals.at.lock().map(|a| a.len()).unwrap_or(0) < n && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// Discharges one at a time (each stay admitted first), each timed from the
 /// discharge's HTTP response to the arrival of its SOR at the GP.
 async fn latency(
@@ -208,30 +184,9 @@ async fn latency(
             &encounter(&id, patient, "IMP", "in-progress"),
         )
         .await?;
-        let key = format!("SOR Encounter/{id}");
-        let waiting = arrivals.changed.notified();
-        tokio::pin!(waiting);
-        waiting.as_mut().enable();
-        put(
-            &mut conn,
-            &path,
-            &encounter(&id, patient, "IMP", "finished"),
-        )
-        .await?;
-        let answered = Instant::now();
-        let deadline = answered + Duration::from_secs(10);
-        let arrived = loop {
-            if let Some(at) = arrivals.at.lock().ok().and_then(|a| a.get(&key).copied()) {
-                break at;
-            }
-            if Instant::now() > deadline {
-                return Err(format!("no SOR callback for {id} within 10 s"));
-            }
-            let _ = tokio::time::timeout(Duration::from_millis(50), waiting.as_mut()).await;
-            waiting.set(arrivals.changed.notified());
-            waiting.as_mut().enable();
-        };
-        latencies.push(arrived.saturating_duration_since(answered));
+        let discharge = encounter(&id, patient, "IMP", "finished");
+        let write = put(&mut conn, &path, &discharge);
+        latencies.push(arrivals.time(&format!("SOR Encounter/{id}"), write).await?);
     }
     latencies.sort_unstable();
     Ok(Phase {
@@ -244,13 +199,8 @@ async fn latency(
 pub async fn run(options: WorkflowBenchOptions) -> Result<String, StartError> {
     let err = StartError::Database;
     let database = server::open_bench_database(&options.database, options.concurrency + 8).await?;
-    let arrivals = Arc::new(Arrivals::default());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let hook = format!("http://{}", listener.local_addr()?);
-    let app = axum::Router::new()
-        .fallback(axum::routing::post(receive))
-        .with_state(arrivals.clone());
-    let receiver = tokio::spawn(async move { axum::serve(listener, app).await });
+    let listener = Listener::start(event_of).await?;
+    let (arrivals, hook) = (listener.arrivals.clone(), listener.base.clone());
     let bench = start_server(&database).await?;
     let addr = bench.addr;
 
@@ -314,11 +264,11 @@ pub async fn run(options: WorkflowBenchOptions) -> Result<String, StartError> {
     writer.stop();
     let bench = start_server(&database).await?;
     let addr = bench.addr;
-    drained(&arrivals, 2 * options.writes).await;
+    arrivals.drained(2 * options.writes).await;
     let delivering = phases(addr, &options, ["a2", "s2"]).await.map_err(err)?;
-    drained(&arrivals, 4 * options.writes).await;
+    arrivals.drained(4 * options.writes).await;
     let latency = latency(addr, &arrivals, &options).await.map_err(err)?;
-    receiver.abort();
+    drop(listener);
     bench.stop();
     database.close().await;
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;

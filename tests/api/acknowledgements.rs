@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 
 use crate::receiver::Receiver;
 use crate::stays::{discharged, put, reachable_gp, stay};
-use crate::support::{fresh_database, json_of, outcome_of, test_options, TestServer};
+use crate::support::{found, fresh_database, json_of, outcome_of, test_options, TestServer};
 
 const CODES: &str = "https://passerelle.example.fr/fhir/CodeSystem/coordination";
 
@@ -39,16 +39,7 @@ async fn hospital_desk(s: &TestServer, address: &str) {
 }
 
 async fn escalations(s: &TestServer) -> Vec<Value> {
-    let bundle = json_of(
-        s.get(&format!("Task?code={CODES}%7Cescalation&_count=100"))
-            .await,
-        200,
-    )
-    .await;
-    bundle["entry"]
-        .as_array()
-        .map(|e| e.iter().map(|e| e["resource"].clone()).collect())
-        .unwrap_or_default()
+    found(s, &format!("Task?code={CODES}%7Cescalation&_count=100")).await
 }
 
 #[tokio::test]

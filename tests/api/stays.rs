@@ -5,7 +5,7 @@ use serde_json::{json, Value};
 
 use crate::receiver::Receiver;
 use crate::subscriptions::r4_subscription;
-use crate::support::{json_of, outcome_of, TestServer};
+use crate::support::{found, json_of, outcome_of, TestServer};
 
 pub fn stay(id: &str, status: &str) -> Value {
     json!({
@@ -27,19 +27,14 @@ pub fn discharged(id: &str) -> Value {
 /// The event declarations of a stay for one event type (the notification
 /// requests to its recipients carry the event type too).
 async fn declarations(s: &TestServer, encounter: &str, event: &str) -> Vec<Value> {
-    let bundle = json_of(
-        s.get(&format!(
+    found(
+        s,
+        &format!(
             "CommunicationRequest?encounter=Encounter/{encounter}&event-type={event}\
              &_profile=https://interop.esante.gouv.fr/ig/fhir/nde/StructureDefinition/nde-eventdeclaration"
-        ))
-        .await,
-        200,
+        ),
     )
-    .await;
-    bundle["entry"]
-        .as_array()
-        .map(|e| e.iter().map(|e| e["resource"].clone()).collect())
-        .unwrap_or_default()
+    .await
 }
 
 pub async fn put(s: &TestServer, resource: &Value, status: u16) -> Value {

@@ -266,6 +266,15 @@ impl TestServer {
     }
 }
 
+/// The resources a search answers, in order.
+pub async fn found(s: &TestServer, query: &str) -> Vec<Value> {
+    let bundle = json_of(s.get(query).await, 200).await;
+    bundle["entry"]
+        .as_array()
+        .map(|e| e.iter().map(|e| e["resource"].clone()).collect())
+        .unwrap_or_default()
+}
+
 /// Reads a response body as JSON.
 pub async fn body_json(resp: reqwest::Response) -> Value {
     let text = resp.text().await.expect("body");
