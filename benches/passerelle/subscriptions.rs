@@ -24,10 +24,12 @@ pub struct SubscriptionBenchOptions {
     pub concurrency: usize,
 }
 
+/// An outpatient Encounter: what is measured here is subscription matching
+/// alone; the stays' workflow has its own bench (`workflow`).
 fn encounter(id: &str, patient: usize, status: &str) -> String {
     json!({
         "resourceType": "Encounter", "id": id, "status": status,
-        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IMP"},
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
         "subject": {"reference": format!("Patient/p{patient}")},
         "serviceProvider": {"reference": "Organization/chu"},
         "period": {"start": "2026-11-20T08:00:00+01:00"}
