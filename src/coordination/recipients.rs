@@ -158,8 +158,9 @@ pub fn escalation_subscription_id(owner: &str) -> String {
 pub fn escalation_subscription(owner: &Recipient) -> Value {
     kept_for(
         owner,
+        // New escalations only: the owner's own updates of the Task are not news.
         format!(
-            "Task?owner={}&code={}|{}",
+            "Task?owner={}&status=requested&code={}|{}",
             owner.reference,
             super::acknowledgement::CODE_SYSTEM,
             super::acknowledgement::ESCALATION

@@ -140,6 +140,15 @@ async fn an_unacknowledged_notice_is_escalated_once_to_the_hospital() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(escalations(&s).await.len(), 1);
     assert!(desk.next(Duration::from_millis(300)).await.is_none());
+    // The desk taking the Task in hand is no news to the desk.
+    let mut taken = task.clone();
+    taken["status"] = json!("in-progress");
+    let id = task["id"].as_str().unwrap();
+    put(&s, &taken, 200).await;
+    assert!(
+        desk.next(Duration::from_millis(700)).await.is_none(),
+        "{id}"
+    );
 }
 
 #[tokio::test]
