@@ -142,7 +142,8 @@ fn read_entry(head: &Head, version: store::StoredVersion) -> String {
     }
 }
 
-/// The write an entry asks for; `id` is the one given to a POST beforehand, and
+/// The write an entry asks for; `id` is the one given beforehand to a POST (or to
+/// a conditional PUT other entries refer to by its fullUrl), and
 /// `search` whether its `ifNoneExist` is searched (again) at its turn.
 fn write_request(
     head: &Head,
@@ -170,12 +171,19 @@ fn write_request(
             resource: resource()?,
             if_match: head.if_match,
         },
-        ("PUT", Target::Criteria(t, criteria)) => WriteRequest::ConditionalUpdate {
-            res_type: t.clone(),
-            criteria: criteria.clone(),
-            resource: resource()?,
-            if_match: head.if_match,
-        },
+        ("PUT", Target::Criteria(t, criteria)) => {
+            let mut resource = resource()?;
+            // The id its fullUrl stands for (its match, or the one it creates).
+            if let (Some(id), None) = (id, fhir::resource_id(&resource)) {
+                resource["id"] = Value::from(id);
+            }
+            WriteRequest::ConditionalUpdate {
+                res_type: t.clone(),
+                criteria: criteria.clone(),
+                resource,
+                if_match: head.if_match,
+            }
+        }
         ("PATCH", Target::Instance(t, id)) => WriteRequest::Patch {
             res_type: t.clone(),
             target: PatchTarget::Id(id.clone()),
@@ -245,6 +253,14 @@ async fn assign_ids(
     let mut searched: Vec<(usize, Criteria<'_>)> = Vec::new();
     let mut repeats: Vec<(usize, usize)> = Vec::new();
     for head in heads {
+        // A conditional update that other entries may refer to by its fullUrl:
+        // its match (or the id it will create) is decided now, like a POST's.
+        if let (Target::Criteria(t, criteria), "PUT", Some(_)) =
+            (&head.target, head.method.as_str(), &head.full_url)
+        {
+            searched.push((head.index, (t.as_str(), criteria.clone())));
+            continue;
+        }
         let (Target::Type(t), "POST") = (&head.target, head.method.as_str()) else {
             continue;
         };
@@ -429,7 +445,7 @@ async fn transaction(
     let mut ids: HashMap<String, String> = HashMap::new();
     for head in &heads {
         let local = match (&head.target, assigned.get(&head.index)) {
-            (Target::Type(t), Some(a)) => Some(format!("{t}/{}", a.id)),
+            (Target::Type(t) | Target::Criteria(t, _), Some(a)) => Some(format!("{t}/{}", a.id)),
             (Target::Instance(t, id), _) => Some(format!("{t}/{id}")),
             _ => None,
         };

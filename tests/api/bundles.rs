@@ -74,6 +74,44 @@ async fn transaction_resolves_its_own_references() {
     assert_eq!(found["total"], 1);
 }
 
+/// Entries refer to a conditional update by its fullUrl: the reference becomes
+/// its match, or the resource it creates (written before it in the spec's order,
+/// POST before PUT).
+#[tokio::test]
+async fn references_to_a_conditional_update_resolve_to_its_target() {
+    let s = TestServer::start().await;
+    let bundle = |value: &str| {
+        json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"fullUrl": "urn:uuid:9b1f0c7e-0000-4000-8000-000000000001",
+             "resource": {"resourceType": "Patient", "active": true,
+                "identifier": [{"system": INS, "value": value}]},
+             "request": {"method": "PUT", "url": format!("Patient?identifier={INS}|{value}")}},
+            {"resource": {"resourceType": "Observation", "status": "final",
+                "code": {"text": "Poids"},
+                "subject": {"reference": "urn:uuid:9b1f0c7e-0000-4000-8000-000000000001"}},
+             "request": {"method": "POST", "url": "Observation"}}
+        ]})
+    };
+    let subject_of = |response: &Value| {
+        let location = response["entry"][1]["response"]["location"]
+            .as_str()
+            .unwrap();
+        location.split("/_history").next().unwrap().to_owned()
+    };
+    // No match: the reference is the Patient it creates.
+    let created = json_of(post_bundle(&s, &bundle("1850577777777")).await, 200).await;
+    let patient = created["entry"][0]["response"]["location"]
+        .as_str()
+        .unwrap();
+    let patient = patient.split("/_history").next().unwrap().to_owned();
+    let observation = json_of(s.get(&subject_of(&created)).await, 200).await;
+    assert_eq!(observation["subject"]["reference"], patient.as_str());
+    // A match: the reference is the matching Patient.
+    let updated = json_of(post_bundle(&s, &bundle("1850577777777")).await, 200).await;
+    let observation = json_of(s.get(&subject_of(&updated)).await, 200).await;
+    assert_eq!(observation["subject"]["reference"], patient.as_str());
+}
+
 #[tokio::test]
 async fn a_failing_entry_rolls_everything_back() {
     let s = TestServer::start().await;
