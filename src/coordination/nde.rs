@@ -65,6 +65,25 @@ impl EventType {
         }
     }
 
+    /// The event a declaration or a notification request carries.
+    pub fn of_request(request: &Value) -> Option<EventType> {
+        let coding = request["extension"]
+            .as_array()?
+            .iter()
+            .find(|e| e["url"] == EVENT_TYPE_URL)?["valueCodeableConcept"]["coding"]
+            .as_array()?
+            .iter()
+            .find(|c| c["system"] == EVENT_TYPE_SYSTEM)?
+            .clone();
+        [
+            EventType::Admission,
+            EventType::Discharge,
+            EventType::Document,
+        ]
+        .into_iter()
+        .find(|e| coding["code"] == e.code())
+    }
+
     pub fn coding(self) -> Value {
         json!({"system": EVENT_TYPE_SYSTEM, "code": self.code(), "display": self.display()})
     }
@@ -328,6 +347,7 @@ mod tests {
             d["identifier"][0]["value"],
             "urn:passerelle:event:SOR:Encounter/s1"
         );
+        assert_eq!(EventType::of_request(&d), Some(EventType::Discharge));
     }
 
     #[test]

@@ -81,6 +81,56 @@ impl Coordinated {
     }
 }
 
+/// The documents this transaction filed about the stays it discharges, in an
+/// earlier flush than the discharge (a transaction writes POSTs before PUTs, and
+/// a conditional entry flushes what came before it): filed "with the discharge",
+/// they are DOC events too. Those of this round (`documents`) are already known.
+async fn letters_before_discharge(
+    tx: &Transaction<'_>,
+    declared: &[Declared],
+    documents: &[Documented],
+) -> FhirResult<Vec<Documented>> {
+    let mut found = Vec::new();
+    for event in declared {
+        if nde::EventType::of_request(&event.declaration) != Some(nde::EventType::Discharge) {
+            continue;
+        }
+        let Some(encounter_id) = event.declaration["encounter"]["reference"]
+            .as_str()
+            .and_then(|r| r.strip_prefix("Encounter/"))
+        else {
+            continue;
+        };
+        let filed = store::created_here_referring(
+            tx,
+            "DocumentReference",
+            "encounter",
+            "Encounter",
+            encounter_id,
+        )
+        .await?;
+        for version in filed {
+            let known = documents.iter().any(|d| d.document_id == version.res_id);
+            let Some(document) = version
+                .json
+                .as_deref()
+                .and_then(|j| serde_json::from_str::<Value>(j).ok())
+            else {
+                continue;
+            };
+            if !known && document["status"] != "entered-in-error" {
+                found.push(Documented {
+                    position: event.position,
+                    document_id: version.res_id,
+                    document,
+                    encounter_id: encounter_id.to_owned(),
+                });
+            }
+        }
+    }
+    Ok(found)
+}
+
 /// The DOC events of documents filed about stays that are finished (in this
 /// round's writes too).
 async fn documents_declared(
@@ -223,7 +273,12 @@ pub(super) async fn notices(
         position: None,
         error,
     };
-    let documents = std::mem::take(&mut found.documents);
+    let mut documents = std::mem::take(&mut found.documents);
+    documents.extend(
+        letters_before_discharge(tx, &found.declared, &documents)
+            .await
+            .map_err(whole)?,
+    );
     let mut declared = std::mem::take(&mut found.declared);
     declared.extend(
         documents_declared(tx, rules, now, documents)

@@ -111,6 +111,29 @@ pub async fn read_latest(
     Ok(row.as_ref().map(version_from_row))
 }
 
+/// The `res_type` resources created by the current transaction whose reference
+/// search parameter `param` points at `target_type/target_id`.
+#[tracing::instrument(skip(client))]
+pub async fn created_here_referring(
+    client: &impl GenericClient,
+    res_type: &str,
+    param: &str,
+    target_type: &str,
+    target_id: &str,
+) -> FhirResult<Vec<StoredVersion>> {
+    let sql = format!(
+        "SELECT {VERSION_COLUMNS} FROM resource_version v
+         JOIN search_reference sr ON sr.res_type = v.res_type AND sr.res_id = v.res_id
+         WHERE v.res_type = $1 AND v.version_id = 1 AND v.txid = pg_current_xact_id()
+           AND sr.param = $2 AND sr.target_type = $3 AND sr.target_id = $4"
+    );
+    let stmt = client.prepare_cached(&sql).await?;
+    let rows = client
+        .query(&stmt, &[&res_type, &param, &target_type, &target_id])
+        .await?;
+    Ok(rows.iter().map(version_from_row).collect())
+}
+
 #[tracing::instrument(skip(client))]
 pub async fn read_version(
     client: &impl GenericClient,

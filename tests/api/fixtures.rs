@@ -128,14 +128,16 @@ async fn load_command_straight_into_the_database_is_idempotent() {
     let url = fresh_database_url().await;
     let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures");
     let run = || run_passerelle(&["load".as_ref(), fixtures.as_os_str()], &url);
+    // The five scenarios and the three steps of the replayed discharge (whose
+    // last step updates the stay its second step created).
     let text = run();
     assert!(
-        text.contains("5 files: 48 created, 0 updated or unchanged, 0 failed"),
+        text.contains("8 files: 57 created, 1 updated or unchanged, 0 failed"),
         "{text}"
     );
     let text = run();
     assert!(
-        text.contains("5 files: 0 created, 48 updated or unchanged, 0 failed"),
+        text.contains("8 files: 0 created, 58 updated or unchanged, 0 failed"),
         "{text}"
     );
 }
@@ -206,4 +208,89 @@ async fn everything_about_a_patient_and_a_stay() {
             .await;
         assert_eq!(refused.status(), 400, "{bad}");
     }
+}
+
+/// The Friday-evening discharge replayed through the public API, step by step,
+/// with listeners standing for the GP's software and the hospital's coordination
+/// desk: admission → ADM at the GP; discharge with the letter in one transaction
+/// → SOR and DOC; the GP acknowledges the SOR; the DOC, unacknowledged, is
+/// escalated once to the desk. Replaying the steps changes nothing.
+#[tokio::test]
+async fn the_friday_discharge_replayed_reaches_the_gp_and_escalates_once() {
+    use crate::receiver::Receiver;
+    use std::time::Duration;
+
+    let mut options = crate::support::test_options();
+    options.rules.acks.escalate_after = Duration::from_secs(2);
+    let s = TestServer::start_on(crate::support::fresh_database().await, options).await;
+    let (gp, desk) = (Receiver::start().await, Receiver::start().await);
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/replay-friday-discharge");
+    let steps = json_files(&dir);
+    assert_eq!(steps.len(), 3);
+    let step = |n: usize| {
+        let bundle: Value =
+            serde_json::from_str(&std::fs::read_to_string(&steps[n]).expect("read")).expect("json");
+        bundle
+    };
+    json_of(s.post_json("", &step(0)).await, 200).await;
+    // The fixture's endpoints are the practices' own; here, the listeners.
+    for (id, receiver) in [("fx-replay-gp-ep", &gp), ("fx-replay-desk-ep", &desk)] {
+        let mut endpoint = json_of(s.get(&format!("Endpoint/{id}")).await, 200).await;
+        endpoint["address"] = serde_json::json!(receiver.url());
+        json_of(s.put_json(&format!("Endpoint/{id}"), &endpoint).await, 200).await;
+    }
+
+    json_of(s.post_json("", &step(1)).await, 200).await;
+    let code = |n: &Value| {
+        n["extension"][0]["valueCodeableConcept"]["coding"][0]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let adm = gp.expect().await.json();
+    assert_eq!(code(&adm), "ADM");
+    assert_eq!(
+        adm["contained"][0]["identifier"][0]["value"],
+        "1520719272099"
+    );
+
+    json_of(s.post_json("", &step(2)).await, 200).await;
+    let (a, b) = (gp.expect().await.json(), gp.expect().await.json());
+    let (sor, doc) = if code(&a) == "SOR" { (a, b) } else { (b, a) };
+    assert_eq!(
+        (code(&sor), code(&doc)),
+        ("SOR".to_owned(), "DOC".to_owned())
+    );
+    assert_eq!(
+        sor["contained"][1]["hospitalization"]["dischargeDisposition"]["text"],
+        "Retour à domicile"
+    );
+    // The GP acknowledges the discharge and the admission, not the letter.
+    for notice in [&adm, &sor] {
+        let task = serde_json::json!({"resourceType": "Task", "status": "completed", "intent": "order",
+            "focus": {"reference": format!("CommunicationRequest/{}", notice["id"].as_str().unwrap())},
+            "owner": {"reference": "Practitioner/fx-replay-gp"}});
+        json_of(s.post_json("Task", &task).await, 201).await;
+    }
+    let escalation = desk
+        .next(Duration::from_secs(10))
+        .await
+        .expect("the letter's notice escalated")
+        .json();
+    assert_eq!(
+        escalation["focus"]["reference"],
+        format!("CommunicationRequest/{}", doc["id"].as_str().unwrap())
+    );
+    assert_eq!(
+        escalation["owner"]["reference"],
+        "Organization/fx-replay-ch"
+    );
+
+    // Replayed: nothing new for anyone.
+    for n in 0..3 {
+        json_of(s.post_json("", &step(n)).await, 200).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(gp.next(Duration::from_millis(300)).await.is_none());
+    assert!(desk.next(Duration::from_millis(300)).await.is_none());
 }
