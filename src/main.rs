@@ -37,6 +37,12 @@ struct CoordinationArgs {
 }
 
 impl CoordinationArgs {
+    /// Puts these settings in force in `rules`.
+    fn apply(&self, rules: &mut passerelle::service::Rules) {
+        rules.stays = self.stays();
+        rules.acks.escalate_after = self.ack_escalation_after;
+    }
+
     fn stays(&self) -> passerelle::coordination::StayRules {
         passerelle::coordination::StayRules {
             extra_classes: self
@@ -169,6 +175,9 @@ enum Command {
         url: Option<String>,
         #[command(flatten)]
         db: DatabaseArgs,
+        /// The coordination rules of writes made straight into the database.
+        #[command(flatten)]
+        coordination: CoordinationArgs,
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
@@ -182,6 +191,7 @@ enum Command {
 async fn load(
     url: Option<String>,
     db: DatabaseArgs,
+    coordination: &CoordinationArgs,
     paths: Vec<PathBuf>,
 ) -> Result<(), server::StartError> {
     let to_err = |e: passerelle::error::FhirError| server::StartError::Database(e.to_string());
@@ -195,7 +205,8 @@ async fn load(
         ),
         None => {
             let database = server::open_database(&db.choice(), 4, None).await?;
-            let rules = passerelle::service::Rules::default();
+            let mut rules = passerelle::service::Rules::default();
+            coordination.apply(&mut rules);
             passerelle::service::load_search_parameters(&database.pool, &rules.catalog)
                 .await
                 .map_err(to_err)?;
@@ -244,8 +255,7 @@ async fn main() -> ExitCode {
             coordination,
         } => match subscriptions.rules() {
             Ok(mut rules) => {
-                rules.stays = coordination.stays();
-                rules.acks.escalate_after = coordination.ack_escalation_after;
+                coordination.apply(&mut rules);
                 match server::open_database(&db.choice(), pool_size, Some(statement_timeout)).await
                 {
                     Ok(database) => {
@@ -279,7 +289,12 @@ async fn main() -> ExitCode {
             }
             Err(e) => Err(e),
         },
-        Command::Load { url, db, paths } => load(url, db, paths).await,
+        Command::Load {
+            url,
+            db,
+            coordination,
+            paths,
+        } => load(url, db, &coordination, paths).await,
         Command::Reindex { db } => match server::open_database(&db.choice(), 2, None).await {
             Ok(database) => {
                 let started = std::time::Instant::now();

@@ -294,3 +294,55 @@ async fn the_friday_discharge_replayed_reaches_the_gp_and_escalates_once() {
     assert!(gp.next(Duration::from_millis(300)).await.is_none());
     assert!(desk.next(Duration::from_millis(300)).await.is_none());
 }
+
+/// `passerelle load` straight into the database applies the deployment's
+/// coordination settings: a home-hospitalisation class made a stay is declared.
+#[tokio::test]
+async fn load_applies_the_deployments_stay_classes() {
+    let url = fresh_database_url().await;
+    let dir = std::env::temp_dir().join(format!("passerelle-load-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let file = dir.join("had.json");
+    let stay = serde_json::json!({"resourceType": "Encounter", "id": "had-1", "status": "in-progress",
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "HH"},
+        "subject": {"reference": "Patient/p1"}});
+    std::fs::write(&file, stay.to_string()).expect("write");
+    let declared = || async {
+        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(connection);
+        let n: i64 = client
+            .query_one(
+                "SELECT count(*) FROM resource WHERE res_type = 'CommunicationRequest' AND NOT deleted",
+                &[],
+            )
+            .await
+            .expect("count")
+            .get(0);
+        n
+    };
+    run_passerelle(&["load".as_ref(), file.as_os_str()], &url);
+    assert_eq!(declared().await, 0, "HH is no stay by default");
+    std::fs::write(&file, {
+        let mut again = stay.clone();
+        again["id"] = serde_json::json!("had-2");
+        again.to_string()
+    })
+    .expect("write");
+    run_passerelle(
+        &[
+            "load".as_ref(),
+            "--inpatient-classes".as_ref(),
+            "HH".as_ref(),
+            file.as_os_str(),
+        ],
+        &url,
+    );
+    assert_eq!(
+        declared().await,
+        1,
+        "HH made a stay: the admission is declared"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
