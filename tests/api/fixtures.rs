@@ -251,7 +251,7 @@ async fn the_friday_discharge_replayed_reaches_the_gp_and_escalates_once() {
     assert_eq!(code(&adm), "ADM");
     assert_eq!(
         adm["contained"][0]["identifier"][0]["value"],
-        "1520719272099"
+        "1480319272099"
     );
 
     json_of(s.post_json("", &step(2)).await, 200).await;
