@@ -272,6 +272,16 @@ pub async fn start_server(database: &Database) -> Result<BenchServer, StartError
     start_server_with(database, passerelle::delivery::Tuning::default()).await
 }
 
+/// An instance that writes events and leaves their delivery to others: the
+/// write path with its outbox alone.
+pub async fn start_writer(database: &Database) -> Result<BenchServer, StartError> {
+    let delivery = passerelle::delivery::Tuning {
+        workers: 0,
+        ..Default::default()
+    };
+    start_server_with(database, delivery).await
+}
+
 pub async fn start_server_with(
     database: &Database,
     delivery: passerelle::delivery::Tuning,

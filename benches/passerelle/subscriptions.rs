@@ -8,9 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::common::{
-    run_phase, start_server, start_server_with, Arrivals, Connection, Listener, Phase,
-};
+use crate::common::{run_phase, start_server, start_writer, Arrivals, Connection, Listener, Phase};
 use passerelle::server::{self, DatabaseChoice, StartError};
 
 pub struct SubscriptionBenchOptions {
@@ -127,14 +125,7 @@ async fn measure(options: &SubscriptionBenchOptions, count: usize) -> Result<Row
     let hook = format!("{}/hook", listener.base);
 
     // An instance that writes events but does not deliver them.
-    let writer = start_server_with(
-        &database,
-        passerelle::delivery::Tuning {
-            workers: 0,
-            ..Default::default()
-        },
-    )
-    .await?;
+    let writer = start_writer(&database).await?;
     let addr = writer.addr;
     run_phase("subscriptions (HTTP POST)", count, options.concurrency, |counter| {
         let hook = hook.clone();

@@ -13,9 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::common::{
-    run_phase, start_server, start_server_with, Arrivals, Connection, Listener, Phase,
-};
+use crate::common::{run_phase, start_server, start_writer, Arrivals, Connection, Listener, Phase};
 use passerelle::server::{self, DatabaseChoice, StartError};
 
 pub struct WorkflowBenchOptions {
@@ -250,14 +248,7 @@ pub async fn run(options: WorkflowBenchOptions) -> Result<String, StartError> {
     // others (the write path with its outbox), then with deliveries running on
     // the same two cores.
     bench.stop();
-    let writer = start_server_with(
-        &database,
-        passerelle::delivery::Tuning {
-            workers: 0,
-            ..Default::default()
-        },
-    )
-    .await?;
+    let writer = start_writer(&database).await?;
     let outbox = phases(writer.addr, &options, ["a1", "s1"])
         .await
         .map_err(err)?;

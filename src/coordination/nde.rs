@@ -136,26 +136,20 @@ pub fn notification_request(
     subscription_id: &str,
     recipient: &super::recipients::Recipient,
     encounter: &Value,
-    patient: Option<&Value>,
+    patient: &Value,
 ) -> Value {
-    let mut stay = encounter.clone();
-    let mut contained = Vec::new();
-    if let Some(patient) = patient {
-        let mut copy = patient.clone();
-        copy["id"] = json!("patient");
+    // Copies named for their place in this request, without the server's meta.
+    let copy = |resource: &Value, id: &str| {
+        let mut copy = resource.clone();
+        copy["id"] = json!(id);
         if let Some(obj) = copy.as_object_mut() {
             obj.remove("meta");
         }
-        contained.push(copy);
-        stay["subject"] = json!({"reference": "#patient"});
-    } else if let Some(obj) = stay.as_object_mut() {
-        obj.remove("subject");
-    }
-    stay["id"] = json!("stay");
-    if let Some(obj) = stay.as_object_mut() {
-        obj.remove("meta");
-    }
-    contained.push(stay);
+        copy
+    };
+    let mut stay = copy(encounter, "stay");
+    stay["subject"] = json!({"reference": "#patient"});
+    let contained = vec![copy(patient, "patient"), stay];
     let extension: Vec<Value> = declaration["extension"]
         .as_array()
         .into_iter()
@@ -384,7 +378,7 @@ mod tests {
             reference: "Practitioner/gp".into(),
             address: "https://cabinet.example/hook".into(),
         };
-        let n = notification_request(&d, "nde-1", &recipient, &stay, Some(&patient));
+        let n = notification_request(&d, "nde-1", &recipient, &stay, &patient);
         crate::fhir::validate::validate_resource(&n).unwrap();
         assert_eq!(n["basedOn"][0]["reference"], "Subscription/nde-1");
         assert_eq!(n["encounter"]["reference"], "Encounter/s1");

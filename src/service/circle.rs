@@ -18,6 +18,9 @@ use crate::store::{self, StoredVersion};
 /// CareTeams, and members with their contacts, shown at most.
 const MAX_TEAMS: usize = 50;
 const MAX_RELATED: usize = 500;
+/// Rounds from the members to what reaches them (a practitioner, their roles,
+/// a role's organisation, its endpoints).
+const MAX_HOPS: usize = 4;
 
 fn json_of(version: &StoredVersion) -> Option<serde_json::Value> {
     serde_json::from_str(version.json.as_deref()?).ok()
@@ -38,8 +41,21 @@ async fn ids_matching(
     store::matching_ids(client, &plan, limit).await
 }
 
+/// The current versions of `references` (`Type/id`), in one query.
+async fn current(
+    client: &impl GenericClient,
+    references: &[String],
+) -> FhirResult<Vec<StoredVersion>> {
+    let keys: Vec<(&str, &str)> = references
+        .iter()
+        .filter_map(|r| r.split_once('/'))
+        .collect();
+    store::read_current(client, &keys).await
+}
+
 /// The patient's care circle now, as a searchset: the CareTeams match, their
-/// current members and the contacts of those are included.
+/// current members and the contacts of those are included. A query per round
+/// of references, not per reference.
 pub async fn care_circle(
     pool: &Pool,
     params: &ParamTable,
@@ -61,47 +77,52 @@ pub async fn care_circle(
         MAX_TEAMS,
     )
     .await?;
-    let mut matches = Vec::new();
-    for id in team_ids {
-        matches.extend(store::read_latest(&client, "CareTeam", &id).await?);
-    }
+    let team_refs: Vec<String> = team_ids.iter().map(|id| format!("CareTeam/{id}")).collect();
+    let mut matches = current(&client, &team_refs).await?;
+    matches.sort_by(|a, b| a.res_id.cmp(&b.res_id));
     let now = Utc::now();
     let mut seen: HashSet<String> = HashSet::new();
-    let mut frontier: Vec<String> = matches
+    let mut layer: Vec<String> = matches
         .iter()
         .filter_map(json_of)
         .flat_map(|team| circle::current_members(&team, now))
         .collect();
     let mut included = Vec::new();
-    // Members, then what reaches them: a practitioner's roles are found by search.
-    while let Some(reference) = frontier.pop() {
-        if included.len() >= MAX_RELATED || !seen.insert(reference.clone()) {
-            continue;
+    for _ in 0..MAX_HOPS {
+        layer.retain(|r| seen.insert(r.clone()));
+        layer.truncate(MAX_RELATED.saturating_sub(included.len()));
+        if layer.is_empty() {
+            break;
         }
-        let Some((res_type, id)) = reference.split_once('/') else {
-            continue;
-        };
-        let Some(version) = store::read_latest(&client, res_type, id)
-            .await?
-            .filter(|v| !v.is_deleted())
-        else {
-            continue;
-        };
-        if let Some(resource) = json_of(&version) {
-            frontier.extend(circle::contacts_of(&resource));
-        }
-        if res_type == "Practitioner" {
+        let found = current(&client, &layer).await?;
+        let mut next: Vec<String> = found
+            .iter()
+            .filter_map(json_of)
+            .flat_map(|r| circle::contacts_of(&r))
+            .collect();
+        // A practitioner's roles are found by search, all of them at once.
+        let practitioners: Vec<&String> = layer
+            .iter()
+            .filter(|r| r.starts_with("Practitioner/"))
+            .collect();
+        if !practitioners.is_empty() {
+            let any = practitioners
+                .iter()
+                .map(|r| r.as_str())
+                .collect::<Vec<_>>()
+                .join(",");
             let roles = ids_matching(
                 &client,
                 params,
                 "PractitionerRole",
-                &[("practitioner", reference.clone())],
-                MAX_TEAMS,
+                &[("practitioner", any)],
+                MAX_RELATED,
             )
             .await?;
-            frontier.extend(roles.into_iter().map(|r| format!("PractitionerRole/{r}")));
+            next.extend(roles.into_iter().map(|r| format!("PractitionerRole/{r}")));
         }
-        included.push(version);
+        included.extend(found);
+        layer = next;
     }
     let plan = search::parse(params, "CareTeam", &[], Handling::Lenient)?;
     Ok(SearchPage {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use deadpool_postgres::Pool;
 
-use super::{notices, notify, write, Change, ChangeKind, Rules};
+use super::{notices, notify, write, Change, Rules};
 use crate::coordination::{acknowledgement, recipients};
 use crate::error::{FhirError, FhirResult};
 use crate::store;
@@ -16,7 +16,7 @@ use crate::store;
 const BATCH: i64 = 50;
 
 /// Escalates the requests that are due, in one transaction; returns how many
-/// timers it ended (escalated, or found acknowledged or ended meanwhile).
+/// timers it ended (escalated, or found acknowledged, ended or deleted meanwhile).
 pub async fn escalate_due(pool: &Pool, rules: &Rules) -> FhirResult<usize> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
@@ -27,9 +27,17 @@ pub async fn escalate_due(pool: &Pool, rules: &Rules) -> FhirResult<usize> {
     let now = store::clock(&tx).await?;
     let mut changes = Vec::new();
     let mut owners = std::collections::HashSet::new();
-    for request_id in &due {
-        store::acknowledgements::escalated(&tx, request_id).await?;
-        let Some(request) = notices::current(&tx, "CommunicationRequest", request_id).await? else {
+    let keys: Vec<(&str, &str)> = due
+        .iter()
+        .map(|id| ("CommunicationRequest", id.as_str()))
+        .collect();
+    for version in store::read_current(&tx, &keys).await? {
+        let request_id = &version.res_id;
+        let Some(request) = version
+            .json
+            .as_deref()
+            .and_then(|j| serde_json::from_str::<serde_json::Value>(j).ok())
+        else {
             continue;
         };
         let Some(task) = (request["status"] == "active")
@@ -48,22 +56,15 @@ pub async fn escalate_due(pool: &Pool, rules: &Rules) -> FhirResult<usize> {
         let owner = task["owner"]["reference"].as_str().unwrap_or_default();
         if owners.insert(owner.to_owned()) {
             if let Some(recipient) = notices::reachable(&tx, rules, owner).await? {
-                changes.push(Change {
-                    res_type: "Subscription".to_owned(),
-                    res_id: recipients::escalation_subscription_id(owner),
-                    kind: ChangeKind::Update,
-                    resource: Some(recipients::escalation_subscription(&recipient)),
-                    if_match: None,
-                });
+                changes.push(Change::update(
+                    "Subscription",
+                    recipients::escalation_subscription_id(owner),
+                    recipients::escalation_subscription(&recipient),
+                    None,
+                ));
             }
         }
-        changes.push(Change {
-            res_type: "Task".to_owned(),
-            res_id: uuid::Uuid::new_v4().to_string(),
-            kind: ChangeKind::Create,
-            resource: Some(task),
-            if_match: None,
-        });
+        changes.push(Change::create("Task", task));
     }
     let mut facts = Vec::new();
     write::apply_all(&tx, rules, now, changes, &mut facts)

@@ -6,14 +6,14 @@
 //! for a GP added (when reachable), put `off` for a GP removed. What to write is
 //! decided by `coordination`; this reads what it needs.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Transaction;
 use serde_json::{json, Value};
 
 use super::write::Failed;
-use super::{Change, ChangeKind, Rules};
+use super::{Change, Rules};
 use crate::coordination::recipients::{self, Recipient};
 use crate::coordination::{acknowledgement, circle, nde};
 use crate::error::{FhirError, FhirResult, Issue};
@@ -170,7 +170,7 @@ async fn documents_declared(
 const MAX_ROLES: usize = 20;
 
 /// The current JSON of a resource, `None` if absent or deleted.
-pub(super) async fn current(
+async fn current(
     tx: &Transaction<'_>,
     res_type: &str,
     id: &str,
@@ -215,20 +215,22 @@ pub(super) async fn reachable(
 }
 
 fn standing_change(patient_id: &str, recipient: &Recipient, sub_id: &str) -> Change {
-    Change {
-        res_type: "Subscription".to_owned(),
-        res_id: sub_id.to_owned(),
-        kind: ChangeKind::Update,
-        resource: Some(recipients::standing_subscription(
-            patient_id, recipient, sub_id,
-        )),
-        if_match: None,
-    }
+    let subscription = recipients::standing_subscription(patient_id, recipient, sub_id);
+    Change::update("Subscription", sub_id.to_owned(), subscription, None)
+}
+
+/// The current JSON of the resources `keys` (type, id) that exist, in one query.
+async fn current_all(tx: &Transaction<'_>, keys: &[(&str, &str)]) -> FhirResult<Vec<Value>> {
+    Ok(store::read_current(tx, keys)
+        .await?
+        .iter()
+        .filter_map(|v| serde_json::from_str(v.json.as_deref()?).ok())
+        .collect())
 }
 
 /// The callback URL that reaches `gp` (a Practitioner through one of their
 /// PractitionerRoles, a PractitionerRole or an Organization through its own
-/// endpoints), if any.
+/// endpoints), if any: the first in the holders' order that takes callbacks.
 async fn callback(tx: &Transaction<'_>, rules: &Rules, gp: &str) -> FhirResult<Option<String>> {
     let holders: Vec<Value> = if gp.starts_with("Practitioner/") {
         let params = rules.catalog.params.current();
@@ -238,24 +240,32 @@ async fn callback(tx: &Transaction<'_>, rules: &Rules, gp: &str) -> FhirResult<O
             &[("practitioner".to_owned(), gp.to_owned())],
             Handling::Strict,
         )?;
-        let mut roles = Vec::new();
-        for id in store::matching_ids(tx, &plan, MAX_ROLES).await? {
-            roles.extend(current(tx, "PractitionerRole", &id).await?);
-        }
-        roles
+        let ids = store::matching_ids(tx, &plan, MAX_ROLES).await?;
+        let keys: Vec<(&str, &str)> = ids
+            .iter()
+            .map(|id| ("PractitionerRole", id.as_str()))
+            .collect();
+        current_all(tx, &keys).await?
     } else {
         by_reference(tx, gp).await?.into_iter().collect()
     };
-    for holder in holders.iter().filter(|h| h["active"] != false) {
-        for endpoint in recipients::endpoint_references(holder) {
-            if let Some(endpoint) = by_reference(tx, &endpoint).await? {
-                if let Some(address) = recipients::callback_address(&endpoint) {
-                    return Ok(Some(address.to_owned()));
-                }
-            }
-        }
-    }
-    Ok(None)
+    let endpoints: Vec<String> = holders
+        .iter()
+        .filter(|h| h["active"] != false)
+        .flat_map(recipients::endpoint_references)
+        .collect();
+    let keys: Vec<(&str, &str)> = endpoints.iter().filter_map(|r| r.split_once('/')).collect();
+    let endpoint_of: HashMap<String, Value> = current_all(tx, &keys)
+        .await?
+        .into_iter()
+        .filter_map(|e| Some((format!("Endpoint/{}", e["id"].as_str()?), e)))
+        .collect();
+    // In the holders' order, whatever order the database answered in.
+    Ok(endpoints
+        .iter()
+        .filter_map(|r| endpoint_of.get(r))
+        .find_map(recipients::callback_address)
+        .map(str::to_owned))
 }
 
 /// What one round's coordination brings with it: acknowledged requests
@@ -295,8 +305,11 @@ pub(super) async fn notices(
     let requests = requests(tx, rules, &declared, &mut written)
         .await
         .map_err(whole)?;
-    let due = now
-        + chrono::Duration::from_std(rules.acks.escalate_after).unwrap_or(chrono::Duration::MAX);
+    // A deployer's `999999999h` is a century: never due, and still a date the
+    // database stores.
+    let century = std::time::Duration::from_secs(100 * 365 * 86_400);
+    let due = chrono::Duration::from_std(rules.acks.escalate_after.min(century))
+        .map_or(now, |after| now + after);
     let timers: Vec<(String, DateTime<Utc>)> = requests
         .iter()
         .filter(|(_, c)| c.res_type == "CommunicationRequest")
@@ -307,14 +320,10 @@ pub(super) async fn notices(
         .map_err(whole)?;
     changes.extend(requests);
     changes.extend(declared.into_iter().map(|d| {
-        let change = Change {
-            res_type: "CommunicationRequest".to_owned(),
-            res_id: uuid::Uuid::new_v4().to_string(),
-            kind: ChangeKind::Create,
-            resource: Some(d.declaration),
-            if_match: None,
-        };
-        (d.position, change)
+        (
+            d.position,
+            Change::create("CommunicationRequest", d.declaration),
+        )
     }));
     Ok(changes)
 }
@@ -326,18 +335,8 @@ async fn care_teams(
     now: DateTime<Utc>,
     found: &Coordinated,
 ) -> FhirResult<Vec<(usize, Change)>> {
-    let update = |position, res_id: String, resource| {
-        (
-            position,
-            Change {
-                res_type: "CareTeam".to_owned(),
-                res_id,
-                kind: ChangeKind::Update,
-                resource: Some(resource),
-                if_match: None,
-            },
-        )
-    };
+    let update =
+        |position, res_id, team| (position, Change::update("CareTeam", res_id, team, None));
     let mut changes = Vec::new();
     for gp in &found.gps {
         let id = circle::circle_id(&gp.patient_id);
@@ -407,15 +406,10 @@ async fn acknowledgements(
             crate::store::acknowledgements::acknowledged(tx, &ack.claim.request_id)
                 .await
                 .map_err(at)?;
+            let id = ack.claim.request_id.clone();
             changes.push((
                 ack.position,
-                Change {
-                    res_type: "CommunicationRequest".to_owned(),
-                    res_id: ack.claim.request_id.clone(),
-                    kind: ChangeKind::Update,
-                    resource: Some(done),
-                    if_match: None,
-                },
+                Change::update("CommunicationRequest", id, done, None),
             ));
         }
     }
@@ -441,13 +435,7 @@ async fn standing_subscriptions(
             };
             if sub["status"] != "off" {
                 sub["status"] = json!("off");
-                let off = Change {
-                    res_type: "Subscription".to_owned(),
-                    res_id: sub_id,
-                    kind: ChangeKind::Update,
-                    resource: Some(sub),
-                    if_match: None,
-                };
+                let off = Change::update("Subscription", sub_id, sub, None);
                 changes.push((change.position, off));
             }
         }
@@ -502,17 +490,11 @@ async fn requests(
                 &sub_id,
                 &recipient,
                 &event.encounter,
-                Some(&patient),
+                &patient,
             );
             changes.push((
                 event.position,
-                Change {
-                    res_type: "CommunicationRequest".to_owned(),
-                    res_id: uuid::Uuid::new_v4().to_string(),
-                    kind: ChangeKind::Create,
-                    resource: Some(request),
-                    if_match: None,
-                },
+                Change::create("CommunicationRequest", request),
             ));
         }
     }

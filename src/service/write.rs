@@ -46,6 +46,35 @@ pub struct Change {
     pub if_match: Option<i64>,
 }
 
+impl Change {
+    /// A new resource with a server-assigned id.
+    pub fn create(res_type: &str, resource: Value) -> Change {
+        Change {
+            res_type: res_type.to_owned(),
+            res_id: uuid::Uuid::new_v4().to_string(),
+            kind: ChangeKind::Create,
+            resource: Some(resource),
+            if_match: None,
+        }
+    }
+
+    /// A version at a known id, creating the resource if it does not exist.
+    pub fn update(
+        res_type: &str,
+        res_id: String,
+        resource: Value,
+        if_match: Option<i64>,
+    ) -> Change {
+        Change {
+            res_type: res_type.to_owned(),
+            res_id,
+            kind: ChangeKind::Update,
+            resource: Some(resource),
+            if_match,
+        }
+    }
+}
+
 /// The result of a change.
 #[derive(Debug, Clone)]
 pub struct Written {

@@ -272,7 +272,7 @@ pub async fn plan(
                     ))
                 }
             }
-            update_change(res_type, res_id, resource, if_match)
+            Change::update(&res_type, res_id, resource, if_match)
         }
         WriteRequest::ConditionalUpdate {
             res_type,
@@ -293,7 +293,7 @@ pub async fn plan(
                 }
                 Matches::None => body_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
             };
-            update_change(res_type, res_id, resource, if_match)
+            Change::update(&res_type, res_id, resource, if_match)
         }
         WriteRequest::Patch {
             res_type,
@@ -336,21 +336,6 @@ pub async fn plan(
         }
     };
     Ok(Planned::Change(change))
-}
-
-fn update_change(
-    res_type: String,
-    res_id: String,
-    resource: Value,
-    if_match: Option<i64>,
-) -> Change {
-    Change {
-        res_type,
-        res_id,
-        kind: ChangeKind::Update,
-        resource: Some(resource),
-        if_match,
-    }
 }
 
 fn written_from_stored(v: StoredVersion) -> Written {

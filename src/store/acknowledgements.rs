@@ -35,25 +35,20 @@ pub async fn acknowledged(client: &impl GenericClient, request_id: &str) -> Fhir
     Ok(())
 }
 
-/// Takes up to `limit` requests due and not escalated, locked for the caller's
-/// transaction; rows another instance holds are skipped.
+/// Takes up to `limit` requests due and not escalated, marking them escalated,
+/// in one statement of the caller's transaction: rows another instance holds are
+/// skipped, and a rollback leaves them due.
 pub async fn take_due(client: &impl GenericClient, limit: i64) -> FhirResult<Vec<String>> {
     let stmt = client
         .prepare_cached(
-            "SELECT request_id FROM ack_deadline
-             WHERE escalated_at IS NULL AND due_at <= now()
-             ORDER BY due_at LIMIT $1 FOR UPDATE SKIP LOCKED",
+            "UPDATE ack_deadline SET escalated_at = now()
+             WHERE request_id IN (
+                 SELECT request_id FROM ack_deadline
+                 WHERE escalated_at IS NULL AND due_at <= now()
+                 ORDER BY due_at LIMIT $1 FOR UPDATE SKIP LOCKED)
+             RETURNING request_id",
         )
         .await?;
     let rows = client.query(&stmt, &[&limit]).await?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
-}
-
-/// Marks a request escalated (or found acknowledged meanwhile): never taken again.
-pub async fn escalated(client: &impl GenericClient, request_id: &str) -> FhirResult<()> {
-    let stmt = client
-        .prepare_cached("UPDATE ack_deadline SET escalated_at = now() WHERE request_id = $1")
-        .await?;
-    client.execute(&stmt, &[&request_id]).await?;
-    Ok(())
 }

@@ -152,6 +152,27 @@ pub async fn read_version(
     Ok(row.as_ref().map(version_from_row))
 }
 
+/// The current versions of the resources `keys` (type, id) that exist and are
+/// not deleted, in one query.
+pub async fn read_current(
+    client: &impl GenericClient,
+    keys: &[(&str, &str)],
+) -> FhirResult<Vec<StoredVersion>> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (types, ids): (Vec<&str>, Vec<&str>) = keys.iter().copied().unzip();
+    let sql = format!(
+        "SELECT {VERSION_COLUMNS} FROM unnest($1::text[], $2::text[]) AS k(res_type, res_id)
+         JOIN resource r ON r.res_type = k.res_type AND r.res_id = k.res_id AND NOT r.deleted
+         JOIN resource_version v ON v.res_type = r.res_type AND v.res_id = r.res_id
+              AND v.version_id = r.version_id"
+    );
+    let stmt = client.prepare_cached(&sql).await?;
+    let rows = client.query(&stmt, &[&types, &ids]).await?;
+    Ok(rows.iter().map(version_from_row).collect())
+}
+
 /// Versions by (type, id, version), in one query; those that exist.
 pub async fn read_versions(
     client: &impl GenericClient,
