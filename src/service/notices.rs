@@ -170,11 +170,7 @@ async fn documents_declared(
 const MAX_ROLES: usize = 20;
 
 /// The current JSON of a resource, `None` if absent or deleted.
-async fn current(
-    tx: &Transaction<'_>,
-    res_type: &str,
-    id: &str,
-) -> FhirResult<Option<Value>> {
+async fn current(tx: &Transaction<'_>, res_type: &str, id: &str) -> FhirResult<Option<Value>> {
     let Some(json) = store::read_latest(tx, res_type, id)
         .await?
         .and_then(|v| v.json)
