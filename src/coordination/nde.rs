@@ -127,16 +127,17 @@ fn summary(event: EventType, encounter_ref: &str, encounter: &Value, time: &str)
 }
 
 /// The notification request (`nde-notificationrequest`) that tells `recipient` of
-/// the event of `declaration` through the standing Subscription `subscription_id`:
-/// the stay and the patient (with INS) are contained, so the body the recipient
-/// receives holds what it needs; `subject` and `encounter` reference the server's
-/// own resources, so searches by patient and by stay find the requests.
+/// the event of `declaration` through the Subscription `subscription_id` (a GP's
+/// standing one, or an NdE subscriber's): the stay and the patient (with INS), when
+/// known, are contained, so the body the recipient receives holds what it needs;
+/// `subject` and `encounter` reference the server's own resources, so searches by
+/// patient and by stay find the requests.
 pub fn notification_request(
     declaration: &Value,
     subscription_id: &str,
     recipient: &super::recipients::Recipient,
-    encounter: &Value,
-    patient: &Value,
+    encounter: Option<&Value>,
+    patient: Option<&Value>,
 ) -> Value {
     // Copies named for their place in this request, without the server's meta.
     let copy = |resource: &Value, id: &str| {
@@ -147,9 +148,18 @@ pub fn notification_request(
         }
         copy
     };
-    let mut stay = copy(encounter, "stay");
-    stay["subject"] = json!({"reference": "#patient"});
-    let contained = vec![copy(patient, "patient"), stay];
+    let mut contained: Vec<Value> = patient.map(|p| copy(p, "patient")).into_iter().collect();
+    if let Some(encounter) = encounter {
+        let mut stay = copy(encounter, "stay");
+        if patient.is_some() {
+            stay["subject"] = json!({"reference": "#patient"});
+        }
+        contained.push(stay);
+    }
+    let payload = match encounter {
+        Some(_) => json!([{"contentReference": {"reference": "#stay"}}]),
+        None => declaration["payload"].clone(),
+    };
     let extension: Vec<Value> = declaration["extension"]
         .as_array()
         .into_iter()
@@ -160,10 +170,16 @@ pub fn notification_request(
             json!({"url": format!("{STRUCTURE_DEFINITION}event-emission-time"), "valueDateTime": at})
         }))
         .collect();
+    let mut addressee = json!({
+        "extension": [{"url": format!("{STRUCTURE_DEFINITION}recipient-endpoint"), "valueUrl": recipient.address}],
+    });
+    match &recipient.reference {
+        Some(reference) => addressee["reference"] = json!(reference),
+        None => addressee["display"] = json!(format!("Abonné de Subscription/{subscription_id}")),
+    }
     let mut request = json!({
         "resourceType": "CommunicationRequest",
         "meta": {"profile": [format!("{STRUCTURE_DEFINITION}nde-notificationrequest")]},
-        "contained": contained,
         "extension": extension,
         "basedOn": [{"reference": format!("Subscription/{subscription_id}")}],
         "status": "active",
@@ -172,18 +188,36 @@ pub fn notification_request(
             "code": "ELECTRONIC", "display": "electronic data"
         }], "text": "Rappel FHIR REST"}],
         "subject": declaration["subject"],
-        "encounter": declaration["encounter"],
-        "payload": [{"contentReference": {"reference": "#stay"}}],
-        "authoredOn": declaration["authoredOn"],
-        "recipient": [{
-            "extension": [{"url": format!("{STRUCTURE_DEFINITION}recipient-endpoint"), "valueUrl": recipient.address}],
-            "reference": recipient.reference,
-        }],
+        "payload": payload,
+        "recipient": [addressee],
     });
-    if declaration["requester"].is_object() {
-        request["requester"] = declaration["requester"].clone();
+    for (field, value) in [
+        ("contained", json!(contained)),
+        ("encounter", declaration["encounter"].clone()),
+        ("authoredOn", declaration["authoredOn"].clone()),
+        ("requester", declaration["requester"].clone()),
+    ] {
+        if value.as_array().map_or(!value.is_null(), |a| !a.is_empty()) {
+            request[field] = value;
+        }
     }
     request
+}
+
+/// Whether a CommunicationRequest declares an event (the extension `event-type`)
+/// rather than asks for its notification (based on a Subscription).
+pub fn is_declaration(request: &Value) -> bool {
+    let has_event_type = request["extension"]
+        .as_array()
+        .is_some_and(|list| list.iter().any(|e| e["url"] == EVENT_TYPE_URL));
+    let based_on_subscription = request["basedOn"].as_array().is_some_and(|list| {
+        list.iter().any(|r| {
+            r["reference"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("Subscription/"))
+        })
+    });
+    has_event_type && !based_on_subscription
 }
 
 /// The identifier of the declaration of `event` for `{res_type}/{id}`: a stay is
@@ -375,10 +409,10 @@ mod tests {
             "meta": {"versionId": "3"},
             "identifier": [{"system": "urn:oid:1.2.250.1.213.1.4.10", "value": "2800175123456"}]});
         let recipient = super::super::recipients::Recipient {
-            reference: "Practitioner/gp".into(),
+            reference: Some("Practitioner/gp".into()),
             address: "https://cabinet.example/hook".into(),
         };
-        let n = notification_request(&d, "nde-1", &recipient, &stay, &patient);
+        let n = notification_request(&d, "nde-1", &recipient, Some(&stay), Some(&patient));
         crate::fhir::validate::validate_resource(&n).unwrap();
         assert_eq!(n["basedOn"][0]["reference"], "Subscription/nde-1");
         assert_eq!(n["encounter"]["reference"], "Encounter/s1");
@@ -402,6 +436,33 @@ mod tests {
             contained[1]["hospitalization"]["dischargeDisposition"]["text"],
             "Retour à domicile"
         );
+    }
+
+    #[test]
+    fn a_subscriber_of_an_emitters_declaration_gets_what_is_known() {
+        // An emitter's declaration (the guide's example): the patient contained,
+        // no stay on this server.
+        let declaration = json!({"resourceType": "CommunicationRequest", "status": "active",
+            "extension": [{"url": EVENT_TYPE_URL, "valueCodeableConcept": {"coding": [EventType::Discharge.coding()]}}],
+            "subject": {"reference": "Patient/p1"},
+            "payload": [{"contentString": "Sortie de M. Langdon"}]});
+        assert!(is_declaration(&declaration));
+        let recipient = super::super::recipients::Recipient {
+            reference: None,
+            address: "https://dac.example/hook".into(),
+        };
+        let n = notification_request(&declaration, "dac", &recipient, None, None);
+        crate::fhir::validate::validate_resource(&n).unwrap();
+        assert!(n.get("contained").is_none() && n.get("encounter").is_none());
+        assert_eq!(n["payload"][0]["contentString"], "Sortie de M. Langdon");
+        assert_eq!(n["recipient"][0]["display"], "Abonné de Subscription/dac");
+        assert!(
+            !is_declaration(&n),
+            "a notification request declares nothing"
+        );
+        assert!(!is_declaration(
+            &json!({"resourceType": "CommunicationRequest"})
+        ));
     }
 
     #[test]

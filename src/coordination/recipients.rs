@@ -22,8 +22,9 @@ pub const STANDING_TAG_CODE: &str = "standing-nde-subscription";
 /// Someone to notify and the callback URL that reaches them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Recipient {
-    /// `Practitioner/…`, `PractitionerRole/…` or `Organization/…`.
-    pub reference: String,
+    /// `Practitioner/…`, `PractitionerRole/…` or `Organization/…`; none for a
+    /// subscriber that did not say who it is.
+    pub reference: Option<String>,
     pub address: String,
 }
 
@@ -58,6 +59,29 @@ pub fn general_practitioner_changes(
         .collect();
     let removed = before.into_iter().filter(|g| !after.contains(g)).collect();
     (added, removed)
+}
+
+/// The recipient of what is written for an NdE subscriber: who its `subscriber`
+/// extension names (a relative reference), at its channel's endpoint. `None` for a
+/// channel without an endpoint (a websocket: it is sent what it selects as any
+/// subscription is).
+pub fn subscriber(subscription: &Value) -> Option<Recipient> {
+    let address = subscription["channel"]["endpoint"]
+        .as_str()
+        .filter(|a| !a.is_empty() && subscription["channel"]["type"] == "rest-hook")?;
+    let url = format!("{}subscriber", nde::STRUCTURE_DEFINITION);
+    let reference = subscription["extension"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["url"] == url.as_str())
+        .find_map(|e| e["valueReference"]["reference"].as_str())
+        .filter(|r| r.split_once('/').is_some_and(|(_, id)| !id.contains('/')))
+        .map(str::to_owned);
+    Some(Recipient {
+        reference,
+        address: address.to_owned(),
+    })
 }
 
 /// The references to Endpoints a PractitionerRole or an Organization lists.
@@ -136,8 +160,8 @@ pub fn standing_subscription(patient_id: &str, recipient: &Recipient, id: &str) 
         recipient,
         format!("CommunicationRequest?based-on=Subscription/{id}&status=active"),
         format!(
-            "Notification d'événements du patient Patient/{patient_id} à {} (médecin traitant)",
-            recipient.reference
+            "Notification d'événements du patient Patient/{patient_id} à {} (cercle de soins)",
+            recipient.reference.as_deref().unwrap_or_default()
         ),
         vec![
             json!({"url": format!("{}subject", nde::STRUCTURE_DEFINITION),
@@ -156,16 +180,17 @@ pub fn escalation_subscription_id(owner: &str) -> String {
 /// The Subscription through which `owner` (a stay's service provider) hears of
 /// the escalation Tasks it owns.
 pub fn escalation_subscription(owner: &Recipient) -> Value {
+    let who = owner.reference.as_deref().unwrap_or_default();
     kept_for(
         owner,
         // New escalations only: the owner's own updates of the Task are not news.
         format!(
             "Task?owner={}&status=requested&code={}|{}",
-            owner.reference,
+            who,
             super::acknowledgement::CODE_SYSTEM,
             super::acknowledgement::ESCALATION
         ),
-        format!("Notifications non acquittées, pour {}", owner.reference),
+        format!("Notifications non acquittées, pour {who}"),
         vec![
             json!({"url": format!("{}subscriber", nde::STRUCTURE_DEFINITION),
                     "valueReference": {"reference": owner.reference}}),
@@ -269,7 +294,7 @@ mod tests {
         assert_ne!(a, standing_subscription_id("p1", "Practitioner/other"));
         assert!(a.len() <= 64 && a.starts_with("nde-"));
         let recipient = Recipient {
-            reference: "Practitioner/gp".into(),
+            reference: Some("Practitioner/gp".into()),
             address: "https://cabinet.example/hook".into(),
         };
         let sub = standing_subscription("p1", &recipient, &a);

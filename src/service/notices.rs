@@ -1,7 +1,9 @@
 //! Who is told of a stay's events, inside the write's transaction: for each event
-//! declared, the patient's GPs that an Endpoint reaches each get their standing
-//! NdE Subscription (written again, a no-op when unchanged) and a notification
-//! request based on it, which that Subscription delivers through the outbox. The
+//! declared, the patient's GPs and care-circle members that an Endpoint reaches
+//! each get their standing NdE Subscription (written again, a no-op when
+//! unchanged) and a notification request based on it, which that Subscription
+//! delivers through the outbox; for each declaration written, the NdE subscribers
+//! whose criteria select it get a notification request based on theirs. The
 //! standing Subscriptions also follow the patient's `generalPractitioner`: made
 //! for a GP added (when reachable), put `off` for a GP removed. What to write is
 //! decided by `coordination`; this reads what it needs.
@@ -61,10 +63,19 @@ pub(super) struct Documented {
     pub encounter_id: String,
 }
 
+/// An event declaration written (derived here, or an emitter's): the NdE
+/// subscribers that select it get a notification request.
+pub(super) struct Published {
+    pub position: usize,
+    pub declaration_id: String,
+    pub declaration: Value,
+}
+
 /// What the coordination rules found in one round of changes.
 #[derive(Default)]
 pub(super) struct Coordinated {
     pub declared: Vec<Declared>,
+    pub published: Vec<Published>,
     pub documents: Vec<Documented>,
     pub gps: Vec<GpChange>,
     pub stays: Vec<StayWritten>,
@@ -74,6 +85,7 @@ pub(super) struct Coordinated {
 impl Coordinated {
     pub fn is_empty(&self) -> bool {
         self.declared.is_empty()
+            && self.published.is_empty()
             && self.documents.is_empty()
             && self.gps.is_empty()
             && self.stays.is_empty()
@@ -205,7 +217,7 @@ pub(super) async fn reachable(
         return Ok(None);
     }
     Ok(Some(Recipient {
-        reference: gp.to_owned(),
+        reference: Some(gp.to_owned()),
         address,
     }))
 }
@@ -298,9 +310,14 @@ pub(super) async fn notices(
         .map_err(whole)?;
     let mut written: HashSet<String> = standing.iter().map(|(_, c)| c.res_id.clone()).collect();
     changes.extend(standing);
-    let requests = requests(tx, rules, &declared, &mut written)
+    let mut requests = requests(tx, rules, now, &declared, &mut written)
         .await
         .map_err(whole)?;
+    requests.extend(
+        subscriber_requests(tx, rules, &found.published)
+            .await
+            .map_err(whole)?,
+    );
     // A deployer's `999999999h` is a century: never due, and still a date the
     // database stores.
     let century = std::time::Duration::from_secs(100 * 365 * 86_400);
@@ -451,11 +468,13 @@ async fn standing_subscriptions(
     Ok(changes)
 }
 
-/// The notification requests of the events `declared`, with the standing
+/// The notification requests of the events `declared` to the patient's GPs and
+/// the other current members of the patient's care circle, with the standing
 /// Subscriptions they need that are not `written` yet.
 async fn requests(
     tx: &Transaction<'_>,
     rules: &Rules,
+    now: DateTime<Utc>,
     declared: &[Declared],
     written: &mut HashSet<String>,
 ) -> FhirResult<Vec<(usize, Change)>> {
@@ -467,14 +486,29 @@ async fn requests(
         else {
             continue;
         };
-        let Some(patient) = current(tx, "Patient", patient_id).await? else {
+        let circle_id = circle::circle_id(patient_id);
+        let mut patient = None;
+        let mut members = Vec::new();
+        for found in current_all(tx, &[("Patient", patient_id), ("CareTeam", &circle_id)]).await? {
+            match found["resourceType"].as_str() {
+                Some("Patient") => patient = Some(found),
+                _ => members = circle::current_members(&found, now),
+            }
+        }
+        let Some(patient) = patient else {
             continue;
         };
-        for gp in recipients::general_practitioners(&patient) {
-            let Some(recipient) = reachable(tx, rules, &gp).await? else {
+        let mut recipients = recipients::general_practitioners(&patient);
+        for member in members {
+            if !recipients.contains(&member) {
+                recipients.push(member);
+            }
+        }
+        for member in recipients {
+            let Some(recipient) = reachable(tx, rules, &member).await? else {
                 continue;
             };
-            let sub_id = recipients::standing_subscription_id(patient_id, &gp);
+            let sub_id = recipients::standing_subscription_id(patient_id, &member);
             if written.insert(sub_id.clone()) {
                 changes.push((
                     event.position,
@@ -485,8 +519,124 @@ async fn requests(
                 &event.declaration,
                 &sub_id,
                 &recipient,
-                &event.encounter,
-                &patient,
+                Some(&event.encounter),
+                Some(&patient),
+            );
+            changes.push((
+                event.position,
+                Change::create("CommunicationRequest", request),
+            ));
+        }
+    }
+    Ok(changes)
+}
+
+/// A resource a declaration references in `field` (`subject`, `encounter`): one
+/// it contains, or the server's current version.
+async fn referenced(
+    tx: &Transaction<'_>,
+    declaration: &Value,
+    field: &str,
+) -> FhirResult<Option<Value>> {
+    let Some(reference) = declaration[field]["reference"].as_str() else {
+        return Ok(None);
+    };
+    match reference.strip_prefix('#') {
+        Some(local) => Ok(declaration["contained"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["id"] == local)
+            .cloned()),
+        None => by_reference(tx, reference).await,
+    }
+}
+
+/// The notification requests of the declarations `published` for the NdE
+/// subscribers whose criteria select them (evaluated by the database, where this
+/// transaction's declarations are already written).
+async fn subscriber_requests(
+    tx: &Transaction<'_>,
+    rules: &Rules,
+    published: &[Published],
+) -> FhirResult<Vec<(usize, Change)>> {
+    if published.is_empty() {
+        return Ok(Vec::new());
+    }
+    let selecting = store::subscriptions::selecting(tx).await?;
+    if selecting.is_empty() {
+        return Ok(Vec::new());
+    }
+    let params = rules.catalog.params.current();
+    let ids = published
+        .iter()
+        .map(|p| p.declaration_id.as_str())
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut chosen: Vec<(&str, HashSet<String>)> = Vec::new();
+    for (sub_id, selects) in &selecting {
+        let mut selected: Option<HashSet<String>> = None;
+        for criteria in selects {
+            let mut query = search::parse_criteria(criteria);
+            query.push(("_id".to_owned(), ids.clone()));
+            // Criteria that no longer compile (a parameter deleted) select nothing.
+            let plan = match search::parse(
+                &params,
+                "CommunicationRequest",
+                &query,
+                Handling::Strict,
+            ) {
+                Ok(plan) => plan,
+                Err(e) => {
+                    tracing::warn!(%sub_id, error = %e, "NdE subscriber criteria no longer apply");
+                    selected = Some(HashSet::new());
+                    break;
+                }
+            };
+            let found: HashSet<String> = store::matching_ids(tx, &plan, published.len())
+                .await?
+                .into_iter()
+                .collect();
+            selected = Some(match selected {
+                None => found,
+                Some(before) => before.intersection(&found).cloned().collect(),
+            });
+        }
+        if let Some(selected) = selected.filter(|s| !s.is_empty()) {
+            chosen.push((sub_id, selected));
+        }
+    }
+    let keys: Vec<(&str, &str)> = chosen.iter().map(|(id, _)| ("Subscription", *id)).collect();
+    let subscriptions = current_all(tx, &keys).await?;
+    let mut changes = Vec::new();
+    for event in published {
+        let mut parts: Option<(Option<Value>, Option<Value>)> = None;
+        for subscription in &subscriptions {
+            let Some(sub_id) = subscription["id"].as_str() else {
+                continue;
+            };
+            let selects_event = chosen
+                .iter()
+                .any(|(id, selected)| *id == sub_id && selected.contains(&event.declaration_id));
+            let Some(recipient) = recipients::subscriber(subscription).filter(|_| selects_event)
+            else {
+                continue;
+            };
+            if parts.is_none() {
+                parts = Some((
+                    referenced(tx, &event.declaration, "encounter").await?,
+                    referenced(tx, &event.declaration, "subject").await?,
+                ));
+            }
+            let (encounter, patient) = parts
+                .as_ref()
+                .map_or((None, None), |(e, p)| (e.as_ref(), p.as_ref()));
+            let request = nde::notification_request(
+                &event.declaration,
+                sub_id,
+                &recipient,
+                encounter,
+                patient,
             );
             changes.push((
                 event.position,

@@ -62,6 +62,7 @@ pub async fn file_subscription(
             active: spec.active,
             topic: spec.topic.as_deref(),
             criteria: &spec.criteria,
+            selects: &spec.selects,
             channel: &channel,
             ends_at: spec.ends_at,
             handshake: spec.handshake,

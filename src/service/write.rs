@@ -12,7 +12,9 @@ use chrono::{DateTime, Duration, DurationRound, Utc};
 use deadpool_postgres::Transaction;
 use serde_json::Value;
 
-use super::notices::{self, Ack, Coordinated, Declared, Documented, GpChange, StayWritten};
+use super::notices::{
+    self, Ack, Coordinated, Declared, Documented, GpChange, Published, StayWritten,
+};
 use super::notify;
 use crate::coordination;
 use crate::error::{FhirError, FhirResult, Issue};
@@ -349,6 +351,19 @@ fn coordinate(
                     });
                 }
             }
+            // Declared once: a declaration updated later is no new event.
+            "CommunicationRequest" if !next.live => {
+                if let Some(declaration) = resource
+                    .as_ref()
+                    .filter(|r| coordination::nde::is_declaration(r))
+                {
+                    found.published.push(Published {
+                        position,
+                        declaration_id: change.res_id.clone(),
+                        declaration: declaration.clone(),
+                    });
+                }
+            }
             "Task" | "Communication" => {
                 let by = format!("{}/{}", change.res_type, change.res_id);
                 for claim in resource
@@ -415,6 +430,7 @@ fn decide(
             let params = rules.catalog.params.current();
             subscription = Some(Box::new(crate::subscription::prepare(
                 resource,
+                res_id,
                 &rules.endpoints,
                 &rules.catalog.definitions(&params),
             )?));

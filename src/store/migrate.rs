@@ -46,6 +46,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "acknowledgements",
         include_str!("migrations/0008_acknowledgements.sql"),
     ),
+    (
+        9,
+        "NdE subscribers",
+        include_str!("migrations/0009_nde_subscribers.sql"),
+    ),
 ];
 
 /// Arbitrary constant naming the migration lock.

@@ -14,6 +14,8 @@ pub struct Registration<'a> {
     pub active: bool,
     pub topic: Option<&'a str>,
     pub criteria: &'a [String],
+    /// What an NdE subscriber selects (`subscription::Spec::selects`).
+    pub selects: &'a [String],
     pub channel: &'a Value,
     pub ends_at: Option<DateTime<Utc>>,
     pub handshake: bool,
@@ -28,10 +30,10 @@ pub struct Registration<'a> {
 pub async fn register(tx: &Transaction<'_>, r: &Registration<'_>) -> FhirResult<()> {
     let upsert = tx
         .prepare_cached(
-            "INSERT INTO subscription (sub_id, active, topic, criteria, channel, ends_at, handshake_due, heartbeat_secs)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+            "INSERT INTO subscription (sub_id, active, topic, criteria, channel, ends_at, handshake_due, heartbeat_secs, selects)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
              ON CONFLICT (sub_id) DO UPDATE SET
-               active = EXCLUDED.active, topic = EXCLUDED.topic, criteria = EXCLUDED.criteria,
+               active = EXCLUDED.active, topic = EXCLUDED.topic, criteria = EXCLUDED.criteria, selects = EXCLUDED.selects,
                channel = EXCLUDED.channel, ends_at = EXCLUDED.ends_at, heartbeat_secs = EXCLUDED.heartbeat_secs,
                handshake_due = subscription.handshake_due OR EXCLUDED.handshake_due,
                attempts = CASE WHEN EXCLUDED.active AND NOT subscription.active THEN 0 ELSE subscription.attempts END,
@@ -50,6 +52,7 @@ pub async fn register(tx: &Transaction<'_>, r: &Registration<'_>) -> FhirResult<
             &r.ends_at,
             &(r.active && r.handshake),
             &r.heartbeat_secs,
+            &r.selects,
         ],
     )
     .await?;
@@ -69,6 +72,22 @@ pub async fn register(tx: &Transaction<'_>, r: &Registration<'_>) -> FhirResult<
         tx.execute(&file, &[&types, &keys, &r.sub_id]).await?;
     }
     Ok(())
+}
+
+/// The NdE subscriptions in force and the declarations each selects.
+pub async fn selecting(client: &impl GenericClient) -> FhirResult<Vec<(String, Vec<String>)>> {
+    let select = client
+        .prepare_cached(
+            "SELECT sub_id, selects FROM subscription
+             WHERE active AND cardinality(selects) > 0 ORDER BY sub_id",
+        )
+        .await?;
+    Ok(client
+        .query(&select, &[])
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect())
 }
 
 /// A deleted Subscription stops matching; its events stay for the delivery log.

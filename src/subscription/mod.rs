@@ -89,6 +89,9 @@ pub struct Spec {
     pub topic: Option<String>,
     /// R4 criteria, or the Backport filters (`Type?param=value`).
     pub criteria: Vec<String>,
+    /// An NdE subscriber's own criteria, which select event declarations (see
+    /// [`selects_declarations`]); empty for any other subscription.
+    pub selects: Vec<String>,
     pub channel: Channel,
     pub ends_at: Option<DateTime<Utc>>,
 }
@@ -117,9 +120,10 @@ fn extension_int(element: &Value, name: &str) -> Option<i64> {
 /// force: one put in `error` or `off` may keep criteria that no longer apply) and
 /// puts the server's part in it: a requested subscription becomes `active` (and
 /// loses a stale `error`), and one without a signing secret gets a generated one.
-/// Returns what is then in force.
+/// Returns what is then in force. `id` is the Subscription's.
 pub fn prepare(
     resource: &mut Value,
+    id: &str,
     policy: &EndpointPolicy,
     definitions: &Definitions<'_>,
 ) -> FhirResult<Spec> {
@@ -169,6 +173,16 @@ pub fn prepare(
             check_criteria(definitions.params, &criteria_text)?;
             vec![criteria_text.clone()]
         }
+    };
+    // An NdE subscriber is sent the notification requests written for it.
+    let (criteria, selects) = match topic {
+        None if selects_declarations(resource, &criteria_text) => (
+            vec![format!(
+                "CommunicationRequest?based-on=Subscription/{id}&status=active"
+            )],
+            criteria,
+        ),
+        _ => (criteria, Vec::new()),
     };
     let channel = resource["channel"].clone();
     let websocket = match channel["type"].as_str() {
@@ -292,6 +306,7 @@ pub fn prepare(
         handshake: is_backport && status == "requested" && !websocket,
         topic: topic.map(|t| t.url.clone()),
         criteria,
+        selects,
         channel: Channel {
             endpoint,
             websocket,
@@ -307,6 +322,27 @@ pub fn prepare(
         },
         ends_at,
     })
+}
+
+/// Whether a Subscription is an NdE subscriber's (the guide's `nde-subscription`
+/// profile, or criteria on the event type of CommunicationRequests), whose
+/// criteria select event declarations: for each, the server writes a notification
+/// request based on the subscription, and that is what it is sent (one callback
+/// per event, holding the patient and the stay). Criteria that already select by
+/// `based-on` are the server's own standing subscriptions.
+pub fn selects_declarations(resource: &Value, criteria: &str) -> bool {
+    let Some(query) = criteria.strip_prefix("CommunicationRequest?") else {
+        return false;
+    };
+    let names: Vec<&str> = query
+        .split('&')
+        .filter_map(|pair| pair.split(['=', ':', '.']).next())
+        .collect();
+    let nde_profile = resource["meta"]["profile"].as_array().is_some_and(|p| {
+        p.iter()
+            .any(|p| p.as_str().is_some_and(|p| p.ends_with("/nde-subscription")))
+    });
+    !names.contains(&"based-on") && (nde_profile || names.contains(&"event-type"))
 }
 
 /// A URL rather than R4 criteria: the scheme comes before any query.

@@ -55,7 +55,7 @@ fn backport_subscription(filter: &str) -> Value {
 #[test]
 fn a_requested_r4_subscription_becomes_active_with_a_secret() {
     let mut s = r4_subscription();
-    let spec = prepare(&mut s, &EndpointPolicy::default(), &definitions()).expect("accepted");
+    let spec = prepare(&mut s, "s1", &EndpointPolicy::default(), &definitions()).expect("accepted");
     assert!(spec.active && !spec.handshake);
     assert_eq!(s["status"], "active");
     assert_eq!(spec.criteria, vec!["Encounter?status=finished&class=IMP"]);
@@ -64,7 +64,8 @@ fn a_requested_r4_subscription_becomes_active_with_a_secret() {
     assert_eq!(spec.channel.secret.len(), 64);
     assert_eq!(s["extension"][0]["valueString"], json!(spec.channel.secret));
     // Written again, the secret is kept.
-    let again = prepare(&mut s, &EndpointPolicy::default(), &definitions()).expect("accepted");
+    let again =
+        prepare(&mut s, "s1", &EndpointPolicy::default(), &definitions()).expect("accepted");
     assert_eq!(again.channel.secret, spec.channel.secret);
 }
 
@@ -101,7 +102,8 @@ fn bad_subscriptions_are_refused_with_the_element_at_fault() {
             "criteria" => s["criteria"] = value,
             other => s["channel"][other] = value,
         }
-        let err = prepare(&mut s, &EndpointPolicy::default(), &definitions()).expect_err(path);
+        let err =
+            prepare(&mut s, "s1", &EndpointPolicy::default(), &definitions()).expect_err(path);
         let FhirError::Unprocessable(issues) = err else {
             panic!("{path}: not a 422");
         };
@@ -112,19 +114,21 @@ fn bad_subscriptions_are_refused_with_the_element_at_fault() {
 #[test]
 fn backport_filters_must_be_allowed_by_the_topic() {
     let mut ok = backport_subscription("Encounter?patient=Patient/p1");
-    let spec = prepare(&mut ok, &dev(), &definitions()).expect("accepted");
+    let spec = prepare(&mut ok, "s1", &dev(), &definitions()).expect("accepted");
     assert!(spec.handshake && spec.channel.backport);
     assert_eq!(spec.channel.max_count, 5);
     assert_eq!(spec.channel.heartbeat_secs, Some(60));
     assert_eq!(spec.channel.content, Content::FullResource);
     assert!(prepare(
         &mut backport_subscription("Encounter?reason-code=x"),
+        "s2",
         &dev(),
         &definitions()
     )
     .is_err());
     assert!(prepare(
         &mut backport_subscription("Patient?name=x"),
+        "s3",
         &dev(),
         &definitions()
     )
@@ -265,6 +269,41 @@ fn r4_criteria_match_creates_and_updates_and_leave_chains_to_the_database() {
 fn criteria_may_hold_urls_in_their_values() {
     let mut s = r4_subscription();
     s["criteria"] = json!("Observation?code=http://loinc.org|29463-7");
-    let spec = prepare(&mut s, &EndpointPolicy::default(), &definitions()).expect("accepted");
+    let spec = prepare(&mut s, "s1", &EndpointPolicy::default(), &definitions()).expect("accepted");
     assert_eq!(spec.criteria, ["Observation?code=http://loinc.org|29463-7"]);
+}
+
+#[test]
+fn an_nde_subscriber_is_sent_the_notification_requests_based_on_it() {
+    let mut s = r4_subscription();
+    s["criteria"] = json!("CommunicationRequest?event-type=SOR");
+    let spec =
+        prepare(&mut s, "dac", &EndpointPolicy::default(), &definitions()).expect("accepted");
+    assert_eq!(spec.selects, ["CommunicationRequest?event-type=SOR"]);
+    assert_eq!(
+        spec.criteria,
+        ["CommunicationRequest?based-on=Subscription/dac&status=active"]
+    );
+    // The guide's profile makes any criteria on CommunicationRequest a selection.
+    let mut profiled = r4_subscription();
+    profiled["criteria"] = json!("CommunicationRequest?subject=Patient/p1");
+    profiled["meta"] = json!({"profile": ["https://interop.esante.gouv.fr/ig/fhir/nde/StructureDefinition/nde-subscription"]});
+    assert!(selects_declarations(
+        &profiled,
+        "CommunicationRequest?subject=Patient/p1"
+    ));
+    // Not a selection: other criteria, and the server's standing subscriptions.
+    assert!(!selects_declarations(
+        &s,
+        "CommunicationRequest?status=active"
+    ));
+    assert!(!selects_declarations(&s, "Encounter?status=finished"));
+    assert!(!selects_declarations(
+        &profiled,
+        "CommunicationRequest?based-on=Subscription/nde-1&status=active"
+    ));
+    assert!(selects_declarations(
+        &s,
+        "CommunicationRequest?event-type:not=ADM"
+    ));
 }

@@ -99,3 +99,53 @@ async fn the_care_circle_shows_who_to_call_now() {
         .iter()
         .any(|o| o["name"] == "care-circle"));
 }
+
+/// The community nurse a user adds to the care circle hears of the patient's
+/// discharge as the GP does; once her membership ends, she no longer does.
+#[tokio::test]
+async fn members_of_the_care_circle_are_told_of_the_stay() {
+    let s = TestServer::start().await;
+    let (gp, nurse) = (Receiver::start().await, Receiver::start().await);
+    reachable_gp(&s, &gp.url()).await;
+    for resource in [
+        json!({"resourceType": "Practitioner", "id": "idel", "name": [{"family": "Vidal", "given": ["Inès"]}]}),
+        json!({"resourceType": "Endpoint", "id": "idel-ep", "status": "active",
+            "connectionType": {"system": "http://terminology.hl7.org/CodeSystem/endpoint-connection-type", "code": "hl7-fhir-rest"},
+            "payloadType": [{"text": "FHIR"}], "address": nurse.url()}),
+        json!({"resourceType": "PractitionerRole", "id": "idel-role", "active": true,
+            "practitioner": {"reference": "Practitioner/idel"}, "endpoint": [{"reference": "Endpoint/idel-ep"}]}),
+    ] {
+        put(&s, &resource, 201).await;
+    }
+    let circle_id = passerelle::coordination::circle::circle_id("stay-patient");
+    let path = format!("CareTeam/{circle_id}");
+    let mut circle = json_of(s.get(&path).await, 200).await;
+    let nurse_member = json!({"member": {"reference": "Practitioner/idel"},
+        "role": [{"text": "Infirmière libérale"}], "period": {"start": "2026-11-01"}});
+    circle["participant"]
+        .as_array_mut()
+        .unwrap()
+        .push(nurse_member);
+    json_of(s.put_json(&path, &circle).await, 200).await;
+
+    put(&s, &stay("circ3", "in-progress"), 201).await;
+    let adm = nurse.expect().await.json();
+    assert_eq!(adm["recipient"][0]["reference"], "Practitioner/idel");
+    assert_eq!(adm["encounter"]["reference"], "Encounter/circ3");
+    gp.expect().await;
+
+    // Her membership over, the discharge reaches the GP alone.
+    let mut circle = json_of(s.get(&path).await, 200).await;
+    let last = circle["participant"].as_array().unwrap().len() - 1;
+    circle["participant"][last]["period"]["end"] = json!("2026-11-10");
+    json_of(s.put_json(&path, &circle).await, 200).await;
+    put(&s, &discharged("circ3"), 200).await;
+    assert_eq!(
+        gp.expect().await.json()["extension"][0]["valueCodeableConcept"]["coding"][0]["code"],
+        "SOR"
+    );
+    assert!(nurse
+        .next(std::time::Duration::from_millis(700))
+        .await
+        .is_none());
+}

@@ -198,30 +198,105 @@ async fn other_encounters_declare_nothing() {
     assert_eq!(all["total"], 0, "{all}");
 }
 
+/// A regional platform subscribed to discharges gets one notification request
+/// per discharge, based on its Subscription, holding the stay; the GP's own
+/// notices are not sent to it.
 #[tokio::test]
 async fn an_nde_subscriber_is_called_back_with_the_discharge() {
     let s = TestServer::start().await;
-    let dac = Receiver::start().await;
-    json_of(
-        s.post_json(
-            "Subscription",
-            &r4_subscription("CommunicationRequest?event-type=SOR", &dac.url()),
-        )
-        .await,
-        201,
-    )
-    .await;
+    let (dac, gp) = (Receiver::start().await, Receiver::start().await);
+    reachable_gp(&s, &gp.url()).await;
+    let mut subscription = r4_subscription("CommunicationRequest?event-type=SOR", &dac.url());
+    subscription["extension"] = json!([{
+        "url": "https://interop.esante.gouv.fr/ig/fhir/nde/StructureDefinition/subscriber",
+        "valueReference": {"reference": "Organization/dac-19"}}]);
+    let subscription = json_of(s.post_json("Subscription", &subscription).await, 201).await;
+    let sub_id = subscription["id"].as_str().unwrap();
+    // What the subscriber wrote stays as written.
+    assert_eq!(
+        subscription["criteria"],
+        "CommunicationRequest?event-type=SOR"
+    );
     put(&s, &stay("st7", "in-progress"), 201).await;
     put(&s, &discharged("st7"), 200).await;
     let callback = dac.expect().await.json();
     assert_eq!(callback["resourceType"], "CommunicationRequest");
+    assert_eq!(
+        callback["basedOn"][0]["reference"],
+        format!("Subscription/{sub_id}")
+    );
     assert_eq!(callback["encounter"]["reference"], "Encounter/st7");
+    assert_eq!(callback["recipient"][0]["reference"], "Organization/dac-19");
+    assert_eq!(
+        callback["recipient"][0]["extension"][0]["valueUrl"],
+        dac.url().as_str()
+    );
     assert_eq!(
         callback["extension"][0]["valueCodeableConcept"]["coding"][0]["code"],
         "SOR"
     );
-    // The admission matched nothing.
+    assert_eq!(
+        callback["contained"][1]["period"]["end"],
+        "2026-11-20T19:40:00+01:00"
+    );
+    // The GP heard of both events; the platform of the discharge only, once.
+    assert_eq!(
+        gp.expect().await.json()["basedOn"],
+        gp.expect().await.json()["basedOn"]
+    );
     assert!(dac
+        .next(std::time::Duration::from_millis(700))
+        .await
+        .is_none());
+    // Searchable as any notice: the platform's, by its subscription.
+    let notices = found(
+        &s,
+        &format!("CommunicationRequest?based-on=Subscription/{sub_id}"),
+    )
+    .await;
+    assert_eq!(notices.len(), 1);
+}
+
+/// An emitter (a hospital whose stays live elsewhere) posts its declaration, as
+/// the guide's flow 1 has it: the subscribers it concerns are notified.
+#[tokio::test]
+async fn an_emitters_declaration_reaches_the_subscribers_it_concerns() {
+    let s = TestServer::start().await;
+    let (dac, other) = (Receiver::start().await, Receiver::start().await);
+    let subscribe = |criteria: &str, url: String| {
+        let mut sub = r4_subscription(criteria, &url);
+        sub["meta"] = json!({"profile": ["https://interop.esante.gouv.fr/ig/fhir/nde/StructureDefinition/nde-subscription"]});
+        sub
+    };
+    for sub in [
+        subscribe(
+            "CommunicationRequest?event-type=SOR&subject=Patient/langdon",
+            dac.url(),
+        ),
+        subscribe(
+            "CommunicationRequest?subject=Patient/someone-else",
+            other.url(),
+        ),
+    ] {
+        json_of(s.post_json("Subscription", &sub).await, 201).await;
+    }
+    let declaration = json!({"resourceType": "CommunicationRequest", "status": "active",
+        "meta": {"profile": ["https://interop.esante.gouv.fr/ig/fhir/nde/StructureDefinition/nde-eventdeclaration"]},
+        "extension": [
+            {"url": "https://interop.esante.gouv.fr/ig/fhir/nde/StructureDefinition/event-type",
+             "valueCodeableConcept": {"coding": [{"system": "https://mos.esante.gouv.fr/NOS/TRE_R254-TypeEvenement/FHIR/TRE-R254-TypeEvenement", "code": "SOR"}]}},
+            {"url": "https://interop.esante.gouv.fr/ig/fhir/nde/StructureDefinition/event-time",
+             "valueDateTime": "2026-11-27T18:00:00+01:00"}],
+        "subject": {"reference": "Patient/langdon"},
+        "payload": [{"contentString": "Sortie de M. Langdon, CH d'Ussel"}]});
+    json_of(s.post_json("CommunicationRequest", &declaration).await, 201).await;
+    let callback = dac.expect().await.json();
+    assert_eq!(
+        callback["payload"][0]["contentString"],
+        "Sortie de M. Langdon, CH d'Ussel"
+    );
+    assert_eq!(callback["subject"]["reference"], "Patient/langdon");
+    assert!(other
         .next(std::time::Duration::from_millis(700))
         .await
         .is_none());
