@@ -26,7 +26,7 @@ pub async fn escalate_due(pool: &Pool, rules: &Rules) -> FhirResult<usize> {
     }
     let now = store::clock(&tx).await?;
     let mut changes = Vec::new();
-    let mut owners = std::collections::HashSet::new();
+    let mut owners: Vec<String> = Vec::new();
     let keys: Vec<(&str, &str)> = due
         .iter()
         .map(|id| ("CommunicationRequest", id.as_str()))
@@ -54,17 +54,22 @@ pub async fn escalate_due(pool: &Pool, rules: &Rules) -> FhirResult<usize> {
             continue;
         };
         let owner = task["owner"]["reference"].as_str().unwrap_or_default();
-        if owners.insert(owner.to_owned()) {
-            if let Some(recipient) = notices::reachable(&tx, rules, owner).await? {
-                changes.push(Change::update(
-                    "Subscription",
-                    recipients::escalation_subscription_id(owner),
-                    recipients::escalation_subscription(&recipient),
-                    None,
-                ));
-            }
+        if !owners.iter().any(|o| o == owner) {
+            owners.push(owner.to_owned());
         }
         changes.push(Change::create("Task", task));
+    }
+    // Each owner told through the Subscription kept for its escalations.
+    let reached = notices::reachable(&tx, rules, &owners).await?;
+    for owner in &owners {
+        if let Some(recipient) = reached.get(owner) {
+            changes.push(Change::update(
+                "Subscription",
+                recipients::escalation_subscription_id(owner),
+                recipients::escalation_subscription(recipient),
+                None,
+            ));
+        }
     }
     let mut facts = Vec::new();
     write::apply_all(&tx, rules, now, changes, &mut facts)

@@ -93,6 +93,89 @@ impl Coordinated {
     }
 }
 
+/// The current resources a round's coordination reads, fetched together.
+#[derive(Default)]
+struct Known(HashMap<(String, String), Value>);
+
+impl Known {
+    /// Reads those of `keys` not known yet, in one query.
+    async fn fetch(&mut self, tx: &Transaction<'_>, keys: &[(String, String)]) -> FhirResult<()> {
+        let missing: Vec<(&str, &str)> = keys
+            .iter()
+            .filter(|k| !self.0.contains_key(*k))
+            .map(|(t, id)| (t.as_str(), id.as_str()))
+            .collect();
+        for found in current_all(tx, &missing).await? {
+            self.learn(found);
+        }
+        Ok(())
+    }
+
+    fn learn(&mut self, resource: Value) {
+        if let (Some(t), Some(id)) = (resource["resourceType"].as_str(), resource["id"].as_str()) {
+            self.0
+                .insert((t.to_owned(), id.to_owned()), resource.clone());
+        }
+    }
+
+    fn get(&self, res_type: &str, id: &str) -> Option<&Value> {
+        self.0.get(&(res_type.to_owned(), id.to_owned()))
+    }
+}
+
+fn key(res_type: &str, id: &str) -> (String, String) {
+    (res_type.to_owned(), id.to_owned())
+}
+
+/// The patient of a stay (`Encounter.subject`), by id.
+fn patient_of(encounter: &Value) -> Option<&str> {
+    encounter["subject"]["reference"]
+        .as_str()
+        .and_then(|r| r.strip_prefix("Patient/"))
+}
+
+/// What the round's coordination reads, known before anything is decided.
+fn wanted(found: &Coordinated) -> Vec<(String, String)> {
+    let mut keys = Vec::new();
+    keys.extend(
+        found
+            .documents
+            .iter()
+            .map(|d| key("Encounter", &d.encounter_id)),
+    );
+    keys.extend(
+        found
+            .acks
+            .iter()
+            .filter(|a| !a.claim.request_id.is_empty())
+            .map(|a| key("CommunicationRequest", &a.claim.request_id)),
+    );
+    for gp in &found.gps {
+        keys.push(key("CareTeam", &circle::circle_id(&gp.patient_id)));
+        keys.extend(gp.removed.iter().map(|removed| {
+            key(
+                "Subscription",
+                &recipients::standing_subscription_id(&gp.patient_id, removed),
+            )
+        }));
+    }
+    keys.extend(
+        found
+            .stays
+            .iter()
+            .map(|s| key("CareTeam", &circle::stay_team_id(&s.encounter_id))),
+    );
+    for patient_id in found
+        .declared
+        .iter()
+        .filter_map(|d| patient_of(&d.encounter))
+    {
+        keys.push(key("Patient", patient_id));
+        keys.push(key("CareTeam", &circle::circle_id(patient_id)));
+    }
+    keys
+}
+
 /// The documents this transaction filed about the stays it discharges, in an
 /// earlier flush than the discharge (a transaction writes POSTs before PUTs, and
 /// a conditional entry flushes what came before it): filed "with the discharge",
@@ -100,7 +183,6 @@ impl Coordinated {
 async fn letters_before_discharge(
     tx: &Transaction<'_>,
     declared: &[Declared],
-    documents: &[Documented],
 ) -> FhirResult<Vec<Documented>> {
     let mut found = Vec::new();
     for event in declared {
@@ -122,7 +204,6 @@ async fn letters_before_discharge(
         )
         .await?;
         for version in filed {
-            let known = documents.iter().any(|d| d.document_id == version.res_id);
             let Some(document) = version
                 .json
                 .as_deref()
@@ -130,7 +211,7 @@ async fn letters_before_discharge(
             else {
                 continue;
             };
-            if !known && document["status"] != "entered-in-error" {
+            if document["status"] != "entered-in-error" {
                 found.push(Documented {
                     position: event.position,
                     document_id: version.res_id,
@@ -145,41 +226,38 @@ async fn letters_before_discharge(
 
 /// The DOC events of documents filed about stays that are finished (in this
 /// round's writes too).
-async fn documents_declared(
-    tx: &Transaction<'_>,
+fn documents_declared(
+    known: &Known,
     rules: &Rules,
     now: DateTime<Utc>,
     documents: Vec<Documented>,
-) -> FhirResult<Vec<Declared>> {
+) -> Vec<Declared> {
     let mut declared = Vec::new();
     for doc in documents {
-        let Some(encounter) = current(tx, "Encounter", &doc.encounter_id).await? else {
+        let Some(encounter) = known.get("Encounter", &doc.encounter_id) else {
             continue;
         };
-        let over = crate::coordination::stay::Status::of(&encounter)
+        let over = crate::coordination::stay::Status::of(encounter)
             == Some(crate::coordination::stay::Status::Finished);
-        if !over || !rules.stays.is_stay(&encounter) {
+        if !over || !rules.stays.is_stay(encounter) {
             continue;
         }
         if let Some(declaration) = nde::document_declaration(
             &doc.document_id,
             &doc.document,
             &doc.encounter_id,
-            &encounter,
+            encounter,
             now,
         ) {
             declared.push(Declared {
                 position: doc.position,
-                encounter,
+                encounter: encounter.clone(),
                 declaration,
             });
         }
     }
-    Ok(declared)
+    declared
 }
-
-/// PractitionerRoles looked at for one practitioner.
-const MAX_ROLES: usize = 20;
 
 /// The current JSON of a resource, `None` if absent or deleted.
 async fn current(tx: &Transaction<'_>, res_type: &str, id: &str) -> FhirResult<Option<Value>> {
@@ -201,25 +279,40 @@ async fn by_reference(tx: &Transaction<'_>, reference: &str) -> FhirResult<Optio
     }
 }
 
-/// How to reach `gp`, if an Endpoint the policy allows does.
+/// How to reach each of `references` that an Endpoint the policy allows reaches
+/// (one query for them all), by reference.
 pub(super) async fn reachable(
     tx: &Transaction<'_>,
     rules: &Rules,
-    gp: &str,
-) -> FhirResult<Option<Recipient>> {
-    let Some(address) = callback(tx, rules, gp).await? else {
-        return Ok(None);
-    };
-    // An Endpoint refused by the policy is refused when written; one written
-    // before the policy changed is skipped, not fatal to the write.
-    if let Some(reason) = rules.endpoints.refusal(&address) {
-        tracing::warn!(%gp, %address, %reason, "GP endpoint not usable");
-        return Ok(None);
+    references: &[String],
+) -> FhirResult<HashMap<String, Recipient>> {
+    let wanted: Vec<&str> = references.iter().map(String::as_str).collect();
+    let held = store::endpoints_of(tx, &wanted).await?;
+    let mut found = HashMap::new();
+    for (n, reference) in references.iter().enumerate() {
+        // The first Endpoint, in the holders' order, that takes callbacks.
+        let Some(address) = held
+            .iter()
+            .filter(|(of, active, _)| *of == n && *active != false)
+            .find_map(|(_, _, endpoint)| recipients::callback_address(endpoint))
+        else {
+            continue;
+        };
+        // An Endpoint refused by the policy is refused when written; one written
+        // before the policy changed is skipped, not fatal to the write.
+        if let Some(reason) = rules.endpoints.refusal(address) {
+            tracing::warn!(%reference, %address, %reason, "endpoint not usable");
+            continue;
+        }
+        found.insert(
+            reference.clone(),
+            Recipient {
+                reference: Some(reference.clone()),
+                address: address.to_owned(),
+            },
+        );
     }
-    Ok(Some(Recipient {
-        reference: Some(gp.to_owned()),
-        address,
-    }))
+    Ok(found)
 }
 
 fn standing_change(patient_id: &str, recipient: &Recipient, sub_id: &str) -> Change {
@@ -236,51 +329,13 @@ async fn current_all(tx: &Transaction<'_>, keys: &[(&str, &str)]) -> FhirResult<
         .collect())
 }
 
-/// The callback URL that reaches `gp` (a Practitioner through one of their
-/// PractitionerRoles, a PractitionerRole or an Organization through its own
-/// endpoints), if any: the first in the holders' order that takes callbacks.
-async fn callback(tx: &Transaction<'_>, rules: &Rules, gp: &str) -> FhirResult<Option<String>> {
-    let holders: Vec<Value> = if gp.starts_with("Practitioner/") {
-        let params = rules.catalog.params.current();
-        let plan = search::parse(
-            &params,
-            "PractitionerRole",
-            &[("practitioner".to_owned(), gp.to_owned())],
-            Handling::Strict,
-        )?;
-        let ids = store::matching_ids(tx, &plan, MAX_ROLES).await?;
-        let keys: Vec<(&str, &str)> = ids
-            .iter()
-            .map(|id| ("PractitionerRole", id.as_str()))
-            .collect();
-        current_all(tx, &keys).await?
-    } else {
-        by_reference(tx, gp).await?.into_iter().collect()
-    };
-    let endpoints: Vec<String> = holders
-        .iter()
-        .filter(|h| h["active"] != false)
-        .flat_map(recipients::endpoint_references)
-        .collect();
-    let keys: Vec<(&str, &str)> = endpoints.iter().filter_map(|r| r.split_once('/')).collect();
-    let endpoint_of: HashMap<String, Value> = current_all(tx, &keys)
-        .await?
-        .into_iter()
-        .filter_map(|e| Some((format!("Endpoint/{}", e["id"].as_str()?), e)))
-        .collect();
-    // In the holders' order, whatever order the database answered in.
-    Ok(endpoints
-        .iter()
-        .filter_map(|r| endpoint_of.get(r))
-        .find_map(recipients::callback_address)
-        .map(str::to_owned))
-}
-
 /// What one round's coordination brings with it: acknowledged requests
 /// completed (their timers stopped), standing Subscriptions made or ended, the
 /// event declarations, and notification requests (their timers started), each
 /// with the position of the change it comes from. A standing Subscription is
-/// changed at most once.
+/// changed at most once. What it reads is read together: the resources it needs
+/// (with the documents filed earlier in the transaction, pipelined), then the
+/// endpoints of every recipient.
 pub(super) async fn notices(
     tx: &Transaction<'_>,
     rules: &Rules,
@@ -291,28 +346,50 @@ pub(super) async fn notices(
         position: None,
         error,
     };
+    let mut known = Known::default();
+    for event in &found.declared {
+        known.learn(event.encounter.clone());
+    }
+    let keys = wanted(&found);
+    let (letters, ()) = tokio::try_join!(
+        letters_before_discharge(tx, &found.declared),
+        known.fetch(tx, &keys)
+    )
+    .map_err(whole)?;
     let mut documents = std::mem::take(&mut found.documents);
-    documents.extend(
-        letters_before_discharge(tx, &found.declared, &documents)
-            .await
-            .map_err(whole)?,
-    );
+    for letter in letters {
+        if !documents
+            .iter()
+            .any(|d| d.document_id == letter.document_id)
+        {
+            documents.push(letter);
+        }
+    }
     let mut declared = std::mem::take(&mut found.declared);
-    declared.extend(
-        documents_declared(tx, rules, now, documents)
-            .await
-            .map_err(whole)?,
-    );
-    let mut changes = acknowledgements(tx, now, &found.acks).await?;
-    changes.extend(care_teams(tx, now, &found).await.map_err(whole)?);
-    let standing = standing_subscriptions(tx, rules, &found.gps)
+    declared.extend(documents_declared(&known, rules, now, documents));
+    // The patients of documents filed after their stay, not read yet.
+    let patients: Vec<(String, String)> = declared
+        .iter()
+        .filter_map(|d| patient_of(&d.encounter))
+        .flat_map(|p| [key("Patient", p), key("CareTeam", &circle::circle_id(p))])
+        .collect();
+    known.fetch(tx, &patients).await.map_err(whole)?;
+
+    let mut changes = acknowledgements(tx, &known, now, &found.acks).await?;
+    changes.extend(care_teams(&known, now, &found));
+    let audience = audience(&known, now, &declared);
+    let mut wanted_endpoints: Vec<String> =
+        found.gps.iter().flat_map(|g| g.added.clone()).collect();
+    wanted_endpoints.extend(audience.iter().flat_map(|(_, members)| members.clone()));
+    wanted_endpoints.sort();
+    wanted_endpoints.dedup();
+    let reached = reachable(tx, rules, &wanted_endpoints)
         .await
         .map_err(whole)?;
+    let standing = standing_subscriptions(&known, &reached, &found.gps);
     let mut written: HashSet<String> = standing.iter().map(|(_, c)| c.res_id.clone()).collect();
     changes.extend(standing);
-    let mut requests = requests(tx, rules, now, &declared, &mut written)
-        .await
-        .map_err(whole)?;
+    let mut requests = requests(&known, &reached, &declared, &audience, &mut written);
     requests.extend(
         subscriber_requests(tx, rules, &found.published)
             .await
@@ -343,17 +420,12 @@ pub(super) async fn notices(
 
 /// The care circles of the patients whose GPs changed, and the CareTeams of the
 /// stays written, where they change.
-async fn care_teams(
-    tx: &Transaction<'_>,
-    now: DateTime<Utc>,
-    found: &Coordinated,
-) -> FhirResult<Vec<(usize, Change)>> {
+fn care_teams(known: &Known, now: DateTime<Utc>, found: &Coordinated) -> Vec<(usize, Change)> {
     let update =
         |position, res_id, team| (position, Change::update("CareTeam", res_id, team, None));
     let mut changes = Vec::new();
     for gp in &found.gps {
         let id = circle::circle_id(&gp.patient_id);
-        let previous = current(tx, "CareTeam", &id).await?;
         let gps = gp
             .patient
             .as_ref()
@@ -362,7 +434,7 @@ async fn care_teams(
         if let Some(circle) = circle::care_circle(
             &gp.patient_id,
             gp.patient.as_ref(),
-            previous.as_ref(),
+            known.get("CareTeam", &id),
             &gps,
             now,
         ) {
@@ -371,20 +443,19 @@ async fn care_teams(
     }
     for stay in &found.stays {
         let id = circle::stay_team_id(&stay.encounter_id);
-        let previous = current(tx, "CareTeam", &id).await?;
-        if let Some(team) =
-            circle::stay_team(&stay.encounter_id, &stay.encounter, previous.as_ref(), now)
-        {
+        let previous = known.get("CareTeam", &id);
+        if let Some(team) = circle::stay_team(&stay.encounter_id, &stay.encounter, previous, now) {
             changes.push(update(stay.position, id, team));
         }
     }
-    Ok(changes)
+    changes
 }
 
 /// The notification requests acknowledged by `acks`, completed; an explicit
 /// acknowledgement of something that is not a notification request is refused.
 async fn acknowledgements(
     tx: &Transaction<'_>,
+    known: &Known,
     now: DateTime<Utc>,
     acks: &[Ack],
 ) -> Result<Vec<(usize, Change)>, Failed> {
@@ -395,11 +466,10 @@ async fn acknowledgements(
             position: Some(ack.position),
             error,
         };
-        let request = match ack.claim.request_id.as_str() {
-            "" => None,
-            id => current(tx, "CommunicationRequest", id).await.map_err(at)?,
-        };
-        let Some(request) = request.filter(acknowledgement::is_notification_request) else {
+        let request = known
+            .get("CommunicationRequest", &ack.claim.request_id)
+            .filter(|r| acknowledgement::is_notification_request(r));
+        let Some(request) = request else {
             if ack.claim.explicit {
                 return Err(at(FhirError::Unprocessable(vec![Issue::new(
                     "business-rule",
@@ -415,7 +485,7 @@ async fn acknowledgements(
         if !completed.insert(ack.claim.request_id.clone()) {
             continue;
         }
-        if let Some(done) = acknowledgement::acknowledged(request, &ack.by, now) {
+        if let Some(done) = acknowledgement::acknowledged(request.clone(), &ack.by, now) {
             crate::store::acknowledgements::acknowledged(tx, &ack.claim.request_id)
                 .await
                 .map_err(at)?;
@@ -429,12 +499,13 @@ async fn acknowledgements(
     Ok(changes)
 }
 
-/// The standing Subscriptions the GP changes `gps` make or end.
-async fn standing_subscriptions(
-    tx: &Transaction<'_>,
-    rules: &Rules,
+/// The standing Subscriptions the GP changes `gps` make (for those `reached`) or
+/// end.
+fn standing_subscriptions(
+    known: &Known,
+    reached: &HashMap<String, Recipient>,
     gps: &[GpChange],
-) -> FhirResult<Vec<(usize, Change)>> {
+) -> Vec<(usize, Change)> {
     let mut changes = Vec::new();
     let mut standing = HashSet::new();
     for change in gps {
@@ -443,84 +514,94 @@ async fn standing_subscriptions(
             if !standing.insert(sub_id.clone()) {
                 continue;
             }
-            let Some(mut sub) = current(tx, "Subscription", &sub_id).await? else {
+            let Some(sub) = known.get("Subscription", &sub_id) else {
                 continue;
             };
             if sub["status"] != "off" {
-                sub["status"] = json!("off");
-                let off = Change::update("Subscription", sub_id, sub, None);
-                changes.push((change.position, off));
+                let mut off = sub.clone();
+                off["status"] = json!("off");
+                changes.push((
+                    change.position,
+                    Change::update("Subscription", sub_id, off, None),
+                ));
             }
         }
         for gp in &change.added {
-            let Some(recipient) = reachable(tx, rules, gp).await? else {
+            let Some(recipient) = reached.get(gp) else {
                 continue;
             };
             let sub_id = recipients::standing_subscription_id(&change.patient_id, gp);
             if standing.insert(sub_id.clone()) {
                 changes.push((
                     change.position,
-                    standing_change(&change.patient_id, &recipient, &sub_id),
+                    standing_change(&change.patient_id, recipient, &sub_id),
                 ));
             }
         }
     }
-    Ok(changes)
+    changes
 }
 
-/// The notification requests of the events `declared` to the patient's GPs and
-/// the other current members of the patient's care circle, with the standing
-/// Subscriptions they need that are not `written` yet.
-async fn requests(
-    tx: &Transaction<'_>,
-    rules: &Rules,
-    now: DateTime<Utc>,
+/// Who hears of each event `declared` (by its index): the patient's GPs and the
+/// other current members of the patient's care circle.
+fn audience(known: &Known, now: DateTime<Utc>, declared: &[Declared]) -> Vec<(usize, Vec<String>)> {
+    declared
+        .iter()
+        .enumerate()
+        .filter_map(|(n, event)| {
+            let patient_id = patient_of(&event.encounter)?;
+            let patient = known.get("Patient", patient_id)?;
+            let mut members = recipients::general_practitioners(patient);
+            let circle = known.get("CareTeam", &circle::circle_id(patient_id));
+            for member in circle
+                .map(|c| circle::current_members(c, now))
+                .unwrap_or_default()
+            {
+                if !members.contains(&member) {
+                    members.push(member);
+                }
+            }
+            Some((n, members))
+        })
+        .collect()
+}
+
+/// The notification requests of the events `declared` to their `audience` that
+/// an Endpoint reaches, with the standing Subscriptions they need that are not
+/// `written` yet.
+fn requests(
+    known: &Known,
+    reached: &HashMap<String, Recipient>,
     declared: &[Declared],
+    audience: &[(usize, Vec<String>)],
     written: &mut HashSet<String>,
-) -> FhirResult<Vec<(usize, Change)>> {
+) -> Vec<(usize, Change)> {
     let mut changes = Vec::new();
-    for event in declared {
-        let Some(patient_id) = event.encounter["subject"]["reference"]
-            .as_str()
-            .and_then(|r| r.strip_prefix("Patient/"))
-        else {
+    for (n, members) in audience {
+        let event = &declared[*n];
+        let Some(patient_id) = patient_of(&event.encounter) else {
             continue;
         };
-        let circle_id = circle::circle_id(patient_id);
-        let mut patient = None;
-        let mut members = Vec::new();
-        for found in current_all(tx, &[("Patient", patient_id), ("CareTeam", &circle_id)]).await? {
-            match found["resourceType"].as_str() {
-                Some("Patient") => patient = Some(found),
-                _ => members = circle::current_members(&found, now),
-            }
-        }
-        let Some(patient) = patient else {
+        let Some(patient) = known.get("Patient", patient_id) else {
             continue;
         };
-        let mut recipients = recipients::general_practitioners(&patient);
         for member in members {
-            if !recipients.contains(&member) {
-                recipients.push(member);
-            }
-        }
-        for member in recipients {
-            let Some(recipient) = reachable(tx, rules, &member).await? else {
+            let Some(recipient) = reached.get(member) else {
                 continue;
             };
-            let sub_id = recipients::standing_subscription_id(patient_id, &member);
+            let sub_id = recipients::standing_subscription_id(patient_id, member);
             if written.insert(sub_id.clone()) {
                 changes.push((
                     event.position,
-                    standing_change(patient_id, &recipient, &sub_id),
+                    standing_change(patient_id, recipient, &sub_id),
                 ));
             }
             let request = nde::notification_request(
                 &event.declaration,
                 &sub_id,
-                &recipient,
+                recipient,
                 Some(&event.encounter),
-                Some(&patient),
+                Some(patient),
             );
             changes.push((
                 event.position,
@@ -528,7 +609,7 @@ async fn requests(
             ));
         }
     }
-    Ok(changes)
+    changes
 }
 
 /// A resource a declaration references in `field` (`subject`, `encounter`): one

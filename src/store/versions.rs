@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
+use serde_json::Value;
 use tokio_postgres::Row;
 
 use crate::error::FhirResult;
@@ -171,6 +172,70 @@ pub async fn read_current(
     let stmt = client.prepare_cached(&sql).await?;
     let rows = client.query(&stmt, &[&types, &ids]).await?;
     Ok(rows.iter().map(version_from_row).collect())
+}
+
+/// PractitionerRoles of a practitioner looked at for its endpoints.
+const MAX_ROLES: i64 = 20;
+
+/// The Endpoints that may reach each of `references` (`Practitioner/…` through
+/// its PractitionerRoles, in id order, at most [`MAX_ROLES`]; a PractitionerRole
+/// or an Organization through its own), in one query: `(index in references,
+/// the holder's `active`, the Endpoint)`, in the order to try them (by holder,
+/// then as the holder lists them). Which of them takes callbacks is the caller's
+/// rule (`coordination::recipients`).
+pub async fn endpoints_of(
+    client: &impl GenericClient,
+    references: &[&str],
+) -> FhirResult<Vec<(usize, Value, Value)>> {
+    if references.is_empty() {
+        return Ok(Vec::new());
+    }
+    let stmt = client
+        .prepare_cached(
+            "WITH wanted AS (
+                SELECT split_part(ref, '/', 1) AS t, split_part(ref, '/', 2) AS id, ord
+                  FROM unnest($1::text[]) WITH ORDINALITY AS w(ref, ord)
+             ), holders AS (
+                SELECT w.ord, 'PractitionerRole'::text AS t, roles.res_id AS id
+                  FROM wanted w CROSS JOIN LATERAL (
+                       SELECT DISTINCT sr.res_id FROM search_reference sr
+                        WHERE sr.res_type = 'PractitionerRole' AND sr.param = 'practitioner'
+                          AND sr.target_type = 'Practitioner' AND sr.target_id = w.id
+                        ORDER BY sr.res_id LIMIT $2) roles
+                 WHERE w.t = 'Practitioner'
+                UNION ALL
+                SELECT w.ord, w.t, w.id FROM wanted w WHERE w.t <> 'Practitioner'
+             )
+             SELECT h.ord, hv.resource -> 'active', ev.resource
+               FROM holders h
+               JOIN resource hr ON hr.res_type = h.t AND hr.res_id = h.id AND NOT hr.deleted
+               JOIN resource_version hv ON hv.res_type = hr.res_type AND hv.res_id = hr.res_id
+                    AND hv.version_id = hr.version_id
+              CROSS JOIN LATERAL jsonb_array_elements(
+                    CASE WHEN jsonb_typeof(hv.resource -> 'endpoint') = 'array'
+                         THEN hv.resource -> 'endpoint' ELSE '[]'::jsonb END
+                    ) WITH ORDINALITY AS e(ref, n)
+               JOIN resource er ON er.res_type = 'Endpoint' AND NOT er.deleted
+                    AND er.res_id = substr(e.ref ->> 'reference', length('Endpoint/') + 1)
+                    AND starts_with(e.ref ->> 'reference', 'Endpoint/')
+               JOIN resource_version ev ON ev.res_type = er.res_type AND ev.res_id = er.res_id
+                    AND ev.version_id = er.version_id
+              ORDER BY h.ord, h.id, e.n",
+        )
+        .await?;
+    let rows = client.query(&stmt, &[&references, &MAX_ROLES]).await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let ord: i64 = r.get(0);
+            let active: Option<Value> = r.get(1);
+            (
+                usize::try_from(ord - 1).unwrap_or_default(),
+                active.unwrap_or(Value::Null),
+                r.get(2),
+            )
+        })
+        .collect())
 }
 
 /// Versions by (type, id, version), in one query; those that exist.

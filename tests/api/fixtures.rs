@@ -128,16 +128,16 @@ async fn load_command_straight_into_the_database_is_idempotent() {
     let url = fresh_database_url().await;
     let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures");
     let run = || run_passerelle(&["load".as_ref(), fixtures.as_os_str()], &url);
-    // The five scenarios and the three steps of the replayed discharge (whose
-    // last step updates the stay its second step created).
+    // The five scenarios and the three steps of each replay (whose last step
+    // updates the stay its second step created).
     let text = run();
     assert!(
-        text.contains("8 files: 57 created, 1 updated or unchanged, 0 failed"),
+        text.contains("11 files: 69 created, 2 updated or unchanged, 0 failed"),
         "{text}"
     );
     let text = run();
     assert!(
-        text.contains("8 files: 0 created, 58 updated or unchanged, 0 failed"),
+        text.contains("11 files: 0 created, 71 updated or unchanged, 0 failed"),
         "{text}"
     );
 }
@@ -345,4 +345,156 @@ async fn load_applies_the_deployments_stay_classes() {
         "HH made a stay: the admission is declared"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The next `count` notices a receiver gets, by event code.
+async fn by_event(
+    receiver: &crate::receiver::Receiver,
+    count: usize,
+) -> std::collections::BTreeMap<String, Value> {
+    let mut found = std::collections::BTreeMap::new();
+    for _ in 0..count {
+        let notice = receiver.expect().await.json();
+        let code = notice["extension"][0]["valueCodeableConcept"]["coding"][0]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        found.insert(code, notice);
+    }
+    found
+}
+
+/// The EHPAD heart-failure admission and return replayed through the public API:
+/// the resident's GP (the EHPAD's coordinating physician) is told by the server
+/// unasked, the EHPAD's infirmary once the EHPAD is in her care circle. Admission
+/// → ADM to both; return with the letter → SOR and DOC to both. The EHPAD
+/// acknowledges everything with Communications, the GP all but the letter, whose
+/// notice alone is escalated to the hospital's coordination desk.
+#[tokio::test]
+async fn the_ehpad_return_reaches_the_gp_and_the_ehpad() {
+    use crate::receiver::Receiver;
+    use serde_json::json;
+    use std::time::Duration;
+
+    let mut options = crate::support::test_options();
+    options.rules.acks.escalate_after = Duration::from_secs(2);
+    let s = TestServer::start_on(crate::support::fresh_database().await, options).await;
+    let (gp, ehpad, desk) = (
+        Receiver::start().await,
+        Receiver::start().await,
+        Receiver::start().await,
+    );
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/replay-ehpad-heart-failure");
+    let steps = json_files(&dir);
+    assert_eq!(steps.len(), 3);
+    let step = |n: usize| -> Value {
+        serde_json::from_str(&std::fs::read_to_string(&steps[n]).expect("read")).expect("json")
+    };
+    json_of(s.post_json("", &step(0)).await, 200).await;
+    for (id, receiver) in [
+        ("fx-rehpad-coordinator-ep", &gp),
+        ("fx-rehpad-ehpad-ep", &ehpad),
+        ("fx-rehpad-ch-ep", &desk),
+    ] {
+        let mut endpoint = json_of(s.get(&format!("Endpoint/{id}")).await, 200).await;
+        endpoint["address"] = json!(receiver.url());
+        json_of(s.put_json(&format!("Endpoint/{id}"), &endpoint).await, 200).await;
+    }
+    // The EHPAD's nurse finds the resident's care circle and adds the EHPAD.
+    let circles = json_of(
+        s.get("CareTeam?identifier=urn:passerelle:care-circle:Patient/fx-rehpad-resident")
+            .await,
+        200,
+    )
+    .await;
+    assert_eq!(circles["total"], 1, "{circles}");
+    let mut circle = circles["entry"][0]["resource"].clone();
+    circle["participant"]
+        .as_array_mut()
+        .expect("the GP is in it")
+        .push(
+            json!({"member": {"reference": "Organization/fx-rehpad-ehpad"},
+            "role": [{"text": "EHPAD de résidence"}], "period": {"start": "2024-05-02"}}),
+        );
+    let path = format!("CareTeam/{}", circle["id"].as_str().expect("id"));
+    json_of(s.put_json(&path, &circle).await, 200).await;
+
+    json_of(s.post_json("", &step(1)).await, 200).await;
+    let (gp_adm, ehpad_adm) = (by_event(&gp, 1).await, by_event(&ehpad, 1).await);
+    assert_eq!(
+        gp_adm["ADM"]["recipient"][0]["reference"],
+        "Practitioner/fx-rehpad-coordinator"
+    );
+    assert_eq!(
+        ehpad_adm["ADM"]["recipient"][0]["reference"],
+        "Organization/fx-rehpad-ehpad"
+    );
+    assert_eq!(
+        ehpad_adm["ADM"]["contained"][0]["identifier"][0]["value"],
+        "2300219250045"
+    );
+
+    json_of(s.post_json("", &step(2)).await, 200).await;
+    let (gp_back, ehpad_back) = (by_event(&gp, 2).await, by_event(&ehpad, 2).await);
+    for back in [&gp_back, &ehpad_back] {
+        assert_eq!(back.keys().collect::<Vec<_>>(), ["DOC", "SOR"]);
+        let stay = &back["SOR"]["contained"][1];
+        assert_eq!(
+            stay["hospitalization"]["destination"]["reference"],
+            "Organization/fx-rehpad-ehpad"
+        );
+        assert_eq!(
+            stay["hospitalization"]["dischargeDisposition"]["text"],
+            "Retour en EHPAD"
+        );
+    }
+    // The EHPAD acknowledges all three; the GP the admission and the return.
+    let id = |n: &Value| format!("CommunicationRequest/{}", n["id"].as_str().expect("id"));
+    for notice in [&ehpad_adm["ADM"], &ehpad_back["SOR"], &ehpad_back["DOC"]] {
+        let read = json!({"resourceType": "Communication", "status": "completed",
+            "basedOn": [{"reference": id(notice)}], "sender": {"reference": "Organization/fx-rehpad-ehpad"}});
+        json_of(s.post_json("Communication", &read).await, 201).await;
+    }
+    for notice in [&gp_adm["ADM"], &gp_back["SOR"]] {
+        let task = json!({"resourceType": "Task", "status": "completed", "intent": "order",
+            "focus": {"reference": id(notice)}, "owner": {"reference": "Practitioner/fx-rehpad-coordinator"}});
+        json_of(s.post_json("Task", &task).await, 201).await;
+    }
+    let escalation = desk
+        .next(Duration::from_secs(10))
+        .await
+        .expect("the letter's notice to the GP escalated")
+        .json();
+    assert_eq!(escalation["focus"]["reference"], id(&gp_back["DOC"]));
+    assert_eq!(
+        escalation["owner"]["reference"],
+        "Organization/fx-rehpad-ch"
+    );
+    assert_eq!(
+        ids(
+            &s,
+            "CommunicationRequest?recipient=Organization/fx-rehpad-ehpad&status=completed"
+        )
+        .await
+        .len(),
+        3
+    );
+    assert_eq!(
+        ids(
+            &s,
+            "CarePlan?patient=Patient/fx-rehpad-resident&status=active&encounter.identifier=https://ch-ussel.example.fr/sejours|SEJ-2026-088412"
+        )
+        .await
+        .len(),
+        1
+    );
+
+    // Replayed: nothing new for anyone.
+    for n in 0..3 {
+        json_of(s.post_json("", &step(n)).await, 200).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for receiver in [&gp, &ehpad, &desk] {
+        assert!(receiver.next(Duration::from_millis(300)).await.is_none());
+    }
 }
