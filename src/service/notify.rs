@@ -81,6 +81,7 @@ pub async fn file_subscription(
 /// delete, which offers none: every subscription of the type is a candidate),
 /// and the active subscriptions filed under the type and any of those keys.
 struct OfType<'f> {
+    res_type: &'f str,
     facts: Vec<(usize, &'f Fact, Option<Vec<String>>)>,
     candidates: Vec<subscriptions::Candidate>,
 }
@@ -97,12 +98,14 @@ impl OfType<'_> {
     }
 }
 
-/// `facts` by resource type, each type with its candidates: one lookup per type.
+/// `facts` by resource type, each type with its candidates: one lookup for the
+/// types whose facts all offer keys, one per type for the others (deletes).
 async fn by_type<'f>(tx: &Transaction<'_>, facts: &'f [Fact]) -> FhirResult<Vec<OfType<'f>>> {
     let mut types: Vec<&str> = facts.iter().map(|f| f.res_type.as_str()).collect();
     types.sort_unstable();
     types.dedup();
     let mut groups = Vec::with_capacity(types.len());
+    let mut wanted: Vec<(&str, String)> = Vec::new();
     for res_type in types {
         let of_type: Vec<(usize, &Fact, Option<Vec<String>>)> = facts
             .iter()
@@ -113,16 +116,30 @@ async fn by_type<'f>(tx: &Transaction<'_>, facts: &'f [Fact]) -> FhirResult<Vec<
                 (n, f, keys)
             })
             .collect();
-        let keys: Option<Vec<String>> = of_type
-            .iter()
-            .map(|(_, _, k)| k.clone())
-            .collect::<Option<Vec<Vec<String>>>>()
-            .map(|all| all.concat());
-        let candidates = subscriptions::candidates(tx, res_type, keys.as_deref()).await?;
+        let keyed = of_type.iter().all(|(_, _, k)| k.is_some());
+        let candidates = if keyed {
+            // Subscriptions filed under no key are candidates of every write.
+            wanted.push((res_type, String::new()));
+            for (_, _, keys) in &of_type {
+                wanted.extend(keys.iter().flatten().map(|k| (res_type, k.clone())));
+            }
+            Vec::new()
+        } else {
+            subscriptions::candidates_of_type(tx, res_type).await?
+        };
         groups.push(OfType {
+            res_type,
             facts: of_type,
             candidates,
         });
+    }
+    wanted.sort_unstable();
+    wanted.dedup();
+    let pairs: Vec<(&str, &str)> = wanted.iter().map(|(t, k)| (*t, k.as_str())).collect();
+    for candidate in subscriptions::candidates_under(tx, &pairs).await? {
+        if let Some(group) = groups.iter_mut().find(|g| g.res_type == candidate.res_type) {
+            group.candidates.push(candidate);
+        }
     }
     Ok(groups)
 }

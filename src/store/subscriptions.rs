@@ -102,50 +102,62 @@ pub async fn unregister(tx: &Transaction<'_>, sub_id: &str) -> FhirResult<()> {
     Ok(())
 }
 
-/// A subscription that may match a write, with the key it was found under.
+/// A subscription that may match a write, with the type and key it was found
+/// under.
 pub struct Candidate {
+    pub res_type: String,
     pub match_key: String,
     pub sub_id: String,
     pub topic: Option<String>,
     pub criteria: Vec<String>,
 }
 
-/// The active subscriptions filed for `res_type` under one of `keys` (or under
-/// none); all of the type's when `keys` is `None`.
-pub async fn candidates(
+const CANDIDATE_COLUMNS: &str = "k.res_type, k.match_key, s.sub_id, s.topic, s.criteria
+           FROM subscription_key k JOIN subscription s ON s.sub_id = k.sub_id
+          WHERE s.active AND (s.ends_at IS NULL OR s.ends_at > now())";
+
+fn candidate_from_row(r: &tokio_postgres::Row) -> Candidate {
+    Candidate {
+        res_type: r.get(0),
+        match_key: r.get(1),
+        sub_id: r.get(2),
+        topic: r.get(3),
+        criteria: r.get(4),
+    }
+}
+
+/// The active subscriptions filed under one of `wanted` (type, key) pairs, in one
+/// query for every type a write touches. (A separate statement from
+/// [`candidates_of_type`]: a generic plan of `$x IS NULL OR …` would scan every
+/// key of the type, whatever the keys given.)
+pub async fn candidates_under(
+    tx: &Transaction<'_>,
+    wanted: &[(&str, &str)],
+) -> FhirResult<Vec<Candidate>> {
+    if wanted.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (types, keys): (Vec<&str>, Vec<&str>) = wanted.iter().copied().unzip();
+    let stmt = tx
+        .prepare_cached(&format!(
+            "SELECT {CANDIDATE_COLUMNS}
+               AND (k.res_type, k.match_key) IN (SELECT * FROM unnest($1::text[], $2::text[]))"
+        ))
+        .await?;
+    let rows = tx.query(&stmt, &[&types, &keys]).await?;
+    Ok(rows.iter().map(candidate_from_row).collect())
+}
+
+/// Every active subscription filed for `res_type`, whatever its key.
+pub async fn candidates_of_type(
     tx: &Transaction<'_>,
     res_type: &str,
-    keys: Option<&[String]>,
 ) -> FhirResult<Vec<Candidate>> {
-    // Two statements rather than `$2 IS NULL OR …`: a generic plan of that would
-    // scan every key of the type, whatever the keys given.
-    const SELECT: &str = "SELECT k.match_key, s.sub_id, s.topic, s.criteria
-           FROM subscription_key k JOIN subscription s ON s.sub_id = k.sub_id
-          WHERE s.active AND (s.ends_at IS NULL OR s.ends_at > now()) AND k.res_type = $1";
-    let rows = match keys {
-        Some(keys) => {
-            let keys: Vec<&str> = std::iter::once("")
-                .chain(keys.iter().map(String::as_str))
-                .collect();
-            let stmt = tx
-                .prepare_cached(&format!("{SELECT} AND k.match_key = ANY($2)"))
-                .await?;
-            tx.query(&stmt, &[&res_type, &keys]).await?
-        }
-        None => {
-            let stmt = tx.prepare_cached(SELECT).await?;
-            tx.query(&stmt, &[&res_type]).await?
-        }
-    };
-    Ok(rows
-        .iter()
-        .map(|r| Candidate {
-            match_key: r.get(0),
-            sub_id: r.get(1),
-            topic: r.get(2),
-            criteria: r.get(3),
-        })
-        .collect())
+    let stmt = tx
+        .prepare_cached(&format!("SELECT {CANDIDATE_COLUMNS} AND k.res_type = $1"))
+        .await?;
+    let rows = tx.query(&stmt, &[&res_type]).await?;
+    Ok(rows.iter().map(candidate_from_row).collect())
 }
 
 /// An active subscription's topic and criteria.
