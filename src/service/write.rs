@@ -484,12 +484,15 @@ async fn unchanged(
         let Some(stored) = by_key.remove(&(change.res_type.clone(), change.res_id.clone())) else {
             continue;
         };
-        let Step::Write(_, candidate) = step else {
+        let Step::Write(next, candidate) = step else {
             continue;
         };
         let Some(Ok(current)) = stored.json.as_deref().map(serde_json::from_str::<Value>) else {
             continue;
         };
+        if let (Some(resource), Some(spec)) = (candidate.as_mut(), next.subscription.as_mut()) {
+            crate::subscription::keep_secret(resource, spec, &current);
+        }
         let current = fhir::without_server_meta(current);
         let Some(candidate) = candidate else {
             previous.insert(p, current);

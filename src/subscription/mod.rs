@@ -94,6 +94,8 @@ pub struct Spec {
     pub selects: Vec<String>,
     pub channel: Channel,
     pub ends_at: Option<DateTime<Utc>>,
+    /// The signing secret was generated here, the resource naming none.
+    pub secret_generated: bool,
 }
 
 fn invalid(path: &str, message: impl Into<String>) -> FhirError {
@@ -272,6 +274,7 @@ pub fn prepare(
     let given = extensions(resource, SECRET_EXTENSION)
         .find_map(|e| e["valueString"].as_str())
         .map(str::to_owned);
+    let secret_generated = given.is_none();
     let secret = match given {
         Some(s) if s.len() >= 16 => s,
         Some(_) => {
@@ -321,7 +324,31 @@ pub fn prepare(
             max_count: if is_backport { max_count } else { 1 },
         },
         ends_at,
+        secret_generated,
     })
+}
+
+/// A Subscription written again without its signing secret keeps the one it has
+/// (`current`, its stored version) instead of the secret just generated: the
+/// subscriber's key does not change behind its back, and the server's own
+/// rewrites of the subscriptions it keeps stay no-ops.
+pub fn keep_secret(resource: &mut Value, spec: &mut Spec, current: &Value) {
+    if !spec.secret_generated {
+        return;
+    }
+    let Some(kept) = extensions(current, SECRET_EXTENSION)
+        .find_map(|e| e["valueString"].as_str())
+        .filter(|s| s.len() >= 16)
+        .map(str::to_owned)
+    else {
+        return;
+    };
+    if let Some(list) = resource["extension"].as_array_mut() {
+        for ext in list.iter_mut().filter(|e| e["url"] == SECRET_EXTENSION) {
+            ext["valueString"] = json!(kept);
+        }
+    }
+    spec.channel.secret = kept;
 }
 
 /// Whether a Subscription is an NdE subscriber's (the guide's `nde-subscription`

@@ -307,3 +307,27 @@ fn an_nde_subscriber_is_sent_the_notification_requests_based_on_it() {
         "CommunicationRequest?event-type:not=ADM"
     ));
 }
+
+#[test]
+fn a_subscription_written_again_without_its_secret_keeps_it() {
+    let mut first = r4_subscription();
+    let spec =
+        prepare(&mut first, "s1", &EndpointPolicy::default(), &definitions()).expect("accepted");
+    assert!(spec.secret_generated);
+    let mut again = r4_subscription();
+    let mut spec =
+        prepare(&mut again, "s1", &EndpointPolicy::default(), &definitions()).expect("accepted");
+    assert_ne!(again, first, "a fresh secret was generated");
+    keep_secret(&mut again, &mut spec, &first);
+    assert_eq!(again, first);
+    let kept = first["extension"][0]["valueString"].as_str().unwrap();
+    assert_eq!(spec.channel.secret, kept);
+    // A secret the subscriber gives is its own.
+    let mut given = r4_subscription();
+    given["extension"] =
+        json!([{"url": SECRET_EXTENSION, "valueString": "a-secret-of-my-own-choice"}]);
+    let mut spec =
+        prepare(&mut given, "s1", &EndpointPolicy::default(), &definitions()).expect("accepted");
+    keep_secret(&mut given, &mut spec, &first);
+    assert_eq!(spec.channel.secret, "a-secret-of-my-own-choice");
+}

@@ -369,6 +369,9 @@ async fn the_gp_is_called_back_without_writing_a_subscription() {
     // The standing Subscription is visible and has its $status; there is one.
     let sub = json_of(s.get(&standing).await, 200).await;
     assert_eq!(sub["status"], "active");
+    // Made with the patient, and not rewritten by the events: its signing secret
+    // is the one the GP's software knows.
+    assert_eq!(sub["meta"]["versionId"], "1", "{sub}");
     assert_eq!(sub["channel"]["endpoint"], gp.url());
     json_of(s.get(&format!("{standing}/$status")).await, 200).await;
     let all = json_of(s.get("Subscription").await, 200).await;
