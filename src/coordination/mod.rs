@@ -7,6 +7,7 @@ pub mod acknowledgement;
 pub mod circle;
 pub mod nde;
 pub mod recipients;
+pub mod referral;
 pub mod stay;
 
 use chrono::{DateTime, Utc};

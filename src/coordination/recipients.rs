@@ -172,6 +172,21 @@ pub fn standing_subscription(patient_id: &str, recipient: &Recipient, id: &str) 
     )
 }
 
+/// The Subscription through which the requester of `ServiceRequest/{request_id}`
+/// hears of every change of its fulfilment Task.
+pub fn referral_subscription(request_id: &str, requester: &Recipient) -> Value {
+    let who = requester.reference.as_deref().unwrap_or_default();
+    kept_for(
+        requester,
+        format!("Task?based-on=ServiceRequest/{request_id}"),
+        format!("Suivi de la demande ServiceRequest/{request_id}, pour {who}"),
+        vec![
+            json!({"url": format!("{}subscriber", nde::STRUCTURE_DEFINITION),
+                    "valueReference": {"reference": who}}),
+        ],
+    )
+}
+
 /// The id of the Subscription through which an owner hears of escalations.
 pub fn escalation_subscription_id(owner: &str) -> String {
     standing_subscription_id("escalation", owner)

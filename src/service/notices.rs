@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use super::write::Failed;
 use super::{Change, Rules};
 use crate::coordination::recipients::{self, Recipient};
-use crate::coordination::{acknowledgement, circle, nde};
+use crate::coordination::{acknowledgement, circle, nde, referral};
 use crate::error::{FhirError, FhirResult, Issue};
 use crate::search::{self, Handling};
 use crate::store;
@@ -71,10 +71,29 @@ pub(super) struct Published {
     pub declaration: Value,
 }
 
+/// A referral's request or fulfilment Task written.
+pub(super) enum Referral {
+    /// The ServiceRequest (none once deleted): its requester's Subscription follows.
+    Request {
+        position: usize,
+        request_id: String,
+        request: Option<Value>,
+    },
+    /// Its Task: the request's status follows.
+    Task {
+        position: usize,
+        request_id: String,
+        task: Value,
+    },
+}
+
 /// What the coordination rules found in one round of changes.
 #[derive(Default)]
 pub(super) struct Coordinated {
     pub declared: Vec<Declared>,
+    pub referrals: Vec<Referral>,
+    /// Stays admitted on ServiceRequests (`Encounter.basedOn`): their Tasks complete.
+    pub admitted_on: Vec<(usize, String)>,
     pub published: Vec<Published>,
     pub documents: Vec<Documented>,
     pub gps: Vec<GpChange>,
@@ -85,6 +104,8 @@ pub(super) struct Coordinated {
 impl Coordinated {
     pub fn is_empty(&self) -> bool {
         self.declared.is_empty()
+            && self.referrals.is_empty()
+            && self.admitted_on.is_empty()
             && self.published.is_empty()
             && self.documents.is_empty()
             && self.gps.is_empty()
@@ -165,6 +186,15 @@ fn wanted(found: &Coordinated) -> Vec<(String, String)> {
             .iter()
             .map(|s| key("CareTeam", &circle::stay_team_id(&s.encounter_id))),
     );
+    for written in &found.referrals {
+        keys.push(match written {
+            Referral::Task { request_id, .. } => key("ServiceRequest", request_id),
+            Referral::Request { request_id, .. } => key(
+                "Subscription",
+                &referral::requester_subscription_id(request_id),
+            ),
+        });
+    }
     for patient_id in found
         .declared
         .iter()
@@ -377,15 +407,32 @@ pub(super) async fn notices(
 
     let mut changes = acknowledgements(tx, &known, now, &found.acks).await?;
     changes.extend(care_teams(&known, now, &found));
+    changes.extend(
+        completed_by_admissions(tx, rules, &found.admitted_on)
+            .await
+            .map_err(whole)?,
+    );
     let audience = audience(&known, now, &declared);
     let mut wanted_endpoints: Vec<String> =
         found.gps.iter().flat_map(|g| g.added.clone()).collect();
     wanted_endpoints.extend(audience.iter().flat_map(|(_, members)| members.clone()));
+    wanted_endpoints.extend(found.referrals.iter().filter_map(|r| {
+        match r {
+            Referral::Request {
+                request: Some(request),
+                ..
+            } => request["requester"]["reference"]
+                .as_str()
+                .map(str::to_owned),
+            _ => None,
+        }
+    }));
     wanted_endpoints.sort();
     wanted_endpoints.dedup();
     let reached = reachable(tx, rules, &wanted_endpoints)
         .await
         .map_err(whole)?;
+    changes.extend(referrals(&known, &reached, now, &found.referrals));
     let standing = standing_subscriptions(&known, &reached, &found.gps);
     let mut written: HashSet<String> = standing.iter().map(|(_, c)| c.res_id.clone()).collect();
     changes.extend(standing);
@@ -449,6 +496,117 @@ fn care_teams(known: &Known, now: DateTime<Utc>, found: &Coordinated) -> Vec<(us
         }
     }
     changes
+}
+
+/// How long the requester still hears of a referral's Task once the request is
+/// over (a correction to `entered-in-error`).
+const REFERRAL_FOLLOW_UP: chrono::Duration = chrono::Duration::days(1);
+
+/// What referrals written bring with them: the request's status following its
+/// Task (completed, revoked), and the Subscription through which the requester
+/// (when `reached`) hears of every change of the Task, kept while the request is
+/// active. Once the request is over it is given an `end` a day later (not put
+/// `off` at once: the Task change that ended the request is matched at the end of
+/// the same transaction, and must reach the requester).
+fn referrals(
+    known: &Known,
+    reached: &HashMap<String, Recipient>,
+    now: DateTime<Utc>,
+    written: &[Referral],
+) -> Vec<(usize, Change)> {
+    let mut changes = Vec::new();
+    for written in written {
+        match written {
+            Referral::Task {
+                position,
+                request_id,
+                task,
+            } => {
+                let followed = known
+                    .get("ServiceRequest", request_id)
+                    .and_then(|request| referral::followed_request(request, task));
+                if let Some(request) = followed {
+                    changes.push((
+                        *position,
+                        Change::update("ServiceRequest", request_id.clone(), request, None),
+                    ));
+                }
+            }
+            Referral::Request {
+                position,
+                request_id,
+                request,
+            } => {
+                let sub_id = referral::requester_subscription_id(request_id);
+                let requester = request
+                    .as_ref()
+                    .filter(|r| r["status"] == "active")
+                    .and_then(|r| r["requester"]["reference"].as_str())
+                    .and_then(|r| reached.get(r));
+                match (requester, known.get("Subscription", &sub_id)) {
+                    (Some(recipient), _) => changes.push((
+                        *position,
+                        Change::update(
+                            "Subscription",
+                            sub_id,
+                            recipients::referral_subscription(request_id, recipient),
+                            None,
+                        ),
+                    )),
+                    (None, Some(kept)) if kept["status"] != "off" && kept["end"].is_null() => {
+                        let mut ending = kept.clone();
+                        ending["end"] = json!(crate::fhir::datetime::format_instant(
+                            now + REFERRAL_FOLLOW_UP
+                        ));
+                        changes.push((
+                            *position,
+                            Change::update("Subscription", sub_id, ending, None),
+                        ));
+                    }
+                    (None, _) => {}
+                }
+            }
+        }
+    }
+    changes
+}
+
+/// Tasks of one referral looked at when its stay is admitted.
+const MAX_REFERRAL_TASKS: usize = 20;
+
+/// The fulfilment Tasks that stays admitted on ServiceRequests complete.
+async fn completed_by_admissions(
+    tx: &Transaction<'_>,
+    rules: &Rules,
+    admitted_on: &[(usize, String)],
+) -> FhirResult<Vec<(usize, Change)>> {
+    let mut changes = Vec::new();
+    if admitted_on.is_empty() {
+        return Ok(changes);
+    }
+    let params = rules.catalog.params.current();
+    for (position, request_id) in admitted_on {
+        let plan = search::parse(
+            &params,
+            "Task",
+            &[(
+                "based-on".to_owned(),
+                format!("ServiceRequest/{request_id}"),
+            )],
+            Handling::Strict,
+        )?;
+        let ids = store::matching_ids(tx, &plan, MAX_REFERRAL_TASKS).await?;
+        let keys: Vec<(&str, &str)> = ids.iter().map(|id| ("Task", id.as_str())).collect();
+        for task in current_all(tx, &keys).await? {
+            let (Some(id), Some(done)) =
+                (task["id"].as_str(), referral::completed_by_admission(&task))
+            else {
+                continue;
+            };
+            changes.push((*position, Change::update("Task", id.to_owned(), done, None)));
+        }
+    }
+    Ok(changes)
 }
 
 /// The notification requests acknowledged by `acks`, completed; an explicit

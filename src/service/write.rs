@@ -13,7 +13,7 @@ use deadpool_postgres::Transaction;
 use serde_json::Value;
 
 use super::notices::{
-    self, Ack, Coordinated, Declared, Documented, GpChange, Published, StayWritten,
+    self, Ack, Coordinated, Declared, Documented, GpChange, Published, Referral, StayWritten,
 };
 use super::notify;
 use crate::coordination;
@@ -191,8 +191,9 @@ pub async fn apply_all(
 ) -> Result<Vec<Written>, Failed> {
     let (written, mut derived) = apply_round(tx, rules, now, changes, facts).await?;
     // What the server derives is written in the same transaction, each derived
-    // change answering for the change it came from. A declaration derives nothing
-    // today; the bound keeps a future rule from looping.
+    // change answering for the change it came from. The longest chain today: a
+    // stay admitted on a referral completes its Task, which completes the request,
+    // which ends its requester's Subscription. The bound keeps a rule from looping.
     for _ in 0..MAX_DERIVATION_ROUNDS {
         if derived.is_empty() {
             break;
@@ -215,7 +216,7 @@ pub async fn apply_all(
 }
 
 /// Rounds of derived writes after the changes asked for.
-const MAX_DERIVATION_ROUNDS: usize = 3;
+const MAX_DERIVATION_ROUNDS: usize = 4;
 
 /// Writes `changes` and returns what they derive, each with the position of the
 /// change it comes from.
@@ -310,6 +311,17 @@ fn coordinate(
                 )
                 .map_err(|refusal| at(position)(FhirError::Conflict(refusal.message)))?;
                 if let Some(encounter) = resource.as_ref().filter(|_| !declarations.is_empty()) {
+                    let admitted = declarations.iter().any(|d| {
+                        coordination::nde::EventType::of_request(d)
+                            == Some(coordination::nde::EventType::Admission)
+                    });
+                    if admitted {
+                        found.admitted_on.extend(
+                            coordination::referral::requests_of_stay(encounter)
+                                .into_iter()
+                                .map(|request_id| (position, request_id.to_owned())),
+                        );
+                    }
                     found
                         .declared
                         .extend(declarations.into_iter().map(|declaration| Declared {
@@ -364,7 +376,38 @@ fn coordinate(
                     });
                 }
             }
+            "ServiceRequest" => {
+                found.referrals.push(Referral::Request {
+                    position,
+                    request_id: change.res_id.clone(),
+                    request: resource.clone(),
+                });
+            }
             "Task" | "Communication" => {
+                if change.res_type == "Task" {
+                    coordination::referral::check(previous, resource.as_ref()).map_err(
+                        |refusal| {
+                            let message = format!("{}: {}", refusal.rule, refusal.message);
+                            at(position)(match refusal.conflict {
+                                true => FhirError::Conflict(message),
+                                false => FhirError::Unprocessable(vec![Issue::new(
+                                    "business-rule",
+                                    message,
+                                )
+                                .at("Task.statusReason")]),
+                            })
+                        },
+                    )?;
+                    if let Some(task) = resource.as_ref() {
+                        if let Some(request_id) = coordination::referral::request_of(task) {
+                            found.referrals.push(Referral::Task {
+                                position,
+                                request_id: request_id.to_owned(),
+                                task: task.clone(),
+                            });
+                        }
+                    }
+                }
                 let by = format!("{}/{}", change.res_type, change.res_id);
                 for claim in resource
                     .as_ref()
@@ -507,7 +550,7 @@ async fn unchanged(
                 created: false,
                 json: stored.json,
             });
-        } else if matches!(change.res_type.as_str(), "Encounter" | "Patient") {
+        } else if matches!(change.res_type.as_str(), "Encounter" | "Patient" | "Task") {
             previous.insert(p, current);
         }
     }

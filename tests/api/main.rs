@@ -15,6 +15,7 @@ mod history;
 mod patch;
 mod process;
 mod receiver;
+mod referrals;
 mod rest;
 mod robustness;
 mod search;

@@ -1,0 +1,354 @@
+//! Referrals and orientations: a `ServiceRequest` (a GP asking the hospital for
+//! an opinion or an admission, a hospital asking an SMR, HAD, *Hôpital Local* or
+//! coordination platform to take a patient) fulfilled by a `Task` (`basedOn` the
+//! request, `owner` the performer). Which status changes of the Task make sense
+//! (one table), what the request's status becomes, and how the requester hears of
+//! each change. Pure: the write path hands in the versions.
+
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+/// R4 `Task.status`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    Draft,
+    Requested,
+    Received,
+    Accepted,
+    Rejected,
+    Ready,
+    Cancelled,
+    InProgress,
+    OnHold,
+    Failed,
+    Completed,
+    EnteredInError,
+}
+
+use Status::*;
+
+const CODES: [(Status, &str); 12] = [
+    (Draft, "draft"),
+    (Requested, "requested"),
+    (Received, "received"),
+    (Accepted, "accepted"),
+    (Rejected, "rejected"),
+    (Ready, "ready"),
+    (Cancelled, "cancelled"),
+    (InProgress, "in-progress"),
+    (OnHold, "on-hold"),
+    (Failed, "failed"),
+    (Completed, "completed"),
+    (EnteredInError, "entered-in-error"),
+];
+
+impl Status {
+    pub fn of(task: &Value) -> Option<Status> {
+        let code = task["status"].as_str()?;
+        CODES.iter().find(|(_, c)| *c == code).map(|(s, _)| *s)
+    }
+
+    pub fn code(self) -> &'static str {
+        CODES
+            .iter()
+            .find(|(s, _)| *s == self)
+            .map_or("unknown", |(_, c)| c)
+    }
+}
+
+/// Where a referral may go from one status. Anything else is refused, except
+/// `entered-in-error` (a correction) and keeping the status.
+pub struct Step {
+    pub from: Status,
+    pub to: &'static [Status],
+}
+
+/// The referral's life: requested → received → accepted | rejected →
+/// in-progress → completed, cancelled while not over. An accepted referral may be
+/// completed at once: the patient was admitted on it (`Encounter.basedOn`).
+pub const STEPS: &[Step] = &[
+    Step {
+        from: Draft,
+        to: &[Requested, Cancelled],
+    },
+    Step {
+        from: Requested,
+        to: &[Received, Cancelled],
+    },
+    Step {
+        from: Received,
+        to: &[Accepted, Rejected, Cancelled],
+    },
+    Step {
+        from: Accepted,
+        to: &[InProgress, Completed, Cancelled],
+    },
+    Step {
+        from: InProgress,
+        to: &[Completed, Cancelled],
+    },
+];
+
+/// The statuses a fulfilment Task may be created in.
+pub const STARTS: &[Status] = &[Draft, Requested];
+
+/// A write of a referral's Task that breaks a rule: the rule's name, and whether
+/// it is a conflict with the current state (409) or missing data (422).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub rule: &'static str,
+    pub message: String,
+    pub conflict: bool,
+}
+
+/// The ServiceRequest a Task fulfils (its first `basedOn` of that type).
+pub fn request_of(task: &Value) -> Option<&str> {
+    task["basedOn"]
+        .as_array()?
+        .iter()
+        .filter_map(|r| r["reference"].as_str())
+        .find_map(|r| r.strip_prefix("ServiceRequest/"))
+        .filter(|id| !id.is_empty() && !id.contains('/'))
+}
+
+fn listed(statuses: &[Status]) -> String {
+    let codes: Vec<&str> = statuses.iter().map(|s| s.code()).collect();
+    match codes.split_last() {
+        Some((last, [])) => (*last).to_owned(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+        None => String::new(),
+    }
+}
+
+/// Checks the write of a fulfilment Task: `previous` the live version it
+/// replaces, `next` the new one (none for a delete, always allowed).
+pub fn check(previous: Option<&Value>, next: Option<&Value>) -> Result<(), Refusal> {
+    let Some(next) = next.filter(|t| request_of(t).is_some()) else {
+        return Ok(());
+    };
+    let Some(to) = Status::of(next) else {
+        return Ok(()); // An unknown code is the validator's to refuse.
+    };
+    if to == Rejected && next["statusReason"].is_null() {
+        return Err(Refusal {
+            rule: "referral-rejection-needs-reason",
+            message: "a referral is rejected with a statusReason saying why".to_owned(),
+            conflict: false,
+        });
+    }
+    let from = previous
+        .filter(|p| request_of(p).is_some())
+        .and_then(Status::of);
+    let Some(from) = from else {
+        return match STARTS.contains(&to) {
+            true => Ok(()),
+            false => Err(Refusal {
+                rule: "referral-starts-requested",
+                message: format!(
+                    "a referral's Task is created {}, not {}",
+                    listed(STARTS),
+                    to.code()
+                ),
+                conflict: true,
+            }),
+        };
+    };
+    if from == to || to == EnteredInError {
+        return Ok(());
+    }
+    let allowed = STEPS
+        .iter()
+        .find(|s| s.from == from)
+        .map_or(&[][..], |s| s.to);
+    if allowed.contains(&to) {
+        return Ok(());
+    }
+    let next_steps = match allowed {
+        [] => "it is over".to_owned(),
+        steps => format!("it goes to {}", listed(steps)),
+    };
+    Err(Refusal {
+        rule: "referral-transition",
+        message: format!(
+            "Task.status cannot change from {} to {}: from {}, {next_steps} (or entered-in-error)",
+            from.code(),
+            to.code(),
+            from.code()
+        ),
+        conflict: true,
+    })
+}
+
+/// The request once its Task reached `task`'s status: completed with it, revoked
+/// when cancelled; `None` when it keeps its status (a rejected referral may go to
+/// another performer) or is no longer active.
+pub fn followed_request(request: &Value, task: &Value) -> Option<Value> {
+    let status = match Status::of(task)? {
+        Completed => "completed",
+        Cancelled => "revoked",
+        _ => return None,
+    };
+    if request["status"] != "active" {
+        return None;
+    }
+    let mut followed = request.clone();
+    followed["status"] = json!(status);
+    Some(followed)
+}
+
+/// The Tasks a stay admitted on `request` completes: those accepted or in
+/// progress (one not yet accepted is left to the receiving team).
+pub fn completed_by_admission(task: &Value) -> Option<Value> {
+    match Status::of(task)? {
+        Accepted | InProgress => {
+            let mut done = task.clone();
+            done["status"] = json!("completed");
+            Some(done)
+        }
+        _ => None,
+    }
+}
+
+/// The ServiceRequests an Encounter was admitted on (`Encounter.basedOn`).
+pub fn requests_of_stay(encounter: &Value) -> Vec<&str> {
+    encounter["basedOn"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["reference"].as_str()?.strip_prefix("ServiceRequest/"))
+        .filter(|id| !id.is_empty() && !id.contains('/'))
+        .collect()
+}
+
+/// The id of the Subscription through which the requester of
+/// `ServiceRequest/{request_id}` hears of its Task.
+pub fn requester_subscription_id(request_id: &str) -> String {
+    let digest = Sha256::digest(format!("ServiceRequest/{request_id}").as_bytes());
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("referral-{hex}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(status: &str) -> Value {
+        json!({"resourceType": "Task", "status": status, "intent": "order",
+            "basedOn": [{"reference": "ServiceRequest/sr1"}],
+            "owner": {"reference": "Organization/smr"}})
+    }
+
+    #[test]
+    fn the_referral_goes_its_way() {
+        let path = [
+            "requested",
+            "received",
+            "accepted",
+            "in-progress",
+            "completed",
+        ];
+        assert_eq!(check(None, Some(&task("requested"))), Ok(()));
+        for pair in path.windows(2) {
+            assert_eq!(
+                check(Some(&task(pair[0])), Some(&task(pair[1]))),
+                Ok(()),
+                "{pair:?}"
+            );
+        }
+        // Cancelled while not over; corrected at any time; a status kept.
+        for from in ["draft", "requested", "received", "accepted", "in-progress"] {
+            assert_eq!(check(Some(&task(from)), Some(&task("cancelled"))), Ok(()));
+        }
+        assert_eq!(
+            check(Some(&task("completed")), Some(&task("entered-in-error"))),
+            Ok(())
+        );
+        assert_eq!(
+            check(Some(&task("received")), Some(&task("received"))),
+            Ok(())
+        );
+        // Admitted on it: accepted → completed.
+        assert_eq!(
+            check(Some(&task("accepted")), Some(&task("completed"))),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn other_changes_are_refused_naming_the_transition() {
+        for (from, to) in [
+            ("requested", "accepted"),
+            ("requested", "completed"),
+            ("received", "in-progress"),
+            ("received", "completed"),
+            ("completed", "in-progress"),
+            ("cancelled", "requested"),
+            ("in-progress", "on-hold"),
+        ] {
+            let refused = check(Some(&task(from)), Some(&task(to))).expect_err(to);
+            assert_eq!(refused.rule, "referral-transition");
+            assert!(refused.conflict);
+            assert!(
+                refused.message.contains(&format!("from {from} to {to}")),
+                "{}",
+                refused.message
+            );
+        }
+        let over = check(Some(&task("rejected")), Some(&task("accepted"))).unwrap_err();
+        assert!(over.message.contains("it is over"), "{}", over.message);
+    }
+
+    #[test]
+    fn a_referral_starts_requested_and_a_rejection_says_why() {
+        let refused = check(None, Some(&task("accepted"))).unwrap_err();
+        assert_eq!(refused.rule, "referral-starts-requested");
+        let refused = check(Some(&task("received")), Some(&task("rejected"))).unwrap_err();
+        assert_eq!(
+            (refused.rule, refused.conflict),
+            ("referral-rejection-needs-reason", false)
+        );
+        let mut with_reason = task("rejected");
+        with_reason["statusReason"] = json!({"text": "Pas de lit avant trois semaines"});
+        assert_eq!(check(Some(&task("received")), Some(&with_reason)), Ok(()));
+    }
+
+    #[test]
+    fn other_tasks_are_not_referrals() {
+        let mut ack = task("completed");
+        ack["basedOn"] = json!([{"reference": "CarePlan/p1"}]);
+        assert_eq!(check(None, Some(&ack)), Ok(()));
+        assert_eq!(check(Some(&task("completed")), None), Ok(()));
+        assert_eq!(request_of(&task("requested")), Some("sr1"));
+    }
+
+    #[test]
+    fn the_request_follows_its_task() {
+        let request = json!({"resourceType": "ServiceRequest", "status": "active"});
+        assert_eq!(
+            followed_request(&request, &task("completed")).unwrap()["status"],
+            "completed"
+        );
+        assert_eq!(
+            followed_request(&request, &task("cancelled")).unwrap()["status"],
+            "revoked"
+        );
+        assert!(followed_request(&request, &task("rejected")).is_none());
+        assert!(followed_request(&request, &task("accepted")).is_none());
+        let done = json!({"resourceType": "ServiceRequest", "status": "completed"});
+        assert!(followed_request(&done, &task("cancelled")).is_none());
+    }
+
+    #[test]
+    fn an_admission_completes_what_was_accepted() {
+        assert_eq!(
+            completed_by_admission(&task("accepted")).unwrap()["status"],
+            "completed"
+        );
+        assert!(completed_by_admission(&task("in-progress")).is_some());
+        assert!(completed_by_admission(&task("received")).is_none());
+        let stay =
+            json!({"basedOn": [{"reference": "ServiceRequest/sr1"}, {"reference": "CarePlan/c"}]});
+        assert_eq!(requests_of_stay(&stay), ["sr1"]);
+        assert!(requester_subscription_id("sr1").starts_with("referral-"));
+    }
+}
