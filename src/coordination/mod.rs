@@ -4,6 +4,7 @@
 //! in the same transaction.
 
 pub mod acknowledgement;
+pub mod appointment;
 pub mod circle;
 pub mod nde;
 pub mod recipients;

@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use super::write::Failed;
 use super::{Change, Rules};
 use crate::coordination::recipients::{self, Recipient};
-use crate::coordination::{acknowledgement, circle, nde, referral};
+use crate::coordination::{acknowledgement, appointment, circle, nde, referral};
 use crate::error::{FhirError, FhirResult, Issue};
 use crate::search::{self, Handling};
 use crate::store;
@@ -94,6 +94,8 @@ pub(super) struct Coordinated {
     pub referrals: Vec<Referral>,
     /// Stays admitted on ServiceRequests (`Encounter.basedOn`): their Tasks complete.
     pub admitted_on: Vec<(usize, String)>,
+    /// The slots Appointments take and free.
+    pub bookings: Vec<(usize, appointment::Booking)>,
     pub published: Vec<Published>,
     pub documents: Vec<Documented>,
     pub gps: Vec<GpChange>,
@@ -106,6 +108,7 @@ impl Coordinated {
         self.declared.is_empty()
             && self.referrals.is_empty()
             && self.admitted_on.is_empty()
+            && self.bookings.is_empty()
             && self.published.is_empty()
             && self.documents.is_empty()
             && self.gps.is_empty()
@@ -376,6 +379,7 @@ pub(super) async fn notices(
         position: None,
         error,
     };
+    let mut changes = slots(tx, &found.bookings).await?;
     let mut known = Known::default();
     for event in &found.declared {
         known.learn(event.encounter.clone());
@@ -405,7 +409,7 @@ pub(super) async fn notices(
         .collect();
     known.fetch(tx, &patients).await.map_err(whole)?;
 
-    let mut changes = acknowledgements(tx, &known, now, &found.acks).await?;
+    changes.extend(acknowledgements(tx, &known, now, &found.acks).await?);
     changes.extend(care_teams(&known, now, &found));
     changes.extend(
         completed_by_admissions(tx, rules, &found.admitted_on)
@@ -569,6 +573,83 @@ fn referrals(
         }
     }
     changes
+}
+
+/// The Slots the `bookings` take (busy) and free, locked before they are read so
+/// that of two bookings racing for one slot the second sees it busy: 409.
+async fn slots(
+    tx: &Transaction<'_>,
+    bookings: &[(usize, appointment::Booking)],
+) -> Result<Vec<(usize, Change)>, Failed> {
+    let mut changes = Vec::new();
+    if bookings.is_empty() {
+        return Ok(changes);
+    }
+    let whole = |error| Failed {
+        position: None,
+        error,
+    };
+    let mut ids: Vec<&str> = bookings
+        .iter()
+        .flat_map(|(_, b)| b.taken.iter().chain(&b.freed).map(String::as_str))
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let keys: Vec<store::LockKey<'_>> = ids
+        .iter()
+        .map(|id| store::LockKey {
+            res_type: "Slot",
+            res_id: id,
+            claim: false,
+        })
+        .collect();
+    store::lock_all(tx, &keys).await.map_err(whole)?;
+    let read: Vec<(&str, &str)> = ids.iter().map(|id| ("Slot", *id)).collect();
+    let mut known: HashMap<String, Value> = current_all(tx, &read)
+        .await
+        .map_err(whole)?
+        .into_iter()
+        .filter_map(|s| Some((s["id"].as_str()?.to_owned(), s)))
+        .collect();
+    for (position, booking) in bookings {
+        let at = |error| Failed {
+            position: Some(*position),
+            error,
+        };
+        for id in &booking.freed {
+            if let Some(free) = known.get(id).and_then(appointment::free) {
+                known.insert(id.clone(), free.clone());
+                changes.push((*position, Change::update("Slot", id.clone(), free, None)));
+            }
+        }
+        for id in &booking.taken {
+            let Some(slot) = known.get(id) else {
+                return Err(at(FhirError::Unprocessable(vec![Issue::new(
+                    "not-found",
+                    format!("the appointment's Slot/{id} does not exist"),
+                )
+                .at("Appointment.slot")])));
+            };
+            let busy = appointment::take(slot).map_err(|why| {
+                at(FhirError::Conflict(format!(
+                    "slot-taken: Slot/{id} cannot be booked: {why}"
+                )))
+            })?;
+            known.insert(id.clone(), busy.clone());
+            changes.push((*position, Change::update("Slot", id.clone(), busy, None)));
+        }
+    }
+    // One change per slot: the last state (freed then taken again in one write).
+    let mut last: HashMap<String, usize> = HashMap::new();
+    for (n, (_, change)) in changes.iter().enumerate() {
+        last.insert(change.res_id.clone(), n);
+    }
+    Ok(changes
+        .into_iter()
+        .enumerate()
+        .filter(|(n, (_, c))| last.get(&c.res_id) == Some(n))
+        .map(|(_, c)| c)
+        .collect())
 }
 
 /// Tasks of one referral looked at when its stay is admitted.

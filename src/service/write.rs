@@ -259,7 +259,8 @@ async fn apply_round(
         let step = decide(rules, now, &mut change, current).map_err(at(position))?;
         if let (Step::Write(next, resource), Some(cur)) = (&step, current) {
             // A delete's previous version matters only to the coordination rules.
-            let compared = resource.is_some() || change.res_type == "Patient";
+            let compared =
+                resource.is_some() || matches!(change.res_type.as_str(), "Patient" | "Appointment");
             if next.live && compared {
                 repeats.push((position, cur.version_id));
             }
@@ -374,6 +375,12 @@ fn coordinate(
                         declaration_id: change.res_id.clone(),
                         declaration: declaration.clone(),
                     });
+                }
+            }
+            "Appointment" => {
+                let booking = coordination::appointment::booking(previous, resource.as_ref());
+                if !booking.taken.is_empty() || !booking.freed.is_empty() {
+                    found.bookings.push((position, booking));
                 }
             }
             "ServiceRequest" => {
@@ -550,7 +557,10 @@ async fn unchanged(
                 created: false,
                 json: stored.json,
             });
-        } else if matches!(change.res_type.as_str(), "Encounter" | "Patient" | "Task") {
+        } else if matches!(
+            change.res_type.as_str(),
+            "Encounter" | "Patient" | "Task" | "Appointment"
+        ) {
             previous.insert(p, current);
         }
     }

@@ -2,6 +2,7 @@
 
 mod acknowledgements;
 mod agreement;
+mod appointments;
 mod bundles;
 mod circles;
 mod conditional;
