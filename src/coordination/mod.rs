@@ -5,6 +5,7 @@
 
 pub mod acknowledgement;
 pub mod appointment;
+pub mod careplan;
 pub mod circle;
 pub mod nde;
 pub mod recipients;

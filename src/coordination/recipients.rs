@@ -128,7 +128,7 @@ pub fn standing_subscription_id(patient_id: &str, recipient: &str) -> String {
 
 /// A Subscription the server keeps on `recipient`'s behalf: `criteria` delivered
 /// as the resource itself to their endpoint, tagged as the server's.
-fn kept_for(
+pub(super) fn kept_for(
     recipient: &Recipient,
     criteria: String,
     reason: String,

@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use super::write::Failed;
 use super::{Change, Rules};
 use crate::coordination::recipients::{self, Recipient};
-use crate::coordination::{acknowledgement, appointment, circle, nde, referral};
+use crate::coordination::{acknowledgement, appointment, careplan, circle, nde, referral};
 use crate::error::{FhirError, FhirResult, Issue};
 use crate::search::{self, Handling};
 use crate::store;
@@ -94,6 +94,8 @@ pub(super) struct Coordinated {
     pub referrals: Vec<Referral>,
     /// Stays admitted on ServiceRequests (`Encounter.basedOn`): their Tasks complete.
     pub admitted_on: Vec<(usize, String)>,
+    /// CarePlans written: the members of their care teams follow them.
+    pub plans: Vec<(usize, String, Value)>,
     /// The slots Appointments take and free.
     pub bookings: Vec<(usize, appointment::Booking)>,
     pub published: Vec<Published>,
@@ -109,6 +111,7 @@ impl Coordinated {
             && self.referrals.is_empty()
             && self.admitted_on.is_empty()
             && self.bookings.is_empty()
+            && self.plans.is_empty()
             && self.published.is_empty()
             && self.documents.is_empty()
             && self.gps.is_empty()
@@ -189,6 +192,13 @@ fn wanted(found: &Coordinated) -> Vec<(String, String)> {
             .iter()
             .map(|s| key("CareTeam", &circle::stay_team_id(&s.encounter_id))),
     );
+    for (_, _, plan) in &found.plans {
+        keys.extend(
+            careplan::care_teams(plan)
+                .into_iter()
+                .map(|team| key("CareTeam", team)),
+        );
+    }
     for written in &found.referrals {
         keys.push(match written {
             Referral::Task { request_id, .. } => key("ServiceRequest", request_id),
@@ -420,6 +430,8 @@ pub(super) async fn notices(
     let mut wanted_endpoints: Vec<String> =
         found.gps.iter().flat_map(|g| g.added.clone()).collect();
     wanted_endpoints.extend(audience.iter().flat_map(|(_, members)| members.clone()));
+    let followers = plan_followers(&known, now, &found.plans);
+    wanted_endpoints.extend(followers.iter().flat_map(|(_, members)| members.clone()));
     wanted_endpoints.extend(found.referrals.iter().filter_map(|r| {
         match r {
             Referral::Request {
@@ -437,6 +449,7 @@ pub(super) async fn notices(
         .await
         .map_err(whole)?;
     changes.extend(referrals(&known, &reached, now, &found.referrals));
+    changes.extend(plan_subscriptions(&reached, now, &found.plans, &followers));
     let standing = standing_subscriptions(&known, &reached, &found.gps);
     let mut written: HashSet<String> = standing.iter().map(|(_, c)| c.res_id.clone()).collect();
     changes.extend(standing);
@@ -503,7 +516,8 @@ fn care_teams(known: &Known, now: DateTime<Utc>, found: &Coordinated) -> Vec<(us
 }
 
 /// How long the requester still hears of a referral's Task once the request is
-/// over (a correction to `entered-in-error`).
+/// over, and a care team of its plan once closed (a correction to
+/// `entered-in-error`).
 const REFERRAL_FOLLOW_UP: chrono::Duration = chrono::Duration::days(1);
 
 /// What referrals written bring with them: the request's status following its
@@ -570,6 +584,57 @@ fn referrals(
                     (None, _) => {}
                 }
             }
+        }
+    }
+    changes
+}
+
+/// The current members of the care teams of each plan written (by its index).
+fn plan_followers(
+    known: &Known,
+    now: DateTime<Utc>,
+    plans: &[(usize, String, Value)],
+) -> Vec<(usize, Vec<String>)> {
+    plans
+        .iter()
+        .enumerate()
+        .map(|(n, (_, _, plan))| {
+            let mut members: Vec<String> = careplan::care_teams(plan)
+                .into_iter()
+                .filter_map(|team| known.get("CareTeam", team))
+                .flat_map(|team| circle::current_members(team, now))
+                .collect();
+            members.sort();
+            members.dedup();
+            (n, members)
+        })
+        .collect()
+}
+
+/// The Subscriptions through which the reachable members of a plan's care teams
+/// hear of each of its changes: kept while the plan is open, given an `end` a day
+/// after it closes (the change that closed it is still sent).
+fn plan_subscriptions(
+    reached: &HashMap<String, Recipient>,
+    now: DateTime<Utc>,
+    plans: &[(usize, String, Value)],
+    followers: &[(usize, Vec<String>)],
+) -> Vec<(usize, Change)> {
+    let mut changes = Vec::new();
+    for (n, members) in followers {
+        let (position, plan_id, plan) = &plans[*n];
+        for member in members {
+            let Some(recipient) = reached.get(member) else {
+                continue;
+            };
+            let mut sub = careplan::follower_subscription(plan_id, recipient);
+            if !careplan::is_open(plan) {
+                sub["end"] = json!(crate::fhir::datetime::format_instant(
+                    now + REFERRAL_FOLLOW_UP
+                ));
+            }
+            let id = careplan::follower_subscription_id(plan_id, member);
+            changes.push((*position, Change::update("Subscription", id, sub, None)));
         }
     }
     changes

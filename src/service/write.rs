@@ -377,6 +377,15 @@ fn coordinate(
                     });
                 }
             }
+            "CarePlan" => {
+                coordination::careplan::check(previous, resource.as_ref())
+                    .map_err(|refusal| at(position)(FhirError::Conflict(refusal)))?;
+                if let Some(plan) = resource.as_ref() {
+                    found
+                        .plans
+                        .push((position, change.res_id.clone(), plan.clone()));
+                }
+            }
             "Appointment" => {
                 let booking = coordination::appointment::booking(previous, resource.as_ref());
                 if !booking.taken.is_empty() || !booking.freed.is_empty() {
@@ -559,7 +568,7 @@ async fn unchanged(
             });
         } else if matches!(
             change.res_type.as_str(),
-            "Encounter" | "Patient" | "Task" | "Appointment"
+            "Encounter" | "Patient" | "Task" | "Appointment" | "CarePlan"
         ) {
             previous.insert(p, current);
         }

@@ -4,6 +4,7 @@ mod acknowledgements;
 mod agreement;
 mod appointments;
 mod bundles;
+mod careplans;
 mod circles;
 mod conditional;
 mod errors;
