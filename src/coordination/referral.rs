@@ -101,6 +101,51 @@ pub struct Refusal {
     pub conflict: bool,
 }
 
+/// The statuses of a referral not over yet.
+const OPEN: &[Status] = &[Draft, Requested, Received, Accepted, InProgress];
+
+/// The resource types that answer a request (`basedOn` it): a Communication, or a
+/// DiagnosticReport.
+pub const ANSWERS: &[&str] = &["Communication", "DiagnosticReport"];
+
+/// The answers a Task carries in its `output`.
+fn answers_in(task: &Value) -> Vec<&str> {
+    task["output"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|o| o["valueReference"]["reference"].as_str())
+        .filter(|r| ANSWERS.iter().any(|t| r.starts_with(&format!("{t}/"))))
+        .collect()
+}
+
+/// The ServiceRequests an answer (`Communication`, `DiagnosticReport`) answers.
+pub fn answered_requests(answer: &Value) -> Vec<&str> {
+    answer["basedOn"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["reference"].as_str()?.strip_prefix("ServiceRequest/"))
+        .filter(|id| !id.is_empty() && !id.contains('/'))
+        .collect()
+}
+
+/// The Task once `answer` (`Communication/…`, `DiagnosticReport/…`) answered
+/// its request: completed, the answer in its `output`; `None` when it is over.
+pub fn answered_task(task: &Value, answer: &str) -> Option<Value> {
+    if !OPEN.contains(&Status::of(task)?) {
+        return None;
+    }
+    let mut done = task.clone();
+    done["status"] = json!("completed");
+    let output = json!({"type": {"text": "Réponse"}, "valueReference": {"reference": answer}});
+    match done["output"].as_array_mut() {
+        Some(list) => list.push(output),
+        None => done["output"] = json!([output]),
+    }
+    Some(done)
+}
+
 /// The ServiceRequest a Task fulfils (its first `basedOn` of that type).
 pub fn request_of(task: &Value) -> Option<&str> {
     task["basedOn"]
@@ -156,6 +201,10 @@ pub fn check(previous: Option<&Value>, next: Option<&Value>) -> Result<(), Refus
     if from == to || to == EnteredInError {
         return Ok(());
     }
+    // Answered (tele-expertise): done with its answer, whatever step it was at.
+    if to == Completed && OPEN.contains(&from) && !answers_in(next).is_empty() {
+        return Ok(());
+    }
     let allowed = STEPS
         .iter()
         .find(|s| s.from == from)
@@ -207,6 +256,48 @@ pub fn completed_by_admission(task: &Value) -> Option<Value> {
         }
         _ => None,
     }
+}
+
+/// One request as `$turnaround` counts it: when it was asked, when it was
+/// answered (first `completed`), and its status now.
+pub struct Asked {
+    pub asked: chrono::DateTime<chrono::Utc>,
+    pub answered: Option<chrono::DateTime<chrono::Utc>>,
+    pub status: String,
+}
+
+/// `ServiceRequest/$turnaround`: how many requests were answered and how many
+/// are still open, and the median and 90th percentile delay from request to
+/// answer, in hours (as a `Parameters`).
+pub fn turnaround(requests: &[Asked]) -> Value {
+    let mut delays: Vec<f64> = requests
+        .iter()
+        .filter_map(|r| Some((r.answered? - r.asked).num_seconds() as f64 / 3600.0))
+        .collect();
+    delays.sort_by(f64::total_cmp);
+    let open = requests
+        .iter()
+        .filter(|r| {
+            r.answered.is_none() && matches!(r.status.as_str(), "draft" | "active" | "on-hold")
+        })
+        .count();
+    let mut parameters = vec![
+        json!({"name": "answered", "valueInteger": delays.len()}),
+        json!({"name": "open", "valueInteger": open}),
+    ];
+    // Nearest rank: the smallest delay with at least `share` of them at or below.
+    let rank = |share: f64| {
+        let n = (share * delays.len() as f64).ceil() as usize;
+        delays[n.clamp(1, delays.len()) - 1]
+    };
+    if !delays.is_empty() {
+        for (name, share) in [("median-delay", 0.5), ("p90-delay", 0.9)] {
+            let hours = (rank(share) * 10.0).round() / 10.0;
+            parameters.push(json!({"name": name, "valueQuantity": {
+                "value": hours, "unit": "h", "system": "http://unitsofmeasure.org", "code": "h"}}));
+        }
+    }
+    json!({"resourceType": "Parameters", "parameter": parameters})
 }
 
 /// The ServiceRequests an Encounter was admitted on (`Encounter.basedOn`).
@@ -319,6 +410,50 @@ mod tests {
         assert_eq!(check(None, Some(&ack)), Ok(()));
         assert_eq!(check(Some(&task("completed")), None), Ok(()));
         assert_eq!(request_of(&task("requested")), Some("sr1"));
+    }
+
+    #[test]
+    fn an_answer_completes_the_task_whatever_its_step() {
+        let answer = json!({"resourceType": "Communication", "status": "completed",
+            "basedOn": [{"reference": "ServiceRequest/sr1"}]});
+        assert_eq!(answered_requests(&answer), ["sr1"]);
+        let done = answered_task(&task("received"), "Communication/c1").unwrap();
+        assert_eq!(done["status"], "completed");
+        assert_eq!(check(Some(&task("received")), Some(&done)), Ok(()));
+        assert!(answered_task(&task("completed"), "Communication/c1").is_none());
+        assert!(answered_task(&task("rejected"), "Communication/c1").is_none());
+        // Without its answer, completing early is still refused.
+        assert!(check(Some(&task("received")), Some(&task("completed"))).is_err());
+    }
+
+    #[test]
+    fn turnaround_counts_and_ranks_the_delays() {
+        let at = |h: i64| chrono::DateTime::<chrono::Utc>::UNIX_EPOCH + chrono::Duration::hours(h);
+        let asked = |answered: Option<i64>, status: &str| Asked {
+            asked: at(0),
+            answered: answered.map(at),
+            status: status.to_owned(),
+        };
+        let requests: Vec<Asked> = (1..=10)
+            .map(|h| asked(Some(h), "completed"))
+            .chain([asked(None, "active"), asked(None, "revoked")])
+            .collect();
+        let figures = turnaround(&requests);
+        let value = |name: &str| {
+            figures["parameter"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["name"] == name)
+                .cloned()
+                .unwrap()
+        };
+        assert_eq!(value("answered")["valueInteger"], 10);
+        assert_eq!(value("open")["valueInteger"], 1);
+        assert_eq!(value("median-delay")["valueQuantity"]["value"], 5.0);
+        assert_eq!(value("p90-delay")["valueQuantity"]["value"], 9.0);
+        let none = turnaround(&[]);
+        assert_eq!(none["parameter"].as_array().unwrap().len(), 2);
     }
 
     #[test]

@@ -36,6 +36,8 @@ pub enum Route {
     ExportStatus(String),
     /// `[base]/$export-file/[job]/[n]`
     ExportFile(String, String),
+    /// `[base]/ServiceRequest/$turnaround`
+    Turnaround,
     /// `[base]/Subscription[/id]/$status|$events|$deliveries`
     SubscriptionOperation(Option<String>, String),
 }
@@ -56,6 +58,7 @@ impl Route {
             Route::Compartment(..) => "/fhir/{compartment}/{id}/{type}",
             Route::Everything(..) => "/fhir/{type}/{id}/$everything",
             Route::CareCircle(_) => "/fhir/Patient/{id}/$care-circle",
+            Route::Turnaround => "/fhir/ServiceRequest/$turnaround",
             Route::Export(None, _) => "/fhir/$export",
             Route::Export(Some(_), None) => "/fhir/Patient/$export",
             Route::Export(Some(_), Some(_)) => "/fhir/Group/{id}/$export",
@@ -105,6 +108,7 @@ pub fn parse(path: &str) -> FhirResult<Route> {
         [t] => Ok(Route::Type(resource_type(t)?)),
         [t, "_search"] => Ok(Route::TypeSearch(resource_type(t)?)),
         [t, "_history"] => Ok(Route::TypeHistory(resource_type(t)?)),
+        ["ServiceRequest", "$turnaround"] => Ok(Route::Turnaround),
         ["Subscription", op @ "$status"] => {
             Ok(Route::SubscriptionOperation(None, (*op).to_owned()))
         }

@@ -66,6 +66,13 @@ pub fn capability_statement(
                     "documentation": "Who is in the patient's care circle now: the active CareTeams about the patient, their current members and the PractitionerRoles, Organizations and Endpoints that reach them (a searchset).",
                 }));
             }
+            if rt == "ServiceRequest" {
+                operations.push(json!({
+                    "name": "turnaround",
+                    "definition": "https://passerelle.example.fr/fhir/OperationDefinition/ServiceRequest-turnaround",
+                    "documentation": "The requests a performer received (performer=, _since=): answered and open, and the median and 90th percentile delay from request to answer, in hours (a Parameters).",
+                }));
+            }
             if matches!(rt, "Patient" | "Group") {
                 operations.push(json!({
                     "name": "export",

@@ -14,6 +14,7 @@ mod read;
 mod search_parameters;
 mod searches;
 pub mod subscriptions;
+mod turnaround;
 pub mod write;
 mod writes;
 
@@ -31,6 +32,7 @@ pub use read::{read, vread};
 use search_parameters::search_parameter_changed;
 pub use search_parameters::{load_search_parameters, reindex, watch_search_parameters};
 pub use searches::{everything, search, searchset, Scope, SearchPage};
+pub use turnaround::turnaround;
 pub use write::{Change, ChangeKind, Written};
 use writes::{conditional_match, Matches};
 pub use writes::{plan, subscription_status, write, PatchTarget, Planned, WriteRequest};

@@ -94,6 +94,9 @@ pub(super) struct Coordinated {
     pub referrals: Vec<Referral>,
     /// Stays admitted on ServiceRequests (`Encounter.basedOn`): their Tasks complete.
     pub admitted_on: Vec<(usize, String)>,
+    /// Answers filed to ServiceRequests (request id, `Communication/…` or
+    /// `DiagnosticReport/…`): their Tasks complete.
+    pub answers: Vec<(usize, String, String)>,
     /// CarePlans written: the members of their care teams follow them.
     pub plans: Vec<(usize, String, Value)>,
     /// The slots Appointments take and free.
@@ -110,6 +113,7 @@ impl Coordinated {
         self.declared.is_empty()
             && self.referrals.is_empty()
             && self.admitted_on.is_empty()
+            && self.answers.is_empty()
             && self.bookings.is_empty()
             && self.plans.is_empty()
             && self.published.is_empty()
@@ -421,11 +425,7 @@ pub(super) async fn notices(
 
     changes.extend(acknowledgements(tx, &known, now, &found.acks).await?);
     changes.extend(care_teams(&known, now, &found));
-    changes.extend(
-        completed_by_admissions(tx, rules, &found.admitted_on)
-            .await
-            .map_err(whole)?,
-    );
+    changes.extend(completed_tasks(tx, rules, &found).await.map_err(whole)?);
     let audience = audience(&known, now, &declared);
     let mut wanted_endpoints: Vec<String> =
         found.gps.iter().flat_map(|g| g.added.clone()).collect();
@@ -720,18 +720,21 @@ async fn slots(
 /// Tasks of one referral looked at when its stay is admitted.
 const MAX_REFERRAL_TASKS: usize = 20;
 
-/// The fulfilment Tasks that stays admitted on ServiceRequests complete.
-async fn completed_by_admissions(
+/// The fulfilment Tasks that stays admitted on ServiceRequests, and answers to
+/// them, complete.
+async fn completed_tasks(
     tx: &Transaction<'_>,
     rules: &Rules,
-    admitted_on: &[(usize, String)],
+    found: &Coordinated,
 ) -> FhirResult<Vec<(usize, Change)>> {
     let mut changes = Vec::new();
-    if admitted_on.is_empty() {
-        return Ok(changes);
-    }
+    let by_admission = found.admitted_on.iter().map(|(p, r)| (*p, r, None));
+    let by_answer = found
+        .answers
+        .iter()
+        .map(|(p, r, answer)| (*p, r, Some(answer.as_str())));
     let params = rules.catalog.params.current();
-    for (position, request_id) in admitted_on {
+    for (position, request_id, answer) in by_admission.chain(by_answer) {
         let plan = search::parse(
             &params,
             "Task",
@@ -744,12 +747,13 @@ async fn completed_by_admissions(
         let ids = store::matching_ids(tx, &plan, MAX_REFERRAL_TASKS).await?;
         let keys: Vec<(&str, &str)> = ids.iter().map(|id| ("Task", id.as_str())).collect();
         for task in current_all(tx, &keys).await? {
-            let (Some(id), Some(done)) =
-                (task["id"].as_str(), referral::completed_by_admission(&task))
-            else {
-                continue;
+            let done = match answer {
+                Some(answer) => referral::answered_task(&task, answer),
+                None => referral::completed_by_admission(&task),
             };
-            changes.push((*position, Change::update("Task", id.to_owned(), done, None)));
+            if let (Some(id), Some(done)) = (task["id"].as_str(), done) {
+                changes.push((position, Change::update("Task", id.to_owned(), done, None)));
+            }
         }
     }
     Ok(changes)

@@ -399,7 +399,18 @@ fn coordinate(
                     request: resource.clone(),
                 });
             }
-            "Task" | "Communication" => {
+            "Task" | "Communication" | "DiagnosticReport" => {
+                if change.res_type != "Task" && !next.live {
+                    let answer = format!("{}/{}", change.res_type, change.res_id);
+                    found.answers.extend(
+                        resource
+                            .as_ref()
+                            .map(coordination::referral::answered_requests)
+                            .unwrap_or_default()
+                            .into_iter()
+                            .map(|request_id| (position, request_id.to_owned(), answer.clone())),
+                    );
+                }
                 if change.res_type == "Task" {
                     coordination::referral::check(previous, resource.as_ref()).map_err(
                         |refusal| {

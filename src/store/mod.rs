@@ -29,7 +29,7 @@ pub use search_parameters::{
 };
 pub use versions::{
     created_here_referring, endpoints_of, read_current, read_latest, read_version, read_versions,
-    Current, Method, StoredVersion,
+    request_timeline, Current, Method, StoredVersion,
 };
 use versions::{version_from_row, VERSION_COLUMNS};
 pub use writes::{clock, commit, lock_all, lock_key, write_versions, LockKey, NewVersion};

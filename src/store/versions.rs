@@ -238,6 +238,47 @@ pub async fn endpoints_of(
         .collect())
 }
 
+/// For each of the ServiceRequests `ids` that exist: when it was asked (its
+/// `authoredOn`, else its first version), when it was first `completed`, and
+/// its status now; one query.
+pub async fn request_timeline(
+    client: &impl GenericClient,
+    ids: &[String],
+) -> FhirResult<Vec<(DateTime<Utc>, Option<DateTime<Utc>>, String)>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let stmt = client
+        .prepare_cached(
+            "SELECT first.last_updated, first.resource ->> 'authoredOn',
+                    (SELECT min(v.last_updated) FROM resource_version v
+                      WHERE v.res_type = r.res_type AND v.res_id = r.res_id
+                        AND v.resource ->> 'status' = 'completed'),
+                    now_v.resource ->> 'status'
+               FROM resource r
+               JOIN resource_version first ON first.res_type = r.res_type
+                    AND first.res_id = r.res_id AND first.version_id = 1
+               JOIN resource_version now_v ON now_v.res_type = r.res_type
+                    AND now_v.res_id = r.res_id AND now_v.version_id = r.version_id
+              WHERE r.res_type = 'ServiceRequest' AND r.res_id = ANY($1) AND NOT r.deleted",
+        )
+        .await?;
+    let rows = client.query(&stmt, &[&ids]).await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let first: DateTime<Utc> = r.get(0);
+            let authored: Option<String> = r.get(1);
+            let asked = authored
+                .as_deref()
+                .and_then(crate::fhir::datetime::parse_range)
+                .map_or(first, |range| range.low);
+            let status: Option<String> = r.get(3);
+            (asked, r.get(2), status.unwrap_or_default())
+        })
+        .collect())
+}
+
 /// Versions by (type, id, version), in one query; those that exist.
 pub async fn read_versions(
     client: &impl GenericClient,

@@ -149,3 +149,84 @@ async fn an_admission_on_the_request_completes_it() {
     assert_eq!(status_of(&s, "Task/ref3-task").await, "completed");
     assert_eq!(status_of(&s, "ServiceRequest/ref3").await, "completed");
 }
+
+/// Tele-expertise: the GP's question waits in the specialty's queue; the
+/// specialist's answer (a Communication based on the request) completes the
+/// Task, whatever its step, and the request; the GP is told; `$turnaround` gives
+/// the specialty its figures.
+#[tokio::test]
+async fn an_answer_completes_a_tele_expertise_and_counts_in_the_turnaround() {
+    let s = TestServer::start().await;
+    let gp = Receiver::start().await;
+    reachable_gp(&s, &gp.url()).await;
+    let question = |id: &str| {
+        let mut sr = request(id);
+        sr["category"] = json!([{"coding": [{"system": passerelle::coordination::acknowledgement::CODE_SYSTEM, "code": "tele-expertise"}]}]);
+        sr["performer"] = json!([{"reference": "Organization/cardio-ch"}]);
+        sr["note"] = json!([{"text": "FEVG à 35 % : faut-il introduire un ISGLT2 ?"}]);
+        sr
+    };
+    for id in ["te1", "te2"] {
+        put(&s, &question(id), 201).await;
+        let mut t = task(&format!("{id}-task"), id, "requested");
+        t["owner"] = json!({"reference": "Organization/cardio-ch"});
+        put(&s, &t, 201).await;
+        gp.expect().await;
+    }
+    let queue = json_of(
+        s.get("Task?owner=Organization/cardio-ch&status=requested,received,accepted")
+            .await,
+        200,
+    )
+    .await;
+    assert_eq!(queue["total"], 2);
+
+    let answer = json!({"resourceType": "Communication", "status": "completed",
+        "basedOn": [{"reference": "ServiceRequest/te1"}],
+        "subject": {"reference": "Patient/stay-patient"},
+        "sender": {"reference": "Organization/cardio-ch"},
+        "recipient": [{"reference": "Practitioner/stay-gp"}],
+        "payload": [{"contentString": "Oui, dapagliflozine 10 mg ; contrôle de la créatinine à 15 jours."}]});
+    let answer = json_of(s.post_json("Communication", &answer).await, 201).await;
+    let done = gp.expect().await.json();
+    assert_eq!(done["status"], "completed");
+    assert_eq!(
+        done["output"][0]["valueReference"]["reference"],
+        format!("Communication/{}", answer["id"].as_str().unwrap())
+    );
+    assert_eq!(status_of(&s, "ServiceRequest/te1").await, "completed");
+    assert_eq!(status_of(&s, "ServiceRequest/te2").await, "active");
+
+    let figures = json_of(
+        s.get("ServiceRequest/$turnaround?performer=Organization/cardio-ch")
+            .await,
+        200,
+    )
+    .await;
+    let value = |name: &str| {
+        figures["parameter"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert_eq!(value("answered")["valueInteger"], 1, "{figures}");
+    assert_eq!(value("open")["valueInteger"], 1, "{figures}");
+    assert_eq!(value("median-delay")["valueQuantity"]["code"], "h");
+    let later = json_of(
+        s.get("ServiceRequest/$turnaround?performer=Organization/cardio-ch&_since=2999-01-01")
+            .await,
+        200,
+    )
+    .await;
+    assert_eq!(later["parameter"][0]["valueInteger"], 0, "{later}");
+    outcome_of(s.get("ServiceRequest/$turnaround").await, 400).await;
+    outcome_of(
+        s.get("ServiceRequest/$turnaround?performer=Organization/x&_since=soon")
+            .await,
+        400,
+    )
+    .await;
+}

@@ -22,7 +22,7 @@ mod writes;
 
 use operations::{
     export_delete, export_file, export_kick_off, export_status, metadata, subscription_operation,
-    ws_binding_token,
+    turnaround, ws_binding_token,
 };
 use reads::{history, read, vread};
 use searches::{care_circle, compartment_search, everything, form_search, search, system_search};
@@ -120,6 +120,7 @@ pub async fn handle(state: &AppState, req: FhirRequest) -> FhirResult<Reply> {
         }
         (&Method::GET, Route::Everything(t, id)) => everything(state, &req, t, id).await,
         (&Method::GET, Route::CareCircle(id)) => care_circle(state, &req, id).await,
+        (&Method::GET, Route::Turnaround) => turnaround(state, &req).await,
         (&Method::POST, Route::Type(t)) => create(state, &req, t).await,
         (&Method::PUT, Route::Type(t)) => conditional_update(state, &req, t).await,
         (&Method::DELETE, Route::Type(t)) => conditional_delete(state, &req, t).await,

@@ -98,6 +98,13 @@ pub(super) async fn subscription_operation(
     Ok(Reply::new(StatusCode::OK, Some(body.to_string())))
 }
 
+/// `ServiceRequest/$turnaround`: a Parameters with the performer's figures.
+pub(super) async fn turnaround(state: &AppState, req: &FhirRequest) -> FhirResult<Reply> {
+    let params_in_force = state.rules.catalog.params.current();
+    let body = service::turnaround(&state.pool, &params_in_force, &req.criteria()).await?;
+    Ok(Reply::new(StatusCode::OK, Some(body.to_string())))
+}
+
 /// `$export` kick-off: 202 and the status URL in `Content-Location`.
 pub(super) async fn export_kick_off(
     state: &AppState,
