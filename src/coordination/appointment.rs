@@ -4,6 +4,9 @@
 //! booked again. Pure: the write path locks and reads the Slots.
 
 use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use super::recipients::{self, Recipient};
 
 /// The Appointment statuses that hold their slots.
 const HOLDING: &[&str] = &["pending", "booked", "arrived", "fulfilled", "checked-in"];
@@ -73,6 +76,41 @@ pub fn free(slot: &Value) -> Option<Value> {
     })
 }
 
+/// The patient an Appointment is for (its first Patient participant).
+pub fn patient_of(appointment: &Value) -> Option<&str> {
+    appointment["participant"]
+        .as_array()?
+        .iter()
+        .filter_map(|p| p["actor"]["reference"].as_str()?.strip_prefix("Patient/"))
+        .find(|id| !id.is_empty() && !id.contains('/'))
+}
+
+/// The id of the Subscription through which `member` of the care circle of
+/// `Patient/{patient_id}` hears of the patient's appointments.
+pub fn follower_subscription_id(patient_id: &str, member: &str) -> String {
+    let digest = Sha256::digest(format!("Appointment\nPatient/{patient_id}\n{member}").as_bytes());
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("appointments-{hex}")
+}
+
+/// The Subscription through which a member of the patient's care circle (the
+/// GP first) hears of every booking and cancellation of the patient's
+/// appointments.
+pub fn follower_subscription(patient_id: &str, member: &Recipient) -> Value {
+    let who = member.reference.as_deref().unwrap_or_default();
+    recipients::kept_for(
+        member,
+        format!("Appointment?patient=Patient/{patient_id}"),
+        format!("Rendez-vous du patient Patient/{patient_id}, pour {who} (cercle de soins)"),
+        vec![
+            json!({"url": format!("{}subject", super::nde::STRUCTURE_DEFINITION),
+                    "valueReference": {"reference": format!("Patient/{patient_id}")}}),
+            json!({"url": format!("{}subscriber", super::nde::STRUCTURE_DEFINITION),
+                    "valueReference": {"reference": who}}),
+        ],
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,6 +165,25 @@ mod tests {
         assert_eq!(
             booking(None, Some(&appointment("proposed", &["s1"]))),
             Booking::default()
+        );
+    }
+
+    #[test]
+    fn the_circle_of_the_patient_follows_the_appointments() {
+        let mut booked = appointment("booked", &["s1"]);
+        booked["participant"] = json!([{"actor": {"reference": "Practitioner/dr"}},
+            {"actor": {"reference": "Patient/p1"}}]);
+        assert_eq!(patient_of(&booked), Some("p1"));
+        let gp = Recipient {
+            reference: Some("Practitioner/gp".into()),
+            address: "https://cabinet.example/hook".into(),
+        };
+        let sub = follower_subscription("p1", &gp);
+        assert_eq!(sub["criteria"], "Appointment?patient=Patient/p1");
+        crate::fhir::validate::validate_resource(&sub).unwrap();
+        assert_ne!(
+            follower_subscription_id("p1", "Practitioner/gp"),
+            follower_subscription_id("p2", "Practitioner/gp")
         );
     }
 

@@ -101,6 +101,9 @@ pub(super) struct Coordinated {
     pub plans: Vec<(usize, String, Value)>,
     /// The slots Appointments take and free.
     pub bookings: Vec<(usize, appointment::Booking)>,
+    /// The patients of the Appointments booked or cancelled: their care circle
+    /// follows their appointments.
+    pub appointments_of: Vec<(usize, String)>,
     pub published: Vec<Published>,
     pub documents: Vec<Documented>,
     pub gps: Vec<GpChange>,
@@ -115,6 +118,7 @@ impl Coordinated {
             && self.admitted_on.is_empty()
             && self.answers.is_empty()
             && self.bookings.is_empty()
+            && self.appointments_of.is_empty()
             && self.plans.is_empty()
             && self.published.is_empty()
             && self.documents.is_empty()
@@ -196,6 +200,10 @@ fn wanted(found: &Coordinated) -> Vec<(String, String)> {
             .iter()
             .map(|s| key("CareTeam", &circle::stay_team_id(&s.encounter_id))),
     );
+    for (_, patient_id) in &found.appointments_of {
+        keys.push(key("Patient", patient_id));
+        keys.push(key("CareTeam", &circle::circle_id(patient_id)));
+    }
     for (_, _, plan) in &found.plans {
         keys.extend(
             careplan::care_teams(plan)
@@ -431,6 +439,9 @@ pub(super) async fn notices(
         found.gps.iter().flat_map(|g| g.added.clone()).collect();
     wanted_endpoints.extend(audience.iter().flat_map(|(_, members)| members.clone()));
     let followers = plan_followers(&known, now, &found.plans);
+    for (_, patient_id) in &found.appointments_of {
+        wanted_endpoints.extend(circle_of(&known, now, patient_id).unwrap_or_default());
+    }
     wanted_endpoints.extend(followers.iter().flat_map(|(_, members)| members.clone()));
     wanted_endpoints.extend(found.referrals.iter().filter_map(|r| {
         match r {
@@ -450,6 +461,12 @@ pub(super) async fn notices(
         .map_err(whole)?;
     changes.extend(referrals(&known, &reached, now, &found.referrals));
     changes.extend(plan_subscriptions(&reached, now, &found.plans, &followers));
+    changes.extend(appointment_followers(
+        &known,
+        &reached,
+        now,
+        &found.appointments_of,
+    ));
     let standing = standing_subscriptions(&known, &reached, &found.gps);
     let mut written: HashSet<String> = standing.iter().map(|(_, c)| c.res_id.clone()).collect();
     changes.extend(standing);
@@ -856,22 +873,51 @@ fn audience(known: &Known, now: DateTime<Utc>, declared: &[Declared]) -> Vec<(us
     declared
         .iter()
         .enumerate()
-        .filter_map(|(n, event)| {
-            let patient_id = patient_of(&event.encounter)?;
-            let patient = known.get("Patient", patient_id)?;
-            let mut members = recipients::general_practitioners(patient);
-            let circle = known.get("CareTeam", &circle::circle_id(patient_id));
-            for member in circle
-                .map(|c| circle::current_members(c, now))
-                .unwrap_or_default()
-            {
-                if !members.contains(&member) {
-                    members.push(member);
-                }
-            }
-            Some((n, members))
-        })
+        .filter_map(|(n, event)| Some((n, circle_of(known, now, patient_of(&event.encounter)?)?)))
         .collect()
+}
+
+/// The patient's GPs and the other current members of the patient's care
+/// circle; `None` when the patient is unknown.
+fn circle_of(known: &Known, now: DateTime<Utc>, patient_id: &str) -> Option<Vec<String>> {
+    let patient = known.get("Patient", patient_id)?;
+    let mut members = recipients::general_practitioners(patient);
+    let circle = known.get("CareTeam", &circle::circle_id(patient_id));
+    for member in circle
+        .map(|c| circle::current_members(c, now))
+        .unwrap_or_default()
+    {
+        if !members.contains(&member) {
+            members.push(member);
+        }
+    }
+    Some(members)
+}
+
+/// The Subscriptions through which the reachable members of the care circle of
+/// each patient whose appointment was booked or cancelled hear of the patient's
+/// appointments (written again, a no-op when unchanged).
+fn appointment_followers(
+    known: &Known,
+    reached: &HashMap<String, Recipient>,
+    now: DateTime<Utc>,
+    appointments_of: &[(usize, String)],
+) -> Vec<(usize, Change)> {
+    let mut changes = Vec::new();
+    let mut written = HashSet::new();
+    for (position, patient_id) in appointments_of {
+        for member in circle_of(known, now, patient_id).unwrap_or_default() {
+            let Some(recipient) = reached.get(&member) else {
+                continue;
+            };
+            let id = appointment::follower_subscription_id(patient_id, &member);
+            if written.insert(id.clone()) {
+                let sub = appointment::follower_subscription(patient_id, recipient);
+                changes.push((*position, Change::update("Subscription", id, sub, None)));
+            }
+        }
+    }
+    changes
 }
 
 /// The notification requests of the events `declared` to their `audience` that

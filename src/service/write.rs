@@ -390,6 +390,15 @@ fn coordinate(
                 let booking = coordination::appointment::booking(previous, resource.as_ref());
                 if !booking.taken.is_empty() || !booking.freed.is_empty() {
                     found.bookings.push((position, booking));
+                    let patient = resource
+                        .as_ref()
+                        .or(previous)
+                        .and_then(coordination::appointment::patient_of);
+                    if let Some(patient_id) = patient {
+                        found
+                            .appointments_of
+                            .push((position, patient_id.to_owned()));
+                    }
                 }
             }
             "ServiceRequest" => {

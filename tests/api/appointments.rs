@@ -102,3 +102,28 @@ async fn of_ten_racing_bookings_exactly_one_wins() {
     assert_eq!(booked["total"], 1, "{booked}");
     assert_eq!(slot_status(&s, "raced").await, "busy");
 }
+
+/// The patient's GP, reachable, hears of the booking and of its cancellation.
+#[tokio::test]
+async fn the_gp_hears_of_bookings_and_cancellations() {
+    let s = TestServer::start().await;
+    let gp = crate::receiver::Receiver::start().await;
+    crate::stays::reachable_gp(&s, &gp.url()).await;
+    setup(&s, "first").await;
+    let booked = json_of(
+        s.post_json("Appointment", &appointment("first", "stay-patient"))
+            .await,
+        201,
+    )
+    .await;
+    let heard = gp.expect().await.json();
+    assert_eq!(
+        (heard["resourceType"].as_str(), heard["status"].as_str()),
+        (Some("Appointment"), Some("booked"))
+    );
+    let mut cancelled = booked.clone();
+    cancelled["status"] = json!("cancelled");
+    let path = format!("Appointment/{}", booked["id"].as_str().unwrap());
+    json_of(s.put_json(&path, &cancelled).await, 200).await;
+    assert_eq!(gp.expect().await.json()["status"], "cancelled");
+}
