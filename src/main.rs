@@ -82,6 +82,18 @@ struct SubscriptionArgs {
     /// Timeout of one callback in milliseconds.
     #[arg(long, env = "PASSERELLE_DELIVERY_TIMEOUT_MS", default_value_t = 10_000)]
     delivery_timeout_ms: u64,
+    /// The SMTP server that sends notices by secure mail (email channels,
+    /// secure-email Endpoints): `smtp://[user:pass@]host[:port]` (STARTTLS when
+    /// offered) or `smtps://…`. Without it, email channels are refused.
+    #[arg(long, env = "PASSERELLE_SMTP_URL")]
+    smtp_url: Option<String>,
+    /// The sender of those mails.
+    #[arg(
+        long,
+        env = "PASSERELLE_SMTP_FROM",
+        default_value = "Passerelle <passerelle@localhost>"
+    )]
+    smtp_from: String,
     /// A JSON file of extra SubscriptionTopics (a Bundle or one resource).
     #[arg(long, env = "PASSERELLE_SUBSCRIPTION_TOPICS")]
     subscription_topics: Option<PathBuf>,
@@ -100,6 +112,7 @@ impl SubscriptionArgs {
         Ok(passerelle::service::Rules {
             endpoints: passerelle::subscription::EndpointPolicy {
                 allow_insecure: self.allow_insecure_endpoints,
+                email: self.smtp_url.is_some(),
             },
             catalog: std::sync::Arc::new(catalog),
             ..Default::default()
@@ -113,6 +126,13 @@ impl SubscriptionArgs {
             backoff_base: Duration::from_millis(self.delivery_backoff_ms),
             backoff_max: Duration::from_millis(self.delivery_backoff_max_ms),
             timeout: Duration::from_millis(self.delivery_timeout_ms),
+            smtp: self
+                .smtp_url
+                .clone()
+                .map(|url| passerelle::delivery::mail::Smtp {
+                    url,
+                    from: self.smtp_from.clone(),
+                }),
             ..passerelle::delivery::Tuning::default()
         }
     }

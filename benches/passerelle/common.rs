@@ -293,6 +293,7 @@ pub async fn start_server_with(
         rules: passerelle::service::Rules {
             endpoints: passerelle::subscription::EndpointPolicy {
                 allow_insecure: true,
+                email: false,
             },
             ..Default::default()
         },

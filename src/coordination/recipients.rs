@@ -14,6 +14,10 @@ use crate::subscription::EndpointPolicy;
 /// The connection type of an Endpoint that takes FHIR REST callbacks.
 pub const FHIR_REST: &str = "hl7-fhir-rest";
 
+/// The connection types of an Endpoint that takes mail (MSSanté-style secure
+/// mail), at a `mailto:` address.
+pub const MAIL: &[&str] = &["secure-email", "direct-project"];
+
 /// Marks what the server keeps on a GP's behalf (`meta.tag`), so that a reader
 /// tells it from a Subscription someone wrote.
 pub const STANDING_TAG_SYSTEM: &str = "https://passerelle.example.fr/fhir/CodeSystem/derived";
@@ -96,14 +100,18 @@ pub fn endpoint_references(resource: &Value) -> Vec<String> {
         .collect()
 }
 
-/// The callback URL of an Endpoint that can take a notification now: active,
-/// FHIR REST, with an address.
+/// The address of an Endpoint that can take a notification now: active, FHIR
+/// REST with its callback URL, or secure mail with a `mailto:` address.
 pub fn callback_address(endpoint: &Value) -> Option<&str> {
-    let rest = endpoint["connectionType"]["code"].as_str() == Some(FHIR_REST);
-    let active = endpoint["status"].as_str() == Some("active");
-    endpoint["address"]
+    let kind = endpoint["connectionType"]["code"]
         .as_str()
-        .filter(|a| rest && active && !a.is_empty())
+        .unwrap_or_default();
+    let active = endpoint["status"].as_str() == Some("active");
+    endpoint["address"].as_str().filter(|a| {
+        active
+            && !a.is_empty()
+            && (kind == FHIR_REST || (MAIL.contains(&kind) && a.starts_with("mailto:")))
+    })
 }
 
 /// Refuses an FHIR REST Endpoint the server could not call back (`policy`: the
@@ -145,7 +153,8 @@ pub(super) fn kept_for(
         "reason": reason,
         "criteria": criteria,
         "channel": {
-            "type": "rest-hook",
+            // Secure mail for a recipient without an API.
+            "type": if recipient.address.starts_with("mailto:") { "email" } else { "rest-hook" },
             "endpoint": recipient.address,
             "payload": "application/fhir+json",
         },
@@ -281,6 +290,20 @@ mod tests {
         assert_eq!(
             callback_address(&endpoint("active", "direct-project")),
             None
+        );
+        let mut mail = endpoint("active", "secure-email");
+        mail["address"] = json!("mailto:dr.lenoir@medecin.mssante.fr");
+        assert_eq!(
+            callback_address(&mail),
+            Some("mailto:dr.lenoir@medecin.mssante.fr")
+        );
+        let recipient = Recipient {
+            reference: Some("Practitioner/gp".into()),
+            address: "mailto:dr.lenoir@medecin.mssante.fr".into(),
+        };
+        assert_eq!(
+            standing_subscription("p1", &recipient, "nde-1")["channel"]["type"],
+            "email"
         );
     }
 

@@ -7,6 +7,7 @@
 //! `LISTEN passerelle_outbox`, with a poll as the safety net.
 
 pub mod client;
+pub mod mail;
 pub mod websocket;
 
 use std::future::Future;
@@ -41,6 +42,8 @@ pub struct Tuning {
     pub timeout: Duration,
     /// The safety net of the commit notifications.
     pub poll: Duration,
+    /// Where email channels' mail goes out; none: email channels are refused.
+    pub smtp: Option<mail::Smtp>,
 }
 
 impl Default for Tuning {
@@ -52,6 +55,7 @@ impl Default for Tuning {
             backoff_max: Duration::from_secs(300),
             timeout: Duration::from_secs(10),
             poll: Duration::from_secs(1),
+            smtp: None,
         }
     }
 }
@@ -126,6 +130,7 @@ struct Worker {
     pool: Pool,
     settings: Settings,
     http: reqwest::Client,
+    mailer: Option<Arc<mail::Mailer>>,
     sink: Arc<dyn StatusSink>,
     hub: Arc<websocket::Hub>,
 }
@@ -145,9 +150,14 @@ pub fn start(
     settings: Settings,
     sink: Arc<dyn StatusSink>,
     hub: Arc<websocket::Hub>,
-) -> Result<Delivery, reqwest::Error> {
+) -> Result<Delivery, String> {
     let wake = hub.wake.clone();
-    let http = client::http_client(settings.policy, settings.tuning.timeout)?;
+    let http =
+        client::http_client(settings.policy, settings.tuning.timeout).map_err(|e| e.to_string())?;
+    let mailer = match &settings.tuning.smtp {
+        Some(smtp) => Some(Arc::new(mail::Mailer::new(smtp, settings.tuning.timeout)?)),
+        None => None,
+    };
     let instance = uuid::Uuid::new_v4().simple().to_string();
     let mut tasks = vec![tokio::spawn(listen_for_commits(listen, wake.clone()))];
     let worker = |n: usize| {
@@ -156,6 +166,7 @@ pub fn start(
             pool: pool.clone(),
             settings: settings.clone(),
             http: http.clone(),
+            mailer: mailer.clone(),
             sink: sink.clone(),
             hub: hub.clone(),
         })
@@ -447,6 +458,9 @@ impl Worker {
                 Err(SendError::NotBound)
             };
         }
+        if channel.email {
+            return self.mail(sub_id, channel, &bytes, &mime).await;
+        }
         if let Some(reason) = self.settings.policy.refusal(&channel.endpoint) {
             return Err(SendError::Failed(reason));
         }
@@ -487,6 +501,36 @@ impl Worker {
         } else {
             Err(SendError::Failed(format!("the endpoint answered {status}")))
         }
+    }
+}
+
+impl Worker {
+    /// Sends one notification by mail: the readable text, the notification
+    /// attached.
+    async fn mail(
+        &self,
+        sub_id: &str,
+        channel: &Channel,
+        body: &[u8],
+        mime: &str,
+    ) -> Result<(), SendError> {
+        let Some(mailer) = &self.mailer else {
+            return Err(SendError::Failed(
+                "no SMTP server is configured (PASSERELLE_SMTP_URL)".to_owned(),
+            ));
+        };
+        let Some(to) = crate::subscription::endpoint::mail_address(&channel.endpoint) else {
+            return Err(SendError::Failed(format!(
+                "'{}' is not a mailto: address",
+                channel.endpoint
+            )));
+        };
+        let resource: Option<Value> = serde_json::from_slice(body).ok();
+        let notice = mail::notice(resource.as_ref(), sub_id, &self.settings.base_url);
+        mailer
+            .send(to, &notice, body, mime)
+            .await
+            .map_err(SendError::Failed)
     }
 }
 

@@ -355,7 +355,11 @@ pub(super) async fn reachable(
         };
         // An Endpoint refused by the policy is refused when written; one written
         // before the policy changed is skipped, not fatal to the write.
-        if let Some(reason) = rules.endpoints.refusal(address) {
+        let refusal = match address.starts_with("mailto:") {
+            true => rules.endpoints.mail_refusal(address),
+            false => rules.endpoints.refusal(address),
+        };
+        if let Some(reason) = refusal {
             tracing::warn!(%reference, %address, %reason, "endpoint not usable");
             continue;
         }

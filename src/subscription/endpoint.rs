@@ -9,9 +9,40 @@ pub struct EndpointPolicy {
     /// `http://` and loopback, private or link-local addresses allowed
     /// (`PASSERELLE_ALLOW_INSECURE_ENDPOINTS=true`): tests and development only.
     pub allow_insecure: bool,
+    /// An SMTP server is configured (`PASSERELLE_SMTP_URL`): `mailto:` endpoints
+    /// (email channels, secure-mail Endpoints) are accepted.
+    pub email: bool,
+}
+
+/// The address of a `mailto:` URL (`mailto:dr.lenoir@medecin.mssante.fr`): one
+/// address, a local part and a domain, nothing else.
+pub fn mail_address(endpoint: &str) -> Option<&str> {
+    let address = endpoint.strip_prefix("mailto:")?;
+    let (local, domain) = address.split_once('@')?;
+    let plain = |part: &str| {
+        !part.is_empty()
+            && part
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._+-".contains(c))
+    };
+    (plain(local) && plain(domain) && domain.contains('.')).then_some(address)
 }
 
 impl EndpointPolicy {
+    /// Why the server refuses to write to `mailto:` `endpoint`, if it does.
+    pub fn mail_refusal(&self, endpoint: &str) -> Option<String> {
+        if !self.email {
+            return Some(
+                "no SMTP server is configured (PASSERELLE_SMTP_URL): notices by secure mail are refused"
+                    .to_owned(),
+            );
+        }
+        match mail_address(endpoint) {
+            Some(_) => None,
+            None => Some(format!("'{endpoint}' is not a mailto: address")),
+        }
+    }
+
     /// Why the server refuses to call `endpoint`, if it does.
     pub fn refusal(&self, endpoint: &str) -> Option<String> {
         let url = match url::Url::parse(endpoint) {
@@ -123,9 +154,29 @@ mod tests {
     }
 
     #[test]
+    fn mail_endpoints_need_an_smtp_server_and_one_address() {
+        let mail = EndpointPolicy {
+            allow_insecure: false,
+            email: true,
+        };
+        assert_eq!(
+            mail.mail_refusal("mailto:dr.lenoir@medecin.mssante.fr"),
+            None
+        );
+        assert!(mail.mail_refusal("mailto:a@b.fr,c@d.fr").is_some());
+        assert!(mail.mail_refusal("mailto:nobody").is_some());
+        assert!(mail.mail_refusal("https://cabinet.example/hook").is_some());
+        assert!(EndpointPolicy::default()
+            .mail_refusal("mailto:dr.lenoir@medecin.mssante.fr")
+            .unwrap()
+            .contains("PASSERELLE_SMTP_URL"));
+    }
+
+    #[test]
     fn insecure_mode_allows_http_and_loopback() {
         let dev = EndpointPolicy {
             allow_insecure: true,
+            email: false,
         };
         assert_eq!(dev.refusal("http://127.0.0.1:8080/hook"), None);
         assert_eq!(dev.refusal("http://localhost/hook"), None);

@@ -65,6 +65,9 @@ pub struct Channel {
     /// Notifications go through sockets bound with `$get-ws-binding-token`.
     #[serde(default)]
     pub websocket: bool,
+    /// Notifications go by mail (SMTP) to the `mailto:` endpoint.
+    #[serde(default)]
+    pub email: bool,
     /// `channel.header`, each `Name: value`.
     pub headers: Vec<String>,
     /// `channel.payload`: the MIME type of the body; `None`: a POST without a body.
@@ -187,13 +190,16 @@ pub fn prepare(
         _ => (criteria, Vec::new()),
     };
     let channel = resource["channel"].clone();
-    let websocket = match channel["type"].as_str() {
-        Some("rest-hook") => false,
-        Some("websocket") => true,
+    let (websocket, email) = match channel["type"].as_str() {
+        Some("rest-hook") => (false, false),
+        Some("websocket") => (true, false),
+        Some("email") => (false, true),
         Some(other) => {
             return Err(invalid(
                 "Subscription.channel.type",
-                format!("channel type '{other}' is not supported; use rest-hook or websocket"),
+                format!(
+                    "channel type '{other}' is not supported; use rest-hook, websocket or email"
+                ),
             ))
         }
         None => {
@@ -204,6 +210,12 @@ pub fn prepare(
         }
     };
     let endpoint = match channel["endpoint"].as_str() {
+        Some(endpoint) if email => {
+            if let Some(reason) = policy.mail_refusal(endpoint) {
+                return Err(invalid("Subscription.channel.endpoint", reason));
+            }
+            endpoint.to_owned()
+        }
         Some(endpoint) if !websocket => {
             if let Some(reason) = policy.refusal(endpoint) {
                 return Err(invalid("Subscription.channel.endpoint", reason));
@@ -313,6 +325,7 @@ pub fn prepare(
         channel: Channel {
             endpoint,
             websocket,
+            email,
             headers,
             mime,
             content,

@@ -25,6 +25,7 @@ const TEAM: &str = "https://passerelle.example.fr/fhir/SubscriptionTopic/caretea
 fn dev() -> EndpointPolicy {
     EndpointPolicy {
         allow_insecure: true,
+        email: false,
     }
 }
 
@@ -88,7 +89,7 @@ fn bad_subscriptions_are_refused_with_the_element_at_fault() {
             json!("http://cabinet.example.fr/hook"),
             "endpoint",
         ),
-        ("Subscription.channel.type", json!("email"), "type"),
+        ("Subscription.channel.type", json!("sms"), "type"),
         ("Subscription.channel.header", json!(["no colon"]), "header"),
         (
             "Subscription.channel.payload",

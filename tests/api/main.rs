@@ -14,6 +14,7 @@ mod fixtures;
 mod formats;
 mod fuzz;
 mod history;
+mod mail;
 mod patch;
 mod process;
 mod receiver;

@@ -159,6 +159,7 @@ pub fn test_options() -> ServeOptions {
         rules: passerelle::service::Rules {
             endpoints: passerelle::subscription::EndpointPolicy {
                 allow_insecure: true,
+                email: false,
             },
             ..Default::default()
         },
@@ -169,6 +170,7 @@ pub fn test_options() -> ServeOptions {
             backoff_max: std::time::Duration::from_millis(400),
             timeout: std::time::Duration::from_secs(2),
             poll: std::time::Duration::from_millis(250),
+            smtp: None,
         },
         limits: passerelle::server::RequestLimits::default(),
     }
