@@ -8,6 +8,36 @@ use crate::fhir::{definitions::R4, FHIR_VERSION};
 use crate::search;
 use crate::subscription::Topic;
 
+/// The project's profiles (`profiles/coordination-profiles.json`): the referral
+/// request and Task, the tele-expertise request, the escalation Task, and the
+/// coordination CodeSystem.
+const PROFILES: &str = include_str!("../../profiles/coordination-profiles.json");
+
+/// The canonical URLs of the project's profiles of `res_type`.
+fn supported_profiles(res_type: &str) -> Vec<String> {
+    static BY_TYPE: std::sync::LazyLock<Vec<(String, String)>> = std::sync::LazyLock::new(|| {
+        let bundle: Value = serde_json::from_str(PROFILES).unwrap_or_default();
+        bundle["entry"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| &e["resource"])
+            .filter(|r| r["resourceType"] == "StructureDefinition")
+            .filter_map(|r| {
+                Some((
+                    r["type"].as_str()?.to_owned(),
+                    r["url"].as_str()?.to_owned(),
+                ))
+            })
+            .collect()
+    });
+    BY_TYPE
+        .iter()
+        .filter(|(t, _)| t == res_type)
+        .map(|(_, url)| url.clone())
+        .collect()
+}
+
 /// Instance and type interactions served for every resource type.
 const TYPE_INTERACTIONS: &[&str] = &[
     "read",
@@ -52,6 +82,10 @@ pub fn capability_statement(
                 "conditionalDelete": "single",
                 "searchParam": params,
             });
+            let profiles = supported_profiles(rt);
+            if !profiles.is_empty() {
+                resource["supportedProfile"] = json!(profiles);
+            }
             let mut operations = Vec::new();
             if matches!(rt, "Patient" | "Encounter") {
                 operations.push(json!({
@@ -142,6 +176,30 @@ fn topic_extensions(topics: &[Topic]) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_projects_profiles_are_valid_and_listed() {
+        let bundle: Value = serde_json::from_str(PROFILES).expect("JSON");
+        for entry in bundle["entry"].as_array().expect("entries") {
+            crate::fhir::validate::validate_resource(&entry["resource"]).expect("valid");
+            assert!(entry["resource"]["url"]
+                .as_str()
+                .is_some_and(|u| u.starts_with("https://passerelle.example.fr/fhir/")));
+        }
+        assert_eq!(supported_profiles("Task").len(), 2);
+        assert_eq!(supported_profiles("ServiceRequest").len(), 2);
+        assert!(supported_profiles("Patient").is_empty());
+        let code_system = bundle["entry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["resource"]["resourceType"] == "CodeSystem")
+            .expect("the CodeSystem");
+        assert_eq!(
+            code_system["resource"]["url"],
+            crate::coordination::acknowledgement::CODE_SYSTEM
+        );
+    }
 
     #[test]
     fn lists_every_resource_with_its_parameters() {
