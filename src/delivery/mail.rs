@@ -72,28 +72,36 @@ impl Mailer {
         })
     }
 
-    /// Sends one notice to `to`: the readable text, and the notification
-    /// (`body`, of MIME type `mime`) attached when there is one.
+    /// Sends one notice to `to`: the readable text, the notification (`body`,
+    /// of MIME type `mime`) attached when there is one, and the `letters`.
     pub async fn send(
         &self,
         to: &str,
         notice: &Notice,
         body: &[u8],
         mime: &str,
+        letters: &[Letter],
     ) -> Result<(), String> {
         let to: Mailbox = to.parse().map_err(|e| format!("'{to}': {e}"))?;
-        let text = SinglePart::plain(notice.text.clone());
-        let content = if body.is_empty() {
-            MultiPart::mixed().singlepart(text)
-        } else {
-            let kind = ContentType::parse(mime).unwrap_or_else(|_| {
+        let kind_of = |mime: &str| {
+            ContentType::parse(mime).unwrap_or_else(|_| {
                 ContentType::parse("application/octet-stream").expect("a MIME type")
-            });
-            let extension = if mime.contains("xml") { "xml" } else { "json" };
-            MultiPart::mixed().singlepart(text).singlepart(
-                Attachment::new(format!("notification.{extension}")).body(body.to_vec(), kind),
-            )
+            })
         };
+        let mut content = MultiPart::mixed().singlepart(SinglePart::plain(notice.text.clone()));
+        if !body.is_empty() {
+            let extension = if mime.contains("xml") { "xml" } else { "json" };
+            content = content.singlepart(
+                Attachment::new(format!("notification.{extension}"))
+                    .body(body.to_vec(), kind_of(mime)),
+            );
+        }
+        for letter in letters {
+            content = content.singlepart(
+                Attachment::new(letter.filename.clone())
+                    .body(letter.bytes.clone(), kind_of(&letter.mime)),
+            );
+        }
         let message = Message::builder()
             .from(self.from.clone())
             .to(to)
@@ -106,6 +114,85 @@ impl Mailer {
             .map(|_| ())
             .map_err(|e| e.to_string())
     }
+}
+
+/// A document attached to a mail (a discharge letter).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Letter {
+    pub filename: String,
+    pub mime: String,
+    pub bytes: Vec<u8>,
+}
+
+/// Bytes of documents attached to one mail at most.
+const MAX_LETTER_BYTES: usize = 10 * 1024 * 1024;
+
+/// The stay a notice is about, when its documents go with it: a discharge (SOR)
+/// or a document filed about the stay (DOC).
+pub fn stay_with_letters(resource: &Value) -> Option<&str> {
+    let event = resource["extension"]
+        .as_array()?
+        .iter()
+        .find_map(|e| e["valueCodeableConcept"]["coding"][0]["code"].as_str())?;
+    if !matches!(event, "SOR" | "DOC") {
+        return None;
+    }
+    resource["encounter"]["reference"]
+        .as_str()?
+        .strip_prefix("Encounter/")
+}
+
+/// The documents' inline attachments (`content.attachment.data`), as letters,
+/// up to a total size.
+pub fn letters(documents: &[Value]) -> Vec<Letter> {
+    use base64::Engine;
+    let mut found = Vec::new();
+    let mut total = 0;
+    for (n, attachment) in documents
+        .iter()
+        .filter(|d| d["status"] != "entered-in-error")
+        .flat_map(|d| d["content"].as_array().into_iter().flatten())
+        .map(|c| &c["attachment"])
+        .enumerate()
+    {
+        let Some(bytes) = attachment["data"]
+            .as_str()
+            .and_then(|d| base64::engine::general_purpose::STANDARD.decode(d).ok())
+        else {
+            continue;
+        };
+        total += bytes.len();
+        if total > MAX_LETTER_BYTES {
+            break;
+        }
+        let mime = attachment["contentType"]
+            .as_str()
+            .unwrap_or("application/octet-stream")
+            .to_owned();
+        let extension = match mime.as_str() {
+            "application/pdf" => "pdf",
+            "text/plain" => "txt",
+            _ => "bin",
+        };
+        let title: String = attachment["title"]
+            .as_str()
+            .unwrap_or("document")
+            .chars()
+            .map(|c| {
+                if c.is_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        found.push(Letter {
+            filename: format!("{title}-{}.{extension}", n + 1),
+            mime,
+            bytes,
+        });
+    }
+    found
 }
 
 /// What a mail says of a notification.
@@ -260,6 +347,30 @@ mod tests {
         ] {
             assert!(n.text.contains(part), "{part} in {}", n.text);
         }
+    }
+
+    #[test]
+    fn the_letters_of_a_discharge_go_with_it() {
+        let sor = json!({"resourceType": "CommunicationRequest",
+            "extension": [{"valueCodeableConcept": {"coding": [{"code": "SOR"}]}}],
+            "encounter": {"reference": "Encounter/s1"}});
+        assert_eq!(stay_with_letters(&sor), Some("s1"));
+        let mut adm = sor.clone();
+        adm["extension"][0]["valueCodeableConcept"]["coding"][0]["code"] = json!("ADM");
+        assert_eq!(stay_with_letters(&adm), None);
+        let letter = json!({"resourceType": "DocumentReference", "status": "current",
+            "content": [{"attachment": {"contentType": "text/plain", "title": "Lettre de liaison",
+                "data": "UmV0b3VyIMOgIGRvbWljaWxl"}}]});
+        let found = letters(std::slice::from_ref(&letter));
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].filename, "Lettre_de_liaison-1.txt");
+        assert_eq!(
+            String::from_utf8_lossy(&found[0].bytes),
+            "Retour à domicile"
+        );
+        let mut wrong = letter;
+        wrong["status"] = json!("entered-in-error");
+        assert!(letters(&[wrong]).is_empty());
     }
 
     #[test]

@@ -527,12 +527,30 @@ impl Worker {
         };
         let resource: Option<Value> = serde_json::from_slice(body).ok();
         let notice = mail::notice(resource.as_ref(), sub_id, &self.settings.base_url);
+        // A discharge's or a document's notice carries the stay's letters.
+        let letters = match resource.as_ref().and_then(mail::stay_with_letters) {
+            Some(stay) => {
+                let client = self
+                    .pool
+                    .get()
+                    .await
+                    .map_err(|e| SendError::Failed(e.to_string()))?;
+                let documents = store::documents_of_stay(&client, stay, MAX_LETTERS)
+                    .await
+                    .map_err(|e| SendError::Failed(e.to_string()))?;
+                mail::letters(&documents)
+            }
+            None => Vec::new(),
+        };
         mailer
-            .send(to, &notice, body, mime)
+            .send(to, &notice, body, mime, &letters)
             .await
             .map_err(SendError::Failed)
     }
 }
+
+/// Documents of a stay looked at for one mail.
+const MAX_LETTERS: i64 = 10;
 
 fn channel_of(sub: &subscriptions::Leased) -> FhirResult<Channel> {
     serde_json::from_value(sub.channel.clone())

@@ -28,8 +28,8 @@ pub use search_parameters::{
     current_batch, reindex_resource, search_parameters, search_parameters_fingerprint,
 };
 pub use versions::{
-    created_here_referring, endpoints_of, read_current, read_latest, read_version, read_versions,
-    request_timeline, Current, Method, StoredVersion,
+    created_here_referring, documents_of_stay, endpoints_of, read_current, read_latest,
+    read_version, read_versions, request_timeline, Current, Method, StoredVersion,
 };
 use versions::{version_from_row, VERSION_COLUMNS};
 pub use writes::{clock, commit, lock_all, lock_key, write_versions, LockKey, NewVersion};

@@ -279,6 +279,28 @@ pub async fn request_timeline(
         .collect())
 }
 
+/// The current DocumentReferences about `Encounter/{encounter_id}`
+/// (`context.encounter`), at most `limit`, oldest first.
+pub async fn documents_of_stay(
+    client: &impl GenericClient,
+    encounter_id: &str,
+    limit: i64,
+) -> FhirResult<Vec<Value>> {
+    let stmt = client
+        .prepare_cached(
+            "SELECT v.resource FROM search_reference sr
+               JOIN resource r ON r.res_type = sr.res_type AND r.res_id = sr.res_id AND NOT r.deleted
+               JOIN resource_version v ON v.res_type = r.res_type AND v.res_id = r.res_id
+                    AND v.version_id = r.version_id
+              WHERE sr.res_type = 'DocumentReference' AND sr.param = 'encounter'
+                AND sr.target_type = 'Encounter' AND sr.target_id = $1
+              ORDER BY v.last_updated LIMIT $2",
+        )
+        .await?;
+    let rows = client.query(&stmt, &[&encounter_id, &limit]).await?;
+    Ok(rows.iter().filter_map(|r| r.get(0)).collect())
+}
+
 /// Versions by (type, id, version), in one query; those that exist.
 pub async fn read_versions(
     client: &impl GenericClient,

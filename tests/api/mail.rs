@@ -82,7 +82,8 @@ fn readable(data: &str) -> String {
     use base64::Engine;
     let mut out = data.replace("=\n", "");
     for block in data.split("\n\n") {
-        let joined: String = block.lines().filter(|l| !l.starts_with("--")).collect();
+        // A part's body runs until the next boundary.
+        let joined: String = block.lines().take_while(|l| !l.starts_with("--")).collect();
         if let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(joined.trim()) {
             out.push_str(&String::from_utf8_lossy(&bytes));
         }
@@ -117,9 +118,27 @@ async fn a_gp_with_secure_mail_only_gets_the_discharge_by_mail() {
     put(&s, &stay("mail1", "in-progress"), 201).await;
     let (to, _) = smtp.next().await;
     assert_eq!(to, ["claire.lenoir@medecin.mssante.fr"]);
-    put(&s, &discharged("mail1"), 200).await;
-    let (_, data) = smtp.next().await;
-    let text = readable(&data);
+    // The discharge and its letter in one transaction: SOR and DOC, each mail
+    // with the letter attached.
+    use base64::Engine;
+    let letter_text = "Lettre de liaison : retour à domicile, kinésithérapie 3 fois par semaine.";
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": discharged("mail1"), "request": {"method": "PUT", "url": "Encounter/mail1"}},
+        {"resource": {"resourceType": "DocumentReference", "status": "current",
+            "type": {"coding": [{"system": "http://loinc.org", "code": "11490-0"}]},
+            "subject": {"reference": "Patient/stay-patient"},
+            "content": [{"attachment": {"contentType": "text/plain", "title": "Lettre de liaison",
+                "data": base64::engine::general_purpose::STANDARD.encode(letter_text)}}],
+            "context": {"encounter": [{"reference": "Encounter/mail1"}]}},
+         "request": {"method": "POST", "url": "DocumentReference"}}]});
+    json_of(s.post_json("", &bundle).await, 200).await;
+    let (mut sor, mut doc) = (
+        readable(&smtp.next().await.1),
+        readable(&smtp.next().await.1),
+    );
+    if !sor.contains("Sortie d'un patient") {
+        std::mem::swap(&mut sor, &mut doc);
+    }
     for part in [
         "Sortie d'un patient",
         "Henri Chabrol",
@@ -127,9 +146,12 @@ async fn a_gp_with_secure_mail_only_gets_the_discharge_by_mail() {
         "Mode de sortie : Retour",
         "notification.json",
         "nde-notificationrequest",
+        "Lettre_de_liaison-1.txt",
+        letter_text,
     ] {
-        assert!(text.contains(part), "{part} in {text}");
+        assert!(sor.contains(part), "{part} in {sor}");
     }
+    assert!(doc.contains(letter_text), "{doc}");
 }
 
 #[tokio::test]
