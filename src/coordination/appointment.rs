@@ -4,7 +4,6 @@
 //! booked again. Pure: the write path locks and reads the Slots.
 
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
 use super::recipients::{self, Recipient};
 
@@ -20,13 +19,7 @@ pub fn holds(appointment: &Value) -> bool {
 
 /// The ids of the Slots an Appointment names.
 pub fn slots_of(appointment: &Value) -> Vec<&str> {
-    appointment["slot"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|r| r["reference"].as_str()?.strip_prefix("Slot/"))
-        .filter(|id| !id.is_empty() && !id.contains('/'))
-        .collect()
+    super::ids_referenced(&appointment["slot"], "Slot")
 }
 
 /// The slots a write of an Appointment takes and frees: `previous` the live
@@ -88,9 +81,10 @@ pub fn patient_of(appointment: &Value) -> Option<&str> {
 /// The id of the Subscription through which `member` of the care circle of
 /// `Patient/{patient_id}` hears of the patient's appointments.
 pub fn follower_subscription_id(patient_id: &str, member: &str) -> String {
-    let digest = Sha256::digest(format!("Appointment\nPatient/{patient_id}\n{member}").as_bytes());
-    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-    format!("appointments-{hex}")
+    super::derived_id(
+        "appointments",
+        &format!("Appointment\nPatient/{patient_id}\n{member}"),
+    )
 }
 
 /// The Subscription through which a member of the patient's care circle (the
@@ -102,12 +96,7 @@ pub fn follower_subscription(patient_id: &str, member: &Recipient) -> Value {
         member,
         format!("Appointment?patient=Patient/{patient_id}"),
         format!("Rendez-vous du patient Patient/{patient_id}, pour {who} (cercle de soins)"),
-        vec![
-            json!({"url": format!("{}subject", super::nde::STRUCTURE_DEFINITION),
-                    "valueReference": {"reference": format!("Patient/{patient_id}")}}),
-            json!({"url": format!("{}subscriber", super::nde::STRUCTURE_DEFINITION),
-                    "valueReference": {"reference": who}}),
-        ],
+        Some(patient_id),
     )
 }
 

@@ -2,8 +2,7 @@
 //! changes of a `CarePlan` make sense (one table), and the Subscriptions through
 //! which the members of its care team hear of each change. Pure.
 
-use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
+use serde_json::Value;
 
 use super::recipients::{self, Recipient};
 
@@ -71,21 +70,13 @@ pub fn check(previous: Option<&Value>, next: Option<&Value>) -> Result<(), Strin
 
 /// The CareTeams a plan names (`CarePlan.careTeam`).
 pub fn care_teams(plan: &Value) -> Vec<&str> {
-    plan["careTeam"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|r| r["reference"].as_str()?.strip_prefix("CareTeam/"))
-        .filter(|id| !id.is_empty() && !id.contains('/'))
-        .collect()
+    super::ids_referenced(&plan["careTeam"], "CareTeam")
 }
 
 /// The id of the Subscription through which `member` follows
 /// `CarePlan/{plan_id}`.
 pub fn follower_subscription_id(plan_id: &str, member: &str) -> String {
-    let digest = Sha256::digest(format!("CarePlan/{plan_id}\n{member}").as_bytes());
-    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-    format!("careplan-{hex}")
+    super::derived_id("careplan", &format!("CarePlan/{plan_id}\n{member}"))
 }
 
 /// The Subscription through which a member of the plan's care team hears of
@@ -96,16 +87,14 @@ pub fn follower_subscription(plan_id: &str, member: &Recipient) -> Value {
         member,
         format!("CarePlan?_id={plan_id}"),
         format!("Suivi du plan CarePlan/{plan_id}, pour {who}"),
-        vec![
-            json!({"url": format!("{}subscriber", super::nde::STRUCTURE_DEFINITION),
-                    "valueReference": {"reference": who}}),
-        ],
+        None,
     )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn plan(status: &str) -> Value {
         json!({"resourceType": "CarePlan", "status": status, "intent": "plan",

@@ -6,7 +6,6 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
 use super::nde;
 use super::stay::Status;
@@ -20,20 +19,14 @@ pub const GP_ROLE: &str = "PCP";
 pub const PROFILE: &str =
     "https://interop.esante.gouv.fr/ig/fhir/cds/StructureDefinition/cds-ihe-careteam";
 
-fn hashed_id(prefix: &str, key: &str) -> String {
-    let digest = Sha256::digest(key.as_bytes());
-    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-    format!("{prefix}-{hex}")
-}
-
 /// The id of `Patient/{patient_id}`'s care circle.
 pub fn circle_id(patient_id: &str) -> String {
-    hashed_id("circle", &format!("Patient/{patient_id}"))
+    super::derived_id("circle", &format!("Patient/{patient_id}"))
 }
 
 /// The id of the CareTeam of the stay `Encounter/{encounter_id}`.
 pub fn stay_team_id(encounter_id: &str) -> String {
-    hashed_id("stay-team", &format!("Encounter/{encounter_id}"))
+    super::derived_id("stay-team", &format!("Encounter/{encounter_id}"))
 }
 
 fn is_open(participant: &Value) -> bool {

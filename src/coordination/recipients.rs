@@ -6,7 +6,6 @@
 //! resources and hands them in.
 
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
 use super::nde;
 use crate::subscription::EndpointPolicy;
@@ -129,19 +128,30 @@ pub fn check_endpoint(endpoint: &Value, policy: &EndpointPolicy) -> Result<(), S
 /// The id of the standing Subscription of one GP for one patient: the same
 /// pair always gives the same id, so it is written again rather than searched.
 pub fn standing_subscription_id(patient_id: &str, recipient: &str) -> String {
-    let digest = Sha256::digest(format!("{patient_id}\n{recipient}").as_bytes());
-    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-    format!("nde-{hex}")
+    super::derived_id("nde", &format!("{patient_id}\n{recipient}"))
 }
 
 /// A Subscription the server keeps on `recipient`'s behalf: `criteria` delivered
 /// as the resource itself to their endpoint, tagged as the server's.
+/// Its extensions name the subscriber (the NdE `subscriber`) and, for what is
+/// about one patient, the NdE `subject`.
 pub(super) fn kept_for(
     recipient: &Recipient,
     criteria: String,
     reason: String,
-    extension: Vec<Value>,
+    patient_id: Option<&str>,
 ) -> Value {
+    let mut extension: Vec<Value> = patient_id
+        .map(|id| {
+            json!({"url": format!("{}subject", nde::STRUCTURE_DEFINITION),
+                   "valueReference": {"reference": format!("Patient/{id}")}})
+        })
+        .into_iter()
+        .collect();
+    extension.push(
+        json!({"url": format!("{}subscriber", nde::STRUCTURE_DEFINITION),
+                          "valueReference": {"reference": recipient.reference}}),
+    );
     json!({
         "resourceType": "Subscription",
         "meta": {
@@ -172,12 +182,7 @@ pub fn standing_subscription(patient_id: &str, recipient: &Recipient, id: &str) 
             "Notification d'événements du patient Patient/{patient_id} à {} (cercle de soins)",
             recipient.reference.as_deref().unwrap_or_default()
         ),
-        vec![
-            json!({"url": format!("{}subject", nde::STRUCTURE_DEFINITION),
-                   "valueReference": {"reference": format!("Patient/{patient_id}")}}),
-            json!({"url": format!("{}subscriber", nde::STRUCTURE_DEFINITION),
-                   "valueReference": {"reference": recipient.reference}}),
-        ],
+        Some(patient_id),
     )
 }
 
@@ -189,10 +194,7 @@ pub fn referral_subscription(request_id: &str, requester: &Recipient) -> Value {
         requester,
         format!("Task?based-on=ServiceRequest/{request_id}"),
         format!("Suivi de la demande ServiceRequest/{request_id}, pour {who}"),
-        vec![
-            json!({"url": format!("{}subscriber", nde::STRUCTURE_DEFINITION),
-                    "valueReference": {"reference": who}}),
-        ],
+        None,
     )
 }
 
@@ -215,10 +217,7 @@ pub fn escalation_subscription(owner: &Recipient) -> Value {
             super::acknowledgement::ESCALATION
         ),
         format!("Notifications non acquittées, pour {who}"),
-        vec![
-            json!({"url": format!("{}subscriber", nde::STRUCTURE_DEFINITION),
-                    "valueReference": {"reference": owner.reference}}),
-        ],
+        None,
     )
 }
 

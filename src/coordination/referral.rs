@@ -6,7 +6,6 @@
 //! each change. Pure: the write path hands in the versions.
 
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
 /// R4 `Task.status`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,15 +43,11 @@ const CODES: [(Status, &str); 12] = [
 
 impl Status {
     pub fn of(task: &Value) -> Option<Status> {
-        let code = task["status"].as_str()?;
-        CODES.iter().find(|(_, c)| *c == code).map(|(s, _)| *s)
+        super::status_of(&CODES, task)
     }
 
     pub fn code(self) -> &'static str {
-        CODES
-            .iter()
-            .find(|(s, _)| *s == self)
-            .map_or("unknown", |(_, c)| c)
+        super::code_of(&CODES, self)
     }
 }
 
@@ -121,13 +116,7 @@ fn answers_in(task: &Value) -> Vec<&str> {
 
 /// The ServiceRequests an answer (`Communication`, `DiagnosticReport`) answers.
 pub fn answered_requests(answer: &Value) -> Vec<&str> {
-    answer["basedOn"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|r| r["reference"].as_str()?.strip_prefix("ServiceRequest/"))
-        .filter(|id| !id.is_empty() && !id.contains('/'))
-        .collect()
+    super::ids_referenced(&answer["basedOn"], "ServiceRequest")
 }
 
 /// The Task once `answer` (`Communication/…`, `DiagnosticReport/…`) answered
@@ -148,12 +137,9 @@ pub fn answered_task(task: &Value, answer: &str) -> Option<Value> {
 
 /// The ServiceRequest a Task fulfils (its first `basedOn` of that type).
 pub fn request_of(task: &Value) -> Option<&str> {
-    task["basedOn"]
-        .as_array()?
-        .iter()
-        .filter_map(|r| r["reference"].as_str())
-        .find_map(|r| r.strip_prefix("ServiceRequest/"))
-        .filter(|id| !id.is_empty() && !id.contains('/'))
+    super::ids_referenced(&task["basedOn"], "ServiceRequest")
+        .first()
+        .copied()
 }
 
 fn listed(statuses: &[Status]) -> String {
@@ -302,21 +288,13 @@ pub fn turnaround(requests: &[Asked]) -> Value {
 
 /// The ServiceRequests an Encounter was admitted on (`Encounter.basedOn`).
 pub fn requests_of_stay(encounter: &Value) -> Vec<&str> {
-    encounter["basedOn"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|r| r["reference"].as_str()?.strip_prefix("ServiceRequest/"))
-        .filter(|id| !id.is_empty() && !id.contains('/'))
-        .collect()
+    super::ids_referenced(&encounter["basedOn"], "ServiceRequest")
 }
 
 /// The id of the Subscription through which the requester of
 /// `ServiceRequest/{request_id}` hears of its Task.
 pub fn requester_subscription_id(request_id: &str) -> String {
-    let digest = Sha256::digest(format!("ServiceRequest/{request_id}").as_bytes());
-    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-    format!("referral-{hex}")
+    super::derived_id("referral", &format!("ServiceRequest/{request_id}"))
 }
 
 #[cfg(test)]

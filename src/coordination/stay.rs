@@ -59,15 +59,11 @@ const CODES: [(Status, &str); 9] = [
 
 impl Status {
     pub fn of(encounter: &Value) -> Option<Status> {
-        let code = encounter["status"].as_str()?;
-        CODES.iter().find(|(_, c)| *c == code).map(|(s, _)| *s)
+        super::status_of(&CODES, encounter)
     }
 
     pub fn code(self) -> &'static str {
-        CODES
-            .iter()
-            .find(|(s, _)| *s == self)
-            .map_or("unknown", |(_, c)| c)
+        super::code_of(&CODES, self)
     }
 }
 
