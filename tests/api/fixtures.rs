@@ -30,7 +30,7 @@ async fn ids(s: &TestServer, query: &str) -> Vec<String> {
 async fn scenarios_load_twice_and_answer_their_questions() {
     let s = TestServer::start().await;
     let files = fixture_files();
-    assert_eq!(files.len(), 5);
+    assert_eq!(files.len(), 8);
     for pass in 0..2 {
         for file in &files {
             let bundle: Value =
@@ -45,10 +45,12 @@ async fn scenarios_load_twice_and_answer_their_questions() {
     }
     let versions = json_of(s.get("_history?_count=1000").await, 200).await;
     // 48 resources, the admission the orthopaedic stay (in progress) declares and
-    // its CareTeam, and the care circles of the five patients with a GP.
+    // its CareTeam, and the care circles of the five patients with a GP; then 19
+    // resources of the three coordination scenarios, the tele-expertise's Task and
+    // request completed by the answer, the booked slot, and two more circles.
     assert_eq!(
         versions["entry"].as_array().map(Vec::len),
-        Some(55),
+        Some(79),
         "the second load wrote no version"
     );
     let declared = json_of(
@@ -121,6 +123,33 @@ async fn scenarios_load_twice_and_answer_their_questions() {
         .await,
         ["fx-smr-gp"]
     );
+    // The tele-expertise, answered: its Task and its request completed.
+    assert_eq!(
+        ids(&s, "Task?owner=Organization/fx-te-cardio&status=completed")
+            .await
+            .len(),
+        1
+    );
+    assert_eq!(
+        ids(&s, "ServiceRequest?identifier=https://cabinet-mazeyrie.example.fr/demandes|TE-2026-0412&status=completed").await.len(),
+        1
+    );
+    // The consultation avancée: one slot taken, one still free.
+    for (status, count) in [("busy", 1), ("free", 1)] {
+        let query = format!("Slot?schedule=Schedule/fx-ca-schedule&status={status}");
+        assert_eq!(ids(&s, &query).await.len(), count, "{status}");
+    }
+    // The PPCS: active, followed by the GP's circle and the hospital–home team.
+    assert_eq!(
+        ids(&s, "CarePlan?patient=Patient/fx-ppcs-patient&status=active")
+            .await
+            .len(),
+        1
+    );
+    assert_eq!(
+        ids(&s, "CareTeam?participant=Practitioner/fx-ppcs-nurse").await,
+        ["fx-ppcs-team"]
+    );
 }
 
 #[tokio::test]
@@ -128,16 +157,16 @@ async fn load_command_straight_into_the_database_is_idempotent() {
     let url = fresh_database_url().await;
     let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures");
     let run = || run_passerelle(&["load".as_ref(), fixtures.as_os_str()], &url);
-    // The five scenarios and the three steps of each replay (whose last step
+    // The eight scenarios and the three steps of each replay (whose last step
     // updates the stay its second step created).
     let text = run();
     assert!(
-        text.contains("11 files: 69 created, 2 updated or unchanged, 0 failed"),
+        text.contains("14 files: 88 created, 2 updated or unchanged, 0 failed"),
         "{text}"
     );
     let text = run();
     assert!(
-        text.contains("11 files: 0 created, 71 updated or unchanged, 0 failed"),
+        text.contains("14 files: 0 created, 90 updated or unchanged, 0 failed"),
         "{text}"
     );
 }
