@@ -91,9 +91,9 @@ fn readable(data: &str) -> String {
     out
 }
 
-#[tokio::test]
-async fn a_gp_with_secure_mail_only_gets_the_discharge_by_mail() {
-    let mut smtp = SmtpListener::start().await;
+/// A server that sends mail through `smtp`, with the GP `stay-gp` of
+/// `stay-patient` reachable by secure mail only.
+async fn mailing_server(smtp: &SmtpListener) -> TestServer {
     let mut options = test_options();
     options.rules.endpoints.email = true;
     options.delivery.smtp = Some(passerelle::delivery::mail::Smtp {
@@ -115,6 +115,13 @@ async fn a_gp_with_secure_mail_only_gets_the_discharge_by_mail() {
     ] {
         put(&s, &resource, 201).await;
     }
+    s
+}
+
+#[tokio::test]
+async fn a_gp_with_secure_mail_only_gets_the_discharge_by_mail() {
+    let mut smtp = SmtpListener::start().await;
+    let s = mailing_server(&smtp).await;
     put(&s, &stay("mail1", "in-progress"), 201).await;
     let (to, _) = smtp.next().await;
     assert_eq!(to, ["claire.lenoir@medecin.mssante.fr"]);
@@ -171,4 +178,35 @@ async fn email_channels_need_an_smtp_server() {
     json_of(s.post_json("Subscription", &sub).await, 201).await;
     sub["channel"]["endpoint"] = json!("https://cabinet.example/hook");
     outcome_of(s.post_json("Subscription", &sub).await, 422).await;
+}
+
+/// The GP who asked for a referral, reachable by mail only, is told of each step
+/// of its Task by mail.
+#[tokio::test]
+async fn a_referrals_requester_hears_of_its_task_by_mail() {
+    let mut smtp = SmtpListener::start().await;
+    let s = mailing_server(&smtp).await;
+    put(
+        &s,
+        &json!({"resourceType": "ServiceRequest", "id": "mail-ref", "status": "active", "intent": "order",
+            "subject": {"reference": "Patient/stay-patient"},
+            "requester": {"reference": "Practitioner/stay-gp"},
+            "performer": [{"reference": "Organization/smr"}]}),
+        201,
+    )
+    .await;
+    let task = |status: &str| {
+        json!({"resourceType": "Task", "id": "mail-ref-task", "status": status, "intent": "order",
+            "basedOn": [{"reference": "ServiceRequest/mail-ref"}],
+            "owner": {"reference": "Organization/smr"}})
+    };
+    put(&s, &task("requested"), 201).await;
+    let (to, data) = smtp.next().await;
+    assert_eq!(to, ["claire.lenoir@medecin.mssante.fr"]);
+    assert!(
+        readable(&data).contains("Passerelle : Task requested"),
+        "{data}"
+    );
+    put(&s, &task("received"), 200).await;
+    assert!(readable(&smtp.next().await.1).contains("Task received"));
 }
