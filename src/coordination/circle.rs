@@ -90,6 +90,19 @@ fn patient_name(patient: &Value) -> Option<String> {
     Some(format!("{given} {family}").trim().to_owned())
 }
 
+/// A CareTeam the server starts: the CDS profile, its derived identifier, active
+/// from `start`.
+fn new_team(identifier: String, name: String, start: &str) -> Value {
+    json!({
+        "resourceType": "CareTeam",
+        "meta": {"profile": [PROFILE]},
+        "identifier": [{"system": nde::DERIVED_IDENTIFIER_SYSTEM, "value": identifier}],
+        "status": "active",
+        "name": name,
+        "period": {"start": start},
+    })
+}
+
 /// The care circle of `Patient/{patient_id}` once its GPs are `gps`, from the
 /// current one (`previous`); `None` when nothing changes (or when there is no
 /// circle and no GP to start one with). Members the server did not add (other
@@ -114,16 +127,13 @@ pub fn care_circle(
         let name = patient
             .and_then(patient_name)
             .unwrap_or_else(|| format!("Patient/{patient_id}"));
-        json!({
-            "resourceType": "CareTeam",
-            "meta": {"profile": [PROFILE]},
-            "identifier": [{"system": nde::DERIVED_IDENTIFIER_SYSTEM,
-                "value": format!("urn:passerelle:care-circle:Patient/{patient_id}")}],
-            "status": "active",
-            "name": format!("Cercle de soins de {name}"),
-            "subject": {"reference": format!("Patient/{patient_id}")},
-            "period": {"start": at},
-        })
+        let mut circle = new_team(
+            format!("urn:passerelle:care-circle:Patient/{patient_id}"),
+            format!("Cercle de soins de {name}"),
+            &at,
+        );
+        circle["subject"] = json!({"reference": format!("Patient/{patient_id}")});
+        circle
     });
     let mut participants = participants_of(&circle);
     let changed = reconcile(&mut participants, &members, is_gp, &at);
@@ -175,16 +185,12 @@ pub fn stay_team(
     let now = format_instant(now);
     let mut team = previous.cloned().unwrap_or_else(|| {
         let start = encounter["period"]["start"].as_str().unwrap_or(&now);
-        let mut team = json!({
-            "resourceType": "CareTeam",
-            "meta": {"profile": [PROFILE]},
-            "identifier": [{"system": nde::DERIVED_IDENTIFIER_SYSTEM,
-                "value": format!("urn:passerelle:stay-team:Encounter/{encounter_id}")}],
-            "status": "active",
-            "name": format!("Équipe du séjour Encounter/{encounter_id}"),
-            "encounter": {"reference": format!("Encounter/{encounter_id}")},
-            "period": {"start": start},
-        });
+        let mut team = new_team(
+            format!("urn:passerelle:stay-team:Encounter/{encounter_id}"),
+            format!("Équipe du séjour Encounter/{encounter_id}"),
+            start,
+        );
+        team["encounter"] = json!({"reference": format!("Encounter/{encounter_id}")});
         if encounter["subject"].is_object() {
             team["subject"] = encounter["subject"].clone();
         }

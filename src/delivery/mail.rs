@@ -248,13 +248,7 @@ pub fn notice(resource: Option<&Value>, sub_id: &str, base: &str) -> Notice {
     let res_type = resource["resourceType"].as_str().unwrap_or("Resource");
     let id = resource["id"].as_str().unwrap_or_default();
     let link = format!("{base}/{res_type}/{id}");
-    let contained = |local: &str| {
-        resource["contained"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|c| c["id"] == local)
-    };
+    let contained = |local: &str| crate::fhir::contained(resource, local);
     let event = resource["extension"]
         .as_array()
         .into_iter()

@@ -182,6 +182,14 @@ pub fn resource_id(resource: &Value) -> Option<&str> {
 
 /// The resource without what the server sets (`id`, `meta.versionId`,
 /// `meta.lastUpdated`, and `meta` when nothing else is in it): what a client wrote.
+/// The resource a resource contains under `id` (what `#id` references).
+pub fn contained<'a>(resource: &'a Value, id: &str) -> Option<&'a Value> {
+    resource["contained"]
+        .as_array()?
+        .iter()
+        .find(|c| c["id"] == id)
+}
+
 pub fn without_server_meta(mut resource: Value) -> Value {
     if let Some(obj) = resource.as_object_mut() {
         obj.shift_remove("id");

@@ -148,8 +148,8 @@ impl Known {
 
     fn learn(&mut self, resource: Value) {
         if let (Some(t), Some(id)) = (resource["resourceType"].as_str(), resource["id"].as_str()) {
-            self.0
-                .insert((t.to_owned(), id.to_owned()), resource.clone());
+            let key = (t.to_owned(), id.to_owned());
+            self.0.insert(key, resource);
         }
     }
 
@@ -312,26 +312,6 @@ fn documents_declared(
         }
     }
     declared
-}
-
-/// The current JSON of a resource, `None` if absent or deleted.
-async fn current(tx: &Transaction<'_>, res_type: &str, id: &str) -> FhirResult<Option<Value>> {
-    let Some(json) = store::read_latest(tx, res_type, id)
-        .await?
-        .and_then(|v| v.json)
-    else {
-        return Ok(None);
-    };
-    serde_json::from_str(&json)
-        .map(Some)
-        .map_err(|e| FhirError::Internal(format!("stored {res_type}/{id}: {e}")))
-}
-
-async fn by_reference(tx: &Transaction<'_>, reference: &str) -> FhirResult<Option<Value>> {
-    match reference.split_once('/') {
-        Some((res_type, id)) => current(tx, res_type, id).await,
-        None => Ok(None),
-    }
 }
 
 /// How to reach each of `references` that an Endpoint the policy allows reaches
@@ -536,17 +516,24 @@ fn care_teams(known: &Known, now: DateTime<Utc>, found: &Coordinated) -> Vec<(us
     changes
 }
 
-/// How long the requester still hears of a referral's Task once the request is
-/// over, and a care team of its plan once closed (a correction to
-/// `entered-in-error`).
-const REFERRAL_FOLLOW_UP: chrono::Duration = chrono::Duration::days(1);
+/// How long a referral's requester, or a plan's care team, still hears of it
+/// once it is over (a correction to `entered-in-error`).
+const FOLLOW_UP_AFTER_CLOSE: chrono::Duration = chrono::Duration::days(1);
+
+/// A kept Subscription once what it follows is over: it ends a day later (not
+/// `off` at once: the change that closed it is matched at the end of the same
+/// transaction, and must still be sent).
+fn ending(mut subscription: Value, now: DateTime<Utc>) -> Value {
+    subscription["end"] = json!(crate::fhir::datetime::format_instant(
+        now + FOLLOW_UP_AFTER_CLOSE
+    ));
+    subscription
+}
 
 /// What referrals written bring with them: the request's status following its
 /// Task (completed, revoked), and the Subscription through which the requester
 /// (when `reached`) hears of every change of the Task, kept while the request is
-/// active. Once the request is over it is given an `end` a day later (not put
-/// `off` at once: the Task change that ended the request is matched at the end of
-/// the same transaction, and must reach the requester).
+/// active, [`ending`] once it is over.
 fn referrals(
     known: &Known,
     reached: &HashMap<String, Recipient>,
@@ -593,13 +580,10 @@ fn referrals(
                         ),
                     )),
                     (None, Some(kept)) if kept["status"] != "off" && kept["end"].is_null() => {
-                        let mut ending = kept.clone();
-                        ending["end"] = json!(crate::fhir::datetime::format_instant(
-                            now + REFERRAL_FOLLOW_UP
-                        ));
+                        let ended = ending(kept.clone(), now);
                         changes.push((
                             *position,
-                            Change::update("Subscription", sub_id, ending, None),
+                            Change::update("Subscription", sub_id, ended, None),
                         ));
                     }
                     (None, _) => {}
@@ -633,8 +617,8 @@ fn plan_followers(
 }
 
 /// The Subscriptions through which the reachable members of a plan's care teams
-/// hear of each of its changes: kept while the plan is open, given an `end` a day
-/// after it closes (the change that closed it is still sent).
+/// hear of each of its changes: kept while the plan is open, [`ending`] once it
+/// closes.
 fn plan_subscriptions(
     reached: &HashMap<String, Recipient>,
     now: DateTime<Utc>,
@@ -650,9 +634,7 @@ fn plan_subscriptions(
             };
             let mut sub = careplan::follower_subscription(plan_id, recipient);
             if !careplan::is_open(plan) {
-                sub["end"] = json!(crate::fhir::datetime::format_instant(
-                    now + REFERRAL_FOLLOW_UP
-                ));
+                sub = ending(sub, now);
             }
             let id = careplan::follower_subscription_id(plan_id, member);
             changes.push((*position, Change::update("Subscription", id, sub, None)));
@@ -972,22 +954,14 @@ fn requests(
 
 /// A resource a declaration references in `field` (`subject`, `encounter`): one
 /// it contains, or the server's current version.
-async fn referenced(
-    tx: &Transaction<'_>,
-    declaration: &Value,
-    field: &str,
-) -> FhirResult<Option<Value>> {
-    let Some(reference) = declaration[field]["reference"].as_str() else {
-        return Ok(None);
-    };
+fn referenced<'a>(known: &'a Known, declaration: &'a Value, field: &str) -> Option<&'a Value> {
+    let reference = declaration[field]["reference"].as_str()?;
     match reference.strip_prefix('#') {
-        Some(local) => Ok(declaration["contained"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|c| c["id"] == local)
-            .cloned()),
-        None => by_reference(tx, reference).await,
+        Some(local) => crate::fhir::contained(declaration, local),
+        None => {
+            let (res_type, id) = reference.split_once('/')?;
+            known.get(res_type, id)
+        }
     }
 }
 
@@ -1045,31 +1019,34 @@ async fn subscriber_requests(
             chosen.push((sub_id, selected));
         }
     }
-    let keys: Vec<(&str, &str)> = chosen.iter().map(|(id, _)| ("Subscription", *id)).collect();
-    let subscriptions = current_all(tx, &keys).await?;
+    // The subscribers, and the stays and patients of the events, read together.
+    let mut known = Known::default();
+    let mut keys: Vec<(String, String)> = chosen
+        .iter()
+        .map(|(id, _)| key("Subscription", id))
+        .collect();
+    keys.extend(published.iter().flat_map(|event| {
+        ["encounter", "subject"].into_iter().filter_map(|field| {
+            let (res_type, id) = event.declaration[field]["reference"]
+                .as_str()?
+                .split_once('/')?;
+            Some(key(res_type, id))
+        })
+    }));
+    known.fetch(tx, &keys).await?;
     let mut changes = Vec::new();
     for event in published {
-        let mut parts: Option<(Option<Value>, Option<Value>)> = None;
-        for subscription in &subscriptions {
-            let Some(sub_id) = subscription["id"].as_str() else {
+        let encounter = referenced(&known, &event.declaration, "encounter");
+        let patient = referenced(&known, &event.declaration, "subject");
+        for (sub_id, selected) in &chosen {
+            let Some(subscription) = known.get("Subscription", sub_id) else {
                 continue;
             };
-            let selects_event = chosen
-                .iter()
-                .any(|(id, selected)| *id == sub_id && selected.contains(&event.declaration_id));
+            let selects_event = selected.contains(&event.declaration_id);
             let Some(recipient) = recipients::subscriber(subscription).filter(|_| selects_event)
             else {
                 continue;
             };
-            if parts.is_none() {
-                parts = Some((
-                    referenced(tx, &event.declaration, "encounter").await?,
-                    referenced(tx, &event.declaration, "subject").await?,
-                ));
-            }
-            let (encounter, patient) = parts
-                .as_ref()
-                .map_or((None, None), |(e, p)| (e.as_ref(), p.as_ref()));
             let request = nde::notification_request(
                 &event.declaration,
                 sub_id,

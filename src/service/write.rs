@@ -408,56 +408,58 @@ fn coordinate(
                     request: resource.clone(),
                 });
             }
-            "Task" | "Communication" | "DiagnosticReport" => {
-                if change.res_type != "Task" && !next.live {
-                    let answer = format!("{}/{}", change.res_type, change.res_id);
-                    found.answers.extend(
-                        resource
-                            .as_ref()
-                            .map(coordination::referral::answered_requests)
-                            .unwrap_or_default()
-                            .into_iter()
-                            .map(|request_id| (position, request_id.to_owned(), answer.clone())),
-                    );
-                }
-                if change.res_type == "Task" {
-                    coordination::referral::check(previous, resource.as_ref()).map_err(
-                        |refusal| {
-                            let message = format!("{}: {}", refusal.rule, refusal.message);
-                            at(position)(match refusal.conflict {
-                                true => FhirError::Conflict(message),
-                                false => FhirError::Unprocessable(vec![Issue::new(
-                                    "business-rule",
-                                    message,
-                                )
-                                .at("Task.statusReason")]),
-                            })
-                        },
-                    )?;
-                    if let Some(task) = resource.as_ref() {
-                        if let Some(request_id) = coordination::referral::request_of(task) {
-                            found.referrals.push(Referral::Task {
-                                position,
-                                request_id: request_id.to_owned(),
-                                task: task.clone(),
-                            });
+            "Task" => {
+                coordination::referral::check(previous, resource.as_ref()).map_err(|refusal| {
+                    let message = format!("{}: {}", refusal.rule, refusal.message);
+                    at(position)(match refusal.conflict {
+                        true => FhirError::Conflict(message),
+                        false => {
+                            FhirError::Unprocessable(vec![
+                                Issue::new("business-rule", message).at("Task.statusReason")
+                            ])
                         }
-                    }
-                }
-                let by = format!("{}/{}", change.res_type, change.res_id);
-                for claim in resource
+                    })
+                })?;
+                let referral = resource
                     .as_ref()
-                    .map(|r| coordination::acknowledgement::claims(&change.res_type, r))
-                    .unwrap_or_default()
-                {
-                    found.acks.push(Ack {
+                    .and_then(|task| Some((coordination::referral::request_of(task)?, task)));
+                if let Some((request_id, task)) = referral {
+                    found.referrals.push(Referral::Task {
                         position,
-                        by: by.clone(),
-                        claim,
+                        request_id: request_id.to_owned(),
+                        task: task.clone(),
                     });
                 }
             }
+            // An answer to a request (tele-expertise), filed once.
+            "Communication" | "DiagnosticReport" if !next.live => {
+                let answer = format!("{}/{}", change.res_type, change.res_id);
+                let answered = resource
+                    .as_ref()
+                    .map(coordination::referral::answered_requests)
+                    .unwrap_or_default();
+                found.answers.extend(
+                    answered
+                        .into_iter()
+                        .map(|request_id| (position, request_id.to_owned(), answer.clone())),
+                );
+            }
             _ => {}
+        }
+        // Acknowledgements: a Task's focus, a Communication's basedOn.
+        if matches!(change.res_type.as_str(), "Task" | "Communication") {
+            let by = format!("{}/{}", change.res_type, change.res_id);
+            for claim in resource
+                .as_ref()
+                .map(|r| coordination::acknowledgement::claims(&change.res_type, r))
+                .unwrap_or_default()
+            {
+                found.acks.push(Ack {
+                    position,
+                    by: by.clone(),
+                    claim,
+                });
+            }
         }
     }
     Ok(found)
