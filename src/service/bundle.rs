@@ -427,6 +427,13 @@ fn heads(bundle: &RawBundle<'_>) -> FhirResult<Vec<Head>> {
     (0..bundle.len()).map(|i| bundle.head(i)).collect()
 }
 
+/// Search criteria in a canonical order, to compare two conditional URLs.
+fn sorted(criteria: &[(String, String)]) -> Vec<(String, String)> {
+    let mut sorted = criteria.to_vec();
+    sorted.sort();
+    sorted
+}
+
 /// Runs a transaction Bundle; the response Bundle, or the first entry's error.
 /// Resources are parsed one entry at a time, in the order they are written.
 async fn transaction(
@@ -443,25 +450,40 @@ async fn transaction(
     // 1. Ids of what will be created, and the map from fullUrls to local references.
     let assigned = assign_ids(&tx, &params, &heads).await?;
     let mut ids: HashMap<String, String> = HashMap::new();
+    // The conditional creates and updates of the Bundle by their criteria: a
+    // conditional reference with the same criteria means that entry's resource.
+    let mut by_criteria: HashMap<(String, Vec<(String, String)>), String> = HashMap::new();
     for head in &heads {
         let local = match (&head.target, assigned.get(&head.index)) {
             (Target::Type(t) | Target::Criteria(t, _), Some(a)) => Some(format!("{t}/{}", a.id)),
             (Target::Instance(t, id), _) => Some(format!("{t}/{id}")),
             _ => None,
         };
+        let criteria = match (&head.target, &head.if_none_exist) {
+            (Target::Type(t), Some(criteria)) | (Target::Criteria(t, criteria), _) => {
+                Some((t.clone(), sorted(criteria)))
+            }
+            _ => None,
+        };
+        if let (Some(criteria), Some(local)) = (criteria, &local) {
+            by_criteria.entry(criteria).or_insert_with(|| local.clone());
+        }
         if let (Some(full_url), Some(local)) = (&head.full_url, local) {
             ids.insert(full_url.clone(), local);
         }
     }
-    // 2. Conditional references, resolved once each against the state before the
+    // 2. Conditional references: to an entry's conditional create or update with
+    // the same criteria, else resolved once each against the state before the
     // transaction.
     for head in &mut heads {
         for reference in std::mem::take(&mut head.conditional_references) {
             if ids.contains_key(&reference) {
                 continue;
             }
-            // An absolute URL with a query is a literal reference elsewhere.
-            if reference.contains("://") || reference.starts_with("urn:") {
+            // An absolute URL with a query is a literal reference elsewhere (the
+            // criteria of a relative one may hold URLs: `identifier=https://…|v`).
+            let (path, _) = reference.split_once('?').unwrap_or((&reference, ""));
+            if path.contains("://") || reference.starts_with("urn:") {
                 continue;
             }
             let Some(Target::Criteria(t, criteria)) = parse_target(&reference) else {
@@ -472,6 +494,10 @@ async fn transaction(
                     )),
                 ));
             };
+            if let Some(local) = by_criteria.get(&(t.clone(), sorted(&criteria))) {
+                ids.insert(reference, local.clone());
+                continue;
+            }
             match conditional_match(&tx, &params, &t, &criteria)
                 .await
                 .map_err(|e| at_entry(head.index, e))?

@@ -176,6 +176,34 @@ async fn transaction_order_and_conditional_references() {
     .await;
     assert_eq!(flag["subject"]["reference"], "Patient/gp-patient");
     outcome_of(s.get("Patient/old").await, 410).await;
+
+    // A conditional reference whose criteria hold a URL, to the conditional create
+    // of the same Bundle (no fullUrl needed), then to what that create left.
+    let finess = "https://finess.esante.gouv.fr|190000042";
+    let bundle = json!({"resourceType":"Bundle","type":"transaction","entry":[
+        {"resource":{"resourceType":"Patient","active":true,
+            "managingOrganization":{"reference":format!("Organization?identifier={finess}")}},
+         "request":{"method":"POST","url":"Patient"}},
+        {"resource":{"resourceType":"Organization","name":"CH de Brive",
+            "identifier":[{"system":"https://finess.esante.gouv.fr","value":"190000042"}]},
+         "request":{"method":"POST","url":"Organization","ifNoneExist":format!("identifier={finess}")}}]});
+    let mut managers = Vec::new();
+    for _ in 0..2 {
+        let response = json_of(post_bundle(&s, &bundle).await, 200).await;
+        let location = |n: usize| {
+            let location = response["entry"][n]["response"]["location"]
+                .as_str()
+                .expect("location");
+            location.split("/_history").next().unwrap_or("").to_owned()
+        };
+        let patient = json_of(s.get(&location(0)).await, 200).await;
+        assert_eq!(
+            patient["managingOrganization"]["reference"],
+            location(1).as_str()
+        );
+        managers.push(location(1));
+    }
+    assert_eq!(managers[0], managers[1]);
 }
 
 #[tokio::test]
