@@ -2,7 +2,11 @@
 //! and other kinds) and NDJSON files, or folders of them, into a running server over
 //! HTTP (`--url`) or straight into the database through the same write path. Loading
 //! twice changes nothing: resources with an id are PUT (an unchanged one writes no
-//! version), transaction Bundles should use ids or conditional creates.
+//! version), transaction Bundles should use ids or conditional creates. A story told
+//! in steps (a folder of transactions, each moving a resource on from the version
+//! the previous step left, with `ifMatch`) loads again as a no-op: a step whose
+//! `ifMatch` names a version older than the current one was already taken, and is
+//! counted so rather than as a failure.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -40,6 +44,8 @@ pub struct Summary {
     pub created: usize,
     /// Written as a new version, or found unchanged.
     pub updated_or_unchanged: usize,
+    /// Steps written against a version that a later one replaced.
+    pub already_taken: usize,
     pub failed: Vec<String>,
 }
 
@@ -47,10 +53,11 @@ impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "{} files: {} created, {} updated or unchanged, {} failed",
+            "{} files: {} created, {} updated or unchanged, {} steps already taken, {} failed",
             self.files,
             self.created,
             self.updated_or_unchanged,
+            self.already_taken,
             self.failed.len()
         )?;
         for failure in &self.failed {
@@ -215,6 +222,23 @@ impl Target {
     }
 }
 
+/// Whether a refusal says the write was made against a version that a later one
+/// replaced (the step was taken before). Pure.
+fn already_taken(refusal: &str) -> bool {
+    let Some((_, rest)) = refusal.split_once(service::write::STALE_VERSION) else {
+        return false;
+    };
+    let number = |s: &str| -> Option<u64> {
+        s.trim_start()
+            .split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
+    };
+    let current = rest.split_once("the current version is").map(|(_, v)| v);
+    matches!((number(rest), current.and_then(number)), (Some(expected), Some(current)) if current > expected)
+}
+
 /// The progress line: a bar of the files done, the resources written, failures
 /// and the rate. Pure.
 fn progress_line(done: usize, total: usize, summary: &Summary, secs: f64, current: &str) -> String {
@@ -286,6 +310,7 @@ pub async fn load(target: &Target, paths: &[PathBuf]) -> FhirResult<Summary> {
                         }
                     }
                 }
+                Err(e) if already_taken(&e) => summary.already_taken += 1,
                 Err(e) => summary.failed.push(format!("{name}: {e}")),
             }
         }
@@ -302,11 +327,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_step_against_an_older_version_was_already_taken() {
+        let taken = "412 Precondition Failed: \"Bundle.entry[0]: If-Match expected version 2 of Task/a, but the current version is 5\"";
+        assert!(already_taken(taken));
+        // Behind, absent or another refusal: a failure.
+        for failed in [
+            "If-Match expected version 5 of Task/a, but the current version is 2",
+            "If-Match expected version 2 of Task/a, but the current version is 2",
+            "If-Match expected version 1 of Task/a, but the current version is absent",
+            "the criteria match more than one Task",
+        ] {
+            assert!(!already_taken(failed), "{failed}");
+        }
+    }
+
+    #[test]
     fn the_progress_line_shows_files_resources_failures_and_rate() {
         let summary = Summary {
             files: 4,
             created: 30,
             updated_or_unchanged: 10,
+            already_taken: 0,
             failed: vec!["x.json: bad".into()],
         };
         let line = progress_line(1, 4, &summary, 2.0, "fixtures/a.json");

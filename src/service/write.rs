@@ -467,6 +467,10 @@ fn coordinate(
 
 /// What one change does, given the current state of its resource; takes the
 /// change's resource into the step.
+/// How a refused `If-Match` starts its message, followed by the version expected
+/// and the current one: the loader reads them to tell a step already taken.
+pub const STALE_VERSION: &str = "If-Match expected version";
+
 fn decide(
     rules: &super::Rules,
     now: DateTime<Utc>,
@@ -478,7 +482,7 @@ fn decide(
         let actual = current.filter(|c| !c.deleted).map(|c| c.version_id);
         if actual != Some(expected) {
             return Err(FhirError::PreconditionFailed(format!(
-                "If-Match expected version {expected} of {res_type}/{res_id}, but the current version is {}",
+                "{STALE_VERSION} {expected} of {res_type}/{res_id}, but the current version is {}",
                 actual.map_or_else(|| "absent".to_owned(), |v| v.to_string())
             )));
         }

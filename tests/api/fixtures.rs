@@ -161,12 +161,16 @@ async fn load_command_straight_into_the_database_is_idempotent() {
     // updates the stay its second step created).
     let text = run();
     assert!(
-        text.contains("14 files: 88 created, 2 updated or unchanged, 0 failed"),
+        text.contains(
+            "22 files: 100 created, 7 updated or unchanged, 0 steps already taken, 0 failed"
+        ),
         "{text}"
     );
     let text = run();
     assert!(
-        text.contains("14 files: 0 created, 90 updated or unchanged, 0 failed"),
+        text.contains(
+            "22 files: 0 created, 101 updated or unchanged, 5 steps already taken, 0 failed"
+        ),
         "{text}"
     );
 }
@@ -524,6 +528,130 @@ async fn the_ehpad_return_reaches_the_gp_and_the_ehpad() {
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
     for receiver in [&gp, &ehpad, &desk] {
+        assert!(receiver.next(Duration::from_millis(300)).await.is_none());
+    }
+}
+
+/// An SMR admission request refused by a first SMR and taken by a second, replayed
+/// step by step through the public API: the hospital's discharge desk (the
+/// requester) hears of every step of both Tasks, in order; the admission at the
+/// second SMR completes its Task and the request and tells the patient's GP.
+/// Replayed again, every step written against an older version is refused with
+/// 412 and nothing more is written or sent.
+#[tokio::test]
+async fn the_smr_request_refused_then_taken_tells_the_desk_each_step() {
+    use crate::receiver::Receiver;
+    use serde_json::json;
+    use std::time::Duration;
+
+    let s = TestServer::start().await;
+    let (desk, gp) = (Receiver::start().await, Receiver::start().await);
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/replay-smr-rejected-then-accepted");
+    let steps = json_files(&dir);
+    assert_eq!(steps.len(), 8);
+    let step = |n: usize| -> Value {
+        let mut step: Value =
+            serde_json::from_str(&std::fs::read_to_string(&steps[n]).expect("read")).expect("json");
+        // The fixture's endpoints, pointed at the test's listeners.
+        for entry in step["entry"].as_array_mut().expect("entries") {
+            let resource = &mut entry["resource"];
+            match resource["id"].as_str() {
+                Some("fx-rsmr-ch-ep") => resource["address"] = json!(desk.url()),
+                Some("fx-rsmr-gp-ep") => resource["address"] = json!(gp.url()),
+                _ => {}
+            }
+        }
+        step
+    };
+    for n in 0..8 {
+        json_of(s.post_json("", &step(n)).await, 200).await;
+    }
+    let mut heard = Vec::new();
+    for _ in 0..7 {
+        let Some(task) = desk.next(Duration::from_secs(10)).await else {
+            panic!("the desk heard only {heard:?}");
+        };
+        let task = task.json();
+        assert_eq!(task["resourceType"], "Task", "{task}");
+        heard.push(format!(
+            "{} {}",
+            task["identifier"][0]["value"].as_str().unwrap_or_default(),
+            task["status"].as_str().unwrap_or_default()
+        ));
+    }
+    assert_eq!(
+        heard,
+        [
+            "SMR-2026-0311-A requested",
+            "SMR-2026-0311-A received",
+            "SMR-2026-0311-A rejected",
+            "SMR-2026-0311-B requested",
+            "SMR-2026-0311-B received",
+            "SMR-2026-0311-B accepted",
+            "SMR-2026-0311-B completed",
+        ]
+    );
+    let admission = gp.expect().await.json();
+    assert_eq!(
+        admission["extension"][0]["valueCodeableConcept"]["coding"][0]["code"],
+        "ADM"
+    );
+    let request = json_of(
+        s.get("ServiceRequest?identifier=https://ch-brive.example.fr/demandes|SMR-2026-0311")
+            .await,
+        200,
+    )
+    .await["entry"][0]["resource"]
+        .clone();
+    assert_eq!(request["status"], "completed");
+    assert_eq!(
+        request["performer"][0]["reference"],
+        "Organization/fx-rsmr-smr-b"
+    );
+    // The desk's Subscription ends a day after the request was fulfilled.
+    let sub_id = passerelle::coordination::referral::requester_subscription_id(
+        request["id"].as_str().expect("id"),
+    );
+    let sub = json_of(s.get(&format!("Subscription/{sub_id}")).await, 200).await;
+    assert!(sub["end"].is_string(), "{sub}");
+    let tasks = json_of(
+        s.get(&format!(
+            "Task?based-on=ServiceRequest/{}&_sort=owner",
+            request["id"].as_str().expect("id")
+        ))
+        .await,
+        200,
+    )
+    .await;
+    let outcome: Vec<(&str, &str)> = tasks["entry"]
+        .as_array()
+        .expect("tasks")
+        .iter()
+        .map(|e| {
+            let task = &e["resource"];
+            (
+                task["owner"]["reference"].as_str().unwrap_or_default(),
+                task["status"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        outcome,
+        [
+            ("Organization/fx-rsmr-smr-a", "rejected"),
+            ("Organization/fx-rsmr-smr-b", "completed")
+        ]
+    );
+
+    // Replayed: the steps that move a Task or the request on find a later version.
+    for n in 0..8 {
+        let status = s.post_json("", &step(n)).await.status();
+        let expected = if (2..=6).contains(&n) { 412 } else { 200 };
+        assert_eq!(status, expected, "step {}", n + 1);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for receiver in [&desk, &gp] {
         assert!(receiver.next(Duration::from_millis(300)).await.is_none());
     }
 }
