@@ -162,14 +162,14 @@ async fn load_command_straight_into_the_database_is_idempotent() {
     let text = run();
     assert!(
         text.contains(
-            "22 files: 100 created, 7 updated or unchanged, 0 steps already taken, 0 failed"
+            "26 files: 110 created, 8 updated or unchanged, 0 steps already taken, 0 failed"
         ),
         "{text}"
     );
     let text = run();
     assert!(
         text.contains(
-            "22 files: 0 created, 101 updated or unchanged, 5 steps already taken, 0 failed"
+            "26 files: 0 created, 111 updated or unchanged, 6 steps already taken, 0 failed"
         ),
         "{text}"
     );
@@ -532,6 +532,29 @@ async fn the_ehpad_return_reaches_the_gp_and_the_ehpad() {
     }
 }
 
+/// The steps of a replay in `fixtures/`, its Endpoints pointed at the test's
+/// listeners (by Endpoint id).
+fn replay_steps(dir: &str, addresses: &[(&str, String)]) -> Vec<Value> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(dir);
+    json_files(&dir)
+        .iter()
+        .map(|file| {
+            let mut step: Value =
+                serde_json::from_str(&std::fs::read_to_string(file).expect("read")).expect("json");
+            for entry in step["entry"].as_array_mut().expect("entries") {
+                let resource = &mut entry["resource"];
+                let id = resource["id"].as_str().unwrap_or_default().to_owned();
+                if let Some((_, address)) = addresses.iter().find(|(of, _)| *of == id) {
+                    resource["address"] = Value::from(address.as_str());
+                }
+            }
+            step
+        })
+        .collect()
+}
+
 /// An SMR admission request refused by a first SMR and taken by a second, replayed
 /// step by step through the public API: the hospital's discharge desk (the
 /// requester) hears of every step of both Tasks, in order; the admission at the
@@ -541,31 +564,18 @@ async fn the_ehpad_return_reaches_the_gp_and_the_ehpad() {
 #[tokio::test]
 async fn the_smr_request_refused_then_taken_tells_the_desk_each_step() {
     use crate::receiver::Receiver;
-    use serde_json::json;
     use std::time::Duration;
 
     let s = TestServer::start().await;
     let (desk, gp) = (Receiver::start().await, Receiver::start().await);
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures/replay-smr-rejected-then-accepted");
-    let steps = json_files(&dir);
+    let steps = replay_steps(
+        "replay-smr-rejected-then-accepted",
+        &[("fx-rsmr-ch-ep", desk.url()), ("fx-rsmr-gp-ep", gp.url())],
+    );
     assert_eq!(steps.len(), 8);
-    let step = |n: usize| -> Value {
-        let mut step: Value =
-            serde_json::from_str(&std::fs::read_to_string(&steps[n]).expect("read")).expect("json");
-        // The fixture's endpoints, pointed at the test's listeners.
-        for entry in step["entry"].as_array_mut().expect("entries") {
-            let resource = &mut entry["resource"];
-            match resource["id"].as_str() {
-                Some("fx-rsmr-ch-ep") => resource["address"] = json!(desk.url()),
-                Some("fx-rsmr-gp-ep") => resource["address"] = json!(gp.url()),
-                _ => {}
-            }
-        }
-        step
-    };
+    let step = |n: usize| &steps[n];
     for n in 0..8 {
-        json_of(s.post_json("", &step(n)).await, 200).await;
+        json_of(s.post_json("", step(n)).await, 200).await;
     }
     let mut heard = Vec::new();
     for _ in 0..7 {
@@ -646,7 +656,7 @@ async fn the_smr_request_refused_then_taken_tells_the_desk_each_step() {
 
     // Replayed: the steps that move a Task or the request on find a later version.
     for n in 0..8 {
-        let status = s.post_json("", &step(n)).await.status();
+        let status = s.post_json("", step(n)).await.status();
         let expected = if (2..=6).contains(&n) { 412 } else { 200 };
         assert_eq!(status, expected, "step {}", n + 1);
     }
@@ -654,4 +664,63 @@ async fn the_smr_request_refused_then_taken_tells_the_desk_each_step() {
     for receiver in [&desk, &gp] {
         assert!(receiver.next(Duration::from_millis(300)).await.is_none());
     }
+}
+
+/// A *consultation avancée* booked by the GP's practice, then cancelled, replayed
+/// step by step: the GP hears of both, the slot is busy, then free again and
+/// another patient takes it. Replayed again, the cancellation finds a later
+/// version (412) and nothing more is written or sent.
+#[tokio::test]
+async fn the_consultation_booked_then_cancelled_frees_its_slot() {
+    use crate::receiver::Receiver;
+    use serde_json::json;
+    use std::time::Duration;
+
+    const SLOT: &str =
+        "Slot?identifier=https://ch-ussel.example.fr/creneaux|CA-CARDIO-20261210-1400";
+    let s = TestServer::start().await;
+    let gp = Receiver::start().await;
+    let steps = replay_steps(
+        "replay-consultation-avancee-cancelled",
+        &[("fx-rca-gp-ep", gp.url())],
+    );
+    assert_eq!(steps.len(), 4);
+    let slot = || async { json_of(s.get(SLOT).await, 200).await["entry"][0]["resource"].clone() };
+    for step in &steps[..3] {
+        json_of(s.post_json("", step).await, 200).await;
+    }
+    assert_eq!(slot().await["status"], "busy");
+    let booked = gp.expect().await.json();
+    assert_eq!(
+        (booked["resourceType"].as_str(), booked["status"].as_str()),
+        (Some("Appointment"), Some("booked"))
+    );
+    json_of(s.post_json("", &steps[3]).await, 200).await;
+    assert_eq!(gp.expect().await.json()["status"], "cancelled");
+    assert_eq!(slot().await["status"], "free");
+
+    // Replayed: the booking is found by its identifier, the cancellation is stale.
+    let mut replayed = Vec::new();
+    for step in &steps {
+        replayed.push(s.post_json("", step).await.status().as_u16());
+    }
+    assert_eq!(replayed, [200, 200, 200, 412]);
+    // The freed slot is another patient's to take.
+    let slot_id = slot().await["id"].as_str().expect("id").to_owned();
+    json_of(
+        s.put_json(
+            "Patient/fx-rca-other",
+            &json!({"resourceType": "Patient", "id": "fx-rca-other"}),
+        )
+        .await,
+        201,
+    )
+    .await;
+    let other = json!({"resourceType": "Appointment", "status": "booked",
+        "slot": [{"reference": format!("Slot/{slot_id}")}],
+        "participant": [{"actor": {"reference": "Patient/fx-rca-other"}, "status": "accepted"}]});
+    json_of(s.post_json("Appointment", &other).await, 201).await;
+    assert_eq!(slot().await["status"], "busy");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(gp.next(Duration::from_millis(300)).await.is_none());
 }
