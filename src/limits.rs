@@ -53,3 +53,7 @@ pub const MAX_ARRAY_ITEMS: usize = 10_000;
 /// the type, parameter and id; longer values are kept whole in the resource and
 /// indexed by this prefix (see the README).
 pub const MAX_INDEXED_BYTES: usize = 600;
+
+/// Current members of a Group whose population follow-up makes one CarePlan
+/// each, in the write's transaction.
+pub const MAX_POPULATION_MEMBERS: usize = 2_000;

@@ -224,7 +224,7 @@ pub fn stay_team(
 
 /// Whether a participation that ends at `end` (a dateTime or a date) is over at
 /// `now`.
-fn ended(end: &str, now: DateTime<Utc>) -> bool {
+pub(super) fn ended(end: &str, now: DateTime<Utc>) -> bool {
     match DateTime::parse_from_rfc3339(end) {
         Ok(end) => end <= now,
         // A date (or a partial one): over once that day has passed.

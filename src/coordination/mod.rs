@@ -8,6 +8,7 @@ pub mod appointment;
 pub mod careplan;
 pub mod circle;
 pub mod nde;
+pub mod population;
 pub mod recipients;
 pub mod referral;
 pub mod stay;

@@ -10,6 +10,7 @@ pub mod export;
 mod history;
 mod notices;
 mod notify;
+mod populations;
 mod read;
 mod search_parameters;
 mod searches;

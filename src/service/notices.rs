@@ -15,7 +15,7 @@ use deadpool_postgres::Transaction;
 use serde_json::{json, Value};
 
 use super::write::Failed;
-use super::{Change, Rules};
+use super::{populations, Change, Rules};
 use crate::coordination::recipients::{self, Recipient};
 use crate::coordination::{acknowledgement, appointment, careplan, circle, nde, referral};
 use crate::error::{FhirError, FhirResult, Issue};
@@ -87,6 +87,27 @@ pub(super) enum Referral {
     },
 }
 
+/// A CareTeam whose members changed: the members of the plans it follows change
+/// with it.
+pub(super) struct TeamChange {
+    pub position: usize,
+    pub team_id: String,
+    pub joined: Vec<String>,
+    pub left: Vec<String>,
+}
+
+/// A population's follow-up written: its members' plans follow.
+pub(super) enum Population {
+    /// A CarePlan about a Group.
+    Plan {
+        position: usize,
+        plan_id: String,
+        plan: Value,
+    },
+    /// A Group whose members changed: its open population plans follow.
+    Group { position: usize, group_id: String },
+}
+
 /// What the coordination rules found in one round of changes.
 #[derive(Default)]
 pub(super) struct Coordinated {
@@ -99,6 +120,8 @@ pub(super) struct Coordinated {
     pub answers: Vec<(usize, String, String)>,
     /// CarePlans written: the members of their care teams follow them.
     pub plans: Vec<(usize, String, Value)>,
+    pub teams: Vec<TeamChange>,
+    pub populations: Vec<Population>,
     /// The slots Appointments take and free.
     pub bookings: Vec<(usize, appointment::Booking)>,
     /// The patients of the Appointments booked or cancelled: their care circle
@@ -120,6 +143,8 @@ impl Coordinated {
             && self.bookings.is_empty()
             && self.appointments_of.is_empty()
             && self.plans.is_empty()
+            && self.teams.is_empty()
+            && self.populations.is_empty()
             && self.published.is_empty()
             && self.documents.is_empty()
             && self.gps.is_empty()
@@ -359,8 +384,30 @@ fn standing_change(patient_id: &str, recipient: &Recipient, sub_id: &str) -> Cha
     Change::update("Subscription", sub_id.to_owned(), subscription, None)
 }
 
+/// The current resources of `res_type` that match `criteria`, at most `max`.
+pub(super) async fn found_by(
+    tx: &Transaction<'_>,
+    rules: &Rules,
+    res_type: &str,
+    criteria: &[(&str, String)],
+    max: usize,
+) -> FhirResult<Vec<Value>> {
+    let params = rules.catalog.params.current();
+    let criteria: Vec<(String, String)> = criteria
+        .iter()
+        .map(|(name, value)| ((*name).to_owned(), value.clone()))
+        .collect();
+    let plan = search::parse(&params, res_type, &criteria, Handling::Strict)?;
+    let ids = store::matching_ids(tx, &plan, max).await?;
+    let keys: Vec<(&str, &str)> = ids.iter().map(|id| (res_type, id.as_str())).collect();
+    current_all(tx, &keys).await
+}
+
 /// The current JSON of the resources `keys` (type, id) that exist, in one query.
-async fn current_all(tx: &Transaction<'_>, keys: &[(&str, &str)]) -> FhirResult<Vec<Value>> {
+pub(super) async fn current_all(
+    tx: &Transaction<'_>,
+    keys: &[(&str, &str)],
+) -> FhirResult<Vec<Value>> {
     Ok(store::read_current(tx, keys)
         .await?
         .iter()
@@ -391,9 +438,10 @@ pub(super) async fn notices(
         known.learn(event.encounter.clone());
     }
     let keys = wanted(&found);
-    let (letters, ()) = tokio::try_join!(
+    let (letters, (), team_plans) = tokio::try_join!(
         letters_before_discharge(tx, &found.declared),
-        known.fetch(tx, &keys)
+        known.fetch(tx, &keys),
+        populations::plans_of_teams(tx, rules, &found.teams),
     )
     .map_err(whole)?;
     let mut documents = std::mem::take(&mut found.documents);
@@ -407,13 +455,27 @@ pub(super) async fn notices(
     }
     let mut declared = std::mem::take(&mut found.declared);
     declared.extend(documents_declared(&known, rules, now, documents));
-    // The patients of documents filed after their stay, not read yet.
-    let patients: Vec<(String, String)> = declared
+    // The patients of documents filed after their stay, and the Subscriptions of
+    // those who left the care team of a plan, not read yet.
+    let mut more: Vec<(String, String)> = declared
         .iter()
         .filter_map(|d| patient_of(&d.encounter))
         .flat_map(|p| [key("Patient", p), key("CareTeam", &circle::circle_id(p))])
         .collect();
-    known.fetch(tx, &patients).await.map_err(whole)?;
+    for (n, plan_id, _) in &team_plans {
+        more.extend(found.teams[*n].left.iter().map(|member| {
+            key(
+                "Subscription",
+                &careplan::follower_subscription_id(plan_id, member),
+            )
+        }));
+    }
+    known.fetch(tx, &more).await.map_err(whole)?;
+    changes.extend(
+        populations::member_plans(tx, rules, now, &found.populations)
+            .await
+            .map_err(whole)?,
+    );
 
     changes.extend(acknowledgements(tx, &known, now, &found.acks).await?);
     changes.extend(care_teams(&known, now, &found));
@@ -427,6 +489,11 @@ pub(super) async fn notices(
         wanted_endpoints.extend(circle_of(&known, now, patient_id).unwrap_or_default());
     }
     wanted_endpoints.extend(followers.iter().flat_map(|(_, members)| members.clone()));
+    wanted_endpoints.extend(
+        team_plans
+            .iter()
+            .flat_map(|(n, _, _)| found.teams[*n].joined.clone()),
+    );
     wanted_endpoints.extend(found.referrals.iter().filter_map(|r| {
         match r {
             Referral::Request {
@@ -445,6 +512,7 @@ pub(super) async fn notices(
         .map_err(whole)?;
     changes.extend(referrals(&known, &reached, now, &found.referrals));
     changes.extend(plan_subscriptions(&reached, now, &found.plans, &followers));
+    changes.extend(team_followers(&known, &reached, &found.teams, &team_plans));
     changes.extend(appointment_followers(
         &known,
         &reached,
@@ -480,7 +548,9 @@ pub(super) async fn notices(
             Change::create("CommunicationRequest", d.declaration),
         )
     }));
-    Ok(changes)
+    // A plan and its care team written together may both make a follower's
+    // Subscription.
+    Ok(last_of_each(changes))
 }
 
 /// The care circles of the patients whose GPs changed, and the CareTeams of the
@@ -643,6 +713,40 @@ fn plan_subscriptions(
     changes
 }
 
+/// When the care team of open plans changes: those who joined and an Endpoint
+/// reaches follow the plans; the Subscriptions of those who left are put `off`
+/// (they no longer care for the patient: not even the change is sent to them).
+fn team_followers(
+    known: &Known,
+    reached: &HashMap<String, Recipient>,
+    teams: &[TeamChange],
+    team_plans: &[(usize, String, Value)],
+) -> Vec<(usize, Change)> {
+    let mut changes = Vec::new();
+    for (n, plan_id, _) in team_plans {
+        let team = &teams[*n];
+        for member in &team.joined {
+            if let Some(recipient) = reached.get(member) {
+                let id = careplan::follower_subscription_id(plan_id, member);
+                let sub = careplan::follower_subscription(plan_id, recipient);
+                changes.push((team.position, Change::update("Subscription", id, sub, None)));
+            }
+        }
+        for member in &team.left {
+            let id = careplan::follower_subscription_id(plan_id, member);
+            if let Some(kept) = known
+                .get("Subscription", &id)
+                .filter(|s| s["status"] != "off")
+            {
+                let mut off = kept.clone();
+                off["status"] = json!("off");
+                changes.push((team.position, Change::update("Subscription", id, off, None)));
+            }
+        }
+    }
+    changes
+}
+
 /// The Slots the `bookings` take (busy) and free, locked before they are read so
 /// that of two bookings racing for one slot the second sees it busy: 409.
 async fn slots(
@@ -708,16 +812,21 @@ async fn slots(
         }
     }
     // One change per slot: the last state (freed then taken again in one write).
-    let mut last: HashMap<String, usize> = HashMap::new();
+    Ok(last_of_each(changes))
+}
+
+/// One change per resource, the last one (a round writes each resource once).
+fn last_of_each(changes: Vec<(usize, Change)>) -> Vec<(usize, Change)> {
+    let mut last: HashMap<(String, String), usize> = HashMap::new();
     for (n, (_, change)) in changes.iter().enumerate() {
-        last.insert(change.res_id.clone(), n);
+        last.insert((change.res_type.clone(), change.res_id.clone()), n);
     }
-    Ok(changes
+    changes
         .into_iter()
         .enumerate()
-        .filter(|(n, (_, c))| last.get(&c.res_id) == Some(n))
+        .filter(|(n, (_, c))| last.get(&(c.res_type.clone(), c.res_id.clone())) == Some(n))
         .map(|(_, c)| c)
-        .collect())
+        .collect()
 }
 
 /// Tasks of one referral looked at when its stay is admitted.
@@ -736,20 +845,9 @@ async fn completed_tasks(
         .answers
         .iter()
         .map(|(p, r, answer)| (*p, r, Some(answer.as_str())));
-    let params = rules.catalog.params.current();
     for (position, request_id, answer) in by_admission.chain(by_answer) {
-        let plan = search::parse(
-            &params,
-            "Task",
-            &[(
-                "based-on".to_owned(),
-                format!("ServiceRequest/{request_id}"),
-            )],
-            Handling::Strict,
-        )?;
-        let ids = store::matching_ids(tx, &plan, MAX_REFERRAL_TASKS).await?;
-        let keys: Vec<(&str, &str)> = ids.iter().map(|id| ("Task", id.as_str())).collect();
-        for task in current_all(tx, &keys).await? {
+        let criteria = [("based-on", format!("ServiceRequest/{request_id}"))];
+        for task in found_by(tx, rules, "Task", &criteria, MAX_REFERRAL_TASKS).await? {
             let done = match answer {
                 Some(answer) => referral::answered_task(&task, answer),
                 None => referral::completed_by_admission(&task),

@@ -13,7 +13,8 @@ use deadpool_postgres::Transaction;
 use serde_json::Value;
 
 use super::notices::{
-    self, Ack, Coordinated, Declared, Documented, GpChange, Published, Referral, StayWritten,
+    self, Ack, Coordinated, Declared, Documented, GpChange, Population, Published, Referral,
+    StayWritten, TeamChange,
 };
 use super::notify;
 use crate::coordination;
@@ -259,8 +260,11 @@ async fn apply_round(
         let step = decide(rules, now, &mut change, current).map_err(at(position))?;
         if let (Step::Write(next, resource), Some(cur)) = (&step, current) {
             // A delete's previous version matters only to the coordination rules.
-            let compared =
-                resource.is_some() || matches!(change.res_type.as_str(), "Patient" | "Appointment");
+            let compared = resource.is_some()
+                || matches!(
+                    change.res_type.as_str(),
+                    "Patient" | "Appointment" | "CareTeam" | "Group"
+                );
             if next.live && compared {
                 repeats.push((position, cur.version_id));
             }
@@ -384,6 +388,46 @@ fn coordinate(
                     found
                         .plans
                         .push((position, change.res_id.clone(), plan.clone()));
+                    if coordination::population::group_of(plan).is_some() {
+                        found.populations.push(Population::Plan {
+                            position,
+                            plan_id: change.res_id.clone(),
+                            plan: plan.clone(),
+                        });
+                    }
+                }
+            }
+            "Group" => {
+                let members = |g: Option<&Value>| {
+                    g.map(|g| coordination::population::current_members(g, now))
+                };
+                if members(previous) != members(resource.as_ref()) {
+                    found.populations.push(Population::Group {
+                        position,
+                        group_id: change.res_id.clone(),
+                    });
+                }
+            }
+            "CareTeam" => {
+                let members = |t: Option<&Value>| -> HashSet<String> {
+                    t.map(|t| coordination::circle::current_members(t, now))
+                        .unwrap_or_default()
+                        .into_iter()
+                        .collect()
+                };
+                let (before, after) = (members(previous), members(resource.as_ref()));
+                if before != after {
+                    let sorted = |set: HashSet<&String>| {
+                        let mut list: Vec<String> = set.into_iter().cloned().collect();
+                        list.sort();
+                        list
+                    };
+                    found.teams.push(TeamChange {
+                        position,
+                        team_id: change.res_id.clone(),
+                        joined: sorted(after.difference(&before).collect()),
+                        left: sorted(before.difference(&after).collect()),
+                    });
                 }
             }
             "Appointment" => {
@@ -465,12 +509,12 @@ fn coordinate(
     Ok(found)
 }
 
-/// What one change does, given the current state of its resource; takes the
-/// change's resource into the step.
 /// How a refused `If-Match` starts its message, followed by the version expected
 /// and the current one: the loader reads them to tell a step already taken.
 pub const STALE_VERSION: &str = "If-Match expected version";
 
+/// What one change does, given the current state of its resource; takes the
+/// change's resource into the step.
 fn decide(
     rules: &super::Rules,
     now: DateTime<Utc>,
@@ -594,7 +638,7 @@ async fn unchanged(
             });
         } else if matches!(
             change.res_type.as_str(),
-            "Encounter" | "Patient" | "Task" | "Appointment" | "CarePlan"
+            "Encounter" | "Patient" | "Task" | "Appointment" | "CarePlan" | "CareTeam" | "Group"
         ) {
             previous.insert(p, current);
         }
