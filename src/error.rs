@@ -27,6 +27,17 @@ impl Issue {
     }
 }
 
+/// What a 401's `WWW-Authenticate` challenge says (RFC 6750).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Challenge {
+    /// No token: no error code.
+    Missing,
+    /// A token that does not verify: `invalid_token`.
+    Invalid,
+    /// The issuer's keys could not be fetched: the token may be fine.
+    Unavailable,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum FhirError {
     /// 400: the request is malformed (bad id, bad parameter, unparseable body).
@@ -35,6 +46,15 @@ pub enum FhirError {
     /// 422: the body parses but is not a valid resource.
     #[error("{}", first_message(.0))]
     Unprocessable(Vec<Issue>),
+    /// 401: no usable bearer token.
+    #[error("{message}")]
+    Unauthorized {
+        message: String,
+        challenge: Challenge,
+    },
+    /// 403: the token's scopes do not allow it.
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -89,6 +109,8 @@ impl FhirError {
         match self {
             FhirError::BadRequest(_) => 400,
             FhirError::Unprocessable(_) => 422,
+            FhirError::Unauthorized { .. } => 401,
+            FhirError::Forbidden(_) => 403,
             FhirError::NotFound(_) => 404,
             FhirError::Gone(_) => 410,
             FhirError::MethodNotAllowed(_) => 405,
@@ -110,6 +132,8 @@ impl FhirError {
         let single = |code: &'static str, message: String| vec![Issue::new(code, message)];
         match self {
             FhirError::BadRequest(issues) | FhirError::Unprocessable(issues) => issues.clone(),
+            FhirError::Unauthorized { message, .. } => single("login", message.clone()),
+            FhirError::Forbidden(m) => single("forbidden", m.clone()),
             FhirError::NotFound(m) | FhirError::Gone(m) => single("not-found", m.clone()),
             FhirError::MethodNotAllowed(m) | FhirError::NotAcceptable(m) => {
                 single("not-supported", m.clone())

@@ -55,6 +55,44 @@ impl CoordinationArgs {
     }
 }
 
+/// Who may call: SMART on FHIR bearer tokens of an authorisation server.
+#[derive(Args, Clone)]
+struct AuthArgs {
+    /// `smart` (bearer tokens of the issuer below, required on every request) or
+    /// `none` (anyone, development only). Unset: anyone, and only on loopback.
+    #[arg(long = "auth", env = "PASSERELLE_AUTH")]
+    mode: Option<String>,
+    /// The tokens' `iss`: the authorisation server (e.g. Pro Santé Connect's realm).
+    #[arg(long = "auth-issuer", env = "PASSERELLE_AUTH_ISSUER")]
+    issuer: Option<String>,
+    /// The `aud` tokens carry for this server.
+    #[arg(long = "auth-audience", env = "PASSERELLE_AUTH_AUDIENCE")]
+    audience: Option<String>,
+    /// Where the issuer publishes its signing keys (JWKS).
+    #[arg(long = "auth-jwks-url", env = "PASSERELLE_AUTH_JWKS_URL")]
+    jwks_url: Option<String>,
+    /// The issuer's authorisation endpoint, for the SMART configuration.
+    #[arg(long = "auth-authorize-url", env = "PASSERELLE_AUTH_AUTHORIZE_URL")]
+    authorize_url: Option<String>,
+    /// The issuer's token endpoint, for the SMART configuration.
+    #[arg(long = "auth-token-url", env = "PASSERELLE_AUTH_TOKEN_URL")]
+    token_url: Option<String>,
+}
+
+impl AuthArgs {
+    fn setting(&self) -> Result<passerelle::auth::AuthSetting, server::StartError> {
+        passerelle::auth::AuthSetting::from_parts(passerelle::auth::AuthParts {
+            mode: self.mode.clone(),
+            issuer: self.issuer.clone(),
+            audience: self.audience.clone(),
+            jwks_url: self.jwks_url.clone(),
+            authorize_url: self.authorize_url.clone(),
+            token_url: self.token_url.clone(),
+        })
+        .map_err(server::StartError::Config)
+    }
+}
+
 /// Subscription endpoints and delivery.
 #[derive(Args, Clone)]
 struct SubscriptionArgs {
@@ -181,6 +219,8 @@ enum Command {
         subscriptions: SubscriptionArgs,
         #[command(flatten)]
         coordination: CoordinationArgs,
+        #[command(flatten)]
+        auth: AuthArgs,
     },
     /// Apply the schema migrations and exit.
     Migrate {
@@ -273,8 +313,13 @@ async fn main() -> ExitCode {
             db,
             subscriptions,
             coordination,
-        } => match subscriptions.rules() {
-            Ok(mut rules) => {
+            auth,
+        } => match subscriptions.rules().and_then(|r| {
+            let auth = auth.setting()?;
+            server::check_auth(&auth, listen)?;
+            Ok((r, auth))
+        }) {
+            Ok((mut rules, auth)) => {
                 coordination.apply(&mut rules);
                 match server::open_database(&db.choice(), pool_size, Some(statement_timeout)).await
                 {
@@ -293,6 +338,7 @@ async fn main() -> ExitCode {
                                 statement_timeout,
                                 large_bodies_in_flight,
                             },
+                            auth,
                         };
                         server::serve(database, options).await
                     }

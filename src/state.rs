@@ -27,4 +27,6 @@ pub struct AppState {
     pub body_budget: Arc<tokio::sync::Semaphore>,
     /// Websockets bound on this instance (subscriptions with a websocket channel).
     pub hub: Arc<crate::delivery::websocket::Hub>,
+    /// How requests are authenticated.
+    pub guard: Arc<crate::auth::Guard>,
 }

@@ -299,6 +299,7 @@ pub async fn start_server_with(
         },
         delivery,
         limits: server::RequestLimits::default(),
+        auth: passerelle::auth::AuthSetting::Unset,
     };
     let listener = tokio::net::TcpListener::bind(serve.listen).await?;
     let running = server::start(

@@ -78,6 +78,9 @@ enum Command {
         events: usize,
         #[arg(long, default_value_t = 4)]
         concurrency: usize,
+        /// Patients of a Group followed as a population (0: none).
+        #[arg(long, default_value_t = 2000)]
+        population: usize,
         #[command(flatten)]
         db: DatabaseArgs,
     },
@@ -165,6 +168,7 @@ async fn main() -> ExitCode {
             writes,
             events,
             concurrency,
+            population,
             db,
         } => {
             workflow::run(workflow::WorkflowBenchOptions {
@@ -173,6 +177,7 @@ async fn main() -> ExitCode {
                 writes: writes.max(1),
                 events: events.max(1),
                 concurrency: concurrency.max(1),
+                population,
             })
             .await
         }

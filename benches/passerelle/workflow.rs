@@ -24,6 +24,8 @@ pub struct WorkflowBenchOptions {
     /// Discharges timed one at a time for the latency.
     pub events: usize,
     pub concurrency: usize,
+    /// Members of the Group followed as a population (none: no such phase).
+    pub population: usize,
 }
 
 /// The event and the stay of a notification request: `SOR Encounter/l-3`.
@@ -194,6 +196,39 @@ async fn latency(
     })
 }
 
+/// A population follow-up of the first `members` patients: the Group, then the
+/// population's plan written active (a plan made for each member, her GP
+/// following it), then put on hold (every member plan following). Each write
+/// timed whole.
+async fn population_follow_up(addr: SocketAddr, members: usize) -> Result<String, String> {
+    let mut conn = Connection::open(addr).await?;
+    let member: Vec<Value> = (0..members)
+        .map(|p| json!({"entity": {"reference": format!("Patient/p{p}")}}))
+        .collect();
+    let group = json!({"resourceType": "Group", "id": "followed", "type": "person",
+        "actual": true, "member": member});
+    put(&mut conn, "/fhir/Group/followed", &group.to_string()).await?;
+    let plan = |status: &str| {
+        json!({"resourceType": "CarePlan", "id": "followed-plan", "status": status,
+            "intent": "plan", "subject": {"reference": "Group/followed"},
+            "activity": [{"detail": {"status": "scheduled", "description": "Pesée quotidienne"}}]})
+        .to_string()
+    };
+    let mut timed = Vec::new();
+    for status in ["active", "on-hold"] {
+        let t = Instant::now();
+        put(&mut conn, "/fhir/CarePlan/followed-plan", &plan(status)).await?;
+        timed.push(t.elapsed().as_secs_f64());
+    }
+    Ok(format!(
+        "population follow-up of {members}: plans made {:.2} s ({:.0} plans/s), put on hold {:.2} s ({:.0} plans/s)",
+        timed[0],
+        members as f64 / timed[0],
+        timed[1],
+        members as f64 / timed[1],
+    ))
+}
+
 pub async fn run(options: WorkflowBenchOptions) -> Result<String, StartError> {
     let err = StartError::Database;
     let database = server::open_bench_database(&options.database, options.concurrency + 8).await?;
@@ -259,6 +294,10 @@ pub async fn run(options: WorkflowBenchOptions) -> Result<String, StartError> {
     let delivering = phases(addr, &options, ["a2", "s2"]).await.map_err(err)?;
     arrivals.drained(4 * options.writes).await;
     let latency = latency(addr, &arrivals, &options).await.map_err(err)?;
+    let population = match options.population.min(options.patients) {
+        0 => String::new(),
+        members => population_follow_up(addr, members).await.map_err(err)?,
+    };
     drop(listener);
     bench.stop();
     database.close().await;
@@ -267,7 +306,7 @@ pub async fn run(options: WorkflowBenchOptions) -> Result<String, StartError> {
     Ok(format!(
         "Passerelle bench-workflow: {} patients, {} GPs with endpoints, {} updates per phase, {} clients, {} cores\n\
          outbox only (deliveries on another instance):\n{}\n{}\nwith / without: {:.2}\n\
-         deliveries running on the same cores:\n{}\n{}\nwith / without: {:.2}\n{}\nlatency p50 {:.1} ms, p99 {:.1} ms",
+         deliveries running on the same cores:\n{}\n{}\nwith / without: {:.2}\n{}\nlatency p50 {:.1} ms, p99 {:.1} ms\n{}",
         options.patients,
         gps(options.patients),
         options.writes,
@@ -282,5 +321,6 @@ pub async fn run(options: WorkflowBenchOptions) -> Result<String, StartError> {
         latency.line(),
         ms(latency.percentile(0.5)),
         ms(latency.percentile(0.99)),
+        population,
     ))
 }

@@ -412,6 +412,7 @@ pub fn at_entry(index: usize, err: FhirError) -> FhirError {
     match err {
         FhirError::BadRequest(issues) => FhirError::BadRequest(located(issues)),
         FhirError::Unprocessable(issues) => FhirError::Unprocessable(located(issues)),
+        FhirError::Forbidden(m) => FhirError::Forbidden(prefix(&m)),
         FhirError::NotFound(m) => FhirError::NotFound(prefix(&m)),
         FhirError::Gone(m) => FhirError::Gone(prefix(&m)),
         FhirError::MethodNotAllowed(m) => FhirError::MethodNotAllowed(prefix(&m)),

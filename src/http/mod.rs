@@ -1,6 +1,7 @@
 //! The HTTP layer: the router, the request span, body limits and content
 //! negotiation at the edge. Everything below it is transport-independent.
 
+mod authorize;
 mod handlers;
 mod negotiate;
 mod respond;
@@ -115,6 +116,14 @@ async fn fhir(State(state): State<AppState>, req: Request) -> Response {
         Err(err) => return respond::error_response(&err, rendering),
     };
     tracing::Span::current().record("route", route.template());
+    // Who asks, before anything of the body is read.
+    let access = match authorize::is_public(&route) {
+        true => crate::auth::Access::Open,
+        false => match authorize::authenticate(&state.guard, &parts.headers).await {
+            Ok(access) => access,
+            Err(err) => return respond::error_response(&err, rendering),
+        },
+    };
     let memory = match reserve_body_memory(&state, &parts.headers).await {
         Ok(memory) => memory,
         Err(err) => return respond::error_response(&err, rendering),
@@ -134,6 +143,8 @@ async fn fhir(State(state): State<AppState>, req: Request) -> Response {
         raw_query,
         headers: parts.headers,
         body,
+        access,
+        narrowing: authorize::Narrowing::None,
     };
     // The database work is cancelled if the client goes away before the answer;
     // the connections that carried a large body are closed after it.

@@ -134,6 +134,22 @@ fn encode(json: String, how: Rendering) -> Result<Vec<u8>, FhirError> {
 }
 
 /// An error as an OperationOutcome response. Server faults are logged here.
+/// A `WWW-Authenticate: Bearer …` challenge (RFC 6750): no error code when no
+/// token came, else why, in a quoted string of plain characters.
+fn bearer_challenge(message: &str, challenge: crate::error::Challenge) -> String {
+    use crate::error::Challenge;
+    let error = match challenge {
+        Challenge::Missing => return "Bearer realm=\"passerelle\"".to_owned(),
+        Challenge::Invalid => "invalid_token",
+        Challenge::Unavailable => "temporarily_unavailable",
+    };
+    let description: String = message
+        .chars()
+        .filter(|c| (' '..='~').contains(c) && *c != '"' && *c != '\\')
+        .collect();
+    format!("Bearer realm=\"passerelle\", error=\"{error}\", error_description=\"{description}\"")
+}
+
 pub fn error_response(err: &FhirError, how: Rendering) -> Response {
     let status = StatusCode::from_u16(err.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     if status.is_server_error() {
@@ -143,6 +159,12 @@ pub fn error_response(err: &FhirError, how: Rendering) -> Response {
     let mut reply = Reply::new(status, Some(body));
     if let FhirError::MethodNotAllowed(_) = err {
         reply = reply.header(header::ALLOW, "GET, HEAD, POST, PUT, PATCH, DELETE");
+    }
+    if let FhirError::Unauthorized { message, challenge } = err {
+        reply = reply.header(
+            header::WWW_AUTHENTICATE,
+            &bearer_challenge(message, *challenge),
+        );
     }
     if status == StatusCode::SERVICE_UNAVAILABLE {
         reply = reply.header(header::RETRY_AFTER, "5");

@@ -9,6 +9,8 @@ pub enum Route {
     System,
     /// `[base]/metadata`
     Metadata,
+    /// `[base]/.well-known/smart-configuration`
+    SmartConfiguration,
     /// `[base]/_history`
     SystemHistory,
     /// `[base]/[type]`
@@ -48,6 +50,7 @@ impl Route {
         match self {
             Route::System => "/fhir",
             Route::Metadata => "/fhir/metadata",
+            Route::SmartConfiguration => "/fhir/.well-known/smart-configuration",
             Route::SystemHistory => "/fhir/_history",
             Route::Type(_) => "/fhir/{type}",
             Route::TypeSearch(_) => "/fhir/{type}/_search",
@@ -96,6 +99,7 @@ pub fn parse(path: &str) -> FhirResult<Route> {
     match segments.as_slice() {
         [] => Ok(Route::System),
         ["metadata"] => Ok(Route::Metadata),
+        [".well-known", "smart-configuration"] => Ok(Route::SmartConfiguration),
         ["_history"] => Ok(Route::SystemHistory),
         ["$export"] => Ok(Route::Export(None, None)),
         ["Patient", "$export"] => Ok(Route::Export(Some("Patient".to_owned()), None)),

@@ -77,6 +77,12 @@ pub fn patient_membership_params() -> Vec<String> {
         .collect()
 }
 
+/// Whether resources of `resource_type` can be in a Patient's compartment (part
+/// of a patient's record; the others are directory data).
+pub fn in_patient_compartment(resource_type: &str) -> bool {
+    resource_type == "Patient" || PATIENT_COMPARTMENT.contains_key(resource_type)
+}
+
 /// Whether a compartment of this type can be searched.
 pub fn is_supported(compartment_type: &str) -> bool {
     compartment_type == "Patient"

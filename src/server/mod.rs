@@ -27,6 +27,8 @@ pub enum StartError {
     Listen(SocketAddr, std::io::Error),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Config(String),
 }
 
 mod accept;
@@ -45,6 +47,7 @@ pub struct ServeOptions {
     pub rules: crate::service::Rules,
     pub delivery: delivery::Tuning,
     pub limits: RequestLimits,
+    pub auth: crate::auth::AuthSetting,
 }
 
 /// How long a client may take and how many may be connected at once, and how long
@@ -156,6 +159,7 @@ fn app_state(pool: Pool, options: &ServeOptions, hub: Arc<delivery::websocket::H
     AppState {
         hub,
         pool,
+        guard: crate::auth::Guard::new(&options.auth),
         body_budget: Arc::new(tokio::sync::Semaphore::new(budget_kib)),
         settings: Arc::new(Settings {
             base_url: options.base_url.clone(),
@@ -252,6 +256,26 @@ pub async fn start(
 
 /// How often an instance looks for SearchParameters written through another.
 const SEARCH_PARAMETER_POLL: Duration = Duration::from_secs(5);
+
+/// Whether the server may listen on `listen` with `auth` (without
+/// authentication, only on loopback), said in the log, loudly when it is off:
+/// checked before anything else starts.
+pub fn check_auth(auth: &crate::auth::AuthSetting, listen: SocketAddr) -> Result<(), StartError> {
+    auth.check_listen(listen).map_err(StartError::Config)?;
+    match auth {
+        crate::auth::AuthSetting::None => tracing::warn!(
+            "PASSERELLE_AUTH=none: AUTHENTICATION IS OFF, anyone who reaches {listen} reads and writes every patient's data (development only)"
+        ),
+        crate::auth::AuthSetting::Unset => {
+            tracing::warn!("no PASSERELLE_AUTH: serving without authentication, on loopback only")
+        }
+        crate::auth::AuthSetting::Smart(smart) => tracing::info!(
+            issuer = %smart.issuer, audience = %smart.audience,
+            "SMART on FHIR bearer tokens required"
+        ),
+    }
+    Ok(())
+}
 
 /// Serves until SIGINT or SIGTERM, then shuts down gracefully.
 pub async fn serve(database: Database, options: ServeOptions) -> Result<(), StartError> {

@@ -18,6 +18,7 @@ use super::{
     conditional_match, notify, plan, search_parameter_changed, write, Change, Fact, Matches,
     PatchTarget, Planned, Rules, Scope, WriteRequest, Written,
 };
+use crate::auth::Access;
 use crate::error::{FhirError, FhirResult};
 use crate::fhir::bundle::{
     at_entry, parse_target, patch_document, rank, rewrite_references, Head, Kind, RawBundle, Target,
@@ -35,6 +36,50 @@ pub struct Answering<'a> {
     pub handling: Handling,
     /// `Prefer: return=representation`: each written resource in its entry.
     pub representation: bool,
+    /// Who asks: each entry is held against its scopes.
+    pub access: &'a Access,
+}
+
+/// Holds an entry against the client's scopes: what its method and target ask,
+/// and, for a search, the types it reaches (403 otherwise). A `patient/` context
+/// is not narrowed inside a Bundle yet: its entries on the patient's record are
+/// refused.
+fn check_entry(access: &Access, params: &ParamTable, head: &Head) -> FhirResult<()> {
+    use crate::auth::scopes::{Context, Interaction::*};
+    if let Access::Open = access {
+        return Ok(());
+    }
+    let res_type = head.target.res_type();
+    let mut needs = match (head.method.as_str(), &head.target) {
+        ("GET", Target::Instance(..) | Target::Version(..)) => vec![(res_type.to_owned(), Read)],
+        ("GET", Target::Criteria(t, criteria)) => {
+            let mut needs = vec![(t.clone(), Search)];
+            needs.extend(crate::auth::search_reaches(t, criteria, params));
+            needs
+        }
+        ("GET", _) => vec![(res_type.to_owned(), Search)],
+        ("POST", _) if head.if_none_exist.is_some() => {
+            vec![(res_type.to_owned(), Create), (res_type.to_owned(), Search)]
+        }
+        ("POST", _) => vec![(res_type.to_owned(), Create)],
+        ("PUT" | "PATCH", Target::Criteria(..)) => {
+            vec![(res_type.to_owned(), Update), (res_type.to_owned(), Search)]
+        }
+        ("DELETE", Target::Criteria(..)) => {
+            vec![(res_type.to_owned(), Delete), (res_type.to_owned(), Search)]
+        }
+        ("DELETE", _) => vec![(res_type.to_owned(), Delete)],
+        _ => vec![(res_type.to_owned(), Update)],
+    };
+    for (t, interaction) in needs.drain(..) {
+        let context = access.require(&t, interaction)?;
+        if context == Context::Patient && crate::search::compartment::in_patient_compartment(&t) {
+            return Err(FhirError::Forbidden(format!(
+                "Bundle entries on the patient's record ({t}) are not available to a token of patient/ scopes yet"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Runs a transaction or batch Bundle (JSON text); the response Bundle.
@@ -445,6 +490,9 @@ async fn transaction(
     let mut heads = heads(bundle)?;
     fhir::bundle::check_full_urls(&heads)?;
     let params = rules.catalog.params.current();
+    for head in &heads {
+        check_entry(answering.access, &params, head).map_err(|e| at_entry(head.index, e))?;
+    }
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     // 1. Ids of what will be created, and the map from fullUrls to local references.
@@ -623,9 +671,10 @@ async fn batch_entry(
     index: usize,
 ) -> FhirResult<String> {
     let head = bundle.head(index)?;
+    let params = rules.catalog.params.current();
+    check_entry(answering.access, &params, &head)?;
     let resource = bundle.resource(index)?;
     if head.method == "GET" {
-        let params = rules.catalog.params.current();
         return get_entry(&pool.get().await?, &params, answering, &head).await;
     }
     let request = write_request(&head, resource, None, true)?;

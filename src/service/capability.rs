@@ -4,6 +4,7 @@
 
 use serde_json::{json, Value};
 
+use crate::auth::SmartSettings;
 use crate::fhir::{definitions::R4, FHIR_VERSION};
 use crate::search;
 use crate::subscription::Topic;
@@ -56,6 +57,7 @@ pub fn capability_statement(
     base_url: &str,
     software_version: &str,
     started: &str,
+    smart: Option<&SmartSettings>,
 ) -> Value {
     let params_in_force = catalog.params.current();
     let resources: Vec<Value> = R4
@@ -122,7 +124,7 @@ pub fn capability_statement(
             resource
         })
         .collect();
-    json!({
+    let mut cs = json!({
         "resourceType": "CapabilityStatement",
         "status": "active",
         "date": started,
@@ -145,7 +147,67 @@ pub fn capability_statement(
                 {"code": "search-system"},
             ],
         }],
+    });
+    if let Some(smart) = smart {
+        cs["rest"][0]["security"] = security(smart);
+    }
+    cs
+}
+
+/// `rest.security` of a server that takes SMART on FHIR tokens: the service and
+/// the authorisation server's endpoints (SMART App Launch's `oauth-uris`).
+fn security(smart: &SmartSettings) -> Value {
+    let uris: Vec<Value> = [
+        ("authorize", &smart.authorize_url),
+        ("token", &smart.token_url),
+    ]
+    .into_iter()
+    .filter_map(|(url, value)| Some(json!({"url": url, "valueUri": value.as_deref()?})))
+    .collect();
+    json!({
+        "extension": [{
+            "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+            "extension": uris,
+        }],
+        "service": [{
+            "coding": [{
+                "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                "code": "SMART-on-FHIR",
+            }],
+            "text": "OAuth 2.0 bearer tokens of the configured authorisation server, SMART on FHIR scopes (v1 and v2)",
+        }],
+        "description": "Every request but metadata and .well-known/smart-configuration needs a bearer token",
     })
+}
+
+/// `[base]/.well-known/smart-configuration` (SMART App Launch 2.0): the
+/// configured issuer, its keys and endpoints, and what this server understands.
+pub fn smart_configuration(smart: &SmartSettings) -> Value {
+    let mut configuration = json!({
+        "issuer": smart.issuer,
+        "jwks_uri": smart.jwks_url,
+        "grant_types_supported": ["authorization_code", "client_credentials"],
+        "token_endpoint_auth_methods_supported": ["private_key_jwt", "client_secret_basic"],
+        "scopes_supported": [
+            "openid", "fhirUser", "launch/patient", "offline_access",
+            "patient/*.rs", "user/*.cruds", "system/*.cruds",
+            "patient/*.read", "user/*.read", "user/*.write", "system/*.read", "system/*.*"
+        ],
+        "response_types_supported": ["code"],
+        "code_challenge_methods_supported": ["S256"],
+        "capabilities": [
+            "launch-standalone", "client-public", "client-confidential-symmetric",
+            "client-confidential-asymmetric", "context-standalone-patient",
+            "permission-patient", "permission-user", "permission-v1", "permission-v2"
+        ],
+    });
+    if let Some(url) = &smart.authorize_url {
+        configuration["authorization_endpoint"] = json!(url);
+    }
+    if let Some(url) = &smart.token_url {
+        configuration["token_endpoint"] = json!(url);
+    }
+    configuration
 }
 
 const BULK_DATA: &str = "http://hl7.org/fhir/uv/bulkdata";
@@ -178,6 +240,37 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_smart_server_says_so() {
+        let smart = SmartSettings {
+            issuer: "https://auth.example.fr".to_owned(),
+            audience: "https://passerelle.example.fr/fhir".to_owned(),
+            jwks_url: "https://auth.example.fr/certs".to_owned(),
+            authorize_url: None,
+            token_url: Some("https://auth.example.fr/token".to_owned()),
+        };
+        let cs = capability_statement(
+            &crate::service::Catalog::default(),
+            "http://x/fhir",
+            "0",
+            "2026-11-25",
+            Some(&smart),
+        );
+        let security = &cs["rest"][0]["security"];
+        assert_eq!(security["service"][0]["coding"][0]["code"], "SMART-on-FHIR");
+        assert_eq!(
+            security["extension"][0]["extension"],
+            json!([{"url": "token", "valueUri": "https://auth.example.fr/token"}])
+        );
+        let configuration = smart_configuration(&smart);
+        assert_eq!(configuration["issuer"], "https://auth.example.fr");
+        assert_eq!(
+            configuration["token_endpoint"],
+            "https://auth.example.fr/token"
+        );
+        assert!(configuration.get("authorization_endpoint").is_none());
+    }
+
+    #[test]
     fn the_projects_profiles_are_valid_and_listed() {
         let bundle: Value = serde_json::from_str(PROFILES).expect("JSON");
         for entry in bundle["entry"].as_array().expect("entries") {
@@ -208,7 +301,9 @@ mod tests {
             "http://x/fhir",
             "0",
             "2026-11-25",
+            None,
         );
+        assert!(cs["rest"][0].get("security").is_none());
         let resources = cs["rest"][0]["resource"].as_array().expect("resources");
         assert_eq!(resources.len(), R4.resource_types().len());
         let patient = resources

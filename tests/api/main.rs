@@ -3,6 +3,7 @@
 mod acknowledgements;
 mod agreement;
 mod appointments;
+mod auth;
 mod bundles;
 mod careplans;
 mod circles;

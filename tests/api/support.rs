@@ -173,6 +173,7 @@ pub fn test_options() -> ServeOptions {
             smtp: None,
         },
         limits: passerelle::server::RequestLimits::default(),
+        auth: passerelle::auth::AuthSetting::Unset,
     }
 }
 

@@ -11,6 +11,7 @@ use crate::service::{PatchTarget, Scope};
 use crate::state::AppState;
 use crate::store::StoredVersion;
 
+use super::authorize::{self, Narrowing};
 use super::negotiate;
 use super::respond::{Reply, VersionRef};
 use super::route::Route;
@@ -21,8 +22,8 @@ mod searches;
 mod writes;
 
 use operations::{
-    export_delete, export_file, export_kick_off, export_status, metadata, subscription_operation,
-    turnaround, ws_binding_token,
+    export_delete, export_file, export_kick_off, export_status, metadata, smart_configuration,
+    subscription_operation, turnaround, ws_binding_token,
 };
 use reads::{history, read, vread};
 use searches::{care_circle, compartment_search, everything, form_search, search, system_search};
@@ -37,6 +38,10 @@ pub struct FhirRequest {
     pub headers: HeaderMap,
     pub body: Bytes,
     pub base: String,
+    /// Who asks (checked at the edge).
+    pub access: crate::auth::Access,
+    /// How the client's context narrows the request (set by `handle`).
+    pub narrowing: Narrowing,
 }
 
 impl FhirRequest {
@@ -102,15 +107,36 @@ fn not_allowed(method: &Method, route: &Route) -> FhirError {
     FhirError::MethodNotAllowed(format!("{method} is not supported on {}", route.template()))
 }
 
-pub async fn handle(state: &AppState, req: FhirRequest) -> FhirResult<Reply> {
+pub async fn handle(state: &AppState, mut req: FhirRequest) -> FhirResult<Reply> {
     let method = if req.method == Method::HEAD {
         Method::GET
     } else {
         req.method.clone()
     };
     let route = req.route.clone();
+    // A search form's parameters are the URL's and the body's.
+    let mut asked = req.params.clone();
+    if let Route::TypeSearch(_) = route {
+        asked.extend(crate::search::parse_form(&String::from_utf8_lossy(
+            &req.body,
+        )));
+    }
+    let params_in_force = state.rules.catalog.params.current();
+    authorize::check(&req.access, &method, &route, &asked, &params_in_force)?;
+    req.narrowing = authorize::narrowing(&req.access, &method, &route, &asked, &params_in_force)?;
+    if let Narrowing::Member { patient } = &req.narrowing {
+        let (res_type, id) = match &route {
+            Route::Instance(t, id)
+            | Route::Version(t, id, _)
+            | Route::InstanceHistory(t, id)
+            | Route::Everything(t, id) => (t.as_str(), id.as_str()),
+            _ => return Err(FhirError::Internal("a member check off a resource".into())),
+        };
+        in_record(state, &params_in_force, patient, res_type, id).await?;
+    }
     match (&method, &route) {
         (&Method::GET, Route::Metadata) => metadata(state, &req),
+        (&Method::GET, Route::SmartConfiguration) => smart_configuration(state),
         (&Method::POST, Route::System) => transaction(state, &req).await,
         (&Method::GET, Route::System) => system_search(state, &req).await,
         (&Method::GET, Route::Type(t)) => search(state, &req, t, req.criteria(), Scope::Type).await,
@@ -152,6 +178,35 @@ pub async fn handle(state: &AppState, req: FhirRequest) -> FhirResult<Reply> {
             subscription_operation(state, &req, id.as_deref(), op).await
         }
         (m, route) => Err(not_allowed(m, route)),
+    }
+}
+
+/// 404 unless `res_type/id` is in the compartment of `Patient/{patient}`: a
+/// `patient/` token sees nothing outside the patient's record, not even that it
+/// exists.
+async fn in_record(
+    state: &AppState,
+    params_in_force: &crate::search::params::ParamTable,
+    patient: &str,
+    res_type: &str,
+    id: &str,
+) -> FhirResult<()> {
+    let client = state.pool.get().await?;
+    let criteria = [("_id".to_owned(), id.to_owned())];
+    let page = crate::service::search(
+        &client,
+        params_in_force,
+        res_type,
+        &criteria,
+        Handling::Strict,
+        Scope::Compartment("Patient", patient),
+    )
+    .await?;
+    match page.matches.is_empty() {
+        true => Err(FhirError::NotFound(format!(
+            "{res_type}/{id} is not in the patient's record"
+        ))),
+        false => Ok(()),
     }
 }
 

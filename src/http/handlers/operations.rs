@@ -17,8 +17,24 @@ pub(super) fn metadata(state: &AppState, req: &FhirRequest) -> FhirResult<Reply>
         &req.base,
         env!("CARGO_PKG_VERSION"),
         &state.settings.started,
+        state.guard.smart(),
     );
     Ok(Reply::new(StatusCode::OK, Some(cs.to_string())))
+}
+
+/// `GET [base]/.well-known/smart-configuration`: 404 when the server takes no
+/// tokens (there is nothing to configure).
+pub(super) fn smart_configuration(state: &AppState) -> FhirResult<Reply> {
+    let smart = state.guard.smart().ok_or_else(|| {
+        FhirError::NotFound(
+            "this server is not configured for SMART on FHIR (PASSERELLE_AUTH)".into(),
+        )
+    })?;
+    Ok(Reply::raw(
+        StatusCode::OK,
+        "application/json",
+        capability::smart_configuration(smart).to_string(),
+    ))
 }
 
 /// `$export-status`: 202 with `X-Progress` while running, then the manifest.

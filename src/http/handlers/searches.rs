@@ -11,6 +11,7 @@ use crate::service::{self, Scope};
 use crate::state::AppState;
 
 use super::FhirRequest;
+use crate::http::authorize::Narrowing;
 
 /// `GET [base]?_type=…`: one search over several types.
 pub(super) async fn system_search(state: &AppState, req: &FhirRequest) -> FhirResult<Reply> {
@@ -123,6 +124,16 @@ pub(super) async fn search(
         Scope::Type => format!("/{res_type}"),
         Scope::System(_) => String::new(),
     };
+    // Narrowed to what the client may see: the path stays the one asked, the
+    // query gains the scope's restriction.
+    let mut params = params;
+    let mut scope = scope;
+    if let Narrowing::Search { compartment, query } = &req.narrowing {
+        params.extend(query.iter().cloned());
+        if let (Some(patient), Scope::Type) = (compartment, &scope) {
+            scope = Scope::Compartment("Patient", patient);
+        }
+    }
     let params_in_force = state.rules.catalog.params.current();
     let client = state.pool.get().await?;
     let page = service::search(

@@ -19,6 +19,7 @@ pub(super) async fn transaction(state: &AppState, req: &FhirRequest) -> FhirResu
         base: &req.base,
         handling: req.handling(),
         representation: req.prefer("return").as_deref() == Some("representation"),
+        access: &req.access,
     };
     let pool = &state.pool;
     // JSON is read one entry at a time; XML goes through the typed model whole.

@@ -1,0 +1,499 @@
+//! SMART on FHIR: real tokens signed with keys the test generates (RSA and EC),
+//! published as a JWKS by a listener the test starts; the server checks each
+//! token and holds each request against its scopes.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+
+use crate::support::{json_of, outcome_of, TestServer};
+
+const ISSUER: &str = "https://auth.passerelle.test/realms/sante";
+const AUDIENCE: &str = "https://passerelle.test/fhir";
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// A signing key and its public JWK.
+struct Key {
+    kid: String,
+    alg: Algorithm,
+    encoding: EncodingKey,
+    jwk: Value,
+}
+
+fn rsa_key(kid: &str) -> Key {
+    let rsa = openssl::rsa::Rsa::generate(2048).expect("RSA key");
+    let der = rsa.private_key_to_der().expect("DER");
+    Key {
+        kid: kid.to_owned(),
+        alg: Algorithm::RS256,
+        encoding: EncodingKey::from_rsa_der(&der),
+        jwk: json!({"kty": "RSA", "kid": kid, "use": "sig", "alg": "RS256",
+            "n": b64(&rsa.n().to_vec()), "e": b64(&rsa.e().to_vec())}),
+    }
+}
+
+fn ec_key(kid: &str) -> Key {
+    use openssl::{bn, ec, nid, pkey};
+    let group = ec::EcGroup::from_curve_name(nid::Nid::X9_62_PRIME256V1).expect("P-256");
+    let key = ec::EcKey::generate(&group).expect("EC key");
+    let (mut x, mut y) = (bn::BigNum::new().expect("x"), bn::BigNum::new().expect("y"));
+    let mut ctx = bn::BigNumContext::new().expect("ctx");
+    key.public_key()
+        .affine_coordinates(&group, &mut x, &mut y, &mut ctx)
+        .expect("point");
+    let pkcs8 = pkey::PKey::from_ec_key(key)
+        .expect("pkey")
+        .private_key_to_pkcs8()
+        .expect("PKCS#8");
+    Key {
+        kid: kid.to_owned(),
+        alg: Algorithm::ES256,
+        encoding: EncodingKey::from_ec_der(&pkcs8),
+        jwk: json!({"kty": "EC", "crv": "P-256", "kid": kid, "use": "sig", "alg": "ES256",
+            "x": b64(&x.to_vec_padded(32).expect("x")), "y": b64(&y.to_vec_padded(32).expect("y"))}),
+    }
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Claims valid for five minutes, with `scope` and the extra claims given.
+fn claims(scope: &str, extra: Value) -> Value {
+    let mut claims = json!({"iss": ISSUER, "aud": AUDIENCE, "sub": "user-1",
+        "client_id": "dpi-hopital", "iat": now(), "nbf": now() - 5, "exp": now() + 300,
+        "scope": scope});
+    if let (Some(claims), Some(extra)) = (claims.as_object_mut(), extra.as_object()) {
+        claims.extend(extra.clone());
+    }
+    claims
+}
+
+fn sign(key: &Key, claims: &Value) -> String {
+    let mut header = Header::new(key.alg);
+    header.kid = Some(key.kid.clone());
+    jsonwebtoken::encode(&header, claims, &key.encoding).expect("sign")
+}
+
+/// The issuer's JWKS, served by a listener of the test.
+async fn serve_jwks(keys: &[&Key]) -> String {
+    let set = json!({"keys": keys.iter().map(|k| k.jwk.clone()).collect::<Vec<_>>()});
+    let app = axum::Router::new().route(
+        "/certs",
+        axum::routing::get(move || {
+            let set = set.clone();
+            async move { ([("content-type", "application/json")], set.to_string()) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("address");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{address}/certs")
+}
+
+/// A server that requires tokens of the test's issuer (RSA and EC keys
+/// published), and those keys.
+async fn smart_server() -> (TestServer, Key, Key) {
+    let (rsa, ec) = (rsa_key("rsa-1"), ec_key("ec-1"));
+    let jwks_url = serve_jwks(&[&rsa, &ec]).await;
+    let mut options = crate::support::test_options();
+    options.auth = passerelle::auth::AuthSetting::Smart(passerelle::auth::SmartSettings {
+        issuer: ISSUER.to_owned(),
+        audience: AUDIENCE.to_owned(),
+        jwks_url,
+        authorize_url: Some(format!("{ISSUER}/protocol/openid-connect/auth")),
+        token_url: Some(format!("{ISSUER}/protocol/openid-connect/token")),
+    });
+    let s = TestServer::start_on(crate::support::fresh_database().await, options).await;
+    (s, rsa, ec)
+}
+
+async fn get_with(s: &TestServer, path: &str, token: &str) -> reqwest::Response {
+    s.http
+        .get(s.url(path))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("GET")
+}
+
+async fn send_with(
+    s: &TestServer,
+    method: reqwest::Method,
+    path: &str,
+    token: &str,
+    body: &Value,
+) -> reqwest::Response {
+    s.http
+        .request(method, s.url(path))
+        .bearer_auth(token)
+        .header("content-type", "application/fhir+json")
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("send")
+}
+
+/// 401 with a Bearer challenge and an OperationOutcome saying why.
+async fn refused(response: reqwest::Response, why: &str) {
+    let challenge = response
+        .headers()
+        .get("www-authenticate")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        challenge.starts_with("Bearer realm=\"passerelle\""),
+        "{challenge}"
+    );
+    let outcome = outcome_of(response, 401).await;
+    assert_eq!(outcome["issue"][0]["code"], "login");
+    let text = outcome["issue"][0]["diagnostics"].to_string();
+    assert!(text.contains(why), "{why}: {text}");
+}
+
+#[tokio::test]
+async fn only_valid_tokens_of_the_issuer_get_in() {
+    let (s, rsa, ec) = smart_server().await;
+    let all = claims("system/*.*", json!({}));
+
+    // Without a token: a challenge without error code.
+    let bare = s.get("Patient").await;
+    assert_eq!(
+        bare.headers()
+            .get("www-authenticate")
+            .and_then(|v| v.to_str().ok()),
+        Some("Bearer realm=\"passerelle\"")
+    );
+    outcome_of(bare, 401).await;
+    // Signed by either published key: in.
+    for key in [&rsa, &ec] {
+        json_of(get_with(&s, "Patient", &sign(key, &all)).await, 200).await;
+    }
+    // What a client reads to learn how to get a token needs none.
+    let metadata = json_of(s.get("metadata").await, 200).await;
+    assert_eq!(
+        metadata["rest"][0]["security"]["service"][0]["coding"][0]["code"],
+        "SMART-on-FHIR"
+    );
+    let configuration = s
+        .get(".well-known/smart-configuration")
+        .await
+        .json::<Value>()
+        .await
+        .expect("JSON");
+    assert_eq!(configuration["issuer"], ISSUER);
+    assert!(configuration["token_endpoint"]
+        .as_str()
+        .is_some_and(|t| t.ends_with("/token")));
+
+    let expired = claims(
+        "system/*.*",
+        json!({"exp": now() - 120, "nbf": now() - 600}),
+    );
+    refused(
+        get_with(&s, "Patient", &sign(&rsa, &expired)).await,
+        "expired",
+    )
+    .await;
+    let early = claims(
+        "system/*.*",
+        json!({"nbf": now() + 600, "exp": now() + 900}),
+    );
+    refused(
+        get_with(&s, "Patient", &sign(&rsa, &early)).await,
+        "not valid yet",
+    )
+    .await;
+    let elsewhere = claims("system/*.*", json!({"iss": "https://other.example"}));
+    refused(
+        get_with(&s, "Patient", &sign(&ec, &elsewhere)).await,
+        "issuer",
+    )
+    .await;
+    let other_server = claims("system/*.*", json!({"aud": "https://other.example/fhir"}));
+    refused(
+        get_with(&s, "Patient", &sign(&rsa, &other_server)).await,
+        "aud",
+    )
+    .await;
+    // Signed by a key the issuer does not publish, claiming a published kid.
+    let mut impostor = rsa_key("rsa-1");
+    impostor.kid = "rsa-1".to_owned();
+    refused(
+        get_with(&s, "Patient", &sign(&impostor, &all)).await,
+        "signature",
+    )
+    .await;
+    // A kid the issuer does not have (the JWKS is fetched again, in vain).
+    let stranger = ec_key("ec-unknown");
+    refused(
+        get_with(&s, "Patient", &sign(&stranger, &all)).await,
+        "not among",
+    )
+    .await;
+    // `alg: none`, unsigned.
+    let unsigned = format!(
+        "{}.{}.",
+        b64(br#"{"alg":"none","typ":"JWT"}"#),
+        b64(all.to_string().as_bytes())
+    );
+    refused(get_with(&s, "Patient", &unsigned).await, "well-formed").await;
+    // A shared-secret signature (HS256): not a server's key.
+    let mut header = Header::new(Algorithm::HS256);
+    header.kid = Some("rsa-1".to_owned());
+    let hmac =
+        jsonwebtoken::encode(&header, &all, &EncodingKey::from_secret(b"secret")).expect("sign");
+    refused(get_with(&s, "Patient", &hmac).await, "not accepted").await;
+    // A valid token whose claims were changed after signing.
+    let token = sign(&rsa, &claims("patient/Patient.r", json!({"patient": "p1"})));
+    let parts: Vec<&str> = token.split('.').collect();
+    let tampered = format!(
+        "{}.{}.{}",
+        parts[0],
+        b64(all.to_string().as_bytes()),
+        parts[2]
+    );
+    refused(get_with(&s, "Patient", &tampered).await, "signature").await;
+    // Not a bearer token at all.
+    let basic = s
+        .http
+        .get(s.url("Patient"))
+        .header("authorization", "Basic dXNlcjpwYXNz")
+        .send()
+        .await
+        .expect("GET");
+    refused(basic, "Bearer").await;
+}
+
+#[tokio::test]
+async fn scopes_limit_types_and_interactions() {
+    let (s, rsa, _) = smart_server().await;
+    let admin = sign(&rsa, &claims("system/*.*", json!({})));
+    let patient = json!({"resourceType": "Patient", "id": "sc-1", "name": [{"family": "Vialle"}]});
+    json_of(
+        send_with(&s, reqwest::Method::PUT, "Patient/sc-1", &admin, &patient).await,
+        201,
+    )
+    .await;
+    let encounter = json!({"resourceType": "Encounter", "id": "sc-e1", "status": "finished",
+        "class": {"code": "AMB"}, "subject": {"reference": "Patient/sc-1"}});
+    json_of(
+        send_with(
+            &s,
+            reqwest::Method::PUT,
+            "Encounter/sc-e1",
+            &admin,
+            &encounter,
+        )
+        .await,
+        201,
+    )
+    .await;
+
+    // v1 read of Patients only, as a practitioner's app.
+    let reader = sign(
+        &rsa,
+        &claims(
+            "openid fhirUser user/Patient.read",
+            json!({"fhirUser": "Practitioner/dr-1"}),
+        ),
+    );
+    json_of(get_with(&s, "Patient/sc-1", &reader).await, 200).await;
+    json_of(get_with(&s, "Patient?family=Vialle", &reader).await, 200).await;
+    for (path, what) in [
+        ("Encounter/sc-e1", "'r' on Encounter"),
+        ("Encounter?subject=Patient/sc-1", "'s' on Encounter"),
+        ("Patient?_revinclude=Encounter:subject", "'r' on Encounter"),
+        (
+            "Patient?_has:Encounter:subject:status=finished",
+            "'s' on Encounter",
+        ),
+        ("_history", "'s' on *"),
+    ] {
+        let denied = outcome_of(get_with(&s, path, &reader).await, 403).await;
+        assert!(denied.to_string().contains(what), "{path}: {denied}");
+    }
+    let write = send_with(&s, reqwest::Method::PUT, "Patient/sc-1", &reader, &patient).await;
+    outcome_of(write, 403).await;
+
+    // v2: create and search Encounters, nothing else.
+    let writer = sign(&rsa, &claims("system/Encounter.cs", json!({})));
+    let new = json!({"resourceType": "Encounter", "status": "planned", "class": {"code": "AMB"}});
+    json_of(
+        send_with(&s, reqwest::Method::POST, "Encounter", &writer, &new).await,
+        201,
+    )
+    .await;
+    outcome_of(get_with(&s, "Encounter/sc-e1", &writer).await, 403).await;
+    let search = json_of(get_with(&s, "Encounter?status=planned", &writer).await, 200).await;
+    assert_eq!(search["total"], 1);
+
+    // Bundles: each entry held against the scopes; a transaction with one entry
+    // refused writes nothing, a batch answers that entry alone.
+    let entries = json!([
+        {"resource": {"resourceType": "Encounter", "status": "planned", "class": {"code": "AMB"}},
+         "request": {"method": "POST", "url": "Encounter"}},
+        {"resource": {"resourceType": "Patient", "name": [{"family": "Refusé"}]},
+         "request": {"method": "POST", "url": "Patient"}}]);
+    let transaction = json!({"resourceType": "Bundle", "type": "transaction", "entry": entries});
+    let refused = send_with(&s, reqwest::Method::POST, "", &writer, &transaction).await;
+    let outcome = outcome_of(refused, 403).await;
+    assert!(outcome.to_string().contains("Bundle.entry[1]"), "{outcome}");
+    let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": entries});
+    let answered = json_of(
+        send_with(&s, reqwest::Method::POST, "", &writer, &batch).await,
+        200,
+    )
+    .await;
+    assert_eq!(answered["entry"][0]["response"]["status"], "201 Created");
+    assert_eq!(answered["entry"][1]["response"]["status"], "403");
+    let planned = json_of(get_with(&s, "Encounter?status=planned", &writer).await, 200).await;
+    assert_eq!(planned["total"], 2);
+    let refused = json_of(get_with(&s, "Patient?family=Refusé", &admin).await, 200).await;
+    assert_eq!(refused["total"], 0);
+}
+
+#[tokio::test]
+async fn a_patient_token_sees_the_patients_record_and_nothing_else() {
+    let (s, rsa, _) = smart_server().await;
+    let admin = sign(&rsa, &claims("system/*.*", json!({})));
+    let category = |code: &str| json!([{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": code}]}]);
+    let mut resources =
+        vec![json!({"resourceType": "Practitioner", "id": "pt-dr", "name": [{"family": "Mas"}]})];
+    for p in ["pt-1", "pt-2"] {
+        resources.push(json!({"resourceType": "Patient", "id": p}));
+        resources.push(
+            json!({"resourceType": "Encounter", "id": format!("{p}-stay"), "status": "finished",
+            "class": {"code": "AMB"}, "subject": {"reference": format!("Patient/{p}")}}),
+        );
+        for code in ["laboratory", "vital-signs"] {
+            resources.push(json!({"resourceType": "Observation", "id": format!("{p}-{code}"), "status": "final",
+                "category": category(code), "code": {"text": code},
+                "subject": {"reference": format!("Patient/{p}")}}));
+        }
+    }
+    for r in &resources {
+        let path = format!(
+            "{}/{}",
+            r["resourceType"].as_str().expect("type"),
+            r["id"].as_str().expect("id")
+        );
+        json_of(
+            send_with(&s, reqwest::Method::PUT, &path, &admin, r).await,
+            201,
+        )
+        .await;
+    }
+    let app = sign(
+        &rsa,
+        &claims(
+            "launch/patient patient/*.rs patient/Observation.rs?category=http://terminology.hl7.org/CodeSystem/observation-category|laboratory",
+            json!({"patient": "pt-1"}),
+        ),
+    );
+    let ids = |bundle: &Value| -> Vec<String> {
+        let mut ids: Vec<String> = bundle["entry"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e["resource"]["id"].as_str().map(str::to_owned))
+            .collect();
+        ids.sort();
+        ids
+    };
+    let encounters = json_of(get_with(&s, "Encounter", &app).await, 200).await;
+    assert_eq!(ids(&encounters), ["pt-1-stay"]);
+    assert_eq!(encounters["total"], 1);
+    json_of(get_with(&s, "Encounter/pt-1-stay", &app).await, 200).await;
+    json_of(get_with(&s, "Patient/pt-1", &app).await, 200).await;
+    json_of(get_with(&s, "Patient/pt-1/$everything", &app).await, 200).await;
+    json_of(get_with(&s, "Patient/pt-1/Encounter", &app).await, 200).await;
+    // The other patient's record does not exist for this token.
+    for path in [
+        "Encounter/pt-2-stay",
+        "Encounter/pt-2-stay/_history",
+        "Patient/pt-2",
+        "Patient/pt-2/$everything",
+        "Patient/pt-2/Encounter",
+        "Patient/pt-2/$care-circle",
+        "Observation/pt-2-laboratory",
+    ] {
+        outcome_of(get_with(&s, path, &app).await, 404).await;
+    }
+    let patients = json_of(get_with(&s, "Patient", &app).await, 200).await;
+    assert_eq!(ids(&patients), ["pt-1"]);
+    // Directory data is not the patient's record.
+    let practitioners = json_of(get_with(&s, "Practitioner", &app).await, 200).await;
+    assert_eq!(ids(&practitioners), ["pt-dr"]);
+    // Observations: the patient's, of both categories (patient/*.rs is wider
+    // than the restricted scope).
+    let observations = json_of(get_with(&s, "Observation", &app).await, 200).await;
+    assert_eq!(ids(&observations), ["pt-1-laboratory", "pt-1-vital-signs"]);
+    // A restricted scope alone: the laboratory results only.
+    let lab_only = sign(
+        &rsa,
+        &claims(
+            "patient/Observation.rs?category=http://terminology.hl7.org/CodeSystem/observation-category|laboratory",
+            json!({"patient": "pt-1"}),
+        ),
+    );
+    let labs = json_of(get_with(&s, "Observation", &lab_only).await, 200).await;
+    assert_eq!(ids(&labs), ["pt-1-laboratory"]);
+    outcome_of(
+        get_with(&s, "Observation/pt-1-laboratory", &lab_only).await,
+        403,
+    )
+    .await;
+    // What cannot be narrowed to the record yet is refused.
+    for path in ["_history", "Encounter?_revinclude=Observation:encounter"] {
+        outcome_of(get_with(&s, path, &app).await, 403).await;
+    }
+    let write = send_with(
+        &s,
+        reqwest::Method::PUT,
+        "Patient/pt-1",
+        &app,
+        &json!({"resourceType": "Patient", "id": "pt-1"}),
+    )
+    .await;
+    outcome_of(write, 403).await;
+    // patient/ scopes without a patient in context grant nothing.
+    let no_context = sign(&rsa, &claims("patient/*.rs", json!({})));
+    outcome_of(get_with(&s, "Encounter", &no_context).await, 403).await;
+}
+
+/// Without PASSERELLE_AUTH the server refuses to listen beyond loopback, before
+/// it touches the database.
+#[test]
+fn without_authentication_the_server_stays_on_loopback() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_passerelle"))
+        .args(["serve"])
+        .env("PASSERELLE_LISTEN", "0.0.0.0:0")
+        .env_remove("PASSERELLE_AUTH")
+        .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
+        .output()
+        .expect("run passerelle");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("PASSERELLE_AUTH=smart"), "{stderr}");
+    let incomplete = std::process::Command::new(env!("CARGO_BIN_EXE_passerelle"))
+        .args(["serve"])
+        .env("PASSERELLE_AUTH", "smart")
+        .env("PASSERELLE_AUTH_ISSUER", ISSUER)
+        .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
+        .output()
+        .expect("run passerelle");
+    assert!(!incomplete.status.success());
+    let stderr = String::from_utf8_lossy(&incomplete.stderr);
+    assert!(stderr.contains("PASSERELLE_AUTH_AUDIENCE"), "{stderr}");
+}
