@@ -3,6 +3,7 @@
 //! and the clock, the write path learns what to refuse and what to write with it,
 //! in the same transaction.
 
+pub mod access;
 pub mod acknowledgement;
 pub mod appointment;
 pub mod careplan;

@@ -158,26 +158,89 @@ pub fn check(
     Ok(())
 }
 
+/// Whose records a client may see of a type, once its scopes allow it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Holder {
+    /// Every resource of the type (`system/` scopes, directory types).
+    Free,
+    /// The record of one patient (`patient/` scopes, or `user/` scopes of a
+    /// patient's own app).
+    Patient(String),
+    /// The records of the patients whose care circle names these members now
+    /// (`user/` scopes of a practitioner, `fhirUser`).
+    Circle(Vec<(String, String)>),
+}
+
 /// How the client's context narrows a request its scopes allow.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Narrowing {
     /// Served as asked.
     None,
-    /// A search of a type narrowed to the patient's compartment (`patient/`
-    /// scopes) and to the query of a restricted scope (`?category=…`).
+    /// A search narrowed to whose records the client may see, and to the query
+    /// of a restricted scope (`?category=…`).
     Search {
-        compartment: Option<String>,
+        holder: Holder,
         query: Vec<(String, String)>,
     },
-    /// A read of a resource of the patient's record: served only if it is in the
-    /// patient's compartment (404 otherwise, as if it did not exist).
-    Member { patient: String },
+    /// A request about one resource, served only if the client may see it (404
+    /// otherwise, as if it did not exist): a read, or the resource a write
+    /// replaces or an operation is about.
+    Member {
+        holder: Holder,
+        res_type: String,
+        id: String,
+    },
 }
 
-/// How a `patient/` context, or a scope restricted to a query, narrows what the
-/// request asks for; 403 for what cannot be narrowed yet (writes, histories
-/// across resources, exports, Bundles and includes of the patient's record
-/// under a `patient/` context), 404 for another patient's compartment. Pure.
+/// Who a `user/` token stands for, as members of care circles.
+fn user_members(access: &Access) -> FhirResult<Holder> {
+    let Access::Token(principal) = access else {
+        return Ok(Holder::Free);
+    };
+    let user = principal.fhir_user.as_deref().unwrap_or_default();
+    // fhirUser may be absolute: its last two segments name the resource.
+    let mut segments = user.rsplit('/');
+    let (id, t) = (
+        segments.next().unwrap_or_default(),
+        segments.next().unwrap_or_default(),
+    );
+    match t {
+        "Patient" => Ok(Holder::Patient(id.to_owned())),
+        "Practitioner" | "PractitionerRole" if !id.is_empty() => {
+            Ok(Holder::Circle(vec![(t.to_owned(), id.to_owned())]))
+        }
+        _ => Err(FhirError::Forbidden(
+            "user/ scopes on a patient's record need a fhirUser claim naming a Practitioner, PractitionerRole or Patient".to_owned(),
+        )),
+    }
+}
+
+/// Whose records of `res_type` the client may see for `interaction`.
+pub fn holder(access: &Access, res_type: &str, interaction: Interaction) -> FhirResult<Holder> {
+    use crate::auth::scopes::{Context, Decision};
+    if !crate::search::compartment::in_patient_compartment(res_type) {
+        return Ok(Holder::Free);
+    }
+    let context = match access.decide(res_type, interaction) {
+        Decision::Allowed(context) => context,
+        Decision::Restricted(list) => list.first().map_or(Context::System, |(c, _)| *c),
+        Decision::Denied => Context::System,
+    };
+    match context {
+        Context::System => Ok(Holder::Free),
+        Context::Patient => Ok(Holder::Patient(
+            access.patient().unwrap_or_default().to_owned(),
+        )),
+        Context::User => user_members(access),
+    }
+}
+
+/// How the client's context narrows what the request asks for: searches run
+/// within whose records it may see, a request about one resource answers only if
+/// it may see it; 403 for what cannot be narrowed yet (writes by criteria,
+/// histories across resources, exports, searches reaching records through
+/// includes, chains or `_has`), under a `patient/` or practitioner's context.
+/// Pure.
 pub fn narrowing(
     access: &Access,
     method: &Method,
@@ -185,88 +248,90 @@ pub fn narrowing(
     params: &[(String, String)],
     table: &ParamTable,
 ) -> FhirResult<Narrowing> {
-    use crate::auth::scopes::{Context, Decision};
-    use crate::search::compartment::in_patient_compartment;
-    let Access::Token(principal) = access else {
+    use crate::auth::scopes::Decision;
+    use Interaction::*;
+    if let Access::Open = access {
         return Ok(Narrowing::None);
-    };
-    let patient = principal.patient.clone().unwrap_or_default();
-    // Served in the patient's context, for a type of the patient's record.
-    let narrowed = |t: &str, i: Interaction| {
-        in_patient_compartment(t)
-            && match access.decide(t, i) {
-                Decision::Allowed(context) => context == Context::Patient,
-                Decision::Restricted(list) => list.iter().any(|(c, _)| *c == Context::Patient),
-                Decision::Denied => false,
-            }
-    };
+    }
     let not_yet = |what: &str| {
         FhirError::Forbidden(format!(
-            "{what} is not available to a token of patient/ scopes yet: search and read the patient's record"
+            "{what} is not available yet to a token held to a patient's record or a care circle"
         ))
     };
-    let elsewhere = || FhirError::NotFound("not found in the patient's record".to_owned());
-    let search = matches!(route, Route::TypeSearch(_))
-        || (matches!(route, Route::Type(_)) && (*method == Method::GET || *method == Method::HEAD));
+    let member = |holder: Holder, res_type: &str, id: &str| match holder {
+        Holder::Free => Narrowing::None,
+        holder => Narrowing::Member {
+            holder,
+            res_type: res_type.to_owned(),
+            id: id.to_owned(),
+        },
+    };
+    let get = *method == Method::GET || *method == Method::HEAD;
+    let search = matches!(route, Route::TypeSearch(_)) || (matches!(route, Route::Type(_)) && get);
     match route {
         Route::Type(t) | Route::TypeSearch(t) if search => {
             for (reached, interaction) in crate::auth::search_reaches(t, params, table) {
-                if narrowed(&reached, interaction) {
-                    return Err(not_yet("reaching the patient's record through _include, _revinclude, chains or _has"));
+                if holder(access, &reached, interaction)? != Holder::Free {
+                    return Err(not_yet(
+                        "reaching a patient's record through _include, _revinclude, chains or _has",
+                    ));
                 }
             }
-            let query = match access.decide(t, Interaction::Search) {
+            let query = match access.decide(t, Search) {
                 Decision::Restricted(list) if list.len() > 1 => {
                     return Err(FhirError::Forbidden(format!(
-                        "several restricted scopes allow searching {t}: search with one of their queries at a time is not supported yet"
+                        "several restricted scopes allow searching {t}: searching with several restrictions is not supported yet"
                     )))
                 }
                 Decision::Restricted(list) => list[0].1.to_vec(),
                 _ => Vec::new(),
             };
-            let compartment = narrowed(t, Interaction::Search).then_some(patient);
-            match (compartment.is_none(), query.is_empty()) {
-                (true, true) => Ok(Narrowing::None),
-                _ => Ok(Narrowing::Search { compartment, query }),
+            let holder = holder(access, t, Search)?;
+            match (&holder, query.is_empty()) {
+                (Holder::Free, true) => Ok(Narrowing::None),
+                _ => Ok(Narrowing::Search { holder, query }),
             }
         }
-        Route::Instance(t, _) | Route::Version(t, ..) | Route::InstanceHistory(t, _)
-            if *method == Method::GET || *method == Method::HEAD =>
+        Route::Instance(t, id) | Route::Version(t, id, _) | Route::InstanceHistory(t, id)
+            if get =>
         {
-            Ok(match narrowed(t, Interaction::Read) {
-                true => Narrowing::Member { patient },
-                false => Narrowing::None,
-            })
+            Ok(member(holder(access, t, Read)?, t, id))
         }
-        Route::Compartment(c, id, t)
-            if narrowed(c, Interaction::Read) || narrowed(t, Interaction::Search) =>
-        {
-            match *id == patient {
-                true => Ok(Narrowing::None),
-                false => Err(elsewhere()),
-            }
+        // A write replaces a resource the client must see; what it writes is
+        // held by the handler once parsed.
+        Route::Instance(t, id) => {
+            let interaction = if *method == Method::DELETE {
+                Delete
+            } else {
+                Update
+            };
+            Ok(member(holder(access, t, interaction)?, t, id))
         }
-        Route::Everything(t, id) if narrowed(t, Interaction::Read) => {
-            match (t.as_str(), *id == patient) {
-                ("Patient", true) => Ok(Narrowing::None),
-                ("Patient", false) => Err(elsewhere()),
-                _ => Ok(Narrowing::Member { patient }),
-            }
+        Route::Type(t) if *method == Method::POST => Ok(match holder(access, t, Create)? {
+            Holder::Free => Narrowing::None,
+            holder => Narrowing::Member {
+                holder,
+                res_type: t.clone(),
+                id: String::new(),
+            },
+        }),
+        // The patient's record, or a stay's: the patient, or the stay, must be seen.
+        Route::Compartment(c, id, _) | Route::Everything(c, id) => {
+            Ok(member(holder(access, c, Read)?, c, id))
         }
-        Route::CareCircle(id) if narrowed("Patient", Interaction::Read) => match *id == patient {
-            true => Ok(Narrowing::None),
-            false => Err(elsewhere()),
-        },
+        Route::CareCircle(id) => Ok(member(holder(access, "Patient", Read)?, "Patient", id)),
         _ => {
-            let touches = needs(method, route, params, table).iter().any(|(t, i)| {
-                narrowed(t, *i)
-                    || (t == EVERY_TYPE
-                        && matches!(access.decide(t, *i), Decision::Allowed(Context::Patient)))
-            });
-            match touches {
-                true => Err(not_yet(route.template())),
-                false => Ok(Narrowing::None),
+            for (t, interaction) in needs(method, route, params, table) {
+                let held = match t == EVERY_TYPE {
+                    // Every type: held as the widest record type is.
+                    true => holder(access, "Patient", interaction)?,
+                    false => holder(access, &t, interaction)?,
+                };
+                if held != Holder::Free {
+                    return Err(not_yet(route.template()));
+                }
             }
+            Ok(Narrowing::None)
         }
     }
 }

@@ -77,6 +77,39 @@ pub fn patient_membership_params() -> Vec<String> {
         .collect()
 }
 
+/// The types of a patient's record, and the (type, parameter) pairs that put a
+/// resource in a Patient's compartment.
+pub fn patient_record() -> (Vec<String>, Vec<(String, String)>) {
+    let mut types: Vec<String> = PATIENT_COMPARTMENT.keys().cloned().collect();
+    if !types.iter().any(|t| t == "Patient") {
+        types.push("Patient".to_owned());
+    }
+    types.sort();
+    let mut pairs: Vec<(String, String)> = PATIENT_COMPARTMENT
+        .iter()
+        .flat_map(|(t, params)| params.iter().map(move |p| (t.clone(), p.clone())))
+        .collect();
+    pairs.sort();
+    (types, pairs)
+}
+
+/// The patients whose compartment a resource of `resource_type` with these
+/// index rows belongs to (not the Patient itself).
+pub fn patients_of(resource_type: &str, rows: &super::index::IndexRows) -> Vec<String> {
+    let Some(params) = PATIENT_COMPARTMENT.get(resource_type) else {
+        return Vec::new();
+    };
+    let mut patients: Vec<String> = rows
+        .references
+        .iter()
+        .filter(|r| params.contains(&r.param) && r.target_type.as_deref() == Some("Patient"))
+        .filter_map(|r| r.target_id.clone())
+        .collect();
+    patients.sort();
+    patients.dedup();
+    patients
+}
+
 /// Whether resources of `resource_type` can be in a Patient's compartment (part
 /// of a patient's record; the others are directory data).
 pub fn in_patient_compartment(resource_type: &str) -> bool {

@@ -93,9 +93,21 @@ pub struct UriRow {
     pub grp: i32,
 }
 
+/// A member of a patient's care circle that a resource names (filled by the
+/// write path from `coordination::access`, not by the search parameters).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CircleRow {
+    pub patient_id: String,
+    pub member_type: String,
+    pub member_id: String,
+    /// `None`: while the resource says so.
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
+}
+
 /// Every index row of one resource.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct IndexRows {
+    pub circle: Vec<CircleRow>,
     pub strings: Vec<StringRow>,
     pub tokens: Vec<TokenRow>,
     pub references: Vec<ReferenceRow>,

@@ -117,9 +117,11 @@ fn condition(tested: &Condition, s: &Subject<'_>) -> Truth {
         Condition::AnyOf(conditions) => conditions
             .iter()
             .fold(Truth::No, |acc, c| acc.or(condition(c, s))),
-        Condition::SameRow { .. } | Condition::Chain { .. } | Condition::Has { .. } => {
-            Truth::Unknown
-        }
+        // Who is in a circle is the database's to say.
+        Condition::SameRow { .. }
+        | Condition::Chain { .. }
+        | Condition::Has { .. }
+        | Condition::InCircle(_) => Truth::Unknown,
     }
 }
 

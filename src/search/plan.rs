@@ -115,6 +115,10 @@ pub enum Condition {
         param: String,
         inner: Box<Condition>,
     },
+    /// The care-circle policy (never parsed from a query): resources not of a
+    /// patient's record, and the records of the patients whose care circle names
+    /// one of these members (type, id), or a role of theirs, now.
+    InCircle(Vec<(String, String)>),
 }
 
 /// A parsed search over one resource type.

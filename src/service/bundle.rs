@@ -41,9 +41,9 @@ pub struct Answering<'a> {
 }
 
 /// Holds an entry against the client's scopes: what its method and target ask,
-/// and, for a search, the types it reaches (403 otherwise). A `patient/` context
-/// is not narrowed inside a Bundle yet: its entries on the patient's record are
-/// refused.
+/// and, for a search, the types it reaches (403 otherwise). A `patient/` or
+/// `user/` context is not narrowed inside a Bundle yet: its entries on a patient's
+/// record are refused.
 fn check_entry(access: &Access, params: &ParamTable, head: &Head) -> FhirResult<()> {
     use crate::auth::scopes::{Context, Interaction::*};
     if let Access::Open = access {
@@ -73,9 +73,9 @@ fn check_entry(access: &Access, params: &ParamTable, head: &Head) -> FhirResult<
     };
     for (t, interaction) in needs.drain(..) {
         let context = access.require(&t, interaction)?;
-        if context == Context::Patient && crate::search::compartment::in_patient_compartment(&t) {
+        if context != Context::System && crate::search::compartment::in_patient_compartment(&t) {
             return Err(FhirError::Forbidden(format!(
-                "Bundle entries on the patient's record ({t}) are not available to a token of patient/ scopes yet"
+                "Bundle entries on a patient's record ({t}) are not available yet to a token held to a patient's record or a care circle (patient/ and user/ scopes)"
             )));
         }
     }
@@ -156,6 +156,7 @@ async fn get_entry(
         &params,
         answering.handling,
         Scope::Type,
+        None,
     )
     .await?;
     let searchset = super::searchset(answering.base, &format!("/{t}"), &params, &page)?;

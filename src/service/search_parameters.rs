@@ -35,7 +35,8 @@ pub async fn reindex(
         };
         after = Some((t.clone(), id.clone()));
         for (res_type, res_id, resource) in &resources {
-            let rows = search::index::extract(params, res_type, resource);
+            let mut rows = search::index::extract(params, res_type, resource);
+            rows.circle = crate::coordination::access::circle_rows(res_type, resource);
             store::reindex_resource(&tx, res_type, res_id, &rows).await?;
         }
         store::commit(tx).await?;

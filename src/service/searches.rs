@@ -23,7 +23,6 @@ pub struct SearchPage {
     pub next: Option<Cursor>,
 }
 
-/// `GET [type]?params`, or `GET [compartment]/[id]/[type]?params` with `compartment`.
 /// What a search covers besides its (first) resource type.
 pub enum Scope<'a> {
     /// `GET [type]?…`
@@ -108,8 +107,13 @@ pub async fn search(
     params: &[(String, String)],
     handling: Handling,
     scope: Scope<'_>,
+    circle: Option<&[(String, String)]>,
 ) -> FhirResult<SearchPage> {
     let mut plan = search::parse(params_in_force, res_type, params, handling)?;
+    if let Some(members) = circle {
+        plan.conditions
+            .push(search::Condition::InCircle(members.to_vec()));
+    }
     if let Scope::System(types) = &scope {
         // Every type must understand every parameter: parse for each, strictly.
         for other in types.iter().filter(|t| *t != res_type) {

@@ -113,7 +113,8 @@ fn stamped(
     mut resource: Value,
 ) -> FhirResult<(String, IndexRows)> {
     fhir::stamp(&mut resource, res_id, version_id, last_updated);
-    let index = index::extract(params, res_type, &resource);
+    let mut index = index::extract(params, res_type, &resource);
+    index.circle = coordination::access::circle_rows(res_type, &resource);
     let json = serde_json::to_string(&resource)
         .map_err(|e| FhirError::Internal(format!("serialising a resource: {e}")))?;
     Ok((json, index))

@@ -19,6 +19,7 @@ const TABLES: &[&str] = &[
     "search_number",
     "search_quantity",
     "search_uri",
+    "circle_member",
 ];
 
 type Column = (Box<dyn ToSql + Sync + Send>, &'static str);
@@ -176,6 +177,22 @@ pub fn ctes(q: &mut SqlCondition, owners: &[Owned<'_>], replace: bool) -> Vec<St
                 instants(d, |r| r.2.low),
                 instants(d, |r| r.2.high),
                 groups(d, |r| r.2.grp),
+            ]
+        }),
+    );
+    let cm = flat(owners, |r| &r.circle);
+    insert(
+        "circle_member",
+        "patient_id, member_type, member_id, until",
+        "c2, c3, c4, c5",
+        with_owner(&cm, |cm| {
+            let until: Vec<Option<DateTime<Utc>>> = cm.iter().map(|r| r.2.until).collect();
+            vec![
+                text(cm, |r| Some(&r.2.patient_id)),
+                text(cm, |r| Some(&r.2.member_type)),
+                text(cm, |r| Some(&r.2.member_id)),
+                (Box::new(until), "timestamptz"),
+                groups(cm, |_| 0),
             ]
         }),
     );

@@ -51,6 +51,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "NdE subscribers",
         include_str!("migrations/0009_nde_subscribers.sql"),
     ),
+    (
+        10,
+        "care circle members",
+        include_str!("migrations/0010_care_circle_members.sql"),
+    ),
 ];
 
 /// Arbitrary constant naming the migration lock.

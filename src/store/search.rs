@@ -257,3 +257,28 @@ pub async fn matching_ids(
     let rows = client.query(&sql, &query.param_refs()).await?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
+
+/// Whether the care circle of each of `patients` names one of `members` (or a
+/// role of theirs) now.
+pub async fn circle_covers(
+    client: &impl GenericClient,
+    members: &[(String, String)],
+    patients: &[String],
+) -> FhirResult<bool> {
+    if patients.is_empty() {
+        return Ok(true);
+    }
+    let (types, ids): (Vec<String>, Vec<String>) = members.iter().cloned().unzip();
+    let mine = search_sql::members_sql("$1", "$2");
+    let sql = format!(
+        "SELECT count(DISTINCT m.patient_id) FROM circle_member m \
+         WHERE m.patient_id = ANY($3::text[]) AND (m.member_type, m.member_id) IN ({mine}) \
+           AND (m.until IS NULL OR m.until > now())"
+    );
+    let mut wanted = patients.to_vec();
+    wanted.sort();
+    wanted.dedup();
+    let row = client.query_one(&sql, &[&types, &ids, &wanted]).await?;
+    let covered: i64 = row.get(0);
+    Ok(covered == wanted.len() as i64)
+}

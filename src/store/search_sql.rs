@@ -159,6 +159,7 @@ fn render(sql: &mut SqlCondition, a: &str, depth: usize, condition: &Condition) 
                 exists
             }
         }
+        Condition::InCircle(members) => circle_clause(sql, a, members),
         Condition::AnyOf(conditions) => {
             let alternatives: Vec<String> = conditions
                 .iter()
@@ -288,6 +289,49 @@ fn composite_clause(
     }
     sql_text.push(')');
     sql_text
+}
+
+/// The (type, id) of a user given as the arrays `mt` and `mi` (bound
+/// parameters), with her PractitionerRoles (of a Practitioner) and her
+/// Practitioner (of a PractitionerRole): a query of two text columns.
+pub fn members_sql(mt: &str, mi: &str) -> String {
+    let me = format!("SELECT * FROM unnest({mt}::text[], {mi}::text[])");
+    format!(
+        "{me} \
+         UNION ALL SELECT 'PractitionerRole', x.res_id FROM search_reference x \
+           WHERE x.res_type = 'PractitionerRole' AND x.param = 'practitioner' \
+             AND (x.target_type, x.target_id) IN ({me}) \
+         UNION ALL SELECT x.target_type, x.target_id FROM search_reference x \
+           WHERE x.res_type = 'PractitionerRole' AND x.param = 'practitioner' \
+             AND x.target_type IS NOT NULL AND (x.res_type, x.res_id) IN ({me})"
+    )
+}
+
+/// The care-circle policy on the resource row `a`: a type that is not part of a
+/// patient's record, or a record of a patient whose circle (`circle_member`) names
+/// one of `members` now. A Practitioner's PractitionerRoles are hers, and a
+/// PractitionerRole's Practitioner.
+fn circle_clause(sql: &mut SqlCondition, a: &str, members: &[(String, String)]) -> String {
+    let (types, ids): (Vec<String>, Vec<String>) = members.iter().cloned().unzip();
+    let (mt, mi) = (sql.bind(Box::new(types)), sql.bind(Box::new(ids)));
+    let (record_types, pairs) = crate::search::compartment::patient_record();
+    let (pair_types, pair_params): (Vec<String>, Vec<String>) = pairs.into_iter().unzip();
+    let rt = sql.bind(Box::new(record_types));
+    let (ct, cp) = (
+        sql.bind(Box::new(pair_types)),
+        sql.bind(Box::new(pair_params)),
+    );
+    let mine = members_sql(&mt, &mi);
+    format!(
+        "({a}.res_type <> ALL({rt}::text[]) OR EXISTS (SELECT 1 FROM circle_member m \
+          WHERE (m.member_type, m.member_id) IN ({mine}) \
+            AND (m.until IS NULL OR m.until > now()) \
+            AND (({a}.res_type = 'Patient' AND m.patient_id = {a}.res_id) \
+                 OR m.patient_id IN (SELECT x.target_id FROM search_reference x \
+                   WHERE x.res_type = {a}.res_type AND x.res_id = {a}.res_id \
+                     AND x.target_type = 'Patient' \
+                     AND (x.res_type, x.param) IN (SELECT * FROM unnest({ct}::text[], {cp}::text[]))))))"
+    )
 }
 
 /// One `_sort` key as SQL: its expression on the resource row `r` and the SQL type

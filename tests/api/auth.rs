@@ -300,14 +300,9 @@ async fn scopes_limit_types_and_interactions() {
     )
     .await;
 
-    // v1 read of Patients only, as a practitioner's app.
-    let reader = sign(
-        &rsa,
-        &claims(
-            "openid fhirUser user/Patient.read",
-            json!({"fhirUser": "Practitioner/dr-1"}),
-        ),
-    );
+    // v1 read of Patients only, as a backend service (a practitioner's app is
+    // held to her care circles besides: see below).
+    let reader = sign(&rsa, &claims("system/Patient.read", json!({})));
     json_of(get_with(&s, "Patient/sc-1", &reader).await, 200).await;
     json_of(get_with(&s, "Patient?family=Vialle", &reader).await, 200).await;
     for (path, what) in [
@@ -496,4 +491,211 @@ fn without_authentication_the_server_stays_on_loopback() {
     assert!(!incomplete.status.success());
     let stderr = String::from_utf8_lossy(&incomplete.stderr);
     assert!(stderr.contains("PASSERELLE_AUTH_AUDIENCE"), "{stderr}");
+}
+
+/// The ids of a searchset's matches, sorted.
+fn ids_of(bundle: &Value) -> Vec<String> {
+    let mut ids: Vec<String> = bundle["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["search"]["mode"] != "include")
+        .filter_map(|e| e["resource"]["id"].as_str().map(str::to_owned))
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// The care-circle policy: a practitioner's app (`user/` scopes, `fhirUser`)
+/// sees a patient's record only while she, or one of her roles, is in the
+/// patient's care circle; directory data always. Joining the circle (a CareTeam
+/// write) opens the record, leaving it closes it.
+#[tokio::test]
+async fn a_practitioner_sees_the_records_of_her_care_circle_only() {
+    let (s, rsa, _) = smart_server().await;
+    let admin = sign(&rsa, &claims("system/*.*", json!({})));
+    let put = |resource: Value| {
+        let admin = admin.clone();
+        let s = &s;
+        async move {
+            let path = format!(
+                "{}/{}",
+                resource["resourceType"].as_str().expect("type"),
+                resource["id"].as_str().expect("id")
+            );
+            let status = send_with(s, reqwest::Method::PUT, &path, &admin, &resource)
+                .await
+                .status();
+            assert!(status.is_success(), "{path}: {status}");
+        }
+    };
+    for id in ["cc-gp", "cc-outsider", "cc-nurse"] {
+        put(json!({"resourceType": "Practitioner", "id": id})).await;
+    }
+    put(
+        json!({"resourceType": "PractitionerRole", "id": "cc-nurse-role",
+        "practitioner": {"reference": "Practitioner/cc-nurse"}}),
+    )
+    .await;
+    put(json!({"resourceType": "Patient", "id": "cc-a", "identifier": [{"system": "urn:oid:1.2.250.1.213.1.4.10", "value": "2700100000001"}],
+        "generalPractitioner": [{"reference": "Practitioner/cc-gp"}]}))
+    .await;
+    put(json!({"resourceType": "Patient", "id": "cc-b"})).await;
+    for p in ["cc-a", "cc-b"] {
+        put(
+            json!({"resourceType": "Encounter", "id": format!("{p}-visit"), "status": "finished",
+            "class": {"code": "AMB"}, "subject": {"reference": format!("Patient/{p}")}}),
+        )
+        .await;
+        put(
+            json!({"resourceType": "Observation", "id": format!("{p}-obs"), "status": "final",
+            "code": {"text": "Poids"}, "subject": {"reference": format!("Patient/{p}")}}),
+        )
+        .await;
+    }
+    put(
+        json!({"resourceType": "CareTeam", "id": "cc-b-home", "status": "active",
+        "subject": {"reference": "Patient/cc-b"},
+        "participant": [{"member": {"reference": "PractitionerRole/cc-nurse-role"}}]}),
+    )
+    .await;
+    let token = |who: &str| {
+        sign(
+            &rsa,
+            &claims(
+                "openid fhirUser user/*.cruds",
+                json!({"fhirUser": format!("Practitioner/{who}")}),
+            ),
+        )
+    };
+    let (gp, nurse, outsider) = (token("cc-gp"), token("cc-nurse"), token("cc-outsider"));
+
+    // The GP: her patient's record, not the other's; the directory whole.
+    json_of(get_with(&s, "Patient/cc-a", &gp).await, 200).await;
+    outcome_of(get_with(&s, "Patient/cc-b", &gp).await, 404).await;
+    let seen = json_of(get_with(&s, "Encounter", &gp).await, 200).await;
+    assert_eq!(ids_of(&seen), ["cc-a-visit"]);
+    assert_eq!(seen["total"], 1);
+    let directory = json_of(get_with(&s, "Practitioner", &gp).await, 200).await;
+    assert_eq!(directory["total"], 3);
+    // The nurse, through her role in the other patient's home team.
+    json_of(get_with(&s, "Patient/cc-b", &nurse).await, 200).await;
+    let seen = json_of(get_with(&s, "Observation", &nurse).await, 200).await;
+    assert_eq!(ids_of(&seen), ["cc-b-obs"]);
+    outcome_of(get_with(&s, "Observation/cc-a-obs", &nurse).await, 404).await;
+
+    // Someone in no circle: nothing of either patient, by any path.
+    let hidden = [
+        "Patient/cc-a",
+        "Patient/cc-b",
+        "Patient/cc-a/_history",
+        "Patient/cc-a/_history/1",
+        "Encounter/cc-a-visit",
+        "Observation/cc-b-obs",
+        "Patient/cc-a/$everything",
+        "Encounter/cc-a-visit/$everything",
+        "Patient/cc-a/Encounter",
+        "Patient/cc-b/$care-circle",
+    ];
+    for path in hidden {
+        outcome_of(get_with(&s, path, &outsider).await, 404).await;
+    }
+    let empty = [
+        "Patient",
+        "Encounter",
+        "Observation",
+        "CareTeam",
+        "Patient?_id=cc-a",
+        "Patient?identifier=urn:oid:1.2.250.1.213.1.4.10|2700100000001",
+        "Encounter?subject=Patient/cc-a",
+        "Observation?patient=cc-b",
+        "Encounter?status=finished",
+        "Observation?code:text=Poids",
+    ];
+    for path in empty {
+        let found = json_of(get_with(&s, path, &outsider).await, 200).await;
+        assert_eq!(found["total"], 0, "{path}: {found}");
+        assert!(ids_of(&found).is_empty(), "{path}");
+    }
+    for path in [
+        "_history",
+        "Encounter?_include=Encounter:subject",
+        "Patient?_revinclude=Observation:subject",
+        "Observation?subject:Patient.identifier=urn:oid:1.2.250.1.213.1.4.10|2700100000001",
+    ] {
+        outcome_of(get_with(&s, path, &outsider).await, 403).await;
+    }
+    let get_entry = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "GET", "url": "Patient/cc-a"}}]});
+    let answered = json_of(
+        send_with(&s, reqwest::Method::POST, "", &outsider, &get_entry).await,
+        200,
+    )
+    .await;
+    assert_eq!(answered["entry"][0]["response"]["status"], "403");
+    // Nor write it: a record it cannot see does not exist; a new one about a
+    // patient outside its circles is refused.
+    let visit = json!({"resourceType": "Encounter", "id": "cc-a-visit", "status": "cancelled",
+        "class": {"code": "AMB"}, "subject": {"reference": "Patient/cc-a"}});
+    let update = send_with(
+        &s,
+        reqwest::Method::PUT,
+        "Encounter/cc-a-visit",
+        &outsider,
+        &visit,
+    )
+    .await;
+    outcome_of(update, 404).await;
+    let delete = s
+        .http
+        .delete(s.url("Observation/cc-a-obs"))
+        .bearer_auth(&outsider)
+        .send()
+        .await
+        .expect("DELETE");
+    outcome_of(delete, 404).await;
+    let note = |p: &str| {
+        json!({"resourceType": "Observation", "status": "final", "code": {"text": "Note"},
+            "subject": {"reference": format!("Patient/{p}")}})
+    };
+    let create = send_with(
+        &s,
+        reqwest::Method::POST,
+        "Observation",
+        &outsider,
+        &note("cc-a"),
+    )
+    .await;
+    outcome_of(create, 403).await;
+    // The GP writes about her patient, not about the other.
+    json_of(
+        send_with(&s, reqwest::Method::POST, "Observation", &gp, &note("cc-a")).await,
+        201,
+    )
+    .await;
+    let create = send_with(&s, reqwest::Method::POST, "Observation", &gp, &note("cc-b")).await;
+    outcome_of(create, 403).await;
+
+    // Joining the patient's circle opens the record; leaving it closes it.
+    let team = |end: Option<&str>| {
+        let mut participant = json!({"member": {"reference": "Practitioner/cc-outsider"},
+            "period": {"start": "2026-01-01"}});
+        if let Some(end) = end {
+            participant["period"]["end"] = json!(end);
+        }
+        json!({"resourceType": "CareTeam", "id": "cc-a-ward", "status": "active",
+            "subject": {"reference": "Patient/cc-a"}, "participant": [participant]})
+    };
+    put(team(None)).await;
+    json_of(get_with(&s, "Patient/cc-a", &outsider).await, 200).await;
+    let seen = json_of(get_with(&s, "Encounter", &outsider).await, 200).await;
+    assert_eq!(ids_of(&seen), ["cc-a-visit"]);
+    put(team(Some("2026-02-01"))).await;
+    outcome_of(get_with(&s, "Patient/cc-a", &outsider).await, 404).await;
+    let seen = json_of(get_with(&s, "Encounter", &outsider).await, 200).await;
+    assert_eq!(seen["total"], 0);
+
+    // user/ scopes with no one named: nothing of any record.
+    let nobody = sign(&rsa, &claims("user/*.rs", json!({})));
+    outcome_of(get_with(&s, "Patient/cc-a", &nobody).await, 403).await;
 }

@@ -11,7 +11,7 @@ use crate::service::{PatchTarget, Scope};
 use crate::state::AppState;
 use crate::store::StoredVersion;
 
-use super::authorize::{self, Narrowing};
+use super::authorize::{self, Holder, Narrowing};
 use super::negotiate;
 use super::respond::{Reply, VersionRef};
 use super::route::Route;
@@ -124,15 +124,19 @@ pub async fn handle(state: &AppState, mut req: FhirRequest) -> FhirResult<Reply>
     let params_in_force = state.rules.catalog.params.current();
     authorize::check(&req.access, &method, &route, &asked, &params_in_force)?;
     req.narrowing = authorize::narrowing(&req.access, &method, &route, &asked, &params_in_force)?;
-    if let Narrowing::Member { patient } = &req.narrowing {
-        let (res_type, id) = match &route {
-            Route::Instance(t, id)
-            | Route::Version(t, id, _)
-            | Route::InstanceHistory(t, id)
-            | Route::Everything(t, id) => (t.as_str(), id.as_str()),
-            _ => return Err(FhirError::Internal("a member check off a resource".into())),
-        };
-        in_record(state, &params_in_force, patient, res_type, id).await?;
+    if let Narrowing::Member {
+        holder,
+        res_type,
+        id,
+    } = &req.narrowing
+    {
+        let writes = matches!(method, Method::POST | Method::PUT | Method::PATCH);
+        if !id.is_empty() {
+            visible(state, &params_in_force, holder, res_type, id, writes).await?;
+        }
+        if writes {
+            held_content(state, &req, &params_in_force, holder, res_type, id).await?;
+        }
     }
     match (&method, &route) {
         (&Method::GET, Route::Metadata) => metadata(state, &req),
@@ -181,32 +185,86 @@ pub async fn handle(state: &AppState, mut req: FhirRequest) -> FhirResult<Reply>
     }
 }
 
-/// 404 unless `res_type/id` is in the compartment of `Patient/{patient}`: a
-/// `patient/` token sees nothing outside the patient's record, not even that it
-/// exists.
-async fn in_record(
+/// 404 unless the client may see `res_type/id`, as if it did not exist; for a
+/// write (`creates`), a resource that does not exist yet may be created.
+async fn visible(
     state: &AppState,
     params_in_force: &crate::search::params::ParamTable,
-    patient: &str,
+    holder: &Holder,
     res_type: &str,
     id: &str,
+    creates: bool,
 ) -> FhirResult<()> {
     let client = state.pool.get().await?;
     let criteria = [("_id".to_owned(), id.to_owned())];
-    let page = crate::service::search(
-        &client,
-        params_in_force,
-        res_type,
-        &criteria,
-        Handling::Strict,
-        Scope::Compartment("Patient", patient),
-    )
-    .await?;
-    match page.matches.is_empty() {
-        true => Err(FhirError::NotFound(format!(
-            "{res_type}/{id} is not in the patient's record"
-        ))),
-        false => Ok(()),
+    let (scope, circle) = match holder {
+        Holder::Free => return Ok(()),
+        Holder::Patient(patient) => (Scope::Compartment("Patient", patient), None),
+        Holder::Circle(members) => (Scope::Type, Some(members.as_slice())),
+    };
+    let search = |scope, circle| {
+        crate::service::search(
+            &client,
+            params_in_force,
+            res_type,
+            &criteria,
+            Handling::Strict,
+            scope,
+            circle,
+        )
+    };
+    if !search(scope, circle).await?.matches.is_empty() {
+        return Ok(());
+    }
+    if creates && search(Scope::Type, None).await?.matches.is_empty() {
+        return Ok(());
+    }
+    Err(FhirError::NotFound(format!("{res_type}/{id} is not known")))
+}
+
+/// A create or update by a client held to a patient's record or a care circle:
+/// what it writes must be about that patient, or about patients of the circle
+/// (a resource about no patient is not a record). PATCH changes what the server
+/// alone sees: not available to them yet.
+async fn held_content(
+    state: &AppState,
+    req: &FhirRequest,
+    params_in_force: &crate::search::params::ParamTable,
+    holder: &Holder,
+    res_type: &str,
+    id: &str,
+) -> FhirResult<()> {
+    if req.method == Method::PATCH {
+        return Err(FhirError::Forbidden(
+            "PATCH is not available yet to a token held to a patient's record or a care circle: PUT the resource".to_owned(),
+        ));
+    }
+    let resource = req.resource()?;
+    let rows = crate::search::index::extract(params_in_force, res_type, &resource);
+    let patients = crate::search::compartment::patients_of(res_type, &rows);
+    let refused = || {
+        FhirError::Forbidden(format!(
+            "this {res_type} is about a patient whose record the token does not reach"
+        ))
+    };
+    match holder {
+        Holder::Free => Ok(()),
+        Holder::Patient(patient) => {
+            let own = match res_type {
+                "Patient" => id == patient,
+                _ => !patients.is_empty() && patients.iter().all(|p| p == patient),
+            };
+            own.then_some(()).ok_or_else(refused)
+        }
+        // A new patient is no one's record yet; an existing one was seen above.
+        Holder::Circle(_) if res_type == "Patient" => Ok(()),
+        Holder::Circle(members) => {
+            let client = state.pool.get().await?;
+            match crate::store::circle_covers(&client, members, &patients).await? {
+                true => Ok(()),
+                false => Err(refused()),
+            }
+        }
     }
 }
 

@@ -11,7 +11,7 @@ use crate::service::{self, Scope};
 use crate::state::AppState;
 
 use super::FhirRequest;
-use crate::http::authorize::Narrowing;
+use crate::http::authorize::{Holder, Narrowing};
 
 /// `GET [base]?_type=…`: one search over several types.
 pub(super) async fn system_search(state: &AppState, req: &FhirRequest) -> FhirResult<Reply> {
@@ -128,10 +128,15 @@ pub(super) async fn search(
     // query gains the scope's restriction.
     let mut params = params;
     let mut scope = scope;
-    if let Narrowing::Search { compartment, query } = &req.narrowing {
+    let mut circle = None;
+    if let Narrowing::Search { holder, query } = &req.narrowing {
         params.extend(query.iter().cloned());
-        if let (Some(patient), Scope::Type) = (compartment, &scope) {
-            scope = Scope::Compartment("Patient", patient);
+        match (holder, &scope) {
+            (Holder::Patient(patient), Scope::Type) => {
+                scope = Scope::Compartment("Patient", patient)
+            }
+            (Holder::Circle(members), _) => circle = Some(members.as_slice()),
+            _ => {}
         }
     }
     let params_in_force = state.rules.catalog.params.current();
@@ -143,6 +148,7 @@ pub(super) async fn search(
         &params,
         req.handling(),
         scope,
+        circle,
     )
     .await?;
     searchset_reply(req, &path, &params, &page)
