@@ -3,6 +3,7 @@
 //! single write path) → `fhir` (model, validation) and `search` (plans, index rows)
 //! → `store` (PostgreSQL). See docs/architecture.md.
 
+pub mod audit;
 pub mod auth;
 pub mod coordination;
 pub mod delivery;

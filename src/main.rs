@@ -221,6 +221,10 @@ enum Command {
         coordination: CoordinationArgs,
         #[command(flatten)]
         auth: AuthArgs,
+        /// Record every request in the audit trail before answering it (off:
+        /// development and benchmarks only).
+        #[arg(long, env = "PASSERELLE_AUDIT", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+        audit: bool,
     },
     /// Apply the schema migrations and exit.
     Migrate {
@@ -314,9 +318,15 @@ async fn main() -> ExitCode {
             subscriptions,
             coordination,
             auth,
+            audit,
         } => match subscriptions.rules().and_then(|r| {
             let auth = auth.setting()?;
             server::check_auth(&auth, listen)?;
+            if !audit {
+                tracing::warn!(
+                    "PASSERELLE_AUDIT=false: ACCESSES ARE NOT AUDITED (development only)"
+                );
+            }
             Ok((r, auth))
         }) {
             Ok((mut rules, auth)) => {
@@ -339,6 +349,7 @@ async fn main() -> ExitCode {
                                 large_bodies_in_flight,
                             },
                             auth,
+                            audit,
                         };
                         server::serve(database, options).await
                     }

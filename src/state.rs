@@ -29,4 +29,10 @@ pub struct AppState {
     pub hub: Arc<crate::delivery::websocket::Hub>,
     /// How requests are authenticated.
     pub guard: Arc<crate::auth::Guard>,
+    /// The audit trail's writer (`None`: auditing off, development only).
+    pub auditor: Option<Arc<crate::audit::Auditor>>,
 }
+
+/// The address a request came from (set per connection by the accept loop).
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub std::net::SocketAddr);

@@ -300,6 +300,7 @@ pub async fn start_server_with(
         delivery,
         limits: server::RequestLimits::default(),
         auth: passerelle::auth::AuthSetting::Unset,
+        audit: true,
     };
     let listener = tokio::net::TcpListener::bind(serve.listen).await?;
     let running = server::start(

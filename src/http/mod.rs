@@ -1,6 +1,7 @@
 //! The HTTP layer: the router, the request span, body limits and content
 //! negotiation at the edge. Everything below it is transport-independent.
 
+mod audited;
 mod authorize;
 mod handlers;
 mod negotiate;
@@ -80,7 +81,73 @@ fn base_url(state: &AppState, headers: &axum::http::HeaderMap) -> String {
     format!("http://{host}/fhir")
 }
 
+/// The header a practitioner sends, with her reason, to see a record outside her
+/// care circles (break-the-glass): always audited.
+pub const BREAK_GLASS: &str = "x-break-glass";
+
+/// What answering a request learnt of it, for its audit record.
+#[derive(Default)]
+struct Seen {
+    route: Option<route::Route>,
+    params: Vec<(String, String)>,
+    access: Option<crate::auth::Access>,
+}
+
+/// A FHIR request answered, and recorded in the audit trail before the answer
+/// leaves (but what a client reads to learn how to get a token).
 async fn fhir(State(state): State<AppState>, req: Request) -> Response {
+    let Some(auditor) = state.auditor.clone() else {
+        return answer(&state, req, &mut Seen::default()).await;
+    };
+    let recorded = chrono::Utc::now();
+    let method = req.method().to_string();
+    let path = req.uri().path().to_owned();
+    let query = req.uri().query().map(str::to_owned);
+    let source = req
+        .extensions()
+        .get::<crate::state::Peer>()
+        .map(|p| p.0.ip().to_string());
+    let break_glass = req
+        .headers()
+        .get(BREAK_GLASS)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let mut seen = Seen::default();
+    let response = answer(&state, req, &mut seen).await;
+    if seen.route.as_ref().is_some_and(authorize::is_public) {
+        return response;
+    }
+    let location = response
+        .headers()
+        .get(header::LOCATION)
+        .and_then(|v| v.to_str().ok());
+    let asked = audited::Asked {
+        method: &method,
+        path: &path,
+        query: query.as_deref(),
+        route: seen.route.as_ref(),
+        params: &seen.params,
+        access: seen.access.as_ref(),
+        source,
+        break_glass,
+    };
+    let row = audited::row(
+        uuid::Uuid::new_v4().to_string(),
+        recorded,
+        &asked,
+        response.status().as_u16(),
+        location,
+    );
+    match auditor.record(row).await {
+        true => response,
+        false => respond::error_response(
+            &FhirError::Unavailable("the access could not be recorded in the audit trail".into()),
+            Rendering::default(),
+        ),
+    }
+}
+
+async fn answer(state: &AppState, req: Request, seen: &mut Seen) -> Response {
     let (parts, body) = req.into_parts();
     let raw_query = parts.uri.query().map(str::to_owned);
     let params = crate::search::parse_form(raw_query.as_deref().unwrap_or(""));
@@ -115,6 +182,8 @@ async fn fhir(State(state): State<AppState>, req: Request) -> Response {
         Ok(route) => route,
         Err(err) => return respond::error_response(&err, rendering),
     };
+    seen.route = Some(route.clone());
+    seen.params = params.clone();
     tracing::Span::current().record("route", route.template());
     // Who asks, before anything of the body is read.
     let access = match authorize::is_public(&route) {
@@ -124,7 +193,8 @@ async fn fhir(State(state): State<AppState>, req: Request) -> Response {
             Err(err) => return respond::error_response(&err, rendering),
         },
     };
-    let memory = match reserve_body_memory(&state, &parts.headers).await {
+    seen.access = Some(access.clone());
+    let memory = match reserve_body_memory(state, &parts.headers).await {
         Ok(memory) => memory,
         Err(err) => return respond::error_response(&err, rendering),
     };
@@ -137,7 +207,7 @@ async fn fhir(State(state): State<AppState>, req: Request) -> Response {
     }
     let request = FhirRequest {
         method: parts.method,
-        base: base_url(&state, &parts.headers),
+        base: base_url(state, &parts.headers),
         route,
         params,
         raw_query,
@@ -150,7 +220,7 @@ async fn fhir(State(state): State<AppState>, req: Request) -> Response {
     // the connections that carried a large body are closed after it.
     let pool = state.pool.clone();
     let large = memory.is_some();
-    let handled = crate::store::pool::track(pool, handlers::handle(&state, request), large).await;
+    let handled = crate::store::pool::track(pool, handlers::handle(state, request), large).await;
     let response = match handled {
         Ok(reply) => respond::render(reply, rendering),
         Err(err) => respond::error_response(&err, rendering),

@@ -35,9 +35,9 @@ pub(super) async fn serve_on(
             },
             () = &mut shutdown => break,
         };
-        let tcp = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((tcp, _)) => tcp,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors, most often: wait for some to close.
                     tracing::warn!(error = %e, "accept failed");
@@ -49,7 +49,14 @@ pub(super) async fn serve_on(
         };
         // Responses are written whole; do not let Nagle hold back the last segment.
         let _ = tcp.set_nodelay(true);
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let service =
+            hyper_util::service::TowerToHyperService::new(tower::ServiceExt::map_request(
+                app.clone(),
+                move |mut request: hyper::Request<hyper::body::Incoming>| {
+                    request.extensions_mut().insert(crate::state::Peer(peer));
+                    request
+                },
+            ));
         let connection = builder
             .serve_connection(
                 hyper_util::rt::TokioIo::new(WriteTimeout::new(tcp, limits.write_timeout)),

@@ -48,6 +48,8 @@ pub struct ServeOptions {
     pub delivery: delivery::Tuning,
     pub limits: RequestLimits,
     pub auth: crate::auth::AuthSetting,
+    /// Every request recorded in the audit trail before it is answered.
+    pub audit: bool,
 }
 
 /// How long a client may take and how many may be connected at once, and how long
@@ -158,6 +160,9 @@ fn app_state(pool: Pool, options: &ServeOptions, hub: Arc<delivery::websocket::H
         .min(tokio::sync::Semaphore::MAX_PERMITS);
     AppState {
         hub,
+        auditor: options
+            .audit
+            .then(|| crate::audit::Auditor::start(pool.clone())),
         pool,
         guard: crate::auth::Guard::new(&options.auth),
         body_budget: Arc::new(tokio::sync::Semaphore::new(budget_kib)),

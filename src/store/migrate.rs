@@ -56,6 +56,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "care circle members",
         include_str!("migrations/0010_care_circle_members.sql"),
     ),
+    (11, "audit trail", include_str!("migrations/0011_audit.sql")),
 ];
 
 /// Arbitrary constant naming the migration lock.

@@ -3,6 +3,7 @@
 //! the caller, so that one request's changes commit or roll back together.
 
 pub mod acknowledgements;
+pub mod audit;
 pub mod embedded;
 pub mod export;
 mod history;

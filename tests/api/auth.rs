@@ -699,3 +699,167 @@ async fn a_practitioner_sees_the_records_of_her_care_circle_only() {
     let nobody = sign(&rsa, &claims("user/*.rs", json!({})));
     outcome_of(get_with(&s, "Patient/cc-a", &nobody).await, 403).await;
 }
+
+/// The subtypes and statuses of an audit search, newest first.
+fn audited(bundle: &Value) -> Vec<String> {
+    bundle["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            let event = &e["resource"];
+            format!(
+                "{} {}",
+                event["subtype"][0]["code"].as_str().unwrap_or_default(),
+                event["outcomeDesc"].as_str().unwrap_or_default()
+            )
+        })
+        .collect()
+}
+
+/// Every access is recorded before it is answered, refusals included, and found
+/// by patient, agent and action; the trail cannot be changed through the API;
+/// breaking the glass opens a record outside one's circles, with its reason
+/// recorded.
+#[tokio::test]
+async fn every_access_is_in_the_audit_trail() {
+    let (s, rsa, _) = smart_server().await;
+    let admin = sign(&rsa, &claims("system/*.*", json!({})));
+    for resource in [
+        json!({"resourceType": "Practitioner", "id": "au-gp"}),
+        json!({"resourceType": "Practitioner", "id": "au-er"}),
+        json!({"resourceType": "Patient", "id": "au-p", "generalPractitioner": [{"reference": "Practitioner/au-gp"}]}),
+    ] {
+        let path = format!(
+            "{}/{}",
+            resource["resourceType"].as_str().expect("type"),
+            resource["id"].as_str().expect("id")
+        );
+        json_of(
+            send_with(&s, reqwest::Method::PUT, &path, &admin, &resource).await,
+            201,
+        )
+        .await;
+    }
+    let user = |who: &str| {
+        sign(
+            &rsa,
+            &claims(
+                "user/*.cruds",
+                json!({"fhirUser": format!("Practitioner/{who}")}),
+            ),
+        )
+    };
+    let (gp, er) = (user("au-gp"), user("au-er"));
+    json_of(get_with(&s, "Patient/au-p", &gp).await, 200).await;
+    json_of(
+        get_with(&s, "Encounter?subject=Patient/au-p", &gp).await,
+        200,
+    )
+    .await;
+    let note = json!({"resourceType": "Observation", "status": "final", "code": {"text": "Note"},
+        "subject": {"reference": "Patient/au-p"}});
+    json_of(
+        send_with(&s, reqwest::Method::POST, "Observation", &gp, &note).await,
+        201,
+    )
+    .await;
+    // The emergency physician is in no circle of this patient: 404, then she
+    // breaks the glass with her reason.
+    outcome_of(get_with(&s, "Patient/au-p", &er).await, 404).await;
+    let glass = s
+        .http
+        .get(s.url("Patient/au-p"))
+        .bearer_auth(&er)
+        .header("x-break-glass", "Urgence vitale, patiente inconsciente")
+        .send()
+        .await
+        .expect("GET");
+    json_of(glass, 200).await;
+    // Without a token: refused, and recorded.
+    outcome_of(s.get("Patient/au-p").await, 401).await;
+
+    let trail = json_of(
+        get_with(&s, "AuditEvent?patient=au-p&_count=20", &admin).await,
+        200,
+    )
+    .await;
+    let events = audited(&trail);
+    for expected in [
+        "read HTTP 200",
+        "search-type HTTP 200",
+        "create HTTP 201",
+        "read HTTP 404",
+        "read HTTP 401",
+    ] {
+        assert!(
+            events.contains(&expected.to_owned()),
+            "{expected}: {events:?}"
+        );
+    }
+    // By agent: the emergency physician's two reads, the glass broken with its
+    // reason on the second.
+    let hers = json_of(
+        get_with(&s, "AuditEvent?agent=Practitioner/au-er", &admin).await,
+        200,
+    )
+    .await;
+    assert_eq!(audited(&hers), ["read HTTP 200", "read HTTP 404"]);
+    let broken = &hers["entry"][0]["resource"];
+    assert_eq!(broken["purposeOfEvent"][0]["coding"][0]["code"], "BTG");
+    assert_eq!(
+        broken["purposeOfEvent"][0]["text"],
+        "Urgence vitale, patiente inconsciente"
+    );
+    assert_eq!(broken["agent"][0]["who"]["reference"], "Practitioner/au-er");
+    assert!(broken["agent"][0]["network"]["address"].is_string());
+    let id = broken["id"].as_str().expect("id");
+    let one = json_of(get_with(&s, &format!("AuditEvent/{id}"), &admin).await, 200).await;
+    assert_eq!(one["action"], "R");
+    // By action (the three PUTs of the set-up); pages newest first, with a next
+    // link while there are more.
+    let updates = json_of(
+        get_with(&s, "AuditEvent?action=U&_count=2", &admin).await,
+        200,
+    )
+    .await;
+    assert_eq!(updates["entry"].as_array().map(Vec::len), Some(2));
+    let next = updates["link"]
+        .as_array()
+        .and_then(|links| links.iter().find(|l| l["relation"] == "next"))
+        .and_then(|l| l["url"].as_str())
+        .expect("a next page")
+        .to_owned();
+    let rest = s
+        .http
+        .get(next)
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .expect("GET");
+    let rest = json_of(rest, 200).await;
+    assert_eq!(rest["entry"].as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        rest["entry"][0]["resource"]["entity"][0]["what"]["reference"],
+        "Practitioner/au-gp"
+    );
+    let erase = send_with(
+        &s,
+        reqwest::Method::PUT,
+        &format!("AuditEvent/{id}"),
+        &admin,
+        &one,
+    )
+    .await;
+    outcome_of(erase, 405).await;
+    let delete = s
+        .http
+        .delete(s.url(&format!("AuditEvent/{id}")))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .expect("DELETE");
+    outcome_of(delete, 405).await;
+    outcome_of(get_with(&s, "AuditEvent?patient=au-p", &gp).await, 403).await;
+    outcome_of(get_with(&s, "AuditEvent?name=x", &admin).await, 400).await;
+}

@@ -174,6 +174,7 @@ pub fn test_options() -> ServeOptions {
         },
         limits: passerelle::server::RequestLimits::default(),
         auth: passerelle::auth::AuthSetting::Unset,
+        audit: true,
     }
 }
 

@@ -123,7 +123,20 @@ pub async fn handle(state: &AppState, mut req: FhirRequest) -> FhirResult<Reply>
     }
     let params_in_force = state.rules.catalog.params.current();
     authorize::check(&req.access, &method, &route, &asked, &params_in_force)?;
-    req.narrowing = authorize::narrowing(&req.access, &method, &route, &asked, &params_in_force)?;
+    let break_glass = req
+        .header(header::HeaderName::from_static(super::BREAK_GLASS))
+        .is_some_and(|reason| !reason.trim().is_empty());
+    req.narrowing = authorize::narrowing(
+        &req.access,
+        &method,
+        &route,
+        &asked,
+        &params_in_force,
+        break_glass,
+    )?;
+    if let Some(reply) = audit_trail(state, &req, &method, &route, &asked).await {
+        return reply;
+    }
     if let Narrowing::Member {
         holder,
         res_type,
@@ -183,6 +196,52 @@ pub async fn handle(state: &AppState, mut req: FhirRequest) -> FhirResult<Reply>
         }
         (m, route) => Err(not_allowed(m, route)),
     }
+}
+
+/// The audit trail, read as AuditEvents (`None`: not about it). Append-only
+/// through the API; read by clients not held to a record or a circle.
+async fn audit_trail(
+    state: &AppState,
+    req: &FhirRequest,
+    method: &Method,
+    route: &Route,
+    asked: &[(String, String)],
+) -> Option<FhirResult<Reply>> {
+    let about = match route {
+        Route::Type(t)
+        | Route::TypeSearch(t)
+        | Route::Instance(t, _)
+        | Route::Version(t, ..)
+        | Route::InstanceHistory(t, _)
+        | Route::TypeHistory(t) => t == "AuditEvent",
+        _ => false,
+    };
+    if !about {
+        return None;
+    }
+    let reply = async {
+        if req.narrowing != Narrowing::None {
+            return Err(FhirError::Forbidden(
+                "the audit trail is read by system/ clients".to_owned(),
+            ));
+        }
+        let body = match (method, route) {
+            (&Method::GET, Route::Type(_)) | (&Method::POST, Route::TypeSearch(_)) => {
+                crate::audit::search(&state.pool, &req.base, asked).await?
+            }
+            (&Method::GET, Route::Instance(_, id)) => crate::audit::read(&state.pool, id).await?,
+            _ => {
+                return Err(FhirError::MethodNotAllowed(
+                    "the audit trail is written by the server alone and never changed: it is read and searched".to_owned(),
+                ))
+            }
+        };
+        Ok(Reply::new(
+            axum::http::StatusCode::OK,
+            Some(body.to_string()),
+        ))
+    };
+    Some(reply.await)
 }
 
 /// 404 unless the client may see `res_type/id`, as if it did not exist; for a
