@@ -2,10 +2,11 @@
 //! leaves, as the IHE Basic Audit Log Patterns describe a RESTful access (who, from
 //! where, what, when, the outcome), and served back as R4 `AuditEvent`s.
 //!
-//! Recording is a group commit: requests hand their record to one writer, which
-//! appends whatever has queued up in one statement and then lets each request
-//! answer. An answer never leaves before its record is stored; a record that
-//! cannot be stored turns the answer into a 503.
+//! Recording is a group commit: requests hand their record to the writers, each
+//! of which appends whatever has queued up in one statement and then lets those
+//! requests answer; a few writers keep commits overlapping. An answer never
+//! leaves before its record is stored; a record that cannot be stored turns the
+//! answer into a 503.
 
 use std::sync::Arc;
 
@@ -22,43 +23,28 @@ use crate::store::audit::{AuditQuery, AuditRow};
 /// Records appended in one statement at most.
 const MAX_BATCH: usize = 512;
 
-/// Records waiting for the writer at most; requests beyond wait their turn.
+/// Records waiting for the writers at most; requests beyond wait their turn.
 const QUEUE: usize = 8192;
+
+/// Appends in flight at once: while one batch commits, the next gathers and
+/// goes.
+const WRITERS: usize = 4;
 
 type Pending = (AuditRow, oneshot::Sender<bool>);
 
-/// The one writer of the audit trail of a server.
+/// The writers of the audit trail of a server.
 pub struct Auditor {
     sender: mpsc::Sender<Pending>,
 }
 
 impl Auditor {
-    /// Starts the writer over `pool`; it stops when the auditor is dropped.
+    /// Starts the writers over `pool`; they stop when the auditor is dropped.
     pub fn start(pool: Pool) -> Arc<Auditor> {
-        let (sender, mut receiver) = mpsc::channel::<Pending>(QUEUE);
-        tokio::spawn(async move {
-            while let Some(first) = receiver.recv().await {
-                let mut batch = vec![first];
-                while batch.len() < MAX_BATCH {
-                    match receiver.try_recv() {
-                        Ok(pending) => batch.push(pending),
-                        Err(_) => break,
-                    }
-                }
-                let (rows, waiting): (Vec<AuditRow>, Vec<oneshot::Sender<bool>>) =
-                    batch.into_iter().unzip();
-                let stored = match pool.get().await {
-                    Ok(client) => crate::store::audit::append(&client, &rows).await,
-                    Err(e) => Err(e.into()),
-                };
-                if let Err(e) = &stored {
-                    tracing::error!(error = %e, records = rows.len(), "audit records not stored");
-                }
-                for done in waiting {
-                    let _ = done.send(stored.is_ok());
-                }
-            }
-        });
+        let (sender, receiver) = mpsc::channel::<Pending>(QUEUE);
+        let receiver = Arc::new(tokio::sync::Mutex::new(receiver));
+        for _ in 0..WRITERS {
+            tokio::spawn(write_batches(pool.clone(), receiver.clone()));
+        }
         Arc::new(Auditor { sender })
     }
 
@@ -69,6 +55,39 @@ impl Auditor {
             return false;
         }
         stored.await.unwrap_or(false)
+    }
+}
+
+/// One writer: takes what has queued up (waiting for the first record), appends
+/// it, tells each request whether its record is stored; until the queue closes.
+async fn write_batches(pool: Pool, receiver: Arc<tokio::sync::Mutex<mpsc::Receiver<Pending>>>) {
+    loop {
+        let batch = {
+            let mut receiver = receiver.lock().await;
+            let Some(first) = receiver.recv().await else {
+                return;
+            };
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match receiver.try_recv() {
+                    Ok(pending) => batch.push(pending),
+                    Err(_) => break,
+                }
+            }
+            batch
+        };
+        let (rows, waiting): (Vec<AuditRow>, Vec<oneshot::Sender<bool>>) =
+            batch.into_iter().unzip();
+        let stored = match pool.get().await {
+            Ok(client) => crate::store::audit::append(&client, &rows).await,
+            Err(e) => Err(e.into()),
+        };
+        if let Err(e) = &stored {
+            tracing::error!(error = %e, records = rows.len(), "audit records not stored");
+        }
+        for done in waiting {
+            let _ = done.send(stored.is_ok());
+        }
     }
 }
 
@@ -154,7 +173,7 @@ pub fn render(row: &AuditRow) -> Value {
     };
     let mut event = json!({
         "resourceType": "AuditEvent",
-        "id": row.id,
+        "id": row.seq.to_string(),
         "meta": {"lastUpdated": datetime::format_instant(row.recorded)},
         "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type",
                  "code": "rest", "display": "RESTful Operation"},
@@ -199,7 +218,13 @@ pub fn parse_query(params: &[(String, String)]) -> FhirResult<AuditQuery> {
     let bad = |m: String| FhirError::bad_request(m);
     for (name, value) in params {
         match name.as_str() {
-            "_id" => query.id = Some(value.clone()),
+            "_id" => {
+                query.id = Some(
+                    value
+                        .parse()
+                        .map_err(|_| bad(format!("AuditEvent ids are numbers, not '{value}'")))?,
+                )
+            }
             "patient" => {
                 query.patient = Some(value.strip_prefix("Patient/").unwrap_or(value).to_owned())
             }
@@ -281,17 +306,17 @@ pub async fn search(pool: &Pool, base: &str, params: &[(String, String)]) -> Fhi
     };
     let mut links =
         vec![json!({"relation": "self", "url": format!("{base}/AuditEvent?{}", encode(params))})];
-    if let (true, Some((seq, _))) = (more, rows.last()) {
+    if let (true, Some(last)) = (more, rows.last()) {
         let mut next = own.clone();
-        next.push(("_before".to_owned(), seq.to_string()));
+        next.push(("_before".to_owned(), last.seq.to_string()));
         links.push(
             json!({"relation": "next", "url": format!("{base}/AuditEvent?{}", encode(&next))}),
         );
     }
     let entries: Vec<Value> = rows
         .iter()
-        .map(|(_, row)| {
-            json!({"fullUrl": format!("{base}/AuditEvent/{}", row.id),
+        .map(|row| {
+            json!({"fullUrl": format!("{base}/AuditEvent/{}", row.seq),
                    "resource": render(row), "search": {"mode": "match"}})
         })
         .collect();
@@ -300,16 +325,15 @@ pub async fn search(pool: &Pool, base: &str, params: &[(String, String)]) -> Fhi
 
 /// `GET AuditEvent/{id}`.
 pub async fn read(pool: &Pool, id: &str) -> FhirResult<Value> {
+    let unknown = || FhirError::NotFound(format!("AuditEvent/{id} is not known"));
     let query = AuditQuery {
-        id: Some(id.to_owned()),
+        id: Some(id.parse().map_err(|_| unknown())?),
         count: 1,
         ..AuditQuery::default()
     };
     let client = pool.get().await?;
     let rows = crate::store::audit::search(&client, &query, &[]).await?;
-    rows.first()
-        .map(|(_, row)| render(row))
-        .ok_or_else(|| FhirError::NotFound(format!("AuditEvent/{id} is not known")))
+    rows.first().map(render).ok_or_else(unknown)
 }
 
 #[cfg(test)]
@@ -318,7 +342,7 @@ mod tests {
 
     fn row() -> AuditRow {
         AuditRow {
-            id: "a1".into(),
+            seq: 1,
             recorded: Utc::now(),
             action: "R".into(),
             subtype: "read".into(),

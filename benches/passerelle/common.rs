@@ -99,6 +99,8 @@ where
 pub struct Connection {
     sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
     host: String,
+    /// `Authorization: Bearer …` of every request, when set.
+    bearer: Option<String>,
 }
 
 pub struct HttpReply {
@@ -117,7 +119,15 @@ impl Connection {
         Ok(Connection {
             sender,
             host: addr.to_string(),
+            bearer: None,
         })
+    }
+
+    /// A connection whose requests carry `token`.
+    pub async fn with_token(addr: SocketAddr, token: &str) -> Result<Self, String> {
+        let mut connection = Connection::open(addr).await?;
+        connection.bearer = Some(format!("Bearer {token}"));
+        Ok(connection)
     }
 
     /// Sends a request (a body as FHIR JSON, answered `return=minimal`) and reads
@@ -132,6 +142,9 @@ impl Connection {
             .method(method)
             .uri(path)
             .header("host", &self.host);
+        if let Some(bearer) = &self.bearer {
+            request = request.header("authorization", bearer);
+        }
         if body.is_some() {
             request = request
                 .header("content-type", "application/fhir+json")
@@ -286,6 +299,22 @@ pub async fn start_server_with(
     database: &Database,
     delivery: passerelle::delivery::Tuning,
 ) -> Result<BenchServer, StartError> {
+    start_guarded(
+        database,
+        delivery,
+        passerelle::auth::AuthSetting::Unset,
+        true,
+    )
+    .await
+}
+
+/// A server with this authentication and auditing.
+pub async fn start_guarded(
+    database: &Database,
+    delivery: passerelle::delivery::Tuning,
+    auth: passerelle::auth::AuthSetting,
+    audit: bool,
+) -> Result<BenchServer, StartError> {
     let serve = ServeOptions {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         base_url: None,
@@ -299,8 +328,8 @@ pub async fn start_server_with(
         },
         delivery,
         limits: server::RequestLimits::default(),
-        auth: passerelle::auth::AuthSetting::Unset,
-        audit: true,
+        auth,
+        audit,
     };
     let listener = tokio::net::TcpListener::bind(serve.listen).await?;
     let running = server::start(

@@ -1,11 +1,12 @@
 //! Passerelle's benchmarks, over real HTTP against a real database, each on a fresh
 //! `passerelle_bench` database with the server started in this process:
-//! `cargo bench --bench passerelle -- <rest|search|transaction|subscriptions|workflow> [options]`.
+//! `cargo bench --bench passerelle -- <rest|search|transaction|subscriptions|workflow|security> [options]`.
 //! The figures are in the README.
 
 mod common;
 mod rest;
 mod search;
+mod security;
 mod subscriptions;
 mod transaction;
 mod workflow;
@@ -84,6 +85,20 @@ enum Command {
         #[command(flatten)]
         db: DatabaseArgs,
     },
+    /// Reads and searches without authentication and audit, then with SMART
+    /// tokens (a backend's, a GP's held to her care circle) and every request
+    /// audited.
+    Security {
+        #[arg(long, default_value_t = 2000)]
+        patients: usize,
+        /// Times each patient is read.
+        #[arg(long, default_value_t = 3)]
+        read_passes: usize,
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        #[command(flatten)]
+        db: DatabaseArgs,
+    },
     /// Write throughput and callback latency with 0, 1, 100 and 10,000 subscriptions.
     Subscriptions {
         /// Subscription counts, comma-separated.
@@ -159,6 +174,20 @@ async fn main() -> ExitCode {
                 counts,
                 writes: writes.max(1),
                 events: events.max(1),
+                concurrency: concurrency.max(1),
+            })
+            .await
+        }
+        Command::Security {
+            patients,
+            read_passes,
+            concurrency,
+            db,
+        } => {
+            security::run(security::SecurityBenchOptions {
+                database: db.choice(),
+                patients: patients.max(1),
+                read_passes: read_passes.max(1),
                 concurrency: concurrency.max(1),
             })
             .await

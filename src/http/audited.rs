@@ -96,7 +96,6 @@ fn patient(entity: Option<&(String, String)>, params: &[(String, String)]) -> Op
 
 /// The audit record of a request answered with `status` (and `location`).
 pub fn row(
-    id: String,
     recorded: DateTime<Utc>,
     asked: &Asked<'_>,
     status: u16,
@@ -110,7 +109,7 @@ pub fn row(
         _ => None,
     };
     AuditRow {
-        id,
+        seq: 0,
         recorded,
         action: action.to_owned(),
         subtype,
@@ -153,26 +152,14 @@ mod tests {
     #[test]
     fn each_request_says_what_it_did_and_to_whom() {
         let read = Route::Instance("Encounter".into(), "e1".into());
-        let r = row(
-            "a".into(),
-            Utc::now(),
-            &asked("GET", Some(&read), &[]),
-            200,
-            None,
-        );
+        let r = row(Utc::now(), &asked("GET", Some(&read), &[]), 200, None);
         assert_eq!((r.action.as_str(), r.subtype.as_str()), ("R", "read"));
         assert_eq!(r.entity_id.as_deref(), Some("e1"));
         assert_eq!(r.patient_id, None);
 
         let search = Route::Type("Observation".into());
         let params = crate::search::parse_form("subject=Patient/p9&code=x");
-        let r = row(
-            "b".into(),
-            Utc::now(),
-            &asked("GET", Some(&search), &params),
-            200,
-            None,
-        );
+        let r = row(Utc::now(), &asked("GET", Some(&search), &params), 200, None);
         assert_eq!(
             (r.action.as_str(), r.subtype.as_str()),
             ("E", "search-type")
@@ -181,7 +168,6 @@ mod tests {
 
         let create = Route::Type("Patient".into());
         let r = row(
-            "c".into(),
             Utc::now(),
             &asked("POST", Some(&create), &[]),
             201,
@@ -192,17 +178,11 @@ mod tests {
         assert_eq!(r.patient_id.as_deref(), Some("p2"));
 
         let everything = Route::Everything("Patient".into(), "p3".into());
-        let r = row(
-            "d".into(),
-            Utc::now(),
-            &asked("GET", Some(&everything), &[]),
-            404,
-            None,
-        );
+        let r = row(Utc::now(), &asked("GET", Some(&everything), &[]), 404, None);
         assert_eq!(r.subtype, "$everything");
         assert_eq!(r.patient_id.as_deref(), Some("p3"));
         assert_eq!(r.status, 404);
-        let r = row("e".into(), Utc::now(), &asked("GET", None, &[]), 404, None);
+        let r = row(Utc::now(), &asked("GET", None, &[]), 404, None);
         assert_eq!(r.subtype, "unknown");
     }
 }

@@ -131,13 +131,7 @@ async fn fhir(State(state): State<AppState>, req: Request) -> Response {
         source,
         break_glass,
     };
-    let row = audited::row(
-        uuid::Uuid::new_v4().to_string(),
-        recorded,
-        &asked,
-        response.status().as_u16(),
-        location,
-    );
+    let row = audited::row(recorded, &asked, response.status().as_u16(), location);
     match auditor.record(row).await {
         true => response,
         false => respond::error_response(

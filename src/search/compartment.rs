@@ -77,6 +77,15 @@ pub fn patient_membership_params() -> Vec<String> {
         .collect()
 }
 
+/// The parameters that put a resource of `resource_type` in a Patient's
+/// compartment (none for a type outside it).
+pub fn record_params(resource_type: &str) -> Vec<String> {
+    PATIENT_COMPARTMENT
+        .get(resource_type)
+        .cloned()
+        .unwrap_or_default()
+}
+
 /// The types of a patient's record, and the (type, parameter) pairs that put a
 /// resource in a Patient's compartment.
 pub fn patient_record() -> (Vec<String>, Vec<(String, String)>) {

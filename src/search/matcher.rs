@@ -121,7 +121,7 @@ fn condition(tested: &Condition, s: &Subject<'_>) -> Truth {
         Condition::SameRow { .. }
         | Condition::Chain { .. }
         | Condition::Has { .. }
-        | Condition::InCircle(_) => Truth::Unknown,
+        | Condition::InCircle { .. } => Truth::Unknown,
     }
 }
 

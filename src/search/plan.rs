@@ -115,10 +115,14 @@ pub enum Condition {
         param: String,
         inner: Box<Condition>,
     },
-    /// The care-circle policy (never parsed from a query): resources not of a
-    /// patient's record, and the records of the patients whose care circle names
-    /// one of these members (type, id), or a role of theirs, now.
-    InCircle(Vec<(String, String)>),
+    /// The care-circle policy (never parsed from a query) on resources of
+    /// `res_type`: those of the records of the patients whose care circle names
+    /// one of these members (type, id), or a role of theirs, now; every resource
+    /// of a type that is no part of a patient's record.
+    InCircle {
+        members: Vec<(String, String)>,
+        res_type: String,
+    },
 }
 
 /// A parsed search over one resource type.

@@ -111,8 +111,10 @@ pub async fn search(
 ) -> FhirResult<SearchPage> {
     let mut plan = search::parse(params_in_force, res_type, params, handling)?;
     if let Some(members) = circle {
-        plan.conditions
-            .push(search::Condition::InCircle(members.to_vec()));
+        plan.conditions.push(search::Condition::InCircle {
+            members: members.to_vec(),
+            res_type: res_type.to_owned(),
+        });
     }
     if let Scope::System(types) = &scope {
         // Every type must understand every parameter: parse for each, strictly.

@@ -9,7 +9,8 @@ use crate::error::FhirResult;
 /// One audited request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditRow {
-    pub id: String,
+    /// Its sequence number once stored (0 before).
+    pub seq: i64,
     pub recorded: DateTime<Utc>,
     /// `C`, `R`, `U`, `D` or `E` (AuditEvent.action).
     pub action: String,
@@ -31,7 +32,7 @@ pub struct AuditRow {
     pub break_glass: Option<String>,
 }
 
-const COLUMNS: &str = "id, recorded, action, subtype, status, client_id, subject, fhir_user, \
+const COLUMNS: &str = "recorded, action, subtype, status, client_id, subject, fhir_user, \
                        source, method, path, query, entity_type, entity_id, patient_id, break_glass";
 
 /// Appends `rows` in one statement.
@@ -42,7 +43,6 @@ pub async fn append(client: &impl GenericClient, rows: &[AuditRow]) -> FhirResul
     let text = |f: fn(&AuditRow) -> Option<&str>| -> Vec<Option<String>> {
         rows.iter().map(|r| f(r).map(str::to_owned)).collect()
     };
-    let ids = text(|r| Some(&r.id));
     let recorded: Vec<DateTime<Utc>> = rows.iter().map(|r| r.recorded).collect();
     let actions = text(|r| Some(&r.action));
     let subtypes = text(|r| Some(&r.subtype));
@@ -59,16 +59,15 @@ pub async fn append(client: &impl GenericClient, rows: &[AuditRow]) -> FhirResul
     let patients = text(|r| r.patient_id.as_deref());
     let glass = text(|r| r.break_glass.as_deref());
     let sql = format!(
-        "INSERT INTO audit_event ({COLUMNS}) SELECT * FROM unnest($1::text[], $2::timestamptz[], \
-         $3::text[], $4::text[], $5::int4[], $6::text[], $7::text[], $8::text[], $9::text[], \
-         $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[], $16::text[])"
+        "INSERT INTO audit_event ({COLUMNS}) SELECT * FROM unnest($1::timestamptz[], \
+         $2::text[], $3::text[], $4::int4[], $5::text[], $6::text[], $7::text[], $8::text[], \
+         $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[])"
     );
     let stmt = client.prepare_cached(&sql).await?;
     client
         .execute(
             &stmt,
             &[
-                &ids,
                 &recorded,
                 &actions,
                 &subtypes,
@@ -93,7 +92,7 @@ pub async fn append(client: &impl GenericClient, rows: &[AuditRow]) -> FhirResul
 /// What an audit search asks for; every criterion given must hold.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct AuditQuery {
-    pub id: Option<String>,
+    pub id: Option<i64>,
     /// Requests about this patient: naming her, or about a resource of her record.
     pub patient: Option<String>,
     /// The user (`fhirUser`, e.g. `Practitioner/x`) or the client id.
@@ -110,12 +109,12 @@ pub struct AuditQuery {
     pub count: usize,
 }
 
-/// The rows that match, newest first, each with its sequence number.
+/// The rows that match, newest first.
 pub async fn search(
     client: &impl GenericClient,
     query: &AuditQuery,
     record_pairs: &[(String, String)],
-) -> FhirResult<Vec<(i64, AuditRow)>> {
+) -> FhirResult<Vec<AuditRow>> {
     let (pair_types, pair_params): (Vec<String>, Vec<String>) =
         record_pairs.iter().cloned().unzip();
     let entity_type = query.entity.as_ref().map(|e| e.0.clone());
@@ -123,7 +122,7 @@ pub async fn search(
     let count = query.count as i64;
     let sql = format!(
         "SELECT seq, {COLUMNS} FROM audit_event a \
-         WHERE ($1::text IS NULL OR a.id = $1) \
+         WHERE ($1::int8 IS NULL OR a.seq = $1) \
            AND ($2::text IS NULL OR a.patient_id = $2 \
                 OR (a.entity_type, a.entity_id) IN (SELECT x.res_type, x.res_id FROM search_reference x \
                     WHERE x.target_type = 'Patient' AND x.target_id = $2 \
@@ -159,28 +158,23 @@ pub async fn search(
         .await?;
     Ok(rows
         .iter()
-        .map(|r| {
-            (
-                r.get(0),
-                AuditRow {
-                    id: r.get(1),
-                    recorded: r.get(2),
-                    action: r.get(3),
-                    subtype: r.get(4),
-                    status: r.get(5),
-                    client_id: r.get(6),
-                    subject: r.get(7),
-                    fhir_user: r.get(8),
-                    source: r.get(9),
-                    method: r.get(10),
-                    path: r.get(11),
-                    query: r.get(12),
-                    entity_type: r.get(13),
-                    entity_id: r.get(14),
-                    patient_id: r.get(15),
-                    break_glass: r.get(16),
-                },
-            )
+        .map(|r| AuditRow {
+            seq: r.get(0),
+            recorded: r.get(1),
+            action: r.get(2),
+            subtype: r.get(3),
+            status: r.get(4),
+            client_id: r.get(5),
+            subject: r.get(6),
+            fhir_user: r.get(7),
+            source: r.get(8),
+            method: r.get(9),
+            path: r.get(10),
+            query: r.get(11),
+            entity_type: r.get(12),
+            entity_id: r.get(13),
+            patient_id: r.get(14),
+            break_glass: r.get(15),
         })
         .collect())
 }

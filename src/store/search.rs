@@ -282,3 +282,38 @@ pub async fn circle_covers(
     let covered: i64 = row.get(0);
     Ok(covered == wanted.len() as i64)
 }
+
+/// Whether `res_type/id` is the record of a patient whose care circle names one
+/// of `members` (or a role of theirs) now: a Patient in such a circle, or a
+/// resource referencing one through `params` (its compartment parameters). One
+/// prepared statement per form.
+pub async fn circle_sees(
+    client: &impl GenericClient,
+    members: &[(String, String)],
+    res_type: &str,
+    id: &str,
+    params: &[String],
+) -> FhirResult<bool> {
+    let (types, ids): (Vec<String>, Vec<String>) = members.iter().cloned().unzip();
+    let mine = search_sql::members_sql("$1", "$2");
+    let now = "(m.until IS NULL OR m.until > now())";
+    let row = if res_type == "Patient" {
+        let sql = format!(
+            "SELECT EXISTS (SELECT 1 FROM circle_member m WHERE m.patient_id = $3 \
+               AND (m.member_type, m.member_id) IN ({mine}) AND {now})"
+        );
+        let stmt = client.prepare_cached(&sql).await?;
+        client.query_one(&stmt, &[&types, &ids, &id]).await?
+    } else {
+        let sql = format!(
+            "SELECT EXISTS (SELECT 1 FROM search_reference x JOIN circle_member m ON m.patient_id = x.target_id \
+               WHERE x.res_type = $3 AND x.res_id = $4 AND x.param = ANY($5::text[]) \
+                 AND x.target_type = 'Patient' AND (m.member_type, m.member_id) IN ({mine}) AND {now})"
+        );
+        let stmt = client.prepare_cached(&sql).await?;
+        client
+            .query_one(&stmt, &[&types, &ids, &res_type, &id, &params])
+            .await?
+    };
+    Ok(row.get(0))
+}

@@ -159,7 +159,7 @@ fn render(sql: &mut SqlCondition, a: &str, depth: usize, condition: &Condition) 
                 exists
             }
         }
-        Condition::InCircle(members) => circle_clause(sql, a, members),
+        Condition::InCircle { members, res_type } => circle_clause(sql, a, members, res_type),
         Condition::AnyOf(conditions) => {
             let alternatives: Vec<String> = conditions
                 .iter()
@@ -307,30 +307,37 @@ pub fn members_sql(mt: &str, mi: &str) -> String {
     )
 }
 
-/// The care-circle policy on the resource row `a`: a type that is not part of a
-/// patient's record, or a record of a patient whose circle (`circle_member`) names
-/// one of `members` now. A Practitioner's PractitionerRoles are hers, and a
-/// PractitionerRole's Practitioner.
-fn circle_clause(sql: &mut SqlCondition, a: &str, members: &[(String, String)]) -> String {
+/// The care-circle policy on the resource row `a` of `res_type`: a Patient
+/// whose circle (`circle_member`) names one of `members` now, or a resource that
+/// references such a patient through one of its type's compartment parameters;
+/// any resource of a type that is no part of a patient's record. A
+/// Practitioner's PractitionerRoles are hers, and a PractitionerRole's
+/// Practitioner. Each form is one index probe per row.
+fn circle_clause(
+    sql: &mut SqlCondition,
+    a: &str,
+    members: &[(String, String)],
+    res_type: &str,
+) -> String {
+    let params = crate::search::compartment::record_params(res_type);
+    if res_type != "Patient" && params.is_empty() {
+        return "true".to_owned();
+    }
     let (types, ids): (Vec<String>, Vec<String>) = members.iter().cloned().unzip();
     let (mt, mi) = (sql.bind(Box::new(types)), sql.bind(Box::new(ids)));
-    let (record_types, pairs) = crate::search::compartment::patient_record();
-    let (pair_types, pair_params): (Vec<String>, Vec<String>) = pairs.into_iter().unzip();
-    let rt = sql.bind(Box::new(record_types));
-    let (ct, cp) = (
-        sql.bind(Box::new(pair_types)),
-        sql.bind(Box::new(pair_params)),
-    );
     let mine = members_sql(&mt, &mi);
+    let now = "(m.until IS NULL OR m.until > now())";
+    if res_type == "Patient" {
+        return format!(
+            "EXISTS (SELECT 1 FROM circle_member m WHERE m.patient_id = {a}.res_id \
+               AND (m.member_type, m.member_id) IN ({mine}) AND {now})"
+        );
+    }
+    let p = sql.bind(Box::new(params));
     format!(
-        "({a}.res_type <> ALL({rt}::text[]) OR EXISTS (SELECT 1 FROM circle_member m \
-          WHERE (m.member_type, m.member_id) IN ({mine}) \
-            AND (m.until IS NULL OR m.until > now()) \
-            AND (({a}.res_type = 'Patient' AND m.patient_id = {a}.res_id) \
-                 OR m.patient_id IN (SELECT x.target_id FROM search_reference x \
-                   WHERE x.res_type = {a}.res_type AND x.res_id = {a}.res_id \
-                     AND x.target_type = 'Patient' \
-                     AND (x.res_type, x.param) IN (SELECT * FROM unnest({ct}::text[], {cp}::text[]))))))"
+        "EXISTS (SELECT 1 FROM search_reference x JOIN circle_member m ON m.patient_id = x.target_id \
+           WHERE x.res_type = {a}.res_type AND x.res_id = {a}.res_id AND x.param = ANY({p}::text[]) \
+             AND x.target_type = 'Patient' AND (m.member_type, m.member_id) IN ({mine}) AND {now})"
     )
 }
 

@@ -261,6 +261,13 @@ async fn visible(
         Holder::Patient(patient) => (Scope::Compartment("Patient", patient), None),
         Holder::Circle(members) => (Scope::Type, Some(members.as_slice())),
     };
+    // A record of a circle: one prepared probe of the circle's rows.
+    if let Some(members) = circle {
+        let params = crate::search::compartment::record_params(res_type);
+        if crate::store::circle_sees(&client, members, res_type, id, &params).await? {
+            return Ok(());
+        }
+    }
     let search = |scope, circle| {
         crate::service::search(
             &client,
@@ -272,7 +279,7 @@ async fn visible(
             circle,
         )
     };
-    if !search(scope, circle).await?.matches.is_empty() {
+    if circle.is_none() && !search(scope, None).await?.matches.is_empty() {
         return Ok(());
     }
     if creates && search(Scope::Type, None).await?.matches.is_empty() {
