@@ -123,6 +123,20 @@ impl Connection {
         })
     }
 
+    /// POSTs a resource, expecting 201: its id (from `Location`).
+    pub async fn create(&mut self, path: &str, body: &[u8]) -> Result<String, String> {
+        let reply = self.send("POST", path, Some(body)).await?;
+        if reply.status != 201 {
+            return Err(format!("create answered {}", reply.status));
+        }
+        reply
+            .location
+            .as_deref()
+            .and_then(|l| l.split('/').rev().nth(2))
+            .map(str::to_owned)
+            .ok_or_else(|| "no Location".to_owned())
+    }
+
     /// A connection whose requests carry `token`.
     pub async fn with_token(addr: SocketAddr, token: &str) -> Result<Self, String> {
         let mut connection = Connection::open(addr).await?;
@@ -344,4 +358,15 @@ pub async fn start_guarded(
         addr: running.local,
         running,
     })
+}
+
+/// Fresh statistics after a load, as autovacuum would give them later: the
+/// phases that follow are timed on the plans a settled database gets.
+pub async fn vacuum_analyze(database: &Database) -> Result<(), StartError> {
+    let err = |e: String| StartError::Database(e);
+    let client = database.pool.get().await.map_err(|e| err(e.to_string()))?;
+    client
+        .batch_execute("VACUUM ANALYZE")
+        .await
+        .map_err(|e| err(e.to_string()))
 }

@@ -66,19 +66,9 @@ pub async fn run(options: BenchOptions) -> Result<String, StartError> {
             while let Some(i) = counter.next() {
                 let body = patient(i).to_string();
                 let t = Instant::now();
-                let reply = conn
-                    .send("POST", "/fhir/Patient", Some(body.as_bytes()))
-                    .await?;
+                let id = conn.create("/fhir/Patient", body.as_bytes()).await?;
                 latencies.push(t.elapsed());
-                if reply.status != 201 {
-                    return Err(format!("create answered {}", reply.status));
-                }
-                let id = reply
-                    .location
-                    .as_deref()
-                    .and_then(|l| l.split('/').rev().nth(2))
-                    .ok_or("no Location")?;
-                let _ = ids[i].set(id.to_owned());
+                let _ = ids[i].set(id);
             }
             Ok(latencies)
         }

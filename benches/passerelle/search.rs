@@ -301,16 +301,7 @@ pub async fn run(options: SearchBenchOptions) -> Result<String, StartError> {
     .map_err(db_err)?;
     // Statistics and visibility maps, as a production database has them once its
     // autovacuum has run after a bulk load.
-    let client = database
-        .pool
-        .get()
-        .await
-        .map_err(|e| db_err(e.to_string()))?;
-    client
-        .batch_execute("VACUUM ANALYZE")
-        .await
-        .map_err(|e| db_err(e.to_string()))?;
-    drop(client);
+    crate::common::vacuum_analyze(&database).await?;
 
     let mut phases: Vec<Phase> = Vec::new();
     for (name, query) in queries(&sizes) {

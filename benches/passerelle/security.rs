@@ -162,16 +162,11 @@ pub async fn run(options: SecurityBenchOptions) -> Result<String, StartError> {
                     let mut body = crate::rest::patient(i);
                     body["generalPractitioner"] = json!([{"reference": "Practitioner/bench-gp"}]);
                     let t = Instant::now();
-                    let reply = conn
-                        .send("POST", "/fhir/Patient", Some(body.to_string().as_bytes()))
+                    let id = conn
+                        .create("/fhir/Patient", body.to_string().as_bytes())
                         .await?;
                     latencies.push(t.elapsed());
-                    let id = reply
-                        .location
-                        .as_deref()
-                        .and_then(|l| l.split('/').rev().nth(2))
-                        .ok_or("no Location")?;
-                    let _ = ids[i].set(id.to_owned());
+                    let _ = ids[i].set(id);
                 }
                 Ok(latencies)
             }
@@ -180,12 +175,7 @@ pub async fn run(options: SecurityBenchOptions) -> Result<String, StartError> {
     .await
     .map_err(err)?;
     loader.stop();
-    let client = database.pool.get().await.map_err(|e| err(e.to_string()))?;
-    client
-        .batch_execute("VACUUM ANALYZE")
-        .await
-        .map_err(|e| err(e.to_string()))?;
-    drop(client);
+    crate::common::vacuum_analyze(&database).await?;
 
     let tuning = || passerelle::delivery::Tuning {
         workers: 0,

@@ -272,12 +272,7 @@ pub async fn run(options: WorkflowBenchOptions) -> Result<String, StartError> {
         .map_err(err)?;
         eprintln!("{}", phase.line());
     }
-    let client = database.pool.get().await.map_err(|e| err(e.to_string()))?;
-    client
-        .batch_execute("VACUUM ANALYZE")
-        .await
-        .map_err(|e| err(e.to_string()))?;
-    drop(client);
+    crate::common::vacuum_analyze(&database).await?;
 
     // First on an instance that writes events and leaves their delivery to
     // others (the write path with its outbox), then with deliveries running on

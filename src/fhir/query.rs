@@ -2,6 +2,18 @@
 //! parameter pairs (search requests, `_search` bodies, conditional criteria), and
 //! the links of result pages written back. Pure: no I/O.
 
+/// The types a system search names in `_type` (comma-separated, repeatable),
+/// as written; none when it names none.
+pub fn listed_types(params: &[(String, String)]) -> Vec<String> {
+    params
+        .iter()
+        .filter(|(k, _)| k == "_type")
+        .flat_map(|(_, v)| v.split(','))
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
 /// Parses an `application/x-www-form-urlencoded` string (a query string, a
 /// `_search` form body, the criteria of a conditional request).
 pub fn parse_form(query: &str) -> Vec<(String, String)> {

@@ -80,13 +80,7 @@ pub fn needs(
         Route::Metadata | Route::SmartConfiguration | Route::System if !get => Vec::new(),
         Route::Metadata | Route::SmartConfiguration => Vec::new(),
         Route::System => {
-            let types: Vec<String> = params
-                .iter()
-                .filter(|(k, _)| k == "_type")
-                .flat_map(|(_, v)| v.split(','))
-                .map(|t| t.trim().to_owned())
-                .filter(|t| !t.is_empty())
-                .collect();
+            let types = crate::search::listed_types(params);
             match types.is_empty() {
                 true => vec![on(EVERY_TYPE, Search)],
                 false => types.iter().flat_map(|t| searched(t)).collect(),
@@ -366,6 +360,99 @@ mod tests {
 
     fn pairs(list: &[(&str, char)]) -> Vec<(String, char)> {
         list.iter().map(|(t, c)| ((*t).to_owned(), *c)).collect()
+    }
+
+    fn token(scope: &str, fhir_user: Option<&str>, patient: Option<&str>) -> Access {
+        let grants = crate::auth::scopes::parse_scopes(scope);
+        Access::Token(Arc::new(Principal {
+            client: None,
+            subject: None,
+            fhir_user: fhir_user.map(str::to_owned),
+            patient: patient.map(str::to_owned),
+            grants,
+        }))
+    }
+
+    fn narrowed(access: &Access, method: Method, path: &str, glass: bool) -> FhirResult<Narrowing> {
+        let route = super::super::route::parse(path).expect("route");
+        narrowing(access, &method, &route, &[], table(), glass)
+    }
+
+    #[test]
+    fn whose_records_a_client_sees() {
+        let backend = token("system/*.*", None, None);
+        assert_eq!(
+            narrowed(&backend, Method::GET, "Encounter", false).ok(),
+            Some(Narrowing::None)
+        );
+        let app = token("patient/*.rs", None, Some("p1"));
+        assert_eq!(
+            narrowed(&app, Method::GET, "Encounter", false).ok(),
+            Some(Narrowing::Search {
+                holder: Holder::Patient("p1".into()),
+                query: vec![]
+            })
+        );
+        assert_eq!(
+            narrowed(&app, Method::GET, "Encounter/e1", false).ok(),
+            Some(Narrowing::Member {
+                holder: Holder::Patient("p1".into()),
+                res_type: "Encounter".into(),
+                id: "e1".into()
+            })
+        );
+        // Directory data is nobody's record.
+        assert_eq!(
+            narrowed(&app, Method::GET, "Practitioner", false).ok(),
+            Some(Narrowing::None)
+        );
+        // What cannot be narrowed yet: 403.
+        for path in ["_history", "Encounter/_history"] {
+            let refused = narrowed(&app, Method::GET, path, false).expect_err(path);
+            assert_eq!(refused.status(), 403, "{path}");
+        }
+        let gp = token("user/*.cruds", Some("Practitioner/gp"), None);
+        let circle = Holder::Circle(vec![("Practitioner".into(), "gp".into())]);
+        assert_eq!(
+            narrowed(&gp, Method::GET, "Observation", false).ok(),
+            Some(Narrowing::Search {
+                holder: circle.clone(),
+                query: vec![]
+            })
+        );
+        assert_eq!(
+            narrowed(&gp, Method::POST, "Observation", false).ok(),
+            Some(Narrowing::Member {
+                holder: circle,
+                res_type: "Observation".into(),
+                id: String::new()
+            })
+        );
+        // Breaking the glass lifts the circle, not a patient's context.
+        assert_eq!(
+            narrowed(&gp, Method::GET, "Observation", true).ok(),
+            Some(Narrowing::None)
+        );
+        assert_ne!(
+            narrowed(&app, Method::GET, "Observation", true).ok(),
+            Some(Narrowing::None)
+        );
+        // A user with no one named reaches no record; fhirUser a Patient is hers.
+        let nobody = token("user/*.rs", None, None);
+        assert_eq!(
+            narrowed(&nobody, Method::GET, "Patient/p1", false)
+                .expect_err("nobody")
+                .status(),
+            403
+        );
+        let herself = token("user/*.rs", Some("https://h/fhir/Patient/p7"), None);
+        assert_eq!(
+            narrowed(&herself, Method::GET, "Patient", false).ok(),
+            Some(Narrowing::Search {
+                holder: Holder::Patient("p7".into()),
+                query: vec![]
+            })
+        );
     }
 
     #[test]

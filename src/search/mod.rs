@@ -17,7 +17,7 @@ pub use plan::{
 pub use values::{encode_sorted_cursor, parse_token};
 
 /// Query strings are the wire format of search requests (`fhir::query`).
-pub use crate::fhir::query::{page_url, parse_criteria, parse_form};
+pub use crate::fhir::query::{listed_types, page_url, parse_criteria, parse_form};
 
 /// Default and largest page sizes.
 pub const DEFAULT_COUNT: usize = 50;

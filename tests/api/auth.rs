@@ -396,16 +396,7 @@ async fn a_patient_token_sees_the_patients_record_and_nothing_else() {
             json!({"patient": "pt-1"}),
         ),
     );
-    let ids = |bundle: &Value| -> Vec<String> {
-        let mut ids: Vec<String> = bundle["entry"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|e| e["resource"]["id"].as_str().map(str::to_owned))
-            .collect();
-        ids.sort();
-        ids
-    };
+    let ids = ids_of;
     let encounters = json_of(get_with(&s, "Encounter", &app).await, 200).await;
     assert_eq!(ids(&encounters), ["pt-1-stay"]);
     assert_eq!(encounters["total"], 1);

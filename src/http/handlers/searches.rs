@@ -87,13 +87,7 @@ pub(super) async fn care_circle(
 
 /// The types of a system search: `_type`, or every type.
 pub(super) fn system_search_types(params: &[(String, String)]) -> FhirResult<Vec<String>> {
-    let listed: Vec<String> = params
-        .iter()
-        .filter(|(k, _)| k == "_type")
-        .flat_map(|(_, v)| v.split(','))
-        .map(|t| t.trim().to_owned())
-        .filter(|t| !t.is_empty())
-        .collect();
+    let listed = search::listed_types(params);
     if let Some(unknown) = listed
         .iter()
         .find(|t| !fhir::definitions::R4.is_resource_type(t))
