@@ -178,7 +178,10 @@ pub fn start(
     Ok(Delivery { tasks })
 }
 
-/// Wakes the workers on every `NOTIFY passerelle_outbox`; reconnects on failure.
+/// Wakes a worker on every `NOTIFY passerelle_outbox`; reconnects on failure.
+/// One worker, not all: a worker that finds work wakes the next (see
+/// `lease_and_deliver`), so a burst still spreads over the workers while a single
+/// event costs one look instead of one per worker.
 async fn listen_for_commits(config: tokio_postgres::Config, wake: Arc<Notify>) {
     loop {
         match config.connect(NoTls).await {
@@ -197,10 +200,10 @@ async fn listen_for_commits(config: tokio_postgres::Config, wake: Arc<Notify>) {
                             }
                             listening = true;
                             // Anything committed before LISTEN took effect.
-                            wake.notify_waiters();
+                            wake.notify_one();
                         }
                         message = messages.next() => match message {
-                            Some(Ok(AsyncMessage::Notification(_))) => wake.notify_waiters(),
+                            Some(Ok(AsyncMessage::Notification(_))) => wake.notify_one(),
                             Some(Ok(_)) => {}
                             Some(Err(e)) => {
                                 tracing::warn!(error = %e, "outbox listener lost its connection");
@@ -269,6 +272,10 @@ impl Worker {
         let Some(sub) = leased.into_iter().next() else {
             return Ok(false);
         };
+        if !heartbeats {
+            // There may be more: another worker looks while this one delivers.
+            self.hub.wake.notify_one();
+        }
         let sub_id = sub.sub_id.clone();
         let result = if heartbeats {
             self.heartbeat(sub).await

@@ -45,7 +45,7 @@ impl Hub {
         )
     }
 
-    /// Binds a socket to a subscription and wakes the workers.
+    /// Binds a socket to a subscription and wakes a worker.
     pub fn bind(&self, socket: u64, sender: &mpsc::UnboundedSender<String>, sub_id: &str) {
         if let Ok(mut sockets) = self.sockets.lock() {
             sockets
@@ -53,7 +53,7 @@ impl Hub {
                 .or_default()
                 .push((socket, sender.clone()));
         }
-        self.wake.notify_waiters();
+        self.wake.notify_one();
     }
 
     /// Forgets a closed socket.
