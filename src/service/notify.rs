@@ -36,6 +36,7 @@ pub async fn file_subscription(
     catalog: &Catalog,
     sub_id: &str,
     spec: Option<&Spec>,
+    keeps_secret: bool,
 ) -> FhirResult<()> {
     let Some(spec) = spec else {
         return subscriptions::unregister(tx, sub_id).await;
@@ -72,6 +73,7 @@ pub async fn file_subscription(
                 .filter(|s| *s > 0)
                 .map(|s| i32::try_from(s).unwrap_or(i32::MAX)),
             keys: &keys,
+            keeps_secret,
         },
     )
     .await

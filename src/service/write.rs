@@ -620,15 +620,17 @@ async fn unchanged(
         let Some(Ok(current)) = stored.json.as_deref().map(serde_json::from_str::<Value>) else {
             continue;
         };
-        if let (Some(resource), Some(spec)) = (candidate.as_mut(), next.subscription.as_mut()) {
-            crate::subscription::keep_secret(resource, spec, &current);
-        }
+        // A secret given again may be a new one: that write goes through.
+        let new_secret = next
+            .subscription
+            .as_ref()
+            .is_some_and(|spec| !spec.secret_generated);
         let current = fhir::without_server_meta(current);
         let Some(candidate) = candidate else {
             previous.insert(p, current);
             continue;
         };
-        if current == fhir::without_server_meta(candidate.clone()) {
+        if !new_secret && current == fhir::without_server_meta(candidate.clone()) {
             *step = Step::Unchanged(Written {
                 res_type: stored.res_type,
                 res_id: stored.res_id,
@@ -726,17 +728,22 @@ async fn write_steps(
             }
             Outcome::Ready(ready) => *ready,
         };
+        let mut json = r.json;
         if r.change.res_type == "Subscription" {
-            notify::file_subscription(
-                tx,
-                &rules.catalog,
-                &r.change.res_id,
-                r.next.subscription.as_deref(),
-            )
-            .await
-            .map_err(at(position))?;
+            let spec = r.next.subscription.as_deref();
+            let keeps_secret = spec.is_some_and(|s| s.secret_generated) && r.next.live;
+            notify::file_subscription(tx, &rules.catalog, &r.change.res_id, spec, keeps_secret)
+                .await
+                .map_err(at(position))?;
+            // The writer that set the secret gets it back, this once.
+            if let (Some(spec), Some(text), false) = (spec, json.as_deref(), keeps_secret) {
+                let stored: Value = serde_json::from_str(text)
+                    .map_err(|e| at(position)(FhirError::Internal(e.to_string())))?;
+                let answer = crate::subscription::with_secret(stored, &spec.channel.secret);
+                json = Some(answer.to_string());
+            }
         }
-        let interaction = match (&r.json, r.next.live) {
+        let interaction = match (&json, r.next.live) {
             (None, _) => Interaction::Delete,
             (Some(_), false) => Interaction::Create,
             (Some(_), true) => Interaction::Update,
@@ -747,15 +754,15 @@ async fn write_steps(
             version_id: r.next.version_id,
             last_updated: r.next.last_updated,
             interaction,
-            rows: r.json.is_some().then_some(r.index),
+            rows: json.is_some().then_some(r.index),
         });
         written.push(Written {
-            created: r.json.is_some() && !r.next.live,
+            created: json.is_some() && !r.next.live,
             res_type: r.change.res_type,
             res_id: r.change.res_id,
             version_id: r.next.version_id,
             last_updated: r.next.last_updated,
-            json: r.json,
+            json,
         });
     }
     Ok(written)

@@ -57,6 +57,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("migrations/0010_care_circle_members.sql"),
     ),
     (11, "audit trail", include_str!("migrations/0011_audit.sql")),
+    (
+        12,
+        "subscription secrets out of stored resources",
+        include_str!("migrations/0012_subscription_secrets.sql"),
+    ),
 ];
 
 /// Arbitrary constant naming the migration lock.

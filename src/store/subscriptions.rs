@@ -22,6 +22,9 @@ pub struct Registration<'a> {
     pub heartbeat_secs: Option<i32>,
     /// `(resource type, key)`; only filed while active.
     pub keys: &'a [(String, String)],
+    /// The subscription keeps the signing secret it has (written again without
+    /// one); otherwise the channel's is in force.
+    pub keeps_secret: bool,
 }
 
 /// Files (or refiles) a subscription in the write's transaction. Reactivation
@@ -34,7 +37,10 @@ pub async fn register(tx: &Transaction<'_>, r: &Registration<'_>) -> FhirResult<
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
              ON CONFLICT (sub_id) DO UPDATE SET
                active = EXCLUDED.active, topic = EXCLUDED.topic, criteria = EXCLUDED.criteria, selects = EXCLUDED.selects,
-               channel = EXCLUDED.channel, ends_at = EXCLUDED.ends_at, heartbeat_secs = EXCLUDED.heartbeat_secs,
+               channel = CASE WHEN $10 AND subscription.channel ? 'secret'
+                              THEN jsonb_set(EXCLUDED.channel, '{secret}', subscription.channel -> 'secret')
+                              ELSE EXCLUDED.channel END,
+               ends_at = EXCLUDED.ends_at, heartbeat_secs = EXCLUDED.heartbeat_secs,
                handshake_due = subscription.handshake_due OR EXCLUDED.handshake_due,
                attempts = CASE WHEN EXCLUDED.active AND NOT subscription.active THEN 0 ELSE subscription.attempts END,
                last_error = CASE WHEN EXCLUDED.active AND NOT subscription.active THEN NULL ELSE subscription.last_error END,
@@ -53,6 +59,7 @@ pub async fn register(tx: &Transaction<'_>, r: &Registration<'_>) -> FhirResult<
             &(r.active && r.handshake),
             &r.heartbeat_secs,
             &r.selects,
+            &r.keeps_secret,
         ],
     )
     .await?;

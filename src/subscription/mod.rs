@@ -124,7 +124,9 @@ fn extension_int(element: &Value, name: &str) -> Option<i64> {
 /// Checks a Subscription about to be written (its criteria only when it will be in
 /// force: one put in `error` or `off` may keep criteria that no longer apply) and
 /// puts the server's part in it: a requested subscription becomes `active` (and
-/// loses a stale `error`), and one without a signing secret gets a generated one.
+/// loses a stale `error`), and one without a signing secret gets a generated one
+/// (a subscription written again without one keeps the one it has: see
+/// `store::subscriptions::register`). The secret is taken out of the resource.
 /// Returns what is then in force. `id` is the Subscription's.
 pub fn prepare(
     resource: &mut Value,
@@ -283,9 +285,7 @@ pub fn prepare(
             })?),
             None => None,
         };
-    let given = extensions(resource, SECRET_EXTENSION)
-        .find_map(|e| e["valueString"].as_str())
-        .map(str::to_owned);
+    let given = take_secret(resource);
     let secret_generated = given.is_none();
     let secret = match given {
         Some(s) if s.len() >= 16 => s,
@@ -295,19 +295,11 @@ pub fn prepare(
                 "the signing secret must be at least 16 characters",
             ))
         }
-        None => {
-            let secret = format!(
-                "{}{}",
-                uuid::Uuid::new_v4().simple(),
-                uuid::Uuid::new_v4().simple()
-            );
-            let ext = json!({"url": SECRET_EXTENSION, "valueString": secret});
-            match resource["extension"].as_array_mut() {
-                Some(list) => list.push(ext),
-                None => resource["extension"] = json!([ext]),
-            }
-            secret
-        }
+        None => format!(
+            "{}{}",
+            uuid::Uuid::new_v4().simple(),
+            uuid::Uuid::new_v4().simple()
+        ),
     };
     if active {
         resource["status"] = json!("active");
@@ -341,27 +333,39 @@ pub fn prepare(
     })
 }
 
-/// A Subscription written again without its signing secret keeps the one it has
-/// (`current`, its stored version) instead of the secret just generated: the
-/// subscriber's key does not change behind its back, and the server's own
-/// rewrites of the subscriptions it keeps stay no-ops.
-pub fn keep_secret(resource: &mut Value, spec: &mut Spec, current: &Value) {
-    if !spec.secret_generated {
-        return;
-    }
-    let Some(kept) = extensions(current, SECRET_EXTENSION)
+/// Takes the signing secret out of a Subscription: it is kept with the
+/// subscription's channel (`subscription.channel`), never in the stored resource,
+/// so that no read, search, history or export returns it.
+fn take_secret(resource: &mut Value) -> Option<String> {
+    let given = extensions(resource, SECRET_EXTENSION)
         .find_map(|e| e["valueString"].as_str())
-        .filter(|s| s.len() >= 16)
-        .map(str::to_owned)
-    else {
-        return;
-    };
-    if let Some(list) = resource["extension"].as_array_mut() {
-        for ext in list.iter_mut().filter(|e| e["url"] == SECRET_EXTENSION) {
-            ext["valueString"] = json!(kept);
-        }
+        .map(str::to_owned);
+    if let Some(obj) = resource.as_object_mut() {
+        let others: Vec<Value> = obj
+            .get("extension")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter(|e| e["url"] != SECRET_EXTENSION)
+            .cloned()
+            .collect();
+        match others.is_empty() {
+            true => obj.remove("extension"),
+            false => obj.insert("extension".to_owned(), Value::Array(others)),
+        };
     }
-    spec.channel.secret = kept;
+    given
+}
+
+/// The answer to the write that set a subscription's secret (its creation, or a
+/// write naming one): the stored resource with the secret, returned this once.
+pub fn with_secret(mut resource: Value, secret: &str) -> Value {
+    let ext = json!({"url": SECRET_EXTENSION, "valueString": secret});
+    match resource["extension"].as_array_mut() {
+        Some(list) => list.push(ext),
+        None => resource["extension"] = json!([ext]),
+    }
+    resource
 }
 
 /// Whether a Subscription is an NdE subscriber's (the guide's `nde-subscription`

@@ -63,11 +63,16 @@ fn a_requested_r4_subscription_becomes_active_with_a_secret() {
     assert_eq!(spec.channel.content, Content::FullResource);
     assert_eq!(spec.channel.headers, vec!["Authorization: Bearer abc"]);
     assert_eq!(spec.channel.secret.len(), 64);
-    assert_eq!(s["extension"][0]["valueString"], json!(spec.channel.secret));
-    // Written again, the secret is kept.
-    let again =
-        prepare(&mut s, "s1", &EndpointPolicy::default(), &definitions()).expect("accepted");
-    assert_eq!(again.channel.secret, spec.channel.secret);
+    assert!(spec.secret_generated);
+    assert!(
+        s.get("extension").is_none(),
+        "the secret is not stored: {s}"
+    );
+    let answered = with_secret(s, &spec.channel.secret);
+    assert_eq!(
+        answered["extension"][0],
+        json!({"url": SECRET_EXTENSION, "valueString": spec.channel.secret})
+    );
 }
 
 #[test]
@@ -310,25 +315,21 @@ fn an_nde_subscriber_is_sent_the_notification_requests_based_on_it() {
 }
 
 #[test]
-fn a_subscription_written_again_without_its_secret_keeps_it() {
-    let mut first = r4_subscription();
-    let spec =
-        prepare(&mut first, "s1", &EndpointPolicy::default(), &definitions()).expect("accepted");
-    assert!(spec.secret_generated);
-    let mut again = r4_subscription();
-    let mut spec =
-        prepare(&mut again, "s1", &EndpointPolicy::default(), &definitions()).expect("accepted");
-    assert_ne!(again, first, "a fresh secret was generated");
-    keep_secret(&mut again, &mut spec, &first);
-    assert_eq!(again, first);
-    let kept = first["extension"][0]["valueString"].as_str().unwrap();
-    assert_eq!(spec.channel.secret, kept);
-    // A secret the subscriber gives is its own.
+fn a_given_secret_is_taken_out_of_the_resource_and_its_other_extensions_kept() {
     let mut given = r4_subscription();
-    given["extension"] =
-        json!([{"url": SECRET_EXTENSION, "valueString": "a-secret-of-my-own-choice"}]);
-    let mut spec =
+    let note = json!({"url": "https://example.org/note", "valueString": "cabinet"});
+    given["extension"] = json!([
+        note.clone(),
+        {"url": SECRET_EXTENSION, "valueString": "a-secret-of-my-own-choice"}
+    ]);
+    let spec =
         prepare(&mut given, "s1", &EndpointPolicy::default(), &definitions()).expect("accepted");
-    keep_secret(&mut given, &mut spec, &first);
     assert_eq!(spec.channel.secret, "a-secret-of-my-own-choice");
+    assert!(!spec.secret_generated);
+    assert_eq!(given["extension"], json!([note]));
+    // Too short a secret is refused, naming the element.
+    let mut short = r4_subscription();
+    short["extension"] = json!([{"url": SECRET_EXTENSION, "valueString": "short"}]);
+    let refused = prepare(&mut short, "s1", &EndpointPolicy::default(), &definitions());
+    assert!(refused.is_err());
 }

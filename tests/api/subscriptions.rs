@@ -169,6 +169,68 @@ async fn an_r4_rest_hook_gets_each_matching_write_signed_and_nothing_else() {
     assert_eq!(rows, delivered_once(2));
 }
 
+/// Whether `text` holds a signing secret anywhere.
+fn shows_secret(text: &str) -> bool {
+    text.contains("subscription-secret")
+}
+
+#[tokio::test]
+async fn the_signing_secret_is_returned_to_its_creator_once_and_never_on_reads() {
+    let s = TestServer::start().await;
+    let gp = Receiver::start().await;
+    let subscription = r4_subscription("Encounter?status=finished", &gp.url());
+    let created = json_of(s.post_json("Subscription", &subscription).await, 201).await;
+    let secret = secret_of(&created);
+    let sub_id = created["id"].as_str().expect("id").to_owned();
+    for path in [
+        format!("Subscription/{sub_id}"),
+        format!("Subscription/{sub_id}/_history/1"),
+        format!("Subscription/{sub_id}/_history"),
+        "Subscription?status=active".to_owned(),
+        "_history".to_owned(),
+    ] {
+        let resp = s.get(&path).await;
+        assert_eq!(resp.status(), 200, "{path}");
+        let text = resp.text().await.expect("body");
+        assert!(text.contains(&sub_id), "{path}: {text}");
+        assert!(!shows_secret(&text), "{path} shows the secret: {text}");
+    }
+    // Written again without it (the reason changed), the secret is kept and not
+    // shown: notifications are still signed with the first one.
+    let mut again = created.clone();
+    again["reason"] = json!("Discharges, for the practice's new software");
+    again.as_object_mut().expect("object").remove("extension");
+    let answer = s.put_json(&format!("Subscription/{sub_id}"), &again).await;
+    assert_eq!(answer.status(), 200);
+    assert!(!shows_secret(&answer.text().await.expect("body")));
+    put(&s, &encounter("stay-1", "finished", "p1")).await;
+    let sent = gp.expect().await;
+    assert_eq!(
+        sent.header("x-passerelle-signature"),
+        Some(format!("sha256={}", hmac_hex(&secret, &sent.body)).as_str())
+    );
+    // A secret given by the subscriber replaces it, and is answered to that write.
+    let mine = "a-secret-the-practice-chose";
+    again["extension"] = json!([{
+        "url": "https://passerelle.example.fr/fhir/StructureDefinition/subscription-secret",
+        "valueString": mine
+    }]);
+    let answer = json_of(
+        s.put_json(&format!("Subscription/{sub_id}"), &again).await,
+        200,
+    )
+    .await;
+    assert_eq!(secret_of(&answer), mine);
+    let read = json_of(s.get(&format!("Subscription/{sub_id}")).await, 200).await;
+    assert!(!shows_secret(&read.to_string()));
+    put(&s, &encounter("stay-2", "finished", "p2")).await;
+    let sent = gp.expect().await;
+    assert_eq!(
+        sent.header("x-passerelle-signature"),
+        Some(format!("sha256={}", hmac_hex(mine, &sent.body)).as_str())
+    );
+}
+
 #[tokio::test]
 async fn a_rolled_back_transaction_records_no_event() {
     let s = TestServer::start().await;
