@@ -210,7 +210,7 @@ impl Target {
                             id: None,
                         },
                     };
-                    service::write(pool, rules, request).await
+                    service::write(pool, rules, request, &crate::auth::Access::Open).await
                 }
                 .await
                 .map_err(|e: FhirError| e.to_string())?;

@@ -123,8 +123,9 @@ impl Guard {
     }
 }
 
-/// The client behind a verified token.
-#[derive(Debug, Clone)]
+/// The client behind a verified token. Kept, serialised, as the owner of the
+/// Subscriptions it writes (`subscription.owner`): they notify what it may see.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Principal {
     /// `client_id` (or `azp`).
     pub client: Option<String>,
@@ -188,6 +189,22 @@ impl Access {
                 interaction.letter()
             ))),
         }
+    }
+
+    /// The client as the owner of a Subscription it writes (`told_of` reads it
+    /// back); none when authentication is off.
+    pub fn owner(&self) -> Option<serde_json::Value> {
+        match self {
+            Access::Token(principal) => serde_json::to_value(principal.as_ref()).ok(),
+            Access::Open => None,
+        }
+    }
+
+    /// A Subscription owner as stored (`owner`).
+    pub fn of_owner(owner: serde_json::Value) -> Option<Access> {
+        serde_json::from_value::<Principal>(owner)
+            .ok()
+            .map(|p| Access::Token(Arc::new(p)))
     }
 
     /// The patient of a `patient/` context.
@@ -266,6 +283,82 @@ pub fn search_reaches(
 mod tests {
     use super::*;
 
+    /// A token's client as a subscription stores it, read back.
+    fn owner(scope: &str, fhir_user: Option<&str>, patient: Option<&str>) -> Access {
+        let written = Access::Token(Arc::new(Principal {
+            client: Some("app".to_owned()),
+            subject: None,
+            fhir_user: fhir_user.map(str::to_owned),
+            patient: patient.map(str::to_owned),
+            grants: scopes::parse_scopes(scope),
+        }));
+        Access::of_owner(written.owner().expect("a token's client")).expect("read back")
+    }
+
+    #[test]
+    fn what_a_subscription_owner_is_told_of() {
+        let circle = |id: &str| Holder::Circle(vec![("Practitioner".to_owned(), id.to_owned())]);
+        let cases: Vec<(Access, &str, Option<Holder>)> = vec![
+            (
+                owner("system/*.read", None, None),
+                "Encounter",
+                Some(Holder::Free),
+            ),
+            (owner("system/Patient.read", None, None), "Encounter", None),
+            (
+                owner("system/*.rs", None, None),
+                "Observation",
+                Some(Holder::Free),
+            ),
+            (
+                owner("patient/*.read", None, Some("p1")),
+                "Encounter",
+                Some(Holder::Patient("p1".to_owned())),
+            ),
+            // Directory data is nobody's record.
+            (
+                owner("patient/*.read", None, Some("p1")),
+                "Practitioner",
+                Some(Holder::Free),
+            ),
+            // patient/ scopes without a patient grant nothing.
+            (owner("patient/*.read", None, None), "Encounter", None),
+            (
+                owner("user/*.read", Some("Practitioner/gp1"), None),
+                "CommunicationRequest",
+                Some(circle("gp1")),
+            ),
+            (
+                owner(
+                    "user/*.read",
+                    Some("https://h.example/fhir/Practitioner/gp1"),
+                    None,
+                ),
+                "Encounter",
+                Some(circle("gp1")),
+            ),
+            // A user/ client that names no user is told nothing of records.
+            (owner("user/*.read", None, None), "Encounter", None),
+            // Write-only, or restricted to a query: nothing (not applied yet).
+            (owner("system/*.cud", None, None), "Encounter", None),
+            (
+                owner("system/Observation.rs?category=laboratory", None, None),
+                "Observation",
+                None,
+            ),
+        ];
+        for (access, res_type, expected) in cases {
+            assert_eq!(
+                told_of(&access, res_type),
+                expected,
+                "{access:?} {res_type}"
+            );
+        }
+        // Open access has no owner to keep; an owner that no longer reads is none.
+        assert!(Access::Open.owner().is_none());
+        assert!(Access::of_owner(serde_json::json!({"grants": "?"})).is_none());
+    }
+
     fn parts(mode: &str) -> AuthParts {
         AuthParts {
             mode: Some(mode.to_owned()),
@@ -301,5 +394,85 @@ mod tests {
             AuthSetting::from_parts(parts("none")),
             Ok(AuthSetting::None)
         );
+    }
+}
+
+/// Whose records a client may see of a type, once its scopes allow it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Holder {
+    /// Every resource of the type (`system/` scopes, directory types).
+    Free,
+    /// The record of one patient (`patient/` scopes, or `user/` scopes of a
+    /// patient's own app).
+    Patient(String),
+    /// The records of the patients whose care circle names these members now
+    /// (`user/` scopes of a practitioner, `fhirUser`).
+    Circle(Vec<(String, String)>),
+}
+
+/// Who a `user/` token stands for, as members of care circles.
+fn user_members(access: &Access) -> FhirResult<Holder> {
+    let Access::Token(principal) = access else {
+        return Ok(Holder::Free);
+    };
+    let user = principal.fhir_user.as_deref().unwrap_or_default();
+    // fhirUser may be absolute: its last two segments name the resource.
+    let mut segments = user.rsplit('/');
+    let (id, t) = (
+        segments.next().unwrap_or_default(),
+        segments.next().unwrap_or_default(),
+    );
+    match t {
+        "Patient" => Ok(Holder::Patient(id.to_owned())),
+        "Practitioner" | "PractitionerRole" if !id.is_empty() => {
+            Ok(Holder::Circle(vec![(t.to_owned(), id.to_owned())]))
+        }
+        _ => Err(FhirError::Forbidden(
+            "user/ scopes on a patient's record need a fhirUser claim naming a Practitioner, PractitionerRole or Patient".to_owned(),
+        )),
+    }
+}
+
+/// Whose records of `res_type` the client may see for `interaction`. A
+/// practitioner who breaks the glass (a reason given) sees any record, audited.
+pub fn holder(
+    access: &Access,
+    res_type: &str,
+    interaction: Interaction,
+    break_glass: bool,
+) -> FhirResult<Holder> {
+    use crate::auth::scopes::{Context, Decision};
+    if !crate::search::compartment::in_patient_compartment(res_type) {
+        return Ok(Holder::Free);
+    }
+    let context = match access.decide(res_type, interaction) {
+        Decision::Allowed(context) => context,
+        Decision::Restricted(list) => list.first().map_or(Context::System, |(c, _)| *c),
+        Decision::Denied => Context::System,
+    };
+    match context {
+        Context::System => Ok(Holder::Free),
+        Context::Patient => Ok(Holder::Patient(
+            access.patient().unwrap_or_default().to_owned(),
+        )),
+        Context::User => match user_members(access)? {
+            Holder::Circle(_) if break_glass => Ok(Holder::Free),
+            held => Ok(held),
+        },
+    }
+}
+
+/// Whose resources of `res_type` a subscription's owner (its stored `Principal`)
+/// may be told of: those of the holder; `None` when its scopes do not let it read
+/// the type, or let it read only what matches a search restriction (not applied
+/// to notifications yet: nothing is sent rather than too much).
+pub fn told_of(owner: &Access, res_type: &str) -> Option<Holder> {
+    match owner.decide(res_type, Interaction::Read) {
+        Decision::Allowed(_) => match holder(owner, res_type, Interaction::Read, false) {
+            // patient/ scopes without a patient in context grant nothing.
+            Ok(Holder::Patient(patient)) if patient.is_empty() => None,
+            held => held.ok(),
+        },
+        Decision::Restricted(_) | Decision::Denied => None,
     }
 }

@@ -6,7 +6,7 @@
 //! nothing either. Pure.
 
 /// Whose data a grant is about (the part before the `/`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Context {
     /// The patient of the launch context (`patient` claim).
     Patient,
@@ -50,7 +50,7 @@ impl Interaction {
 }
 
 /// What one scope grants.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Grant {
     pub context: Context,
     /// `None` for `*`.

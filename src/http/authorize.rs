@@ -9,6 +9,7 @@ use std::sync::Arc;
 use axum::http::{header, HeaderMap, Method};
 
 use crate::auth::scopes::Interaction;
+pub use crate::auth::Holder;
 use crate::auth::{Access, Guard, Principal, EVERY_TYPE};
 use crate::error::{Challenge, FhirError, FhirResult};
 use crate::search::params::ParamTable;
@@ -152,19 +153,6 @@ pub fn check(
     Ok(())
 }
 
-/// Whose records a client may see of a type, once its scopes allow it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Holder {
-    /// Every resource of the type (`system/` scopes, directory types).
-    Free,
-    /// The record of one patient (`patient/` scopes, or `user/` scopes of a
-    /// patient's own app).
-    Patient(String),
-    /// The records of the patients whose care circle names these members now
-    /// (`user/` scopes of a practitioner, `fhirUser`).
-    Circle(Vec<(String, String)>),
-}
-
 /// How the client's context narrows a request its scopes allow.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Narrowing {
@@ -186,58 +174,6 @@ pub enum Narrowing {
     },
 }
 
-/// Who a `user/` token stands for, as members of care circles.
-fn user_members(access: &Access) -> FhirResult<Holder> {
-    let Access::Token(principal) = access else {
-        return Ok(Holder::Free);
-    };
-    let user = principal.fhir_user.as_deref().unwrap_or_default();
-    // fhirUser may be absolute: its last two segments name the resource.
-    let mut segments = user.rsplit('/');
-    let (id, t) = (
-        segments.next().unwrap_or_default(),
-        segments.next().unwrap_or_default(),
-    );
-    match t {
-        "Patient" => Ok(Holder::Patient(id.to_owned())),
-        "Practitioner" | "PractitionerRole" if !id.is_empty() => {
-            Ok(Holder::Circle(vec![(t.to_owned(), id.to_owned())]))
-        }
-        _ => Err(FhirError::Forbidden(
-            "user/ scopes on a patient's record need a fhirUser claim naming a Practitioner, PractitionerRole or Patient".to_owned(),
-        )),
-    }
-}
-
-/// Whose records of `res_type` the client may see for `interaction`. A
-/// practitioner who breaks the glass (a reason given) sees any record, audited.
-pub fn holder(
-    access: &Access,
-    res_type: &str,
-    interaction: Interaction,
-    break_glass: bool,
-) -> FhirResult<Holder> {
-    use crate::auth::scopes::{Context, Decision};
-    if !crate::search::compartment::in_patient_compartment(res_type) {
-        return Ok(Holder::Free);
-    }
-    let context = match access.decide(res_type, interaction) {
-        Decision::Allowed(context) => context,
-        Decision::Restricted(list) => list.first().map_or(Context::System, |(c, _)| *c),
-        Decision::Denied => Context::System,
-    };
-    match context {
-        Context::System => Ok(Holder::Free),
-        Context::Patient => Ok(Holder::Patient(
-            access.patient().unwrap_or_default().to_owned(),
-        )),
-        Context::User => match user_members(access)? {
-            Holder::Circle(_) if break_glass => Ok(Holder::Free),
-            held => Ok(held),
-        },
-    }
-}
-
 /// How the client's context narrows what the request asks for: searches run
 /// within whose records it may see, a request about one resource answers only if
 /// it may see it; 403 for what cannot be narrowed yet (writes by criteria,
@@ -257,7 +193,7 @@ pub fn narrowing(
     if let Access::Open = access {
         return Ok(Narrowing::None);
     }
-    let holder = |t: &str, i: Interaction| self::holder(access, t, i, break_glass);
+    let holder = |t: &str, i: Interaction| crate::auth::holder(access, t, i, break_glass);
     let not_yet = |what: &str| {
         FhirError::Forbidden(format!(
             "{what} is not available yet to a token held to a patient's record or a care circle"

@@ -641,7 +641,7 @@ async fn transaction(
                     ));
                 }
                 pending.entries.push(i);
-                pending.changes.push(change);
+                pending.changes.push(change.written_by(answering.access));
                 if pending.changes.len() == CHANGES_PER_STATEMENT {
                     pending.flush(&tx, rules, now, &mut out).await?;
                 }
@@ -679,7 +679,7 @@ async fn batch_entry(
         return get_entry(&pool.get().await?, &params, answering, &head).await;
     }
     let request = write_request(&head, resource, None, true)?;
-    let written = super::write(pool, rules, request).await?;
+    let written = super::write(pool, rules, request, answering.access).await?;
     Ok(write_response(written.as_ref(), answering.representation))
 }
 

@@ -9,6 +9,7 @@ use deadpool_postgres::Transaction;
 use serde_json::Value;
 
 use super::Catalog;
+use crate::auth::{self, Access, Holder};
 use crate::error::{FhirError, FhirResult};
 use crate::search::index::{self, IndexRows};
 use crate::search::matcher::{self, Subject};
@@ -29,15 +30,31 @@ pub struct Fact {
     pub rows: Option<IndexRows>,
 }
 
-/// Files a Subscription resource that has just been written (`spec` from
-/// `subscription::prepare`), or unfiles a deleted one.
+/// A Subscription resource just written, as filed.
+#[derive(Clone, Copy)]
+pub struct Filing<'a> {
+    pub sub_id: &'a str,
+    /// `subscription::prepare`'s; none for a delete.
+    pub spec: Option<&'a Spec>,
+    /// Written again without a secret: it keeps the one it has.
+    pub keeps_secret: bool,
+    /// The client that wrote it (`write::Change::owner`).
+    pub owner: Option<&'a Value>,
+}
+
+/// Files a Subscription resource that has just been written, or unfiles a
+/// deleted one.
 pub async fn file_subscription(
     tx: &Transaction<'_>,
     catalog: &Catalog,
-    sub_id: &str,
-    spec: Option<&Spec>,
-    keeps_secret: bool,
+    filing: &Filing<'_>,
 ) -> FhirResult<()> {
+    let Filing {
+        sub_id,
+        spec,
+        keeps_secret,
+        owner,
+    } = *filing;
     let Some(spec) = spec else {
         return subscriptions::unregister(tx, sub_id).await;
     };
@@ -74,6 +91,7 @@ pub async fn file_subscription(
                 .map(|s| i32::try_from(s).unwrap_or(i32::MAX)),
             keys: &keys,
             keeps_secret,
+            owner,
         },
     )
     .await
@@ -223,6 +241,14 @@ async fn matches(
     candidate: &subscriptions::Candidate,
     previous: &mut Option<Option<(IndexRows, DateTime<Utc>)>>,
 ) -> FhirResult<bool> {
+    // A subscription tells its owner only what the owner may see now.
+    let held = match &candidate.owner {
+        None => None,
+        Some(owner) => match held_to_owner(definitions.params, owner, w) {
+            None => return Ok(false),
+            Some(condition) => condition,
+        },
+    };
     // A subscription whose topic or parameters have since gone (a deployer's topic
     // file, a SearchParameter deleted) matches nothing; it must not fail the write.
     let compiled =
@@ -252,18 +278,46 @@ async fn matches(
             last_updated: *at,
             rows,
         });
-    Ok(
-        match compiled.evaluate(
+    let verdict = compiled.evaluate(
+        &w.res_type,
+        w.interaction,
+        current.as_ref(),
+        previous.as_ref(),
+    );
+    Ok(match (verdict, held) {
+        (Verdict::No, _) => false,
+        (Verdict::Yes, None) => true,
+        (Verdict::Yes, Some(condition)) => matches_in_database(tx, w, vec![condition]).await?,
+        (Verdict::AskDatabase(mut conditions), held) => {
+            conditions.extend(held);
+            matches_in_database(tx, w, conditions).await?
+        }
+    })
+}
+
+/// What a subscription's owner (`auth::Principal`, as stored) may be told of a
+/// written version: `None`, nothing (its scopes do not let it read the type, or
+/// the owner no longer reads); `Some(None)`, the version as it matches; otherwise
+/// only if the version also meets the condition (the owner's patient's record,
+/// or the records of the circles the owner is in), asked of the database. A
+/// delete of a patient's data is not told to a held owner: whose record it was
+/// is gone with its index rows.
+fn held_to_owner(params: &ParamTable, owner: &Value, w: &Fact) -> Option<Option<Condition>> {
+    let access = Access::of_owner(owner.clone())?;
+    match auth::told_of(&access, &w.res_type)? {
+        Holder::Free => Some(None),
+        _ if w.rows.is_none() => None,
+        Holder::Patient(patient) => Some(Some(crate::search::compartment::membership(
+            params,
+            "Patient",
+            &patient,
             &w.res_type,
-            w.interaction,
-            current.as_ref(),
-            previous.as_ref(),
-        ) {
-            Verdict::Yes => true,
-            Verdict::No => false,
-            Verdict::AskDatabase(conditions) => matches_in_database(tx, w, conditions).await?,
-        },
-    )
+        )?)),
+        Holder::Circle(members) => Some(Some(Condition::InCircle {
+            members,
+            res_type: w.res_type.clone(),
+        })),
+    }
 }
 
 /// The index rows of the version before this one, if it was live.

@@ -47,9 +47,21 @@ pub struct Change {
     pub resource: Option<Value>,
     /// `If-Match`: the version the client expects to replace.
     pub if_match: Option<i64>,
+    /// The client writing a Subscription (`auth::Access::owner`), kept as its
+    /// owner; none for other types, the server's own writes and open access.
+    pub owner: Option<Value>,
 }
 
 impl Change {
+    /// Names the client that writes the change, when it is a Subscription: its
+    /// notifications are then held to what that client may see.
+    pub fn written_by(mut self, access: &crate::auth::Access) -> Change {
+        if self.res_type == "Subscription" {
+            self.owner = access.owner();
+        }
+        self
+    }
+
     /// A new resource with a server-assigned id.
     pub fn create(res_type: &str, resource: Value) -> Change {
         Change {
@@ -58,6 +70,7 @@ impl Change {
             kind: ChangeKind::Create,
             resource: Some(resource),
             if_match: None,
+            owner: None,
         }
     }
 
@@ -74,6 +87,7 @@ impl Change {
             kind: ChangeKind::Update,
             resource: Some(resource),
             if_match,
+            owner: None,
         }
     }
 }
@@ -732,7 +746,13 @@ async fn write_steps(
         if r.change.res_type == "Subscription" {
             let spec = r.next.subscription.as_deref();
             let keeps_secret = spec.is_some_and(|s| s.secret_generated) && r.next.live;
-            notify::file_subscription(tx, &rules.catalog, &r.change.res_id, spec, keeps_secret)
+            let filing = notify::Filing {
+                sub_id: &r.change.res_id,
+                spec,
+                keeps_secret,
+                owner: r.change.owner.as_ref(),
+            };
+            notify::file_subscription(tx, &rules.catalog, &filing)
                 .await
                 .map_err(at(position))?;
             // The writer that set the secret gets it back, this once.

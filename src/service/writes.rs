@@ -172,11 +172,13 @@ async fn patched(
 
 /// Runs one write interaction in its own transaction: its conditions resolved
 /// (`plan`), then the single write path, then the subscriptions' events, all before
-/// the commit. `None`: a conditional delete that matched nothing.
+/// the commit. `None`: a conditional delete that matched nothing. `access`: who
+/// writes (a Subscription's owner).
 pub async fn write(
     pool: &Pool,
     rules: &Rules,
     request: WriteRequest,
+    access: &crate::auth::Access,
 ) -> FhirResult<Option<Written>> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
@@ -185,6 +187,7 @@ pub async fn write(
     let params = rules.catalog.params.current();
     let written = match plan(&tx, &params, request).await? {
         Planned::Change(change) => {
+            let change = change.written_by(access);
             Some(super::write::apply(&tx, rules, now, change, &mut facts).await?)
         }
         Planned::Answered(written) => written,
@@ -250,6 +253,7 @@ pub async fn plan(
                 kind: ChangeKind::Create,
                 resource: Some(resource),
                 if_match: None,
+                owner: None,
             }
         }
         WriteRequest::Update {
@@ -308,6 +312,7 @@ pub async fn plan(
                 kind: ChangeKind::Patch,
                 resource: Some(resource),
                 if_match,
+                owner: None,
             }
         }
         WriteRequest::Delete {
@@ -320,6 +325,7 @@ pub async fn plan(
             kind: ChangeKind::Delete,
             resource: None,
             if_match,
+            owner: None,
         },
         WriteRequest::ConditionalDelete { res_type, criteria } => {
             let Matches::One(res_id) = conditional_match(tx, params, &res_type, &criteria).await?
@@ -332,6 +338,7 @@ pub async fn plan(
                 kind: ChangeKind::Delete,
                 resource: None,
                 if_match: None,
+                owner: None,
             }
         }
     };
@@ -377,7 +384,8 @@ pub async fn subscription_status(
         resource,
         if_match: Some(current.version_id),
     };
-    match write(pool, rules, request).await {
+    // The server's own write: the subscription keeps its owner.
+    match write(pool, rules, request, &crate::auth::Access::Open).await {
         Ok(_) | Err(FhirError::PreconditionFailed(_)) => Ok(()),
         Err(e) => Err(e),
     }

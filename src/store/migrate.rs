@@ -59,8 +59,8 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (11, "audit trail", include_str!("migrations/0011_audit.sql")),
     (
         12,
-        "subscription secrets out of stored resources",
-        include_str!("migrations/0012_subscription_secrets.sql"),
+        "subscription owners, secrets out of stored resources",
+        include_str!("migrations/0012_subscription_secrets_and_owners.sql"),
     ),
 ];
 

@@ -25,6 +25,9 @@ pub struct Registration<'a> {
     /// The subscription keeps the signing secret it has (written again without
     /// one); otherwise the channel's is in force.
     pub keeps_secret: bool,
+    /// Who wrote it (`Candidate::owner`); a write by no client (the server's
+    /// own, or with authentication off) keeps the owner it has.
+    pub owner: Option<&'a serde_json::Value>,
 }
 
 /// Files (or refiles) a subscription in the write's transaction. Reactivation
@@ -33,9 +36,9 @@ pub struct Registration<'a> {
 pub async fn register(tx: &Transaction<'_>, r: &Registration<'_>) -> FhirResult<()> {
     let upsert = tx
         .prepare_cached(
-            "INSERT INTO subscription (sub_id, active, topic, criteria, channel, ends_at, handshake_due, heartbeat_secs, selects)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-             ON CONFLICT (sub_id) DO UPDATE SET
+            "INSERT INTO subscription (sub_id, active, topic, criteria, channel, ends_at, handshake_due, heartbeat_secs, selects, owner)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $11)
+             ON CONFLICT (sub_id) DO UPDATE SET owner = coalesce(EXCLUDED.owner, subscription.owner),
                active = EXCLUDED.active, topic = EXCLUDED.topic, criteria = EXCLUDED.criteria, selects = EXCLUDED.selects,
                channel = CASE WHEN $10 AND subscription.channel ? 'secret'
                               THEN jsonb_set(EXCLUDED.channel, '{secret}', subscription.channel -> 'secret')
@@ -60,6 +63,7 @@ pub async fn register(tx: &Transaction<'_>, r: &Registration<'_>) -> FhirResult<
             &r.heartbeat_secs,
             &r.selects,
             &r.keeps_secret,
+            &r.owner,
         ],
     )
     .await?;
@@ -117,9 +121,12 @@ pub struct Candidate {
     pub sub_id: String,
     pub topic: Option<String>,
     pub criteria: Vec<String>,
+    /// The client that wrote the subscription (`auth::Principal`): it is told only
+    /// what it may see. None: written with authentication off, or by the server.
+    pub owner: Option<serde_json::Value>,
 }
 
-const CANDIDATE_COLUMNS: &str = "k.res_type, k.match_key, s.sub_id, s.topic, s.criteria
+const CANDIDATE_COLUMNS: &str = "k.res_type, k.match_key, s.sub_id, s.topic, s.criteria, s.owner
            FROM subscription_key k JOIN subscription s ON s.sub_id = k.sub_id
           WHERE s.active AND (s.ends_at IS NULL OR s.ends_at > now())";
 
@@ -130,6 +137,7 @@ fn candidate_from_row(r: &tokio_postgres::Row) -> Candidate {
         sub_id: r.get(2),
         topic: r.get(3),
         criteria: r.get(4),
+        owner: r.get(5),
     }
 }
 

@@ -854,3 +854,81 @@ async fn every_access_is_in_the_audit_trail() {
     outcome_of(get_with(&s, "AuditEvent?patient=au-p", &gp).await, 403).await;
     outcome_of(get_with(&s, "AuditEvent?name=x", &admin).await, 400).await;
 }
+
+#[tokio::test]
+async fn a_subscription_tells_its_owner_only_what_she_may_see() {
+    use crate::receiver::Receiver;
+    use crate::subscriptions::r4_subscription;
+    use std::time::Duration;
+    let (s, rsa, _) = smart_server().await;
+    let admin = sign(&rsa, &claims("system/*.*", json!({})));
+    let write = |resource: Value| {
+        let (admin, s) = (admin.clone(), &s);
+        async move {
+            let path = format!(
+                "{}/{}",
+                resource["resourceType"].as_str().expect("type"),
+                resource["id"].as_str().expect("id")
+            );
+            let status = send_with(s, reqwest::Method::PUT, &path, &admin, &resource)
+                .await
+                .status();
+            assert!(status.is_success(), "{path}: {status}");
+        }
+    };
+    let observation = |id: &str, patient: &str| {
+        json!({"resourceType": "Observation", "id": id, "status": "final",
+            "code": {"text": "Poids"}, "subject": {"reference": format!("Patient/{patient}")}})
+    };
+    write(json!({"resourceType": "Practitioner", "id": "owner-gp"})).await;
+    write(json!({"resourceType": "Patient", "id": "owner-a",
+        "generalPractitioner": [{"reference": "Practitioner/owner-gp"}]}))
+    .await;
+    write(json!({"resourceType": "Patient", "id": "owner-b"})).await;
+
+    // The GP's app subscribes to every final Observation; a backend allowed to
+    // read Patients only subscribes to the same.
+    let (gp, backend) = (Receiver::start().await, Receiver::start().await);
+    let gp_token = sign(
+        &rsa,
+        &claims(
+            "openid fhirUser user/*.cruds",
+            json!({"fhirUser": "Practitioner/owner-gp"}),
+        ),
+    );
+    let narrow = sign(
+        &rsa,
+        &claims("system/Patient.read system/Subscription.cruds", json!({})),
+    );
+    for (token, receiver) in [(&gp_token, &gp), (&narrow, &backend)] {
+        let subscription = r4_subscription("Observation?status=final", &receiver.url());
+        let created = send_with(
+            &s,
+            reqwest::Method::POST,
+            "Subscription",
+            token,
+            &subscription,
+        );
+        assert_eq!(created.await.status(), 201);
+    }
+
+    // Her patient's Observation reaches her; the other patient's does not, and
+    // the backend is told of neither.
+    write(observation("owner-a-1", "owner-a")).await;
+    write(observation("owner-b-1", "owner-b")).await;
+    assert_eq!(gp.expect().await.json()["id"], "owner-a-1");
+    assert!(gp.next(Duration::from_millis(800)).await.is_none());
+    assert!(backend.next(Duration::from_millis(200)).await.is_none());
+
+    // Once she is in the other patient's care team, that record reaches her too.
+    write(
+        json!({"resourceType": "CareTeam", "id": "owner-b-team", "status": "active",
+        "subject": {"reference": "Patient/owner-b"},
+        "participant": [{"member": {"reference": "Practitioner/owner-gp"}}]}),
+    )
+    .await;
+    write(observation("owner-b-2", "owner-b")).await;
+    assert_eq!(gp.expect().await.json()["id"], "owner-b-2");
+    assert!(gp.next(Duration::from_millis(500)).await.is_none());
+    assert!(backend.next(Duration::from_millis(100)).await.is_none());
+}

@@ -142,7 +142,7 @@ async fn paging_neither_skips_nor_repeats_while_writes_continue() {
 /// skipped by a client that syncs `_since` the last version it saw.
 #[tokio::test]
 async fn sync_never_skips_a_version_that_commits_late() {
-    use passerelle::service::{write, Change, ChangeKind};
+    use passerelle::service::{write, Change};
     let s = TestServer::start().await;
     let start = json_of(
         s.put_json(
@@ -164,13 +164,12 @@ async fn sync_never_skips_a_version_that_commits_late() {
         &tx,
         &Default::default(),
         now,
-        Change {
-            res_type: "Patient".into(),
-            res_id: "slow".into(),
-            kind: ChangeKind::Update,
-            resource: Some(json!({"resourceType": "Patient", "id": "slow"})),
-            if_match: None,
-        },
+        Change::update(
+            "Patient",
+            "slow".into(),
+            json!({"resourceType": "Patient", "id": "slow"}),
+            None,
+        ),
         &mut Vec::new(),
     )
     .await

@@ -52,7 +52,8 @@ pub(super) async fn create(
         if_none_exist,
         id: None,
     };
-    let written = written_of(service::write(&state.pool, &state.rules, request).await?)?;
+    let written =
+        written_of(service::write(&state.pool, &state.rules, request, &req.access).await?)?;
     written_reply(req, &written, true)
 }
 
@@ -68,7 +69,8 @@ pub(super) async fn conditional_update(
         resource: req.resource()?,
         if_match: req.if_match()?,
     };
-    let written = written_of(service::write(&state.pool, &state.rules, request).await?)?;
+    let written =
+        written_of(service::write(&state.pool, &state.rules, request, &req.access).await?)?;
     written_reply(req, &written, true)
 }
 
@@ -82,7 +84,7 @@ pub(super) async fn conditional_delete(
         res_type: res_type.to_owned(),
         criteria: req.criteria(),
     };
-    match service::write(&state.pool, &state.rules, request).await? {
+    match service::write(&state.pool, &state.rules, request, &req.access).await? {
         Some(written) => written_reply(req, &written, false),
         None => Ok(Reply::new(StatusCode::NO_CONTENT, None)),
     }
@@ -101,7 +103,8 @@ pub(super) async fn update(
         resource: req.resource()?,
         if_match: req.if_match()?,
     };
-    let written = written_of(service::write(&state.pool, &state.rules, request).await?)?;
+    let written =
+        written_of(service::write(&state.pool, &state.rules, request, &req.access).await?)?;
     written_reply(req, &written, true)
 }
 
@@ -117,7 +120,8 @@ pub(super) async fn delete(
         res_id: id.to_owned(),
         if_match: req.if_match()?,
     };
-    let written = written_of(service::write(&state.pool, &state.rules, request).await?)?;
+    let written =
+        written_of(service::write(&state.pool, &state.rules, request, &req.access).await?)?;
     written_reply(req, &written, false)
 }
 
@@ -149,7 +153,8 @@ pub(super) async fn patch(
         document,
         if_match: req.if_match()?,
     };
-    let written = written_of(service::write(&state.pool, &state.rules, request).await?)?;
+    let written =
+        written_of(service::write(&state.pool, &state.rules, request, &req.access).await?)?;
     written_reply(req, &written, true)
 }
 

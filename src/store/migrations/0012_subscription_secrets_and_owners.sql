@@ -1,3 +1,8 @@
+-- Who wrote a subscription (a token's client, user, patient and scopes): it is
+-- told only what that client may see. NULL: written with authentication off, or
+-- by the server itself.
+ALTER TABLE subscription ADD COLUMN owner jsonb;
+
 -- A Subscription's signing secret is kept with its channel (subscription.channel)
 -- only: stored versions lose the extension that carried it, so that no read,
 -- search, history or export returns it. The channel already holds every secret.
