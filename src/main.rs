@@ -77,6 +77,14 @@ struct AuthArgs {
     /// The issuer's token endpoint, for the SMART configuration.
     #[arg(long = "auth-token-url", env = "PASSERELLE_AUTH_TOKEN_URL")]
     token_url: Option<String>,
+    /// `system/` clients held to organisations: `client=Organization/a,Organization/b;other=c`.
+    /// Such a client sees the records of the patients in whose care circle one of
+    /// its organisations is.
+    #[arg(
+        long = "auth-client-organizations",
+        env = "PASSERELLE_AUTH_CLIENT_ORGANIZATIONS"
+    )]
+    client_organizations: Option<String>,
 }
 
 impl AuthArgs {
@@ -88,6 +96,7 @@ impl AuthArgs {
             jwks_url: self.jwks_url.clone(),
             authorize_url: self.authorize_url.clone(),
             token_url: self.token_url.clone(),
+            client_organizations: self.client_organizations.clone(),
         })
         .map_err(server::StartError::Config)
     }

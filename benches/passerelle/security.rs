@@ -65,6 +65,7 @@ async fn issuer() -> Result<(SmartSettings, impl Fn(serde_json::Value) -> String
         jwks_url: format!("http://{address}/certs"),
         authorize_url: None,
         token_url: None,
+        client_organizations: Default::default(),
     };
     Ok((settings, sign))
 }

@@ -6,6 +6,7 @@
 pub mod scopes;
 pub mod token;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -24,6 +25,40 @@ pub struct SmartSettings {
     /// Its authorisation and token endpoints, for the SMART configuration.
     pub authorize_url: Option<String>,
     pub token_url: Option<String>,
+    /// `system/` clients held to organisations (`client_id` → `Organization`
+    /// ids): such a client sees the records of the patients in whose care circle
+    /// one of its organisations is, as a practitioner sees her circles'.
+    pub client_organizations: BTreeMap<String, Vec<String>>,
+}
+
+/// `PASSERELLE_AUTH_CLIENT_ORGANIZATIONS`: `client=org,org;client=org`, each
+/// organisation an id or `Organization/{id}`. Pure.
+pub fn parse_client_organizations(text: &str) -> Result<BTreeMap<String, Vec<String>>, String> {
+    let mut lists = BTreeMap::new();
+    for entry in text.split(';').map(str::trim).filter(|e| !e.is_empty()) {
+        let bad = |why: &str| {
+            format!("PASSERELLE_AUTH_CLIENT_ORGANIZATIONS: '{entry}' {why} (expected client=Organization/id,…)")
+        };
+        let (client, organizations) = entry.split_once('=').ok_or_else(|| bad("has no '='"))?;
+        let client = client.trim();
+        if client.is_empty() {
+            return Err(bad("names no client"));
+        }
+        let mut ids = Vec::new();
+        for organization in organizations.split(',').map(str::trim) {
+            let id = organization
+                .strip_prefix("Organization/")
+                .unwrap_or(organization);
+            if id.is_empty() || id.contains('/') || id.contains(char::is_whitespace) {
+                return Err(bad(&format!("names '{organization}', not an Organization")));
+            }
+            ids.push(id.to_owned());
+        }
+        if lists.insert(client.to_owned(), ids).is_some() {
+            return Err(bad("names its client twice"));
+        }
+    }
+    Ok(lists)
 }
 
 /// How the server authenticates, as configured.
@@ -47,6 +82,7 @@ pub struct AuthParts {
     pub jwks_url: Option<String>,
     pub authorize_url: Option<String>,
     pub token_url: Option<String>,
+    pub client_organizations: Option<String>,
 }
 
 impl AuthSetting {
@@ -65,12 +101,16 @@ impl AuthSetting {
                     }
                     value.unwrap_or_default()
                 };
+                let client_organizations = parse_client_organizations(
+                    parts.client_organizations.as_deref().unwrap_or(""),
+                )?;
                 let settings = SmartSettings {
                     issuer: need("PASSERELLE_AUTH_ISSUER", parts.issuer),
                     audience: need("PASSERELLE_AUTH_AUDIENCE", parts.audience),
                     jwks_url: need("PASSERELLE_AUTH_JWKS_URL", parts.jwks_url),
                     authorize_url: given(parts.authorize_url),
                     token_url: given(parts.token_url),
+                    client_organizations,
                 };
                 match missing.is_empty() {
                     true => Ok(AuthSetting::Smart(settings)),
@@ -135,10 +175,16 @@ pub struct Principal {
     /// The launch context's patient id.
     pub patient: Option<String>,
     pub grants: Vec<Grant>,
+    /// The organisations a `system/` client is held to
+    /// (`SmartSettings::client_organizations`); none: not held.
+    #[serde(default)]
+    pub organizations: Option<Vec<String>>,
 }
 
 impl Principal {
-    pub fn from_claims(claims: token::Claims) -> Principal {
+    /// The client of verified claims, held to its organisations if `settings`
+    /// name any for it.
+    pub fn from_claims(claims: token::Claims, settings: &SmartSettings) -> Principal {
         let mut grants = scopes::parse_scopes(&claims.scopes());
         // `patient/` scopes mean nothing without a patient in context.
         let patient = claims
@@ -148,12 +194,18 @@ impl Principal {
         if patient.is_none() {
             grants.retain(|g| g.context != Context::Patient);
         }
+        let client = claims.client_id.or(claims.azp);
+        let organizations = client
+            .as_ref()
+            .and_then(|c| settings.client_organizations.get(c))
+            .cloned();
         Principal {
-            client: claims.client_id.or(claims.azp),
+            client,
             subject: claims.sub,
             fhir_user: claims.fhir_user,
             patient,
             grants,
+            organizations,
         }
     }
 }
@@ -291,8 +343,54 @@ mod tests {
             fhir_user: fhir_user.map(str::to_owned),
             patient: patient.map(str::to_owned),
             grants: scopes::parse_scopes(scope),
+            organizations: None,
         }));
         Access::of_owner(written.owner().expect("a token's client")).expect("read back")
+    }
+
+    #[test]
+    fn system_clients_held_to_organisations() {
+        let lists =
+            parse_client_organizations(" dac-75=Organization/dac-75, dac-92 ; dmp= ehpad-1 ")
+                .expect("read");
+        assert_eq!(lists["dac-75"], ["dac-75", "dac-92"]);
+        assert_eq!(lists["dmp"], ["ehpad-1"]);
+        assert_eq!(parse_client_organizations(""), Ok(BTreeMap::new()));
+        for bad in ["dac-75", "=x", "a=", "a=Patient/p1", "a=x;a=y", "a=b c"] {
+            assert!(parse_client_organizations(bad).is_err(), "{bad}");
+        }
+        let mut held = Principal {
+            client: Some("dac-75".to_owned()),
+            subject: None,
+            fhir_user: None,
+            patient: None,
+            grants: scopes::parse_scopes("system/*.rs"),
+            organizations: Some(vec!["dac-75".to_owned()]),
+        };
+        let circle = Holder::Circle(vec![("Organization".to_owned(), "dac-75".to_owned())]);
+        let access = Access::Token(Arc::new(held.clone()));
+        let held_as = |access: &Access, t: &str, i: Interaction, glass: bool| {
+            holder(access, t, i, glass).expect("a holder")
+        };
+        assert_eq!(
+            held_as(&access, "Encounter", Interaction::Search, false),
+            circle
+        );
+        // Directory data is nobody's record; breaking the glass is a practitioner's.
+        assert_eq!(
+            held_as(&access, "Organization", Interaction::Read, false),
+            Holder::Free
+        );
+        assert_eq!(
+            held_as(&access, "Encounter", Interaction::Read, true),
+            circle
+        );
+        held.organizations = None;
+        let free = Access::Token(Arc::new(held));
+        assert_eq!(
+            held_as(&free, "Encounter", Interaction::Read, false),
+            Holder::Free
+        );
     }
 
     #[test]
@@ -451,7 +549,17 @@ pub fn holder(
         Decision::Denied => Context::System,
     };
     match context {
-        Context::System => Ok(Holder::Free),
+        Context::System => Ok(match access {
+            Access::Token(principal) => match &principal.organizations {
+                Some(ids) => Holder::Circle(
+                    ids.iter()
+                        .map(|id| ("Organization".to_owned(), id.clone()))
+                        .collect(),
+                ),
+                None => Holder::Free,
+            },
+            Access::Open => Holder::Free,
+        }),
         Context::Patient => Ok(Holder::Patient(
             access.patient().unwrap_or_default().to_owned(),
         )),

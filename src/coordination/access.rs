@@ -4,7 +4,10 @@
 //! participant of one of the patient's active CareTeams (the care circle, a stay's
 //! team, a plan's team) until her participation ends, a participant of a stay in
 //! progress, the requester or performer of an open referral or tele-expertise
-//! request, the owner or requester of its open Task. The write path keeps the rows
+//! request, the owner or requester of its open Task. Organisations are members the
+//! same way, and also as the patient's `managingOrganization` and the
+//! `serviceProvider` of a stay in progress: a `system/` client held to
+//! organisations sees the records of their circles. The write path keeps the rows
 //! with their resource (`circle_member`); this says what they are. Pure.
 
 use serde_json::Value;
@@ -62,8 +65,10 @@ pub fn circle_rows(res_type: &str, resource: &Value) -> Vec<CircleRow> {
             let Some(id) = resource["id"].as_str() else {
                 return Vec::new();
             };
+            // Her GPs, and the organisation that keeps her record.
             list(&resource["generalPractitioner"])
                 .iter()
+                .chain(Some(&resource["managingOrganization"]))
                 .filter_map(member)
                 .map(|m| row(id, m, None))
                 .collect()
@@ -84,9 +89,12 @@ pub fn circle_rows(res_type: &str, resource: &Value) -> Vec<CircleRow> {
             let Some(p) = patient(&resource["subject"]) else {
                 return Vec::new();
             };
+            // Its participants, and the hospital that holds the stay.
             list(&resource["participant"])
                 .iter()
-                .filter_map(|participant| member(&participant["individual"]))
+                .map(|participant| &participant["individual"])
+                .chain(Some(&resource["serviceProvider"]))
+                .filter_map(member)
                 .map(|m| row(p, m, None))
                 .collect()
         }
@@ -128,10 +136,11 @@ mod tests {
     #[test]
     fn who_each_resource_puts_in_the_circle() {
         let patient = json!({"resourceType": "Patient", "id": "p1",
-            "generalPractitioner": [{"reference": "Practitioner/gp"}, {"reference": "Patient/x"}]});
+            "generalPractitioner": [{"reference": "Practitioner/gp"}, {"reference": "Patient/x"}],
+            "managingOrganization": {"reference": "Organization/ehpad"}});
         assert_eq!(
             members(&circle_rows("Patient", &patient)),
-            ["p1 Practitioner/gp"]
+            ["p1 Practitioner/gp", "p1 Organization/ehpad"]
         );
 
         let team = json!({"resourceType": "CareTeam", "status": "active",
@@ -154,10 +163,11 @@ mod tests {
 
         let stay = json!({"resourceType": "Encounter", "status": "in-progress",
             "subject": {"reference": "Patient/p1"},
-            "participant": [{"individual": {"reference": "Practitioner/surgeon"}}]});
+            "participant": [{"individual": {"reference": "Practitioner/surgeon"}}],
+            "serviceProvider": {"reference": "Organization/chu"}});
         assert_eq!(
             members(&circle_rows("Encounter", &stay)),
-            ["p1 Practitioner/surgeon"]
+            ["p1 Practitioner/surgeon", "p1 Organization/chu"]
         );
         let mut over = stay.clone();
         over["status"] = json!("finished");

@@ -43,7 +43,10 @@ pub async fn authenticate(guard: &Guard, headers: &HeaderMap) -> FhirResult<Acce
             )
         })?;
     match verifier.verify(token).await {
-        Ok(claims) => Ok(Access::Token(Arc::new(Principal::from_claims(claims)))),
+        Ok(claims) => Ok(Access::Token(Arc::new(Principal::from_claims(
+            claims,
+            verifier.settings(),
+        )))),
         Err(e) => {
             let challenge = match e.is_server_side() {
                 true => Challenge::Unavailable,
@@ -306,6 +309,7 @@ mod tests {
             fhir_user: fhir_user.map(str::to_owned),
             patient: patient.map(str::to_owned),
             grants,
+            organizations: None,
         }))
     }
 

@@ -247,6 +247,7 @@ mod tests {
             jwks_url: "https://auth.example.fr/certs".to_owned(),
             authorize_url: None,
             token_url: Some("https://auth.example.fr/token".to_owned()),
+            client_organizations: Default::default(),
         };
         let cs = capability_statement(
             &crate::service::Catalog::default(),

@@ -103,6 +103,12 @@ async fn serve_jwks(keys: &[&Key]) -> String {
 /// A server that requires tokens of the test's issuer (RSA and EC keys
 /// published), and those keys.
 async fn smart_server() -> (TestServer, Key, Key) {
+    smart_server_holding("").await
+}
+
+/// [`smart_server`], with `system/` clients held to organisations
+/// (`PASSERELLE_AUTH_CLIENT_ORGANIZATIONS`).
+async fn smart_server_holding(client_organizations: &str) -> (TestServer, Key, Key) {
     let (rsa, ec) = (rsa_key("rsa-1"), ec_key("ec-1"));
     let jwks_url = serve_jwks(&[&rsa, &ec]).await;
     let mut options = crate::support::test_options();
@@ -112,6 +118,8 @@ async fn smart_server() -> (TestServer, Key, Key) {
         jwks_url,
         authorize_url: Some(format!("{ISSUER}/protocol/openid-connect/auth")),
         token_url: Some(format!("{ISSUER}/protocol/openid-connect/token")),
+        client_organizations: passerelle::auth::parse_client_organizations(client_organizations)
+            .expect("allow-lists"),
     });
     let s = TestServer::start_on(crate::support::fresh_database().await, options).await;
     (s, rsa, ec)
@@ -931,4 +939,77 @@ async fn a_subscription_tells_its_owner_only_what_she_may_see() {
     assert_eq!(gp.expect().await.json()["id"], "owner-b-2");
     assert!(gp.next(Duration::from_millis(500)).await.is_none());
     assert!(backend.next(Duration::from_millis(100)).await.is_none());
+}
+
+#[tokio::test]
+async fn a_backend_held_to_organisations_sees_their_patients_only() {
+    let (s, rsa, _) = smart_server_holding("dac-75=Organization/dac-75").await;
+    let admin = sign(&rsa, &claims("system/*.*", json!({})));
+    for resource in [
+        json!({"resourceType": "Organization", "id": "dac-75", "name": "DAC Paris"}),
+        json!({"resourceType": "Organization", "id": "ehpad-1", "name": "EHPAD"}),
+        // Followed by the DAC: its record is kept there.
+        json!({"resourceType": "Patient", "id": "org-a",
+            "managingOrganization": {"reference": "Organization/dac-75"}}),
+        json!({"resourceType": "Patient", "id": "org-b",
+            "managingOrganization": {"reference": "Organization/ehpad-1"}}),
+        json!({"resourceType": "Encounter", "id": "org-a-stay", "status": "finished",
+            "class": {"code": "AMB"}, "subject": {"reference": "Patient/org-a"}}),
+        json!({"resourceType": "Encounter", "id": "org-b-stay", "status": "finished",
+            "class": {"code": "AMB"}, "subject": {"reference": "Patient/org-b"}}),
+    ] {
+        let path = format!(
+            "{}/{}",
+            resource["resourceType"].as_str().expect("type"),
+            resource["id"].as_str().expect("id")
+        );
+        let status = send_with(&s, reqwest::Method::PUT, &path, &admin, &resource)
+            .await
+            .status();
+        assert!(status.is_success(), "{path}: {status}");
+    }
+    let dac = sign(&rsa, &claims("system/*.rs", json!({"client_id": "dac-75"})));
+    let other = sign(&rsa, &claims("system/*.rs", json!({"client_id": "dmp"})));
+    let ids = |bundle: Value| ids_of(&bundle);
+    // The DAC's client: its patient, her stay, the directory; the other
+    // patient's record is as if it did not exist.
+    let found = json_of(get_with(&s, "Encounter", &dac).await, 200).await;
+    assert_eq!(ids(found.clone()), ["org-a-stay"]);
+    assert_eq!(found["total"], 1);
+    assert_eq!(
+        ids(json_of(get_with(&s, "Patient", &dac).await, 200).await),
+        ["org-a"]
+    );
+    assert_eq!(
+        get_with(&s, "Encounter/org-a-stay", &dac).await.status(),
+        200
+    );
+    assert_eq!(get_with(&s, "Patient/org-b", &dac).await.status(), 404);
+    assert_eq!(
+        get_with(&s, "Encounter/org-b-stay", &dac).await.status(),
+        404
+    );
+    let directory = json_of(get_with(&s, "Organization", &dac).await, 200).await;
+    assert_eq!(directory["total"], 2);
+    // A client with no allow-list is held by its scopes only.
+    let all = json_of(get_with(&s, "Encounter", &other).await, 200).await;
+    assert_eq!(all["total"], 2);
+    // The DAC joins the other patient's care team: her record opens to it.
+    let team = json!({"resourceType": "CareTeam", "id": "org-b-team", "status": "active",
+        "subject": {"reference": "Patient/org-b"},
+        "participant": [{"member": {"reference": "Organization/dac-75"}}]});
+    let status = send_with(
+        &s,
+        reqwest::Method::PUT,
+        "CareTeam/org-b-team",
+        &admin,
+        &team,
+    )
+    .await
+    .status();
+    assert!(status.is_success());
+    assert_eq!(
+        get_with(&s, "Encounter/org-b-stay", &dac).await.status(),
+        200
+    );
 }
