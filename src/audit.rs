@@ -27,8 +27,9 @@ const MAX_BATCH: usize = 512;
 const QUEUE: usize = 8192;
 
 /// Appends in flight at once: while one batch commits, the next gathers and
-/// goes.
-const WRITERS: usize = 4;
+/// goes. Two gather more records per commit than four did (bench `security`:
+/// reads 7,425 → 8,103/s audited), and a commit that stalls holds only half.
+const WRITERS: usize = 2;
 
 type Pending = (AuditRow, oneshot::Sender<bool>);
 

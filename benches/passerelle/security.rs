@@ -1,9 +1,10 @@
 //! `cargo bench --bench passerelle -- security`: what authorisation and the audit
 //! trail cost. The same reads by id and searches by identifier, with 16 clients,
 //! on the same database: with neither (auth unset, audit off), then with SMART
-//! tokens (signed by a key of this process, its JWKS served here) and every
-//! request audited: a backend's token (`system/*.rs`, scopes only), then a GP's
-//! (`user/*.rs`, held to her care circles: every patient has her as GP).
+//! tokens (signed by a key of this process, its JWKS served here): a backend's
+//! token (`system/*.rs`, scopes only) without the audit trail, then with every
+//! request audited, then a GP's (`user/*.rs`, held to her care circles: every
+//! patient has her as GP), audited.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -187,8 +188,26 @@ pub async fn run(options: SecurityBenchOptions) -> Result<String, StartError> {
         .await
         .map_err(err)?;
     off.stop();
-    let on = start_guarded(&database, tuning(), AuthSetting::Smart(settings), true).await?;
+    // Tokens without the audit trail, to tell their cost from its.
     let system = sign(json!({"scope": "system/*.rs"}));
+    let unaudited = start_guarded(
+        &database,
+        tuning(),
+        AuthSetting::Smart(settings.clone()),
+        false,
+    )
+    .await?;
+    let tokens_only = phases(
+        "system/ token, not audited",
+        unaudited.addr,
+        Some(system.clone()),
+        &ids,
+        &options,
+    )
+    .await
+    .map_err(err)?;
+    unaudited.stop();
+    let on = start_guarded(&database, tuning(), AuthSetting::Smart(settings), true).await?;
     let backend = phases(
         "system/ token, audited",
         on.addr,
@@ -220,18 +239,22 @@ pub async fn run(options: SecurityBenchOptions) -> Result<String, StartError> {
         )
     };
     Ok(format!(
-        "Passerelle bench-security: {n} patients, {} clients, {} cores\n{}\n{}\n{}\n{}\n\
+        "Passerelle bench-security: {n} patients, {} clients, {} cores\n{}\n{}\n{}\n{}\n{}\n\
+         system/ token, no audit / off: reads {:.2}, searches {:.2}\n\
          system/ token + audit / off: reads {:.2}, searches {:.2}\n\
          GP's token (care circle) + audit / off: reads {:.2}, searches {:.2}",
         options.concurrency,
         std::thread::available_parallelism().map_or(0, |p| p.get()),
         load.line(),
         line("no auth, no audit", &open),
+        line("system/*.rs token, audit off", &tokens_only),
         line("system/*.rs token, every request audited", &backend),
         line(
             "GP's user/*.rs token held to her care circle, audited",
             &practitioner
         ),
+        share(&tokens_only.0, &open.0),
+        share(&tokens_only.1, &open.1),
         share(&backend.0, &open.0),
         share(&backend.1, &open.1),
         share(&practitioner.0, &open.0),

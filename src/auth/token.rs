@@ -4,7 +4,8 @@
 //! `jsonwebtoken`'s; `alg: none` and HMAC (a shared secret, not a server's key)
 //! are never accepted.
 
-use std::time::{Duration, Instant};
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -31,6 +32,9 @@ const LEEWAY_SECONDS: u64 = 30;
 /// The JWKS is fetched again for an unknown key at most this often, so that
 /// tokens naming made-up keys cannot make the server hammer the issuer.
 const MIN_REFETCH: Duration = Duration::from_secs(10);
+
+/// Tokens verified and remembered at most (then forgotten all at once).
+const MAX_VERIFIED: usize = 4096;
 
 /// Why a token is refused (401).
 #[derive(Debug, thiserror::Error)]
@@ -66,7 +70,7 @@ impl TokenError {
 }
 
 /// A `scope` claim: a space-separated string, or an array (`scp`).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
 enum ScopeClaim {
     Text(String),
@@ -74,8 +78,12 @@ enum ScopeClaim {
 }
 
 /// The claims of a verified token that the server uses.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct Claims {
+    /// Checked by the signature's verification, and again at each reuse of a
+    /// token remembered.
+    exp: Option<i64>,
+    nbf: Option<i64>,
     pub sub: Option<String>,
     pub client_id: Option<String>,
     pub azp: Option<String>,
@@ -111,6 +119,12 @@ pub struct Verifier {
     keys: RwLock<Keys>,
     /// One fetch at a time.
     fetching: Mutex<()>,
+    /// Tokens verified, by their text: a client sends the same token with every
+    /// request until it expires, and verifying its signature again (the key
+    /// decoded from its JWK, an RSA or EC check) was most of what authenticating
+    /// a request cost. Its times are checked at each reuse; all are forgotten
+    /// when the keys are fetched again (a withdrawn key stops its tokens).
+    verified: std::sync::Mutex<HashMap<String, Claims>>,
 }
 
 impl Verifier {
@@ -126,6 +140,7 @@ impl Verifier {
                 fetched: None,
             }),
             fetching: Mutex::new(()),
+            verified: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -163,6 +178,7 @@ impl Verifier {
         match fetched {
             Ok(set) => {
                 keys.set = set;
+                self.remembered().clear();
                 Ok(())
             }
             Err(e) => {
@@ -183,8 +199,48 @@ impl Verifier {
             .collect()
     }
 
-    /// Verifies a token and returns its claims.
+    fn remembered(&self) -> std::sync::MutexGuard<'_, HashMap<String, Claims>> {
+        self.verified.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The claims of a token verified before, while its times still hold.
+    fn recall(&self, token: &str) -> Option<Claims> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let leeway = LEEWAY_SECONDS as i64;
+        let mut remembered = self.remembered();
+        let claims = remembered.get(token)?;
+        let current = claims.exp.is_some_and(|exp| now < exp + leeway)
+            && claims.nbf.is_none_or(|nbf| nbf - leeway <= now);
+        if current {
+            return Some(claims.clone());
+        }
+        // Out of its times: verified again, it is refused with the reason.
+        remembered.remove(token);
+        None
+    }
+
+    fn remember(&self, token: &str, claims: &Claims) {
+        let mut remembered = self.remembered();
+        if remembered.len() >= MAX_VERIFIED {
+            remembered.clear();
+        }
+        remembered.insert(token.to_owned(), claims.clone());
+    }
+
+    /// Verifies a token (or recalls it verified) and returns its claims.
     pub async fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        if let Some(claims) = self.recall(token) {
+            return Ok(claims);
+        }
+        let claims = self.verify_signed(token).await?;
+        self.remember(token, &claims);
+        Ok(claims)
+    }
+
+    /// Verifies a token's signature, issuer, audience and times.
+    async fn verify_signed(&self, token: &str) -> Result<Claims, TokenError> {
         let header =
             jsonwebtoken::decode_header(token).map_err(|e| TokenError::Malformed(e.to_string()))?;
         if !ACCEPTED.contains(&header.alg) {
@@ -240,5 +296,42 @@ fn refusal(error: jsonwebtoken::errors::Error) -> TokenError {
             TokenError::Invalid("the key does not match the token's algorithm".to_owned())
         }
         _ => TokenError::Invalid(error.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_remembered_token_is_recalled_only_while_its_times_hold() {
+        let verifier = Verifier::new(SmartSettings {
+            issuer: "https://auth.example.fr".to_owned(),
+            audience: "https://passerelle.example.fr/fhir".to_owned(),
+            jwks_url: "https://auth.example.fr/certs".to_owned(),
+            authorize_url: None,
+            token_url: None,
+            client_organizations: Default::default(),
+        });
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let claims = |exp: i64, nbf: Option<i64>| {
+            serde_json::from_value::<Claims>(
+                serde_json::json!({"exp": exp, "nbf": nbf, "scope": "system/*.rs"}),
+            )
+            .expect("claims")
+        };
+        verifier.remember("current", &claims(now + 60, Some(now - 5)));
+        verifier.remember("expired", &claims(now - 60, None));
+        verifier.remember("not-yet", &claims(now + 600, Some(now + 300)));
+        let recalled = verifier.recall("current").expect("recalled");
+        assert_eq!(recalled.scopes(), "system/*.rs");
+        assert!(verifier.recall("expired").is_none());
+        assert!(verifier.recall("not-yet").is_none());
+        assert!(verifier.recall("never-seen").is_none());
+        // A token out of its times is forgotten (verified again, it is refused
+        // with the reason); the others stay until the keys change.
+        assert_eq!(verifier.remembered().len(), 1);
     }
 }
