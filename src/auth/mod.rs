@@ -232,10 +232,7 @@ impl Access {
     pub fn require(&self, res_type: &str, interaction: Interaction) -> FhirResult<Context> {
         match self.decide(res_type, interaction) {
             Decision::Allowed(context) => Ok(context),
-            Decision::Denied => Err(FhirError::Forbidden(format!(
-                "the token's scopes do not allow '{}' on {res_type}",
-                interaction.letter()
-            ))),
+            Decision::Denied => Err(denied(res_type, interaction)),
             Decision::Restricted(_) => Err(FhirError::Forbidden(format!(
                 "the token's scopes allow '{}' on {res_type} only for the resources of a search restriction (?…): search with it",
                 interaction.letter()
@@ -268,6 +265,13 @@ impl Access {
     }
 }
 
+fn denied(res_type: &str, interaction: Interaction) -> FhirError {
+    FhirError::Forbidden(format!(
+        "the token's scopes do not allow '{}' on {res_type}",
+        interaction.letter()
+    ))
+}
+
 /// Every type, for what spans them all (system history, `$export`).
 pub const EVERY_TYPE: &str = "*";
 
@@ -287,10 +291,12 @@ pub fn search_reaches(
                     let parts: Vec<&str> = include.split(':').collect();
                     let targets: Vec<String> = match parts.as_slice() {
                         [_, _, target] => vec![(*target).to_owned()],
+                        // `Type:*`, or a parameter the table does not know:
+                        // whatever it may reach.
                         [source, param] => table
                             .get(source, param)
                             .map(|p| p.targets.clone())
-                            .unwrap_or_default(),
+                            .unwrap_or_else(|| vec![EVERY_TYPE.to_owned()]),
                         _ => vec![EVERY_TYPE.to_owned()],
                     };
                     reached.extend(targets.into_iter().map(|t| (t, Interaction::Read)));
@@ -540,13 +546,21 @@ pub fn holder(
     break_glass: bool,
 ) -> FhirResult<Holder> {
     use crate::auth::scopes::{Context, Decision};
+    // Every type: held as the widest record type is.
+    let res_type = match res_type {
+        EVERY_TYPE => "Patient",
+        t => t,
+    };
     if !crate::search::compartment::in_patient_compartment(res_type) {
         return Ok(Holder::Free);
     }
     let context = match access.decide(res_type, interaction) {
         Decision::Allowed(context) => context,
-        Decision::Restricted(list) => list.first().map_or(Context::System, |(c, _)| *c),
-        Decision::Denied => Context::System,
+        Decision::Restricted(list) => match list.first() {
+            Some((context, _)) => *context,
+            None => return Err(denied(res_type, interaction)),
+        },
+        Decision::Denied => return Err(denied(res_type, interaction)),
     };
     match context {
         Context::System => Ok(match access {

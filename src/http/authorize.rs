@@ -177,6 +177,10 @@ pub enum Narrowing {
     },
 }
 
+fn get_method(method: &Method) -> bool {
+    *method == Method::GET || *method == Method::HEAD
+}
+
 /// How the client's context narrows what the request asks for: searches run
 /// within whose records it may see, a request about one resource answers only if
 /// it may see it; 403 for what cannot be narrowed yet (writes by criteria,
@@ -196,7 +200,23 @@ pub fn narrowing(
     if let Access::Open = access {
         return Ok(Narrowing::None);
     }
-    let holder = |t: &str, i: Interaction| crate::auth::holder(access, t, i, break_glass);
+    // Break-the-glass opens one record at a time: a request about one resource or
+    // one patient, never a search, a history across resources or the audit trail.
+    let holder = |t: &str, i: Interaction| crate::auth::holder(access, t, i, false);
+    let glass = |t: &str, i: Interaction| {
+        crate::auth::holder(access, t, i, break_glass && t != "AuditEvent")
+    };
+    // Roles decide whose circles a practitioner is in (a role's practitioner is
+    // her): a token held to records does not write them.
+    let writes_roles = match route {
+        Route::Type(t) | Route::Instance(t, _) => t == "PractitionerRole" && !get_method(method),
+        _ => false,
+    };
+    if writes_roles && holder("Patient", Read)? != Holder::Free {
+        return Err(FhirError::Forbidden(
+            "a token held to patients' records or care circles does not write PractitionerRoles: a role's practitioner is in the circles that name it".to_owned(),
+        ));
+    }
     let not_yet = |what: &str| {
         FhirError::Forbidden(format!(
             "{what} is not available yet to a token held to a patient's record or a care circle"
@@ -210,7 +230,7 @@ pub fn narrowing(
             id: id.to_owned(),
         },
     };
-    let get = *method == Method::GET || *method == Method::HEAD;
+    let get = get_method(method);
     let search = matches!(route, Route::TypeSearch(_)) || (matches!(route, Route::Type(_)) && get);
     match route {
         Route::Type(t) | Route::TypeSearch(t) if search => {
@@ -239,7 +259,7 @@ pub fn narrowing(
         Route::Instance(t, id) | Route::Version(t, id, _) | Route::InstanceHistory(t, id)
             if get =>
         {
-            Ok(member(holder(t, Read)?, t, id))
+            Ok(member(glass(t, Read)?, t, id))
         }
         // A write replaces a resource the client must see; what it writes is
         // held by the handler once parsed.
@@ -249,9 +269,9 @@ pub fn narrowing(
             } else {
                 Update
             };
-            Ok(member(holder(t, interaction)?, t, id))
+            Ok(member(glass(t, interaction)?, t, id))
         }
-        Route::Type(t) if *method == Method::POST => Ok(match holder(t, Create)? {
+        Route::Type(t) if *method == Method::POST => Ok(match glass(t, Create)? {
             Holder::Free => Narrowing::None,
             holder => Narrowing::Member {
                 holder,
@@ -260,18 +280,25 @@ pub fn narrowing(
             },
         }),
         // The patient's record, or a stay's: the patient, or the stay, must be seen.
-        Route::Compartment(c, id, _) | Route::Everything(c, id) => {
-            Ok(member(holder(c, Read)?, c, id))
+        Route::Compartment(c, id, t) => {
+            let held = glass(c, Read)?;
+            // Includes and chains reach past the record: not narrowed yet.
+            if held != Holder::Free {
+                for (reached, interaction) in crate::auth::search_reaches(t, params, table) {
+                    if holder(&reached, interaction)? != Holder::Free {
+                        return Err(not_yet(
+                            "reaching a patient's record through _include, _revinclude, chains or _has",
+                        ));
+                    }
+                }
+            }
+            Ok(member(held, c, id))
         }
-        Route::CareCircle(id) => Ok(member(holder("Patient", Read)?, "Patient", id)),
+        Route::Everything(c, id) => Ok(member(glass(c, Read)?, c, id)),
+        Route::CareCircle(id) => Ok(member(glass("Patient", Read)?, "Patient", id)),
         _ => {
             for (t, interaction) in needs(method, route, params, table) {
-                let held = match t == EVERY_TYPE {
-                    // Every type: held as the widest record type is.
-                    true => holder("Patient", interaction)?,
-                    false => holder(&t, interaction)?,
-                };
-                if held != Holder::Free {
+                if holder(&t, interaction)? != Holder::Free {
                     return Err(not_yet(route.template()));
                 }
             }
@@ -368,15 +395,27 @@ mod tests {
                 id: String::new()
             })
         );
-        // Breaking the glass lifts the circle, not a patient's context.
+        // Breaking the glass lifts the circle for one record, not for a search
+        // nor the audit trail, and not a patient's context.
         assert_eq!(
+            narrowed(&gp, Method::GET, "Observation/o1", true).ok(),
+            Some(Narrowing::None)
+        );
+        assert_ne!(
             narrowed(&gp, Method::GET, "Observation", true).ok(),
             Some(Narrowing::None)
         );
         assert_ne!(
-            narrowed(&app, Method::GET, "Observation", true).ok(),
+            narrowed(&gp, Method::GET, "AuditEvent/1", true).ok(),
             Some(Narrowing::None)
         );
+        assert_ne!(
+            narrowed(&app, Method::GET, "Observation/o1", true).ok(),
+            Some(Narrowing::None)
+        );
+        // Roles decide circles: a practitioner's token does not write them.
+        let role = narrowed(&gp, Method::PUT, "PractitionerRole/r1", false);
+        assert_eq!(role.expect_err("roles").status(), 403);
         // A user with no one named reaches no record; fhirUser a Patient is hers.
         let nobody = token("user/*.rs", None, None);
         assert_eq!(

@@ -45,7 +45,7 @@ pub struct Answering<'a> {
 /// `user/` context is not narrowed inside a Bundle yet: its entries on a patient's
 /// record are refused.
 fn check_entry(access: &Access, params: &ParamTable, head: &Head) -> FhirResult<()> {
-    use crate::auth::scopes::{Context, Interaction::*};
+    use crate::auth::scopes::Interaction::*;
     if let Access::Open = access {
         return Ok(());
     }
@@ -71,11 +71,21 @@ fn check_entry(access: &Access, params: &ParamTable, head: &Head) -> FhirResult<
         ("DELETE", _) => vec![(res_type.to_owned(), Delete)],
         _ => vec![(res_type.to_owned(), Update)],
     };
+    let held = |t: &str, interaction| -> FhirResult<bool> {
+        Ok(crate::auth::holder(access, t, interaction, false)? != crate::auth::Holder::Free)
+    };
+    // Roles decide circles: see `http::authorize::narrowing`.
+    if res_type == "PractitionerRole" && head.method != "GET" && held("Patient", Read)? {
+        return Err(FhirError::Forbidden(
+            "a token held to patients' records or care circles does not write PractitionerRoles"
+                .to_owned(),
+        ));
+    }
     for (t, interaction) in needs.drain(..) {
-        let context = access.require(&t, interaction)?;
-        if context != Context::System && crate::search::compartment::in_patient_compartment(&t) {
+        access.require(&t, interaction)?;
+        if held(&t, interaction)? {
             return Err(FhirError::Forbidden(format!(
-                "Bundle entries on a patient's record ({t}) are not available yet to a token held to a patient's record or a care circle (patient/ and user/ scopes)"
+                "Bundle entries on a patient's record ({t}) are not available yet to a token held to a patient's record or to care circles"
             )));
         }
     }

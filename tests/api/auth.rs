@@ -1013,3 +1013,168 @@ async fn a_backend_held_to_organisations_sees_their_patients_only() {
         200
     );
 }
+
+/// Every resource id of a searchset, matches and includes.
+fn every_id(bundle: &Value) -> Vec<String> {
+    let mut ids: Vec<String> = bundle["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["resource"]["id"].as_str().map(str::to_owned))
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[tokio::test]
+async fn the_ways_around_the_circle_are_closed() {
+    let (s, rsa, _) = smart_server_holding("dac-75=Organization/dac-75").await;
+    let admin = sign(&rsa, &claims("system/*.*", json!({})));
+    for resource in [
+        json!({"resourceType": "Practitioner", "id": "way-gp"}),
+        json!({"resourceType": "Practitioner", "id": "way-cardio"}),
+        json!({"resourceType": "PractitionerRole", "id": "way-cardio-role",
+            "practitioner": {"reference": "Practitioner/way-cardio"}}),
+        json!({"resourceType": "Patient", "id": "way-mine",
+            "generalPractitioner": [{"reference": "Practitioner/way-gp"}]}),
+        json!({"resourceType": "Patient", "id": "way-other",
+            "generalPractitioner": [{"reference": "PractitionerRole/way-cardio-role"}]}),
+        json!({"resourceType": "Group", "id": "way-group", "type": "person", "actual": true,
+            "member": [{"entity": {"reference": "Patient/way-mine"}},
+                       {"entity": {"reference": "Patient/way-other"}}]}),
+        json!({"resourceType": "Encounter", "id": "way-other-stay", "status": "finished",
+            "class": {"code": "AMB"}, "subject": {"reference": "Patient/way-other"}}),
+        json!({"resourceType": "Task", "id": "way-other-task", "status": "requested",
+            "intent": "order", "for": {"reference": "Patient/way-other"}}),
+    ] {
+        let path = format!(
+            "{}/{}",
+            resource["resourceType"].as_str().expect("type"),
+            resource["id"].as_str().expect("id")
+        );
+        let status = send_with(&s, reqwest::Method::PUT, &path, &admin, &resource)
+            .await
+            .status();
+        assert!(status.is_success(), "{path}: {status}");
+    }
+    let gp = sign(
+        &rsa,
+        &claims(
+            "openid fhirUser user/*.cruds",
+            json!({"fhirUser": "Practitioner/way-gp"}),
+        ),
+    );
+    let forbidden = |response: reqwest::Response, what: &'static str| async move {
+        assert_eq!(response.status(), 403, "{what}");
+    };
+    // Tasks are a patient's record: not found, not created about her to join.
+    let tasks = json_of(get_with(&s, "Task?patient=way-other", &gp).await, 200).await;
+    assert_eq!(tasks["total"], 0);
+    assert_eq!(get_with(&s, "Task/way-other-task", &gp).await.status(), 404);
+    let join = json!({"resourceType": "Task", "status": "requested", "intent": "order",
+        "for": {"reference": "Patient/way-other"}, "owner": {"reference": "Practitioner/way-gp"}});
+    forbidden(
+        send_with(&s, reqwest::Method::POST, "Task", &gp, &join).await,
+        "Task to join",
+    )
+    .await;
+    assert_eq!(
+        get_with(&s, "Encounter/way-other-stay", &gp).await.status(),
+        404
+    );
+    // Roles decide circles: she cannot take the cardiologist's.
+    let taken = json!({"resourceType": "PractitionerRole", "id": "way-cardio-role",
+        "practitioner": {"reference": "Practitioner/way-gp"}});
+    forbidden(
+        send_with(
+            &s,
+            reqwest::Method::PUT,
+            "PractitionerRole/way-cardio-role",
+            &gp,
+            &taken,
+        )
+        .await,
+        "role taken",
+    )
+    .await;
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": taken, "request": {"method": "PUT", "url": "PractitionerRole/way-cardio-role"}}]});
+    forbidden(
+        send_with(&s, reqwest::Method::POST, "", &gp, &bundle).await,
+        "role in a Bundle",
+    )
+    .await;
+    assert_eq!(
+        get_with(&s, "Encounter/way-other-stay", &gp).await.status(),
+        404
+    );
+    // A conditional create would match over every record.
+    let probe = s
+        .http
+        .post(s.url("Observation"))
+        .bearer_auth(&gp)
+        .header("content-type", "application/fhir+json")
+        .header("if-none-exist", "_id=way-other-stay")
+        .body(
+            json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+            "subject": {"reference": "Patient/way-mine"}})
+            .to_string(),
+        )
+        .send()
+        .await
+        .expect("POST");
+    forbidden(probe, "If-None-Exist").await;
+    // `_include=Type:*` reaches every type.
+    forbidden(
+        get_with(&s, "Group?_include=Group:*", &gp).await,
+        "_include *",
+    )
+    .await;
+    // Break-the-glass opens one record, not a search, nor the audit trail.
+    let glass = |path: &str| {
+        s.http
+            .get(s.url(path))
+            .bearer_auth(&gp)
+            .header("x-break-glass", "Urgence")
+            .send()
+    };
+    let stays = json_of(glass("Encounter").await.expect("GET"), 200).await;
+    assert_eq!(stays["total"], 0, "{stays}");
+    assert_eq!(glass("AuditEvent").await.expect("GET").status(), 403);
+    assert_eq!(
+        glass("Encounter/way-other-stay")
+            .await
+            .expect("GET")
+            .status(),
+        200
+    );
+    // Her patient's $everything does not bring the other member of a Group.
+    let everything = json_of(get_with(&s, "Patient/way-mine/$everything", &gp).await, 200).await;
+    let ids = every_id(&everything);
+    assert!(ids.contains(&"way-mine".to_owned()), "{ids:?}");
+    assert!(!ids.contains(&"way-other".to_owned()), "{ids:?}");
+    // A scope restricted by a search the server cannot apply is no scope.
+    let odd = sign(
+        &rsa,
+        &claims("system/Encounter.rs?no-such-param=x", json!({})),
+    );
+    forbidden(
+        get_with(&s, "Encounter", &odd).await,
+        "unusable restriction",
+    )
+    .await;
+    // A backend held to organisations writes no record through a Bundle.
+    let dac = sign(
+        &rsa,
+        &claims("system/*.cruds", json!({"client_id": "dac-75"})),
+    );
+    let entry = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": {"resourceType": "Encounter", "status": "finished", "class": {"code": "AMB"},
+            "subject": {"reference": "Patient/way-other"}},
+         "request": {"method": "POST", "url": "Encounter"}}]});
+    forbidden(
+        send_with(&s, reqwest::Method::POST, "", &dac, &entry).await,
+        "held Bundle",
+    )
+    .await;
+}

@@ -193,7 +193,9 @@ async fn everything_about_a_patient_and_a_stay() {
             circle.as_str(),
             "CommunicationRequest/fx-discharge-notice",
             "Encounter/fx-discharge-stay",
-            "Patient/fx-discharge-patient"
+            "Patient/fx-discharge-patient",
+            // A Task about her is part of her record here (R4 leaves Task out).
+            "Task/fx-discharge-followup"
         ]
     );
     let referred = refs_by_mode(&record, "include");

@@ -126,6 +126,11 @@ pub async fn handle(state: &AppState, mut req: FhirRequest) -> FhirResult<Reply>
     let break_glass = req
         .header(header::HeaderName::from_static(super::BREAK_GLASS))
         .is_some_and(|reason| !reason.trim().is_empty());
+    if break_glass && state.auditor.is_none() {
+        return Err(FhirError::Forbidden(
+            "break-the-glass needs the audit trail, which is off on this server".to_owned(),
+        ));
+    }
     req.narrowing = authorize::narrowing(
         &req.access,
         &method,

@@ -65,7 +65,15 @@ pub(super) async fn everything(
 ) -> FhirResult<Reply> {
     let params = req.criteria();
     let params_in_force = state.rules.catalog.params.current();
-    let page = service::everything(&state.pool, &params_in_force, res_type, id, &params).await?;
+    let mut page =
+        service::everything(&state.pool, &params_in_force, res_type, id, &params).await?;
+    // Held to records, the client gets the record's own resources and what is
+    // nobody's record (practitioners, organisations …), not another patient's
+    // resources the record refers to (a Group's members, a linked Patient).
+    if let Narrowing::Member { .. } = req.narrowing {
+        page.included
+            .retain(|v| !crate::search::compartment::in_patient_compartment(&v.res_type));
+    }
     searchset_reply(
         req,
         &format!("/{res_type}/{id}/$everything"),
@@ -123,7 +131,18 @@ pub(super) async fn search(
     let mut params = params;
     let mut scope = scope;
     let mut circle = None;
+    let params_in_force = state.rules.catalog.params.current();
     if let Narrowing::Search { holder, query } = &req.narrowing {
+        // A restriction the server cannot apply whole would widen the scope.
+        if !query.is_empty() {
+            crate::search::parse(&params_in_force, res_type, query, crate::search::Handling::Strict).map_err(
+                |e| {
+                    FhirError::Forbidden(format!(
+                        "the token's scope restricts {res_type} to a search this server cannot apply: {e}"
+                    ))
+                },
+            )?;
+        }
         params.extend(query.iter().cloned());
         match (holder, &scope) {
             (Holder::Patient(patient), Scope::Type) => {
@@ -133,7 +152,6 @@ pub(super) async fn search(
             _ => {}
         }
     }
-    let params_in_force = state.rules.catalog.params.current();
     let client = state.pool.get().await?;
     let page = service::search(
         &client,
