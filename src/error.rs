@@ -34,8 +34,6 @@ pub enum Challenge {
     Missing,
     /// A token that does not verify: `invalid_token`.
     Invalid,
-    /// The issuer's keys could not be fetched: the token may be fine.
-    Unavailable,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +83,10 @@ pub enum FhirError {
     /// 503: large requests already use the memory set aside for them.
     #[error("busy: {0}")]
     Busy(String),
+    /// 503: the authorisation server's keys could not be fetched: the token may
+    /// be fine, the request may be sent again.
+    #[error("{0}")]
+    IssuerUnavailable(String),
     /// 503: a statement ran past the statement timeout and was cancelled.
     #[error("statement timeout: {0}")]
     StatementTimeout(String),
@@ -123,6 +125,7 @@ impl FhirError {
             FhirError::Unavailable(_)
             | FhirError::CommitUnknown(_)
             | FhirError::Busy(_)
+            | FhirError::IssuerUnavailable(_)
             | FhirError::StatementTimeout(_) => 503,
             FhirError::Internal(_) => 500,
         }
@@ -151,7 +154,9 @@ impl FhirError {
                 "transient",
                 "the database connection was lost while committing: the change may or may not have been saved; read it before sending it again".to_owned(),
             ),
-            FhirError::Busy(m) => single("transient", m.clone()),
+            FhirError::Busy(m) | FhirError::IssuerUnavailable(m) => {
+                single("transient", m.clone())
+            }
             FhirError::StatementTimeout(_) => single(
                 "timeout",
                 "the request took longer than the server's statement timeout and was cancelled: nothing was changed".to_owned(),

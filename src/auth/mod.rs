@@ -400,6 +400,28 @@ mod tests {
     }
 
     #[test]
+    fn whose_subscriptions_a_client_sees() {
+        let gp = owner("user/*.cruds", Some("Practitioner/gp1"), None);
+        let written = gp.owner().expect("an owner");
+        assert!(owns(&gp, Some(&written)));
+        let colleague = owner("user/*.cruds", Some("Practitioner/gp2"), None);
+        assert!(!owns(&colleague, Some(&written)));
+        assert!(
+            !owns(&gp, None),
+            "the server's own subscriptions are nobody's"
+        );
+        assert!(!sees_every_subscription(&gp));
+        assert!(sees_every_subscription(&owner("system/*.rs", None, None)));
+        assert!(sees_every_subscription(&Access::Open));
+        // A backend that cannot read records is no administrator.
+        assert!(!sees_every_subscription(&owner(
+            "system/Subscription.cruds",
+            None,
+            None
+        )));
+    }
+
+    #[test]
     fn what_a_subscription_owner_is_told_of() {
         let circle = |id: &str| Holder::Circle(vec![("Practitioner".to_owned(), id.to_owned())]);
         let cases: Vec<(Access, &str, Option<Holder>)> = vec![
@@ -582,6 +604,27 @@ pub fn holder(
             held => Ok(held),
         },
     }
+}
+
+/// Whether a client sees every Subscription: one held by its scopes alone (a
+/// backend, or authentication off). Any other sees those it wrote
+/// ([`owns`]): a Subscription's channel holds its receiver's headers, and its
+/// events the resources it was told of.
+pub fn sees_every_subscription(access: &Access) -> bool {
+    matches!(
+        holder(access, "Patient", Interaction::Read, false),
+        Ok(Holder::Free)
+    )
+}
+
+/// Whether the client wrote the subscription whose stored owner is `owner` (the
+/// same client, for the same user).
+pub fn owns(access: &Access, owner: Option<&serde_json::Value>) -> bool {
+    let (Access::Token(principal), Some(owner)) = (access, owner) else {
+        return false;
+    };
+    let field = |name: &str| owner[name].as_str().map(str::to_owned);
+    field("client") == principal.client && field("fhir_user") == principal.fhir_user
 }
 
 /// Whose resources of `res_type` a subscription's owner (its stored `Principal`)

@@ -62,8 +62,8 @@ pub enum TokenError {
 }
 
 impl TokenError {
-    /// The `error` of the `WWW-Authenticate` challenge (RFC 6750): the keys that
-    /// could not be fetched are the server's problem, not the token's.
+    /// The keys that could not be fetched are the server's problem, not the
+    /// token's: 503, the token kept.
     pub fn is_server_side(&self) -> bool {
         matches!(self, TokenError::Keys(_))
     }
@@ -110,6 +110,8 @@ impl Claims {
 struct Keys {
     set: JwkSet,
     fetched: Option<Instant>,
+    /// Why the last fetch failed, if it did: said again until the next one.
+    failed: Option<String>,
 }
 
 /// Verifies tokens for one configured issuer.
@@ -138,6 +140,7 @@ impl Verifier {
             keys: RwLock::new(Keys {
                 set: JwkSet { keys: Vec::new() },
                 fetched: None,
+                failed: None,
             }),
             fetching: Mutex::new(()),
             verified: std::sync::Mutex::new(HashMap::new()),
@@ -151,14 +154,15 @@ impl Verifier {
     /// Fetches the JWKS, unless it was fetched less than [`MIN_REFETCH`] ago.
     async fn refresh(&self) -> Result<(), TokenError> {
         let _one = self.fetching.lock().await;
-        if self
-            .keys
-            .read()
-            .await
-            .fetched
-            .is_some_and(|at| at.elapsed() < MIN_REFETCH)
         {
-            return Ok(());
+            let keys = self.keys.read().await;
+            if keys.fetched.is_some_and(|at| at.elapsed() < MIN_REFETCH) {
+                // Fetched a moment ago: its keys stand, or its failure does.
+                return match &keys.failed {
+                    Some(e) => Err(TokenError::Keys(e.clone())),
+                    None => Ok(()),
+                };
+            }
         }
         let fetched = async {
             let response = self
@@ -178,11 +182,13 @@ impl Verifier {
         match fetched {
             Ok(set) => {
                 keys.set = set;
+                keys.failed = None;
                 self.remembered().clear();
                 Ok(())
             }
             Err(e) => {
                 tracing::warn!(url = %self.settings.jwks_url, error = %e, "JWKS not fetched");
+                keys.failed = Some(e.clone());
                 Err(TokenError::Keys(e))
             }
         }

@@ -47,13 +47,9 @@ pub async fn authenticate(guard: &Guard, headers: &HeaderMap) -> FhirResult<Acce
             claims,
             verifier.settings(),
         )))),
-        Err(e) => {
-            let challenge = match e.is_server_side() {
-                true => Challenge::Unavailable,
-                false => Challenge::Invalid,
-            };
-            Err(unauthorized(e.to_string(), challenge))
-        }
+        // The issuer's keys out of reach: the token may be fine (503, retry).
+        Err(e) if e.is_server_side() => Err(FhirError::IssuerUnavailable(e.to_string())),
+        Err(e) => Err(unauthorized(e.to_string(), Challenge::Invalid)),
     }
 }
 

@@ -133,7 +133,6 @@ fn encode(json: String, how: Rendering) -> Result<Vec<u8>, FhirError> {
     }
 }
 
-/// An error as an OperationOutcome response. Server faults are logged here.
 /// A `WWW-Authenticate: Bearer …` challenge (RFC 6750): no error code when no
 /// token came, else why, in a quoted string of plain characters.
 fn bearer_challenge(message: &str, challenge: crate::error::Challenge) -> String {
@@ -141,7 +140,6 @@ fn bearer_challenge(message: &str, challenge: crate::error::Challenge) -> String
     let error = match challenge {
         Challenge::Missing => return "Bearer realm=\"passerelle\"".to_owned(),
         Challenge::Invalid => "invalid_token",
-        Challenge::Unavailable => "temporarily_unavailable",
     };
     let description: String = message
         .chars()
@@ -150,6 +148,7 @@ fn bearer_challenge(message: &str, challenge: crate::error::Challenge) -> String
     format!("Bearer realm=\"passerelle\", error=\"{error}\", error_description=\"{description}\"")
 }
 
+/// An error as an OperationOutcome response. Server faults are logged here.
 pub fn error_response(err: &FhirError, how: Rendering) -> Response {
     let status = StatusCode::from_u16(err.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     if status.is_server_error() {

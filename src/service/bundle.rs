@@ -74,6 +74,13 @@ fn check_entry(access: &Access, params: &ParamTable, head: &Head) -> FhirResult<
     let held = |t: &str, interaction| -> FhirResult<bool> {
         Ok(crate::auth::holder(access, t, interaction, false)? != crate::auth::Holder::Free)
     };
+    // A held client's Subscriptions are checked one by one (`http::handlers`).
+    if res_type == "Subscription" && !crate::auth::sees_every_subscription(access) {
+        return Err(FhirError::Forbidden(
+            "Bundle entries on Subscriptions are not available yet to a client held to records"
+                .to_owned(),
+        ));
+    }
     // Roles decide circles: see `http::authorize::narrowing`.
     if res_type == "PractitionerRole" && head.method != "GET" && held("Patient", Read)? {
         return Err(FhirError::Forbidden(

@@ -307,6 +307,21 @@ pub async fn lease(
     Ok(rows.iter().map(leased).collect())
 }
 
+/// Who wrote a subscription (`Candidate::owner`): `None` when it is not filed,
+/// `Some(None)` when no client did (the server, or authentication off).
+pub async fn owner_of(
+    client: &impl GenericClient,
+    sub_id: &str,
+) -> FhirResult<Option<Option<serde_json::Value>>> {
+    let stmt = client
+        .prepare_cached("SELECT owner FROM subscription WHERE sub_id = $1")
+        .await?;
+    Ok(client
+        .query_opt(&stmt, &[&sub_id])
+        .await?
+        .map(|row| row.get(0)))
+}
+
 /// Active subscriptions whose `end` has passed (they already match nothing).
 pub async fn ended(client: &impl GenericClient) -> FhirResult<Vec<String>> {
     let stmt = client

@@ -908,6 +908,7 @@ async fn a_subscription_tells_its_owner_only_what_she_may_see() {
         &rsa,
         &claims("system/Patient.read system/Subscription.cruds", json!({})),
     );
+    let mut ids = Vec::new();
     for (token, receiver) in [(&gp_token, &gp), (&narrow, &backend)] {
         let subscription = r4_subscription("Observation?status=final", &receiver.url());
         let created = send_with(
@@ -917,8 +918,27 @@ async fn a_subscription_tells_its_owner_only_what_she_may_see() {
             token,
             &subscription,
         );
-        assert_eq!(created.await.status(), 201);
+        let created = json_of(created.await, 201).await;
+        ids.push(created["id"].as_str().expect("id").to_owned());
     }
+    // Hers is hers: a colleague neither reads it nor asks about it, nor lists
+    // Subscriptions; a backend that reads records sees them all.
+    let colleague = sign(
+        &rsa,
+        &claims(
+            "openid fhirUser user/*.cruds",
+            json!({"fhirUser": "Practitioner/owner-colleague"}),
+        ),
+    );
+    let hers = format!("Subscription/{}", ids[0]);
+    assert_eq!(get_with(&s, &hers, &gp_token).await.status(), 200);
+    assert_eq!(get_with(&s, &hers, &colleague).await.status(), 404);
+    let status = format!("{hers}/$status");
+    assert_eq!(get_with(&s, &status, &gp_token).await.status(), 200);
+    assert_eq!(get_with(&s, &status, &colleague).await.status(), 404);
+    assert_eq!(get_with(&s, "Subscription", &colleague).await.status(), 403);
+    let all = json_of(get_with(&s, "Subscription", &admin).await, 200).await;
+    assert_eq!(all["total"], 2);
 
     // Her patient's Observation reaches her; the other patient's does not, and
     // the backend is told of neither.
@@ -1177,4 +1197,31 @@ async fn the_ways_around_the_circle_are_closed() {
         "held Bundle",
     )
     .await;
+}
+
+#[tokio::test]
+async fn the_issuer_out_of_reach_is_the_servers_trouble_not_the_tokens() {
+    let rsa = rsa_key("rsa-1");
+    let mut options = crate::support::test_options();
+    // Nobody listens there.
+    let jwks_url = format!("http://{}/certs", crate::receiver::free_address());
+    options.auth = passerelle::auth::AuthSetting::Smart(passerelle::auth::SmartSettings {
+        issuer: ISSUER.to_owned(),
+        audience: AUDIENCE.to_owned(),
+        jwks_url,
+        authorize_url: None,
+        token_url: None,
+        client_organizations: Default::default(),
+    });
+    let s = TestServer::start_on(crate::support::fresh_database().await, options).await;
+    let token = sign(&rsa, &claims("system/*.rs", json!({})));
+    // Fetched and failed, then the failure said again without fetching.
+    for _ in 0..2 {
+        let response = get_with(&s, "Patient", &token).await;
+        assert_eq!(response.status(), 503);
+        assert!(response.headers().contains_key("retry-after"));
+        let outcome = outcome_of(response, 503).await;
+        let text = outcome["issue"][0]["diagnostics"].to_string();
+        assert!(text.contains("keys could not be fetched"), "{text}");
+    }
 }

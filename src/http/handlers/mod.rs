@@ -139,6 +139,7 @@ pub async fn handle(state: &AppState, mut req: FhirRequest) -> FhirResult<Reply>
         &params_in_force,
         break_glass,
     )?;
+    subscriptions_held(state, &req, &method, &route).await?;
     if let Some(reply) = audit_trail(state, &req, &method, &route, &asked).await {
         return reply;
     }
@@ -251,6 +252,51 @@ async fn audit_trail(
 
 /// 404 unless the client may see `res_type/id`, as if it did not exist; for a
 /// write (`creates`), a resource that does not exist yet may be created.
+/// A client that does not see every Subscription (`auth::sees_every_subscription`)
+/// reads, changes and asks about only those it wrote: another's is 404, as if it
+/// did not exist. Searches and histories of Subscriptions, and the operations on
+/// several, are not narrowed to its own yet: 403.
+async fn subscriptions_held(
+    state: &AppState,
+    req: &FhirRequest,
+    method: &Method,
+    route: &Route,
+) -> FhirResult<()> {
+    let id = match route {
+        Route::Instance(t, id) | Route::InstanceHistory(t, id) | Route::Version(t, id, _)
+            if t == "Subscription" =>
+        {
+            Some(id)
+        }
+        Route::SubscriptionOperation(Some(id), _) => Some(id),
+        Route::Type(t) | Route::TypeSearch(t) | Route::TypeHistory(t) if t == "Subscription" => {
+            None
+        }
+        Route::SubscriptionOperation(None, _) => None,
+        _ => return Ok(()),
+    };
+    if crate::auth::sees_every_subscription(&req.access) {
+        return Ok(());
+    }
+    let Some(id) = id else {
+        return match (route, method) {
+            (Route::Type(_), &Method::POST) => Ok(()),
+            _ => Err(FhirError::Forbidden(
+                "searching or listing Subscriptions is not available yet to a client held to records: read yours by id".to_owned(),
+            )),
+        };
+    };
+    let owner = crate::store::subscriptions::owner_of(&state.pool.get().await?, id).await?;
+    match owner {
+        // Not filed: absent (the handler says so), or created by this PUT.
+        None => Ok(()),
+        Some(owner) if crate::auth::owns(&req.access, owner.as_ref()) => Ok(()),
+        Some(_) => Err(FhirError::NotFound(format!(
+            "Subscription/{id} is not known"
+        ))),
+    }
+}
+
 async fn visible(
     state: &AppState,
     params_in_force: &crate::search::params::ParamTable,
