@@ -230,12 +230,17 @@ pub fn narrowing(
     let search = matches!(route, Route::TypeSearch(_)) || (matches!(route, Route::Type(_)) && get);
     match route {
         Route::Type(t) | Route::TypeSearch(t) if search => {
+            // What `_include` and `_revinclude` bring is filtered to what the
+            // client sees; chains and `_has` that search records are not narrowed.
+            let mut includes_records = false;
             for (reached, interaction) in crate::auth::search_reaches(t, params, table) {
-                if holder(&reached, interaction)? != Holder::Free {
+                let held = holder(&reached, interaction)? != Holder::Free;
+                if held && interaction == Search {
                     return Err(not_yet(
-                        "reaching a patient's record through _include, _revinclude, chains or _has",
+                        "searching a patient's record through chains or _has",
                     ));
                 }
+                includes_records |= held;
             }
             let query = match access.decide(t, Search) {
                 Decision::Restricted(list) if list.len() > 1 => {
@@ -246,7 +251,11 @@ pub fn narrowing(
                 Decision::Restricted(list) => list[0].1.to_vec(),
                 _ => Vec::new(),
             };
-            let holder = holder(t, Search)?;
+            let holder = match holder(t, Search)? {
+                // A directory search including records: held for its includes.
+                Holder::Free if includes_records => holder("Patient", Read)?,
+                held => held,
+            };
             match (&holder, query.is_empty()) {
                 (Holder::Free, true) => Ok(Narrowing::None),
                 _ => Ok(Narrowing::Search { holder, query }),

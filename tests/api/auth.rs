@@ -449,9 +449,21 @@ async fn a_patient_token_sees_the_patients_record_and_nothing_else() {
     )
     .await;
     // What cannot be narrowed to the record yet is refused.
-    for path in ["_history", "Encounter?_revinclude=Observation:encounter"] {
+    for path in ["_history", "Encounter?subject:Patient.name=x"] {
         outcome_of(get_with(&s, path, &app).await, 403).await;
     }
+    // What a directory search includes of records is hers only.
+    let with_records = json_of(
+        get_with(
+            &s,
+            "Practitioner?_revinclude=Encounter:participant&_revinclude=Observation:performer",
+            &app,
+        )
+        .await,
+        200,
+    )
+    .await;
+    assert_eq!(ids(&with_records), ["pt-dr"], "{with_records}");
     let write = send_with(
         &s,
         reqwest::Method::PUT,
@@ -610,16 +622,26 @@ async fn a_practitioner_sees_the_records_of_her_care_circle_only() {
         "Observation?patient=cc-b",
         "Encounter?status=finished",
         "Observation?code:text=Poids",
+        "Encounter?_include=Encounter:subject",
+        "Patient?_revinclude=Observation:subject",
+        "Practitioner?_revinclude=Patient:general-practitioner",
     ];
     for path in empty {
         let found = json_of(get_with(&s, path, &outsider).await, 200).await;
-        assert_eq!(found["total"], 0, "{path}: {found}");
-        assert!(ids_of(&found).is_empty(), "{path}");
+        let records: Vec<&Value> = found["entry"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["resource"]["resourceType"] != "Practitioner")
+            .collect();
+        assert!(records.is_empty(), "{path}: {found}");
+        if !path.starts_with("Practitioner") {
+            assert_eq!(found["total"], 0, "{path}: {found}");
+        }
     }
     for path in [
         "_history",
-        "Encounter?_include=Encounter:subject",
-        "Patient?_revinclude=Observation:subject",
+        "Encounter?subject:Patient.name=x",
         "Observation?subject:Patient.identifier=urn:oid:1.2.250.1.213.1.4.10|2700100000001",
     ] {
         outcome_of(get_with(&s, path, &outsider).await, 403).await;
@@ -1144,12 +1166,12 @@ async fn the_ways_around_the_circle_are_closed() {
         .await
         .expect("POST");
     forbidden(probe, "If-None-Exist").await;
-    // `_include=Type:*` reaches every type.
-    forbidden(
-        get_with(&s, "Group?_include=Group:*", &gp).await,
-        "_include *",
-    )
-    .await;
+    // A Group she sees brings her patient, not the other member.
+    let group = json_of(get_with(&s, "Group?_include=Group:member", &gp).await, 200).await;
+    assert_eq!(every_id(&group), ["way-group", "way-mine"], "{group}");
+    // `_include=Type:*` reaches every type: filtered the same way.
+    let every = json_of(get_with(&s, "Group?_include=Group:*", &gp).await, 200).await;
+    assert_eq!(every_id(&every), ["way-group", "way-mine"], "{every}");
     // Break-the-glass opens one record, not a search, nor the audit trail.
     let glass = |path: &str| {
         s.http

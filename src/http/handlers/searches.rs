@@ -145,7 +145,9 @@ pub(super) async fn search(
         }
         params.extend(query.iter().cloned());
         match (holder, &scope) {
-            (Holder::Patient(patient), Scope::Type) => {
+            (Holder::Patient(patient), Scope::Type)
+                if crate::search::compartment::in_patient_compartment(res_type) =>
+            {
                 scope = Scope::Compartment("Patient", patient)
             }
             (Holder::Circle(members), _) => circle = Some(members.as_slice()),
@@ -153,7 +155,7 @@ pub(super) async fn search(
         }
     }
     let client = state.pool.get().await?;
-    let page = service::search(
+    let mut page = service::search(
         &client,
         &params_in_force,
         res_type,
@@ -163,7 +165,60 @@ pub(super) async fn search(
         circle,
     )
     .await?;
+    if let Narrowing::Search { holder, .. } = &req.narrowing {
+        held_includes(&client, &params_in_force, holder, &mut page.included).await?;
+    }
     searchset_reply(req, &path, &params, &page)
+}
+
+/// Keeps, of what `_include` and `_revinclude` brought, what the client may see:
+/// what is nobody's record, and the records of the patient or the circles it is
+/// held to (asked as the search was, by `_id`, one search per type).
+async fn held_includes(
+    client: &deadpool_postgres::Client,
+    params_in_force: &crate::search::params::ParamTable,
+    holder: &Holder,
+    included: &mut Vec<crate::store::StoredVersion>,
+) -> FhirResult<()> {
+    use crate::search::compartment::in_patient_compartment;
+    let mut by_type: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+    for v in included
+        .iter()
+        .filter(|v| in_patient_compartment(&v.res_type))
+    {
+        by_type.entry(&v.res_type).or_default().push(&v.res_id);
+    }
+    let mut seen: std::collections::HashSet<(String, String)> = Default::default();
+    for (res_type, ids) in by_type {
+        for chunk in ids.chunks(crate::search::MAX_COUNT) {
+            let (scope, circle) = match holder {
+                Holder::Free => return Ok(()),
+                Holder::Patient(patient) => (Scope::Compartment("Patient", patient), None),
+                Holder::Circle(members) => (Scope::Type, Some(members.as_slice())),
+            };
+            let criteria = [
+                ("_id".to_owned(), chunk.join(",")),
+                ("_count".to_owned(), chunk.len().to_string()),
+                ("_total".to_owned(), "none".to_owned()),
+            ];
+            let page = service::search(
+                client,
+                params_in_force,
+                res_type,
+                &criteria,
+                crate::search::Handling::Strict,
+                scope,
+                circle,
+            )
+            .await?;
+            seen.extend(page.matches.into_iter().map(|v| (v.res_type, v.res_id)));
+        }
+    }
+    included.retain(|v| {
+        !in_patient_compartment(&v.res_type)
+            || seen.contains(&(v.res_type.clone(), v.res_id.clone()))
+    });
+    Ok(())
 }
 
 /// A page of results as a searchset Bundle, with its self and next links.
