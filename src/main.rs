@@ -199,6 +199,10 @@ enum Command {
         /// Largest accepted request body in bytes.
         #[arg(long, env = "PASSERELLE_MAX_BODY_BYTES", default_value_t = 16 * 1024 * 1024)]
         max_body_bytes: usize,
+        /// Origins browser apps may call from (`https://app.example.fr,…`, or `*`
+        /// in development); none by default.
+        #[arg(long, env = "PASSERELLE_CORS_ORIGINS", default_value = "", value_parser = passerelle::http::cors::CorsOrigins::parse)]
+        cors_origins: passerelle::http::cors::CorsOrigins,
         /// Database connections in the pool.
         #[arg(long, env = "PASSERELLE_POOL_SIZE", default_value_t = 16)]
         pool_size: usize,
@@ -316,6 +320,7 @@ async fn main() -> ExitCode {
             listen,
             base_url,
             max_body_bytes,
+            cors_origins,
             pool_size,
             statement_timeout,
             header_read_timeout,
@@ -359,6 +364,7 @@ async fn main() -> ExitCode {
                             },
                             auth,
                             audit,
+                            cors: cors_origins,
                         };
                         server::serve(database, options).await
                     }

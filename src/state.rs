@@ -16,6 +16,8 @@ pub struct Settings {
     pub body_read_timeout: std::time::Duration,
     /// When the server started (CapabilityStatement `date`).
     pub started: String,
+    /// The origins browser apps may call from (`http::cors`).
+    pub cors: crate::http::cors::CorsOrigins,
 }
 
 #[derive(Clone)]

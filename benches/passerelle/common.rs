@@ -344,6 +344,7 @@ pub async fn start_guarded(
         limits: server::RequestLimits::default(),
         auth,
         audit,
+        cors: Default::default(),
     };
     let listener = tokio::net::TcpListener::bind(serve.listen).await?;
     let running = server::start(

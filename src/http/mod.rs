@@ -3,6 +3,7 @@
 
 mod audited;
 mod authorize;
+pub mod cors;
 mod handlers;
 mod negotiate;
 mod respond;
@@ -34,6 +35,7 @@ pub fn router(state: AppState) -> Router {
         .route("/fhir", any(fhir))
         .route("/fhir/", any(fhir))
         .route("/fhir/{*rest}", any(fhir))
+        .layer(middleware::from_fn_with_state(state.clone(), cors::cors))
         .with_state(state)
         .layer(middleware::from_fn(trace_request))
 }

@@ -50,6 +50,8 @@ pub struct ServeOptions {
     pub auth: crate::auth::AuthSetting,
     /// Every request recorded in the audit trail before it is answered.
     pub audit: bool,
+    /// The origins browser apps may call from.
+    pub cors: crate::http::cors::CorsOrigins,
 }
 
 /// How long a client may take and how many may be connected at once, and how long
@@ -171,6 +173,7 @@ fn app_state(pool: Pool, options: &ServeOptions, hub: Arc<delivery::websocket::H
             max_body_bytes: options.max_body_bytes,
             body_read_timeout: options.limits.body_read_timeout,
             started: datetime::format_instant(chrono::Utc::now()),
+            cors: options.cors.clone(),
         }),
         rules: Arc::new(options.rules.clone()),
     }

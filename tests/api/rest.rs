@@ -331,3 +331,82 @@ async fn metadata_and_health() {
         .expect("ready");
     assert_eq!(ready.status(), 200);
 }
+
+#[tokio::test]
+async fn browser_apps_of_the_allowed_origins_get_cors_answers() {
+    use passerelle::http::cors::CorsOrigins;
+    let options = passerelle::server::ServeOptions {
+        cors: CorsOrigins::parse("https://app.example.fr").expect("origins"),
+        ..crate::support::test_options()
+    };
+    let s = TestServer::start_on(crate::support::fresh_database().await, options).await;
+    let header = |r: &reqwest::Response, name: &str| {
+        r.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    // The preflight of a write with a token: answered before any token.
+    let preflight = s
+        .http
+        .request(reqwest::Method::OPTIONS, s.url("Patient/p1"))
+        .header("origin", "https://app.example.fr")
+        .header("access-control-request-method", "PUT")
+        .header(
+            "access-control-request-headers",
+            "authorization, content-type, if-match",
+        )
+        .send()
+        .await
+        .expect("OPTIONS");
+    assert_eq!(preflight.status(), 204);
+    assert_eq!(
+        header(&preflight, "access-control-allow-origin").as_deref(),
+        Some("https://app.example.fr")
+    );
+    assert!(header(&preflight, "access-control-allow-methods")
+        .is_some_and(|m| m.contains("PUT") && m.contains("PATCH")));
+    assert_eq!(
+        header(&preflight, "access-control-allow-headers").as_deref(),
+        Some("authorization, content-type, if-match")
+    );
+    // The write itself: allowed, with the headers a FHIR client reads exposed.
+    let written = s
+        .http
+        .put(s.url("Patient/p1"))
+        .header("origin", "https://app.example.fr")
+        .header("content-type", "application/fhir+json")
+        .body(json!({"resourceType": "Patient", "id": "p1"}).to_string())
+        .send()
+        .await
+        .expect("PUT");
+    assert_eq!(written.status(), 201);
+    assert_eq!(
+        header(&written, "access-control-allow-origin").as_deref(),
+        Some("https://app.example.fr")
+    );
+    let exposed = header(&written, "access-control-expose-headers").unwrap_or_default();
+    for name in ["ETag", "Location", "Content-Location"] {
+        assert!(exposed.contains(name), "{exposed}");
+    }
+    assert_eq!(header(&written, "vary").as_deref(), Some("Origin"));
+    // Another origin gets no CORS header; its preflight is no CORS answer.
+    let stranger = s
+        .http
+        .get(s.url("Patient/p1"))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(stranger.status(), 200);
+    assert!(header(&stranger, "access-control-allow-origin").is_none());
+    let refused = s
+        .http
+        .request(reqwest::Method::OPTIONS, s.url("Patient/p1"))
+        .header("origin", "https://evil.example")
+        .header("access-control-request-method", "GET")
+        .send()
+        .await
+        .expect("OPTIONS");
+    assert!(header(&refused, "access-control-allow-origin").is_none());
+}

@@ -175,6 +175,7 @@ pub fn test_options() -> ServeOptions {
         limits: passerelle::server::RequestLimits::default(),
         auth: passerelle::auth::AuthSetting::Unset,
         audit: true,
+        cors: Default::default(),
     }
 }
 
