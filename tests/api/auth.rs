@@ -151,6 +151,19 @@ async fn send_with(
         .expect("send")
 }
 
+/// PUTs a resource at its id with `token`; the write must succeed.
+async fn put_with(s: &TestServer, token: &str, resource: &Value) {
+    let path = format!(
+        "{}/{}",
+        resource["resourceType"].as_str().expect("type"),
+        resource["id"].as_str().expect("id")
+    );
+    let status = send_with(s, reqwest::Method::PUT, &path, token, resource)
+        .await
+        .status();
+    assert!(status.is_success(), "{path}: {status}");
+}
+
 /// 401 with a Bearer challenge and an OperationOutcome saying why.
 async fn refused(response: reqwest::Response, why: &str) {
     let challenge = response
@@ -528,17 +541,7 @@ async fn a_practitioner_sees_the_records_of_her_care_circle_only() {
     let put = |resource: Value| {
         let admin = admin.clone();
         let s = &s;
-        async move {
-            let path = format!(
-                "{}/{}",
-                resource["resourceType"].as_str().expect("type"),
-                resource["id"].as_str().expect("id")
-            );
-            let status = send_with(s, reqwest::Method::PUT, &path, &admin, &resource)
-                .await
-                .status();
-            assert!(status.is_success(), "{path}: {status}");
-        }
+        async move { put_with(s, &admin, &resource).await }
     };
     for id in ["cc-gp", "cc-outsider", "cc-nurse"] {
         put(json!({"resourceType": "Practitioner", "id": id})).await;
@@ -894,17 +897,7 @@ async fn a_subscription_tells_its_owner_only_what_she_may_see() {
     let admin = sign(&rsa, &claims("system/*.*", json!({})));
     let write = |resource: Value| {
         let (admin, s) = (admin.clone(), &s);
-        async move {
-            let path = format!(
-                "{}/{}",
-                resource["resourceType"].as_str().expect("type"),
-                resource["id"].as_str().expect("id")
-            );
-            let status = send_with(s, reqwest::Method::PUT, &path, &admin, &resource)
-                .await
-                .status();
-            assert!(status.is_success(), "{path}: {status}");
-        }
+        async move { put_with(s, &admin, &resource).await }
     };
     let observation = |id: &str, patient: &str| {
         json!({"resourceType": "Observation", "id": id, "status": "final",
@@ -1000,15 +993,7 @@ async fn a_backend_held_to_organisations_sees_their_patients_only() {
         json!({"resourceType": "Encounter", "id": "org-b-stay", "status": "finished",
             "class": {"code": "AMB"}, "subject": {"reference": "Patient/org-b"}}),
     ] {
-        let path = format!(
-            "{}/{}",
-            resource["resourceType"].as_str().expect("type"),
-            resource["id"].as_str().expect("id")
-        );
-        let status = send_with(&s, reqwest::Method::PUT, &path, &admin, &resource)
-            .await
-            .status();
-        assert!(status.is_success(), "{path}: {status}");
+        put_with(&s, &admin, &resource).await;
     }
     let dac = sign(&rsa, &claims("system/*.rs", json!({"client_id": "dac-75"})));
     let other = sign(&rsa, &claims("system/*.rs", json!({"client_id": "dmp"})));
@@ -1056,18 +1041,6 @@ async fn a_backend_held_to_organisations_sees_their_patients_only() {
     );
 }
 
-/// Every resource id of a searchset, matches and includes.
-fn every_id(bundle: &Value) -> Vec<String> {
-    let mut ids: Vec<String> = bundle["entry"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e["resource"]["id"].as_str().map(str::to_owned))
-        .collect();
-    ids.sort();
-    ids
-}
-
 #[tokio::test]
 async fn the_ways_around_the_circle_are_closed() {
     let (s, rsa, _) = smart_server_holding("dac-75=Organization/dac-75").await;
@@ -1089,15 +1062,7 @@ async fn the_ways_around_the_circle_are_closed() {
         json!({"resourceType": "Task", "id": "way-other-task", "status": "requested",
             "intent": "order", "for": {"reference": "Patient/way-other"}}),
     ] {
-        let path = format!(
-            "{}/{}",
-            resource["resourceType"].as_str().expect("type"),
-            resource["id"].as_str().expect("id")
-        );
-        let status = send_with(&s, reqwest::Method::PUT, &path, &admin, &resource)
-            .await
-            .status();
-        assert!(status.is_success(), "{path}: {status}");
+        put_with(&s, &admin, &resource).await;
     }
     let gp = sign(
         &rsa,
@@ -1168,10 +1133,18 @@ async fn the_ways_around_the_circle_are_closed() {
     forbidden(probe, "If-None-Exist").await;
     // A Group she sees brings her patient, not the other member.
     let group = json_of(get_with(&s, "Group?_include=Group:member", &gp).await, 200).await;
-    assert_eq!(every_id(&group), ["way-group", "way-mine"], "{group}");
+    assert_eq!(
+        crate::support::ids_in(&group),
+        ["way-group", "way-mine"],
+        "{group}"
+    );
     // `_include=Type:*` reaches every type: filtered the same way.
     let every = json_of(get_with(&s, "Group?_include=Group:*", &gp).await, 200).await;
-    assert_eq!(every_id(&every), ["way-group", "way-mine"], "{every}");
+    assert_eq!(
+        crate::support::ids_in(&every),
+        ["way-group", "way-mine"],
+        "{every}"
+    );
     // Break-the-glass opens one record, not a search, nor the audit trail.
     let glass = |path: &str| {
         s.http
@@ -1192,7 +1165,7 @@ async fn the_ways_around_the_circle_are_closed() {
     );
     // Her patient's $everything does not bring the other member of a Group.
     let everything = json_of(get_with(&s, "Patient/way-mine/$everything", &gp).await, 200).await;
-    let ids = every_id(&everything);
+    let ids = crate::support::ids_in(&everything);
     assert!(ids.contains(&"way-mine".to_owned()), "{ids:?}");
     assert!(!ids.contains(&"way-other".to_owned()), "{ids:?}");
     // A scope restricted by a search the server cannot apply is no scope.

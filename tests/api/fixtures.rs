@@ -15,15 +15,7 @@ fn fixture_files() -> Vec<PathBuf> {
 }
 
 async fn ids(s: &TestServer, query: &str) -> Vec<String> {
-    let bundle = json_of(s.get(query).await, 200).await;
-    let mut ids: Vec<String> = bundle["entry"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e["resource"]["id"].as_str().map(str::to_owned))
-        .collect();
-    ids.sort();
-    ids
+    crate::support::ids_in(&json_of(s.get(query).await, 200).await)
 }
 
 #[tokio::test]

@@ -387,3 +387,15 @@ pub fn run_passerelle(args: &[&std::ffi::OsStr], database_url: &str) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// Every resource id of a Bundle (matches and includes), sorted.
+pub fn ids_in(bundle: &Value) -> Vec<String> {
+    let mut ids: Vec<String> = bundle["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["resource"]["id"].as_str().map(str::to_owned))
+        .collect();
+    ids.sort();
+    ids
+}
