@@ -300,6 +300,23 @@ pub fn narrowing(
             Ok(member(held, c, id))
         }
         Route::Everything(c, id) => Ok(member(glass(c, Read)?, c, id)),
+        // Histories across resources: each page kept to what the client sees.
+        Route::SystemHistory | Route::TypeHistory(_) => {
+            let t = match route {
+                Route::TypeHistory(t) => t.as_str(),
+                _ => EVERY_TYPE,
+            };
+            match holder(t, Search)? {
+                Holder::Free => Ok(Narrowing::None),
+                _ if matches!(access.decide(t, Search), Decision::Restricted(_)) => Err(not_yet(
+                    "the history of resources a scope restricts to a search",
+                )),
+                holder => Ok(Narrowing::Search {
+                    holder,
+                    query: Vec::new(),
+                }),
+            }
+        }
         Route::CareCircle(id) => Ok(member(glass("Patient", Read)?, "Patient", id)),
         _ => {
             for (t, interaction) in needs(method, route, params, table) {
@@ -378,10 +395,16 @@ mod tests {
             narrowed(&app, Method::GET, "Practitioner", false).ok(),
             Some(Narrowing::None)
         );
-        // What cannot be narrowed yet: 403.
+        // Histories across resources are kept to her record.
         for path in ["_history", "Encounter/_history"] {
-            let refused = narrowed(&app, Method::GET, path, false).expect_err(path);
-            assert_eq!(refused.status(), 403, "{path}");
+            assert_eq!(
+                narrowed(&app, Method::GET, path, false).ok(),
+                Some(Narrowing::Search {
+                    holder: Holder::Patient("p1".into()),
+                    query: vec![]
+                }),
+                "{path}"
+            );
         }
         let gp = token("user/*.cruds", Some("Practitioner/gp"), None);
         let circle = Holder::Circle(vec![("Practitioner".into(), "gp".into())]);

@@ -462,9 +462,24 @@ async fn a_patient_token_sees_the_patients_record_and_nothing_else() {
     )
     .await;
     // What cannot be narrowed to the record yet is refused.
-    for path in ["_history", "Encounter?subject:Patient.name=x"] {
-        outcome_of(get_with(&s, path, &app).await, 403).await;
-    }
+    outcome_of(
+        get_with(&s, "Encounter?subject:Patient.name=x", &app).await,
+        403,
+    )
+    .await;
+    // The history of every resource: her record's, and directory data.
+    let history = json_of(get_with(&s, "_history", &app).await, 200).await;
+    assert_eq!(
+        crate::support::ids_in(&history),
+        [
+            "pt-1",
+            "pt-1-laboratory",
+            "pt-1-stay",
+            "pt-1-vital-signs",
+            "pt-dr"
+        ],
+        "{history}"
+    );
     // What a directory search includes of records is hers only.
     let with_records = json_of(
         get_with(
@@ -642,8 +657,15 @@ async fn a_practitioner_sees_the_records_of_her_care_circle_only() {
             assert_eq!(found["total"], 0, "{path}: {found}");
         }
     }
+    // The history of every resource: nothing of the two patients' records.
+    let history = json_of(get_with(&s, "_history", &outsider).await, 200).await;
+    for id in crate::support::ids_in(&history) {
+        assert!(
+            !id.starts_with("cc-a") && !id.starts_with("cc-b"),
+            "{id}: {history}"
+        );
+    }
     for path in [
-        "_history",
         "Encounter?subject:Patient.name=x",
         "Observation?subject:Patient.identifier=urn:oid:1.2.250.1.213.1.4.10|2700100000001",
     ] {

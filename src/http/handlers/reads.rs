@@ -6,6 +6,7 @@ use serde_json::json;
 use crate::error::FhirResult;
 use crate::fhir::render::with_raw_member;
 use crate::fhir::{self, datetime, subset};
+use crate::http::authorize::Narrowing;
 use crate::http::respond::Reply;
 use crate::search;
 use crate::service;
@@ -65,7 +66,14 @@ pub(super) async fn history(
     res_type: Option<&str>,
     res_id: Option<&str>,
 ) -> FhirResult<Reply> {
-    let page = service::history(&state.pool, res_type, res_id, &req.params).await?;
+    let mut page = service::history(&state.pool, res_type, res_id, &req.params).await?;
+    // Held to records: the versions of what the client sees now; a page may come
+    // out shorter than asked, its `next` link stands.
+    if let Narrowing::Search { holder, .. } = &req.narrowing {
+        let params_in_force = state.rules.catalog.params.current();
+        let client = state.pool.get().await?;
+        super::searches::seen_only(&client, &params_in_force, holder, &mut page.versions).await?;
+    }
     let path = route_path(&req.route);
     let mut links = vec![("self", self_url(req, &path))];
     if let Some(cursor) = &page.next {

@@ -166,15 +166,17 @@ pub(super) async fn search(
     )
     .await?;
     if let Narrowing::Search { holder, .. } = &req.narrowing {
-        held_includes(&client, &params_in_force, holder, &mut page.included).await?;
+        seen_only(&client, &params_in_force, holder, &mut page.included).await?;
     }
     searchset_reply(req, &path, &params, &page)
 }
 
-/// Keeps, of what `_include` and `_revinclude` brought, what the client may see:
-/// what is nobody's record, and the records of the patient or the circles it is
-/// held to (asked as the search was, by `_id`, one search per type).
-async fn held_includes(
+/// Keeps, of `versions` (what `_include` and `_revinclude` brought, a history's
+/// page), those of resources the client may see now: what is nobody's record,
+/// and the records of the patient or the circles it is held to (asked as a
+/// search would be, by `_id`, one search per type; a deleted resource is seen by
+/// no one held).
+pub(super) async fn seen_only(
     client: &deadpool_postgres::Client,
     params_in_force: &crate::search::params::ParamTable,
     holder: &Holder,
