@@ -273,7 +273,8 @@ pub async fn circle_covers(
     let sql = format!(
         "SELECT count(DISTINCT m.patient_id) FROM circle_member m \
          WHERE m.patient_id = ANY($3::text[]) AND (m.member_type, m.member_id) IN ({mine}) \
-           AND (m.until IS NULL OR m.until > now())"
+           AND {now}",
+        now = search_sql::CIRCLE_ROW_NOW
     );
     let mut wanted = patients.to_vec();
     wanted.sort();
@@ -296,7 +297,7 @@ pub async fn circle_sees(
 ) -> FhirResult<bool> {
     let (types, ids): (Vec<String>, Vec<String>) = members.iter().cloned().unzip();
     let mine = search_sql::members_sql("$1", "$2");
-    let now = "(m.until IS NULL OR m.until > now())";
+    let now = search_sql::CIRCLE_ROW_NOW;
     let row = if res_type == "Patient" {
         let sql = format!(
             "SELECT EXISTS (SELECT 1 FROM circle_member m WHERE m.patient_id = $3 \

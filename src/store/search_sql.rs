@@ -291,6 +291,10 @@ fn composite_clause(
     sql_text
 }
 
+/// A circle row (`circle_member m`) in force now: its member's participation
+/// has not ended.
+pub const CIRCLE_ROW_NOW: &str = "(m.until IS NULL OR m.until > now())";
+
 /// The (type, id) of a user given as the arrays `mt` and `mi` (bound
 /// parameters), with her PractitionerRoles (of a Practitioner) and her
 /// Practitioner (of a PractitionerRole): a query of two text columns.
@@ -326,7 +330,7 @@ fn circle_clause(
     let (types, ids): (Vec<String>, Vec<String>) = members.iter().cloned().unzip();
     let (mt, mi) = (sql.bind(Box::new(types)), sql.bind(Box::new(ids)));
     let mine = members_sql(&mt, &mi);
-    let now = "(m.until IS NULL OR m.until > now())";
+    let now = CIRCLE_ROW_NOW;
     if res_type == "Patient" {
         return format!(
             "EXISTS (SELECT 1 FROM circle_member m WHERE m.patient_id = {a}.res_id \
