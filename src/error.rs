@@ -83,10 +83,10 @@ pub enum FhirError {
     /// 503: large requests already use the memory set aside for them.
     #[error("busy: {0}")]
     Busy(String),
-    /// 503: the authorisation server's keys could not be fetched: the token may
-    /// be fine, the request may be sent again.
+    /// 503: a passing trouble, said as it is (the authorisation server's keys
+    /// out of reach, a write saved but not recorded in the audit trail).
     #[error("{0}")]
-    IssuerUnavailable(String),
+    Transient(String),
     /// 503: a statement ran past the statement timeout and was cancelled.
     #[error("statement timeout: {0}")]
     StatementTimeout(String),
@@ -125,7 +125,7 @@ impl FhirError {
             FhirError::Unavailable(_)
             | FhirError::CommitUnknown(_)
             | FhirError::Busy(_)
-            | FhirError::IssuerUnavailable(_)
+            | FhirError::Transient(_)
             | FhirError::StatementTimeout(_) => 503,
             FhirError::Internal(_) => 500,
         }
@@ -154,7 +154,7 @@ impl FhirError {
                 "transient",
                 "the database connection was lost while committing: the change may or may not have been saved; read it before sending it again".to_owned(),
             ),
-            FhirError::Busy(m) | FhirError::IssuerUnavailable(m) => {
+            FhirError::Busy(m) | FhirError::Transient(m) => {
                 single("transient", m.clone())
             }
             FhirError::StatementTimeout(_) => single(

@@ -48,7 +48,7 @@ pub async fn authenticate(guard: &Guard, headers: &HeaderMap) -> FhirResult<Acce
             verifier.settings(),
         )))),
         // The issuer's keys out of reach: the token may be fine (503, retry).
-        Err(e) if e.is_server_side() => Err(FhirError::IssuerUnavailable(e.to_string())),
+        Err(e) if e.is_server_side() => Err(FhirError::Transient(e.to_string())),
         Err(e) => Err(unauthorized(e.to_string(), Challenge::Invalid)),
     }
 }

@@ -134,8 +134,19 @@ async fn fhir(State(state): State<AppState>, req: Request) -> Response {
         break_glass,
     };
     let row = audited::row(recorded, &asked, response.status().as_u16(), location);
+    let changed = response.status().is_success()
+        && matches!(method.as_str(), "POST" | "PUT" | "PATCH" | "DELETE")
+        && !matches!(seen.route, Some(route::Route::TypeSearch(_)));
     match auditor.record(row).await {
         true => response,
+        // Not answered as a success without its record; but a change already
+        // committed is said to be, lest a client send a create again.
+        false if changed => respond::error_response(
+            &FhirError::Transient(
+                "the change was saved, but its access could not be recorded in the audit trail: read it before sending it again".into(),
+            ),
+            Rendering::default(),
+        ),
         false => respond::error_response(
             &FhirError::Unavailable("the access could not be recorded in the audit trail".into()),
             Rendering::default(),

@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use crate::support::{outcome_of, TestServer};
+use crate::support::{json_of, outcome_of, TestServer};
 
 /// The server still answers, and reads what it stored.
 async fn still_serving(s: &TestServer) {
@@ -704,4 +704,33 @@ async fn a_client_that_stops_reading_is_dropped() {
         "the next client was served once the stuck one was dropped"
     );
     drop(stuck);
+}
+
+#[tokio::test]
+async fn a_change_saved_but_not_recorded_in_the_audit_trail_says_so() {
+    let s = TestServer::start().await;
+    // PostgreSQL refuses the audit record of a PUT (the write itself succeeds).
+    s.pool
+        .get()
+        .await
+        .expect("connection")
+        .batch_execute(
+            "CREATE FUNCTION refuse_record() RETURNS trigger LANGUAGE plpgsql AS
+               $$ BEGIN RAISE EXCEPTION 'audit record refused by the test'; END $$;
+             CREATE TRIGGER refuse_put_records BEFORE INSERT ON audit_event
+               FOR EACH ROW WHEN (NEW.method = 'PUT') EXECUTE FUNCTION refuse_record();",
+        )
+        .await
+        .expect("trigger");
+    let answer = s
+        .put_json(
+            "Patient/unrecorded",
+            &json!({"resourceType": "Patient", "id": "unrecorded"}),
+        )
+        .await;
+    let outcome = outcome_of(answer, 503).await;
+    let text = outcome["issue"][0]["diagnostics"].to_string();
+    assert!(text.contains("the change was saved"), "{text}");
+    // It was: a client that reads before sending again finds it.
+    json_of(s.get("Patient/unrecorded").await, 200).await;
 }
