@@ -1190,6 +1190,27 @@ async fn the_ways_around_the_circle_are_closed() {
     let ids = crate::support::ids_in(&everything);
     assert!(ids.contains(&"way-mine".to_owned()), "{ids:?}");
     assert!(!ids.contains(&"way-other".to_owned()), "{ids:?}");
+    // A resource once about another patient: its older version stays hers.
+    let moved = |patient: &str| {
+        json!({"resourceType": "Observation", "id": "way-moved", "status": "final",
+            "code": {"text": "Poids"}, "subject": {"reference": format!("Patient/{patient}")}})
+    };
+    put_with(&s, &admin, &moved("way-other")).await;
+    put_with(&s, &admin, &moved("way-mine")).await;
+    assert_eq!(
+        get_with(&s, "Observation/way-moved", &gp).await.status(),
+        200
+    );
+    let older = get_with(&s, "Observation/way-moved/_history/1", &gp).await;
+    assert_eq!(older.status(), 404);
+    let versions = json_of(
+        get_with(&s, "Observation/way-moved/_history", &gp).await,
+        200,
+    )
+    .await;
+    let entries = versions["entry"].as_array().cloned().unwrap_or_default();
+    assert_eq!(entries.len(), 1, "{versions}");
+    assert_eq!(entries[0]["resource"]["meta"]["versionId"], "2");
     // A scope restricted by a search the server cannot apply is no scope.
     let odd = sign(
         &rsa,

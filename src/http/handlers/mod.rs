@@ -357,32 +357,66 @@ async fn held_content(
         ));
     }
     let resource = req.resource()?;
-    let rows = crate::search::index::extract(params_in_force, res_type, &resource);
-    let patients = crate::search::compartment::patients_of(res_type, &rows);
-    let refused = || {
-        FhirError::Forbidden(format!(
+    match content_reached(state, params_in_force, holder, res_type, id, &resource).await? {
+        true => Ok(()),
+        false => Err(FhirError::Forbidden(format!(
             "this {res_type} is about a patient whose record the token does not reach"
-        ))
-    };
-    match holder {
-        Holder::Free => Ok(()),
-        Holder::Patient(patient) => {
-            let own = match res_type {
-                "Patient" => id == patient,
-                _ => !patients.is_empty() && patients.iter().all(|p| p == patient),
-            };
-            own.then_some(()).ok_or_else(refused)
-        }
+        ))),
+    }
+}
+
+/// Whether what `resource` says (of `res_type/id`) is of the records the holder
+/// reaches: about its patient, or about patients of its circles (a resource about
+/// no patient is no one's record; a Patient, seen already, is her own).
+async fn content_reached(
+    state: &AppState,
+    params_in_force: &crate::search::params::ParamTable,
+    holder: &Holder,
+    res_type: &str,
+    id: &str,
+    resource: &serde_json::Value,
+) -> FhirResult<bool> {
+    let rows = crate::search::index::extract(params_in_force, res_type, resource);
+    let patients = crate::search::compartment::patients_of(res_type, &rows);
+    Ok(match holder {
+        Holder::Free => true,
+        Holder::Patient(patient) => match res_type {
+            "Patient" => id == patient,
+            _ => !patients.is_empty() && patients.iter().all(|p| p == patient),
+        },
         // A new patient is no one's record yet; an existing one was seen above.
-        Holder::Circle(_) if res_type == "Patient" => Ok(()),
+        Holder::Circle(_) if res_type == "Patient" => true,
         Holder::Circle(members) => {
             let client = state.pool.get().await?;
-            match crate::store::circle_covers(&client, members, &patients).await? {
-                true => Ok(()),
-                false => Err(refused()),
-            }
+            crate::store::circle_covers(&client, members, &patients).await?
         }
-    }
+    })
+}
+
+/// Whether an older version (a vread, an instance's history) is of the records
+/// the holder reaches, as its own content says: the current version was seen,
+/// but a resource may have been about another patient before.
+pub(super) async fn version_reached(
+    state: &AppState,
+    holder: &Holder,
+    v: &StoredVersion,
+) -> FhirResult<bool> {
+    let Some(json) = v.json.as_deref() else {
+        // A deletion shows nothing of the record.
+        return Ok(true);
+    };
+    let resource: serde_json::Value =
+        serde_json::from_str(json).map_err(|e| FhirError::Internal(e.to_string()))?;
+    let params_in_force = state.rules.catalog.params.current();
+    content_reached(
+        state,
+        &params_in_force,
+        holder,
+        &v.res_type,
+        &v.res_id,
+        &resource,
+    )
+    .await
 }
 
 fn version_ref(v: &StoredVersion) -> VersionRef<'_> {

@@ -3,7 +3,7 @@
 use axum::http::{header, StatusCode};
 use serde_json::json;
 
-use crate::error::FhirResult;
+use crate::error::{FhirError, FhirResult};
 use crate::fhir::render::with_raw_member;
 use crate::fhir::{self, datetime, subset};
 use crate::http::authorize::Narrowing;
@@ -35,6 +35,13 @@ pub(super) async fn vread(
     vid: &str,
 ) -> FhirResult<Reply> {
     let version = service::vread(&state.pool.get().await?, res_type, id, vid).await?;
+    if let Narrowing::Member { holder, .. } = &req.narrowing {
+        if !super::version_reached(state, holder, &version).await? {
+            return Err(FhirError::NotFound(format!(
+                "{res_type}/{id}/_history/{vid} is not known"
+            )));
+        }
+    }
     read_reply(req, &version)
 }
 
@@ -67,12 +74,26 @@ pub(super) async fn history(
     res_id: Option<&str>,
 ) -> FhirResult<Reply> {
     let mut page = service::history(&state.pool, res_type, res_id, &req.params).await?;
-    // Held to records: the versions of what the client sees now; a page may come
-    // out shorter than asked, its `next` link stands.
-    if let Narrowing::Search { holder, .. } = &req.narrowing {
-        let params_in_force = state.rules.catalog.params.current();
-        let client = state.pool.get().await?;
-        super::searches::seen_only(&client, &params_in_force, holder, &mut page.versions).await?;
+    // Held to records: the versions of what the client sees now, and of one
+    // resource those whose content is of its records; a page may come out
+    // shorter than asked, its `next` link stands.
+    match &req.narrowing {
+        Narrowing::Search { holder, .. } => {
+            let params_in_force = state.rules.catalog.params.current();
+            let client = state.pool.get().await?;
+            super::searches::seen_only(&client, &params_in_force, holder, &mut page.versions)
+                .await?;
+        }
+        Narrowing::Member { holder, .. } => {
+            let mut kept = Vec::with_capacity(page.versions.len());
+            for v in std::mem::take(&mut page.versions) {
+                if super::version_reached(state, holder, &v).await? {
+                    kept.push(v);
+                }
+            }
+            page.versions = kept;
+        }
+        Narrowing::None => {}
     }
     let path = route_path(&req.route);
     let mut links = vec![("self", self_url(req, &path))];
