@@ -1211,6 +1211,28 @@ async fn the_ways_around_the_circle_are_closed() {
     let entries = versions["entry"].as_array().cloned().unwrap_or_default();
     assert_eq!(entries.len(), 1, "{versions}");
     assert_eq!(entries[0]["resource"]["meta"]["versionId"], "2");
+    // PATCH: of her patient's record, yes; moving it to another patient, no.
+    let patch = |ops: Value| {
+        s.http
+            .patch(s.url("Observation/way-moved"))
+            .bearer_auth(&gp)
+            .header("content-type", "application/json-patch+json")
+            .body(ops.to_string())
+            .send()
+    };
+    let noted = patch(json!([{"op": "replace", "path": "/status", "value": "amended"}]))
+        .await
+        .expect("PATCH");
+    assert_eq!(json_of(noted, 200).await["status"], "amended");
+    let away =
+        json!([{"op": "replace", "path": "/subject/reference", "value": "Patient/way-other"}]);
+    forbidden(
+        patch(away).await.expect("PATCH"),
+        "PATCH to another patient",
+    )
+    .await;
+    let kept = json_of(get_with(&s, "Observation/way-moved", &admin).await, 200).await;
+    assert_eq!(kept["subject"]["reference"], "Patient/way-mine");
     // A scope restricted by a search the server cannot apply is no scope.
     let odd = sign(
         &rsa,

@@ -143,6 +143,7 @@ pub async fn handle(state: &AppState, mut req: FhirRequest) -> FhirResult<Reply>
     if let Some(reply) = audit_trail(state, &req, &method, &route, &asked).await {
         return reply;
     }
+    let mut pinned = None;
     if let Narrowing::Member {
         holder,
         res_type,
@@ -153,8 +154,16 @@ pub async fn handle(state: &AppState, mut req: FhirRequest) -> FhirResult<Reply>
         if !id.is_empty() {
             visible(state, &params_in_force, holder, res_type, id, writes).await?;
         }
-        if writes {
+        if method == Method::PATCH {
+            pinned = Some(held_patch(state, &req, &params_in_force, holder, res_type, id).await?);
+        } else if writes {
             held_content(state, &req, &params_in_force, holder, res_type, id).await?;
+        }
+    }
+    // The patch checked is the patch written: to the version it was checked on.
+    if let (Some(version), None) = (pinned, req.if_match()?) {
+        if let Ok(etag) = header::HeaderValue::from_str(&format!("W/\"{version}\"")) {
+            req.headers.insert(header::IF_MATCH, etag);
         }
     }
     match (&method, &route) {
@@ -339,10 +348,42 @@ async fn visible(
     Err(FhirError::NotFound(format!("{res_type}/{id} is not known")))
 }
 
+/// A PATCH by a client held to records: applied here to the current version,
+/// its result must be of the client's records as a PUT's would; returns that
+/// version, which the write is then pinned to.
+async fn held_patch(
+    state: &AppState,
+    req: &FhirRequest,
+    params_in_force: &crate::search::params::ParamTable,
+    holder: &Holder,
+    res_type: &str,
+    id: &str,
+) -> FhirResult<i64> {
+    let document = writes::patch_document(req)?;
+    let current = crate::store::read_latest(&state.pool.get().await?, res_type, id)
+        .await?
+        .ok_or_else(|| FhirError::NotFound(format!("{res_type}/{id} is not known")))?;
+    let json = current
+        .json
+        .as_deref()
+        .ok_or_else(|| FhirError::Gone(format!("{res_type}/{id} was deleted")))?;
+    let resource: serde_json::Value =
+        serde_json::from_str(json).map_err(|e| FhirError::Internal(e.to_string()))?;
+    let result = match fhir::fhirpath_patch::is_fhirpath_patch(&document) {
+        true => fhir::fhirpath_patch::apply(&resource, &document)?,
+        false => fhir::patch::apply(&resource, &document)?,
+    };
+    match content_reached(state, params_in_force, holder, res_type, id, &result).await? {
+        true => Ok(current.version_id),
+        false => Err(FhirError::Forbidden(format!(
+            "this patch makes the {res_type} about a patient whose record the token does not reach"
+        ))),
+    }
+}
+
 /// A create or update by a client held to a patient's record or a care circle:
 /// what it writes must be about that patient, or about patients of the circle
-/// (a resource about no patient is not a record). PATCH changes what the server
-/// alone sees: not available to them yet.
+/// (a resource about no patient is not a record).
 async fn held_content(
     state: &AppState,
     req: &FhirRequest,
@@ -351,11 +392,6 @@ async fn held_content(
     res_type: &str,
     id: &str,
 ) -> FhirResult<()> {
-    if req.method == Method::PATCH {
-        return Err(FhirError::Forbidden(
-            "PATCH is not available yet to a token held to a patient's record or a care circle: PUT the resource".to_owned(),
-        ));
-    }
     let resource = req.resource()?;
     match content_reached(state, params_in_force, holder, res_type, id, &resource).await? {
         true => Ok(()),

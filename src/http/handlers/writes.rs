@@ -132,6 +132,24 @@ pub(super) async fn delete(
     written_reply(req, &written, false)
 }
 
+/// A PATCH's document: JSON Patch, or FHIRPath Patch (a Parameters resource in
+/// JSON or XML).
+pub(super) fn patch_document(req: &FhirRequest) -> FhirResult<serde_json::Value> {
+    let content_type = req.header(header::CONTENT_TYPE).unwrap_or_default();
+    if content_type.starts_with("application/json-patch+json") {
+        return serde_json::from_slice(&req.body).map_err(|e| {
+            FhirError::bad_request(format!("the JSON Patch document is not JSON: {e}"))
+        });
+    }
+    let parameters = req.resource()?;
+    if !fhir::fhirpath_patch::is_fhirpath_patch(&parameters) {
+        return Err(FhirError::bad_request(
+            "PATCH takes a JSON Patch document (application/json-patch+json) or a FHIRPath Patch Parameters",
+        ));
+    }
+    Ok(parameters)
+}
+
 /// `PATCH` with a JSON Patch document (`application/json-patch+json`).
 pub(super) async fn patch(
     state: &AppState,
@@ -139,21 +157,7 @@ pub(super) async fn patch(
     res_type: &str,
     target: PatchTarget,
 ) -> FhirResult<Reply> {
-    let content_type = req.header(header::CONTENT_TYPE).unwrap_or_default();
-    // JSON Patch, or FHIRPath Patch: a Parameters resource in JSON or XML.
-    let document = if content_type.starts_with("application/json-patch+json") {
-        serde_json::from_slice(&req.body).map_err(|e| {
-            FhirError::bad_request(format!("the JSON Patch document is not JSON: {e}"))
-        })?
-    } else {
-        let parameters = req.resource()?;
-        if !fhir::fhirpath_patch::is_fhirpath_patch(&parameters) {
-            return Err(FhirError::bad_request(
-                "PATCH takes a JSON Patch document (application/json-patch+json) or a FHIRPath Patch Parameters",
-            ));
-        }
-        parameters
-    };
+    let document = patch_document(req)?;
     let request = WriteRequest::Patch {
         res_type: res_type.to_owned(),
         target,
