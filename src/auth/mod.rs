@@ -465,21 +465,37 @@ mod tests {
             ),
             // A user/ client that names no user is told nothing of records.
             (owner("user/*.read", None, None), "Encounter", None),
-            // Write-only, or restricted to a query: nothing (not applied yet).
+            // Write-only: nothing.
             (owner("system/*.cud", None, None), "Encounter", None),
-            (
-                owner("system/Observation.rs?category=laboratory", None, None),
-                "Observation",
-                None,
-            ),
         ];
         for (access, res_type, expected) in cases {
+            let told = told_of(&access, res_type);
             assert_eq!(
-                told_of(&access, res_type),
+                told.clone().map(|(h, _)| h),
                 expected,
                 "{access:?} {res_type}"
             );
+            assert!(told.is_none_or(|(_, query)| query.is_empty()));
         }
+        // Restricted to a search: what matches it; by two searches: nothing.
+        let labs = owner(
+            "patient/Observation.rs?category=laboratory",
+            None,
+            Some("p1"),
+        );
+        assert_eq!(
+            told_of(&labs, "Observation"),
+            Some((
+                Holder::Patient("p1".to_owned()),
+                vec![("category".to_owned(), "laboratory".to_owned())]
+            ))
+        );
+        let two = owner(
+            "system/Observation.rs?category=laboratory system/Observation.rs?status=final",
+            None,
+            None,
+        );
+        assert_eq!(told_of(&two, "Observation"), None);
         // Open access has no owner to keep; an owner that no longer reads is none.
         assert!(Access::Open.owner().is_none());
         assert!(Access::of_owner(serde_json::json!({"grants": "?"})).is_none());
@@ -628,16 +644,18 @@ pub fn owns(access: &Access, owner: Option<&serde_json::Value>) -> bool {
 }
 
 /// Whose resources of `res_type` a subscription's owner (its stored `Principal`)
-/// may be told of: those of the holder; `None` when its scopes do not let it read
-/// the type, or let it read only what matches a search restriction (not applied
-/// to notifications yet: nothing is sent rather than too much).
-pub fn told_of(owner: &Access, res_type: &str) -> Option<Holder> {
-    match owner.decide(res_type, Interaction::Read) {
-        Decision::Allowed(_) => match holder(owner, res_type, Interaction::Read, false) {
-            // patient/ scopes without a patient in context grant nothing.
-            Ok(Holder::Patient(patient)) if patient.is_empty() => None,
-            held => held.ok(),
-        },
-        Decision::Restricted(_) | Decision::Denied => None,
+/// may be told of: those of the holder, and with a scope restricted to a search
+/// (`?category=…`), those that match it (its query). `None` when its scopes do
+/// not let it read the type, or restrict it by several searches.
+pub fn told_of(owner: &Access, res_type: &str) -> Option<(Holder, Vec<(String, String)>)> {
+    let query = match owner.decide(res_type, Interaction::Read) {
+        Decision::Allowed(_) => Vec::new(),
+        Decision::Restricted(list) if list.len() == 1 => list[0].1.to_vec(),
+        Decision::Restricted(_) | Decision::Denied => return None,
+    };
+    match holder(owner, res_type, Interaction::Read, false) {
+        // patient/ scopes without a patient in context grant nothing.
+        Ok(Holder::Patient(patient)) if patient.is_empty() => None,
+        held => held.ok().map(|h| (h, query)),
     }
 }

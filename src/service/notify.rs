@@ -243,10 +243,10 @@ async fn matches(
 ) -> FhirResult<bool> {
     // A subscription tells its owner only what the owner may see now.
     let held = match &candidate.owner {
-        None => None,
+        None => Vec::new(),
         Some(owner) => match held_to_owner(definitions.params, owner, w) {
             None => return Ok(false),
-            Some(condition) => condition,
+            Some(conditions) => conditions,
         },
     };
     // A subscription whose topic or parameters have since gone (a deployer's topic
@@ -284,11 +284,11 @@ async fn matches(
         current.as_ref(),
         previous.as_ref(),
     );
-    Ok(match (verdict, held) {
-        (Verdict::No, _) => false,
-        (Verdict::Yes, None) => true,
-        (Verdict::Yes, Some(condition)) => matches_in_database(tx, w, vec![condition]).await?,
-        (Verdict::AskDatabase(mut conditions), held) => {
+    Ok(match verdict {
+        Verdict::No => false,
+        Verdict::Yes if held.is_empty() => true,
+        Verdict::Yes => matches_in_database(tx, w, held).await?,
+        Verdict::AskDatabase(mut conditions) => {
             conditions.extend(held);
             matches_in_database(tx, w, conditions).await?
         }
@@ -297,27 +297,39 @@ async fn matches(
 
 /// What a subscription's owner (`auth::Principal`, as stored) may be told of a
 /// written version: `None`, nothing (its scopes do not let it read the type, or
-/// the owner no longer reads); `Some(None)`, the version as it matches; otherwise
-/// only if the version also meets the condition (the owner's patient's record,
-/// or the records of the circles the owner is in), asked of the database. A
-/// delete of a patient's data is not told to a held owner: whose record it was
-/// is gone with its index rows.
-fn held_to_owner(params: &ParamTable, owner: &Value, w: &Fact) -> Option<Option<Condition>> {
+/// by a search the server cannot apply; the owner no longer reads); otherwise
+/// the version as it matches and meets these conditions too (the owner's
+/// patient's record, or the records of her circles; her scope's search), asked
+/// of the database. A delete is not told to an owner so held: whose record it
+/// was, and what it said, are gone with its index rows.
+fn held_to_owner(params: &ParamTable, owner: &Value, w: &Fact) -> Option<Vec<Condition>> {
     let access = Access::of_owner(owner.clone())?;
-    match auth::told_of(&access, &w.res_type)? {
-        Holder::Free => Some(None),
-        _ if w.rows.is_none() => None,
-        Holder::Patient(patient) => Some(Some(crate::search::compartment::membership(
+    let (holder, query) = auth::told_of(&access, &w.res_type)?;
+    let mut conditions = match query.is_empty() {
+        true => Vec::new(),
+        false => {
+            crate::search::parse(params, &w.res_type, &query, crate::search::Handling::Strict)
+                .ok()?
+                .conditions
+        }
+    };
+    if w.rows.is_none() && (holder != Holder::Free || !conditions.is_empty()) {
+        return None;
+    }
+    match holder {
+        Holder::Free => {}
+        Holder::Patient(patient) => conditions.push(crate::search::compartment::membership(
             params,
             "Patient",
             &patient,
             &w.res_type,
-        )?)),
-        Holder::Circle(members) => Some(Some(Condition::InCircle {
+        )?),
+        Holder::Circle(members) => conditions.push(Condition::InCircle {
             members,
             res_type: w.res_type.clone(),
-        })),
+        }),
     }
+    Some(conditions)
 }
 
 /// The index rows of the version before this one, if it was live.

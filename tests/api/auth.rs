@@ -985,6 +985,37 @@ async fn a_subscription_tells_its_owner_only_what_she_may_see() {
     assert!(gp.next(Duration::from_millis(800)).await.is_none());
     assert!(backend.next(Duration::from_millis(200)).await.is_none());
 
+    // A patient's app allowed her laboratory results only is told of those.
+    let lab_app = Receiver::start().await;
+    let labs_only = sign(
+        &rsa,
+        &claims(
+            "launch/patient patient/Subscription.cruds patient/Observation.rs?category=http://terminology.hl7.org/CodeSystem/observation-category|laboratory",
+            json!({"patient": "owner-a"}),
+        ),
+    );
+    let subscription = r4_subscription("Observation?status=final", &lab_app.url());
+    let created = send_with(
+        &s,
+        reqwest::Method::POST,
+        "Subscription",
+        &labs_only,
+        &subscription,
+    );
+    assert_eq!(created.await.status(), 201);
+    for (id, category) in [
+        ("owner-a-weight", "vital-signs"),
+        ("owner-a-lab", "laboratory"),
+    ] {
+        let mut o = observation(id, "owner-a");
+        o["category"] = json!([{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": category}]}]);
+        write(o).await;
+    }
+    assert_eq!(lab_app.expect().await.json()["id"], "owner-a-lab");
+    assert!(lab_app.next(Duration::from_millis(500)).await.is_none());
+    assert_eq!(gp.expect().await.json()["id"], "owner-a-weight");
+    assert_eq!(gp.expect().await.json()["id"], "owner-a-lab");
+
     // Once she is in the other patient's care team, that record reaches her too.
     write(
         json!({"resourceType": "CareTeam", "id": "owner-b-team", "status": "active",
