@@ -1184,6 +1184,17 @@ async fn the_ways_around_the_circle_are_closed() {
         .await
         .expect("POST");
     forbidden(probe, "If-None-Exist").await;
+    // A compartment search's includes are held the same way.
+    let hers = json_of(
+        get_with(&s, "Patient/way-mine/Group?_include=Group:member", &gp).await,
+        200,
+    )
+    .await;
+    assert_eq!(
+        crate::support::ids_in(&hers),
+        ["way-group", "way-mine"],
+        "{hers}"
+    );
     // A Group she sees brings her patient, not the other member.
     let group = json_of(get_with(&s, "Group?_include=Group:member", &gp).await, 200).await;
     assert_eq!(

@@ -165,7 +165,9 @@ pub(super) async fn search(
         circle,
     )
     .await?;
-    if let Narrowing::Search { holder, .. } = &req.narrowing {
+    // A search narrowed, or a compartment search of a record seen: what its
+    // includes bring is held the same way.
+    if let Narrowing::Search { holder, .. } | Narrowing::Member { holder, .. } = &req.narrowing {
         seen_only(&client, &params_in_force, holder, &mut page.included).await?;
     }
     searchset_reply(req, &path, &params, &page)
