@@ -373,12 +373,18 @@ async fn held_patch(
         true => fhir::fhirpath_patch::apply(&resource, &document)?,
         false => fhir::patch::apply(&resource, &document)?,
     };
-    match content_reached(state, params_in_force, holder, res_type, id, &result).await? {
-        true => Ok(current.version_id),
-        false => Err(FhirError::Forbidden(format!(
-            "this patch makes the {res_type} about a patient whose record the token does not reach"
-        ))),
-    }
+    let refusal =
+        "this patch makes the resource about a patient whose record the token does not reach";
+    require_reached(
+        state,
+        params_in_force,
+        holder,
+        (res_type, id),
+        &result,
+        refusal,
+    )
+    .await?;
+    Ok(current.version_id)
 }
 
 /// A create or update by a client held to a patient's record or a care circle:
@@ -392,12 +398,31 @@ async fn held_content(
     res_type: &str,
     id: &str,
 ) -> FhirResult<()> {
-    let resource = req.resource()?;
-    match content_reached(state, params_in_force, holder, res_type, id, &resource).await? {
+    let refusal = "this resource is about a patient whose record the token does not reach";
+    require_reached(
+        state,
+        params_in_force,
+        holder,
+        (res_type, id),
+        &req.resource()?,
+        refusal,
+    )
+    .await
+}
+
+/// Refuses (403, saying `refusal`) a write whose content is not of the records
+/// the holder reaches.
+async fn require_reached(
+    state: &AppState,
+    params_in_force: &crate::search::params::ParamTable,
+    holder: &Holder,
+    (res_type, id): (&str, &str),
+    resource: &serde_json::Value,
+    refusal: &str,
+) -> FhirResult<()> {
+    match content_reached(state, params_in_force, holder, res_type, id, resource).await? {
         true => Ok(()),
-        false => Err(FhirError::Forbidden(format!(
-            "this {res_type} is about a patient whose record the token does not reach"
-        ))),
+        false => Err(FhirError::Forbidden(format!("{res_type}/{id}: {refusal}"))),
     }
 }
 
