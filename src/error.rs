@@ -241,7 +241,15 @@ pub fn is_connection_lost(e: &tokio_postgres::Error) -> bool {
 
 impl From<deadpool_postgres::PoolError> for FhirError {
     fn from(e: deadpool_postgres::PoolError) -> Self {
-        FhirError::Unavailable(e.to_string())
+        match e {
+            deadpool_postgres::PoolError::Timeout(deadpool_postgres::TimeoutType::Wait) => {
+                FhirError::Busy(
+                    "every database connection is in use: nothing was changed; retry later"
+                        .to_owned(),
+                )
+            }
+            e => FhirError::Unavailable(e.to_string()),
+        }
     }
 }
 

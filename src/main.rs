@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use passerelle::server::{self, DatabaseArgs, ServeOptions};
+use passerelle::store::pool::PoolSettings;
 use passerelle::telemetry;
 
 // glibc malloc took about a tenth of the server's CPU in the read path (perf).
@@ -206,6 +207,10 @@ enum Command {
         /// Database connections in the pool.
         #[arg(long, env = "PASSERELLE_POOL_SIZE", default_value_t = 16)]
         pool_size: usize,
+        /// Longest a request waits for a database connection, free or new (e.g.
+        /// 5s); 503 beyond.
+        #[arg(long, env = "PASSERELLE_POOL_TIMEOUT", default_value = "5s", value_parser = server::parse_duration)]
+        pool_timeout: Duration,
         /// Longest a database statement may run (e.g. 30s, 500ms); 503 beyond.
         #[arg(long, env = "PASSERELLE_STATEMENT_TIMEOUT", default_value = "30s", value_parser = server::parse_duration)]
         statement_timeout: Duration,
@@ -220,6 +225,9 @@ enum Command {
         /// is closed.
         #[arg(long, env = "PASSERELLE_WRITE_TIMEOUT", default_value = "30s", value_parser = server::parse_duration)]
         write_timeout: Duration,
+        /// On SIGTERM, the longest wait for requests in flight to finish.
+        #[arg(long, env = "PASSERELLE_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = server::parse_duration)]
+        shutdown_timeout: Duration,
         /// Client connections served at once.
         #[arg(long, env = "PASSERELLE_MAX_CONNECTIONS", default_value_t = 512)]
         max_connections: usize,
@@ -281,7 +289,7 @@ async fn load(
             None,
         ),
         None => {
-            let database = server::open_database(&db.choice(), 4, None).await?;
+            let database = server::open_database(&db.choice(), PoolSettings::sized(4)).await?;
             let mut rules = passerelle::service::Rules::default();
             coordination.apply(&mut rules);
             passerelle::service::load_search_parameters(&database.pool, &rules.catalog)
@@ -322,10 +330,12 @@ async fn main() -> ExitCode {
             max_body_bytes,
             cors_origins,
             pool_size,
+            pool_timeout,
             statement_timeout,
             header_read_timeout,
             body_read_timeout,
             write_timeout,
+            shutdown_timeout,
             max_connections,
             large_bodies_in_flight,
             db,
@@ -345,8 +355,17 @@ async fn main() -> ExitCode {
         }) {
             Ok((mut rules, auth)) => {
                 coordination.apply(&mut rules);
-                match server::open_database(&db.choice(), pool_size, Some(statement_timeout)).await
-                {
+                let limits = server::RequestLimits {
+                    header_read_timeout,
+                    body_read_timeout,
+                    write_timeout,
+                    max_connections,
+                    statement_timeout,
+                    pool_timeout,
+                    shutdown_timeout,
+                    large_bodies_in_flight,
+                };
+                match server::open_database(&db.choice(), limits.pool(pool_size)).await {
                     Ok(database) => {
                         let options = ServeOptions {
                             listen,
@@ -354,14 +373,7 @@ async fn main() -> ExitCode {
                             max_body_bytes,
                             rules,
                             delivery: subscriptions.delivery(),
-                            limits: server::RequestLimits {
-                                header_read_timeout,
-                                body_read_timeout,
-                                write_timeout,
-                                max_connections,
-                                statement_timeout,
-                                large_bodies_in_flight,
-                            },
+                            limits,
                             auth,
                             audit,
                             cors: cors_origins,
@@ -373,48 +385,53 @@ async fn main() -> ExitCode {
             }
             Err(e) => Err(e),
         },
-        Command::Migrate { db } => match server::open_database(&db.choice(), 1, None).await {
-            Ok(database) => {
-                database.close().await;
-                println!("schema is up to date");
-                Ok(())
+        Command::Migrate { db } => {
+            match server::open_database(&db.choice(), PoolSettings::sized(1)).await {
+                Ok(database) => {
+                    database.close().await;
+                    println!("schema is up to date");
+                    Ok(())
+                }
+                Err(e) => Err(e),
             }
-            Err(e) => Err(e),
-        },
+        }
         Command::Load {
             url,
             db,
             coordination,
             paths,
         } => load(url, db, &coordination, paths).await,
-        Command::Reindex { db } => match server::open_database(&db.choice(), 2, None).await {
-            Ok(database) => {
-                let started = std::time::Instant::now();
-                let catalog = passerelle::service::Catalog::default();
-                let result =
-                    match passerelle::service::load_search_parameters(&database.pool, &catalog)
-                        .await
-                    {
-                        Ok(_) => {
-                            let params = catalog.params.current();
-                            passerelle::service::reindex(&database.pool, &params, None, 500).await
+        Command::Reindex { db } => {
+            match server::open_database(&db.choice(), PoolSettings::sized(2)).await {
+                Ok(database) => {
+                    let started = std::time::Instant::now();
+                    let catalog = passerelle::service::Catalog::default();
+                    let result =
+                        match passerelle::service::load_search_parameters(&database.pool, &catalog)
+                            .await
+                        {
+                            Ok(_) => {
+                                let params = catalog.params.current();
+                                passerelle::service::reindex(&database.pool, &params, None, 500)
+                                    .await
+                            }
+                            Err(e) => Err(e),
+                        };
+                    database.close().await;
+                    match result {
+                        Ok(n) => {
+                            println!(
+                                "reindexed {n} resources in {:.1} s",
+                                started.elapsed().as_secs_f64()
+                            );
+                            Ok(())
                         }
-                        Err(e) => Err(e),
-                    };
-                database.close().await;
-                match result {
-                    Ok(n) => {
-                        println!(
-                            "reindexed {n} resources in {:.1} s",
-                            started.elapsed().as_secs_f64()
-                        );
-                        Ok(())
+                        Err(e) => Err(server::StartError::Database(e.to_string())),
                     }
-                    Err(e) => Err(server::StartError::Database(e.to_string())),
                 }
+                Err(e) => Err(e),
             }
-            Err(e) => Err(e),
-        },
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -112,12 +112,29 @@ pub trait StatusSink: Send + Sync {
 /// The running workers; dropping it does not stop them, `stop` does.
 pub struct Delivery {
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// What the workers' lease ids start with.
+    instance: String,
+    pool: Pool,
 }
 
 impl Delivery {
-    pub fn stop(self) {
-        for task in self.tasks {
+    pub fn stop(&mut self) {
+        for task in self.tasks.drain(..) {
             task.abort();
+        }
+    }
+
+    /// Stops the workers and gives their leases back, so that another instance
+    /// delivers what they held without waiting for the leases to expire.
+    pub async fn stop_and_release(mut self) {
+        self.stop();
+        let released = match self.pool.get().await {
+            Ok(client) => subscriptions::release_instance(&client, &self.instance).await,
+            Err(e) => Err(e.into()),
+        };
+        match released {
+            Ok(n) => tracing::info!(leases = n, "delivery stopped, leases given back"),
+            Err(e) => tracing::warn!(error = %e, "delivery stopped; its leases will expire"),
         }
     }
 }
@@ -175,7 +192,11 @@ pub fn start(
         tasks.push(tokio::spawn(worker(n).run(wake.clone(), false)));
     }
     tasks.push(tokio::spawn(worker(usize::MAX).run(wake, true)));
-    Ok(Delivery { tasks })
+    Ok(Delivery {
+        tasks,
+        instance,
+        pool,
+    })
 }
 
 /// Wakes a worker on every `NOTIFY passerelle_outbox`; reconnects on failure.

@@ -139,6 +139,8 @@ async fn fhir(State(state): State<AppState>, req: Request) -> Response {
         && !matches!(seen.route, Some(route::Route::TypeSearch(_)));
     match auditor.record(row).await {
         true => response,
+        // A server failure showed nothing: its own reason is the better answer.
+        false if response.status().is_server_error() => response,
         // Not answered as a success without its record; but a change already
         // committed is said to be, lest a client send a create again.
         false if changed => respond::error_response(

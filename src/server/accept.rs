@@ -83,15 +83,14 @@ pub(super) async fn serve_on(
     drop(listener);
     let _ = stopping.send(true);
     // Every connection holds a slot until it ends: all slots back means all ended.
-    // Every connection holds a slot until it ends: all slots back means all ended.
-    // A connection that does not end within the grace period is dropped.
+    // A connection that does not end within the shutdown timeout is dropped.
     let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
-    let _ = tokio::time::timeout(SHUTDOWN_GRACE, slots.acquire_many(all)).await;
+    let ended = tokio::time::timeout(limits.shutdown_timeout, slots.acquire_many(all)).await;
+    if ended.is_err() {
+        tracing::warn!("requests still in flight at the end of the shutdown timeout were dropped");
+    }
     Ok(())
 }
-
-/// How long a shutdown waits for the requests in flight.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 /// A socket whose writes fail once the peer has taken nothing for `timeout`: a
 /// client that stops reading its response cannot hold a connection slot.

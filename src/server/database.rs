@@ -11,6 +11,7 @@ use tokio_postgres::NoTls;
 use super::StartError;
 use crate::store::embedded::Cluster;
 use crate::store::migrate;
+use crate::store::pool::PoolSettings;
 
 /// Where the data lives.
 #[derive(Debug, Clone)]
@@ -54,14 +55,12 @@ pub struct Database {
 /// The name of the database the embedded cluster serves.
 const EMBEDDED_DB: &str = "passerelle";
 
-/// A pool of `size` connections (see [`crate::store::pool`]); with a statement
-/// timeout, PostgreSQL ends any statement that runs longer.
+/// A pool as `settings` say (see [`crate::store::pool`]).
 pub fn pool_for(
     config: tokio_postgres::Config,
-    size: usize,
-    statement_timeout: Option<Duration>,
+    settings: PoolSettings,
 ) -> Result<Pool, StartError> {
-    crate::store::pool::build(config, size, statement_timeout).map_err(StartError::Database)
+    crate::store::pool::build(config, settings).map_err(StartError::Database)
 }
 
 /// Reads a duration written `30s`, `500ms`, `2m` or `1h` (a bare number is seconds).
@@ -140,8 +139,7 @@ async fn locate(
 /// any request may), then opens the pool.
 async fn migrated_pool(
     config: tokio_postgres::Config,
-    size: usize,
-    statement_timeout: Option<Duration>,
+    settings: PoolSettings,
 ) -> Result<Pool, StartError> {
     let db_err = |e: tokio_postgres::Error| StartError::Database(e.to_string());
     let (mut client, connection) = config.connect(NoTls).await.map_err(db_err)?;
@@ -154,17 +152,16 @@ async fn migrated_pool(
     }
     drop(client);
     let _ = task.await;
-    pool_for(config, size, statement_timeout)
+    pool_for(config, settings)
 }
 
 /// Connects (starting the embedded cluster if chosen) and applies migrations.
 pub async fn open_database(
     choice: &DatabaseChoice,
-    pool_size: usize,
-    statement_timeout: Option<Duration>,
+    settings: PoolSettings,
 ) -> Result<Database, StartError> {
     let (config, cluster) = locate(choice).await?;
-    let pool = migrated_pool(config.clone(), pool_size, statement_timeout).await?;
+    let pool = migrated_pool(config.clone(), settings).await?;
     Ok(Database {
         pool,
         config,
@@ -193,7 +190,7 @@ pub async fn open_bench_database(
     let _ = task.await;
     let mut bench_config = config;
     bench_config.dbname("passerelle_bench");
-    let pool = migrated_pool(bench_config.clone(), pool_size, None).await?;
+    let pool = migrated_pool(bench_config.clone(), PoolSettings::sized(pool_size)).await?;
     Ok(Database {
         pool,
         config: bench_config,
@@ -201,7 +198,32 @@ pub async fn open_bench_database(
     })
 }
 
+/// How often the embedded cluster's postmaster is looked for.
+const CLUSTER_WATCH: Duration = Duration::from_secs(1);
+
 impl Database {
+    /// With the embedded cluster, a task that starts its postmaster again when it
+    /// dies (killed, out of memory): the pool reconnects and the server recovers
+    /// by itself. Abort it before [`Database::close`].
+    pub fn keep_cluster_running(&self) -> Option<tokio::task::JoinHandle<()>> {
+        let cluster = self.cluster.clone()?;
+        Some(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(CLUSTER_WATCH).await;
+                let cluster = cluster.clone();
+                match tokio::task::spawn_blocking(move || cluster.ensure_running()).await {
+                    Ok(Ok(true)) => {
+                        tracing::warn!("the embedded PostgreSQL had stopped: restarted")
+                    }
+                    Ok(Ok(false)) | Err(_) => {}
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "the embedded PostgreSQL is down and does not start yet")
+                    }
+                }
+            }
+        }))
+    }
+
     /// Stops the embedded cluster, if this process started one.
     pub async fn close(self) {
         self.pool.close();

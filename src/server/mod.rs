@@ -71,10 +71,25 @@ pub struct RequestLimits {
     pub max_connections: usize,
     /// Longest statement (PostgreSQL's `statement_timeout`; 503 when reached).
     pub statement_timeout: Duration,
+    /// Longest wait for a database connection, free or new (503 beyond).
+    pub pool_timeout: Duration,
+    /// On SIGTERM, the longest wait for the requests in flight to finish.
+    pub shutdown_timeout: Duration,
     /// Bytes of large request bodies (64 KiB and more) served at once; more wait.
     /// A body costs about ten times its size while it is parsed, checked, indexed
     /// and written: this bounds the server's memory whatever the concurrency.
     pub large_bodies_in_flight: usize,
+}
+
+impl RequestLimits {
+    /// The pool these limits ask for, with `size` connections.
+    pub fn pool(&self, size: usize) -> crate::store::pool::PoolSettings {
+        crate::store::pool::PoolSettings {
+            size,
+            statement_timeout: Some(self.statement_timeout),
+            wait_timeout: self.pool_timeout,
+        }
+    }
 }
 
 impl Default for RequestLimits {
@@ -85,6 +100,8 @@ impl Default for RequestLimits {
             write_timeout: Duration::from_secs(30),
             max_connections: 512,
             statement_timeout: Duration::from_secs(30),
+            pool_timeout: crate::store::pool::DEFAULT_WAIT,
+            shutdown_timeout: Duration::from_secs(30),
             large_bodies_in_flight: 32 << 20,
         }
     }
@@ -191,17 +208,22 @@ pub struct Running {
 }
 
 impl Running {
-    /// Waits for the accept loop to end (after `shutdown`), then stops the rest.
+    /// Waits for the accept loop to end (after `shutdown`), then stops the rest,
+    /// giving the delivery leases back.
     pub async fn wait(mut self) -> std::io::Result<()> {
         let serving = (&mut self.serving).await;
+        let delivery = self.delivery.take();
         self.stop_background();
+        if let Some(d) = delivery {
+            d.stop_and_release().await;
+        }
         serving.unwrap_or_else(|e| Err(std::io::Error::other(e)))
     }
 
     fn stop_background(&mut self) {
         self.watcher.abort();
         self.escalations.abort();
-        if let Some(d) = self.delivery.take() {
+        if let Some(d) = self.delivery.as_mut() {
             d.stop();
         }
     }
@@ -301,8 +323,12 @@ pub async fn serve(database: Database, options: ServeOptions) -> Result<(), Star
         shutdown_signal(),
     )
     .await?;
+    let watchdog = database.keep_cluster_running();
     let result = running.wait().await;
     tracing::info!("shutting down");
+    if let Some(watchdog) = watchdog {
+        watchdog.abort();
+    }
     database.close().await;
     result.map_err(StartError::Io)
 }

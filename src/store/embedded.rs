@@ -136,21 +136,34 @@ impl Cluster {
         if !cluster.data_dir.join("PG_VERSION").exists() {
             cluster.init()?;
         }
-        if !cluster.is_running() {
-            cluster.write_settings()?;
-            cluster.run(
-                "pg_ctl start",
-                Command::new(cluster.bin_dir.join("pg_ctl"))
-                    .arg("start")
-                    .arg("-w")
-                    .args(["-t", "60"])
-                    .arg("-D")
-                    .arg(&cluster.data_dir)
-                    .arg("-l")
-                    .arg(cluster_home.join("postgres.log")),
-            )?;
-        }
+        cluster.ensure_running()?;
         Ok(cluster)
+    }
+
+    /// Starts the postmaster if it is not running (first start, or after it died):
+    /// true when it had to.
+    pub fn ensure_running(&self) -> Result<bool, EmbeddedError> {
+        if self.is_running() {
+            return Ok(false);
+        }
+        self.write_settings()?;
+        let log = self
+            .data_dir
+            .parent()
+            .unwrap_or(Path::new("/"))
+            .join("postgres.log");
+        self.run(
+            "pg_ctl start",
+            Command::new(self.bin_dir.join("pg_ctl"))
+                .arg("start")
+                .arg("-w")
+                .args(["-t", "60"])
+                .arg("-D")
+                .arg(&self.data_dir)
+                .arg("-l")
+                .arg(log),
+        )?;
+        Ok(true)
     }
 
     fn init(&self) -> Result<(), EmbeddedError> {

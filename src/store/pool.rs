@@ -35,17 +35,42 @@ fn note_taken(client: &mut ClientWrapper) {
     let _ = TAKEN.try_with(|taken| taken.lock().unwrap_or_else(|e| e.into_inner()).push(id));
 }
 
-/// A pool of `size` connections; with a `statement_timeout`, every statement on
-/// them is cancelled by PostgreSQL after that long.
-pub fn build(
-    mut config: tokio_postgres::Config,
-    size: usize,
-    statement_timeout: Option<Duration>,
-) -> Result<Pool, String> {
-    if let Some(timeout) = statement_timeout {
+/// The size of a pool and the bounds on what a request waits for from it.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolSettings {
+    pub size: usize,
+    /// With one, every statement is cancelled by PostgreSQL after that long.
+    pub statement_timeout: Option<Duration>,
+    /// The longest wait for a free connection, or for a new one to be made: a
+    /// request never hangs on an exhausted pool or an unreachable database.
+    pub wait_timeout: Duration,
+}
+
+impl PoolSettings {
+    /// `size` connections, no statement timeout, the default wait.
+    pub fn sized(size: usize) -> Self {
+        PoolSettings {
+            size,
+            statement_timeout: None,
+            wait_timeout: DEFAULT_WAIT,
+        }
+    }
+}
+
+/// The default of `PASSERELLE_POOL_TIMEOUT`.
+pub const DEFAULT_WAIT: Duration = Duration::from_secs(5);
+
+/// A pool as `settings` say.
+pub fn build(mut config: tokio_postgres::Config, settings: PoolSettings) -> Result<Pool, String> {
+    if let Some(timeout) = settings.statement_timeout {
         let options = config.get_options().unwrap_or_default();
         let options = format!("{options} -c statement_timeout={}", timeout.as_millis());
         config.options(options.trim());
+    }
+    // A database host that does not answer (a network cut, a frozen server)
+    // fails a connection attempt instead of holding it.
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(settings.wait_timeout);
     }
     let manager = Manager::from_config(
         config,
@@ -55,7 +80,11 @@ pub fn build(
         },
     );
     Pool::builder(manager)
-        .max_size(size)
+        .max_size(settings.size)
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .wait_timeout(Some(settings.wait_timeout))
+        .create_timeout(Some(settings.wait_timeout))
+        .recycle_timeout(Some(settings.wait_timeout))
         .post_create(Hook::async_fn(|client, _| {
             note_taken(client);
             Box::pin(async move {

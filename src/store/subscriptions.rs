@@ -367,6 +367,19 @@ pub async fn release(client: &impl GenericClient, worker: &str, sub_id: &str) ->
     Ok(())
 }
 
+/// Gives back every lease of the workers of `instance` (ids `{instance}-{n}`),
+/// when it stops: another instance takes them at once instead of when they expire.
+pub async fn release_instance(client: &impl GenericClient, instance: &str) -> FhirResult<u64> {
+    let prefix = format!("{instance}-%");
+    Ok(client
+        .execute(
+            "UPDATE subscription SET leased_by = NULL, leased_until = NULL
+              WHERE leased_by LIKE $1",
+            &[&prefix],
+        )
+        .await?)
+}
+
 /// Numbers the subscription's committed, unnumbered events in the order they are
 /// seen (commit order, as far as one worker can tell), after the last number
 /// given. Only the lease holder numbers, so numbers are gap-free and unique.

@@ -164,7 +164,9 @@ async fn spans_are_exported_over_otlp_when_configured() {
 async fn reindex_rebuilds_the_search_index() {
     let url = fresh_database_url().await;
     let config: tokio_postgres::Config = url.parse().expect("config");
-    let pool = passerelle::server::pool_for(config, 2, None).expect("pool");
+    let pool =
+        passerelle::server::pool_for(config, passerelle::store::pool::PoolSettings::sized(2))
+            .expect("pool");
     let port = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_passerelle"))
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
@@ -424,4 +426,58 @@ async fn an_escalation_due_after_a_sigkill_happens_once_after_restart() {
         "escalated once"
     );
     terminate(child);
+}
+
+/// SIGTERM: the listener closes at once, the request in flight is finished and
+/// answered, and the process exits 0.
+#[tokio::test]
+async fn sigterm_finishes_the_request_in_flight_then_exits_cleanly() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_passerelle"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .env("DATABASE_URL", fresh_database_url().await)
+        .env("PASSERELLE_SHUTDOWN_TIMEOUT", "20s")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let http = reqwest::Client::new();
+    wait_ready(&http, port).await;
+    let body = json!({"resourceType": "Patient", "name": [{"family": "EnVol"}]}).to_string();
+    let (first, rest) = body.split_at(body.len() / 2);
+    let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST /fhir/Patient HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/fhir+json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    socket
+        .write_all(format!("{head}{first}").as_bytes())
+        .await
+        .expect("half a request");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // SAFETY: sending SIGTERM to a child process we spawned.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_ok()
+    {
+        assert!(Instant::now() < deadline, "still accepting after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    socket.write_all(rest.as_bytes()).await.expect("the rest");
+    let mut answer = String::new();
+    socket
+        .read_to_string(&mut answer)
+        .await
+        .expect("the answer");
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+    let mut child = child;
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "serve exited with {status}");
 }

@@ -7,6 +7,7 @@ use std::sync::OnceLock;
 
 use passerelle::server::{self, ServeOptions};
 use passerelle::store::embedded::Cluster;
+use passerelle::store::pool::PoolSettings;
 use serde_json::Value;
 use tokio_postgres::NoTls;
 
@@ -93,7 +94,7 @@ async fn template() -> &'static tokio_postgres::Config {
                 .expect("create template");
             let mut config = admin.clone();
             config.dbname(TEMPLATE_DB);
-            let pool = server::pool_for(config, 1, None).expect("pool");
+            let pool = server::pool_for(config, PoolSettings::sized(1)).expect("pool");
             let mut c = pool.get().await.expect("template connection");
             passerelle::store::migrate::migrate(&mut c)
                 .await
@@ -195,8 +196,7 @@ impl TestServer {
     /// A server over an existing database (a second instance, or other options),
     /// started as `passerelle serve` starts one.
     pub async fn start_on(config: tokio_postgres::Config, options: ServeOptions) -> TestServer {
-        let pool = server::pool_for(config.clone(), 8, Some(options.limits.statement_timeout))
-            .expect("pool");
+        let pool = server::pool_for(config.clone(), options.limits.pool(8)).expect("pool");
         let listener = tokio::net::TcpListener::bind(options.listen)
             .await
             .expect("bind");
