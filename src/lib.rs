@@ -12,6 +12,7 @@ pub mod fhir;
 pub mod http;
 pub mod limits;
 pub mod load;
+pub mod metrics;
 pub mod search;
 pub mod server;
 pub mod service;

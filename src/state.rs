@@ -31,6 +31,8 @@ pub struct AppState {
     pub hub: Arc<crate::delivery::websocket::Hub>,
     /// How requests are authenticated.
     pub guard: Arc<crate::auth::Guard>,
+    /// The server's metrics (`GET /metrics`).
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// The audit trail's writer (`None`: auditing off, development only).
     pub auditor: Option<Arc<crate::audit::Auditor>>,
 }

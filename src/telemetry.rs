@@ -3,6 +3,7 @@
 //! over OTLP/HTTP. Without that variable nothing is exported.
 
 use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use opentelemetry_sdk::Resource;
 use tracing_subscriber::layer::SubscriberExt;
@@ -61,4 +62,31 @@ pub fn init() -> Telemetry {
         .with(otel)
         .try_init();
     Telemetry { provider }
+}
+
+/// The W3C `traceparent` of the current span, to send with an outgoing call
+/// (a subscription's callback) so that the receiver's trace joins ours; `None`
+/// when traces are not exported.
+pub fn traceparent() -> Option<String> {
+    use opentelemetry::propagation::TextMapPropagator;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let mut carrier = std::collections::HashMap::new();
+    TraceContextPropagator::new().inject_context(&tracing::Span::current().context(), &mut carrier);
+    carrier.remove("traceparent")
+}
+
+/// Makes `span` a child of the trace an incoming request names in its
+/// `traceparent` header (a client's, or a proxy's), when it names one.
+pub fn continue_trace(span: &tracing::Span, traceparent: Option<&str>) {
+    use opentelemetry::propagation::TextMapPropagator;
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let Some(value) = traceparent else {
+        return;
+    };
+    let carrier = std::collections::HashMap::from([("traceparent".to_owned(), value.to_owned())]);
+    let context = TraceContextPropagator::new().extract(&carrier);
+    if context.span().span_context().is_valid() {
+        let _ = span.set_parent(context);
+    }
 }

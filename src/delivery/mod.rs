@@ -23,6 +23,7 @@ use tokio::sync::Notify;
 use tokio_postgres::{AsyncMessage, NoTls};
 
 use crate::error::{FhirError, FhirResult};
+use crate::metrics::Delivered;
 use crate::store::{self, subscriptions};
 use crate::subscription::notification::{self, About, Kind};
 use crate::subscription::{Channel, Content, EndpointPolicy};
@@ -150,6 +151,7 @@ struct Worker {
     mailer: Option<Arc<mail::Mailer>>,
     sink: Arc<dyn StatusSink>,
     hub: Arc<websocket::Hub>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Why a notification was not delivered.
@@ -167,6 +169,7 @@ pub fn start(
     settings: Settings,
     sink: Arc<dyn StatusSink>,
     hub: Arc<websocket::Hub>,
+    metrics: Arc<crate::metrics::Metrics>,
 ) -> Result<Delivery, String> {
     let wake = hub.wake.clone();
     let http =
@@ -186,6 +189,7 @@ pub fn start(
             mailer: mailer.clone(),
             sink: sink.clone(),
             hub: hub.clone(),
+            metrics: metrics.clone(),
         })
     };
     for n in 0..settings.tuning.workers {
@@ -412,6 +416,10 @@ impl Worker {
         reason: &str,
     ) -> FhirResult<()> {
         let give_up = attempt >= self.settings.tuning.max_attempts;
+        self.metrics.delivery(match give_up {
+            true => Delivered::GaveUp,
+            false => Delivered::Failed,
+        });
         let wait = self.settings.backoff(attempt);
         tracing::info!(%sub_id, attempt, give_up, reason, "notification failed");
         let client = self.pool.get().await?;
@@ -463,10 +471,30 @@ impl Worker {
             .and_then(|r| encode(channel, &r)))
     }
 
-    /// Sends one notification: POSTed to a rest-hook (delivered when answered
-    /// 2xx), or through the sockets bound to a websocket subscription (the
-    /// Backport's Bundle, or R4's `ping <id>`).
+    /// Sends one notification, counted and timed in the metrics (a failure is
+    /// counted by `failure`, which knows whether it was the last attempt).
     async fn send(
+        &self,
+        sub_id: &str,
+        channel: &Channel,
+        body: Option<(Vec<u8>, String)>,
+        event_id: Option<String>,
+    ) -> Result<(), SendError> {
+        let started = std::time::Instant::now();
+        let sent = self.transmit(sub_id, channel, body, event_id).await;
+        match &sent {
+            Ok(()) => self.metrics.delivery(Delivered::Delivered),
+            Err(SendError::Failed(_)) => {}
+            Err(SendError::NotBound) => return sent,
+        }
+        self.metrics.delivery_time(started.elapsed());
+        sent
+    }
+
+    /// One notification POSTed to a rest-hook (delivered when answered 2xx),
+    /// mailed, or sent through the sockets bound to a websocket subscription (the
+    /// Backport's Bundle, or R4's `ping <id>`).
+    async fn transmit(
         &self,
         sub_id: &str,
         channel: &Channel,
@@ -502,6 +530,9 @@ impl Worker {
             .header("x-passerelle-subscription", sub_id);
         if let Some(id) = event_id {
             request = request.header(client::EVENT_ID_HEADER, id);
+        }
+        if let Some(traceparent) = crate::telemetry::traceparent() {
+            request = request.header("traceparent", traceparent);
         }
         if !mime.is_empty() {
             request = request.header("content-type", mime);

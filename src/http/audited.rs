@@ -23,7 +23,7 @@ pub struct Asked<'a> {
 }
 
 /// AuditEvent.action and the interaction (or operation) of a request.
-fn action(method: &str, route: Option<&Route>) -> (&'static str, String) {
+pub(super) fn action(method: &str, route: Option<&Route>) -> (&'static str, String) {
     let Some(route) = route else {
         return ("E", "unknown".to_owned());
     };

@@ -31,6 +31,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/health/live", get(|| async { "ok" }))
         .route("/health/ready", get(ready))
+        .route("/metrics", get(metrics))
         .route("/fhir/$websocket", get(websocket::upgrade))
         .route("/fhir", any(fhir))
         .route("/fhir/", any(fhir))
@@ -52,6 +53,37 @@ async fn ready(State(state): State<AppState>) -> Response {
     }
 }
 
+/// The metrics in the Prometheus text format, with the pool and the database's
+/// backlog as they are now (the database asked for at most a second).
+async fn metrics(State(state): State<AppState>) -> Response {
+    let status = state.pool.status();
+    let pool = crate::metrics::PoolState {
+        in_use: (status.size - status.available) as i64,
+        idle: status.available as i64,
+        waiting: status.waiting as i64,
+    };
+    let asked = async {
+        let client = state.pool.get().await?;
+        store::ops::backlog(&client).await
+    };
+    let backlog = match tokio::time::timeout(METRICS_DATABASE_WAIT, asked).await {
+        Ok(Ok(backlog)) => Some(backlog),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "metrics: the database could not be asked");
+            None
+        }
+        Err(_) => None,
+    };
+    (
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        state.metrics.render(pool, backlog.as_ref()),
+    )
+        .into_response()
+}
+
+/// The longest a scrape waits for the database's figures.
+const METRICS_DATABASE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// One span per request with method, route template, status and latency; the
 /// database work of the request nests under it.
 async fn trace_request(req: Request, next: Next) -> Response {
@@ -61,6 +93,12 @@ async fn trace_request(req: Request, next: Next) -> Response {
         route = tracing::field::Empty,
         status = tracing::field::Empty,
         latency_ms = tracing::field::Empty,
+    );
+    crate::telemetry::continue_trace(
+        &span,
+        req.headers()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok()),
     );
     let started = Instant::now();
     let response = next.run(req).instrument(span.clone()).await;
@@ -95,12 +133,31 @@ struct Seen {
     access: Option<crate::auth::Access>,
 }
 
+/// A FHIR request answered (and audited), counted in the metrics by interaction
+/// and status.
+async fn fhir(State(state): State<AppState>, req: Request) -> Response {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let mut seen = Seen::default();
+    let response = match state.auditor.clone() {
+        Some(auditor) => answer_audited(&state, &auditor, req, &mut seen).await,
+        None => answer(&state, req, &mut seen).await,
+    };
+    let (_, interaction) = audited::action(method.as_str(), seen.route.as_ref());
+    state
+        .metrics
+        .request(&interaction, response.status().as_u16(), started.elapsed());
+    response
+}
+
 /// A FHIR request answered, and recorded in the audit trail before the answer
 /// leaves (but what a client reads to learn how to get a token).
-async fn fhir(State(state): State<AppState>, req: Request) -> Response {
-    let Some(auditor) = state.auditor.clone() else {
-        return answer(&state, req, &mut Seen::default()).await;
-    };
+async fn answer_audited(
+    state: &AppState,
+    auditor: &crate::audit::Auditor,
+    req: Request,
+    seen: &mut Seen,
+) -> Response {
     let recorded = chrono::Utc::now();
     let method = req.method().to_string();
     let path = req.uri().path().to_owned();
@@ -114,8 +171,7 @@ async fn fhir(State(state): State<AppState>, req: Request) -> Response {
         .get(BREAK_GLASS)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let mut seen = Seen::default();
-    let response = answer(&state, req, &mut seen).await;
+    let response = answer(state, req, seen).await;
     if seen.route.as_ref().is_some_and(authorize::is_public) {
         return response;
     }

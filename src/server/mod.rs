@@ -150,6 +150,7 @@ fn start_delivery(
     options: &ServeOptions,
     local: SocketAddr,
     hub: Arc<delivery::websocket::Hub>,
+    metrics: Arc<crate::metrics::Metrics>,
 ) -> Result<delivery::Delivery, StartError> {
     let settings = delivery::Settings {
         tuning: options.delivery.clone(),
@@ -164,11 +165,16 @@ fn start_delivery(
         pool: pool.clone(),
         rules: options.rules.clone(),
     });
-    delivery::start(pool.clone(), config.clone(), settings, sink, hub)
+    delivery::start(pool.clone(), config.clone(), settings, sink, hub, metrics)
         .map_err(|e| StartError::Database(format!("delivery client: {e}")))
 }
 
-fn app_state(pool: Pool, options: &ServeOptions, hub: Arc<delivery::websocket::Hub>) -> AppState {
+fn app_state(
+    pool: Pool,
+    options: &ServeOptions,
+    hub: Arc<delivery::websocket::Hub>,
+    metrics: Arc<crate::metrics::Metrics>,
+) -> AppState {
     // Never below the body limit, so that any one body fits.
     let budget = options
         .limits
@@ -179,6 +185,7 @@ fn app_state(pool: Pool, options: &ServeOptions, hub: Arc<delivery::websocket::H
         .min(tokio::sync::Semaphore::MAX_PERMITS);
     AppState {
         hub,
+        metrics,
         auditor: options
             .audit
             .then(|| crate::audit::Auditor::start(pool.clone())),
@@ -259,8 +266,9 @@ pub async fn start(
         SEARCH_PARAMETER_POLL,
     ));
     let hub = delivery::websocket::Hub::new();
-    let delivery = start_delivery(&pool, config, options, local, hub.clone())?;
-    let state = app_state(pool.clone(), options, hub);
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let delivery = start_delivery(&pool, config, options, local, hub.clone(), metrics.clone())?;
+    let state = app_state(pool.clone(), options, hub, metrics);
     let rules = state.rules.clone();
     // A short delay (tests, drills) is looked at more often than the poll.
     let acks = options.rules.acks;

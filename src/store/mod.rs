@@ -9,6 +9,7 @@ pub mod export;
 mod history;
 mod index_rows;
 pub mod migrate;
+pub mod ops;
 pub mod pool;
 mod search;
 mod search_parameters;

@@ -16,6 +16,7 @@ mod formats;
 mod fuzz;
 mod history;
 mod mail;
+mod metrics;
 mod outages;
 mod patch;
 mod process;

@@ -106,15 +106,14 @@ async fn migrate_against_a_database_url_is_idempotent() {
     }
 }
 
-/// With `OTEL_EXPORTER_OTLP_ENDPOINT` set, request spans reach an OTLP/HTTP receiver.
-#[tokio::test]
-async fn spans_are_exported_over_otlp_when_configured() {
+/// An OTLP/HTTP receiver: its endpoint, and the request line of every export.
+async fn otlp_receiver() -> (String, tokio::sync::mpsc::UnboundedReceiver<String>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let receiver = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let endpoint = format!("http://{}", receiver.local_addr().expect("addr"));
-    let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let (seen_tx, seen_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     tokio::spawn(async move {
         while let Ok((mut socket, _)) = receiver.accept().await {
             let seen = seen_tx.clone();
@@ -133,6 +132,13 @@ async fn spans_are_exported_over_otlp_when_configured() {
             });
         }
     });
+    (endpoint, seen_rx)
+}
+
+/// With `OTEL_EXPORTER_OTLP_ENDPOINT` set, request spans reach an OTLP/HTTP receiver.
+#[tokio::test]
+async fn spans_are_exported_over_otlp_when_configured() {
+    let (endpoint, mut seen_rx) = otlp_receiver().await;
     let port = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_passerelle"))
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
@@ -480,4 +486,52 @@ async fn sigterm_finishes_the_request_in_flight_then_exits_cleanly() {
     let mut child = child;
     let status = child.wait().expect("wait");
     assert!(status.success(), "serve exited with {status}");
+}
+
+/// With traces exported, a subscription's callback carries the W3C trace context
+/// of its delivery, so that the receiver's trace joins Passerelle's.
+#[tokio::test]
+async fn callbacks_carry_the_trace_context_when_traces_are_exported() {
+    let (endpoint, _exports) = otlp_receiver().await;
+    let gp = crate::receiver::Receiver::start().await;
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_passerelle"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .env("DATABASE_URL", fresh_database_url().await)
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+        .env("PASSERELLE_ALLOW_INSECURE_ENDPOINTS", "true")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let http = reqwest::Client::new();
+    wait_ready(&http, port).await;
+    let base = format!("http://127.0.0.1:{port}/fhir");
+    for body in [
+        crate::subscriptions::r4_subscription("Patient?", &gp.url()),
+        json!({"resourceType": "Patient", "name": [{"family": "Tracee"}]}),
+    ] {
+        let resp = http
+            .post(format!(
+                "{base}/{}",
+                body["resourceType"].as_str().expect("type")
+            ))
+            .header("content-type", "application/fhir+json")
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("create");
+        assert_eq!(resp.status(), 201);
+    }
+    let callback = gp.expect().await;
+    terminate(child);
+    let traceparent = callback
+        .header("traceparent")
+        .expect("a traceparent header");
+    let parts: Vec<&str> = traceparent.split('-').collect();
+    assert_eq!(parts.len(), 4, "{traceparent}");
+    assert_eq!(parts[0], "00");
+    assert!(parts[1].len() == 32 && parts[1].chars().all(|c| c.is_ascii_hexdigit()));
+    assert!(parts[2].len() == 16 && parts[2].chars().all(|c| c.is_ascii_hexdigit()));
+    assert_ne!(parts[1], "0".repeat(32), "a real trace id");
 }
