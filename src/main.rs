@@ -204,6 +204,10 @@ enum Command {
         /// in development); none by default.
         #[arg(long, env = "PASSERELLE_CORS_ORIGINS", default_value = "", value_parser = passerelle::http::cors::CorsOrigins::parse)]
         cors_origins: passerelle::http::cors::CorsOrigins,
+        /// Proxies whose `Forwarded` and `X-Forwarded-Proto`/`-Host`/`-Prefix`
+        /// headers say the public address (`10.0.0.5,10.1.0.0/16`); none by default.
+        #[arg(long, env = "PASSERELLE_TRUSTED_PROXIES", default_value = "", value_parser = passerelle::http::forwarded::TrustedProxies::parse)]
+        trusted_proxies: passerelle::http::forwarded::TrustedProxies,
         /// Database connections in the pool.
         #[arg(long, env = "PASSERELLE_POOL_SIZE", default_value_t = 16)]
         pool_size: usize,
@@ -329,6 +333,7 @@ async fn main() -> ExitCode {
             base_url,
             max_body_bytes,
             cors_origins,
+            trusted_proxies,
             pool_size,
             pool_timeout,
             statement_timeout,
@@ -377,6 +382,7 @@ async fn main() -> ExitCode {
                             auth,
                             audit,
                             cors: cors_origins,
+                            trusted_proxies,
                         };
                         server::serve(database, options).await
                     }

@@ -18,6 +18,9 @@ pub struct Settings {
     pub started: String,
     /// The origins browser apps may call from (`http::cors`).
     pub cors: crate::http::cors::CorsOrigins,
+    /// The proxies whose forwarding headers say the public address
+    /// (`http::forwarded`).
+    pub trusted_proxies: crate::http::forwarded::TrustedProxies,
 }
 
 #[derive(Clone)]

@@ -345,6 +345,7 @@ pub async fn start_guarded(
         auth,
         audit,
         cors: Default::default(),
+        trusted_proxies: Default::default(),
     };
     let listener = tokio::net::TcpListener::bind(serve.listen).await?;
     let running = server::start(

@@ -4,6 +4,7 @@
 mod audited;
 mod authorize;
 pub mod cors;
+pub mod forwarded;
 mod handlers;
 mod negotiate;
 mod respond;
@@ -109,16 +110,17 @@ async fn trace_request(req: Request, next: Next) -> Response {
     response
 }
 
-/// The public base URL of the FHIR endpoint for this request.
-fn base_url(state: &AppState, headers: &axum::http::HeaderMap) -> String {
+/// The public base URL of the FHIR endpoint for this request: the configured
+/// one, or what the client used (through a trusted proxy, what it says).
+fn base_url(state: &AppState, parts: &axum::http::request::Parts) -> String {
     if let Some(base) = &state.settings.base_url {
         return base.trim_end_matches('/').to_owned();
     }
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("localhost");
-    format!("http://{host}/fhir")
+    let peer = parts
+        .extensions
+        .get::<crate::state::Peer>()
+        .map(|p| p.0.ip());
+    forwarded::public_base(&parts.headers, peer, &state.settings.trusted_proxies)
 }
 
 /// The header a practitioner sends, with her reason, to see a record outside her
@@ -270,9 +272,10 @@ async fn answer(state: &AppState, req: Request, seen: &mut Seen) -> Response {
     if let Err(err) = check_nesting(&parts.headers, &body) {
         return respond::error_response(&err, rendering);
     }
+    let base = base_url(state, &parts);
     let request = FhirRequest {
         method: parts.method,
-        base: base_url(state, &parts.headers),
+        base,
         route,
         params,
         raw_query,

@@ -6,7 +6,7 @@
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::http::request::Parts;
 use axum::response::Response;
 
 use crate::service;
@@ -14,10 +14,10 @@ use crate::state::AppState;
 
 pub async fn upgrade(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    parts: Parts,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let base = super::base_url(&state, &headers);
+    let base = super::base_url(&state, &parts);
     ws.on_upgrade(move |socket| serve(state, base, socket))
 }
 

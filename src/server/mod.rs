@@ -52,6 +52,8 @@ pub struct ServeOptions {
     pub audit: bool,
     /// The origins browser apps may call from.
     pub cors: crate::http::cors::CorsOrigins,
+    /// The proxies whose `Forwarded` and `X-Forwarded-*` headers are believed.
+    pub trusted_proxies: crate::http::forwarded::TrustedProxies,
 }
 
 /// How long a client may take and how many may be connected at once, and how long
@@ -198,6 +200,7 @@ fn app_state(
             body_read_timeout: options.limits.body_read_timeout,
             started: datetime::format_instant(chrono::Utc::now()),
             cors: options.cors.clone(),
+            trusted_proxies: options.trusted_proxies.clone(),
         }),
         rules: Arc::new(options.rules.clone()),
     }

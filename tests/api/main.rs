@@ -20,6 +20,7 @@ mod metrics;
 mod outages;
 mod patch;
 mod process;
+mod proxy;
 mod receiver;
 mod referrals;
 mod rest;

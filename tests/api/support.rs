@@ -177,6 +177,7 @@ pub fn test_options() -> ServeOptions {
         auth: passerelle::auth::AuthSetting::Unset,
         audit: true,
         cors: Default::default(),
+        trusted_proxies: Default::default(),
     }
 }
 
