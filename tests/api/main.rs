@@ -8,6 +8,7 @@ mod bundles;
 mod careplans;
 mod circles;
 mod conditional;
+mod deploy;
 mod errors;
 mod export;
 mod fidelity;

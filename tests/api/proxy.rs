@@ -149,7 +149,7 @@ fn proxy_config(port: u16, dir: &Path, upstreams: &[String]) -> String {
 async fn start_nginx(binary: &Path, upstreams: &[String]) -> Nginx {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("nginx-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(dir.join("temp")).expect("nginx folder");
+    std::fs::create_dir_all(&dir).expect("nginx folder");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
