@@ -208,6 +208,10 @@ enum Command {
         /// headers say the public address (`10.0.0.5,10.1.0.0/16`); none by default.
         #[arg(long, env = "PASSERELLE_TRUSTED_PROXIES", default_value = "", value_parser = passerelle::http::forwarded::TrustedProxies::parse)]
         trusted_proxies: passerelle::http::forwarded::TrustedProxies,
+        /// How long a background job (an export, a reindex) stays with an
+        /// instance that stopped renewing it before another takes it up.
+        #[arg(long, env = "PASSERELLE_JOB_LEASE", default_value = "60s", value_parser = server::parse_duration)]
+        job_lease: Duration,
         /// Database connections in the pool.
         #[arg(long, env = "PASSERELLE_POOL_SIZE", default_value_t = 16)]
         pool_size: usize,
@@ -334,6 +338,7 @@ async fn main() -> ExitCode {
             max_body_bytes,
             cors_origins,
             trusted_proxies,
+            job_lease,
             pool_size,
             pool_timeout,
             statement_timeout,
@@ -383,6 +388,10 @@ async fn main() -> ExitCode {
                             audit,
                             cors: cors_origins,
                             trusted_proxies,
+                            jobs: passerelle::service::jobs::JobTuning {
+                                lease: job_lease,
+                                ..Default::default()
+                            },
                         };
                         server::serve(database, options).await
                     }

@@ -346,6 +346,7 @@ pub async fn start_guarded(
         audit,
         cors: Default::default(),
         trusted_proxies: Default::default(),
+        jobs: Default::default(),
     };
     let listener = tokio::net::TcpListener::bind(serve.listen).await?;
     let running = server::start(

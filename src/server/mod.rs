@@ -54,6 +54,8 @@ pub struct ServeOptions {
     pub cors: crate::http::cors::CorsOrigins,
     /// The proxies whose `Forwarded` and `X-Forwarded-*` headers are believed.
     pub trusted_proxies: crate::http::forwarded::TrustedProxies,
+    /// How background jobs (exports, reindexing) are leased.
+    pub jobs: crate::service::jobs::JobTuning,
 }
 
 /// How long a client may take and how many may be connected at once, and how long
@@ -215,6 +217,10 @@ pub struct Running {
     watcher: tokio::task::JoinHandle<()>,
     escalations: tokio::task::JoinHandle<()>,
     delivery: Option<delivery::Delivery>,
+    jobs: Vec<tokio::task::JoinHandle<()>>,
+    /// What this instance's job leases are named after.
+    job_instance: String,
+    pool: Pool,
 }
 
 impl Running {
@@ -227,12 +233,16 @@ impl Running {
         if let Some(d) = delivery {
             d.stop_and_release().await;
         }
+        crate::service::jobs::release(&self.pool, &self.job_instance).await;
         serving.unwrap_or_else(|e| Err(std::io::Error::other(e)))
     }
 
     fn stop_background(&mut self) {
         self.watcher.abort();
         self.escalations.abort();
+        for runner in &self.jobs {
+            runner.abort();
+        }
         if let Some(d) = self.delivery.as_mut() {
             d.stop();
         }
@@ -280,10 +290,12 @@ pub async fn start(
         .min(acks.escalate_after / 4)
         .max(Duration::from_millis(100));
     let escalations = tokio::spawn(crate::service::watch_escalations(
-        pool,
+        pool.clone(),
         rules.clone(),
         every,
     ));
+    let job_instance = format!("{}-jobs", uuid::Uuid::new_v4().simple());
+    let jobs = crate::service::jobs::start_runners(&pool, &rules, options.jobs, &job_instance);
     let serving = tokio::spawn(serve_on(listener, state, options.limits.clone(), shutdown));
     Ok(Running {
         local,
@@ -292,6 +304,9 @@ pub async fn start(
         watcher,
         escalations,
         delivery: Some(delivery),
+        jobs,
+        job_instance,
+        pool,
     })
 }
 

@@ -1,8 +1,9 @@
 //! Bulk export (`$export`, FHIR Bulk Data Access): at system, Patient and Group
 //! level, asynchronous (`Prefer: respond-async`), NDJSON files, `_type`, `_since`.
-//! The instance that receives the kick-off runs the job in one read-only snapshot,
-//! a page of 1,000 resources at a time, and stores each file in the database, so
-//! that any instance answers the status and file requests.
+//! The kick-off queues a leased job (`service::jobs`): whichever instance takes
+//! it runs it in one read-only snapshot, a page of 1,000 resources at a time, and
+//! stores each file in the database, so that any instance answers the status and
+//! file requests, and another finishes the job if its instance dies.
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
@@ -16,8 +17,6 @@ use crate::store::export::{self, Selection};
 
 /// Resources per page read and per file written.
 const PAGE: i64 = 1000;
-/// A job whose worker has been silent this long is reported as failed.
-const STALLED_SECS: f64 = 120.0;
 
 /// The level of a kick-off request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,7 +99,42 @@ fn group_patients(group: &Value) -> Vec<String> {
         .collect()
 }
 
-/// Starts a job; its id. `request` is the kick-off URL, for the manifest.
+/// The selection of a job as stored with it (`background_job.spec`).
+fn selection_spec(selection: &Selection) -> Value {
+    json!({
+        "types": selection.types,
+        "since": selection.since.map(format_instant),
+        "compartment": selection.compartment,
+        "patients": selection.patients,
+    })
+}
+
+fn selection_of(spec: &Value) -> FhirResult<Selection> {
+    let strings = |v: &Value| -> Option<Vec<String>> {
+        v.as_array().map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_owned))
+                .collect()
+        })
+    };
+    let since = match spec["since"].as_str() {
+        Some(text) => Some(
+            datetime::parse_range(text)
+                .ok_or_else(|| FhirError::Internal(format!("a stored export's _since '{text}'")))?
+                .low,
+        ),
+        None => None,
+    };
+    Ok(Selection {
+        types: strings(&spec["types"]),
+        since,
+        compartment: strings(&spec["compartment"]),
+        patients: strings(&spec["patients"]),
+    })
+}
+
+/// Queues a job (run by whichever instance leases it first); its id. `request`
+/// is the kick-off URL, for the manifest.
 pub async fn start(pool: &Pool, kick: KickOff, request: &str) -> FhirResult<String> {
     let mut selection = Selection {
         types: kick.types,
@@ -119,25 +153,47 @@ pub async fn start(pool: &Pool, kick: KickOff, request: &str) -> FhirResult<Stri
         }
     }
     let job_id = uuid::Uuid::new_v4().to_string();
-    let client = pool.get().await?;
-    export::create_job(&client, &job_id, request).await?;
-    drop(client);
-    let (pool, id) = (pool.clone(), job_id.clone());
-    tokio::spawn(async move {
-        let outcome = run(&pool, &id, &selection).await;
-        let error = outcome.err().map(|e| e.to_string());
-        if let Some(e) = &error {
-            tracing::warn!(job = %id, error = %e, "export failed");
-        }
-        if let Ok(client) = pool.get().await {
-            let _ = export::finish(&client, &id, error.as_deref()).await;
-        }
-    });
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    export::create_job(&tx, &job_id, request).await?;
+    crate::store::jobs::create(&tx, &job_id, "export", &selection_spec(&selection)).await?;
+    crate::store::commit(tx).await?;
     Ok(job_id)
 }
 
-/// Pages through one snapshot, writing a file per type and per 1,000 resources.
-async fn run(pool: &Pool, job_id: &str, selection: &Selection) -> FhirResult<()> {
+/// Runs a leased export job: from the start, in a new snapshot, when an earlier
+/// holder stopped before the end (its files are dropped first).
+pub(super) async fn run_job(
+    pool: &Pool,
+    lease: &super::jobs::Lease<'_>,
+    job: &crate::store::jobs::LeasedJob,
+) -> FhirResult<super::jobs::Ended> {
+    let selection = selection_of(&job.spec)?;
+    if job.attempts > 1 {
+        export::clear_files(&pool.get().await?, &job.job_id).await?;
+    }
+    let ended = run(pool, lease, &selection).await?;
+    if let super::jobs::Ended::Done = ended {
+        export::finish(&pool.get().await?, &job.job_id, None).await?;
+    }
+    Ok(ended)
+}
+
+/// Records that a job failed, for its status requests.
+pub(super) async fn failed(pool: &Pool, job_id: &str, reason: &str) -> FhirResult<()> {
+    export::finish(&pool.get().await?, job_id, Some(reason)).await
+}
+
+/// Pages through one snapshot, writing a file per type and per 1,000 resources,
+/// renewing the lease at each page. Done too when the job was cancelled (nothing
+/// left to do); stopped when the lease was lost.
+async fn run(
+    pool: &Pool,
+    lease: &super::jobs::Lease<'_>,
+    selection: &Selection,
+) -> FhirResult<super::jobs::Ended> {
+    use super::jobs::Ended;
+    let job_id = lease.job_id;
     let mut reader = pool.get().await?;
     // The horizon first, then the snapshot: every transaction not in flight at the
     // horizon has committed into the snapshot (one committing in between may be in
@@ -151,7 +207,7 @@ async fn run(pool: &Pool, job_id: &str, selection: &Selection) -> FhirResult<()>
         .await?;
     let writer = pool.get().await?;
     if !export::progress(&writer, job_id, "started", Some(transaction_time)).await? {
-        return Ok(());
+        return Ok(Ended::Done); // cancelled
     }
     let (mut after, mut file_no, mut exported) = (None, 0, 0usize);
     loop {
@@ -168,26 +224,36 @@ async fn run(pool: &Pool, job_id: &str, selection: &Selection) -> FhirResult<()>
                 .filter_map(|v| v.json.as_deref())
                 .flat_map(|j| [j, "\n"])
                 .collect();
-            export::add_file(
+            let written = export::add_file(
                 &writer,
-                job_id,
+                (job_id, lease.worker),
                 file_no,
                 &run[0].res_type,
                 run.len() as i32,
                 &ndjson,
             )
             .await?;
+            if !written {
+                // Still holding the job: it was cancelled, nothing is left to do.
+                return Ok(match lease.renew(pool, None).await? {
+                    true => Ended::Done,
+                    false => Ended::Stopped,
+                });
+            }
             exported += run.len();
         }
         if !export::progress(&writer, job_id, &format!("{exported} resources"), None).await? {
-            return Ok(()); // cancelled
+            return Ok(Ended::Done); // cancelled
+        }
+        if !lease.renew(pool, None).await? {
+            return Ok(Ended::Stopped);
         }
         if (page.len() as i64) < PAGE {
             break;
         }
     }
     snapshot.commit().await?;
-    Ok(())
+    Ok(Ended::Done)
 }
 
 /// Where a job stands.
@@ -219,9 +285,6 @@ pub async fn status(pool: &Pool, base: &str, job_id: &str) -> FhirResult<Status>
             }))
         }
         "failed" => Status::Failed(job.error.unwrap_or_else(|| "the export failed".to_owned())),
-        _ if job.idle_secs > STALLED_SECS => Status::Failed(
-            "the export stopped (its server instance went away); start it again".to_owned(),
-        ),
         _ => Status::InProgress(job.progress.unwrap_or_else(|| "queued".to_owned())),
     })
 }
@@ -255,6 +318,24 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn a_selection_survives_being_stored_with_its_job() {
+        let selection = Selection {
+            types: Some(vec!["Patient".into(), "Encounter".into()]),
+            since: datetime::parse_range("2026-11-28T10:00:00.123Z").map(|r| r.low),
+            compartment: Some(vec!["Encounter.subject".into()]),
+            patients: Some(vec!["p1".into()]),
+        };
+        let back = selection_of(&selection_spec(&selection)).expect("stored selection");
+        assert_eq!(back.types, selection.types);
+        assert_eq!(back.since, selection.since);
+        assert_eq!(back.compartment, selection.compartment);
+        assert_eq!(back.patients, selection.patients);
+        let everything = selection_of(&selection_spec(&Selection::default())).expect("empty");
+        assert!(everything.types.is_none() && everything.since.is_none());
+        assert!(everything.compartment.is_none() && everything.patients.is_none());
     }
 
     #[test]

@@ -8,6 +8,7 @@ mod circle;
 mod escalation;
 pub mod export;
 mod history;
+pub mod jobs;
 mod notices;
 mod notify;
 mod populations;

@@ -17,32 +17,93 @@ use super::{subscription_status, Catalog, Rules, Written};
 /// Rewrites the index rows of every current resource (of `types`, or all) from
 /// the parameter table in force, in batches of `batch` per transaction; returns how
 /// many were indexed. Run after the definitions change (`passerelle reindex`, or
-/// by itself after a SearchParameter is written).
+/// as a job after a SearchParameter is written).
 pub async fn reindex(
     pool: &Pool,
     params: &ParamTable,
     types: Option<&[String]>,
     batch: usize,
 ) -> FhirResult<usize> {
-    let mut client = pool.get().await?;
-    let mut after: Option<(String, String)> = None;
     let mut done = 0;
-    loop {
-        let tx = client.transaction().await?;
-        let resources = store::current_batch(&tx, types, after.as_ref(), batch).await?;
-        let Some((t, id, _)) = resources.last() else {
-            return Ok(done);
-        };
-        after = Some((t.clone(), id.clone()));
-        for (res_type, res_id, resource) in &resources {
-            let mut rows = search::index::extract(params, res_type, resource);
-            rows.circle = crate::coordination::access::circle_rows(res_type, resource);
-            store::reindex_resource(&tx, res_type, res_id, &rows).await?;
-        }
-        store::commit(tx).await?;
-        done += resources.len();
+    let mut after = None;
+    while let Some(last) = reindex_batch(pool, params, types, after.as_ref(), batch).await? {
+        done += last.1;
+        after = Some(last.0);
         tracing::info!(done, "reindexed");
     }
+    Ok(done)
+}
+
+/// Reindexes the batch after `after`, in one transaction: the last resource
+/// reindexed and how many were, or `None` when none was left.
+async fn reindex_batch(
+    pool: &Pool,
+    params: &ParamTable,
+    types: Option<&[String]>,
+    after: Option<&(String, String)>,
+    batch: usize,
+) -> FhirResult<Option<((String, String), usize)>> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let resources = store::current_batch(&tx, types, after, batch).await?;
+    let Some((t, id, _)) = resources.last() else {
+        return Ok(None);
+    };
+    let last = (t.clone(), id.clone());
+    for (res_type, res_id, resource) in &resources {
+        let mut rows = search::index::extract(params, res_type, resource);
+        rows.circle = crate::coordination::access::circle_rows(res_type, resource);
+        store::reindex_resource(&tx, res_type, res_id, &rows).await?;
+    }
+    store::commit(tx).await?;
+    Ok(Some((last, resources.len())))
+}
+
+/// Resources reindexed per transaction by a reindex job.
+const REINDEX_BATCH: usize = 500;
+
+/// Runs a leased reindex job (`{"types": [...]}`) from its checkpoint (the last
+/// resource reindexed, `{"after": [type, id]}`), recorded with every batch, with
+/// the SearchParameters of the database (this instance may not have seen the
+/// change yet).
+pub(super) async fn reindex_job(
+    pool: &Pool,
+    rules: &Rules,
+    lease: &super::jobs::Lease<'_>,
+    job: &crate::store::jobs::LeasedJob,
+) -> FhirResult<super::jobs::Ended> {
+    load_search_parameters(pool, &rules.catalog).await?;
+    let params = rules.catalog.params.current();
+    let types: Option<Vec<String>> = job.spec["types"].as_array().map(|a| {
+        a.iter()
+            .filter_map(|t| t.as_str().map(str::to_owned))
+            .collect()
+    });
+    let mut after = job.checkpoint.as_ref().and_then(|c| {
+        Some((
+            c["after"][0].as_str()?.to_owned(),
+            c["after"][1].as_str()?.to_owned(),
+        ))
+    });
+    let mut done = 0;
+    while let Some((last, n)) = reindex_batch(
+        pool,
+        &params,
+        types.as_deref(),
+        after.as_ref(),
+        REINDEX_BATCH,
+    )
+    .await?
+    {
+        done += n;
+        let checkpoint = serde_json::json!({"after": [last.0, last.1]});
+        if !lease.renew(pool, Some(&checkpoint)).await? {
+            return Ok(super::jobs::Ended::Stopped);
+        }
+        after = Some(last);
+    }
+    tracing::info!(done, "reindexed after a SearchParameter change");
+    Ok(super::jobs::Ended::Done)
 }
 
 /// Puts the SearchParameter resources of the database in force (at start, and when
@@ -57,8 +118,8 @@ pub async fn load_search_parameters(pool: &Pool, catalog: &Catalog) -> FhirResul
 }
 
 /// After a SearchParameter was written here: put it in force, put in `error` the
-/// subscriptions whose criteria it broke, then index the existing resources of
-/// its base types in the background.
+/// subscriptions whose criteria it broke, then queue the indexing of the existing
+/// resources of its base types (a job any instance runs).
 pub(super) async fn search_parameter_changed(pool: &Pool, rules: &Rules, written: &Written) {
     if written.res_type != "SearchParameter" {
         return;
@@ -80,15 +141,11 @@ pub(super) async fn search_parameter_changed(pool: &Pool, rules: &Rules, written
         .flatten()
         .filter_map(|b| b.as_str().map(str::to_owned))
         .collect();
-    let (pool, catalog) = (pool.clone(), rules.catalog.clone());
-    tokio::spawn(async move {
-        let types = (!bases.is_empty()).then_some(bases);
-        let params = catalog.params.current();
-        match reindex(&pool, &params, types.as_deref(), 500).await {
-            Ok(n) => tracing::info!(n, "reindexed after a SearchParameter change"),
-            Err(e) => tracing::error!(error = %e, "reindexing after a SearchParameter change"),
-        }
-    });
+    let spec = serde_json::json!({"types": (!bases.is_empty()).then_some(bases)});
+    let job_id = uuid::Uuid::new_v4().to_string();
+    if let Err(e) = super::jobs::queue(pool, &job_id, "reindex", &spec).await {
+        tracing::error!(error = %e, "queueing the reindex after a SearchParameter change");
+    }
 }
 
 /// Puts in `error` the active subscriptions whose criteria no longer compile (a

@@ -90,22 +90,34 @@ pub async fn progress(
     Ok(n == 1)
 }
 
+/// Drops the files of a job taken up again (it starts over in a new snapshot).
+pub async fn clear_files(client: &impl GenericClient, job_id: &str) -> FhirResult<()> {
+    client
+        .execute("DELETE FROM export_file WHERE job_id = $1", &[&job_id])
+        .await?;
+    Ok(())
+}
+
+/// The next file of export `job_id`, written only while `worker` holds the
+/// job (a worker that lost it, or a cancelled job, writes nothing); false then.
 pub async fn add_file(
     client: &impl GenericClient,
-    job_id: &str,
+    (job_id, worker): (&str, &str),
     file_no: i32,
     res_type: &str,
     count: i32,
     ndjson: &str,
-) -> FhirResult<()> {
-    client
+) -> FhirResult<bool> {
+    Ok(client
         .execute(
             "INSERT INTO export_file (job_id, file_no, res_type, count, ndjson)
-             SELECT $1, $2, $3, $4, $5 WHERE EXISTS (SELECT 1 FROM export_job WHERE job_id = $1)",
-            &[&job_id, &file_no, &res_type, &count, &ndjson],
+             SELECT $1, $2, $3, $4, $5
+              WHERE EXISTS (SELECT 1 FROM export_job WHERE job_id = $1)
+                AND EXISTS (SELECT 1 FROM background_job WHERE job_id = $1 AND leased_by = $6)",
+            &[&job_id, &file_no, &res_type, &count, &ndjson, &worker],
         )
-        .await?;
-    Ok(())
+        .await?
+        == 1)
 }
 
 pub async fn finish(
@@ -134,8 +146,6 @@ pub struct Job {
     pub transaction_time: Option<DateTime<Utc>>,
     pub progress: Option<String>,
     pub error: Option<String>,
-    /// Seconds since the worker last reported.
-    pub idle_secs: f64,
     /// `(file number, type, count)`, in order.
     pub files: Vec<(i32, String, i32)>,
 }
@@ -143,8 +153,7 @@ pub struct Job {
 pub async fn job(client: &impl GenericClient, job_id: &str) -> FhirResult<Option<Job>> {
     let Some(row) = client
         .query_opt(
-            "SELECT request, status, transaction_time, progress, error,
-                    extract(epoch FROM now() - updated_at)::float8
+            "SELECT request, status, transaction_time, progress, error
                FROM export_job WHERE job_id = $1",
             &[&job_id],
         )
@@ -167,7 +176,6 @@ pub async fn job(client: &impl GenericClient, job_id: &str) -> FhirResult<Option
         transaction_time: row.get(2),
         progress: row.get(3),
         error: row.get(4),
-        idle_secs: row.get(5),
         files,
     }))
 }

@@ -62,6 +62,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "subscription owners, secrets out of stored resources",
         include_str!("migrations/0012_subscription_secrets_and_owners.sql"),
     ),
+    (
+        13,
+        "background jobs, leased",
+        include_str!("migrations/0013_background_jobs.sql"),
+    ),
 ];
 
 /// Arbitrary constant naming the migration lock.

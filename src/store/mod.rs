@@ -8,6 +8,7 @@ pub mod embedded;
 pub mod export;
 mod history;
 mod index_rows;
+pub mod jobs;
 pub mod migrate;
 pub mod ops;
 pub mod pool;

@@ -7,8 +7,9 @@ use crate::error::FhirResult;
 use crate::metrics::Backlog;
 
 /// The outbox backlog (pending events, served by their partial index) and the
-/// jobs: bulk exports by state, notification requests waiting for their
-/// acknowledgement deadline.
+/// jobs: background jobs (exports, reindexing) by kind and state (`pending`,
+/// `running` under a live lease, `done`, `failed`), notification requests waiting
+/// for their acknowledgement deadline.
 pub async fn backlog(client: &impl GenericClient) -> FhirResult<Backlog> {
     let outbox = client
         .query_one(
@@ -20,7 +21,11 @@ pub async fn backlog(client: &impl GenericClient) -> FhirResult<Backlog> {
         .await?;
     let jobs = client
         .query(
-            "SELECT 'export', status, count(*) FROM export_job GROUP BY status
+            "SELECT kind,
+                    CASE WHEN status = 'pending' AND leased_until > now() THEN 'running'
+                         ELSE status END,
+                    count(*)
+               FROM background_job GROUP BY 1, 2
              UNION ALL
              SELECT 'escalation', 'waiting', count(*) FROM ack_deadline WHERE escalated_at IS NULL",
             &[],

@@ -535,3 +535,167 @@ async fn callbacks_carry_the_trace_context_when_traces_are_exported() {
     assert!(parts[2].len() == 16 && parts[2].chars().all(|c| c.is_ascii_hexdigit()));
     assert_ne!(parts[1], "0".repeat(32), "a real trace id");
 }
+
+fn spawn_on_database(url: &str, port: u16, extra: &[(&str, &str)]) -> Child {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_passerelle"));
+    command
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .env("DATABASE_URL", url)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for (name, value) in extra {
+        command.env(name, value);
+    }
+    command.spawn().expect("spawn passerelle serve")
+}
+
+/// (kind, status, attempts, leased) of every background job.
+async fn background_jobs(db: &tokio_postgres::Client) -> Vec<(String, String, i32, bool)> {
+    db.query(
+        "SELECT kind, status, attempts, leased_by IS NOT NULL FROM background_job ORDER BY kind",
+        &[],
+    )
+    .await
+    .expect("jobs")
+    .iter()
+    .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+    .collect()
+}
+
+/// An export and a reindex run as leased jobs: SIGKILL the instance running
+/// both, and another instance finishes them (the export from the start, in a
+/// new snapshot).
+#[tokio::test]
+async fn jobs_of_an_instance_killed_mid_run_are_finished_by_another() {
+    let url = fresh_database_url().await;
+    let lease = [("PASSERELLE_JOB_LEASE", "2s")];
+    let http = reqwest::Client::new();
+    let port_a = free_port();
+    let mut a = spawn_on_database(&url, port_a, &lease);
+    wait_ready(&http, port_a).await;
+    let base_a = format!("http://127.0.0.1:{port_a}/fhir");
+    let post = |base: &str, body: serde_json::Value| {
+        let request = http
+            .post(format!(
+                "{base}/{}",
+                body["resourceType"].as_str().expect("type")
+            ))
+            .header("content-type", "application/fhir+json")
+            .body(body.to_string());
+        async move { request.send().await.expect("POST").status().as_u16() }
+    };
+    for n in 0..30 {
+        let patient = json!({"resourceType": "Patient",
+            "address": [{"district": format!("Canton-{}", n % 3)}]});
+        assert_eq!(post(&base_a, patient).await, 201);
+    }
+
+    // The test holds what both jobs need next: the export's files, and the
+    // patients the reindex locks batch by batch.
+    let (mut db, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(connection);
+    let (watcher, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(connection);
+    let hold = db.transaction().await.expect("begin");
+    hold.batch_execute(
+        "SELECT 1 FROM resource WHERE res_type = 'Patient' FOR UPDATE;
+         LOCK TABLE export_file IN EXCLUSIVE MODE",
+    )
+    .await
+    .expect("hold");
+
+    let kick = http
+        .get(format!("{base_a}/$export"))
+        .header("prefer", "respond-async")
+        .send()
+        .await
+        .expect("kick-off");
+    assert_eq!(kick.status(), 202);
+    let status_path = kick.headers()["content-location"]
+        .to_str()
+        .expect("url")
+        .trim_start_matches(&base_a)
+        .to_owned();
+    let district = json!({"resourceType": "SearchParameter", "url":
+        "https://passerelle.example.fr/fhir/SearchParameter/test-canton",
+        "name": "Canton", "status": "active", "description": "The canton of the address",
+        "code": "test-canton", "base": ["Patient"], "type": "string",
+        "expression": "Patient.address.district"});
+    assert_eq!(post(&base_a, district).await, 201);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let jobs = background_jobs(&watcher).await;
+        if jobs.len() == 2 && jobs.iter().all(|j| j.3) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "both jobs leased by A: {jobs:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    a.kill().expect("SIGKILL");
+    a.wait().expect("reaped");
+    hold.commit().await.expect("release");
+
+    let port_b = free_port();
+    let b = spawn_on_database(&url, port_b, &lease);
+    wait_ready(&http, port_b).await;
+    let base_b = format!("http://127.0.0.1:{port_b}/fhir");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let manifest = loop {
+        let status = http
+            .get(format!("{base_b}{status_path}"))
+            .send()
+            .await
+            .expect("status");
+        match status.status().as_u16() {
+            200 => break status.json::<serde_json::Value>().await.expect("manifest"),
+            202 => {}
+            other => panic!(
+                "export status {other}: {}",
+                status.text().await.unwrap_or_default()
+            ),
+        }
+        assert!(Instant::now() < deadline, "the export finished by B");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let patients: i64 = manifest["output"]
+        .as_array()
+        .expect("output")
+        .iter()
+        .filter(|o| o["type"] == "Patient")
+        .filter_map(|o| o["count"].as_i64())
+        .sum();
+    assert_eq!(patients, 30, "{manifest}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let jobs = background_jobs(&watcher).await;
+        if jobs.iter().all(|j| j.1 == "done") {
+            assert_eq!(
+                jobs.iter().map(|j| (j.0.as_str(), j.2)).collect::<Vec<_>>(),
+                [("export", 2), ("reindex", 2)],
+                "each taken up again once"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "both jobs done: {jobs:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let found: serde_json::Value = http
+        .get(format!(
+            "{base_b}/Patient?test-canton=Canton-1&_summary=count"
+        ))
+        .send()
+        .await
+        .expect("search")
+        .json()
+        .await
+        .expect("bundle");
+    assert_eq!(
+        found["total"], 10,
+        "the patients written before the parameter are indexed"
+    );
+    terminate(b);
+}

@@ -178,6 +178,7 @@ pub fn test_options() -> ServeOptions {
         audit: true,
         cors: Default::default(),
         trusted_proxies: Default::default(),
+        jobs: Default::default(),
     }
 }
 
