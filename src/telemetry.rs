@@ -9,6 +9,7 @@ use opentelemetry_sdk::Resource;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer;
 
 /// Keeps the exporter alive; flushes pending spans when dropped.
 pub struct Telemetry {
@@ -25,12 +26,17 @@ impl Drop for Telemetry {
     }
 }
 
+/// The spans of database calls (`store`), exported with traces but never
+/// logged: created only when traces are exported.
+const DATABASE_SPANS: &str = "passerelle::db=debug";
+
 pub fn init() -> Telemetry {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false);
+        .with_target(false)
+        .with_filter(filter());
     let provider = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
         .ok()
         .filter(|v| !v.is_empty())
@@ -52,12 +58,17 @@ pub fn init() -> Telemetry {
                 }
             }
         });
-    let otel = provider
-        .as_ref()
-        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("passerelle")));
+    let otel = provider.as_ref().map(|p| {
+        let mut traced = filter();
+        if let Ok(directive) = DATABASE_SPANS.parse() {
+            traced = traced.add_directive(directive);
+        }
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer("passerelle"))
+            .with_filter(traced)
+    });
     // A second init (tests start several servers in one process) is harmless.
     let _ = tracing_subscriber::registry()
-        .with(filter)
         .with(fmt)
         .with(otel)
         .try_init();

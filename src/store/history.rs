@@ -32,6 +32,12 @@ pub(crate) const HORIZON: &str = "SELECT coalesce(min(a.xact_start), clock_times
 
 /// Versions newest first, at most `count`.
 #[tracing::instrument(skip(client))]
+#[tracing::instrument(
+    target = "passerelle::db",
+    name = "db.history",
+    level = "debug",
+    skip_all
+)]
 pub async fn history(
     client: &impl GenericClient,
     filter: &HistoryFilter,

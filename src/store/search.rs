@@ -12,6 +12,12 @@ use super::{search_sql, version_from_row, StoredVersion, VERSION_COLUMNS};
 /// `limit`, from the plan's cursor; with each, the values of its sort keys (as text,
 /// for the next page's cursor).
 #[tracing::instrument(skip(client, plan), fields(res_type = %plan.resource_type))]
+#[tracing::instrument(
+    target = "passerelle::db",
+    name = "db.search",
+    level = "debug",
+    skip_all
+)]
 pub async fn search(
     client: &impl GenericClient,
     plan: &SearchPlan,
@@ -133,6 +139,12 @@ pub(super) fn current_filters(
 /// The resource itself and the current resources that point to it (through the
 /// given parameters), in (type, id) order.
 #[tracing::instrument(skip_all, fields(res_type = q.res_type))]
+#[tracing::instrument(
+    target = "passerelle::db",
+    name = "db.everything",
+    level = "debug",
+    skip_all
+)]
 pub async fn everything(
     client: &impl GenericClient,
     q: &EverythingQuery<'_>,
@@ -184,6 +196,12 @@ pub(super) async fn current_versions(
 /// Current resources reached by one `_include`/`_revinclude` from `sources` (all of
 /// `include.source_type` for `_include`, of one target type for `_revinclude`).
 #[tracing::instrument(skip(client, sources), fields(sources = sources.len()))]
+#[tracing::instrument(
+    target = "passerelle::db",
+    name = "db.included",
+    level = "debug",
+    skip_all
+)]
 pub async fn included(
     client: &impl GenericClient,
     include: &Include,
@@ -230,6 +248,12 @@ pub const MAX_INCLUDED: usize = 1000;
 
 /// How many current resources match a search.
 #[tracing::instrument(skip(client, plan), fields(res_type = %plan.resource_type))]
+#[tracing::instrument(
+    target = "passerelle::db",
+    name = "db.count",
+    level = "debug",
+    skip_all
+)]
 pub async fn count(client: &impl GenericClient, plan: &SearchPlan) -> FhirResult<i64> {
     let query = search_sql::matching(plan);
     let sql = format!(

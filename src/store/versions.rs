@@ -98,6 +98,12 @@ pub(super) fn version_from_row(row: &Row) -> StoredVersion {
 
 /// The newest version of a resource (deleted or not), `None` if it never existed.
 #[tracing::instrument(skip(client))]
+#[tracing::instrument(
+    target = "passerelle::db",
+    name = "db.read_latest",
+    level = "debug",
+    skip_all
+)]
 pub async fn read_latest(
     client: &impl GenericClient,
     res_type: &str,
@@ -136,6 +142,12 @@ pub async fn created_here_referring(
 }
 
 #[tracing::instrument(skip(client))]
+#[tracing::instrument(
+    target = "passerelle::db",
+    name = "db.read_version",
+    level = "debug",
+    skip_all
+)]
 pub async fn read_version(
     client: &impl GenericClient,
     res_type: &str,
@@ -155,6 +167,12 @@ pub async fn read_version(
 
 /// The current versions of the resources `keys` (type, id) that exist and are
 /// not deleted, in one query.
+#[tracing::instrument(
+    target = "passerelle::db",
+    name = "db.read_current",
+    level = "debug",
+    skip_all
+)]
 pub async fn read_current(
     client: &impl GenericClient,
     keys: &[(&str, &str)],
@@ -302,6 +320,12 @@ pub async fn documents_of_stay(
 }
 
 /// Versions by (type, id, version), in one query; those that exist.
+#[tracing::instrument(
+    target = "passerelle::db",
+    name = "db.read_versions",
+    level = "debug",
+    skip_all
+)]
 pub async fn read_versions(
     client: &impl GenericClient,
     keys: &[(&str, &str, i64)],

@@ -42,6 +42,12 @@ pub struct LockKey<'a> {
 /// detects it and the loser answers 409). The current state of each one that has
 /// a version, by key.
 #[tracing::instrument(skip_all, fields(keys = keys.len()))]
+#[tracing::instrument(
+    target = "passerelle::db",
+    name = "db.lock_all",
+    level = "debug",
+    skip_all
+)]
 pub async fn lock_all(
     tx: &Transaction<'_>,
     keys: &[LockKey<'_>],
@@ -99,6 +105,12 @@ pub async fn lock_all(
 /// one round trip: the version rows, the current pointers and every index row
 /// (data-modifying CTEs over arrays all run, in one snapshot).
 #[tracing::instrument(skip_all, fields(versions = news.len()))]
+#[tracing::instrument(
+    target = "passerelle::db",
+    name = "db.write_versions",
+    level = "debug",
+    skip_all
+)]
 pub async fn write_versions(tx: &Transaction<'_>, news: &[NewVersion<'_>]) -> FhirResult<()> {
     if news.is_empty() {
         return Ok(());
@@ -171,6 +183,12 @@ pub async fn write_versions(tx: &Transaction<'_>, news: &[NewVersion<'_>]) -> Fh
 
 /// Commits a write. A connection lost during the commit leaves its outcome
 /// unknown, and the client is told so (a loss before it means nothing was saved).
+#[tracing::instrument(
+    target = "passerelle::db",
+    name = "db.commit",
+    level = "debug",
+    skip_all
+)]
 pub async fn commit(tx: Transaction<'_>) -> FhirResult<()> {
     tx.commit().await.map_err(|e| {
         if crate::error::is_connection_lost(&e) {

@@ -219,3 +219,73 @@ async fn the_embedded_cluster_is_started_again_when_its_postmaster_dies() {
     drop(s);
     database.close().await;
 }
+
+/// The topology of a hospital: two instances behind nginx (`deploy/nginx.conf`)
+/// on one PostgreSQL, which stops and comes back: through the proxy, 503 with
+/// `Retry-After` while it is down, then both instances serve again by themselves.
+#[tokio::test]
+async fn two_instances_behind_nginx_ride_out_a_database_restart() {
+    use crate::proxy::{nginx, server_trusting, start_nginx, upstream_of};
+    let Some(binary) = nginx() else {
+        return;
+    };
+    let database = own_database("topology").await;
+    let cluster = database.cluster.clone().expect("embedded cluster");
+    let one = server_trusting(database.config.clone(), "127.0.0.1").await;
+    let two = server_trusting(database.config.clone(), "127.0.0.1").await;
+    let proxy = start_nginx(&binary, &[upstream_of(&one), upstream_of(&two)]).await;
+    let public = format!("http://127.0.0.1:{}/fhir", proxy.port);
+    let http = reqwest::Client::new();
+    let create = |family: &str| {
+        http.post(format!("{public}/Patient"))
+            .header("content-type", "application/fhir+json")
+            .body(json!({"resourceType": "Patient", "name": [{"family": family}]}).to_string())
+            .send()
+    };
+    let before = create("Avant").await.expect("create");
+    assert_eq!(before.status(), 201);
+    let before: serde_json::Value = before.json().await.expect("created");
+    let read_path = format!("{public}/Patient/{}", before["id"].as_str().expect("id"));
+
+    blocking(cluster.clone(), Cluster::stop).await;
+    let asked = Instant::now();
+    let read = http.get(&read_path).send().await.expect("read");
+    assert_eq!(read.status(), 503);
+    assert!(read.headers().get("retry-after").is_some());
+    assert_eq!(create("Pendant").await.expect("create").status(), 503);
+    assert!(
+        asked.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        asked.elapsed()
+    );
+
+    blocking(cluster.clone(), |c| {
+        c.ensure_running().expect("start the cluster again");
+    })
+    .await;
+    let back = Instant::now();
+    // Both instances (nginx alternates between them) serve again.
+    let mut served = 0;
+    while served < 4 {
+        let status = http.get(&read_path).send().await.expect("read").status();
+        served = if status == 200 { served + 1 } else { 0 };
+        assert!(
+            back.elapsed() < Duration::from_secs(20),
+            "recovered within 20 s"
+        );
+        if status != 200 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    assert_eq!(create("Apres").await.expect("create").status(), 201);
+    for s in [&one, &two] {
+        let found = json_of(s.get("Patient?family=Apres,Pendant,Avant").await, 200).await;
+        assert_eq!(
+            found["total"], 2,
+            "each instance sees both writes, not the refused one"
+        );
+    }
+    drop(proxy);
+    drop((one, two));
+    database.close().await;
+}

@@ -106,7 +106,8 @@ async fn migrate_against_a_database_url_is_idempotent() {
     }
 }
 
-/// An OTLP/HTTP receiver: its endpoint, and the request line of every export.
+/// An OTLP/HTTP receiver: its endpoint, and every export received (head and
+/// body, as text: span names are plain strings in the protobuf).
 async fn otlp_receiver() -> (String, tokio::sync::mpsc::UnboundedReceiver<String>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let receiver = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -118,14 +119,29 @@ async fn otlp_receiver() -> (String, tokio::sync::mpsc::UnboundedReceiver<String
         while let Ok((mut socket, _)) = receiver.accept().await {
             let seen = seen_tx.clone();
             tokio::spawn(async move {
+                let mut request = Vec::new();
                 let mut buf = vec![0u8; 64 * 1024];
-                let n = socket.read(&mut buf).await.unwrap_or(0);
-                let head = String::from_utf8_lossy(&buf[..n])
-                    .lines()
-                    .next()
-                    .unwrap_or("")
-                    .to_owned();
-                let _ = seen.send(head);
+                // Until the head and the whole body (content-length) are in.
+                loop {
+                    let n = socket.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 {
+                        break;
+                    }
+                    request.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&request).to_ascii_lowercase();
+                    let Some(head_end) = text.find("\r\n\r\n") else {
+                        continue;
+                    };
+                    let length = text[..head_end]
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                        .unwrap_or(0);
+                    if request.len() >= head_end + 4 + length {
+                        break;
+                    }
+                }
+                let _ = seen.send(String::from_utf8_lossy(&request).into_owned());
                 let _ = socket
                     .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
                     .await;
@@ -151,18 +167,25 @@ async fn spans_are_exported_over_otlp_when_configured() {
         .expect("spawn");
     let http = reqwest::Client::new();
     wait_ready(&http, port).await;
-    let resp = http
-        .get(format!("http://127.0.0.1:{port}/fhir/metadata"))
-        .send()
-        .await
-        .expect("metadata");
-    assert_eq!(resp.status(), 200);
+    for path in ["metadata", "Patient?name=Traces"] {
+        let resp = http
+            .get(format!("http://127.0.0.1:{port}/fhir/{path}"))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(resp.status(), 200);
+    }
     terminate(child);
-    let first = tokio::time::timeout(Duration::from_secs(10), seen_rx.recv())
-        .await
-        .expect("an export within 10 s")
-        .expect("a request");
-    assert!(first.starts_with("POST /v1/traces"), "{first}");
+    // The request spans, and the database call of the search nested in them.
+    let mut exported = String::new();
+    while !(exported.contains("request") && exported.contains("db.search")) {
+        let export = tokio::time::timeout(Duration::from_secs(10), seen_rx.recv())
+            .await
+            .expect("the spans exported within 10 s")
+            .expect("an export");
+        assert!(export.starts_with("POST /v1/traces"), "{export}");
+        exported.push_str(&export);
+    }
 }
 
 /// `passerelle reindex` rebuilds index rows that were lost (or defined anew).

@@ -11,7 +11,7 @@ use serde_json::json;
 use crate::support::{fresh_database, json_of, test_options, TestServer};
 use passerelle::http::forwarded::TrustedProxies;
 
-async fn server_trusting(config: tokio_postgres::Config, proxies: &str) -> TestServer {
+pub async fn server_trusting(config: tokio_postgres::Config, proxies: &str) -> TestServer {
     let mut options = test_options();
     options.trusted_proxies = TrustedProxies::parse(proxies).expect("proxies");
     TestServer::start_on(config, options).await
@@ -85,8 +85,16 @@ async fn forwarding_headers_are_believed_only_from_trusted_proxies() {
     );
 }
 
+/// A test server's `host:port`, as nginx's upstream names it.
+pub fn upstream_of(s: &TestServer) -> String {
+    s.base
+        .trim_start_matches("http://")
+        .trim_end_matches("/fhir")
+        .to_owned()
+}
+
 /// nginx, when installed (CI installs it; elsewhere the test says so and passes).
-fn nginx() -> Option<PathBuf> {
+pub fn nginx() -> Option<PathBuf> {
     let found = ["/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/bin/nginx"]
         .into_iter()
         .map(PathBuf::from)
@@ -97,9 +105,9 @@ fn nginx() -> Option<PathBuf> {
     found
 }
 
-struct Nginx {
+pub struct Nginx {
     child: Child,
-    port: u16,
+    pub port: u16,
     dir: PathBuf,
 }
 
@@ -146,7 +154,8 @@ fn proxy_config(port: u16, dir: &Path, upstreams: &[String]) -> String {
     out.join("\n")
 }
 
-async fn start_nginx(binary: &Path, upstreams: &[String]) -> Nginx {
+/// nginx running `deploy/nginx.conf` in front of `upstreams` (`host:port`).
+pub async fn start_nginx(binary: &Path, upstreams: &[String]) -> Nginx {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("nginx-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).expect("nginx folder");
@@ -207,15 +216,7 @@ async fn two_instances_behind_nginx_serve_one_public_address() {
     let config = fresh_database().await;
     let one = server_trusting(config.clone(), "127.0.0.1").await;
     let two = server_trusting(config, "127.0.0.1").await;
-    let upstreams: Vec<String> = [&one, &two]
-        .iter()
-        .map(|s| {
-            s.base
-                .trim_start_matches("http://")
-                .trim_end_matches("/fhir")
-                .to_owned()
-        })
-        .collect();
+    let upstreams = [upstream_of(&one), upstream_of(&two)];
     let proxy = start_nginx(&binary, &upstreams).await;
     let public = format!("http://127.0.0.1:{}/fhir", proxy.port);
     let http = reqwest::Client::new();
@@ -341,4 +342,23 @@ async fn two_instances_behind_nginx_serve_one_public_address() {
         let text = message.to_text().expect("text").to_owned();
         assert!(text.starts_with(&format!("ping {sub_id}")), "{text}");
     }
+
+    // No instance left: the proxy answers as an instance would, in FHIR.
+    drop(socket);
+    drop((one, two));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let gone = http
+        .get(format!("{public}/Patient/{id}"))
+        .send()
+        .await
+        .expect("read");
+    assert_eq!(gone.status(), 503);
+    assert_eq!(
+        gone.headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("5")
+    );
+    let outcome: serde_json::Value = gone.json().await.expect("an OperationOutcome");
+    assert_eq!(outcome["issue"][0]["code"], "transient");
 }
