@@ -1,9 +1,10 @@
 //! Passerelle's benchmarks, over real HTTP against a real database, each on a fresh
 //! `passerelle_bench` database with the server started in this process:
-//! `cargo bench --bench passerelle -- <rest|search|transaction|subscriptions|workflow|security> [options]`.
+//! `cargo bench --bench passerelle -- <rest|search|transaction|subscriptions|workflow|security|proxy> [options]`.
 //! The figures are in the README.
 
 mod common;
+mod proxy;
 mod rest;
 mod search;
 mod security;
@@ -30,6 +31,19 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Reads, searches and creates straight to one instance, then through nginx
+    /// (deploy/nginx.conf) in front of one and of two instances.
+    Proxy {
+        #[arg(long, default_value_t = 2_000)]
+        patients: usize,
+        /// Reads and searches per topology (creates: a quarter of it).
+        #[arg(long, default_value_t = 40_000)]
+        operations: usize,
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        #[command(flatten)]
+        db: DatabaseArgs,
+    },
     /// Create and read throughput beside the same reads in SQL.
     Rest {
         #[arg(long, default_value_t = 10_000)]
@@ -122,6 +136,20 @@ async fn main() -> ExitCode {
     // `cargo bench` appends `--bench` to the arguments of a harness-less target.
     let cli = Cli::parse_from(std::env::args().filter(|a| a != "--bench"));
     let report = match cli.command {
+        Command::Proxy {
+            patients,
+            operations,
+            concurrency,
+            db,
+        } => {
+            proxy::run(proxy::ProxyBenchOptions {
+                database: db.choice(),
+                patients: patients.max(1),
+                operations: operations.max(1),
+                concurrency: concurrency.max(1),
+            })
+            .await
+        }
         Command::Rest {
             resources,
             read_passes,

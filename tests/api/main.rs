@@ -18,6 +18,7 @@ mod fuzz;
 mod history;
 mod mail;
 mod metrics;
+mod nginx;
 mod outages;
 mod patch;
 mod process;

@@ -225,7 +225,8 @@ async fn the_embedded_cluster_is_started_again_when_its_postmaster_dies() {
 /// `Retry-After` while it is down, then both instances serve again by themselves.
 #[tokio::test]
 async fn two_instances_behind_nginx_ride_out_a_database_restart() {
-    use crate::proxy::{nginx, server_trusting, start_nginx, upstream_of};
+    use crate::nginx::{nginx, start_nginx};
+    use crate::proxy::{server_trusting, upstream_of};
     let Some(binary) = nginx() else {
         return;
     };
