@@ -586,7 +586,7 @@ async fn background_jobs(db: &tokio_postgres::Client) -> Vec<(String, String, i3
 }
 
 /// An export and a reindex run as leased jobs: SIGKILL the instance running
-/// both, and another instance finishes them (the export from the start, in a
+/// both, and the other instance finishes them (the export from the start, in a
 /// new snapshot).
 #[tokio::test]
 async fn jobs_of_an_instance_killed_mid_run_are_finished_by_another() {
@@ -658,13 +658,14 @@ async fn jobs_of_an_instance_killed_mid_run_are_finished_by_another() {
         assert!(Instant::now() < deadline, "both jobs leased by A: {jobs:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    a.kill().expect("SIGKILL");
-    a.wait().expect("reaped");
-    hold.commit().await.expect("release");
-
+    // The other instance is up while A holds both jobs: it takes them once A's
+    // leases expire.
     let port_b = free_port();
     let b = spawn_on_database(&url, port_b, &lease);
     wait_ready(&http, port_b).await;
+    a.kill().expect("SIGKILL");
+    a.wait().expect("reaped");
+    hold.commit().await.expect("release");
     let base_b = format!("http://127.0.0.1:{port_b}/fhir");
     let deadline = Instant::now() + Duration::from_secs(30);
     let manifest = loop {
