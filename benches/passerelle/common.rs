@@ -137,6 +137,17 @@ impl Connection {
             .ok_or_else(|| "no Location".to_owned())
     }
 
+    /// GETs `path`, expecting 200: how long the answer took.
+    pub async fn timed_get(&mut self, path: &str) -> Result<Duration, String> {
+        let started = Instant::now();
+        let reply = self.send("GET", path, None).await?;
+        let took = started.elapsed();
+        match reply.status {
+            200 => Ok(took),
+            status => Err(format!("GET {path} answered {status}")),
+        }
+    }
+
     /// A connection whose requests carry `token`.
     pub async fn with_token(addr: SocketAddr, token: &str) -> Result<Self, String> {
         let mut connection = Connection::open(addr).await?;

@@ -43,12 +43,7 @@ async fn measure(
                 let mut latencies = Vec::new();
                 while let Some(i) = counter.next() {
                     let path = format!("/fhir/Patient/{}", ids[(i * 7919) % n]);
-                    let t = Instant::now();
-                    let reply = conn.send("GET", &path, None).await?;
-                    latencies.push(t.elapsed());
-                    if reply.status != 200 {
-                        return Err(format!("read answered {}", reply.status));
-                    }
+                    latencies.push(conn.timed_get(&path).await?);
                 }
                 Ok(latencies)
             }
@@ -66,12 +61,7 @@ async fn measure(
                 let value = 1_700_000_000_000u64 + ((i * 7919) % n) as u64;
                 let path =
                     format!("/fhir/Patient?identifier=urn:oid:1.2.250.1.213.1.4.10%7C{value:013}");
-                let t = Instant::now();
-                let reply = conn.send("GET", &path, None).await?;
-                latencies.push(t.elapsed());
-                if reply.status != 200 {
-                    return Err(format!("search answered {}", reply.status));
-                }
+                latencies.push(conn.timed_get(&path).await?);
             }
             Ok(latencies)
         },

@@ -93,12 +93,7 @@ pub async fn run(options: BenchOptions) -> Result<String, StartError> {
                 while let Some(i) = counter.next() {
                     let path =
                         format!("/fhir/Patient/{}", ids[order(i)].get().ok_or("missing id")?);
-                    let t = Instant::now();
-                    let reply = conn.send("GET", &path, None).await?;
-                    latencies.push(t.elapsed());
-                    if reply.status != 200 {
-                        return Err(format!("read answered {}", reply.status));
-                    }
+                    latencies.push(conn.timed_get(&path).await?);
                 }
                 Ok(latencies)
             }

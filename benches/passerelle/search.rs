@@ -317,12 +317,7 @@ pub async fn run(options: SearchBenchOptions) -> Result<String, StartError> {
                     let mut latencies = Vec::new();
                     while let Some(i) = counter.next() {
                         let path = query(i);
-                        let t = Instant::now();
-                        let reply = conn.send("GET", &path, None).await?;
-                        latencies.push(t.elapsed());
-                        if reply.status != 200 {
-                            return Err(format!("GET {path} answered {}", reply.status));
-                        }
+                        latencies.push(conn.timed_get(&path).await?);
                     }
                     Ok(latencies)
                 }

@@ -99,12 +99,7 @@ async fn phases(
                 let mut latencies = Vec::new();
                 while let Some(i) = counter.next() {
                     let path = format!("/fhir/Patient/{}", ids[order(i % n)].get().ok_or("id")?);
-                    let t = Instant::now();
-                    let reply = conn.send("GET", &path, None).await?;
-                    latencies.push(t.elapsed());
-                    if reply.status != 200 {
-                        return Err(format!("read answered {}", reply.status));
-                    }
+                    latencies.push(conn.timed_get(&path).await?);
                 }
                 Ok(latencies)
             }
@@ -121,12 +116,7 @@ async fn phases(
                     "/fhir/Patient?identifier=urn:oid:1.2.250.1.213.1.4.10%7C{:013}",
                     1_700_000_000_000u64 + order(i) as u64
                 );
-                let t = Instant::now();
-                let reply = conn.send("GET", &path, None).await?;
-                latencies.push(t.elapsed());
-                if reply.status != 200 {
-                    return Err(format!("search answered {}", reply.status));
-                }
+                latencies.push(conn.timed_get(&path).await?);
             }
             Ok(latencies)
         }

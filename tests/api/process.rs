@@ -29,6 +29,20 @@ fn spawn_serve(data_dir: &std::path::Path, port: u16) -> Child {
         .expect("spawn passerelle serve")
 }
 
+/// `passerelle serve` on the database at `url`, with `extra` settings.
+fn spawn_on_database(url: &str, port: u16, extra: &[(&str, &str)]) -> Child {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_passerelle"));
+    command
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .env("DATABASE_URL", url)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for (name, value) in extra {
+        command.env(name, value);
+    }
+    command.spawn().expect("spawn passerelle serve")
+}
+
 async fn wait_ready(http: &reqwest::Client, port: u16) {
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
@@ -156,15 +170,14 @@ async fn otlp_receiver() -> (String, tokio::sync::mpsc::UnboundedReceiver<String
 async fn spans_are_exported_over_otlp_when_configured() {
     let (endpoint, mut seen_rx) = otlp_receiver().await;
     let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_passerelle"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .env("DATABASE_URL", fresh_database_url().await)
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
-        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn");
+    let child = spawn_on_database(
+        &fresh_database_url().await,
+        port,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    );
     let http = reqwest::Client::new();
     wait_ready(&http, port).await;
     for path in ["metadata", "Patient?name=Traces"] {
@@ -197,13 +210,7 @@ async fn reindex_rebuilds_the_search_index() {
         passerelle::server::pool_for(config, passerelle::store::pool::PoolSettings::sized(2))
             .expect("pool");
     let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_passerelle"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .env("DATABASE_URL", &url)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn");
+    let child = spawn_on_database(&url, port, &[]);
     let http = reqwest::Client::new();
     wait_ready(&http, port).await;
     let base = format!("http://127.0.0.1:{port}/fhir");
@@ -249,19 +256,15 @@ fn spawn_serve_url(database_url: &str, port: u16) -> Child {
 }
 
 fn spawn_serve_url_with(database_url: &str, port: u16, env: &[(&str, &str)]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_passerelle"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .envs(env.iter().copied())
-        .env("DATABASE_URL", database_url)
-        .env("PASSERELLE_ALLOW_INSECURE_ENDPOINTS", "true")
-        .env("PASSERELLE_DELIVERY_BACKOFF_MS", "100")
-        .env("PASSERELLE_DELIVERY_BACKOFF_MAX_MS", "300")
-        .env("PASSERELLE_DELIVERY_TIMEOUT_MS", "1000")
-        .env("PASSERELLE_DELIVERY_MAX_ATTEMPTS", "1000")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn passerelle serve")
+    let quick = [
+        ("PASSERELLE_ALLOW_INSECURE_ENDPOINTS", "true"),
+        ("PASSERELLE_DELIVERY_BACKOFF_MS", "100"),
+        ("PASSERELLE_DELIVERY_BACKOFF_MAX_MS", "300"),
+        ("PASSERELLE_DELIVERY_TIMEOUT_MS", "1000"),
+        ("PASSERELLE_DELIVERY_MAX_ATTEMPTS", "1000"),
+    ];
+    let settings: Vec<(&str, &str)> = quick.iter().chain(env).copied().collect();
+    spawn_on_database(database_url, port, &settings)
 }
 
 #[tokio::test]
@@ -463,14 +466,11 @@ async fn an_escalation_due_after_a_sigkill_happens_once_after_restart() {
 async fn sigterm_finishes_the_request_in_flight_then_exits_cleanly() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_passerelle"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .env("DATABASE_URL", fresh_database_url().await)
-        .env("PASSERELLE_SHUTDOWN_TIMEOUT", "20s")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn");
+    let child = spawn_on_database(
+        &fresh_database_url().await,
+        port,
+        &[("PASSERELLE_SHUTDOWN_TIMEOUT", "20s")],
+    );
     let http = reqwest::Client::new();
     wait_ready(&http, port).await;
     let body = json!({"resourceType": "Patient", "name": [{"family": "EnVol"}]}).to_string();
@@ -518,15 +518,14 @@ async fn callbacks_carry_the_trace_context_when_traces_are_exported() {
     let (endpoint, _exports) = otlp_receiver().await;
     let gp = crate::receiver::Receiver::start().await;
     let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_passerelle"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .env("DATABASE_URL", fresh_database_url().await)
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
-        .env("PASSERELLE_ALLOW_INSECURE_ENDPOINTS", "true")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn");
+    let child = spawn_on_database(
+        &fresh_database_url().await,
+        port,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("PASSERELLE_ALLOW_INSECURE_ENDPOINTS", "true"),
+        ],
+    );
     let http = reqwest::Client::new();
     wait_ready(&http, port).await;
     let base = format!("http://127.0.0.1:{port}/fhir");
@@ -557,19 +556,6 @@ async fn callbacks_carry_the_trace_context_when_traces_are_exported() {
     assert!(parts[1].len() == 32 && parts[1].chars().all(|c| c.is_ascii_hexdigit()));
     assert!(parts[2].len() == 16 && parts[2].chars().all(|c| c.is_ascii_hexdigit()));
     assert_ne!(parts[1], "0".repeat(32), "a real trace id");
-}
-
-fn spawn_on_database(url: &str, port: u16, extra: &[(&str, &str)]) -> Child {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_passerelle"));
-    command
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .env("DATABASE_URL", url)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    for (name, value) in extra {
-        command.env(name, value);
-    }
-    command.spawn().expect("spawn passerelle serve")
 }
 
 /// (kind, status, attempts, leased) of every background job.
