@@ -319,6 +319,19 @@ pub fn narrowing(
             }
         }
         Route::CareCircle(id) => Ok(member(glass("Patient", Read)?, "Patient", id)),
+        // An export holds the records of the patients the client reaches (the
+        // handler lists them); its status and files, the client's own exports.
+        Route::Export(..) => match holder(EVERY_TYPE, Search)? {
+            Holder::Free => Ok(Narrowing::None),
+            _ if matches!(access.decide(EVERY_TYPE, Search), Decision::Restricted(_)) => {
+                Err(not_yet("an export under scopes restricted to a search"))
+            }
+            holder => Ok(Narrowing::Search {
+                holder,
+                query: Vec::new(),
+            }),
+        },
+        Route::ExportStatus(_) | Route::ExportFile(..) => Ok(Narrowing::None),
         _ => {
             for (t, interaction) in needs(method, route, params, table) {
                 if holder(&t, interaction)? != Holder::Free {

@@ -133,9 +133,24 @@ fn selection_of(spec: &Value) -> FhirResult<Selection> {
     })
 }
 
+/// Who asks for an export, and which patients' records it may hold.
+pub struct Requester {
+    /// The token's client and user (`auth::Access::owner`): only they read the
+    /// job's status and files.
+    pub owner: Option<Value>,
+    /// A client held to records: the patients it reaches, whose compartments
+    /// alone are exported, whatever the level.
+    pub patients: Option<Vec<String>>,
+}
+
 /// Queues a job (run by whichever instance leases it first); its id. `request`
 /// is the kick-off URL, for the manifest.
-pub async fn start(pool: &Pool, kick: KickOff, request: &str) -> FhirResult<String> {
+pub async fn start(
+    pool: &Pool,
+    kick: KickOff,
+    request: &str,
+    requester: Requester,
+) -> FhirResult<String> {
     let mut selection = Selection {
         types: kick.types,
         since: kick.since,
@@ -152,10 +167,20 @@ pub async fn start(pool: &Pool, kick: KickOff, request: &str) -> FhirResult<Stri
             selection.patients = Some(group_patients(&group));
         }
     }
+    if let Some(reached) = requester.patients {
+        selection.compartment = Some(compartment::patient_membership_params());
+        selection.patients = Some(match selection.patients {
+            Some(members) => members
+                .into_iter()
+                .filter(|p| reached.contains(p))
+                .collect(),
+            None => reached,
+        });
+    }
     let job_id = uuid::Uuid::new_v4().to_string();
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    export::create_job(&tx, &job_id, request).await?;
+    export::create_job(&tx, &job_id, request, requester.owner.as_ref()).await?;
     crate::store::jobs::create(&tx, &job_id, "export", &selection_spec(&selection)).await?;
     crate::store::commit(tx).await?;
     Ok(job_id)

@@ -62,14 +62,32 @@ pub async fn create_job(
     client: &impl GenericClient,
     job_id: &str,
     request: &str,
+    owner: Option<&serde_json::Value>,
 ) -> FhirResult<()> {
+    let owner = owner.map(tokio_postgres::types::Json);
     client
         .execute(
-            "INSERT INTO export_job (job_id, request, status) VALUES ($1, $2, 'in-progress')",
-            &[&job_id, &request],
+            "INSERT INTO export_job (job_id, request, status, owner)
+             VALUES ($1, $2, 'in-progress', $3)",
+            &[&job_id, &request, &owner],
         )
         .await?;
     Ok(())
+}
+
+/// Who kicked a job off: `None` when there is no such job, `Some(None)` when
+/// no token did.
+pub async fn owner_of(
+    client: &impl GenericClient,
+    job_id: &str,
+) -> FhirResult<Option<Option<serde_json::Value>>> {
+    let row = client
+        .query_opt("SELECT owner FROM export_job WHERE job_id = $1", &[&job_id])
+        .await?;
+    Ok(row.map(|r| {
+        r.get::<_, Option<tokio_postgres::types::Json<serde_json::Value>>>(0)
+            .map(|o| o.0)
+    }))
 }
 
 /// Records progress; false when the job is gone (cancelled).

@@ -24,8 +24,8 @@ use deadpool_postgres::Pool;
 pub(crate) use history::HORIZON;
 pub use history::{history, HistoryFilter};
 pub use search::{
-    circle_covers, circle_sees, count, everything, included, matching_ids, search, EverythingQuery,
-    MAX_INCLUDED,
+    circle_covers, circle_patients, circle_sees, count, everything, included, matching_ids, search,
+    EverythingQuery, MAX_INCLUDED,
 };
 use search::{current_filters, current_versions};
 pub use search_parameters::{

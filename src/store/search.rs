@@ -312,6 +312,22 @@ pub async fn circle_covers(
 /// of `members` (or a role of theirs) now: a Patient in such a circle, or a
 /// resource referencing one through `params` (its compartment parameters). One
 /// prepared statement per form.
+/// The patients in whose care circle one of `members` is now.
+pub async fn circle_patients(
+    client: &impl GenericClient,
+    members: &[(String, String)],
+) -> FhirResult<Vec<String>> {
+    let (types, ids): (Vec<String>, Vec<String>) = members.iter().cloned().unzip();
+    let sql = format!(
+        "SELECT DISTINCT m.patient_id FROM circle_member m
+          WHERE (m.member_type, m.member_id) IN ({}) AND {} ORDER BY 1",
+        search_sql::members_sql("$1", "$2"),
+        search_sql::CIRCLE_ROW_NOW
+    );
+    let rows = client.query(&sql, &[&types, &ids]).await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
 pub async fn circle_sees(
     client: &impl GenericClient,
     members: &[(String, String)],

@@ -164,6 +164,56 @@ async fn put_with(s: &TestServer, token: &str, resource: &Value) {
     assert!(status.is_success(), "{path}: {status}");
 }
 
+/// Kicks off an export with `token` and polls its status until the manifest:
+/// the status path (relative to the base) and the manifest.
+async fn export_with(s: &TestServer, token: &str, path: &str) -> (String, Value) {
+    let kick = s
+        .http
+        .get(s.url(path))
+        .bearer_auth(token)
+        .header("prefer", "respond-async")
+        .send()
+        .await
+        .expect("kick-off");
+    assert_eq!(kick.status(), 202, "{path}");
+    let status_path = kick.headers()["content-location"]
+        .to_str()
+        .expect("status url")
+        .trim_start_matches(&s.base)
+        .trim_start_matches('/')
+        .to_owned();
+    for _ in 0..100 {
+        let status = get_with(s, &status_path, token).await;
+        match status.status().as_u16() {
+            202 => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+            200 => return (status_path, status.json().await.expect("manifest")),
+            other => panic!("export status {other}"),
+        }
+    }
+    panic!("the export did not finish");
+}
+
+/// `Type/id` of every resource in an export's files, read with `token`, sorted.
+async fn exported_ids(s: &TestServer, token: &str, manifest: &Value) -> Vec<String> {
+    let mut ids = Vec::new();
+    for output in manifest["output"].as_array().expect("output") {
+        let url = output["url"].as_str().expect("url");
+        let path = url.trim_start_matches(&s.base).trim_start_matches('/');
+        let file = get_with(s, path, token).await;
+        assert_eq!(file.status(), 200, "{path}");
+        for line in file.text().await.expect("ndjson").lines() {
+            let resource: Value = serde_json::from_str(line).expect("a resource");
+            ids.push(format!(
+                "{}/{}",
+                resource["resourceType"].as_str().unwrap_or_default(),
+                resource["id"].as_str().unwrap_or_default()
+            ));
+        }
+    }
+    ids.sort();
+    ids
+}
+
 /// 401 with a Bearer challenge and an OperationOutcome saying why.
 async fn refused(response: reqwest::Response, why: &str) {
     let challenge = response
@@ -1074,6 +1124,18 @@ async fn a_backend_held_to_organisations_sees_their_patients_only() {
     // A client with no allow-list is held by its scopes only.
     let all = json_of(get_with(&s, "Encounter", &other).await, 200).await;
     assert_eq!(all["total"], 2);
+    // Its export holds its patients' records only; another client does not see
+    // the job, whose files are the DAC's.
+    let (status_path, manifest) = export_with(&s, &dac, "$export").await;
+    let exported = exported_ids(&s, &dac, &manifest).await;
+    assert_eq!(exported, ["Encounter/org-a-stay", "Patient/org-a"]);
+    assert_eq!(get_with(&s, &status_path, &other).await.status(), 404);
+    let file = manifest["output"][0]["url"].as_str().expect("file url");
+    let file_path = file.trim_start_matches(&s.base).trim_start_matches('/');
+    assert_eq!(get_with(&s, file_path, &other).await.status(), 404);
+    let (_, everything) = export_with(&s, &other, "$export").await;
+    let exported = exported_ids(&s, &other, &everything).await;
+    assert_eq!(exported.len(), 6, "{exported:?}");
     // The DAC joins the other patient's care team: her record opens to it.
     let team = json!({"resourceType": "CareTeam", "id": "org-b-team", "status": "active",
         "subject": {"reference": "Patient/org-b"},

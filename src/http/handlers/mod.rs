@@ -199,8 +199,8 @@ pub async fn handle(state: &AppState, mut req: FhirRequest) -> FhirResult<Reply>
         }
         (&Method::GET, Route::Export(t, id)) => export_kick_off(state, &req, t, id).await,
         (&Method::GET, Route::ExportStatus(job)) => export_status(state, &req, job).await,
-        (&Method::DELETE, Route::ExportStatus(job)) => export_delete(state, job).await,
-        (&Method::GET, Route::ExportFile(job, n)) => export_file(state, job, n).await,
+        (&Method::DELETE, Route::ExportStatus(job)) => export_delete(state, &req, job).await,
+        (&Method::GET, Route::ExportFile(job, n)) => export_file(state, &req, job, n).await,
         (&Method::GET | &Method::POST, Route::SubscriptionOperation(Some(id), op))
             if op == "$get-ws-binding-token" =>
         {

@@ -8,7 +8,7 @@ use crate::http::respond::Reply;
 use crate::service::{self, capability};
 use crate::state::AppState;
 
-use super::FhirRequest;
+use super::{FhirRequest, Holder, Narrowing};
 
 /// `GET [base]/metadata`.
 pub(super) fn metadata(state: &AppState, req: &FhirRequest) -> FhirResult<Reply> {
@@ -38,11 +38,27 @@ pub(super) fn smart_configuration(state: &AppState) -> FhirResult<Reply> {
 }
 
 /// `$export-status`: 202 with `X-Progress` while running, then the manifest.
+/// A job's status, files and cancellation are for the client that kicked it off
+/// (any client when tokens are not required): another's is 404.
+async fn export_owned(state: &AppState, req: &FhirRequest, job: &str) -> FhirResult<()> {
+    let owner = crate::store::export::owner_of(&state.pool.get().await?, job).await?;
+    let mine = match (&req.access, &owner) {
+        (_, None) => false,
+        (crate::auth::Access::Open, Some(_)) => true,
+        (access, Some(owner)) => crate::auth::owns(access, owner.as_ref()),
+    };
+    match mine {
+        true => Ok(()),
+        false => Err(FhirError::NotFound(format!("no export job '{job}'"))),
+    }
+}
+
 pub(super) async fn export_status(
     state: &AppState,
     req: &FhirRequest,
     job: &str,
 ) -> FhirResult<Reply> {
+    export_owned(state, req, job).await?;
     match service::export::status(&state.pool, &req.base, job).await? {
         service::export::Status::InProgress(progress) => Ok(Reply::new(StatusCode::ACCEPTED, None)
             .header(HeaderName::from_static("x-progress"), &progress)
@@ -60,13 +76,24 @@ pub(super) async fn export_status(
 }
 
 /// `DELETE` of an export's status URL: the job cancelled, its files removed.
-pub(super) async fn export_delete(state: &AppState, job: &str) -> FhirResult<Reply> {
+pub(super) async fn export_delete(
+    state: &AppState,
+    req: &FhirRequest,
+    job: &str,
+) -> FhirResult<Reply> {
+    export_owned(state, req, job).await?;
     service::export::delete(&state.pool, job).await?;
     Ok(Reply::new(StatusCode::ACCEPTED, None))
 }
 
 /// One NDJSON file of an export.
-pub(super) async fn export_file(state: &AppState, job: &str, n: &str) -> FhirResult<Reply> {
+pub(super) async fn export_file(
+    state: &AppState,
+    req: &FhirRequest,
+    job: &str,
+    n: &str,
+) -> FhirResult<Reply> {
+    export_owned(state, req, job).await?;
     let ndjson = service::export::file(&state.pool, job, n).await?;
     Ok(Reply::raw(
         StatusCode::OK,
@@ -148,7 +175,21 @@ pub(super) async fn export_kick_off(
         Some(q) => format!("{}{path}?{q}", req.base),
         None => format!("{}{path}", req.base),
     };
-    let job = service::export::start(&state.pool, kick, &request).await?;
+    let patients = match &req.narrowing {
+        Narrowing::Search { holder, .. } => Some(match holder {
+            Holder::Patient(patient) => vec![patient.clone()],
+            Holder::Circle(members) => {
+                crate::store::circle_patients(&state.pool.get().await?, members).await?
+            }
+            Holder::Free => return Err(FhirError::Internal("a free holder narrowed".into())),
+        }),
+        _ => None,
+    };
+    let requester = service::export::Requester {
+        owner: req.access.owner(),
+        patients,
+    };
+    let job = service::export::start(&state.pool, kick, &request, requester).await?;
     Ok(Reply::new(StatusCode::ACCEPTED, None).header(
         header::CONTENT_LOCATION,
         &format!("{}/$export-status/{job}", req.base),

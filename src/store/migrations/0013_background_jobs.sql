@@ -25,3 +25,7 @@ CREATE INDEX background_job_pending ON background_job (created_at) WHERE status 
 UPDATE export_job SET status = 'failed', updated_at = now(),
        error = 'the export was interrupted by an upgrade of the server; start it again'
  WHERE status = 'in-progress';
+
+-- Who kicked an export off (the token's client and user): only they read its
+-- status and files when tokens are required.
+ALTER TABLE export_job ADD COLUMN owner jsonb;
