@@ -489,6 +489,23 @@ async fn a_patient_token_sees_the_patients_record_and_nothing_else() {
     }
     let patients = json_of(get_with(&s, "Patient", &app).await, 200).await;
     assert_eq!(ids(&patients), ["pt-1"]);
+    // Her export, at the system level too, is her record.
+    let (_, manifest) = export_with(&s, &app, "$export").await;
+    let exported = exported_ids(&s, &app, &manifest).await;
+    for mine in [
+        "Encounter/pt-1-stay",
+        "Observation/pt-1-laboratory",
+        "Observation/pt-1-vital-signs",
+        "Patient/pt-1",
+    ] {
+        assert!(exported.iter().any(|e| e == mine), "{mine} in {exported:?}");
+    }
+    assert!(
+        !exported
+            .iter()
+            .any(|e| e.contains("pt-2") || e.contains("pt-dr")),
+        "{exported:?}"
+    );
     // Directory data is not the patient's record.
     let practitioners = json_of(get_with(&s, "Practitioner", &app).await, 200).await;
     assert_eq!(ids(&practitioners), ["pt-dr"]);
