@@ -279,6 +279,68 @@ enum Command {
         #[command(flatten)]
         db: DatabaseArgs,
     },
+    /// Validate resource files (JSON, or XML by their `.xml` extension) offline,
+    /// as `$validate` does; exits non-zero when one has errors.
+    Validate {
+        /// A profile to check them against, besides those they claim.
+        #[arg(long)]
+        profile: Option<String>,
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+}
+
+/// `passerelle validate`: each file's verdict on stdout, errors first.
+fn validate_files(paths: &[PathBuf], profile: Option<&str>) -> Result<(), server::StartError> {
+    use passerelle::fhir::{verdict, Format};
+    let mut failed = 0;
+    for path in paths {
+        let body = std::fs::read(path)
+            .map_err(|e| server::StartError::Config(format!("{}: {e}", path.display())))?;
+        let format = match path.extension().and_then(|e| e.to_str()) {
+            Some("xml") => Format::Xml,
+            _ => Format::Json,
+        };
+        let asked = verdict::Asked {
+            body: &body,
+            format,
+            res_type: None,
+            profile,
+        };
+        let verdict = match verdict::validate(&asked) {
+            Ok(verdict) => verdict,
+            Err(e) => {
+                failed += 1;
+                println!("{}: not a resource: {e}", path.display());
+                continue;
+            }
+        };
+        let word = if verdict.errors.is_empty() {
+            "valid"
+        } else {
+            "INVALID"
+        };
+        println!(
+            "{}: {word} ({} errors, {} warnings)",
+            path.display(),
+            verdict.errors.len(),
+            verdict.warnings.len()
+        );
+        for (severity, issues) in [("error", &verdict.errors), ("warning", &verdict.warnings)] {
+            for issue in issues {
+                let at = issue.expression.as_deref().unwrap_or("-");
+                println!("  {severity} {at}: {}", issue.message);
+            }
+        }
+        failed += usize::from(!verdict.errors.is_empty());
+    }
+    match failed {
+        0 => Ok(()),
+        n => Err(server::StartError::Config(format!(
+            "{n} of {} files have errors",
+            paths.len()
+        ))),
+    }
 }
 
 async fn load(
@@ -416,6 +478,7 @@ async fn main() -> ExitCode {
             coordination,
             paths,
         } => load(url, db, &coordination, paths).await,
+        Command::Validate { profile, paths } => validate_files(&paths, profile.as_deref()),
         Command::Reindex { db } => {
             match server::open_database(&db.choice(), PoolSettings::sized(2)).await {
                 Ok(database) => {

@@ -49,6 +49,7 @@ pub(super) fn action(method: &str, route: Option<&Route>) -> (&'static str, Stri
         (_, Route::ExportStatus(_)) => ("R", "$export-status"),
         (_, Route::ExportFile(..)) => ("R", "$export-file"),
         (_, Route::SubscriptionOperation(_, op)) => return ("E", op.clone()),
+        (_, Route::Validate(..)) => ("E", "$validate"),
         _ => ("E", "unknown"),
     };
     (action, subtype.to_owned())

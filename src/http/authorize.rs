@@ -121,6 +121,8 @@ pub fn needs(
             vec![on(EVERY_TYPE, Read), on(EVERY_TYPE, Search)]
         }
         Route::SubscriptionOperation(..) => vec![on("Subscription", Read)],
+        // Checks what the client sends; reads nothing stored.
+        Route::Validate(t, _) => vec![on(t, Read)],
     }
 }
 
@@ -331,7 +333,7 @@ pub fn narrowing(
                 query: Vec::new(),
             }),
         },
-        Route::ExportStatus(_) | Route::ExportFile(..) => Ok(Narrowing::None),
+        Route::ExportStatus(_) | Route::ExportFile(..) | Route::Validate(..) => Ok(Narrowing::None),
         _ => {
             for (t, interaction) in needs(method, route, params, table) {
                 if holder(&t, interaction)? != Holder::Free {

@@ -42,6 +42,8 @@ pub enum Route {
     Turnaround,
     /// `[base]/Subscription[/id]/$status|$events|$deliveries`
     SubscriptionOperation(Option<String>, String),
+    /// `[base]/[type]/$validate`, `[base]/[type]/[id]/$validate`
+    Validate(String, Option<String>),
 }
 
 impl Route {
@@ -67,6 +69,8 @@ impl Route {
             Route::Export(Some(_), Some(_)) => "/fhir/Group/{id}/$export",
             Route::ExportStatus(_) => "/fhir/$export-status/{job}",
             Route::ExportFile(..) => "/fhir/$export-file/{job}/{n}",
+            Route::Validate(_, None) => "/fhir/{type}/$validate",
+            Route::Validate(_, Some(_)) => "/fhir/{type}/{id}/$validate",
             Route::SubscriptionOperation(None, _) => "/fhir/Subscription/{operation}",
             Route::SubscriptionOperation(Some(_), _) => "/fhir/Subscription/{id}/{operation}",
         }
@@ -122,6 +126,8 @@ pub fn parse(path: &str) -> FhirResult<Route> {
                 (*op).to_owned(),
             ))
         }
+        [t, "$validate"] => Ok(Route::Validate(resource_type(t)?, None)),
+        [t, id, "$validate"] => Ok(Route::Validate(resource_type(t)?, Some(resource_id(id)?))),
         [t, id] if id.starts_with('$') => {
             resource_type(t)?;
             Err(FhirError::NotFound(format!(

@@ -88,7 +88,11 @@ pub fn capability_statement(
             if !profiles.is_empty() {
                 resource["supportedProfile"] = json!(profiles);
             }
-            let mut operations = Vec::new();
+            let mut operations = vec![json!({
+                "name": "validate",
+                "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate",
+                "documentation": "Checks a resource against the base R4 definitions, as a write would; profiles are not checked yet (a warning says so).",
+            })];
             if matches!(rt, "Patient" | "Encounter") {
                 operations.push(json!({
                     "name": "everything",
@@ -115,12 +119,10 @@ pub fn capability_statement(
                     "definition": format!("{BULK_DATA}/OperationDefinition/{}-export", rt.to_lowercase()),
                 }));
             }
-            if !operations.is_empty() {
-                resource["operation"] = Value::Array(operations);
-            }
             if rt == "Subscription" {
-                resource["operation"] = subscription_operations();
+                operations.extend(subscription_operations());
             }
+            resource["operation"] = Value::Array(operations);
             resource
         })
         .collect();
@@ -213,14 +215,14 @@ pub fn smart_configuration(smart: &SmartSettings) -> Value {
 const BULK_DATA: &str = "http://hl7.org/fhir/uv/bulkdata";
 const BACKPORT: &str = "http://hl7.org/fhir/uv/subscriptions-backport";
 
-fn subscription_operations() -> Value {
-    json!([
-        {"name": "status", "definition": format!("{BACKPORT}/OperationDefinition/backport-subscription-status")},
-        {"name": "events", "definition": format!("{BACKPORT}/OperationDefinition/backport-subscription-events")},
-        {"name": "get-ws-binding-token", "definition": format!("{BACKPORT}/OperationDefinition/backport-subscription-get-ws-binding-token")},
-        {"name": "deliveries", "definition": "https://passerelle.example.fr/fhir/OperationDefinition/subscription-deliveries",
-         "documentation": "Each event with its delivery status, attempts and last error"},
-    ])
+fn subscription_operations() -> Vec<Value> {
+    vec![
+        json!({"name": "status", "definition": format!("{BACKPORT}/OperationDefinition/backport-subscription-status")}),
+        json!({"name": "events", "definition": format!("{BACKPORT}/OperationDefinition/backport-subscription-events")}),
+        json!({"name": "get-ws-binding-token", "definition": format!("{BACKPORT}/OperationDefinition/backport-subscription-get-ws-binding-token")}),
+        json!({"name": "deliveries", "definition": "https://passerelle.example.fr/fhir/OperationDefinition/subscription-deliveries",
+         "documentation": "Each event with its delivery status, attempts and last error"}),
+    ]
 }
 
 fn topic_extensions(topics: &[Topic]) -> Value {

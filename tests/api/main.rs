@@ -31,3 +31,4 @@ mod search;
 mod stays;
 mod subscriptions;
 mod support;
+mod validate;

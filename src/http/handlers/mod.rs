@@ -23,7 +23,7 @@ mod writes;
 
 use operations::{
     export_delete, export_file, export_kick_off, export_status, metadata, smart_configuration,
-    subscription_operation, turnaround, ws_binding_token,
+    subscription_operation, turnaround, validate, ws_binding_token,
 };
 use reads::{history, read, vread};
 use searches::{care_circle, compartment_search, everything, form_search, search, system_search};
@@ -197,6 +197,7 @@ pub async fn handle(state: &AppState, mut req: FhirRequest) -> FhirResult<Reply>
         (&Method::GET, Route::InstanceHistory(t, id)) => {
             history(state, &req, Some(t), Some(id)).await
         }
+        (&Method::POST, Route::Validate(t, _)) => validate(&req, t),
         (&Method::GET, Route::Export(t, id)) => export_kick_off(state, &req, t, id).await,
         (&Method::GET, Route::ExportStatus(job)) => export_status(state, &req, job).await,
         (&Method::DELETE, Route::ExportStatus(job)) => export_delete(state, &req, job).await,
