@@ -49,6 +49,16 @@ pub struct Definitions {
     elements: HashMap<String, ElementDef>,
     /// Required child elements by parent definition path.
     required: HashMap<String, Vec<Required>>,
+    /// The codes a `code` element may take, by definition path, where R4 binds
+    /// it with strength `required` to a ValueSet that expands completely.
+    bindings: HashMap<String, Binding>,
+}
+
+/// A required binding of a `code` element.
+#[derive(Debug)]
+pub struct Binding {
+    pub value_set: String,
+    pub codes: std::collections::BTreeSet<String>,
 }
 
 pub static R4: LazyLock<Definitions> = LazyLock::new(|| Definitions::parse(TABLE));
@@ -71,6 +81,11 @@ fn xsd_classes(regex: &str) -> String {
 }
 
 impl Definitions {
+    /// The required binding of the `code` element at `path`, if R4 has one.
+    pub fn binding(&self, path: &str) -> Option<&Binding> {
+        self.bindings.get(path)
+    }
+
     fn parse(table: &str) -> Self {
         let mut defs = Definitions::default();
         for line in table.lines().filter(|l| !l.starts_with('#')) {
@@ -96,6 +111,13 @@ impl Definitions {
                 }
                 ["E", path, min, max, types, content_ref, summary] => {
                     defs.add_element(path, min, max, types, content_ref, *summary == "1");
+                }
+                ["B", path, value_set, codes] => {
+                    let binding = Binding {
+                        value_set: (*value_set).to_owned(),
+                        codes: codes.split(' ').map(str::to_owned).collect(),
+                    };
+                    defs.bindings.insert((*path).to_owned(), binding);
                 }
                 _ => {}
             }

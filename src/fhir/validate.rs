@@ -1,7 +1,8 @@
 //! Structural validation of R4 JSON against the base definitions: unknown elements,
 //! JSON kinds, cardinality, required elements and primitive formats (the regexes of
 //! the R4 datatypes, plus calendar checks that a regex cannot do). It names the path
-//! of every problem, which fhirbolt's parser does not. Profiles, bindings and
+//! of every problem, which fhirbolt's parser does not; and the codes of `code`
+//! elements that R4 binds with strength `required`. Profiles, other bindings and
 //! invariants are the profile validator's job, not this one's.
 
 use serde_json::{Map, Value};
@@ -225,11 +226,39 @@ impl Walker<'_> {
                 self.complex(value, &own_path, path, depth);
             }
             "xhtml" => self.xhtml(value, path),
+            "code" => {
+                self.primitive("code", value, path);
+                self.bound_code(&format!("{def_path}.{key}"), value, path);
+            }
             name => match self.defs.type_def(name).map(|t| t.kind) {
                 Some(TypeKind::Primitive) => self.primitive(name, value, path),
                 Some(_) => self.complex(value, name, path, depth),
                 None => {}
             },
+        }
+    }
+
+    /// A `code` R4 binds to a ValueSet with strength `required` must be one of
+    /// its codes.
+    fn bound_code(&mut self, def_path: &str, value: &Value, path: &str) {
+        let (Some(binding), Some(code)) = (self.defs.binding(def_path), value.as_str()) else {
+            return;
+        };
+        if !binding.codes.contains(code) {
+            let mut allowed: Vec<&str> =
+                binding.codes.iter().map(String::as_str).take(12).collect();
+            if binding.codes.len() > allowed.len() {
+                allowed.push("…");
+            }
+            self.push(
+                "code-invalid",
+                format!(
+                    "'{code}' is not a code of the required value set {} ({})",
+                    binding.value_set,
+                    allowed.join(", ")
+                ),
+                path,
+            );
         }
     }
 
@@ -363,6 +392,32 @@ mod tests {
                 .map(|i| format!("{}: {}", i.expression.unwrap_or_default(), i.message))
                 .collect(),
         }
+    }
+
+    #[test]
+    fn codes_of_required_bindings_are_checked() {
+        let p = json!({"resourceType":"Patient","gender":"femme",
+            "address":[{"use":"home"}],
+            "contact":[{"gender":"female","telecom":[{"system":"fax","use":"bureau","value":"x"}]}]});
+        let found = problems(p);
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(found[0].starts_with("Patient.gender: 'femme' is not a code of the required value set http://hl7.org/fhir/ValueSet/administrative-gender (female, male, other, unknown)"), "{found:?}");
+        assert!(
+            found[1].starts_with("Patient.contact[0].telecom[0].use: 'bureau'"),
+            "{found:?}"
+        );
+        // A code of a backbone element reached through a contentReference.
+        let q = json!({"resourceType":"Questionnaire","status":"draft",
+            "item":[{"linkId":"1","type":"group","item":[{"linkId":"1.1","type":"texte"}]}]});
+        let found = problems(q);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].starts_with("Questionnaire.item[0].item[0].type: 'texte'"),
+            "{found:?}"
+        );
+        // Bindings of other strengths (a preferred one here) are not checked.
+        let ok = json!({"resourceType":"Patient","language":"fr-FR","gender":"other"});
+        assert_eq!(problems(ok), Vec::<String>::new());
     }
 
     #[test]

@@ -37,7 +37,7 @@ async fn validate_tells_what_a_write_would_refuse_and_writes_nothing() {
     assert_eq!(severities(&outcome), ["information"]);
 
     let broken = json!({"resourceType": "Patient", "birthDate": "1950-02-30",
-        "gender": ["female"]});
+        "gender": "femme"});
     let outcome = json_of(
         validate(&s, "Patient/p-1/$validate", &broken.to_string()).await,
         200,
@@ -51,6 +51,7 @@ async fn validate_tells_what_a_write_would_refuse_and_writes_nothing() {
         .filter_map(|i| i["expression"][0].as_str())
         .collect();
     assert!(paths.contains(&"Patient.birthDate"), "{paths:?}");
+    assert!(paths.contains(&"Patient.gender"), "{paths:?}");
     // The same resource as a create: refused for the same reason.
     let refused = s.post_json("Patient", &broken).await;
     assert_eq!(refused.status(), 400);
