@@ -289,7 +289,9 @@ pub enum Status {
     Failed(String),
 }
 
-pub async fn status(pool: &Pool, base: &str, job_id: &str) -> FhirResult<Status> {
+/// Where a job stands; `tokens` when the server requires them (the manifest
+/// says its files do).
+pub async fn status(pool: &Pool, base: &str, job_id: &str, tokens: bool) -> FhirResult<Status> {
     let client = pool.get().await?;
     let job = export::job(&client, job_id)
         .await?
@@ -304,7 +306,7 @@ pub async fn status(pool: &Pool, base: &str, job_id: &str) -> FhirResult<Status>
             Status::Completed(json!({
                 "transactionTime": job.transaction_time.map(format_instant),
                 "request": job.request,
-                "requiresAccessToken": false,
+                "requiresAccessToken": tokens,
                 "output": output,
                 "error": [],
             }))

@@ -186,7 +186,14 @@ async fn export_with(s: &TestServer, token: &str, path: &str) -> (String, Value)
         let status = get_with(s, &status_path, token).await;
         match status.status().as_u16() {
             202 => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
-            200 => return (status_path, status.json().await.expect("manifest")),
+            200 => {
+                let manifest: Value = status.json().await.expect("manifest");
+                assert_eq!(
+                    manifest["requiresAccessToken"], true,
+                    "files need the token"
+                );
+                return (status_path, manifest);
+            }
             other => panic!("export status {other}"),
         }
     }

@@ -59,7 +59,8 @@ pub(super) async fn export_status(
     job: &str,
 ) -> FhirResult<Reply> {
     export_owned(state, req, job).await?;
-    match service::export::status(&state.pool, &req.base, job).await? {
+    let tokens = state.guard.smart().is_some();
+    match service::export::status(&state.pool, &req.base, job, tokens).await? {
         service::export::Status::InProgress(progress) => Ok(Reply::new(StatusCode::ACCEPTED, None)
             .header(HeaderName::from_static("x-progress"), &progress)
             .header(header::RETRY_AFTER, "1")),
