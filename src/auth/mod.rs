@@ -406,6 +406,11 @@ mod tests {
         assert!(owns(&gp, Some(&written)));
         let colleague = owner("user/*.cruds", Some("Practitioner/gp2"), None);
         assert!(!owns(&colleague, Some(&written)));
+        // One app, two patients' launches, no fhirUser: not each other's.
+        let app = owner("patient/*.rs", None, Some("p1"));
+        let other_launch = owner("patient/*.rs", None, Some("p2"));
+        assert!(owns(&app, app.owner().as_ref()));
+        assert!(!owns(&other_launch, app.owner().as_ref()));
         assert!(
             !owns(&gp, None),
             "the server's own subscriptions are nobody's"
@@ -633,14 +638,18 @@ pub fn sees_every_subscription(access: &Access) -> bool {
     )
 }
 
-/// Whether the client wrote the subscription whose stored owner is `owner` (the
-/// same client, for the same user).
+/// Whether the client wrote what is stored with `owner` (a Subscription, an
+/// export): the same client, for the same user (`sub` and `fhirUser`) and the
+/// same patient in context.
 pub fn owns(access: &Access, owner: Option<&serde_json::Value>) -> bool {
     let (Access::Token(principal), Some(owner)) = (access, owner) else {
         return false;
     };
     let field = |name: &str| owner[name].as_str().map(str::to_owned);
-    field("client") == principal.client && field("fhir_user") == principal.fhir_user
+    field("client") == principal.client
+        && field("subject") == principal.subject
+        && field("fhir_user") == principal.fhir_user
+        && field("patient") == principal.patient
 }
 
 /// Whose resources of `res_type` a subscription's owner (its stored `Principal`)

@@ -83,15 +83,15 @@ impl Origin {
     /// What the proxy says the client saw. `Forwarded` comes first; each value is
     /// checked, and one that is not a scheme, an authority or a path is ignored.
     fn apply_forwarded(&mut self, headers: &HeaderMap) {
-        let forwarded = header_str(headers, "forwarded").map(first_forwarded_element);
+        let forwarded = header_str(headers, "forwarded").map(last_forwarded_element);
         let proto = forwarded
             .as_ref()
             .and_then(|f| f.proto.clone())
-            .or_else(|| first_value(headers, "x-forwarded-proto"));
+            .or_else(|| last_value(headers, "x-forwarded-proto"));
         let host = forwarded
             .as_ref()
             .and_then(|f| f.host.clone())
-            .or_else(|| first_value(headers, "x-forwarded-host"));
+            .or_else(|| last_value(headers, "x-forwarded-host"));
         match proto.as_deref().map(str::to_ascii_lowercase).as_deref() {
             Some("https") => self.scheme = "https",
             Some("http") => self.scheme = "http",
@@ -100,7 +100,7 @@ impl Origin {
         if let Some(host) = host.filter(|h| is_authority(h)) {
             self.host = host;
         }
-        if let Some(prefix) = first_value(headers, "x-forwarded-prefix").filter(|p| is_prefix(p)) {
+        if let Some(prefix) = last_value(headers, "x-forwarded-prefix").filter(|p| is_prefix(p)) {
             self.prefix = prefix.trim_end_matches('/').to_owned();
         }
     }
@@ -110,10 +110,10 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// The first of a comma-separated header's values (the one the proxy nearest the
-/// client set).
-fn first_value(headers: &HeaderMap, name: &str) -> Option<String> {
-    let value = header_str(headers, name)?.split(',').next()?.trim();
+/// The last of a comma-separated header's values: the one the trusted peer set
+/// (a proxy that appends leaves the client's own values before it).
+fn last_value(headers: &HeaderMap, name: &str) -> Option<String> {
+    let value = header_str(headers, name)?.rsplit(',').next()?.trim();
     (!value.is_empty()).then(|| value.to_owned())
 }
 
@@ -123,11 +123,12 @@ struct ForwardedElement {
     host: Option<String>,
 }
 
-/// `proto` and `host` of the first element of a `Forwarded` header.
-fn first_forwarded_element(value: &str) -> ForwardedElement {
+/// `proto` and `host` of the last element of a `Forwarded` header (the trusted
+/// peer's; RFC 7239 proxies append theirs).
+fn last_forwarded_element(value: &str) -> ForwardedElement {
     let mut element = ForwardedElement::default();
-    let first = value.split(',').next().unwrap_or("");
-    for pair in first.split(';') {
+    let last = value.rsplit(',').next().unwrap_or("");
+    for pair in last.split(';') {
         let Some((key, raw)) = pair.split_once('=') else {
             continue;
         };
@@ -225,7 +226,7 @@ mod tests {
             ("host", "backend:8080"),
             (
                 "forwarded",
-                "for=192.0.2.60;proto=https;host=\"dac.example.fr:8443\", for=10.0.0.1",
+                "for=192.0.2.60;host=evil.example, for=10.0.0.1;proto=https;host=\"dac.example.fr:8443\"",
             ),
             ("x-forwarded-host", "other.example.fr"),
         ]);

@@ -194,9 +194,17 @@ pub(super) async fn run_job(
     job: &crate::store::jobs::LeasedJob,
 ) -> FhirResult<super::jobs::Ended> {
     let selection = selection_of(&job.spec)?;
-    if job.attempts > 1 {
-        export::clear_files(&pool.get().await?, &job.job_id).await?;
+    let client = pool.get().await?;
+    // Finished, failed or cancelled already (its end recorded, the job's not):
+    // nothing to do, nothing to undo.
+    match export::job(&client, &job.job_id).await? {
+        Some(export) if export.status == "in-progress" => {}
+        _ => return Ok(super::jobs::Ended::Done),
     }
+    if job.attempts > 1 {
+        export::clear_files(&client, &job.job_id).await?;
+    }
+    drop(client);
     let ended = run(pool, lease, &selection).await?;
     if let super::jobs::Ended::Done = ended {
         export::finish(&pool.get().await?, &job.job_id, None).await?;
@@ -260,7 +268,7 @@ async fn run(
             .await?;
             if !written {
                 // Still holding the job: it was cancelled, nothing is left to do.
-                return Ok(match lease.renew(pool, None).await? {
+                return Ok(match lease.renew(&writer, None).await? {
                     true => Ended::Done,
                     false => Ended::Stopped,
                 });
@@ -270,7 +278,7 @@ async fn run(
         if !export::progress(&writer, job_id, &format!("{exported} resources"), None).await? {
             return Ok(Ended::Done); // cancelled
         }
-        if !lease.renew(pool, None).await? {
+        if !lease.renew(&writer, None).await? {
             return Ok(Ended::Stopped);
         }
         if (page.len() as i64) < PAGE {

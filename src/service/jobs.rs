@@ -50,11 +50,15 @@ pub struct Lease<'a> {
 }
 
 impl Lease<'_> {
-    /// Renews the lease (recording where the job stands); false when it was lost,
-    /// and the job must stop.
-    pub async fn renew(&self, pool: &Pool, checkpoint: Option<&Value>) -> FhirResult<bool> {
-        let client = pool.get().await?;
-        jobs::renew(&client, self.job_id, self.worker, self.secs, checkpoint).await
+    /// Renews the lease through `client`, a connection the job already holds
+    /// (recording where the job stands); false when it was lost, and the job
+    /// must stop.
+    pub async fn renew(
+        &self,
+        client: &impl deadpool_postgres::GenericClient,
+        checkpoint: Option<&Value>,
+    ) -> FhirResult<bool> {
+        jobs::renew(client, self.job_id, self.worker, self.secs, checkpoint).await
     }
 }
 
@@ -138,18 +142,30 @@ async fn run_next(
         ))),
         false => run(pool, rules, &lease, &job).await,
     };
-    let error = match &ended {
+    let error = match ended {
         Ok(Ended::Done) => None,
         Ok(Ended::Stopped) => return Ok(true),
+        // A passing trouble: the job waits for its next taker (attempts bound it).
+        Err(
+            e @ (FhirError::Unavailable(_)
+            | FhirError::Busy(_)
+            | FhirError::CommitUnknown(_)
+            | FhirError::StatementTimeout(_)),
+        ) if job.attempts < MAX_ATTEMPTS => {
+            tracing::warn!(job = %job.job_id, kind = %job.kind, error = %e, "background job interrupted; given back");
+            jobs::give_back(&pool.get().await?, &job.job_id, worker).await?;
+            return Ok(true);
+        }
         Err(e) => Some(e.to_string()),
     };
-    if let Some(e) = &error {
+    let client = pool.get().await?;
+    let held = jobs::finish(&client, &job.job_id, worker, error.as_deref()).await?;
+    if let (true, Some(e)) = (held, &error) {
         tracing::warn!(job = %job.job_id, kind = %job.kind, error = %e, "background job failed");
         if job.kind == "export" {
             super::export::failed(pool, &job.job_id, e).await?;
         }
     }
-    jobs::finish(&pool.get().await?, &job.job_id, worker, error.as_deref()).await?;
     Ok(true)
 }
 

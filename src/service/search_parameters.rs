@@ -97,7 +97,7 @@ pub(super) async fn reindex_job(
     {
         done += n;
         let checkpoint = serde_json::json!({"after": [last.0, last.1]});
-        if !lease.renew(pool, Some(&checkpoint)).await? {
+        if !lease.renew(&pool.get().await?, Some(&checkpoint)).await? {
             return Ok(super::jobs::Ended::Stopped);
         }
         after = Some(last);

@@ -118,6 +118,8 @@ pub async fn clear_files(client: &impl GenericClient, job_id: &str) -> FhirResul
 
 /// The next file of export `job_id`, written only while `worker` holds the
 /// job (a worker that lost it, or a cancelled job, writes nothing); false then.
+/// The job's row is share-locked meanwhile, so a lease cannot change hands
+/// between the check and the write.
 pub async fn add_file(
     client: &impl GenericClient,
     (job_id, worker): (&str, &str),
@@ -131,7 +133,8 @@ pub async fn add_file(
             "INSERT INTO export_file (job_id, file_no, res_type, count, ndjson)
              SELECT $1, $2, $3, $4, $5
               WHERE EXISTS (SELECT 1 FROM export_job WHERE job_id = $1)
-                AND EXISTS (SELECT 1 FROM background_job WHERE job_id = $1 AND leased_by = $6)",
+                AND EXISTS (SELECT 1 FROM background_job
+                             WHERE job_id = $1 AND leased_by = $6 FOR SHARE)",
             &[&job_id, &file_no, &res_type, &count, &ndjson, &worker],
         )
         .await?
@@ -150,7 +153,8 @@ pub async fn finish(
     };
     client
         .execute(
-            "UPDATE export_job SET status = $2, error = $3, updated_at = now() WHERE job_id = $1",
+            "UPDATE export_job SET status = $2, error = $3, updated_at = now()
+              WHERE job_id = $1 AND status = 'in-progress'",
             &[&job_id, &status, &error],
         )
         .await?;

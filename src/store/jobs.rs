@@ -87,21 +87,34 @@ pub async fn renew(
         == 1)
 }
 
-/// Ends a job the worker holds: done, or failed with the reason.
+/// Ends a job the worker holds: done, or failed with the reason; false when it
+/// no longer held it.
 pub async fn finish(
     client: &impl GenericClient,
     job_id: &str,
     worker: &str,
     error: Option<&str>,
-) -> FhirResult<()> {
+) -> FhirResult<bool> {
     let status = if error.is_some() { "failed" } else { "done" };
-    client
+    Ok(client
         .execute(
             "UPDATE background_job
                 SET status = $3, error = $4, leased_by = NULL, leased_until = NULL,
                     updated_at = now()
               WHERE job_id = $1 AND leased_by = $2",
             &[&job_id, &worker, &status, &error],
+        )
+        .await?
+        == 1)
+}
+
+/// Gives one job back, pending, to be taken up again (after a passing trouble).
+pub async fn give_back(client: &impl GenericClient, job_id: &str, worker: &str) -> FhirResult<()> {
+    client
+        .execute(
+            "UPDATE background_job SET leased_by = NULL, leased_until = NULL, updated_at = now()
+              WHERE job_id = $1 AND leased_by = $2",
+            &[&job_id, &worker],
         )
         .await?;
     Ok(())
