@@ -141,19 +141,7 @@ async fn patched(
         }],
     )
     .await?;
-    let current = store::read_latest(tx, res_type, &res_id)
-        .await?
-        .ok_or_else(|| FhirError::NotFound(format!("{res_type}/{res_id} is not known")))?;
-    let json = current
-        .json
-        .ok_or_else(|| FhirError::Gone(format!("{res_type}/{res_id} was deleted")))?;
-    let resource: Value =
-        serde_json::from_str(&json).map_err(|e| FhirError::Internal(e.to_string()))?;
-    let result = if fhir::fhirpath_patch::is_fhirpath_patch(document) {
-        fhir::fhirpath_patch::apply(&resource, document)?
-    } else {
-        fhir::patch::apply(&resource, document)?
-    };
+    let (_, result) = patched_current(tx, res_type, &res_id, document).await?;
     if fhir::resource_type(&result) != res_type
         || fhir::resource_id(&result) != Some(res_id.as_str())
     {
@@ -168,6 +156,30 @@ async fn patched(
         other => other,
     })?;
     Ok((res_id, result))
+}
+
+/// The current version of `res_type/res_id` and the result of `document` (a
+/// JSON Patch or a FHIRPath Patch `Parameters`) applied to it, unchecked.
+pub async fn patched_current(
+    client: &impl deadpool_postgres::GenericClient,
+    res_type: &str,
+    res_id: &str,
+    document: &Value,
+) -> FhirResult<(i64, Value)> {
+    let current = store::read_latest(client, res_type, res_id)
+        .await?
+        .ok_or_else(|| FhirError::NotFound(format!("{res_type}/{res_id} is not known")))?;
+    let json = current
+        .json
+        .ok_or_else(|| FhirError::Gone(format!("{res_type}/{res_id} was deleted")))?;
+    let resource: Value =
+        serde_json::from_str(&json).map_err(|e| FhirError::Internal(e.to_string()))?;
+    let result = if fhir::fhirpath_patch::is_fhirpath_patch(document) {
+        fhir::fhirpath_patch::apply(&resource, document)?
+    } else {
+        fhir::patch::apply(&resource, document)?
+    };
+    Ok((current.version_id, result))
 }
 
 /// Runs one write interaction in its own transaction: its conditions resolved

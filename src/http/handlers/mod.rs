@@ -361,19 +361,8 @@ async fn held_patch(
     id: &str,
 ) -> FhirResult<i64> {
     let document = writes::patch_document(req)?;
-    let current = crate::store::read_latest(&state.pool.get().await?, res_type, id)
-        .await?
-        .ok_or_else(|| FhirError::NotFound(format!("{res_type}/{id} is not known")))?;
-    let json = current
-        .json
-        .as_deref()
-        .ok_or_else(|| FhirError::Gone(format!("{res_type}/{id} was deleted")))?;
-    let resource: serde_json::Value =
-        serde_json::from_str(json).map_err(|e| FhirError::Internal(e.to_string()))?;
-    let result = match fhir::fhirpath_patch::is_fhirpath_patch(&document) {
-        true => fhir::fhirpath_patch::apply(&resource, &document)?,
-        false => fhir::patch::apply(&resource, &document)?,
-    };
+    let (version, result) =
+        crate::service::patched_current(&state.pool.get().await?, res_type, id, &document).await?;
     let refusal =
         "this patch makes the resource about a patient whose record the token does not reach";
     require_reached(
@@ -385,7 +374,7 @@ async fn held_patch(
         refusal,
     )
     .await?;
-    Ok(current.version_id)
+    Ok(version)
 }
 
 /// A create or update by a client held to a patient's record or a care circle:
