@@ -13,6 +13,7 @@ pub mod http;
 pub mod limits;
 pub mod load;
 pub mod metrics;
+pub mod profile;
 pub mod search;
 pub mod server;
 pub mod service;

@@ -35,13 +35,17 @@ struct CoordinationArgs {
     /// it is escalated to the stay's service provider (e.g. 48h, 30m, 3s).
     #[arg(long, env = "PASSERELLE_ACK_ESCALATION_AFTER", default_value = "48h", value_parser = server::parse_duration)]
     ack_escalation_after: Duration,
+    #[command(flatten)]
+    profiles: ProfileArgs,
 }
 
 impl CoordinationArgs {
     /// Puts these settings in force in `rules`.
-    fn apply(&self, rules: &mut passerelle::service::Rules) {
+    fn apply(&self, rules: &mut passerelle::service::Rules) -> Result<(), server::StartError> {
         rules.stays = self.stays();
         rules.acks.escalate_after = self.ack_escalation_after;
+        rules.profiles = std::sync::Arc::new(self.profiles.rules()?);
+        Ok(())
     }
 
     fn stays(&self) -> passerelle::coordination::StayRules {
@@ -53,6 +57,63 @@ impl CoordinationArgs {
                 .filter(|c| !c.is_empty())
                 .collect(),
         }
+    }
+}
+
+/// Profile validation: the definitions known and what writes must meet.
+#[derive(Args, Clone)]
+struct ProfileArgs {
+    /// FHIR packages (.tgz), package folders or JSON files (resources or
+    /// Bundles) whose StructureDefinitions, ValueSets and CodeSystems the
+    /// validator knows, besides the project's own profiles (comma-separated).
+    #[arg(long = "package", env = "PASSERELLE_PACKAGES", value_delimiter = ',')]
+    packages: Vec<PathBuf>,
+    /// Profiles every resource of a type is checked against on write, claimed
+    /// or not: `Patient=url1 url2;Encounter=url3`.
+    #[arg(long, env = "PASSERELLE_REQUIRED_PROFILES")]
+    required_profiles: Option<String>,
+    /// A claimed profile the server does not know: `warning` (the default) or
+    /// `error` (the write is refused with 422).
+    #[arg(long, env = "PASSERELLE_UNKNOWN_PROFILES", default_value = "warning")]
+    unknown_profiles: String,
+}
+
+impl ProfileArgs {
+    fn rules(&self) -> Result<passerelle::profile::ProfileRules, server::StartError> {
+        let mut loaded = Vec::new();
+        for path in &self.packages {
+            loaded.extend(
+                passerelle::profile::package::read(path).map_err(server::StartError::Config)?,
+            );
+        }
+        let unknown_is_error = match self.unknown_profiles.as_str() {
+            "warning" => false,
+            "error" => true,
+            other => {
+                return Err(server::StartError::Config(format!(
+                    "PASSERELLE_UNKNOWN_PROFILES is 'warning' or 'error', not '{other}'"
+                )))
+            }
+        };
+        let required =
+            passerelle::profile::parse_required(self.required_profiles.as_deref().unwrap_or(""))
+                .map_err(server::StartError::Config)?;
+        let rules = passerelle::profile::ProfileRules {
+            conformance: passerelle::profile::Conformance::new(loaded),
+            unknown_is_error,
+            required,
+        };
+        for urls in rules.required.values() {
+            if let Some(url) = urls
+                .iter()
+                .find(|u| rules.conformance.structure(u).is_none())
+            {
+                return Err(server::StartError::Config(format!(
+                    "PASSERELLE_REQUIRED_PROFILES names {url}, which no package given defines"
+                )));
+            }
+        }
+        Ok(rules)
     }
 }
 
@@ -285,14 +346,22 @@ enum Command {
         /// A profile to check them against, besides those they claim.
         #[arg(long)]
         profile: Option<String>,
+        #[command(flatten)]
+        profiles: ProfileArgs,
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
 }
 
 /// `passerelle validate`: each file's verdict on stdout, errors first.
-fn validate_files(paths: &[PathBuf], profile: Option<&str>) -> Result<(), server::StartError> {
-    use passerelle::fhir::{verdict, Format};
+fn validate_files(
+    paths: &[PathBuf],
+    profile: Option<&str>,
+    profiles: &ProfileArgs,
+) -> Result<(), server::StartError> {
+    use passerelle::fhir::Format;
+    use passerelle::profile::verdict;
+    let rules = profiles.rules()?;
     let mut failed = 0;
     for path in paths {
         let body = std::fs::read(path)
@@ -307,7 +376,7 @@ fn validate_files(paths: &[PathBuf], profile: Option<&str>) -> Result<(), server
             res_type: None,
             profile,
         };
-        let verdict = match verdict::validate(&asked) {
+        let verdict = match verdict::validate(&asked, &rules) {
             Ok(verdict) => verdict,
             Err(e) => {
                 failed += 1;
@@ -361,7 +430,7 @@ async fn load(
         None => {
             let database = server::open_database(&db.choice(), PoolSettings::sized(4)).await?;
             let mut rules = passerelle::service::Rules::default();
-            coordination.apply(&mut rules);
+            coordination.apply(&mut rules)?;
             passerelle::service::load_search_parameters(&database.pool, &rules.catalog)
                 .await
                 .map_err(to_err)?;
@@ -415,7 +484,8 @@ async fn main() -> ExitCode {
             coordination,
             auth,
             audit,
-        } => match subscriptions.rules().and_then(|r| {
+        } => match subscriptions.rules().and_then(|mut r| {
+            coordination.apply(&mut r)?;
             let auth = auth.setting()?;
             server::check_auth(&auth, listen)?;
             if !audit {
@@ -425,8 +495,7 @@ async fn main() -> ExitCode {
             }
             Ok((r, auth))
         }) {
-            Ok((mut rules, auth)) => {
-                coordination.apply(&mut rules);
+            Ok((rules, auth)) => {
                 let limits = server::RequestLimits {
                     header_read_timeout,
                     body_read_timeout,
@@ -478,7 +547,11 @@ async fn main() -> ExitCode {
             coordination,
             paths,
         } => load(url, db, &coordination, paths).await,
-        Command::Validate { profile, paths } => validate_files(&paths, profile.as_deref()),
+        Command::Validate {
+            profile,
+            profiles,
+            paths,
+        } => validate_files(&paths, profile.as_deref(), &profiles),
         Command::Reindex { db } => {
             match server::open_database(&db.choice(), PoolSettings::sized(2)).await {
                 Ok(database) => {

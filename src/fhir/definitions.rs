@@ -86,6 +86,15 @@ impl Definitions {
         self.bindings.get(path)
     }
 
+    /// The codes of an R4 ValueSet that binds some `code` element with strength
+    /// `required` (by its URL, without version).
+    pub fn value_set_codes(&self, url: &str) -> Option<&std::collections::BTreeSet<String>> {
+        self.bindings
+            .values()
+            .find(|b| b.value_set.split('|').next() == Some(url))
+            .map(|b| &b.codes)
+    }
+
     fn parse(table: &str) -> Self {
         let mut defs = Definitions::default();
         for line in table.lines().filter(|l| !l.starts_with('#')) {

@@ -12,7 +12,6 @@ pub mod query;
 pub mod render;
 pub mod subset;
 pub mod validate;
-pub mod verdict;
 pub mod xml;
 
 use chrono::{DateTime, Utc};

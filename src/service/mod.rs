@@ -52,6 +52,8 @@ pub struct Rules {
     /// When an unacknowledged notification request is escalated.
     pub acks: crate::coordination::acknowledgement::AckRules,
     pub catalog: Arc<Catalog>,
+    /// The profiles writes are checked against and what is known of them.
+    pub profiles: Arc<crate::profile::ProfileRules>,
 }
 
 /// The definitions in force on one server: the search parameters (replaced whole

@@ -205,7 +205,7 @@ pub async fn apply_all(
     changes: Vec<Change>,
     facts: &mut Vec<notify::Fact>,
 ) -> Result<Vec<Written>, Failed> {
-    let (written, mut derived) = apply_round(tx, rules, now, changes, facts).await?;
+    let (written, mut derived) = apply_round(tx, rules, now, changes, false, facts).await?;
     // What the server derives is written in the same transaction, each derived
     // change answering for the change it came from. The longest chain today: a
     // stay admitted on a referral completes its Task, which completes the request,
@@ -215,7 +215,7 @@ pub async fn apply_all(
             break;
         }
         let (origins, changes): (Vec<usize>, Vec<Change>) = derived.into_iter().unzip();
-        let (_, next) = apply_round(tx, rules, now, changes, facts)
+        let (_, next) = apply_round(tx, rules, now, changes, true, facts)
             .await
             .map_err(|f| Failed {
                 position: f.position.map(|p| origins[p]),
@@ -234,13 +234,14 @@ pub async fn apply_all(
 /// Rounds of derived writes after the changes asked for.
 const MAX_DERIVATION_ROUNDS: usize = 4;
 
-/// Writes `changes` and returns what they derive, each with the position of the
-/// change it comes from.
+/// Writes `changes` (`derived`: the server's own) and returns what they derive,
+/// each with the position of the change it comes from.
 async fn apply_round(
     tx: &Transaction<'_>,
     rules: &super::Rules,
     now: DateTime<Utc>,
     changes: Vec<Change>,
+    derived: bool,
     facts: &mut Vec<notify::Fact>,
 ) -> Result<(Vec<Written>, Vec<(usize, Change)>), Failed> {
     // Callers give each resource once (a transaction refuses an entry that changes
@@ -272,7 +273,7 @@ async fn apply_round(
         let current = currents
             .get(&(change.res_type.clone(), change.res_id.clone()))
             .copied();
-        let step = decide(rules, now, &mut change, current).map_err(at(position))?;
+        let step = decide(rules, now, &mut change, current, derived).map_err(at(position))?;
         if let (Step::Write(next, resource), Some(cur)) = (&step, current) {
             // A delete's previous version matters only to the coordination rules.
             let compared = resource.is_some()
@@ -535,6 +536,7 @@ fn decide(
     now: DateTime<Utc>,
     change: &mut Change,
     current: Option<store::Current>,
+    derived: bool,
 ) -> FhirResult<Step> {
     let (res_type, res_id) = (&change.res_type, &change.res_id);
     if let Some(expected) = change.if_match {
@@ -592,6 +594,14 @@ fn decide(
             )?;
         }
         (Some(_), _) => {}
+    }
+    if let Some(resource) = change.resource.as_ref() {
+        // Profiles it claims or its type requires (a Subscription's secret was
+        // taken out above, as it is never stored in the resource).
+        rules
+            .profiles
+            .check_write(resource, derived)
+            .map_err(FhirError::Unprocessable)?;
     }
     let next = NextVersion {
         version_id: current.map_or(1, |c| c.version_id + 1),

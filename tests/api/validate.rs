@@ -138,3 +138,167 @@ fn the_validate_command_fails_on_a_file_with_errors() {
     assert!(stdout.contains("Patient.birthDate"), "{stdout}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A server that knows FR Core (from `../shared`), with `configure` applied.
+async fn fr_core_server(
+    configure: impl FnOnce(&mut passerelle::profile::ProfileRules),
+) -> Option<(TestServer, std::path::PathBuf)> {
+    let dir = crate::support::shared_dir()?.join("ig/fr-core-2.1.0");
+    let loaded = passerelle::profile::package::read(&dir).expect("FR Core package");
+    let mut profiles = passerelle::profile::ProfileRules {
+        conformance: passerelle::profile::Conformance::new(loaded),
+        ..Default::default()
+    };
+    configure(&mut profiles);
+    let mut options = crate::support::test_options();
+    options.rules.profiles = std::sync::Arc::new(profiles);
+    let s = TestServer::start_on(crate::support::fresh_database().await, options).await;
+    Some((s, dir))
+}
+
+fn example(dir: &std::path::Path, name: &str) -> Value {
+    let text = std::fs::read(dir.join("example").join(name)).expect("example");
+    serde_json::from_slice(&text).expect("json")
+}
+
+fn errors_at(outcome: &Value) -> Vec<String> {
+    outcome["issue"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|i| i["severity"] == "error")
+        .map(|i| i["expression"][0].as_str().unwrap_or("-").to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn fr_core_profiles_are_checked_by_validate_and_refuse_writes() {
+    let Some((s, dir)) = fr_core_server(|_| {}).await else {
+        return;
+    };
+    let encounter = example(&dir, "Encounter-FRCoreEncounterExample.json");
+    let outcome = json_of(
+        validate(&s, "Encounter/$validate", &encounter.to_string()).await,
+        200,
+    )
+    .await;
+    assert!(errors_at(&outcome).is_empty(), "{outcome}");
+
+    // The published Patient example's INS-NIR key is wrong (44; its number gives 12).
+    let mut patient = example(&dir, "Patient-ExampleFRCorePatient001.json");
+    let outcome = json_of(
+        validate(&s, "Patient/$validate", &patient.to_string()).await,
+        200,
+    )
+    .await;
+    assert_eq!(
+        errors_at(&outcome),
+        ["Patient.identifier[0].value"],
+        "{outcome}"
+    );
+    let before = s.version_count().await;
+    let refused = crate::support::outcome_of(s.post_json("Patient", &patient).await, 422).await;
+    assert!(refused.to_string().contains("fr-nir-key"), "{refused}");
+    assert_eq!(s.version_count().await, before, "nothing written");
+
+    patient["identifier"][0]["value"] = json!("123456789012212");
+    assert_eq!(s.post_json("Patient", &patient).await.status(), 201);
+    // Without its official name, the INS profile's required elements are named.
+    let mut nameless = patient.clone();
+    nameless["name"][0]
+        .as_object_mut()
+        .expect("name")
+        .remove("family");
+    let refused = crate::support::outcome_of(s.post_json("Patient", &nameless).await, 422).await;
+    assert_eq!(errors_at(&refused), ["Patient.name[0].family"], "{refused}");
+
+    // A profile named by the caller, for a resource that claims none.
+    let plain = json!({"resourceType": "Patient", "gender": "female"});
+    let outcome = json_of(
+        validate(
+            &s,
+            "Patient/$validate?profile=https://hl7.fr/ig/fhir/core/StructureDefinition/fr-core-patient-ins",
+            &plain.to_string(),
+        )
+        .await,
+        200,
+    )
+    .await;
+    let paths = errors_at(&outcome);
+    assert!(
+        paths.contains(&"Patient.identifier".to_owned()),
+        "{outcome}"
+    );
+    assert!(paths.contains(&"Patient.name".to_owned()), "{outcome}");
+    // A resource claiming no profile is written with only the base checks, even
+    // with an RPPS number whose check digit is wrong; $validate still says so.
+    let practitioner = json!({"resourceType": "Practitioner", "identifier": [
+        {"system": "https://rpps.esante.gouv.fr", "value": "10000000007"}]});
+    assert_eq!(
+        s.post_json("Practitioner", &practitioner).await.status(),
+        201
+    );
+    let outcome = json_of(
+        validate(&s, "Practitioner/$validate", &practitioner.to_string()).await,
+        200,
+    )
+    .await;
+    assert_eq!(errors_at(&outcome), ["Practitioner.identifier[0].value"]);
+}
+
+#[tokio::test]
+async fn required_and_unknown_profiles_follow_the_configuration() {
+    let ins = "https://hl7.fr/ig/fhir/core/StructureDefinition/fr-core-patient-ins";
+    let Some((s, _)) = fr_core_server(|p| {
+        p.required.insert("Patient".into(), vec![ins.to_owned()]);
+        p.unknown_is_error = true;
+    })
+    .await
+    else {
+        return;
+    };
+    let plain = json!({"resourceType": "Patient", "gender": "female"});
+    let refused = crate::support::outcome_of(s.post_json("Patient", &plain).await, 422).await;
+    assert!(
+        refused.to_string().contains("fr-core-patient-ins"),
+        "{refused}"
+    );
+    // Other types are free; a claimed profile nobody knows is refused.
+    let org = json!({"resourceType": "Organization", "name": "CH"});
+    assert_eq!(s.post_json("Organization", &org).await.status(), 201);
+    let mut claimed = org.clone();
+    claimed["meta"] = json!({"profile": ["https://example.org/unknown"]});
+    let refused =
+        crate::support::outcome_of(s.post_json("Organization", &claimed).await, 422).await;
+    assert!(
+        refused.to_string().contains("example.org/unknown"),
+        "{refused}"
+    );
+}
+
+#[test]
+fn the_validate_command_reads_packages() {
+    let Some(shared) = crate::support::shared_dir() else {
+        return;
+    };
+    let dir = shared.join("ig/fr-core-2.1.0");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_passerelle"))
+        .arg("validate")
+        .arg("--package")
+        .arg(&dir)
+        .arg(dir.join("example/Encounter-FRCoreEncounterExample.json"))
+        .arg(dir.join("example/Patient-ExampleFRCorePatient001.json"))
+        .output()
+        .expect("passerelle validate");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("Encounter-FRCoreEncounterExample.json: valid"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("Patient-ExampleFRCorePatient001.json: INVALID (1 errors"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("fr-nir-key"), "{stdout}");
+}

@@ -199,19 +199,26 @@ pub(super) async fn export_kick_off(
 
 /// `$validate`: the resource in the body (or a `Parameters` with `resource` and
 /// `profile`), checked as a write would be: 200 and an OperationOutcome.
-pub(super) fn validate(req: &FhirRequest, res_type: &str) -> FhirResult<Reply> {
+pub(super) fn validate(
+    req: &FhirRequest,
+    res_type: &str,
+    profiles: &crate::profile::ProfileRules,
+) -> FhirResult<Reply> {
     let format = super::negotiate::request_format(req.header(header::CONTENT_TYPE), &req.body)?;
     let profile = req
         .params
         .iter()
         .find(|(k, _)| k == "profile")
         .map(|(_, v)| v.as_str());
-    let verdict = crate::fhir::verdict::validate(&crate::fhir::verdict::Asked {
-        body: &req.body,
-        format,
-        res_type: Some(res_type),
-        profile,
-    })?;
+    let verdict = crate::profile::verdict::validate(
+        &crate::profile::verdict::Asked {
+            body: &req.body,
+            format,
+            res_type: Some(res_type),
+            profile,
+        },
+        profiles,
+    )?;
     Ok(Reply::new(
         StatusCode::OK,
         Some(verdict.outcome().to_string()),

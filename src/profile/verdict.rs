@@ -1,13 +1,14 @@
 //! The verdict of `$validate` and of `passerelle validate`: a resource (or the
 //! `resource` of a `Parameters`) checked against the base R4 definitions, as
-//! every write is, and told as an OperationOutcome with a severity per issue.
-//! Profiles are not checked yet: each profile the resource claims or the caller
-//! names is a warning saying so, never a silent pass. Pure.
+//! every write is, then against the profiles it claims or the caller names,
+//! its known extensions and its French identifiers (`ProfileRules::check`),
+//! told as an OperationOutcome with a severity per issue. Pure.
 
 use serde_json::{json, Value};
 
-use super::{parse_resource, Format};
+use super::ProfileRules;
 use crate::error::{FhirError, FhirResult, Issue};
+use crate::fhir::{parse_resource, Format};
 
 /// What was asked: the body, its format, the type of the URL (if any) and a
 /// profile named by the caller (`?profile=`).
@@ -40,7 +41,7 @@ impl Verdict {
         issues.extend(self.warnings.iter().map(|i| issue("warning", i)));
         if issues.is_empty() {
             issues.push(json!({"severity": "information", "code": "informational",
-                "diagnostics": "no issues: the resource is valid against the base R4 definitions"}));
+                "diagnostics": "no issues"}));
         }
         json!({"resourceType": "OperationOutcome", "issue": issues})
     }
@@ -48,7 +49,7 @@ impl Verdict {
 
 /// Checks what was asked. A body that is no JSON or XML at all is a bad request
 /// (400); anything wrong with the resource is in the verdict.
-pub fn validate(asked: &Asked<'_>) -> FhirResult<Verdict> {
+pub fn validate(asked: &Asked<'_>, rules: &ProfileRules) -> FhirResult<Verdict> {
     if asked.format == Format::Json {
         serde_json::from_slice::<serde::de::IgnoredAny>(asked.body)
             .map_err(|e| FhirError::bad_request(format!("the body is not JSON: {e}")))?;
@@ -76,22 +77,10 @@ pub fn validate(asked: &Asked<'_>) -> FhirResult<Verdict> {
             .at(res_type),
         );
     }
-    let claimed = resource["meta"]["profile"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str);
-    let mut profiles: Vec<&str> = claimed.collect();
-    profiles.extend(named.as_deref().or(asked.profile));
-    profiles.dedup();
-    for profile in profiles {
-        verdict.warnings.push(Issue::new(
-            "not-supported",
-            format!(
-                "the profile {profile} was not checked: this server validates against the base R4 definitions only"
-            ),
-        ));
-    }
+    let named: Vec<&str> = named.as_deref().or(asked.profile).into_iter().collect();
+    let findings = rules.check(&resource, &named);
+    verdict.errors.extend(findings.errors);
+    verdict.warnings.extend(findings.warnings);
     Ok(verdict)
 }
 
@@ -122,6 +111,10 @@ fn parameters(parameters: &Value) -> FhirResult<(Value, Option<String>)> {
 mod tests {
     use super::*;
 
+    fn check(body: &str, res_type: Option<&str>) -> FhirResult<Verdict> {
+        validate(&asked(body, res_type), &ProfileRules::default())
+    }
+
     fn asked<'a>(body: &'a str, res_type: Option<&'a str>) -> Asked<'a> {
         Asked {
             body: body.as_bytes(),
@@ -133,10 +126,10 @@ mod tests {
 
     #[test]
     fn a_valid_resource_has_no_issues() {
-        let verdict = validate(&asked(
+        let verdict = check(
             r#"{"resourceType":"Patient","birthDate":"1950-02-03"}"#,
             Some("Patient"),
-        ))
+        )
         .expect("verdict");
         assert!(verdict.errors.is_empty() && verdict.warnings.is_empty());
         assert_eq!(verdict.outcome()["issue"][0]["severity"], "information");
@@ -144,10 +137,10 @@ mod tests {
 
     #[test]
     fn errors_name_their_path() {
-        let verdict = validate(&asked(
+        let verdict = check(
             r#"{"resourceType":"Patient","birthDate":"1950-02-30","colour":"blue"}"#,
             Some("Patient"),
-        ))
+        )
         .expect("verdict");
         let paths: Vec<_> = verdict
             .errors
@@ -165,27 +158,44 @@ mod tests {
             {"name":"resource","resource":{"resourceType":"Patient",
               "meta":{"profile":["https://hl7.fr/ig/fhir/core/StructureDefinition/fr-core-patient"]}}},
             {"name":"profile","valueUri":"https://example.org/other"}]}"#;
-        let verdict = validate(&asked(body, Some("Patient"))).expect("verdict");
+        let verdict = check(body, Some("Patient")).expect("verdict");
         assert!(verdict.errors.is_empty());
         assert_eq!(verdict.warnings.len(), 2);
-        assert!(verdict.warnings[0].message.contains("fr-core-patient"));
-        assert!(verdict.warnings[1].message.contains("example.org/other"));
+        let said = |url: &str| verdict.warnings.iter().any(|w| w.message.contains(url));
+        assert!(said("fr-core-patient") && said("example.org/other"));
+    }
+
+    #[test]
+    fn french_identifiers_are_checked_without_a_profile() {
+        let verdict = check(
+            r#"{"resourceType":"Practitioner","identifier":[
+                {"system":"https://rpps.esante.gouv.fr","value":"10000000009"},
+                {"system":"https://rpps.esante.gouv.fr","value":"10000000007"}]}"#,
+            Some("Practitioner"),
+        )
+        .expect("verdict");
+        assert_eq!(verdict.errors.len(), 1);
+        assert_eq!(
+            verdict.errors[0].expression.as_deref(),
+            Some("Practitioner.identifier[1].value")
+        );
+        assert!(verdict.errors[0].message.contains("fr-rpps-key"));
     }
 
     #[test]
     fn the_type_must_be_the_urls_and_the_body_json() {
-        let verdict = validate(&asked(
+        let verdict = check(
             r#"{"resourceType":"Encounter","status":"planned","class":{"code":"IMP"}}"#,
             Some("Patient"),
-        ))
+        )
         .expect("verdict");
         assert_eq!(verdict.errors.len(), 1);
         assert!(matches!(
-            validate(&asked("not json", None)),
+            check("not json", None),
             Err(FhirError::BadRequest(_))
         ));
         assert!(matches!(
-            validate(&asked(r#"{"resourceType":"Parameters"}"#, Some("Patient"))),
+            check(r#"{"resourceType":"Parameters"}"#, Some("Patient")),
             Err(FhirError::BadRequest(_))
         ));
     }

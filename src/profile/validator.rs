@@ -1,0 +1,1045 @@
+//! The profile validator: a resource walked against the snapshot of each
+//! profile it is checked against, element by element — cardinality (stricter
+//! than R4's: R4's own is the structural check's), allowed types of choices,
+//! `fixed[x]` and `pattern[x]`, slicing (`value`, `pattern`, `exists`, `type`
+//! and `profile` discriminators; closed slicing), the profiles of data types,
+//! extensions against their definitions (their context included), required and
+//! extensible bindings, the target types of references — then every extension
+//! the server knows, wherever it is, and the French identifiers. What it cannot
+//! check (a ValueSet it lacks, an extension it does not know, invariants) is a
+//! warning saying so, never a silent pass. Messages name the element path, the
+//! rule and the profile. Pure.
+
+use std::collections::{BTreeSet, HashSet};
+
+use serde_json::{Map, Value};
+
+use super::identifiers;
+use super::structure::{r4_base, DiscriminatorKind, Element, Slicing, Strength, StructureDef};
+use super::Conformance;
+use crate::error::Issue;
+use crate::fhir::definitions::{TypeKind, R4};
+
+/// Deeper than this is not walked (stack safety; the structural check bounds it first).
+const MAX_DEPTH: usize = 64;
+/// Enough issues to fix a resource, bounded for hostile input.
+const MAX_ISSUES: usize = 100;
+
+/// What the validator found.
+#[derive(Debug, Default)]
+pub struct Findings {
+    pub errors: Vec<Issue>,
+    pub warnings: Vec<Issue>,
+}
+
+struct Run<'c> {
+    conf: &'c Conformance,
+    resource: &'c Value,
+    findings: Findings,
+    warned: HashSet<String>,
+    /// Paths of the extensions already checked against their definition.
+    extensions_checked: HashSet<String>,
+    /// The profiles' own invariants met on the way, not evaluated.
+    invariants: BTreeSet<String>,
+    depth: usize,
+}
+
+/// A value met in the instance: where, and of which type when known.
+struct Found<'v> {
+    value: &'v Value,
+    path: String,
+    type_code: Option<String>,
+    /// Its type is not one the element allows (already said).
+    refused: bool,
+}
+
+/// Checks `resource` against each of `profiles`, then its extensions and
+/// French identifiers.
+pub fn validate(conf: &Conformance, resource: &Value, profiles: &[&StructureDef]) -> Findings {
+    let mut run = Run {
+        conf,
+        resource,
+        findings: Findings::default(),
+        warned: HashSet::new(),
+        extensions_checked: HashSet::new(),
+        invariants: BTreeSet::new(),
+        depth: 0,
+    };
+    let res_type = resource["resourceType"].as_str().unwrap_or_default();
+    for sd in profiles {
+        if sd.type_name != res_type {
+            run.error(
+                "invalid",
+                format!(
+                    "the profile {} constrains {} resources, this is a {res_type}",
+                    sd.url, sd.type_name
+                ),
+                res_type,
+            );
+            continue;
+        }
+        run.element(sd, sd.root(), resource, res_type, Some(res_type));
+    }
+    run.extensions(resource, res_type, 0);
+    run.identifiers(resource, res_type, 0);
+    if !run.invariants.is_empty() {
+        let keys: Vec<&str> = run.invariants.iter().map(String::as_str).collect();
+        run.findings.warnings.push(Issue::new(
+            "not-supported",
+            format!(
+                "the profiles' invariants {} were not evaluated: this server does not evaluate FHIRPath invariants yet",
+                keys.join(", ")
+            ),
+        ));
+    }
+    run.findings
+}
+
+/// `value` holds at least what `pattern` holds (FHIR `pattern[x]` semantics).
+pub fn matches_pattern(value: &Value, pattern: &Value) -> bool {
+    match (value, pattern) {
+        (Value::Object(v), Value::Object(p)) => p
+            .iter()
+            .all(|(k, pv)| v.get(k).is_some_and(|vv| matches_pattern(vv, pv))),
+        (Value::Array(v), Value::Array(p)) => p
+            .iter()
+            .all(|pv| v.iter().any(|vv| matches_pattern(vv, pv))),
+        (Value::Array(v), p) => v.iter().any(|vv| matches_pattern(vv, p)),
+        (v, p) => v == p,
+    }
+}
+
+/// The type a choice element's key names: `valueString` → `string`,
+/// `valueCodeableConcept` → `CodeableConcept`.
+fn choice_type(suffix: &str) -> String {
+    let mut chars = suffix.chars();
+    let lowered: String = chars
+        .next()
+        .map(|c| c.to_ascii_lowercase().to_string() + chars.as_str())
+        .unwrap_or_default();
+    match R4.type_def(&lowered) {
+        Some(t) if t.kind == TypeKind::Primitive => lowered,
+        _ => suffix.to_owned(),
+    }
+}
+
+/// The nodes a discriminator's path selects from `value` (`coding.system`,
+/// `$this`); `None` for paths this validator does not follow (`resolve()` …).
+fn navigate<'v>(value: &'v Value, path: &str) -> Option<Vec<&'v Value>> {
+    let mut nodes = vec![value];
+    if path == "$this" {
+        return Some(nodes);
+    }
+    for step in path.split('.') {
+        if step.contains('(') {
+            return None;
+        }
+        let mut next = Vec::new();
+        for n in nodes {
+            match n.get(step) {
+                Some(Value::Array(items)) => next.extend(items.iter()),
+                Some(v) => next.push(v),
+                None => {}
+            }
+        }
+        nodes = next;
+    }
+    Some(nodes)
+}
+
+fn max_text(max: Option<u32>) -> String {
+    max.map_or_else(|| "*".to_owned(), |m| m.to_string())
+}
+
+fn element_label(sd: &StructureDef, e: &Element) -> String {
+    format!("{} (profile {})", e.id, sd.url)
+}
+
+impl<'c> Run<'c> {
+    fn error(&mut self, code: &'static str, message: String, path: &str) {
+        if self.findings.errors.len() < MAX_ISSUES {
+            self.findings
+                .errors
+                .push(Issue::new(code, message).at(path));
+        }
+    }
+
+    fn warn(&mut self, key: String, message: String, path: &str) {
+        if self.warned.insert(key) && self.findings.warnings.len() < MAX_ISSUES {
+            self.findings
+                .warnings
+                .push(Issue::new("not-supported", message).at(path));
+        }
+    }
+
+    /// Checks `value` against element `idx` of `sd`, then its children.
+    fn element(
+        &mut self,
+        sd: &'c StructureDef,
+        idx: usize,
+        value: &'c Value,
+        path: &str,
+        type_code: Option<&str>,
+    ) {
+        if self.depth > MAX_DEPTH {
+            return;
+        }
+        self.depth += 1;
+        let e = &sd.elements[idx];
+        if let Some(fixed) = &e.fixed {
+            if value != fixed {
+                self.error(
+                    "value",
+                    format!(
+                        "the value must be exactly {fixed} ({})",
+                        element_label(sd, e)
+                    ),
+                    path,
+                );
+            }
+        }
+        if let Some(pattern) = &e.pattern {
+            if !matches_pattern(value, pattern) {
+                self.error(
+                    "value",
+                    format!(
+                        "the value must match the pattern {pattern} ({})",
+                        element_label(sd, e)
+                    ),
+                    path,
+                );
+            }
+        }
+        let type_code =
+            type_code.or_else(|| (e.types.len() == 1).then(|| e.types[0].code.as_str()));
+        if let Some(t) = type_code {
+            self.binding(sd, e, value, t, path);
+            if t == "Reference" {
+                self.reference(e, value, path);
+            }
+        }
+        for c in e.constraints.iter().filter(|c| c.error && !c.from_base) {
+            self.invariants.insert(format!("{} ({})", c.key, sd.name));
+        }
+        let children = sd.children(idx);
+        if type_code == Some("Extension") && !children.is_empty() {
+            // Checked here, by the profile's own view of it.
+            self.extensions_checked.insert(path.to_owned());
+        }
+        self.type_profiles(sd, e, value, path, type_code, children.is_empty());
+        if let Some(obj) = value.as_object() {
+            for &kid in children {
+                self.child(sd, kid, obj, path);
+            }
+        }
+        self.depth -= 1;
+    }
+
+    /// The profiles an element's type carries: a data type's profile, an
+    /// extension's definition.
+    fn type_profiles(
+        &mut self,
+        sd: &StructureDef,
+        e: &Element,
+        value: &'c Value,
+        path: &str,
+        type_code: Option<&str>,
+        no_children: bool,
+    ) {
+        let Some(t) = e
+            .types
+            .iter()
+            .find(|t| Some(t.code.as_str()) == type_code && !t.profiles.is_empty())
+        else {
+            return;
+        };
+        match t.profiles.iter().find_map(|p| self.conf.structure(p)) {
+            Some(profile) if profile.url != sd.url => {
+                if profile.type_name == "Extension"
+                    && !self.extensions_checked.insert(path.to_owned())
+                {
+                    return;
+                }
+                self.element(profile, profile.root(), value, path, type_code);
+            }
+            Some(_) => {}
+            None if no_children => {
+                let wanted = t.profiles.join(", ");
+                self.warn(
+                    wanted.clone(),
+                    format!(
+                        "the profile {wanted} ({}) is not known here: {path} was not checked against it",
+                        element_label(sd, e)
+                    ),
+                    path,
+                );
+            }
+            None => {}
+        }
+    }
+
+    /// The values of child element `kid` in `obj`, checked for cardinality,
+    /// types and slicing, then each walked.
+    fn child(
+        &mut self,
+        sd: &'c StructureDef,
+        kid: usize,
+        obj: &'c Map<String, Value>,
+        parent: &str,
+    ) {
+        let e = &sd.elements[kid];
+        let name = e.name();
+        let mut found: Vec<Found<'c>> = Vec::new();
+        let mut count = 0;
+        let push = |key: &str,
+                    value: &'c Value,
+                    type_code: Option<String>,
+                    refused: bool,
+                    found: &mut Vec<Found<'c>>| {
+            match value {
+                Value::Array(items) => {
+                    for (i, item) in items.iter().enumerate() {
+                        if !item.is_null() {
+                            found.push(Found {
+                                value: item,
+                                path: format!("{parent}.{key}[{i}]"),
+                                type_code: type_code.clone(),
+                                refused,
+                            });
+                        }
+                    }
+                }
+                v => found.push(Found {
+                    value: v,
+                    path: format!("{parent}.{key}"),
+                    type_code,
+                    refused,
+                }),
+            }
+        };
+        if let Some(stem) = name.strip_suffix("[x]") {
+            for (key, value) in obj {
+                let Some(suffix) = key
+                    .strip_prefix(stem)
+                    .filter(|s| s.starts_with(|c: char| c.is_ascii_uppercase()))
+                else {
+                    continue;
+                };
+                let type_code = choice_type(suffix);
+                let refused = !e.types.is_empty() && !e.types.iter().any(|t| t.code == type_code);
+                if refused {
+                    let allowed: Vec<&str> = e.types.iter().map(|t| t.code.as_str()).collect();
+                    self.error(
+                        "structure",
+                        format!(
+                            "the type {type_code} is not allowed here: {} allows {}",
+                            element_label(sd, e),
+                            allowed.join(", ")
+                        ),
+                        &format!("{parent}.{key}"),
+                    );
+                }
+                count += value.as_array().map_or(1, Vec::len);
+                push(key, value, Some(type_code), refused, &mut found);
+            }
+        } else {
+            let main = obj.get(name);
+            let shadow = obj.get(&format!("_{name}"));
+            let len = |v: Option<&Value>| v.map_or(0, |v| v.as_array().map_or(1, Vec::len));
+            count = len(main).max(len(shadow));
+            let type_code = (e.types.len() == 1).then(|| e.types[0].code.clone());
+            if let Some(value) = main {
+                push(name, value, type_code, false, &mut found);
+            }
+        }
+        self.cardinality(sd, e, count, &format!("{parent}.{name}"));
+        let slices = sd.slices(kid);
+        match &e.slicing {
+            Some(slicing) if !slices.is_empty() => self.sliced(sd, kid, slicing, slices, found),
+            _ => {
+                for f in &found {
+                    self.element(sd, kid, f.value, &f.path, f.type_code.as_deref());
+                }
+            }
+        }
+    }
+
+    /// Cardinality, where the profile says more than R4 (R4's own is checked by
+    /// the structural validation of every resource).
+    fn cardinality(&mut self, sd: &StructureDef, e: &Element, count: usize, path: &str) {
+        let base = if e.slice_name.is_some() {
+            None
+        } else {
+            r4_base(&e.path)
+        };
+        let (base_min, base_many) = base.map_or((0, true), |b| (b.min, b.many));
+        if (count as u64) < u64::from(e.min) && e.min > base_min {
+            self.error(
+                "required",
+                format!(
+                    "{}: minimum required = {}, but only found {count}",
+                    element_label(sd, e),
+                    e.min
+                ),
+                path,
+            );
+        }
+        if let Some(max) = e.max {
+            let stricter = base_many || max == 0;
+            if count as u64 > u64::from(max) && stricter {
+                self.error(
+                    "structure",
+                    format!(
+                        "{}: maximum allowed = {}, but found {count}",
+                        element_label(sd, e),
+                        max_text(e.max)
+                    ),
+                    path,
+                );
+            }
+        }
+    }
+
+    fn sliced(
+        &mut self,
+        sd: &'c StructureDef,
+        kid: usize,
+        slicing: &Slicing,
+        slices: &[usize],
+        found: Vec<Found<'c>>,
+    ) {
+        let mut counts = vec![0usize; slices.len()];
+        for f in &found {
+            let slice = slices
+                .iter()
+                .position(|&s| self.in_slice(sd, s, slicing, f.value, f.type_code.as_deref()));
+            match slice {
+                Some(i) => {
+                    counts[i] += 1;
+                    self.element(sd, slices[i], f.value, &f.path, f.type_code.as_deref());
+                }
+                None => {
+                    if slicing.closed && !f.refused {
+                        let e = &sd.elements[kid];
+                        self.error(
+                            "structure",
+                            format!(
+                                "this element matches none of the slices of {}, whose slicing is closed",
+                                element_label(sd, e)
+                            ),
+                            &f.path,
+                        );
+                    }
+                    self.element(sd, kid, f.value, &f.path, f.type_code.as_deref());
+                }
+            }
+        }
+        let parent_path = found
+            .first()
+            .map(|f| f.path.split('[').next().unwrap_or(&f.path).to_owned());
+        for (i, &s) in slices.iter().enumerate() {
+            let slice = &sd.elements[s];
+            let path = parent_path.clone().unwrap_or_else(|| slice.path.clone());
+            if (counts[i] as u64) < u64::from(slice.min) {
+                self.error(
+                    "required",
+                    format!(
+                        "slice '{}' of {}: minimum required = {}, but only found {}",
+                        slice.slice_name.as_deref().unwrap_or_default(),
+                        element_label(sd, slice),
+                        slice.min,
+                        counts[i]
+                    ),
+                    &path,
+                );
+            }
+            if slice.max.is_some_and(|m| counts[i] as u64 > u64::from(m)) {
+                self.error(
+                    "structure",
+                    format!(
+                        "slice '{}' of {}: maximum allowed = {}, but found {}",
+                        slice.slice_name.as_deref().unwrap_or_default(),
+                        element_label(sd, slice),
+                        max_text(slice.max),
+                        counts[i]
+                    ),
+                    &path,
+                );
+            }
+        }
+    }
+
+    /// The values the slice `s` gives its discriminator's path, and whether
+    /// they are fixed (exact) rather than patterns: from the deepest element on
+    /// the path with a fixed or pattern value (`code` with a pattern
+    /// CodeableConcept, for `code.coding.code`), the rest of the path followed
+    /// inside that value; else from the slice's type profile.
+    fn discriminator_values(
+        &self,
+        sd: &'c StructureDef,
+        s: usize,
+        path: &str,
+    ) -> Option<(Vec<&'c Value>, bool)> {
+        let slice = &sd.elements[s];
+        let steps: Vec<&str> = if path == "$this" {
+            Vec::new()
+        } else {
+            path.split('.').collect()
+        };
+        // The elements the path reaches, through the slices on the way
+        // (`code.coding.code` reaches `code.coding:SBPCode.code`).
+        let within = |owner: &'c StructureDef, root: usize| -> Option<(Vec<&'c Value>, bool)> {
+            let mut values = Vec::new();
+            let mut exact = true;
+            let mut current = vec![root];
+            for k in 0..=steps.len() {
+                for &c in &current {
+                    let e = &owner.elements[c];
+                    let (value, fixed) = match (&e.fixed, &e.pattern) {
+                        (Some(f), _) => (f, true),
+                        (None, Some(p)) => (p, false),
+                        _ => continue,
+                    };
+                    exact &= fixed;
+                    let rest = steps[k..].join(".");
+                    if rest.is_empty() {
+                        values.push(value);
+                    } else {
+                        values.extend(navigate(value, &rest)?);
+                    }
+                }
+                if !values.is_empty() || k == steps.len() {
+                    break;
+                }
+                let mut next = Vec::new();
+                for &c in &current {
+                    if let Some(i) =
+                        owner.element_id(&format!("{}.{}", owner.elements[c].id, steps[k]))
+                    {
+                        next.push(i);
+                        next.extend_from_slice(owner.slices(i));
+                    }
+                }
+                current = next;
+            }
+            (!values.is_empty()).then_some((values, exact))
+        };
+        within(sd, s).or_else(|| {
+            let profile = slice
+                .types
+                .iter()
+                .flat_map(|t| &t.profiles)
+                .find_map(|p| self.conf.structure(p))?;
+            within(profile, profile.root())
+        })
+    }
+
+    fn in_slice(
+        &self,
+        sd: &'c StructureDef,
+        s: usize,
+        slicing: &Slicing,
+        value: &Value,
+        type_code: Option<&str>,
+    ) -> bool {
+        let slice = &sd.elements[s];
+        slicing
+            .discriminators
+            .iter()
+            .all(|(kind, path)| match kind {
+                DiscriminatorKind::Value | DiscriminatorKind::Pattern => {
+                    // An extension's slice by url: the url of its definition.
+                    if path == "url" && slice.types.iter().any(|t| t.code == "Extension") {
+                        if let Some(url) = slice.types.iter().flat_map(|t| &t.profiles).next() {
+                            if sd.element_id(&format!("{}.url", slice.id)).is_none() {
+                                return value["url"].as_str()
+                                    == Some(url.split('|').next().unwrap_or(url));
+                            }
+                        }
+                    }
+                    let Some((expected, exact)) = self.discriminator_values(sd, s, path) else {
+                        return false;
+                    };
+                    let Some(nodes) = navigate(value, path) else {
+                        return false;
+                    };
+                    nodes.iter().any(|n| {
+                        expected
+                            .iter()
+                            .any(|x| if exact { n == x } else { matches_pattern(n, x) })
+                    })
+                }
+                DiscriminatorKind::Exists => {
+                    let Some(i) = sd.element_id(&format!("{}.{path}", slice.id)) else {
+                        return false;
+                    };
+                    let present = navigate(value, path).is_some_and(|n| !n.is_empty());
+                    let e = &sd.elements[i];
+                    if e.max == Some(0) {
+                        !present
+                    } else {
+                        present || e.min == 0
+                    }
+                }
+                DiscriminatorKind::Type => {
+                    let actual = if path == "$this" {
+                        type_code
+                            .map(str::to_owned)
+                            .or_else(|| value["resourceType"].as_str().map(str::to_owned))
+                    } else {
+                        navigate(value, path)
+                            .and_then(|n| n.first().and_then(|v| v["resourceType"].as_str()))
+                            .map(str::to_owned)
+                    };
+                    actual.is_some_and(|a| slice.types.iter().any(|t| t.code == a))
+                }
+                DiscriminatorKind::Profile => {
+                    let profiles: Vec<&StructureDef> = slice
+                        .types
+                        .iter()
+                        .flat_map(|t| &t.profiles)
+                        .filter_map(|p| self.conf.structure(p))
+                        .collect();
+                    let Some(nodes) = navigate(value, path) else {
+                        return false;
+                    };
+                    !profiles.is_empty()
+                        && nodes.iter().any(|n| {
+                            profiles.iter().any(|p| {
+                                let mut probe = Run {
+                                    conf: self.conf,
+                                    resource: self.resource,
+                                    findings: Findings::default(),
+                                    warned: HashSet::new(),
+                                    extensions_checked: HashSet::new(),
+                                    invariants: BTreeSet::new(),
+                                    depth: self.depth,
+                                };
+                                probe.element(p, p.root(), n, "", type_code);
+                                probe.findings.errors.is_empty()
+                            })
+                        })
+                }
+            })
+    }
+
+    /// Required bindings (errors) and extensible ones (warnings) of codes,
+    /// Codings and CodeableConcepts.
+    fn binding(
+        &mut self,
+        sd: &StructureDef,
+        e: &Element,
+        value: &Value,
+        type_code: &str,
+        path: &str,
+    ) {
+        let Some((strength, value_set)) = &e.binding else {
+            return;
+        };
+        if *strength == Strength::Other {
+            return;
+        }
+        let codes: Vec<(Option<&str>, &str)> = match type_code {
+            "code" => value.as_str().map(|c| (None, c)).into_iter().collect(),
+            "Coding" => value["code"]
+                .as_str()
+                .map(|c| (value["system"].as_str(), c))
+                .into_iter()
+                .collect(),
+            "CodeableConcept" => value["coding"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|c| Some((c["system"].as_str(), c["code"].as_str()?)))
+                .collect(),
+            _ => return,
+        };
+        if codes.is_empty() {
+            return;
+        }
+        let vs = super::terminology::unversioned(value_set);
+        let known = match self.conf.terminology.expansion(vs) {
+            Some(expansion) => Some(codes.iter().any(|(s, c)| expansion.has(*s, c))),
+            None if type_code == "code" => self
+                .conf
+                .r4_codes(vs)
+                .map(|set| codes.iter().any(|(_, c)| set.contains(*c))),
+            None => None,
+        };
+        let shown: Vec<String> = codes
+            .iter()
+            .map(|(s, c)| s.map_or_else(|| (*c).to_owned(), |s| format!("{s}|{c}")))
+            .collect();
+        match (known, strength) {
+            (Some(true), _) => {}
+            (Some(false), Strength::Required) => self.error(
+                "code-invalid",
+                format!(
+                    "{} is not in the ValueSet {vs}, which {} binds with strength required",
+                    shown.join(", "),
+                    element_label(sd, e)
+                ),
+                path,
+            ),
+            (Some(false), _) => {
+                let key = format!("{path} {vs}");
+                self.warn(
+                    key,
+                    format!(
+                        "{} is not in the ValueSet {vs}, which {} binds with strength extensible",
+                        shown.join(", "),
+                        element_label(sd, e)
+                    ),
+                    path,
+                );
+            }
+            (None, Strength::Required) => self.warn(
+                vs.to_owned(),
+                format!(
+                    "the ValueSet {vs} (required by {}) is not known here or does not expand completely: {path} was not checked against it",
+                    element_label(sd, e)
+                ),
+                path,
+            ),
+            (None, _) => {}
+        }
+    }
+
+    /// The type a reference points to, among those the element allows.
+    fn reference(&mut self, e: &Element, value: &Value, path: &str) {
+        let mut allowed: Vec<String> = Vec::new();
+        for t in e.types.iter().filter(|t| t.code == "Reference") {
+            for target in &t.target_profiles {
+                let name = match self.conf.structure(target) {
+                    Some(sd) => sd.type_name.clone(),
+                    None => match target.strip_prefix("http://hl7.org/fhir/StructureDefinition/") {
+                        Some(core) => core.to_owned(),
+                        None => return,
+                    },
+                };
+                allowed.push(name);
+            }
+        }
+        if allowed.is_empty() || allowed.iter().any(|a| a == "Resource") {
+            return;
+        }
+        let actual = match value["reference"].as_str() {
+            Some(local) if local.starts_with('#') => self.resource["contained"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|c| c["id"].as_str() == Some(&local[1..]))
+                .and_then(|c| c["resourceType"].as_str()),
+            _ => crate::fhir::fhirpath::reference_type(value),
+        };
+        if let Some(actual) = actual {
+            if !allowed.iter().any(|a| a == actual) {
+                self.error(
+                    "structure",
+                    format!(
+                        "a reference to a {actual} is not allowed at {} (allowed: {})",
+                        e.id,
+                        allowed.join(", ")
+                    ),
+                    path,
+                );
+            }
+        }
+    }
+
+    /// Every extension of the resource the server knows that was not checked
+    /// on the way: against its definition, in its context. Unknown ones are a
+    /// warning each.
+    fn extensions(&mut self, value: &'c Value, path: &str, depth: usize) {
+        if depth > MAX_DEPTH {
+            return;
+        }
+        match value {
+            Value::Object(obj) => {
+                for (key, child) in obj {
+                    let name = key.strip_prefix('_').unwrap_or(key);
+                    if matches!(name, "extension" | "modifierExtension") {
+                        if let Value::Array(items) = child {
+                            for (i, ext) in items.iter().enumerate() {
+                                let at = format!("{path}.{name}[{i}]");
+                                self.extension(ext, path, &at);
+                            }
+                        }
+                    }
+                    self.extensions(child, &format!("{path}.{name}"), depth + 1);
+                }
+            }
+            Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    self.extensions(item, &format!("{path}[{i}]"), depth + 1);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn extension(&mut self, ext: &'c Value, parent: &str, at: &str) {
+        let Some(url) = ext["url"].as_str() else {
+            return;
+        };
+        if !url.contains(':') || self.extensions_checked.contains(at) {
+            return;
+        }
+        let Some(definition) = self
+            .conf
+            .structure(url)
+            .filter(|sd| sd.type_name == "Extension")
+        else {
+            self.warn(
+                format!("extension {url}"),
+                format!("the extension {url} is not known here: it was not checked"),
+                at,
+            );
+            return;
+        };
+        self.extensions_checked.insert(at.to_owned());
+        let element_path = strip_indices(parent);
+        if let Some(parent_type) = type_at(&element_path) {
+            let resource_root = !element_path.contains('.');
+            let allowed = definition.contexts.is_empty()
+                || definition.contexts.iter().any(|c| {
+                    c == "Element"
+                        || c == "Base"
+                        || *c == parent_type
+                        || *c == element_path
+                        || (resource_root && (c == "Resource" || c == "DomainResource"))
+                });
+            if !allowed {
+                self.error(
+                    "structure",
+                    format!(
+                        "the extension {url} may be used on {}, not on {element_path} ({parent_type})",
+                        definition.contexts.join(", ")
+                    ),
+                    at,
+                );
+            }
+        }
+        self.element(definition, definition.root(), ext, at, Some("Extension"));
+    }
+
+    /// The French identifiers of the resource, wherever they are.
+    fn identifiers(&mut self, value: &Value, path: &str, depth: usize) {
+        if depth > MAX_DEPTH {
+            return;
+        }
+        match value {
+            Value::Object(obj) => {
+                if let (Some(system), Some(v)) = (
+                    obj.get("system").and_then(Value::as_str),
+                    obj.get("value").and_then(Value::as_str),
+                ) {
+                    if let Some(broken) = identifiers::check(system, v) {
+                        self.error(
+                            "value",
+                            format!("{} ({})", broken.message, broken.rule),
+                            &format!("{path}.value"),
+                        );
+                    }
+                }
+                for (key, child) in obj {
+                    self.identifiers(child, &format!("{path}.{key}"), depth + 1);
+                }
+            }
+            Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    self.identifiers(item, &format!("{path}[{i}]"), depth + 1);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// `Patient.contact[0].name` → `Patient.contact.name`.
+fn strip_indices(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    let mut skipping = false;
+    for c in path.chars() {
+        match c {
+            '[' => skipping = true,
+            ']' => skipping = false,
+            c if !skipping => out.push(c),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The type of the element at an element path (`Patient.address` → `Address`),
+/// when R4 says it.
+fn type_at(path: &str) -> Option<String> {
+    if !path.contains('.') {
+        return R4.is_resource_type(path).then(|| path.to_owned());
+    }
+    let base = r4_base(path)?;
+    match base.types.as_slice() {
+        [one] => Some(one.clone()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    /// FR Core 2.1.0 from `../shared` (absent from a user's clone: those tests say so and pass).
+    fn fr_core() -> Option<PathBuf> {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/ig/fr-core-2.1.0");
+        if dir.is_dir() {
+            Some(dir)
+        } else {
+            eprintln!("skipped: {} is not here", dir.display());
+            None
+        }
+    }
+
+    fn check(conf: &Conformance, resource: &Value) -> Findings {
+        let profiles: Vec<&StructureDef> = resource["meta"]["profile"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| conf.structure(p.as_str()?))
+            .collect();
+        validate(conf, resource, &profiles)
+    }
+
+    fn load(dir: &std::path::Path) -> Conformance {
+        Conformance::new(super::super::package::read(dir).expect("package"))
+    }
+
+    fn example(dir: &std::path::Path, name: &str) -> Value {
+        let path = dir.join("example").join(name);
+        serde_json::from_slice(&std::fs::read(path).expect("read")).expect("json")
+    }
+
+    fn error_paths(findings: &Findings) -> Vec<String> {
+        findings
+            .errors
+            .iter()
+            .map(|i| i.expression.clone().unwrap_or_default())
+            .collect()
+    }
+
+    #[test]
+    fn fr_core_examples_validate_against_their_profiles() {
+        let Some(dir) = fr_core() else { return };
+        let conf = load(&dir);
+        let mut names: Vec<String> = std::fs::read_dir(dir.join("example"))
+            .expect("examples")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names.len(), 12);
+        for name in names {
+            let resource = example(&dir, &name);
+            let findings = check(&conf, &resource);
+            if name == "Patient-ExampleFRCorePatient001.json" {
+                // The published example's INS-NIR key is 44; its number gives 12.
+                assert_eq!(
+                    error_paths(&findings),
+                    ["Patient.identifier[0].value"],
+                    "{name}"
+                );
+                assert!(findings.errors[0].message.contains("fr-nir-key"));
+            } else {
+                assert!(findings.errors.is_empty(), "{name}: {:#?}", findings.errors);
+            }
+        }
+    }
+
+    /// The FR Core Patient example, its INS key corrected, then changed by `mutate`.
+    fn patient_errors(mutate: impl FnOnce(&mut Value)) -> Option<Findings> {
+        let dir = fr_core()?;
+        let conf = load(&dir);
+        let mut patient = example(&dir, "Patient-ExampleFRCorePatient001.json");
+        patient["identifier"][0]["value"] = Value::from("123456789012212");
+        mutate(&mut patient);
+        Some(check(&conf, &patient))
+    }
+
+    #[test]
+    fn the_corrected_patient_is_clean() {
+        let Some(findings) = patient_errors(|_| {}) else {
+            return;
+        };
+        assert!(findings.errors.is_empty(), "{:#?}", findings.errors);
+    }
+
+    #[test]
+    fn a_required_element_removed_is_named() {
+        let Some(findings) = patient_errors(|p| {
+            p["name"][0].as_object_mut().expect("name").remove("family");
+        }) else {
+            return;
+        };
+        assert_eq!(error_paths(&findings), ["Patient.name[0].family"]);
+        assert!(findings.errors[0]
+            .message
+            .contains("Patient.name:officialName.family"));
+    }
+
+    #[test]
+    fn a_slice_with_the_wrong_system_is_named() {
+        let Some(findings) = patient_errors(|p| {
+            p["identifier"][0]["system"] = Value::from("urn:oid:1.2.250.1.213.1.4.2");
+        }) else {
+            return;
+        };
+        assert_eq!(error_paths(&findings), ["Patient.identifier[0].system"]);
+        assert!(findings.errors[0]
+            .message
+            .contains("Patient.identifier:INS-NIR.system"));
+    }
+
+    #[test]
+    fn a_code_outside_a_required_binding_is_named() {
+        let Some(findings) = patient_errors(|p| {
+            p["extension"][0]["extension"]
+                .as_array_mut()
+                .expect("sub-extensions")
+                .push(serde_json::json!({"url": "validationMode", "valueCoding": {
+                    "system": "https://hl7.fr/ig/fhir/core/CodeSystem/fr-core-cs-mode-validation-identity",
+                    "code": "NOT-A-MODE"}}));
+        }) else {
+            return;
+        };
+        assert_eq!(
+            error_paths(&findings),
+            ["Patient.extension[0].extension[1].valueCoding"]
+        );
+        assert_eq!(findings.errors[0].code, "code-invalid");
+    }
+
+    #[test]
+    fn an_extension_out_of_its_context_is_named() {
+        let Some(findings) = patient_errors(|p| {
+            let ext = p["extension"][0].clone();
+            p["address"][0]["extension"] = Value::Array(vec![ext]);
+        }) else {
+            return;
+        };
+        assert_eq!(error_paths(&findings), ["Patient.address[0].extension[0]"]);
+        assert!(findings.errors[0]
+            .message
+            .contains("fr-core-identity-reliability"));
+    }
+
+    #[test]
+    fn a_closed_slicing_refuses_what_matches_no_slice() {
+        let Some(dir) = fr_core() else { return };
+        let conf = load(&dir);
+        let mut height = example(&dir, "Observation-FRCoreObservationBodyHeightExample.json");
+        let object = height.as_object_mut().expect("object");
+        object.remove("valueQuantity");
+        object.insert("valueString".into(), Value::from("1 m 80"));
+        let findings = check(&conf, &height);
+        assert_eq!(error_paths(&findings), ["Observation.valueString"]);
+    }
+}
