@@ -108,6 +108,7 @@ def main(root):
     print("# T<TAB>type<TAB>kind<TAB>abstract<TAB>regex of the value (primitive types)")
     print("# E<TAB>path<TAB>min<TAB>max<TAB>types (comma-separated)<TAB>contentReference<TAB>isSummary (1/0)")
     print("# B<TAB>path<TAB>ValueSet<TAB>codes (space-separated): a code element's required binding, when it expands here")
+    print("# C<TAB>path<TAB>key<TAB>human<TAB>FHIRPath: an invariant of severity error on a resource, backbone element or data type (ele-1 aside: the structural check covers it)")
     value_sets, code_systems = load_terminology(root)
     for name in sorted(sds):
         sd = sds[name]
@@ -122,6 +123,12 @@ def main(root):
             continue
         for el in sd["snapshot"]["element"]:
             path = el["path"]
+            own_types = [t.get("code") for t in el.get("type", [])]
+            if "." not in path or own_types in (["BackboneElement"], ["Element"]):
+                for c in el.get("constraint", []):
+                    if c.get("severity") == "error" and c.get("expression") and c["key"] != "ele-1":
+                        clean = lambda t: " ".join(t.split())
+                        print("\t".join(["C", path, c["key"], clean(c.get("human", "")), clean(c["expression"])]))
             if "." not in path:
                 continue
             types = ",".join(type_code(t) for t in el.get("type", []))

@@ -98,16 +98,12 @@ impl ProfileArgs {
         let required =
             passerelle::profile::parse_required(self.required_profiles.as_deref().unwrap_or(""))
                 .map_err(server::StartError::Config)?;
-        let rules = passerelle::profile::ProfileRules {
-            conformance: passerelle::profile::Conformance::new(loaded),
-            unknown_is_error,
-            required,
-        };
+        let mut rules = passerelle::profile::ProfileRules::new(loaded);
+        rules.unknown_is_error = unknown_is_error;
+        rules.required = required;
+        let known = rules.conformance();
         for urls in rules.required.values() {
-            if let Some(url) = urls
-                .iter()
-                .find(|u| rules.conformance.structure(u).is_none())
-            {
+            if let Some(url) = urls.iter().find(|u| known.structure(u).is_none()) {
                 return Err(server::StartError::Config(format!(
                     "PASSERELLE_REQUIRED_PROFILES names {url}, which no package given defines"
                 )));
@@ -432,6 +428,9 @@ async fn load(
             let mut rules = passerelle::service::Rules::default();
             coordination.apply(&mut rules)?;
             passerelle::service::load_search_parameters(&database.pool, &rules.catalog)
+                .await
+                .map_err(to_err)?;
+            passerelle::service::load_profiles(&database.pool, &rules.profiles)
                 .await
                 .map_err(to_err)?;
             (

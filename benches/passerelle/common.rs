@@ -340,7 +340,16 @@ pub async fn start_guarded(
     auth: passerelle::auth::AuthSetting,
     audit: bool,
 ) -> Result<BenchServer, StartError> {
-    let serve = ServeOptions {
+    start_options(database, &bench_options(delivery, auth, audit)).await
+}
+
+/// The options of a bench server: loopback callbacks allowed, default limits.
+pub fn bench_options(
+    delivery: passerelle::delivery::Tuning,
+    auth: passerelle::auth::AuthSetting,
+    audit: bool,
+) -> ServeOptions {
+    ServeOptions {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         base_url: None,
         max_body_bytes: 16 << 20,
@@ -358,12 +367,19 @@ pub async fn start_guarded(
         cors: Default::default(),
         trusted_proxies: Default::default(),
         jobs: Default::default(),
-    };
+    }
+}
+
+/// A server started with `serve` on an ephemeral port.
+pub async fn start_options(
+    database: &Database,
+    serve: &ServeOptions,
+) -> Result<BenchServer, StartError> {
     let listener = tokio::net::TcpListener::bind(serve.listen).await?;
     let running = server::start(
         database.pool.clone(),
         &database.config,
-        &serve,
+        serve,
         listener,
         std::future::pending(),
     )

@@ -1,6 +1,6 @@
 //! Passerelle's benchmarks, over real HTTP against a real database, each on a fresh
 //! `passerelle_bench` database with the server started in this process:
-//! `cargo bench --bench passerelle -- <rest|search|transaction|subscriptions|workflow|security|proxy> [options]`.
+//! `cargo bench --bench passerelle -- <rest|search|transaction|subscriptions|workflow|security|proxy|validation> [options]`.
 //! The figures are in the README.
 
 mod common;
@@ -10,6 +10,7 @@ mod search;
 mod security;
 mod subscriptions;
 mod transaction;
+mod validation;
 mod workflow;
 
 use std::process::ExitCode;
@@ -39,6 +40,21 @@ enum Command {
         /// Reads and searches per topology (creates: a quarter of it).
         #[arg(long, default_value_t = 40_000)]
         operations: usize,
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        #[command(flatten)]
+        db: DatabaseArgs,
+    },
+    /// The profile validator: validations per second of FR Core examples, and
+    /// creates claiming an FR Core profile beside creates claiming none.
+    Validation {
+        /// An FR Core package (folder or .tgz).
+        #[arg(long, default_value = "../shared/ig/fr-core-2.1.0")]
+        package: std::path::PathBuf,
+        #[arg(long, default_value_t = 20_000)]
+        validations: usize,
+        #[arg(long, default_value_t = 5_000)]
+        writes: usize,
         #[arg(long, default_value_t = 16)]
         concurrency: usize,
         #[command(flatten)]
@@ -216,6 +232,22 @@ async fn main() -> ExitCode {
                 database: db.choice(),
                 patients: patients.max(1),
                 read_passes: read_passes.max(1),
+                concurrency: concurrency.max(1),
+            })
+            .await
+        }
+        Command::Validation {
+            package,
+            validations,
+            writes,
+            concurrency,
+            db,
+        } => {
+            validation::run(validation::ValidationBenchOptions {
+                database: db.choice(),
+                package,
+                validations: validations.max(1),
+                writes: writes.max(1),
                 concurrency: concurrency.max(1),
             })
             .await

@@ -52,6 +52,17 @@ pub struct Definitions {
     /// The codes a `code` element may take, by definition path, where R4 binds
     /// it with strength `required` to a ValueSet that expands completely.
     bindings: HashMap<String, Binding>,
+    /// The invariants of severity error declared on a resource, a backbone
+    /// element or a data type (`Patient`, `Patient.contact`, `Period`).
+    invariants: HashMap<String, Vec<BaseInvariant>>,
+}
+
+/// An invariant of the base specification: key, what it says, its FHIRPath.
+#[derive(Debug)]
+pub struct BaseInvariant {
+    pub key: String,
+    pub human: String,
+    pub expression: String,
 }
 
 /// A required binding of a `code` element.
@@ -120,6 +131,16 @@ impl Definitions {
                 }
                 ["E", path, min, max, types, content_ref, summary] => {
                     defs.add_element(path, min, max, types, content_ref, *summary == "1");
+                }
+                ["C", path, key, human, expression] => {
+                    defs.invariants
+                        .entry((*path).to_owned())
+                        .or_default()
+                        .push(BaseInvariant {
+                            key: (*key).to_owned(),
+                            human: (*human).to_owned(),
+                            expression: (*expression).to_owned(),
+                        });
                 }
                 ["B", path, value_set, codes] => {
                     let binding = Binding {
@@ -195,6 +216,13 @@ impl Definitions {
                 summary,
             },
         );
+    }
+
+    /// Every path with invariants, and its invariants.
+    pub fn invariants(&self) -> impl Iterator<Item = (&str, &[BaseInvariant])> {
+        self.invariants
+            .iter()
+            .map(|(p, v)| (p.as_str(), v.as_slice()))
     }
 
     pub fn element(&self, path: &str) -> Option<&ElementDef> {

@@ -52,7 +52,7 @@ pub struct Node<'a> {
     /// The FHIR type code (`HumanName`, `dateTime`, `BackboneElement` …).
     pub type_code: String,
     /// Where the children's definitions are (`HumanName`, `Encounter.participant`).
-    def_path: String,
+    pub(crate) def_path: String,
 }
 
 impl Node<'_> {
@@ -270,7 +270,7 @@ pub fn compile(src: &str) -> Result<Expr, Unsupported> {
     Ok(expr)
 }
 
-fn node_of<'a>(value: &'a Value, type_code: &str, def_path: String) -> Node<'a> {
+pub(crate) fn node_of<'a>(value: &'a Value, type_code: &str, def_path: String) -> Node<'a> {
     Node {
         value,
         type_code: type_code.to_owned(),
@@ -279,7 +279,7 @@ fn node_of<'a>(value: &'a Value, type_code: &str, def_path: String) -> Node<'a> 
 }
 
 /// A resource as a node: its children are defined under its type.
-fn resource_node(value: &Value) -> Option<Node<'_>> {
+pub(crate) fn resource_node(value: &Value) -> Option<Node<'_>> {
     let rt = value.get("resourceType")?.as_str()?;
     Some(node_of(value, rt, rt.to_owned()))
 }
@@ -300,7 +300,7 @@ fn push_values<'a>(out: &mut Vec<Node<'a>>, value: &'a Value, type_code: &str, d
 }
 
 /// The children named `name` of a node, choice elements included.
-fn children<'a>(node: &Node<'a>, name: &str, out: &mut Vec<Node<'a>>) {
+pub(crate) fn children<'a>(node: &Node<'a>, name: &str, out: &mut Vec<Node<'a>>) {
     let Some(obj) = node.value.as_object() else {
         return;
     };
@@ -346,7 +346,7 @@ pub fn reference_type(reference: &Value) -> Option<&str> {
     parts.next().filter(|t| R4.is_resource_type(t))
 }
 
-fn is_of_type(node: &Node<'_>, wanted: &str) -> bool {
+pub(crate) fn is_of_type(node: &Node<'_>, wanted: &str) -> bool {
     if node.type_code == wanted {
         return true;
     }

@@ -5,6 +5,7 @@
 //! `package`, which reads packages from disk.
 
 pub mod identifiers;
+pub mod invariant;
 pub mod package;
 pub mod structure;
 pub mod terminology;
@@ -12,6 +13,7 @@ pub mod validator;
 pub mod verdict;
 
 use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 
 use serde_json::Value;
 
@@ -21,15 +23,27 @@ use terminology::{unversioned, Terminology};
 /// The project's own profiles, always known.
 const OWN_PROFILES: &str = include_str!("../../profiles/coordination-profiles.json");
 
-/// The definitions a validator works with.
+/// The definitions a validator works with. Building one only files the
+/// resources by URL: a StructureDefinition is read (its snapshot made) on first
+/// use, a ValueSet expanded on first use, so that putting a new set in force
+/// after a definition is written costs little however many there are.
 #[derive(Default)]
 pub struct Conformance {
-    structures: HashMap<String, StructureDef>,
+    structures: HashMap<String, Structure>,
     pub terminology: Terminology,
 }
 
+/// A StructureDefinition as given, and as read on first use (`None`: unusable).
+struct Structure {
+    raw: Arc<Value>,
+    read: OnceLock<Option<StructureDef>>,
+}
+
+/// Longest chain of differentials over differentials followed to a snapshot.
+const MAX_BASE_CHAIN: usize = 16;
+
 /// Every resource of `value`: itself, or each entry of a Bundle.
-fn resources(value: Value, out: &mut Vec<Value>) {
+fn resources(value: Value, out: &mut Vec<Arc<Value>>) {
     if value["resourceType"] == "Bundle" {
         if let Value::Array(entries) = value["entry"].clone() {
             for mut entry in entries {
@@ -37,67 +51,87 @@ fn resources(value: Value, out: &mut Vec<Value>) {
             }
         }
     } else if value.is_object() {
-        out.push(value);
+        out.push(Arc::new(value));
     }
 }
+
+/// The resources of `loaded` (resources or Bundles of them), one by one.
+pub fn flatten(loaded: Vec<Value>) -> Vec<Arc<Value>> {
+    let mut out = Vec::new();
+    for value in loaded {
+        resources(value, &mut out);
+    }
+    out
+}
+
+/// The project's own profiles, read once.
+static OWN: LazyLock<Vec<Arc<Value>>> = LazyLock::new(|| {
+    serde_json::from_str(OWN_PROFILES)
+        .map(|v| flatten(vec![v]))
+        .unwrap_or_default()
+});
 
 impl Conformance {
     /// The project's own profiles and `loaded` (StructureDefinitions, ValueSets,
     /// CodeSystems, or Bundles of them; anything else is ignored).
     pub fn new(loaded: Vec<Value>) -> Conformance {
-        let mut all = Vec::new();
-        if let Ok(own) = serde_json::from_str(OWN_PROFILES) {
-            resources(own, &mut all);
-        }
-        for value in loaded {
-            resources(value, &mut all);
-        }
+        Conformance::of(&flatten(loaded))
+    }
+
+    /// The project's own profiles and `resources` (already flattened); a later
+    /// one replaces an earlier one of the same URL.
+    pub fn of(resources: &[Arc<Value>]) -> Conformance {
         let mut conformance = Conformance::default();
-        let mut pending = Vec::new();
-        for r in all {
+        for r in OWN.iter().chain(resources) {
             match r["resourceType"].as_str() {
-                Some("StructureDefinition") => pending.push(r),
-                Some("ValueSet" | "CodeSystem") => conformance.terminology.add(&r),
+                Some("StructureDefinition") => {
+                    if let Some(url) = r["url"].as_str() {
+                        conformance.structures.insert(
+                            unversioned(url).to_owned(),
+                            Structure {
+                                raw: r.clone(),
+                                read: OnceLock::new(),
+                            },
+                        );
+                    }
+                }
+                Some("ValueSet" | "CodeSystem") => conformance.terminology.add(r.clone()),
                 _ => {}
             }
-        }
-        // Snapshots first, then differentials whose base is known, round after round.
-        loop {
-            let before = pending.len();
-            pending.retain(|sd| !conformance.try_add(sd, false));
-            if pending.is_empty() || pending.len() == before {
-                break;
-            }
-        }
-        for sd in pending {
-            conformance.try_add(&sd, true);
         }
         conformance
     }
 
-    /// Adds a StructureDefinition if its snapshot is given or can be made now
-    /// (`force`: over R4 when its base is still unknown).
-    fn try_add(&mut self, sd: &Value, force: bool) -> bool {
-        let has_snapshot = sd["snapshot"]["element"].is_array();
-        let base = sd["baseDefinition"].as_str().map(unversioned);
-        let base_known = base.is_some_and(|b| self.structures.contains_key(b));
-        let over_r4 =
-            base.is_none_or(|b| b.starts_with("http://hl7.org/fhir/StructureDefinition/"));
-        if !(has_snapshot || base_known || over_r4 || force) {
-            return false;
+    pub fn structure(&self, url: &str) -> Option<&StructureDef> {
+        let url = unversioned(url);
+        let entry = self.structures.get(url)?;
+        if entry.read.get().is_none() && !self.base_chain_ends(url) {
+            return None;
         }
-        let parsed = StructureDef::parse(sd, |url| self.structures.get(unversioned(url)));
-        match parsed {
-            Some(parsed) => {
-                self.structures.insert(parsed.url.clone(), parsed);
-                true
-            }
-            None => force,
-        }
+        entry
+            .read
+            .get_or_init(|| StructureDef::parse(&entry.raw, |base| self.structure(base)))
+            .as_ref()
     }
 
-    pub fn structure(&self, url: &str) -> Option<&StructureDef> {
-        self.structures.get(unversioned(url))
+    /// Whether the chain of bases of a differential ends (at a snapshot, an R4
+    /// type or an unknown base) within the bound, without a cycle: only then is
+    /// it read, each base before it.
+    fn base_chain_ends(&self, url: &str) -> bool {
+        let mut at = url;
+        for _ in 0..MAX_BASE_CHAIN {
+            let Some(entry) = self.structures.get(at) else {
+                return true;
+            };
+            if entry.read.get().is_some() || entry.raw["snapshot"]["element"].is_array() {
+                return true;
+            }
+            match entry.raw["baseDefinition"].as_str() {
+                Some(base) => at = unversioned(base),
+                None => return true,
+            }
+        }
+        false
     }
 
     /// The codes of an R4 ValueSet bound to `code` elements, known without loading R4.
@@ -114,7 +148,14 @@ impl Conformance {
 /// claimed profile the server does not know refuses a write, and the profiles
 /// every resource of a type must meet.
 pub struct ProfileRules {
-    pub conformance: Conformance,
+    /// The definitions in force: the project's, the packages', those written to
+    /// the server; replaced whole when those change, each validation keeping the
+    /// set it started with.
+    conformance: arc_swap::ArcSwap<Conformance>,
+    /// What the packages gave, kept to put in force again with what is stored.
+    packages: Vec<Arc<Value>>,
+    /// The definitions written to the server, by type and id.
+    stored: Mutex<HashMap<(String, String), Arc<Value>>>,
     /// A claimed profile the server does not know is an error (else a warning).
     pub unknown_is_error: bool,
     /// Profiles each resource of a type is checked against, claimed or not.
@@ -124,11 +165,7 @@ pub struct ProfileRules {
 impl Default for ProfileRules {
     /// The project's own profiles, unknown ones a warning, none required.
     fn default() -> Self {
-        ProfileRules {
-            conformance: Conformance::new(Vec::new()),
-            unknown_is_error: false,
-            required: HashMap::new(),
-        }
+        ProfileRules::new(Vec::new())
     }
 }
 
@@ -164,6 +201,61 @@ fn is_base_definition(url: &str, res_type: &str) -> bool {
 }
 
 impl ProfileRules {
+    /// The project's profiles and those of `packages` (see `Conformance::new`),
+    /// unknown profiles a warning, none required.
+    pub fn new(packages: Vec<Value>) -> ProfileRules {
+        let packages = flatten(packages);
+        ProfileRules {
+            conformance: arc_swap::ArcSwap::from_pointee(Conformance::of(&packages)),
+            packages,
+            stored: Mutex::new(HashMap::new()),
+            unknown_is_error: false,
+            required: HashMap::new(),
+        }
+    }
+
+    /// The definitions in force.
+    pub fn conformance(&self) -> Arc<Conformance> {
+        self.conformance.load_full()
+    }
+
+    /// Puts in force the packages' definitions and `stored`, all the
+    /// StructureDefinitions, ValueSets and CodeSystems written to the server (a
+    /// stored one replaces a package's of the same URL).
+    pub fn install(&self, stored: Vec<Value>) {
+        let mut held = self.stored.lock().unwrap_or_else(|e| e.into_inner());
+        *held = stored
+            .into_iter()
+            .filter_map(|v| {
+                let key = (
+                    v["resourceType"].as_str()?.to_owned(),
+                    v["id"].as_str()?.to_owned(),
+                );
+                Some((key, Arc::new(v)))
+            })
+            .collect();
+        self.put_in_force(&held);
+    }
+
+    /// Puts in force one definition written to the server (`None`: deleted).
+    pub fn apply(&self, res_type: &str, res_id: &str, resource: Option<Value>) {
+        let mut held = self.stored.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (res_type.to_owned(), res_id.to_owned());
+        match resource {
+            Some(v) => held.insert(key, Arc::new(v)),
+            None => held.remove(&key),
+        };
+        self.put_in_force(&held);
+    }
+
+    fn put_in_force(&self, stored: &HashMap<(String, String), Arc<Value>>) {
+        let mut mine: Vec<(&(String, String), &Arc<Value>)> = stored.iter().collect();
+        mine.sort_by(|a, b| a.0.cmp(b.0));
+        let mut all = self.packages.clone();
+        all.extend(mine.into_iter().map(|(_, v)| v.clone()));
+        self.conformance.store(Arc::new(Conformance::of(&all)));
+    }
+
     /// The profiles `resource` is checked against: those it claims, `named`
     /// (`$validate`'s `profile`), those its type requires.
     fn profiles<'r>(&'r self, resource: &'r Value, named: &'r [&'r str]) -> Vec<&'r str> {
@@ -192,15 +284,13 @@ impl ProfileRules {
     /// extensions and its French identifiers.
     pub fn check(&self, resource: &Value, named: &[&str]) -> validator::Findings {
         let urls = self.profiles(resource, named);
+        let conformance = self.conformance.load();
         let known: Vec<&StructureDef> = urls
             .iter()
-            .filter_map(|u| self.conformance.structure(u))
+            .filter_map(|u| conformance.structure(u))
             .collect();
-        let mut findings = validator::validate(&self.conformance, resource, &known);
-        for url in urls
-            .iter()
-            .filter(|u| self.conformance.structure(u).is_none())
-        {
+        let mut findings = validator::validate(&conformance, resource, &known);
+        for url in urls.iter().filter(|u| conformance.structure(u).is_none()) {
             let issue = crate::error::Issue::new(
                 "not-supported",
                 format!(

@@ -47,6 +47,9 @@ pub struct Constraint {
     pub error: bool,
     pub human: String,
     pub expression: Option<String>,
+    /// The expression parsed (shared by the elements it is copied to).
+    pub compiled:
+        Option<std::sync::Arc<Result<super::invariant::Invariant, super::invariant::NotEvaluated>>>,
     /// Defined by the base specification (`ele-1`, `dom-2` …) rather than by the profile.
     pub from_base: bool,
 }
@@ -172,6 +175,9 @@ fn parse_element(e: &Value) -> Option<Element> {
                 error: c["severity"].as_str() == Some("error"),
                 human: text(c, "human").unwrap_or_default(),
                 expression: text(c, "expression"),
+                compiled: c["expression"]
+                    .as_str()
+                    .map(|x| std::sync::Arc::new(super::invariant::Invariant::parse(x))),
                 from_base: c["source"]
                     .as_str()
                     .is_none_or(|s| s.starts_with("http://hl7.org/fhir/StructureDefinition/")),

@@ -6,7 +6,7 @@
 //! and the validator says so. Pure.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use serde_json::Value;
 
@@ -37,10 +37,11 @@ struct CodeSystem {
     concepts: Vec<(String, Option<String>)>,
 }
 
+/// ValueSets and CodeSystems as given, read on first use.
 #[derive(Default)]
 pub struct Terminology {
-    code_systems: HashMap<String, CodeSystem>,
-    value_sets: HashMap<String, (Value, OnceLock<Option<Expansion>>)>,
+    code_systems: HashMap<String, (Arc<Value>, OnceLock<CodeSystem>)>,
+    value_sets: HashMap<String, (Arc<Value>, OnceLock<Option<Expansion>>)>,
 }
 
 /// A canonical without its `|version`.
@@ -60,28 +61,31 @@ fn flatten(concepts: &Value, parent: Option<&str>, out: &mut Vec<(String, Option
 const MAX_NESTING: usize = 8;
 
 impl Terminology {
-    pub fn add(&mut self, resource: &Value) {
-        let Some(url) = resource["url"].as_str() else {
+    pub fn add(&mut self, resource: Arc<Value>) {
+        let Some(url) = resource["url"].as_str().map(str::to_owned) else {
             return;
         };
         match resource["resourceType"].as_str() {
             Some("CodeSystem") => {
-                let mut concepts = Vec::new();
-                flatten(&resource["concept"], None, &mut concepts);
-                self.code_systems.insert(
-                    url.to_owned(),
-                    CodeSystem {
-                        complete: resource["content"].as_str() == Some("complete"),
-                        concepts,
-                    },
-                );
+                self.code_systems.insert(url, (resource, OnceLock::new()));
             }
             Some("ValueSet") => {
-                self.value_sets
-                    .insert(url.to_owned(), (resource.clone(), OnceLock::new()));
+                self.value_sets.insert(url, (resource, OnceLock::new()));
             }
             _ => {}
         }
+    }
+
+    fn code_system(&self, url: &str) -> Option<&CodeSystem> {
+        let (raw, read) = self.code_systems.get(url)?;
+        Some(read.get_or_init(|| {
+            let mut concepts = Vec::new();
+            flatten(&raw["concept"], None, &mut concepts);
+            CodeSystem {
+                complete: raw["content"].as_str() == Some("complete"),
+                concepts,
+            }
+        }))
     }
 
     pub fn knows_value_set(&self, url: &str) -> bool {
@@ -149,7 +153,7 @@ impl Terminology {
                     .collect(),
                 (None, Some(filters)) => self.filtered(system, filters)?,
                 (None, None) => {
-                    let cs = self.code_systems.get(system).filter(|cs| cs.complete)?;
+                    let cs = self.code_system(system).filter(|cs| cs.complete)?;
                     cs.concepts.iter().map(|(c, _)| c.clone()).collect()
                 }
             };
@@ -169,7 +173,7 @@ impl Terminology {
 
     /// The codes `is-a` / `descendent-of` filters select in a known system.
     fn filtered(&self, system: &str, filters: &[Value]) -> Option<Vec<String>> {
-        let cs = self.code_systems.get(system)?;
+        let cs = self.code_system(system)?;
         let mut codes: Option<Vec<String>> = None;
         for f in filters {
             let root = f["value"].as_str()?;
@@ -209,28 +213,50 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn add(t: &mut Terminology, v: Value) {
+        t.add(Arc::new(v));
+    }
+
     fn terminology() -> Terminology {
         let mut t = Terminology::default();
-        t.add(&json!({"resourceType": "CodeSystem", "url": "cs", "content": "complete",
-            "concept": [{"code": "a", "concept": [{"code": "a1"}, {"code": "a2"}]}, {"code": "b"}]}));
-        t.add(
-            &json!({"resourceType": "CodeSystem", "url": "partial", "content": "fragment",
+        add(
+            &mut t,
+            json!({"resourceType": "CodeSystem", "url": "cs", "content": "complete",
+            "concept": [{"code": "a", "concept": [{"code": "a1"}, {"code": "a2"}]}, {"code": "b"}]}),
+        );
+        add(
+            &mut t,
+            json!({"resourceType": "CodeSystem", "url": "partial", "content": "fragment",
             "concept": [{"code": "x"}]}),
         );
-        t.add(&json!({"resourceType": "ValueSet", "url": "all", "compose": {"include": [{"system": "cs"}]}}));
-        t.add(
-            &json!({"resourceType": "ValueSet", "url": "listed", "compose": {"include": [
+        add(
+            &mut t,
+            json!({"resourceType": "ValueSet", "url": "all", "compose": {"include": [{"system": "cs"}]}}),
+        );
+        add(
+            &mut t,
+            json!({"resourceType": "ValueSet", "url": "listed", "compose": {"include": [
             {"system": "other", "concept": [{"code": "z"}]}]}}),
         );
-        t.add(&json!({"resourceType": "ValueSet", "url": "under-a", "compose": {"include": [
-            {"system": "cs", "filter": [{"property": "concept", "op": "descendent-of", "value": "a"}]}]}}));
-        t.add(
-            &json!({"resourceType": "ValueSet", "url": "nested", "compose": {
+        add(
+            &mut t,
+            json!({"resourceType": "ValueSet", "url": "under-a", "compose": {"include": [
+            {"system": "cs", "filter": [{"property": "concept", "op": "descendent-of", "value": "a"}]}]}}),
+        );
+        add(
+            &mut t,
+            json!({"resourceType": "ValueSet", "url": "nested", "compose": {
             "include": [{"valueSet": ["all"]}, {"valueSet": ["listed"]}],
             "exclude": [{"system": "cs", "concept": [{"code": "b"}]}]}}),
         );
-        t.add(&json!({"resourceType": "ValueSet", "url": "fragment", "compose": {"include": [{"system": "partial"}]}}));
-        t.add(&json!({"resourceType": "ValueSet", "url": "unknown-system", "compose": {"include": [{"system": "nowhere"}]}}));
+        add(
+            &mut t,
+            json!({"resourceType": "ValueSet", "url": "fragment", "compose": {"include": [{"system": "partial"}]}}),
+        );
+        add(
+            &mut t,
+            json!({"resourceType": "ValueSet", "url": "unknown-system", "compose": {"include": [{"system": "nowhere"}]}}),
+        );
         t
     }
 

@@ -4,9 +4,10 @@
 //! `fixed[x]` and `pattern[x]`, slicing (`value`, `pattern`, `exists`, `type`
 //! and `profile` discriminators; closed slicing), the profiles of data types,
 //! extensions against their definitions (their context included), required and
-//! extensible bindings, the target types of references — then every extension
-//! the server knows, wherever it is, and the French identifiers. What it cannot
-//! check (a ValueSet it lacks, an extension it does not know, invariants) is a
+//! extensible bindings, the target types of references, invariants (FHIRPath,
+//! `profile::invariant`) — then every extension the server knows, wherever it
+//! is, and the French identifiers. What it cannot check (a ValueSet it lacks,
+//! an extension it does not know, an invariant it cannot evaluate) is a
 //! warning saying so, never a silent pass. Messages name the element path, the
 //! rule and the profile. Pure.
 
@@ -15,10 +16,12 @@ use std::collections::{BTreeSet, HashSet};
 use serde_json::{Map, Value};
 
 use super::identifiers;
+use super::invariant::BASE;
 use super::structure::{r4_base, DiscriminatorKind, Element, Slicing, Strength, StructureDef};
 use super::Conformance;
 use crate::error::Issue;
 use crate::fhir::definitions::{TypeKind, R4};
+use crate::fhir::fhirpath::{children, Node};
 
 /// Deeper than this is not walked (stack safety; the structural check bounds it first).
 const MAX_DEPTH: usize = 64;
@@ -39,8 +42,10 @@ struct Run<'c> {
     warned: HashSet<String>,
     /// Paths of the extensions already checked against their definition.
     extensions_checked: HashSet<String>,
-    /// The profiles' own invariants met on the way, not evaluated.
+    /// The invariants met on the way that could not be evaluated, and why.
     invariants: BTreeSet<String>,
+    /// The invariants evaluated, by path and key.
+    evaluated: HashSet<String>,
     depth: usize,
 }
 
@@ -56,15 +61,7 @@ struct Found<'v> {
 /// Checks `resource` against each of `profiles`, then its extensions and
 /// French identifiers.
 pub fn validate(conf: &Conformance, resource: &Value, profiles: &[&StructureDef]) -> Findings {
-    let mut run = Run {
-        conf,
-        resource,
-        findings: Findings::default(),
-        warned: HashSet::new(),
-        extensions_checked: HashSet::new(),
-        invariants: BTreeSet::new(),
-        depth: 0,
-    };
+    let mut run = Run::new(conf, resource);
     let res_type = resource["resourceType"].as_str().unwrap_or_default();
     for sd in profiles {
         if sd.type_name != res_type {
@@ -80,6 +77,9 @@ pub fn validate(conf: &Conformance, resource: &Value, profiles: &[&StructureDef]
         }
         run.element(sd, sd.root(), resource, res_type, Some(res_type));
     }
+    if let Some(root) = crate::fhir::fhirpath::root(resource) {
+        run.base_invariants(&root, res_type, 0);
+    }
     run.extensions(resource, res_type, 0);
     run.identifiers(resource, res_type, 0);
     if !run.invariants.is_empty() {
@@ -87,8 +87,8 @@ pub fn validate(conf: &Conformance, resource: &Value, profiles: &[&StructureDef]
         run.findings.warnings.push(Issue::new(
             "not-supported",
             format!(
-                "the profiles' invariants {} were not evaluated: this server does not evaluate FHIRPath invariants yet",
-                keys.join(", ")
+                "these invariants could not be evaluated here: {}",
+                keys.join("; ")
             ),
         ));
     }
@@ -156,6 +156,19 @@ fn element_label(sd: &StructureDef, e: &Element) -> String {
 }
 
 impl<'c> Run<'c> {
+    fn new(conf: &'c Conformance, resource: &'c Value) -> Run<'c> {
+        Run {
+            conf,
+            resource,
+            findings: Findings::default(),
+            warned: HashSet::new(),
+            extensions_checked: HashSet::new(),
+            invariants: BTreeSet::new(),
+            evaluated: HashSet::new(),
+            depth: 0,
+        }
+    }
+
     fn error(&mut self, code: &'static str, message: String, path: &str) {
         if self.findings.errors.len() < MAX_ISSUES {
             self.findings
@@ -218,9 +231,7 @@ impl<'c> Run<'c> {
                 self.reference(e, value, path);
             }
         }
-        for c in e.constraints.iter().filter(|c| c.error && !c.from_base) {
-            self.invariants.insert(format!("{} ({})", c.key, sd.name));
-        }
+        self.invariants_of(sd, e, value, path, type_code);
         let children = sd.children(idx);
         if type_code == Some("Extension") && !children.is_empty() {
             // Checked here, by the profile's own view of it.
@@ -233,6 +244,106 @@ impl<'c> Run<'c> {
             }
         }
         self.depth -= 1;
+    }
+
+    /// The element's invariants of severity error, each evaluated once per
+    /// path (a data type's profile repeats its element's).
+    fn invariants_of(
+        &mut self,
+        sd: &StructureDef,
+        e: &Element,
+        value: &Value,
+        path: &str,
+        type_code: Option<&str>,
+    ) {
+        let type_code = type_code.unwrap_or(&sd.type_name);
+        let def_path = match type_code {
+            "BackboneElement" | "Element" => e.path.as_str(),
+            t => t,
+        };
+        for c in e.constraints.iter().filter(|c| c.error) {
+            let Some(compiled) = &c.compiled else {
+                continue;
+            };
+            if !self.evaluated.insert(format!("{path}|{}", c.key)) {
+                continue;
+            }
+            let outcome = match compiled.as_ref() {
+                Ok(invariant) => invariant.holds(self.resource, value, type_code, def_path),
+                Err(why) => Err(why.clone()),
+            };
+            match outcome {
+                Ok(true) => {}
+                Ok(false) => self.error(
+                    "invariant",
+                    format!(
+                        "constraint {} failed: {} ({})",
+                        c.key,
+                        c.human.trim_end_matches('.'),
+                        element_label(sd, e)
+                    ),
+                    path,
+                ),
+                Err(why) => {
+                    self.invariants.insert(format!("{} ({})", c.key, why.0));
+                }
+            }
+        }
+    }
+
+    /// The R4 invariants of every resource, backbone element and data type of
+    /// the resource (`per-1` of each Period …), typed by the R4 definitions;
+    /// those a profile's snapshot holds too are evaluated once.
+    fn base_invariants(&mut self, node: &Node<'c>, path: &str, depth: usize) {
+        if depth > MAX_DEPTH {
+            return;
+        }
+        for rule in BASE.get(node.def_path.as_str()).into_iter().flatten() {
+            if !self.evaluated.insert(format!("{path}|{}", rule.key)) {
+                continue;
+            }
+            let outcome = match &rule.invariant {
+                Ok(invariant) => {
+                    invariant.holds(self.resource, node.value, &node.type_code, &node.def_path)
+                }
+                Err(why) => Err(why.clone()),
+            };
+            match outcome {
+                Ok(true) => {}
+                Ok(false) => self.error(
+                    "invariant",
+                    format!(
+                        "constraint {} failed: {} (R4 {})",
+                        rule.key,
+                        rule.human.trim_end_matches('.'),
+                        node.def_path
+                    ),
+                    path,
+                ),
+                Err(why) => {
+                    self.invariants.insert(format!("{} ({})", rule.key, why.0));
+                }
+            }
+        }
+        let Some(obj) = node.value.as_object() else {
+            return;
+        };
+        for (key, value) in obj {
+            if key == "resourceType" || key.starts_with('_') {
+                continue;
+            }
+            let mut found = Vec::new();
+            children(node, key, &mut found);
+            let many = value.is_array();
+            for (i, child) in found.iter().enumerate() {
+                let at = if many {
+                    format!("{path}.{key}[{i}]")
+                } else {
+                    format!("{path}.{key}")
+                };
+                self.base_invariants(child, &at, depth + 1);
+            }
+        }
     }
 
     /// The profiles an element's type carries: a data type's profile, an
@@ -607,13 +718,8 @@ impl<'c> Run<'c> {
                         && nodes.iter().any(|n| {
                             profiles.iter().any(|p| {
                                 let mut probe = Run {
-                                    conf: self.conf,
-                                    resource: self.resource,
-                                    findings: Findings::default(),
-                                    warned: HashSet::new(),
-                                    extensions_checked: HashSet::new(),
-                                    invariants: BTreeSet::new(),
                                     depth: self.depth,
+                                    ..Run::new(self.conf, self.resource)
                                 };
                                 probe.element(p, p.root(), n, "", type_code);
                                 probe.findings.errors.is_empty()
@@ -992,10 +1098,27 @@ mod tests {
         }) else {
             return;
         };
-        assert_eq!(error_paths(&findings), ["Patient.identifier[0].system"]);
-        assert!(findings.errors[0]
+        // And with no INS-NIR left, fr-core-1 (a validated identity has one) fails.
+        assert_eq!(
+            error_paths(&findings),
+            ["Patient", "Patient.identifier[0].system"]
+        );
+        assert!(findings.errors[0].message.contains("fr-core-1"));
+        assert!(findings.errors[1]
             .message
             .contains("Patient.identifier:INS-NIR.system"));
+    }
+
+    #[test]
+    fn a_broken_invariant_is_named() {
+        let Some(findings) = patient_errors(|p| {
+            p["address"][0]["period"] =
+                serde_json::json!({"start": "2018-06-01", "end": "2017-01-01"});
+        }) else {
+            return;
+        };
+        assert_eq!(error_paths(&findings), ["Patient.address[0].period"]);
+        assert!(findings.errors[0].message.contains("per-1"));
     }
 
     #[test]

@@ -269,14 +269,20 @@ pub async fn start(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<Running, StartError> {
     let local = listener.local_addr()?;
-    let fingerprint = crate::service::load_search_parameters(&pool, &options.rules.catalog)
-        .await
-        .map_err(|e| StartError::Database(e.to_string()))?;
-    let watcher = tokio::spawn(crate::service::watch_search_parameters(
+    let to_err = |e: crate::error::FhirError| StartError::Database(e.to_string());
+    let seen = crate::service::Fingerprints {
+        search_parameters: crate::service::load_search_parameters(&pool, &options.rules.catalog)
+            .await
+            .map_err(to_err)?,
+        profiles: crate::service::load_profiles(&pool, &options.rules.profiles)
+            .await
+            .map_err(to_err)?,
+    };
+    let watcher = tokio::spawn(crate::service::watch_definitions(
         pool.clone(),
-        options.rules.catalog.clone(),
-        fingerprint,
-        SEARCH_PARAMETER_POLL,
+        Arc::new(options.rules.clone()),
+        seen,
+        DEFINITIONS_POLL,
     ));
     let hub = delivery::websocket::Hub::new();
     let metrics = Arc::new(crate::metrics::Metrics::new());
@@ -311,7 +317,7 @@ pub async fn start(
 }
 
 /// How often an instance looks for SearchParameters written through another.
-const SEARCH_PARAMETER_POLL: Duration = Duration::from_secs(5);
+const DEFINITIONS_POLL: Duration = Duration::from_secs(5);
 
 /// Whether the server may listen on `listen` with `auth` (without
 /// authentication, only on loopback), said in the log, loudly when it is off:

@@ -15,7 +15,7 @@ use deadpool_postgres::{GenericClient, Pool, Transaction};
 use serde_json::{json, Value};
 
 use super::{
-    conditional_match, notify, plan, search_parameter_changed, write, Change, Fact, Matches,
+    conditional_match, definitions_changed, notify, plan, write, Change, Fact, Matches,
     PatchTarget, Planned, Rules, Scope, WriteRequest, Written,
 };
 use crate::auth::Access;
@@ -472,15 +472,17 @@ struct Answers {
     representation: bool,
     facts: Vec<Fact>,
     writes_subscriptions: bool,
-    search_parameters: Vec<Written>,
+    definitions: Vec<Written>,
 }
 
 impl Answers {
     fn answer(&mut self, entry: usize, written: Option<Written>) {
         self.responses[entry] = write_response(written.as_ref(), self.representation).into();
-        // Only SearchParameters need their version after the commit.
-        self.search_parameters
-            .extend(written.filter(|w| w.res_type == "SearchParameter"));
+        // Only definitions (SearchParameters, profiles) are looked at after the commit.
+        self.definitions.extend(written.filter(|w| {
+            w.res_type == "SearchParameter"
+                || super::search_parameters::PROFILE_TYPES.contains(&w.res_type.as_str())
+        }));
     }
 }
 
@@ -593,7 +595,7 @@ async fn transaction(
         representation: answering.representation,
         facts: Vec::new(),
         writes_subscriptions: heads.iter().any(|h| h.target.res_type() == "Subscription"),
-        search_parameters: Vec::new(),
+        definitions: Vec::new(),
     };
     let mut pending = Pending::default();
     let mut created = Created::new(&params, &heads);
@@ -669,8 +671,8 @@ async fn transaction(
     pending.flush(&tx, rules, now, &mut out).await?;
     notify::record_events(&tx, &rules.catalog, &out.facts).await?;
     store::commit(tx).await?;
-    for w in &out.search_parameters {
-        search_parameter_changed(pool, rules, w).await;
+    for w in &out.definitions {
+        definitions_changed(pool, rules, w).await;
     }
     Ok(fhir::render::bundle(
         "transaction-response",

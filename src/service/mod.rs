@@ -31,8 +31,10 @@ pub use escalation::{escalate_due, watch_escalations};
 pub use history::{history, HistoryPage};
 pub use notify::Fact;
 pub use read::{read, vread};
-use search_parameters::search_parameter_changed;
-pub use search_parameters::{load_search_parameters, reindex, watch_search_parameters};
+use search_parameters::definitions_changed;
+pub use search_parameters::{
+    load_profiles, load_search_parameters, reindex, watch_definitions, Fingerprints,
+};
 pub use searches::{everything, search, searchset, Scope, SearchPage};
 pub use turnaround::turnaround;
 pub use write::{Change, ChangeKind, Written};

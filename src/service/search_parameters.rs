@@ -1,6 +1,8 @@
-//! The SearchParameter lifecycle: the table in force loaded from the database,
-//! changes put in force here and noticed from other instances, subscriptions
-//! their change breaks put in `error`, resources reindexed.
+//! The lifecycle of the definitions written to the server: SearchParameters
+//! (the table in force loaded from the database, changes put in force here and
+//! noticed from other instances, subscriptions their change breaks put in
+//! `error`, resources reindexed) and the StructureDefinitions, ValueSets and
+//! CodeSystems the profile validator uses (put in force the same way).
 
 use std::sync::Arc;
 
@@ -13,6 +15,7 @@ use crate::search::params::ParamTable;
 use crate::store;
 
 use super::{subscription_status, Catalog, Rules, Written};
+use crate::profile::ProfileRules;
 
 /// Rewrites the index rows of every current resource (of `types`, or all) from
 /// the parameter table in force, in batches of `batch` per transaction; returns how
@@ -110,17 +113,51 @@ pub(super) async fn reindex_job(
 /// they change); returns the fingerprint of what was loaded.
 pub async fn load_search_parameters(pool: &Pool, catalog: &Catalog) -> FhirResult<String> {
     let client = pool.get().await?;
-    let (resources, fingerprint) = store::search_parameters(&client).await?;
+    let (resources, fingerprint) = store::definitions(&client, &["SearchParameter"]).await?;
     for (name, why) in catalog.params.install(&resources) {
         tracing::warn!(parameter = %name, reason = %why, "SearchParameter not used");
     }
     Ok(fingerprint)
 }
 
-/// After a SearchParameter was written here: put it in force, put in `error` the
-/// subscriptions whose criteria it broke, then queue the indexing of the existing
-/// resources of its base types (a job any instance runs).
-pub(super) async fn search_parameter_changed(pool: &Pool, rules: &Rules, written: &Written) {
+/// The resources the profile validator takes from the database.
+pub const PROFILE_TYPES: &[&str] = &["StructureDefinition", "ValueSet", "CodeSystem"];
+
+/// Puts the packages' definitions and the StructureDefinitions, ValueSets and
+/// CodeSystems of the database in force for the profile validator (at start,
+/// and when they change); returns the fingerprint of what was loaded.
+pub async fn load_profiles(pool: &Pool, profiles: &ProfileRules) -> FhirResult<String> {
+    let client = pool.get().await?;
+    let (resources, fingerprint) = store::definitions(&client, PROFILE_TYPES).await?;
+    drop(client);
+    profiles.install(resources);
+    Ok(fingerprint)
+}
+
+/// After a definition was written here (a commit): a SearchParameter is put in
+/// force, the subscriptions whose criteria it broke put in `error`, and the
+/// indexing of the existing resources of its base types queued (a job any
+/// instance runs); a StructureDefinition, ValueSet or CodeSystem is put in
+/// force for the profile validator.
+pub(super) async fn definitions_changed(pool: &Pool, rules: &Rules, written: &Written) {
+    if PROFILE_TYPES.contains(&written.res_type.as_str()) {
+        // The version written, put in force alone (reading every stored
+        // definition again at each write would make loading a package's worth of
+        // them quadratic); a delete, or a write without its text, reads them all.
+        match written.json.as_deref().map(serde_json::from_str::<Value>) {
+            Some(Ok(resource)) => {
+                rules
+                    .profiles
+                    .apply(&written.res_type, &written.res_id, Some(resource));
+            }
+            _ => {
+                if let Err(e) = load_profiles(pool, &rules.profiles).await {
+                    tracing::error!(error = %e, "reloading profiles");
+                }
+            }
+        }
+        return;
+    }
     if written.res_type != "SearchParameter" {
         return;
     }
@@ -170,12 +207,20 @@ async fn stop_subscriptions_out_of_force(pool: &Pool, rules: &Rules) -> FhirResu
     Ok(())
 }
 
-/// Watches for SearchParameter changes made by other instances and puts them in
-/// force; runs until the process ends.
-pub async fn watch_search_parameters(
+/// What a watcher compares to notice definitions written through other
+/// instances: the fingerprints of the SearchParameters and of the profiles'
+/// resources last loaded.
+pub struct Fingerprints {
+    pub search_parameters: String,
+    pub profiles: String,
+}
+
+/// Watches for SearchParameter and profile changes made by other instances
+/// and puts them in force; runs until the process ends.
+pub async fn watch_definitions(
     pool: Pool,
-    catalog: Arc<Catalog>,
-    mut fingerprint: String,
+    rules: Arc<Rules>,
+    mut seen: Fingerprints,
     every: std::time::Duration,
 ) {
     loop {
@@ -183,14 +228,22 @@ pub async fn watch_search_parameters(
         let Ok(client) = pool.get().await else {
             continue;
         };
-        let Ok(now) = store::search_parameters_fingerprint(&client).await else {
-            continue;
-        };
+        let search_parameters = store::definitions_fingerprint(&client, &["SearchParameter"]).await;
+        let profiles = store::definitions_fingerprint(&client, PROFILE_TYPES).await;
         drop(client);
-        if now != fingerprint {
-            match load_search_parameters(&pool, &catalog).await {
-                Ok(f) => fingerprint = f,
+        if search_parameters
+            .as_ref()
+            .is_ok_and(|f| *f != seen.search_parameters)
+        {
+            match load_search_parameters(&pool, &rules.catalog).await {
+                Ok(f) => seen.search_parameters = f,
                 Err(e) => tracing::error!(error = %e, "reloading search parameters"),
+            }
+        }
+        if profiles.as_ref().is_ok_and(|f| *f != seen.profiles) {
+            match load_profiles(&pool, &rules.profiles).await {
+                Ok(f) => seen.profiles = f,
+                Err(e) => tracing::error!(error = %e, "reloading profiles"),
             }
         }
     }

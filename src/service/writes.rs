@@ -11,7 +11,7 @@ use crate::search::params::ParamTable;
 use crate::search::{self, Handling};
 use crate::store::{self, StoredVersion};
 
-use super::{notify, read, search_parameter_changed, Change, ChangeKind, Rules, Written};
+use super::{definitions_changed, notify, read, Change, ChangeKind, Rules, Written};
 
 /// What a conditional interaction found for its criteria.
 pub(super) enum Matches {
@@ -207,7 +207,7 @@ pub async fn write(
     notify::record_events(&tx, &rules.catalog, &facts).await?;
     store::commit(tx).await?;
     if let Some(w) = &written {
-        search_parameter_changed(pool, rules, w).await;
+        definitions_changed(pool, rules, w).await;
     }
     Ok(written)
 }

@@ -29,7 +29,7 @@ pub use search::{
 };
 use search::{current_filters, current_versions};
 pub use search_parameters::{
-    current_batch, reindex_resource, search_parameters, search_parameters_fingerprint,
+    current_batch, definitions, definitions_fingerprint, reindex_resource,
 };
 pub use versions::{
     created_here_referring, documents_of_stay, endpoints_of, read_current, read_latest,

@@ -1,6 +1,6 @@
-//! What the SearchParameter lifecycle reads and rewrites: the stored
-//! definitions and their fingerprint, and the current resources reindexed in
-//! batches.
+//! What the lifecycle of definitions (SearchParameters, profiles) reads and
+//! rewrites: the stored definitions and their fingerprint, and the current
+//! resources reindexed in batches.
 
 use deadpool_postgres::{GenericClient, Transaction};
 use serde_json::Value;
@@ -40,32 +40,40 @@ pub async fn current_batch(
         .collect())
 }
 
-/// The current SearchParameter resources, and a fingerprint of their state that
-/// changes with any write of one (to notice changes made by another instance).
-pub async fn search_parameters(client: &impl GenericClient) -> FhirResult<(Vec<Value>, String)> {
+/// The current resources of `types` (definitions the server puts in force:
+/// SearchParameters, or StructureDefinitions, ValueSets and CodeSystems), and a
+/// fingerprint of their state that changes with any write of one (to notice
+/// changes made by another instance).
+pub async fn definitions(
+    client: &impl GenericClient,
+    types: &[&str],
+) -> FhirResult<(Vec<Value>, String)> {
     let stmt = client
         .prepare_cached(
             "SELECT v.resource FROM resource r
              JOIN resource_version v USING (res_type, res_id, version_id)
-             WHERE r.res_type = 'SearchParameter' AND NOT r.deleted ORDER BY r.res_id",
+             WHERE r.res_type = ANY($1) AND NOT r.deleted ORDER BY r.res_type, r.res_id",
         )
         .await?;
-    let rows = client.query(&stmt, &[]).await?;
+    let rows = client.query(&stmt, &[&types]).await?;
     let resources = rows
         .iter()
         .map(|row| row.get::<_, tokio_postgres::types::Json<Value>>(0).0)
         .collect();
-    Ok((resources, search_parameters_fingerprint(client).await?))
+    Ok((resources, definitions_fingerprint(client, types).await?))
 }
 
-pub async fn search_parameters_fingerprint(client: &impl GenericClient) -> FhirResult<String> {
+pub async fn definitions_fingerprint(
+    client: &impl GenericClient,
+    types: &[&str],
+) -> FhirResult<String> {
     let stmt = client
         .prepare_cached(
             "SELECT count(*)::text || '/' || coalesce(max(last_updated)::text, '') FROM resource
-             WHERE res_type = 'SearchParameter'",
+             WHERE res_type = ANY($1)",
         )
         .await?;
-    Ok(client.query_one(&stmt, &[]).await?.get(0))
+    Ok(client.query_one(&stmt, &[&types]).await?.get(0))
 }
 
 /// Replaces the index rows of a current resource (reindexing).

@@ -145,10 +145,7 @@ async fn fr_core_server(
 ) -> Option<(TestServer, std::path::PathBuf)> {
     let dir = crate::support::shared_dir()?.join("ig/fr-core-2.1.0");
     let loaded = passerelle::profile::package::read(&dir).expect("FR Core package");
-    let mut profiles = passerelle::profile::ProfileRules {
-        conformance: passerelle::profile::Conformance::new(loaded),
-        ..Default::default()
-    };
+    let mut profiles = passerelle::profile::ProfileRules::new(loaded);
     configure(&mut profiles);
     let mut options = crate::support::test_options();
     options.rules.profiles = std::sync::Arc::new(profiles);
@@ -301,4 +298,53 @@ fn the_validate_command_reads_packages() {
         "{stdout}"
     );
     assert!(stdout.contains("fr-nir-key"), "{stdout}");
+}
+
+#[tokio::test]
+async fn profiles_written_to_the_server_are_used_at_once_and_by_other_instances() {
+    let s = TestServer::start().await;
+    // Started before the profile exists: it must notice the write through `s`.
+    let other = TestServer::start_on(s.config.clone(), crate::support::test_options()).await;
+    let url = "https://example.org/fhir/StructureDefinition/born-patient";
+    let profile = json!({"resourceType": "StructureDefinition", "id": "born-patient", "url": url,
+        "name": "BornPatient", "status": "active", "kind": "resource", "abstract": false,
+        "type": "Patient", "derivation": "constraint",
+        "baseDefinition": "http://hl7.org/fhir/StructureDefinition/Patient",
+        "differential": {"element": [
+            {"id": "Patient.birthDate", "path": "Patient.birthDate", "min": 1}]}});
+    assert_eq!(
+        s.put_json("StructureDefinition/born-patient", &profile)
+            .await
+            .status(),
+        201
+    );
+    let unborn = json!({"resourceType": "Patient", "meta": {"profile": [url]}, "gender": "female"});
+    let refused = crate::support::outcome_of(s.post_json("Patient", &unborn).await, 422).await;
+    assert_eq!(errors_at(&refused), ["Patient.birthDate"], "{refused}");
+    let mut born = unborn.clone();
+    born["birthDate"] = json!("1950-02-03");
+    assert_eq!(s.post_json("Patient", &born).await.status(), 201);
+
+    // The other instance notices it within its poll.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let status = other.post_json("Patient", &unborn).await.status();
+        if status == 422 {
+            break;
+        }
+        assert_eq!(status, 201, "before the other instance notices");
+        assert!(std::time::Instant::now() < deadline, "never noticed");
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    // Deleted, it is unknown again: a warning, and the write goes through.
+    assert_eq!(
+        s.http
+            .delete(s.url("StructureDefinition/born-patient"))
+            .send()
+            .await
+            .expect("DELETE")
+            .status(),
+        204
+    );
+    assert_eq!(s.post_json("Patient", &unborn).await.status(), 201);
 }
