@@ -316,7 +316,7 @@ mod tests {
             "contained": [
                 {"resourceType": "Patient", "id": "patient", "birthDate": "1948-03-19",
                  "name": [{"family": "Delpech", "given": ["Marcel"]}],
-                 "identifier": [{"system": "urn:oid:1.2.250.1.213.1.4.10", "value": "1480319272099"}]},
+                 "identifier": [{"system": "urn:oid:1.2.250.1.213.1.4.10", "value": "148031927209929"}]},
                 {"resourceType": "Encounter", "id": "stay",
                  "period": {"start": "2026-11-16T10:15:00+01:00", "end": "2026-11-20T19:40:00+01:00"},
                  "hospitalization": {"dischargeDisposition": {"text": "Retour à domicile"}}}],
@@ -331,7 +331,7 @@ mod tests {
             "Passerelle : Sortie d'un patient de l'établissement de santé"
         );
         for part in [
-            "Patient : Marcel Delpech, né(e) le 1948-03-19, INS 1480319272099",
+            "Patient : Marcel Delpech, né(e) le 1948-03-19, INS 148031927209929",
             "Séjour : du 2026-11-16T10:15:00+01:00 au 2026-11-20T19:40:00+01:00",
             "Mode de sortie : Retour à domicile",
             "Émetteur : CH de Brive",

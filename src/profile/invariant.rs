@@ -18,6 +18,9 @@ use serde_json::Value;
 use crate::fhir::datetime::parse_range;
 use crate::fhir::fhirpath::{children, is_of_type, node_of, resource_node, Node};
 
+/// The stand-in of a resource a reference names but the validator cannot read.
+static UNRESOLVED: LazyLock<Value> = LazyLock::new(|| Value::Object(serde_json::Map::new()));
+
 /// Deeper nesting than this is not parsed (stack safety).
 const MAX_NESTING: usize = 48;
 /// A collection larger than this stops the evaluation (hostile input).
@@ -708,10 +711,47 @@ impl<'a> Ctx<'a> {
         })
     }
 
+    /// What a reference points to: a contained resource (`#id`), an entry of
+    /// the Bundle being validated (by `fullUrl`), or else a stand-in that knows
+    /// only the type the reference names (enough for `is` and `ofType`; going
+    /// into it is not evaluated). Nothing for a reference without a type.
+    fn resolve(&self, item: &Item<'a>) -> Result<Option<Item<'a>>, NotEvaluated> {
+        let Item::Node(n) = item else {
+            return Ok(None);
+        };
+        let Some(reference) = n.value.get("reference").and_then(Value::as_str) else {
+            return Ok(None);
+        };
+        let Item::Node(root) = &self.resource else {
+            return Ok(None);
+        };
+        if let Some(local) = reference.strip_prefix('#') {
+            let contained = root.value["contained"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|c| c["id"].as_str() == Some(local));
+            return Ok(contained.and_then(resource_node).map(Item::Node));
+        }
+        let entry = root.value["entry"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["fullUrl"].as_str() == Some(reference));
+        if let Some(resource) = entry.and_then(|e| resource_node(&e["resource"])) {
+            return Ok(Some(Item::Node(resource)));
+        }
+        Ok(crate::fhir::fhirpath::reference_type(n.value)
+            .map(|t| Item::Node(node_of(&UNRESOLVED, t, t.to_owned()))))
+    }
+
     fn child(&self, input: &[Item<'a>], name: &str) -> Result<Items<'a>, NotEvaluated> {
         let mut out = Vec::new();
         for item in input {
             if let Item::Node(n) = item {
+                if std::ptr::eq(n.value, &*UNRESOLVED) {
+                    return not_evaluated("a resource resolve() cannot read");
+                }
                 let mut found = Vec::new();
                 children(n, name, &mut found);
                 out.extend(found.into_iter().map(Item::Node));
@@ -1001,7 +1041,8 @@ impl<'a> Ctx<'a> {
             },
             ("trace", _) => focus.to_vec(),
             ("iif", 2 | 3) => {
-                let c = boolean(&arg(0)?)?;
+                // The criterion, like the results, is about the input.
+                let c = boolean(&self.eval(&args[0], focus, this)?)?;
                 if c == Some(true) {
                     self.eval(&args[1], focus, this)?
                 } else if args.len() == 3 {
@@ -1129,6 +1170,13 @@ impl<'a> Ctx<'a> {
                 Some(Prim::Bool(b)) => vec![Item::Num(f64::from(u8::from(b)), true)],
                 _ => Vec::new(),
             },
+            ("resolve", 0) => {
+                let mut out = Vec::new();
+                for item in focus {
+                    out.extend(self.resolve(item)?);
+                }
+                out
+            }
             ("today" | "now", 0) => {
                 let now = chrono::Utc::now();
                 vec![Item::Date(if name == "today" {
@@ -1294,6 +1342,27 @@ mod tests {
             .collect();
         assert!(BASE.len() > 200);
         assert!(failed.is_empty(), "{failed:#?}");
+    }
+
+    #[test]
+    fn resolve_reads_contained_resources_and_knows_the_type_of_others() {
+        let ctm1 = "onBehalfOf.exists() implies (member.resolve().iif(empty(), true, ofType(Practitioner).exists()))";
+        let team = json!({"resourceType": "CareTeam",
+            "contained": [{"resourceType": "Patient", "id": "p"}]});
+        let on_behalf = |member: &str| json!({"member": {"reference": member}, "onBehalfOf": {"reference": "Organization/o"}});
+        let backbone = |p: &Value| {
+            Invariant::parse(ctm1)?.holds(&team, p, "BackboneElement", "CareTeam.participant")
+        };
+        assert_eq!(backbone(&on_behalf("Practitioner/1")), Ok(true));
+        assert_eq!(backbone(&on_behalf("Patient/1")), Ok(false));
+        assert_eq!(backbone(&on_behalf("#p")), Ok(false));
+        assert_eq!(backbone(&on_behalf("urn:uuid:1")), Ok(true));
+        assert!(on_resource(
+            "subject.resolve().name.exists()",
+            &json!({"resourceType": "Observation",
+            "subject": {"reference": "Patient/1"}})
+        )
+        .is_err());
     }
 
     #[test]

@@ -77,6 +77,7 @@ pub fn validate(conf: &Conformance, resource: &Value, profiles: &[&StructureDef]
         }
         run.element(sd, sd.root(), resource, res_type, Some(res_type));
     }
+    run.nested(resource, res_type, 0);
     if let Some(root) = crate::fhir::fhirpath::root(resource) {
         run.base_invariants(&root, res_type, 0);
     }
@@ -105,7 +106,24 @@ pub fn matches_pattern(value: &Value, pattern: &Value) -> bool {
             .iter()
             .all(|pv| v.iter().any(|vv| matches_pattern(vv, pv))),
         (Value::Array(v), p) => v.iter().any(|vv| matches_pattern(vv, p)),
+        (Value::Number(a), Value::Number(b)) => a.as_f64() == b.as_f64(),
         (v, p) => v == p,
+    }
+}
+
+/// `value` is exactly `fixed` (FHIR `fixed[x]`), numbers by value (`1.0` is `1`).
+pub fn matches_fixed(value: &Value, fixed: &Value) -> bool {
+    match (value, fixed) {
+        (Value::Object(v), Value::Object(f)) => {
+            v.len() == f.len()
+                && f.iter()
+                    .all(|(k, fv)| v.get(k).is_some_and(|vv| matches_fixed(vv, fv)))
+        }
+        (Value::Array(v), Value::Array(f)) => {
+            v.len() == f.len() && v.iter().zip(f).all(|(a, b)| matches_fixed(a, b))
+        }
+        (Value::Number(a), Value::Number(b)) => a.as_f64() == b.as_f64(),
+        (v, f) => v == f,
     }
 }
 
@@ -200,7 +218,7 @@ impl<'c> Run<'c> {
         self.depth += 1;
         let e = &sd.elements[idx];
         if let Some(fixed) = &e.fixed {
-            if value != fixed {
+            if !matches_fixed(value, fixed) {
                 self.error(
                     "value",
                     format!(
@@ -287,6 +305,78 @@ impl<'c> Run<'c> {
                 Err(why) => {
                     self.invariants.insert(format!("{} ({})", c.key, why.0));
                 }
+            }
+        }
+    }
+
+    /// The resources within the resource (contained ones, Bundle entries,
+    /// Parameters' resources) against the known profiles they claim, each as
+    /// the resource of its own checks; a claimed profile not known is a warning.
+    fn nested(&mut self, value: &'c Value, path: &str, depth: usize) {
+        if depth > MAX_DEPTH {
+            return;
+        }
+        match value {
+            Value::Object(obj) => {
+                if depth > 0 {
+                    if let Some(res_type) = obj.get("resourceType").and_then(Value::as_str) {
+                        self.nested_resource(value, res_type, path);
+                    }
+                }
+                for (key, child) in obj {
+                    if !key.starts_with('_') {
+                        self.nested(child, &format!("{path}.{key}"), depth + 1);
+                    }
+                }
+            }
+            Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    self.nested(item, &format!("{path}[{i}]"), depth + 1);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn nested_resource(&mut self, resource: &'c Value, res_type: &str, path: &str) {
+        let claimed = resource["meta"]["profile"].as_array().into_iter().flatten();
+        for url in claimed.filter_map(Value::as_str) {
+            match self.conf.structure(url) {
+                Some(sd) if sd.type_name == res_type => {
+                    let mut inner = Run {
+                        depth: self.depth,
+                        ..Run::new(self.conf, resource)
+                    };
+                    inner.element(sd, sd.root(), resource, path, Some(res_type));
+                    self.findings.errors.extend(inner.findings.errors);
+                    for w in inner.findings.warnings {
+                        let key = w.message.clone();
+                        if self.warned.insert(key) {
+                            self.findings.warnings.push(w);
+                        }
+                    }
+                    self.extensions_checked.extend(inner.extensions_checked);
+                    self.evaluated.extend(inner.evaluated);
+                    self.invariants.extend(inner.invariants);
+                }
+                Some(sd) => self.error(
+                    "invalid",
+                    format!(
+                        "the profile {} constrains {} resources, this is a {res_type}",
+                        sd.url, sd.type_name
+                    ),
+                    path,
+                ),
+                None if url
+                    .strip_prefix("http://hl7.org/fhir/StructureDefinition/")
+                    .is_some_and(|t| t == res_type) => {}
+                None => self.warn(
+                    format!("profile {url}"),
+                    format!(
+                        "the profile {url} is not known here: {path} was not checked against it"
+                    ),
+                    path,
+                ),
             }
         }
     }
@@ -907,12 +997,13 @@ impl<'c> Run<'c> {
         let element_path = strip_indices(parent);
         if let Some(parent_type) = type_at(&element_path) {
             let resource_root = !element_path.contains('.');
+            let names = context_names(&element_path);
             let allowed = definition.contexts.is_empty()
                 || definition.contexts.iter().any(|c| {
                     c == "Element"
                         || c == "Base"
                         || *c == parent_type
-                        || *c == element_path
+                        || names.contains(c)
                         || (resource_root && (c == "Resource" || c == "DomainResource"))
                 });
             if !allowed {
@@ -975,6 +1066,21 @@ fn strip_indices(path: &str) -> String {
         }
     }
     out
+}
+
+/// The names a context may give the element at `path`: the path itself and,
+/// from each data type on the way, the path from that type
+/// (`Patient.name.given` is also `HumanName.given`).
+fn context_names(path: &str) -> Vec<String> {
+    let segments: Vec<&str> = path.split('.').collect();
+    let mut names = vec![path.to_owned()];
+    for k in 2..segments.len() {
+        let prefix = segments[..k].join(".");
+        if let Some(t) = type_at(&prefix).filter(|t| t != "BackboneElement" && t != "Element") {
+            names.push(format!("{t}.{}", segments[k..].join(".")));
+        }
+    }
+    names
 }
 
 /// The type of the element at an element path (`Patient.address` → `Address`),
@@ -1152,6 +1258,58 @@ mod tests {
         assert!(findings.errors[0]
             .message
             .contains("fr-core-identity-reliability"));
+    }
+
+    #[test]
+    fn contexts_name_elements_from_their_data_type() {
+        assert_eq!(
+            context_names("Patient.name.given"),
+            ["Patient.name.given", "HumanName.given"]
+        );
+        assert_eq!(
+            context_names("Patient.contact.name.family"),
+            ["Patient.contact.name.family", "HumanName.family"]
+        );
+        assert_eq!(context_names("Patient"), ["Patient"]);
+        assert_eq!(
+            type_at("Patient.extension.valueAddress").as_deref(),
+            Some("Address")
+        );
+    }
+
+    #[test]
+    fn resources_within_a_bundle_are_checked_against_their_profiles() {
+        let Some(dir) = fr_core() else { return };
+        let conf = load(&dir);
+        let mut patient = example(&dir, "Patient-ExampleFRCorePatient001.json");
+        patient["identifier"][0]["value"] = Value::from("123456789012212");
+        patient["name"][0]
+            .as_object_mut()
+            .expect("name")
+            .remove("family");
+        let bundle = serde_json::json!({"resourceType": "Bundle", "type": "collection",
+            "entry": [{"fullUrl": "urn:uuid:1", "resource": patient}]});
+        let findings = check(&conf, &bundle);
+        assert_eq!(
+            error_paths(&findings),
+            ["Bundle.entry[0].resource.name[0].family"]
+        );
+    }
+
+    #[test]
+    fn fixed_numbers_compare_by_value() {
+        assert!(matches_fixed(
+            &serde_json::json!(1),
+            &serde_json::json!(1.0)
+        ));
+        assert!(!matches_fixed(
+            &serde_json::json!({"a": 1, "b": 2}),
+            &serde_json::json!({"a": 1})
+        ));
+        assert!(matches_pattern(
+            &serde_json::json!({"a": 1, "b": 2}),
+            &serde_json::json!({"a": 1.0})
+        ));
     }
 
     #[test]

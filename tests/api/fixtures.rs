@@ -110,7 +110,7 @@ async fn scenarios_load_twice_and_answer_their_questions() {
     assert_eq!(
         ids(
             &s,
-            "Practitioner?identifier=https://rpps.esante.gouv.fr|10003000401"
+            "Practitioner?identifier=https://rpps.esante.gouv.fr|10030004013"
         )
         .await,
         ["fx-smr-gp"]
@@ -278,7 +278,7 @@ async fn the_friday_discharge_replayed_reaches_the_gp_and_escalates_once() {
     assert_eq!(code(&adm), "ADM");
     assert_eq!(
         adm["contained"][0]["identifier"][0]["value"],
-        "1480319272099"
+        "148031927209929"
     );
 
     json_of(s.post_json("", &step(2)).await, 200).await;
@@ -458,7 +458,7 @@ async fn the_ehpad_return_reaches_the_gp_and_the_ehpad() {
     );
     assert_eq!(
         ehpad_adm["ADM"]["contained"][0]["identifier"][0]["value"],
-        "2300219250045"
+        "230021925004507"
     );
 
     json_of(s.post_json("", &step(2)).await, 200).await;

@@ -348,3 +348,37 @@ async fn profiles_written_to_the_server_are_used_at_once_and_by_other_instances(
     );
     assert_eq!(s.post_json("Patient", &unborn).await.status(), 201);
 }
+
+/// The project's fixtures validate against the project's profiles: no errors
+/// (their French identifiers carry valid keys), whatever warnings.
+#[test]
+fn the_fixtures_validate_against_the_projects_profiles() {
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+    let rules = passerelle::profile::ProfileRules::default();
+    let mut files = crate::support::json_files(&dir);
+    for entry in std::fs::read_dir(&dir).expect("fixtures").flatten() {
+        if entry.path().is_dir() {
+            files.extend(crate::support::json_files(&entry.path()));
+        }
+    }
+    assert!(files.len() > 20, "{files:?}");
+    for path in files {
+        let body = std::fs::read(&path).expect("fixture");
+        let verdict = passerelle::profile::verdict::validate(
+            &passerelle::profile::verdict::Asked {
+                body: &body,
+                format: passerelle::fhir::Format::Json,
+                res_type: None,
+                profile: None,
+            },
+            &rules,
+        )
+        .expect("a resource");
+        assert!(
+            verdict.errors.is_empty(),
+            "{}: {:#?}",
+            path.display(),
+            verdict.errors
+        );
+    }
+}
