@@ -43,6 +43,12 @@ pub fn check(system: &str, value: &str) -> Option<Broken> {
 /// counts as 19 and `2B` as 18.
 fn nir(value: &str) -> Option<Broken> {
     let bytes = value.as_bytes();
+    if !value.is_ascii() {
+        return broken(
+            "fr-nir-format",
+            format!("a NIR is made of digits (the department may be 2A or 2B), '{value}' is not"),
+        );
+    }
     if bytes.len() != 15 {
         return broken(
             "fr-nir-length",
@@ -205,6 +211,9 @@ mod tests {
         assert_eq!(rule(INS_NIR, &format!("180012B004123{key_2b:02}")), None);
         // Letters elsewhere than the department are not a NIR.
         assert_eq!(rule(INS_NIR, "1800A2A00412301"), Some("fr-nir-format"));
+        // Nor other characters, however many bytes they take.
+        assert_eq!(rule(INS_NIR, "1234é6789012345"), Some("fr-nir-format"));
+        assert_eq!(rule(INS_NIR, "1234é678901234"), Some("fr-nir-format"));
     }
 
     #[test]
@@ -224,6 +233,8 @@ mod tests {
         assert_eq!(rule(IDNAT_PS, "3750712184"), Some("fr-idnatps-prefix"));
         assert_eq!(rule(IDNAT_PS, "9123"), Some("fr-idnatps-prefix"));
         assert_eq!(rule(IDNAT_PS, ""), Some("fr-idnatps-prefix"));
+        assert_eq!(rule(IDNAT_PS, "é10000000009"), Some("fr-idnatps-prefix"));
+        assert_eq!(rule(FINESS, "7507121é"), Some("fr-finess-format"));
     }
 
     #[test]

@@ -85,10 +85,14 @@ pub struct Invariant(Expr);
 
 impl Invariant {
     pub fn parse(src: &str) -> Result<Invariant, NotEvaluated> {
+        if src.len() > crate::limits::MAX_FHIRPATH_LENGTH {
+            return not_evaluated("too long an expression");
+        }
         let mut p = Parser {
             tokens: tokenize(src)?,
             pos: 0,
             depth: 0,
+            nodes: 0,
         };
         let e = p.expr(0)?;
         if p.pos != p.tokens.len() {
@@ -98,27 +102,32 @@ impl Invariant {
     }
 
     /// The invariant on `focus` (an element of `resource`, typed `type_code`
-    /// with its children defined at `def_path`): `Ok(false)` when it fails.
+    /// with its children defined at `def_path`; `root` is `%rootResource`, the
+    /// container of a contained resource): `Ok(false)` when it fails.
     pub fn holds(
         &self,
         resource: &Value,
+        root: &Value,
         focus: &Value,
         type_code: &str,
         def_path: &str,
     ) -> Result<bool, NotEvaluated> {
-        let root = resource_node(resource).ok_or_else(|| NotEvaluated("no resource".to_owned()))?;
+        let own = resource_node(resource).ok_or_else(|| NotEvaluated("no resource".to_owned()))?;
+        let container = resource_node(root).unwrap_or_else(|| own.clone());
         let this = if std::ptr::eq(resource, focus) {
-            root.clone()
+            own.clone()
         } else {
             node_of(focus, type_code, def_path.to_owned())
         };
         let ctx = Ctx {
-            resource: Item::Node(root),
+            resource: Item::Node(own),
+            root: Item::Node(container),
             focus: Item::Node(this.clone()),
         };
         let out = ctx.eval(&self.0, &[Item::Node(this.clone())], &Item::Node(this))?;
-        // An invariant holds unless it evaluates to false (empty: nothing to say).
-        Ok(!matches!(boolean(&out)?, Some(false)))
+        // As the reference validator: an invariant holds only when true (an
+        // empty result, a comparison of uncertain precision, fails).
+        Ok(boolean(&out)? == Some(true))
     }
 }
 
@@ -182,6 +191,7 @@ fn tokenize(src: &str) -> Result<Vec<Tok>, NotEvaluated> {
                         'n' => '\n',
                         't' => '\t',
                         'r' => '\r',
+                        'f' => '\u{c}',
                         'u' => {
                             let hex: String =
                                 chars.get(i..i + 4).unwrap_or_default().iter().collect();
@@ -210,6 +220,10 @@ fn tokenize(src: &str) -> Result<Vec<Tok>, NotEvaluated> {
             while i < chars.len()
                 && (chars[i].is_ascii_alphanumeric() || "-:.+TZ".contains(chars[i]))
             {
+                // `@2014-01-01.toString()`: the dot of a call ends the literal.
+                if chars[i] == '.' && chars.get(i + 1).is_some_and(|c| c.is_alphabetic()) {
+                    break;
+                }
                 i += 1;
             }
             out.push(Tok::Date(chars[start..i].iter().collect()));
@@ -266,6 +280,22 @@ struct Parser {
     tokens: Vec<Tok>,
     pos: usize,
     depth: usize,
+    /// Operators and steps built so far, bounded so that evaluating (and
+    /// dropping) the tree, which recurses along it, stays shallow.
+    nodes: usize,
+}
+
+/// The most operators and steps an invariant may have.
+const MAX_NODES: usize = 512;
+
+impl Parser {
+    fn count_node(&mut self) -> Result<(), NotEvaluated> {
+        self.nodes += 1;
+        if self.nodes > MAX_NODES {
+            return not_evaluated("too long an expression");
+        }
+        Ok(())
+    }
 }
 
 /// Binary operators by precedence, lowest first.
@@ -337,6 +367,7 @@ impl Parser {
             .filter(|o| LEVELS[level].contains(&o.as_str()))
         {
             self.pos += 1;
+            self.count_node()?;
             if op == "is" || op == "as" {
                 let t = self.type_name()?;
                 left = Expr::TypeOp(Box::new(left), op, t);
@@ -386,6 +417,9 @@ impl Parser {
     fn postfix(&mut self) -> Result<Expr, NotEvaluated> {
         let mut e = self.term()?;
         loop {
+            if matches!(self.peek(), Some(Tok::Op(o)) if o == "." || o == "[") {
+                self.count_node()?;
+            }
             match self.peek() {
                 Some(Tok::Op(o)) if o == "." => {
                     self.pos += 1;
@@ -530,8 +564,19 @@ fn compare_dates(a: &str, b: &str) -> Option<Ordering> {
     if rb.high <= ra.low {
         return Some(Ordering::Greater);
     }
-    let precision = |s: &str| s.split(['+', 'Z']).next().map_or(0, str::len);
     (precision(a) == precision(b)).then(|| ra.low.cmp(&rb.low))
+}
+
+/// The precision of a date or dateTime: year 1, month 2, day 3, hour 4,
+/// minute 5, second 6 (milliseconds are seconds' precision, as FHIRPath says).
+fn precision(text: &str) -> usize {
+    match text.split_once('T') {
+        None => text.split('-').count(),
+        Some((_, time)) => {
+            let clock = time.split(['+', '-', 'Z']).next().unwrap_or(time);
+            3 + clock.split(':').count().min(3)
+        }
+    }
 }
 
 fn compare(a: &Prim, b: &Prim) -> Option<Ordering> {
@@ -558,6 +603,29 @@ fn equal(a: &Item<'_>, b: &Item<'_>) -> Option<bool> {
         },
         _ => Some(false),
     }
+}
+
+/// A key equal for items `equal` says are equal (dates aside, compared as
+/// written), to find duplicates by hashing instead of pairwise.
+fn item_key(item: &Item<'_>) -> String {
+    match prim(item) {
+        Some(Prim::Bool(b)) => format!("b{b}"),
+        Some(Prim::Num(n)) => format!("n{n}"),
+        Some(Prim::Str(s) | Prim::Date(s)) => format!("s{s}"),
+        None => match item {
+            Item::Node(n) => format!("o{}", n.value),
+            _ => String::new(),
+        },
+    }
+}
+
+/// The items without repeats, in order.
+fn distinct<'a>(items: impl IntoIterator<Item = Item<'a>>) -> Vec<Item<'a>> {
+    let mut seen = std::collections::HashSet::new();
+    items
+        .into_iter()
+        .filter(|i| seen.insert(item_key(i)))
+        .collect()
 }
 
 /// A collection as a boolean: empty, a boolean, or any other single item (true).
@@ -604,6 +672,7 @@ fn is_type(item: &Item<'_>, wanted: &str) -> bool {
         .or_else(|| wanted.strip_prefix("System."))
         .unwrap_or(wanted);
     match item {
+        Item::Node(n) if wanted == "DomainResource" => is_of_type(n, "Resource"),
         Item::Node(n) => is_of_type(n, wanted) || (wanted.eq_ignore_ascii_case(&n.type_code)),
         other => type_name_of(other).eq_ignore_ascii_case(wanted),
     }
@@ -614,8 +683,15 @@ fn all_children<'a>(node: &Node<'a>, out: &mut Vec<Item<'a>>) {
     let Some(obj) = node.value.as_object() else {
         return;
     };
-    for key in obj.keys() {
-        if key == "resourceType" || key.starts_with('_') {
+    for (key, value) in obj {
+        if key == "resourceType" {
+            continue;
+        }
+        if let Some(primitive) = key.strip_prefix('_') {
+            // A primitive's id and extensions: a child all the same (ele-1).
+            if !obj.contains_key(primitive) {
+                push_shadows(value, out);
+            }
             continue;
         }
         let mut found = Vec::new();
@@ -624,8 +700,21 @@ fn all_children<'a>(node: &Node<'a>, out: &mut Vec<Item<'a>>) {
     }
 }
 
+fn push_shadows<'a>(value: &'a Value, out: &mut Vec<Item<'a>>) {
+    match value {
+        Value::Array(items) => {
+            for item in items.iter().filter(|i| i.is_object()) {
+                out.push(Item::Node(node_of(item, "Element", "Element".to_owned())));
+            }
+        }
+        Value::Object(_) => out.push(Item::Node(node_of(value, "Element", "Element".to_owned()))),
+        _ => {}
+    }
+}
+
 struct Ctx<'a> {
     resource: Item<'a>,
+    root: Item<'a>,
     focus: Item<'a>,
 }
 
@@ -653,7 +742,8 @@ impl<'a> Ctx<'a> {
             Expr::Date(d) => vec![Item::Date(d.clone())],
             Expr::This => vec![this.clone()],
             Expr::Var(v) => match v.as_str() {
-                "resource" | "rootResource" => vec![self.resource.clone()],
+                "resource" => vec![self.resource.clone()],
+                "rootResource" => vec![self.root.clone()],
                 "context" => vec![self.focus.clone()],
                 "ucum" => vec![Item::Str("http://unitsofmeasure.org".to_owned())],
                 "sct" => vec![Item::Str("http://snomed.info/sct".to_owned())],
@@ -722,7 +812,7 @@ impl<'a> Ctx<'a> {
         let Some(reference) = n.value.get("reference").and_then(Value::as_str) else {
             return Ok(None);
         };
-        let Item::Node(root) = &self.resource else {
+        let Item::Node(root) = &self.root else {
             return Ok(None);
         };
         if let Some(local) = reference.strip_prefix('#') {
@@ -818,15 +908,7 @@ impl<'a> Ctx<'a> {
                 (Some(a), Some(b)) => Some(a != b),
                 _ => None,
             }),
-            "|" => {
-                let mut out: Items<'a> = Vec::new();
-                for item in left.into_iter().chain(right) {
-                    if !out.iter().any(|o| equal(o, &item) == Some(true)) {
-                        out.push(item);
-                    }
-                }
-                bounded(out)?
-            }
+            "|" => bounded(distinct(left.into_iter().chain(right)))?,
             "=" | "!=" | "~" | "!~" => {
                 if left.is_empty() || right.is_empty() {
                     return Ok(Vec::new());
@@ -977,30 +1059,15 @@ impl<'a> Ctx<'a> {
                 bounded(out)?
             }
             ("count", 0) => vec![Item::Num(focus.len() as f64, true)],
-            ("not", 0) => match boolean(focus)? {
-                Some(b) => bool1(!b),
-                None => Vec::new(),
-            },
+            // As the reference validator: `not()` of nothing is true, so that
+            // `fullUrl.contains('/_history/').not()` holds without a fullUrl.
+            ("not", 0) => bool1(boolean(focus)? != Some(true)),
             ("first", 0) => focus.first().cloned().into_iter().collect(),
             ("last", 0) => focus.last().cloned().into_iter().collect(),
             ("tail", 0) => focus.iter().skip(1).cloned().collect(),
             ("single", 0) => single(focus)?.cloned().into_iter().collect(),
-            ("isDistinct", 0) => {
-                let distinct = focus
-                    .iter()
-                    .enumerate()
-                    .all(|(i, a)| focus[..i].iter().all(|b| equal(a, b) != Some(true)));
-                bool1(distinct)
-            }
-            ("distinct", 0) => {
-                let mut out: Items<'a> = Vec::new();
-                for item in focus {
-                    if !out.iter().any(|o| equal(o, item) == Some(true)) {
-                        out.push(item.clone());
-                    }
-                }
-                out
-            }
+            ("isDistinct", 0) => bool1(distinct(focus.iter().cloned()).len() == focus.len()),
+            ("distinct", 0) => distinct(focus.iter().cloned()),
             ("children", 0) => {
                 let mut out = Vec::new();
                 for item in focus {
@@ -1027,8 +1094,8 @@ impl<'a> Ctx<'a> {
                 out
             }
             ("hasValue", 0) => bool1(matches!(
-                single(focus)?,
-                Some(Item::Node(n)) if !n.value.is_object() && !n.value.is_array() && !n.value.is_null()
+                focus,
+                [Item::Node(n)] if !n.value.is_object() && !n.value.is_array() && !n.value.is_null()
             )),
             ("ofType" | "as", 1) => match &args[0] {
                 Expr::Ident(t) => focus.iter().filter(|i| is_type(i, t)).cloned().collect(),
@@ -1065,26 +1132,24 @@ impl<'a> Ctx<'a> {
                 let other = arg(0)?;
                 match name {
                     "combine" => focus.iter().cloned().chain(other).collect(),
-                    "union" => {
-                        let mut out: Items<'a> = Vec::new();
-                        for item in focus.iter().cloned().chain(other) {
-                            if !out.iter().any(|o| equal(o, &item) == Some(true)) {
-                                out.push(item);
-                            }
+                    "union" => distinct(focus.iter().cloned().chain(other)),
+                    _ => {
+                        let keys: std::collections::HashSet<String> =
+                            other.iter().map(item_key).collect();
+                        let keep = name == "intersect";
+                        let kept = focus.iter().filter(|i| keys.contains(&item_key(i)) == keep);
+                        if keep {
+                            distinct(kept.cloned())
+                        } else {
+                            kept.cloned().collect()
                         }
-                        out
                     }
-                    "intersect" => focus
-                        .iter()
-                        .filter(|i| other.iter().any(|o| equal(i, o) == Some(true)))
-                        .cloned()
-                        .collect(),
-                    _ => focus
-                        .iter()
-                        .filter(|i| !other.iter().any(|o| equal(i, o) == Some(true)))
-                        .cloned()
-                        .collect(),
                 }
+            }
+            // On nothing, the string tests are false (as the reference validator:
+            // `reference.startsWith('#')` of an identifier-only Reference).
+            ("startsWith" | "endsWith" | "contains" | "matches", 1) if focus.is_empty() => {
+                bool1(false)
             }
             ("startsWith" | "endsWith" | "contains", 1) => {
                 let (Some(s), Some(p)) = (text()?, text_of(&arg(0)?)?) else {
@@ -1143,7 +1208,7 @@ impl<'a> Ctx<'a> {
                 if start >= chars.len() {
                     Vec::new()
                 } else {
-                    let end = len.map_or(chars.len(), |l| (start + l).min(chars.len()));
+                    let end = len.map_or(chars.len(), |l| start.saturating_add(l).min(chars.len()));
                     vec![Item::Str(chars[start..end].iter().collect())]
                 }
             }
@@ -1197,7 +1262,7 @@ mod tests {
 
     fn on_resource(expr: &str, resource: &Value) -> Result<bool, NotEvaluated> {
         let rt = resource["resourceType"].as_str().unwrap_or_default();
-        Invariant::parse(expr)?.holds(resource, resource, rt, rt)
+        Invariant::parse(expr)?.holds(resource, resource, resource, rt, rt)
     }
 
     fn on(
@@ -1206,7 +1271,7 @@ mod tests {
         focus: &Value,
         type_code: &str,
     ) -> Result<bool, NotEvaluated> {
-        Invariant::parse(expr)?.holds(resource, focus, type_code, type_code)
+        Invariant::parse(expr)?.holds(resource, resource, focus, type_code, type_code)
     }
 
     fn on_backbone(
@@ -1215,7 +1280,7 @@ mod tests {
         focus: &Value,
         path: &str,
     ) -> Result<bool, NotEvaluated> {
-        Invariant::parse(expr)?.holds(resource, focus, "BackboneElement", path)
+        Invariant::parse(expr)?.holds(resource, resource, focus, "BackboneElement", path)
     }
 
     #[test]
@@ -1321,11 +1386,46 @@ mod tests {
         );
         assert_eq!(on_resource("iif(name.exists(), true, false)", &r), Ok(true));
         assert_eq!(on_resource("{}.empty() and (true xor false)", &r), Ok(true));
+        // The reference validator's reading of nothing: not() true, string tests false.
+        assert_eq!(on_resource("{}.not()", &r), Ok(true));
+        assert_eq!(on_resource("birthDate.startsWith('1').not()", &r), Ok(true));
+        let ref1 = "reference.startsWith('#').not() or (reference.substring(1) in %rootResource.contained.id)";
+        let identified = json!({"identifier": {"value": "x"}});
+        assert_eq!(on(ref1, &r, &identified, "Reference"), Ok(true));
         assert_eq!(
             on_resource("'a' in ('a' | 'b') and ('a' | 'b').count() = 2", &r),
             Ok(true)
         );
         assert_eq!(on_resource("@2026-01-01 < @2026-02-01", &r), Ok(true));
+        assert_eq!(
+            on_resource("@2026-01-01.toString() = '2026-01-01'", &r),
+            Ok(true)
+        );
+        // Seconds and milliseconds are one precision; a date and a dateTime are not.
+        assert_eq!(
+            on_resource(
+                "@2026-01-01T10:00:00+01:00 < @2026-01-01T10:00:00.500+01:00",
+                &r
+            ),
+            Ok(true)
+        );
+        assert_eq!(
+            on_resource("@2026-01-01T10:00:00+01:00 <= @2026-01-02", &r),
+            Ok(true)
+        );
+        assert_eq!(
+            on_resource("@2026-01-01T10:00:00+01:00 <= @2026-01-01", &r),
+            Ok(false)
+        );
+        assert_eq!(
+            on_resource("name.given.distinct().count() = 2", &r),
+            Ok(true)
+        );
+        assert_eq!(
+            on_resource("('a' | 'b').intersect('b' | 'c') = 'b'", &r),
+            Ok(true)
+        );
+        assert_eq!(on_resource("('a' | 'b').exclude('b') = 'a'", &r), Ok(true));
     }
 
     #[test]
@@ -1351,7 +1451,13 @@ mod tests {
             "contained": [{"resourceType": "Patient", "id": "p"}]});
         let on_behalf = |member: &str| json!({"member": {"reference": member}, "onBehalfOf": {"reference": "Organization/o"}});
         let backbone = |p: &Value| {
-            Invariant::parse(ctm1)?.holds(&team, p, "BackboneElement", "CareTeam.participant")
+            Invariant::parse(ctm1)?.holds(
+                &team,
+                &team,
+                p,
+                "BackboneElement",
+                "CareTeam.participant",
+            )
         };
         assert_eq!(backbone(&on_behalf("Practitioner/1")), Ok(true));
         assert_eq!(backbone(&on_behalf("Patient/1")), Ok(false));
@@ -1373,7 +1479,16 @@ mod tests {
         assert!(on_resource("conformsTo('x')", &r).is_err());
         let deep = "(".repeat(200) + "true" + &")".repeat(200);
         assert!(on_resource(&deep, &r).is_err());
-        let signs = "-".repeat(100_000) + "1 = 1";
+        let signs = "-".repeat(8_000) + "1 = 1";
         assert_eq!(on_resource(&signs, &r), Ok(true));
+        let chain = "name".to_owned() + &".given".repeat(1_000) + ".exists()";
+        assert!(on_resource(&chain, &r).is_err());
+        let ands = vec!["true"; 1_000].join(" and ");
+        assert!(on_resource(&ands, &r).is_err());
+        assert!(on_resource(&"x".repeat(10_000), &r).is_err());
+        assert_eq!(
+            on_resource("'abc'.substring(1, 100000000000000000000) = 'bc'", &r),
+            Ok(true)
+        );
     }
 }

@@ -24,6 +24,8 @@ pub struct TypeRef {
     pub code: String,
     pub profiles: Vec<String>,
     pub target_profiles: Vec<String>,
+    /// How a reference may be held: `contained`, `referenced`, `bundled` (any when empty).
+    pub aggregation: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +70,8 @@ pub struct Element {
     pub binding: Option<(Strength, String)>,
     pub slicing: Option<Slicing>,
     pub constraints: Vec<Constraint>,
+    /// For an element defined elsewhere (`#Observation.referenceRange`): that path.
+    pub content_ref: Option<String>,
 }
 
 impl Element {
@@ -135,6 +139,7 @@ fn parse_element(e: &Value) -> Option<Element> {
                 code: text(t, "code")?,
                 profiles: strings(&t["profile"]),
                 target_profiles: strings(&t["targetProfile"]),
+                aggregation: strings(&t["aggregation"]),
             })
         })
         .collect();
@@ -185,6 +190,10 @@ fn parse_element(e: &Value) -> Option<Element> {
         })
         .collect();
     Some(Element {
+        content_ref: text(e, "contentReference").map(|r| {
+            let r = r.rsplit_once('#').map_or(r.as_str(), |(_, p)| p);
+            r.to_owned()
+        }),
         id,
         slice_name,
         min: e["min"].as_u64().map_or(0, |m| m as u32),
@@ -235,6 +244,7 @@ fn complete_from_r4(mut element: Element, differential: &Value) -> Element {
                 code: code.clone(),
                 profiles: Vec::new(),
                 target_profiles: Vec::new(),
+                aggregation: Vec::new(),
             })
             .collect();
     }
@@ -259,6 +269,50 @@ fn merge(base: &Element, diff: &Element, raw: &Value) -> Element {
     merged.slicing = diff.slicing.clone().or(merged.slicing);
     merged.constraints.extend(diff.constraints.iter().cloned());
     merged
+}
+
+/// The elements with every ancestor a differential leaves out
+/// (`Task.code.coding.system` alone brings `Task.code` and `Task.code.coding`),
+/// completed from R4, so that the walk reaches each element given.
+fn with_ancestors(mut elements: Vec<Element>) -> Vec<Element> {
+    let mut known: std::collections::HashSet<String> =
+        elements.iter().map(|e| e.id.clone()).collect();
+    let mut added = Vec::new();
+    for e in &elements {
+        let mut id = e.id.as_str();
+        while let Some((parent, _)) = id.rsplit_once('.') {
+            if !known.insert(parent.to_owned()) {
+                break;
+            }
+            let last = parent.rsplit('.').next().unwrap_or(parent);
+            let slice_name = last.split_once(':').map(|(_, s)| s.to_owned());
+            let path: String = parent
+                .split('.')
+                .map(|seg| seg.split(':').next().unwrap_or(seg))
+                .collect::<Vec<_>>()
+                .join(".");
+            added.push(complete_from_r4(
+                Element {
+                    id: parent.to_owned(),
+                    path,
+                    slice_name,
+                    min: 0,
+                    max: None,
+                    types: Vec::new(),
+                    fixed: None,
+                    pattern: None,
+                    binding: None,
+                    slicing: None,
+                    constraints: Vec::new(),
+                    content_ref: None,
+                },
+                &Value::Null,
+            ));
+            id = parent;
+        }
+    }
+    elements.extend(added);
+    elements
 }
 
 impl StructureDef {
@@ -294,7 +348,7 @@ impl StructureDef {
                             None => elements.push(complete_from_r4(diff, raw)),
                         }
                     }
-                    elements
+                    with_ancestors(elements)
                 }
                 None => {
                     let mut elements: Vec<Element> = differential
@@ -315,12 +369,13 @@ impl StructureDef {
                                 binding: None,
                                 slicing: None,
                                 constraints: Vec::new(),
+                                content_ref: None,
                             },
                             &Value::Null,
                         );
                         elements.insert(0, root);
                     }
-                    elements
+                    with_ancestors(elements)
                 }
             }
         };
@@ -459,6 +514,11 @@ mod tests {
         assert_eq!(focus.types[0].code, "Reference");
         let system = &sd.elements[sd.element_id("Task.code.coding.system").expect("system")];
         assert_eq!(system.types[0].code, "uri");
+        // Its ancestors, left out of the differential, are there to walk it from.
+        let code = sd.element_id("Task.code").expect("Task.code");
+        let coding = sd.element_id("Task.code.coding").expect("Task.code.coding");
+        assert_eq!(sd.children(code), &[coding]);
+        assert_eq!(sd.elements[coding].max, None);
     }
 
     #[test]

@@ -173,7 +173,7 @@ impl Terminology {
 
     /// The codes `is-a` / `descendent-of` filters select in a known system.
     fn filtered(&self, system: &str, filters: &[Value]) -> Option<Vec<String>> {
-        let cs = self.code_system(system)?;
+        let cs = self.code_system(system).filter(|cs| cs.complete)?;
         let mut codes: Option<Vec<String>> = None;
         for f in filters {
             let root = f["value"].as_str()?;

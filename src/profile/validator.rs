@@ -37,7 +37,12 @@ pub struct Findings {
 
 struct Run<'c> {
     conf: &'c Conformance,
+    /// The resource whose elements are walked (a contained or entry resource in
+    /// a nested run) and the one validated (a Bundle's entries resolve there).
     resource: &'c Value,
+    root: &'c Value,
+    /// `%rootResource`: the container of a contained resource, else itself.
+    container: &'c Value,
     findings: Findings,
     warned: HashSet<String>,
     /// Paths of the extensions already checked against their definition.
@@ -77,12 +82,17 @@ pub fn validate(conf: &Conformance, resource: &Value, profiles: &[&StructureDef]
         }
         run.element(sd, sd.root(), resource, res_type, Some(res_type));
     }
-    run.nested(resource, res_type, 0);
+    run.nested(resource, res_type, 0, resource);
     if let Some(root) = crate::fhir::fhirpath::root(resource) {
-        run.base_invariants(&root, res_type, 0);
+        run.base_invariants(&root, res_type, 0, (resource, resource));
     }
-    run.extensions(resource, res_type, 0);
+    run.extensions(resource, res_type, res_type, 0);
     run.identifiers(resource, res_type, 0);
+    // A nested resource checked both as an element and as itself says it once.
+    let mut said = HashSet::new();
+    run.findings
+        .errors
+        .retain(|i| said.insert((i.expression.clone(), i.message.clone())));
     if !run.invariants.is_empty() {
         let keys: Vec<&str> = run.invariants.iter().map(String::as_str).collect();
         run.findings.warnings.push(Issue::new(
@@ -141,28 +151,90 @@ fn choice_type(suffix: &str) -> String {
     }
 }
 
-/// The nodes a discriminator's path selects from `value` (`coding.system`,
-/// `$this`); `None` for paths this validator does not follow (`resolve()` …).
-fn navigate<'v>(value: &'v Value, path: &str) -> Option<Vec<&'v Value>> {
-    let mut nodes = vec![value];
-    if path == "$this" {
-        return Some(nodes);
-    }
-    for step in path.split('.') {
-        if step.contains('(') {
-            return None;
+/// The steps of a discriminator's path, split on the dots outside quotes and
+/// parentheses (`extension('http://a.b/c').value`).
+fn path_steps(path: &str) -> Vec<&str> {
+    let mut steps = Vec::new();
+    let (mut start, mut depth, mut quoted) = (0, 0usize, false);
+    for (i, c) in path.char_indices() {
+        match c {
+            '\'' => quoted = !quoted,
+            '(' if !quoted => depth += 1,
+            ')' if !quoted => depth = depth.saturating_sub(1),
+            '.' if !quoted && depth == 0 => {
+                steps.push(&path[start..i]);
+                start = i + 1;
+            }
+            _ => {}
         }
+    }
+    steps.push(&path[start..]);
+    steps
+}
+
+/// The nodes a discriminator's path selects from `value` (`coding.system`,
+/// `$this`, `extension('url')`, a choice element and `ofType(T)`); `None` for
+/// paths this validator does not follow (`resolve()` …).
+fn navigate<'v>(value: &'v Value, path: &str) -> Option<Vec<&'v Value>> {
+    // Each node with the type its choice key named (`valueCoding` → Coding).
+    let mut nodes: Vec<(&'v Value, Option<String>)> = vec![(value, None)];
+    if path == "$this" {
+        return Some(vec![value]);
+    }
+    for step in path_steps(path) {
         let mut next = Vec::new();
-        for n in nodes {
-            match n.get(step) {
-                Some(Value::Array(items)) => next.extend(items.iter()),
-                Some(v) => next.push(v),
-                None => {}
+        if let Some(url) = step
+            .strip_prefix("extension('")
+            .and_then(|r| r.strip_suffix("')"))
+        {
+            for (n, _) in &nodes {
+                let items = n
+                    .get("extension")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten();
+                next.extend(
+                    items
+                        .filter(|e| e["url"].as_str() == Some(url))
+                        .map(|e| (e, None)),
+                );
+            }
+        } else if let Some(t) = step
+            .strip_prefix("ofType(")
+            .and_then(|r| r.strip_suffix(')'))
+        {
+            next = nodes
+                .into_iter()
+                .filter(|(_, typed)| typed.as_deref().is_some_and(|x| x.eq_ignore_ascii_case(t)))
+                .collect();
+        } else if step.contains('(') {
+            return None;
+        } else {
+            for (n, _) in &nodes {
+                let Some(obj) = n.as_object() else { continue };
+                let mut push = |v: &'v Value, typed: Option<String>| match v {
+                    Value::Array(items) => next.extend(items.iter().map(|i| (i, typed.clone()))),
+                    v => next.push((v, typed)),
+                };
+                match obj.get(step) {
+                    Some(v) => push(v, None),
+                    // A choice element: `value` is `valueCoding`, `valueString` …
+                    None => {
+                        for (key, v) in obj {
+                            if let Some(suffix) = key
+                                .strip_prefix(step)
+                                .filter(|r| r.starts_with(|c: char| c.is_ascii_uppercase()))
+                            {
+                                push(v, Some(choice_type(suffix)));
+                            }
+                        }
+                    }
+                }
             }
         }
         nodes = next;
     }
-    Some(nodes)
+    Some(nodes.into_iter().map(|(v, _)| v).collect())
 }
 
 fn max_text(max: Option<u32>) -> String {
@@ -178,6 +250,8 @@ impl<'c> Run<'c> {
         Run {
             conf,
             resource,
+            root: resource,
+            container: resource,
             findings: Findings::default(),
             warned: HashSet::new(),
             extensions_checked: HashSet::new(),
@@ -247,6 +321,7 @@ impl<'c> Run<'c> {
             self.binding(sd, e, value, t, path);
             if t == "Reference" {
                 self.reference(e, value, path);
+                self.aggregation(e, value, path);
             }
         }
         self.invariants_of(sd, e, value, path, type_code);
@@ -274,9 +349,15 @@ impl<'c> Run<'c> {
         path: &str,
         type_code: Option<&str>,
     ) {
-        let type_code = type_code.unwrap_or(&sd.type_name);
+        // An element defined elsewhere (`contentReference`) is a backbone
+        // element whose children are defined at the path it names.
+        let type_code = match (type_code, &e.content_ref) {
+            (Some(t), _) => t,
+            (None, Some(_)) => "BackboneElement",
+            (None, None) => &sd.type_name,
+        };
         let def_path = match type_code {
-            "BackboneElement" | "Element" => e.path.as_str(),
+            "BackboneElement" | "Element" => e.content_ref.as_deref().unwrap_or(&e.path),
             t => t,
         };
         for c in e.constraints.iter().filter(|c| c.error) {
@@ -287,7 +368,9 @@ impl<'c> Run<'c> {
                 continue;
             }
             let outcome = match compiled.as_ref() {
-                Ok(invariant) => invariant.holds(self.resource, value, type_code, def_path),
+                Ok(invariant) => {
+                    invariant.holds(self.resource, self.container, value, type_code, def_path)
+                }
                 Err(why) => Err(why.clone()),
             };
             match outcome {
@@ -312,39 +395,53 @@ impl<'c> Run<'c> {
     /// The resources within the resource (contained ones, Bundle entries,
     /// Parameters' resources) against the known profiles they claim, each as
     /// the resource of its own checks; a claimed profile not known is a warning.
-    fn nested(&mut self, value: &'c Value, path: &str, depth: usize) {
+    fn nested(&mut self, value: &'c Value, path: &str, depth: usize, enclosing: &'c Value) {
         if depth > MAX_DEPTH {
             return;
         }
         match value {
             Value::Object(obj) => {
-                if depth > 0 {
-                    if let Some(res_type) = obj.get("resourceType").and_then(Value::as_str) {
-                        self.nested_resource(value, res_type, path);
+                let mut enclosing = enclosing;
+                if let Some(res_type) = obj.get("resourceType").and_then(Value::as_str) {
+                    if depth > 0 {
+                        self.nested_resource(value, res_type, path, enclosing);
                     }
+                    enclosing = value;
                 }
                 for (key, child) in obj {
                     if !key.starts_with('_') {
-                        self.nested(child, &format!("{path}.{key}"), depth + 1);
+                        self.nested(child, &format!("{path}.{key}"), depth + 1, enclosing);
                     }
                 }
             }
             Value::Array(items) => {
                 for (i, item) in items.iter().enumerate() {
-                    self.nested(item, &format!("{path}[{i}]"), depth + 1);
+                    self.nested(item, &format!("{path}[{i}]"), depth + 1, enclosing);
                 }
             }
             _ => {}
         }
     }
 
-    fn nested_resource(&mut self, resource: &'c Value, res_type: &str, path: &str) {
+    fn nested_resource(
+        &mut self,
+        resource: &'c Value,
+        res_type: &str,
+        path: &str,
+        container: &'c Value,
+    ) {
         let claimed = resource["meta"]["profile"].as_array().into_iter().flatten();
         for url in claimed.filter_map(Value::as_str) {
             match self.conf.structure(url) {
                 Some(sd) if sd.type_name == res_type => {
+                    let contained = path
+                        .rsplit('.')
+                        .next()
+                        .is_some_and(|l| l.starts_with("contained["));
                     let mut inner = Run {
                         depth: self.depth,
+                        root: self.root,
+                        container: if contained { container } else { resource },
                         ..Run::new(self.conf, resource)
                     };
                     inner.element(sd, sd.root(), resource, path, Some(res_type));
@@ -384,7 +481,13 @@ impl<'c> Run<'c> {
     /// The R4 invariants of every resource, backbone element and data type of
     /// the resource (`per-1` of each Period …), typed by the R4 definitions;
     /// those a profile's snapshot holds too are evaluated once.
-    fn base_invariants(&mut self, node: &Node<'c>, path: &str, depth: usize) {
+    fn base_invariants(
+        &mut self,
+        node: &Node<'c>,
+        path: &str,
+        depth: usize,
+        (resource, container): (&'c Value, &'c Value),
+    ) {
         if depth > MAX_DEPTH {
             return;
         }
@@ -393,9 +496,13 @@ impl<'c> Run<'c> {
                 continue;
             }
             let outcome = match &rule.invariant {
-                Ok(invariant) => {
-                    invariant.holds(self.resource, node.value, &node.type_code, &node.def_path)
-                }
+                Ok(invariant) => invariant.holds(
+                    resource,
+                    container,
+                    node.value,
+                    &node.type_code,
+                    &node.def_path,
+                ),
                 Err(why) => Err(why.clone()),
             };
             match outcome {
@@ -431,7 +538,19 @@ impl<'c> Run<'c> {
                 } else {
                     format!("{path}.{key}")
                 };
-                self.base_invariants(child, &at, depth + 1);
+                // A resource within is the resource of its own invariants; a
+                // contained one keeps its container as `%rootResource`.
+                let scope = if child.value.get("resourceType").is_some() {
+                    let root = if key == "contained" {
+                        resource
+                    } else {
+                        child.value
+                    };
+                    (child.value, root)
+                } else {
+                    (resource, container)
+                };
+                self.base_invariants(child, &at, depth + 1, scope);
             }
         }
     }
@@ -454,17 +573,16 @@ impl<'c> Run<'c> {
         else {
             return;
         };
-        match t.profiles.iter().find_map(|p| self.conf.structure(p)) {
-            Some(profile) if profile.url != sd.url => {
-                if profile.type_name == "Extension"
-                    && !self.extensions_checked.insert(path.to_owned())
-                {
-                    return;
-                }
-                self.element(profile, profile.root(), value, path, type_code);
-            }
-            Some(_) => {}
-            None if no_children => {
+        // A resource (contained, a Bundle entry) is checked against the
+        // profiles of its own type; of several, the first it meets.
+        let resource_type = value["resourceType"].as_str();
+        let known: Vec<&'c StructureDef> = t
+            .profiles
+            .iter()
+            .filter_map(|p| self.conf.structure(p))
+            .collect();
+        if known.is_empty() {
+            if no_children {
                 let wanted = t.profiles.join(", ");
                 self.warn(
                     wanted.clone(),
@@ -475,8 +593,50 @@ impl<'c> Run<'c> {
                     path,
                 );
             }
-            None => {}
+            return;
         }
+        let candidates: Vec<&'c StructureDef> = known
+            .into_iter()
+            .filter(|p| p.url != sd.url && resource_type.is_none_or(|rt| p.type_name == rt))
+            .collect();
+        let type_code = resource_type.or(type_code);
+        let chosen = match candidates.as_slice() {
+            [] => {
+                if let Some(rt) = resource_type {
+                    self.error(
+                        "structure",
+                        format!(
+                            "a {rt} is not allowed here: {} allows {}",
+                            element_label(sd, e),
+                            t.profiles.join(", ")
+                        ),
+                        path,
+                    );
+                }
+                return;
+            }
+            [one] => *one,
+            several => several
+                .iter()
+                .copied()
+                .find(|p| self.passes(p, value, type_code))
+                .unwrap_or(several[0]),
+        };
+        if chosen.type_name == "Extension" && !self.extensions_checked.insert(path.to_owned()) {
+            return;
+        }
+        self.element(chosen, chosen.root(), value, path, type_code);
+    }
+
+    /// Whether `value` meets `profile` (no errors), checked on the side.
+    fn passes(&self, profile: &'c StructureDef, value: &'c Value, type_code: Option<&str>) -> bool {
+        let mut probe = Run {
+            depth: self.depth,
+            root: self.root,
+            ..Run::new(self.conf, self.resource)
+        };
+        probe.element(profile, profile.root(), value, "", type_code);
+        probe.findings.errors.is_empty()
     }
 
     /// The values of child element `kid` in `obj`, checked for cardinality,
@@ -519,6 +679,16 @@ impl<'c> Run<'c> {
             }
         };
         if let Some(stem) = name.strip_suffix("[x]") {
+            // A choice present only by its extensions (`_effectiveDateTime`) counts.
+            count += obj
+                .keys()
+                .filter_map(|k| k.strip_prefix('_'))
+                .filter(|k| {
+                    k.strip_prefix(stem)
+                        .is_some_and(|s| s.starts_with(|c: char| c.is_ascii_uppercase()))
+                        && !obj.contains_key(*k)
+                })
+                .count();
             for (key, value) in obj {
                 let Some(suffix) = key
                     .strip_prefix(stem)
@@ -609,6 +779,28 @@ impl<'c> Run<'c> {
         slices: &[usize],
         found: Vec<Found<'c>>,
     ) {
+        let unfollowed = slicing.discriminators.iter().find(|(_, p)| {
+            path_steps(p).iter().any(|step| {
+                step.contains('(')
+                    && !step.starts_with("extension('")
+                    && !step.starts_with("ofType(")
+            })
+        });
+        if let Some((_, p)) = unfollowed {
+            let e = &sd.elements[kid];
+            self.warn(
+                format!("slicing {}", e.id),
+                format!(
+                    "the slices of {} were not told apart: the discriminator path {p} is not followed here",
+                    element_label(sd, e)
+                ),
+                &e.path,
+            );
+            for f in &found {
+                self.element(sd, kid, f.value, &f.path, f.type_code.as_deref());
+            }
+            return;
+        }
         let mut counts = vec![0usize; slices.len()];
         for f in &found {
             let slice = slices
@@ -783,40 +975,63 @@ impl<'c> Run<'c> {
                     }
                 }
                 DiscriminatorKind::Type => {
-                    let actual = if path == "$this" {
-                        type_code
-                            .map(str::to_owned)
-                            .or_else(|| value["resourceType"].as_str().map(str::to_owned))
-                    } else {
-                        navigate(value, path)
-                            .and_then(|n| n.first().and_then(|v| v["resourceType"].as_str()))
-                            .map(str::to_owned)
+                    let (nodes, element) = match self.discriminated(sd, s, value, path) {
+                        Some(found) => found,
+                        None => return false,
                     };
-                    actual.is_some_and(|a| slice.types.iter().any(|t| t.code == a))
+                    nodes.iter().any(|n| {
+                        let actual = if path == "$this" {
+                            type_code.or_else(|| n["resourceType"].as_str())
+                        } else {
+                            n["resourceType"].as_str()
+                        };
+                        actual.is_some_and(|a| element.types.iter().any(|t| t.code == a))
+                    })
                 }
                 DiscriminatorKind::Profile => {
-                    let profiles: Vec<&StructureDef> = slice
+                    let (nodes, element) = match self.discriminated(sd, s, value, path) {
+                        Some(found) => found,
+                        None => return false,
+                    };
+                    let profiles: Vec<&'c StructureDef> = element
                         .types
                         .iter()
                         .flat_map(|t| &t.profiles)
                         .filter_map(|p| self.conf.structure(p))
                         .collect();
-                    let Some(nodes) = navigate(value, path) else {
-                        return false;
-                    };
                     !profiles.is_empty()
                         && nodes.iter().any(|n| {
-                            profiles.iter().any(|p| {
-                                let mut probe = Run {
-                                    depth: self.depth,
-                                    ..Run::new(self.conf, self.resource)
-                                };
-                                probe.element(p, p.root(), n, "", type_code);
-                                probe.findings.errors.is_empty()
-                            })
+                            let t = n["resourceType"].as_str().or(type_code);
+                            profiles
+                                .iter()
+                                .filter(|p| {
+                                    n["resourceType"]
+                                        .as_str()
+                                        .is_none_or(|rt| p.type_name == rt)
+                                })
+                                .any(|p| self.passes(p, n, t))
                         })
                 }
             })
+    }
+
+    /// The nodes a `type` or `profile` discriminator's path selects in `value`,
+    /// and the slice's element at that path (the slice itself for `$this`,
+    /// `{slice}.resource` for `resource`), whose types and profiles say.
+    fn discriminated(
+        &self,
+        sd: &'c StructureDef,
+        s: usize,
+        value: &'c Value,
+        path: &str,
+    ) -> Option<(Vec<&'c Value>, &'c Element)> {
+        let slice = &sd.elements[s];
+        let element = if path == "$this" {
+            slice
+        } else {
+            &sd.elements[sd.element_id(&format!("{}.{path}", slice.id))?]
+        };
+        Some((navigate(value, path)?, element))
     }
 
     /// Required bindings (errors) and extensible ones (warnings) of codes,
@@ -901,6 +1116,47 @@ impl<'c> Run<'c> {
         }
     }
 
+    /// How a reference is held, among the aggregation modes the element
+    /// allows: `contained` (`#id`), `bundled` (an entry of the Bundle being
+    /// validated), `referenced` (anything else).
+    fn aggregation(&mut self, e: &Element, value: &Value, path: &str) {
+        let modes: Vec<&str> = e
+            .types
+            .iter()
+            .filter(|t| t.code == "Reference")
+            .flat_map(|t| t.aggregation.iter().map(String::as_str))
+            .collect();
+        let Some(reference) = value["reference"].as_str() else {
+            return;
+        };
+        if modes.is_empty() {
+            return;
+        }
+        let bundled = self.root["entry"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|entry| entry["fullUrl"].as_str() == Some(reference));
+        let held = if reference.starts_with('#') {
+            "contained"
+        } else if bundled {
+            "bundled"
+        } else {
+            "referenced"
+        };
+        if !modes.contains(&held) {
+            self.error(
+                "structure",
+                format!(
+                    "the reference {reference} is {held}; {} must be {} (aggregation)",
+                    e.id,
+                    modes.join(" or ")
+                ),
+                path,
+            );
+        }
+    }
+
     /// The type a reference points to, among those the element allows.
     fn reference(&mut self, e: &Element, value: &Value, path: &str) {
         let mut allowed: Vec<String> = Vec::new();
@@ -908,9 +1164,13 @@ impl<'c> Run<'c> {
             for target in &t.target_profiles {
                 let name = match self.conf.structure(target) {
                     Some(sd) => sd.type_name.clone(),
+                    // A core type by its URL; a profile not loaded (`vitalsigns`):
+                    // its type is not known here, so nothing is checked.
                     None => match target.strip_prefix("http://hl7.org/fhir/StructureDefinition/") {
-                        Some(core) => core.to_owned(),
-                        None => return,
+                        Some(core) if R4.is_resource_type(core) || core == "Resource" => {
+                            core.to_owned()
+                        }
+                        _ => return,
                     },
                 };
                 allowed.push(name);
@@ -926,6 +1186,13 @@ impl<'c> Run<'c> {
                 .flatten()
                 .find(|c| c["id"].as_str() == Some(&local[1..]))
                 .and_then(|c| c["resourceType"].as_str()),
+            // An entry of the Bundle being validated, by its fullUrl.
+            Some(url) if url.starts_with("urn:") => self.root["entry"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|e| e["fullUrl"].as_str() == Some(url))
+                .and_then(|e| e["resource"]["resourceType"].as_str()),
             _ => crate::fhir::fhirpath::reference_type(value),
         };
         if let Some(actual) = actual {
@@ -946,35 +1213,47 @@ impl<'c> Run<'c> {
     /// Every extension of the resource the server knows that was not checked
     /// on the way: against its definition, in its context. Unknown ones are a
     /// warning each.
-    fn extensions(&mut self, value: &'c Value, path: &str, depth: usize) {
+    /// `element` is the element path from the nearest resource (a contained
+    /// or entry resource starts its own), for the extensions' contexts.
+    fn extensions(&mut self, value: &'c Value, path: &str, element: &str, depth: usize) {
         if depth > MAX_DEPTH {
             return;
         }
         match value {
             Value::Object(obj) => {
+                let element = match obj.get("resourceType").and_then(Value::as_str) {
+                    Some(rt) if depth > 0 => rt,
+                    _ => element,
+                };
                 for (key, child) in obj {
                     let name = key.strip_prefix('_').unwrap_or(key);
                     if matches!(name, "extension" | "modifierExtension") {
                         if let Value::Array(items) = child {
                             for (i, ext) in items.iter().enumerate() {
                                 let at = format!("{path}.{name}[{i}]");
-                                self.extension(ext, path, &at);
+                                self.extension(ext, element, &at);
                             }
                         }
                     }
-                    self.extensions(child, &format!("{path}.{name}"), depth + 1);
+                    self.extensions(
+                        child,
+                        &format!("{path}.{name}"),
+                        &format!("{element}.{name}"),
+                        depth + 1,
+                    );
                 }
             }
             Value::Array(items) => {
                 for (i, item) in items.iter().enumerate() {
-                    self.extensions(item, &format!("{path}[{i}]"), depth + 1);
+                    self.extensions(item, &format!("{path}[{i}]"), element, depth + 1);
                 }
             }
             _ => {}
         }
     }
 
-    fn extension(&mut self, ext: &'c Value, parent: &str, at: &str) {
+    /// An extension at `at`, on the element at element path `element_path`.
+    fn extension(&mut self, ext: &'c Value, element_path: &str, at: &str) {
         let Some(url) = ext["url"].as_str() else {
             return;
         };
@@ -994,7 +1273,7 @@ impl<'c> Run<'c> {
             return;
         };
         self.extensions_checked.insert(at.to_owned());
-        let element_path = strip_indices(parent);
+        let element_path = element_path.to_owned();
         if let Some(parent_type) = type_at(&element_path) {
             let resource_root = !element_path.contains('.');
             let names = context_names(&element_path);
@@ -1051,21 +1330,6 @@ impl<'c> Run<'c> {
             _ => {}
         }
     }
-}
-
-/// `Patient.contact[0].name` → `Patient.contact.name`.
-fn strip_indices(path: &str) -> String {
-    let mut out = String::with_capacity(path.len());
-    let mut skipping = false;
-    for c in path.chars() {
-        match c {
-            '[' => skipping = true,
-            ']' => skipping = false,
-            c if !skipping => out.push(c),
-            _ => {}
-        }
-    }
-    out
 }
 
 /// The names a context may give the element at `path`: the path itself and,
@@ -1294,6 +1558,84 @@ mod tests {
             error_paths(&findings),
             ["Bundle.entry[0].resource.name[0].family"]
         );
+    }
+
+    #[test]
+    fn discriminator_paths_follow_extensions_and_choices() {
+        let v = serde_json::json!({"extension": [
+            {"url": "http://a.b/c", "valueCoding": {"code": "x"}},
+            {"url": "other", "valueString": "y"}]});
+        assert_eq!(
+            path_steps("extension('http://a.b/c').value"),
+            ["extension('http://a.b/c')", "value"]
+        );
+        let found = navigate(&v, "extension('http://a.b/c').value.code").expect("followed");
+        assert_eq!(found, [&serde_json::json!("x")]);
+        let typed = navigate(&v["extension"][1], "value.ofType(string)").expect("followed");
+        assert_eq!(typed, [&serde_json::json!("y")]);
+        assert!(navigate(&v, "extension.resolve()").is_none());
+    }
+
+    /// Valid variations of FR Core examples a naive walk would refuse.
+    #[test]
+    fn valid_variations_stay_valid() {
+        let Some(dir) = fr_core() else { return };
+        let conf = load(&dir);
+        let mut bp = example(&dir, "Observation-FRCoreObservationBPExample.json");
+        // A target profile not loaded (vitalsigns): its type is not known here.
+        bp["hasMember"] = serde_json::json!([{"reference": "Observation/1"}]);
+        // An element defined by contentReference.
+        bp["component"][0]["referenceRange"] = serde_json::json!([{"low": {"value": 90}}]);
+        let findings = check(&conf, &bp);
+        assert!(findings.errors.is_empty(), "{:#?}", findings.errors);
+
+        let mut height = example(&dir, "Observation-FRCoreObservationBodyHeightExample.json");
+        let effective = height
+            .as_object_mut()
+            .expect("object")
+            .remove("effectiveDateTime");
+        assert!(effective.is_some());
+        height["_effectiveDateTime"] = serde_json::json!({"extension": [{
+            "url": "http://hl7.org/fhir/StructureDefinition/data-absent-reason", "valueCode": "unknown"}]});
+        let findings = check(&conf, &height);
+        assert!(findings.errors.is_empty(), "{:#?}", findings.errors);
+
+        // In a Bundle: a Patient entry with a contained Organization it refers
+        // to (ref-1 looks in the entry), and an extension in its context.
+        let mut patient = example(&dir, "Patient-ExampleFRCorePatient001.json");
+        patient["identifier"][0]["value"] = Value::from("123456789012212");
+        patient["contained"] =
+            serde_json::json!([{"resourceType": "Organization", "id": "org", "name": "CH"}]);
+        patient["managingOrganization"] = serde_json::json!({"reference": "#org"});
+        let bundle = serde_json::json!({"resourceType": "Bundle", "type": "collection",
+            "entry": [{"fullUrl": "urn:uuid:1", "resource": patient}]});
+        let findings = check(&conf, &bundle);
+        assert!(findings.errors.is_empty(), "{:#?}", findings.errors);
+    }
+
+    #[test]
+    fn aggregation_says_how_a_reference_is_held() {
+        let sd = serde_json::json!({"resourceType": "StructureDefinition", "url": "agg", "type": "CommunicationRequest",
+            "snapshot": {"element": [
+                {"id": "CommunicationRequest", "path": "CommunicationRequest", "min": 0, "max": "*"},
+                {"id": "CommunicationRequest.subject", "path": "CommunicationRequest.subject",
+                 "min": 1, "max": "1", "type": [{"code": "Reference",
+                   "targetProfile": ["http://hl7.org/fhir/StructureDefinition/Patient"],
+                   "aggregation": ["contained"]}]}]}});
+        let conf = Conformance::new(vec![sd]);
+        let profile = conf.structure("agg").expect("profile");
+        let mut request = serde_json::json!({"resourceType": "CommunicationRequest", "status": "active",
+            "contained": [{"resourceType": "Patient", "id": "p"}],
+            "subject": {"reference": "#p"}});
+        assert!(validate(&conf, &request, &[profile]).errors.is_empty());
+        request["subject"]["reference"] = serde_json::json!("Patient/p");
+        let findings = validate(&conf, &request, &[profile]);
+        // Not contained; and the contained Patient is no longer referred to (dom-3).
+        assert_eq!(
+            error_paths(&findings),
+            ["CommunicationRequest.subject", "CommunicationRequest"]
+        );
+        assert!(findings.errors[0].message.contains("aggregation"));
     }
 
     #[test]
