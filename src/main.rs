@@ -371,6 +371,8 @@ fn validate_files(
             format,
             res_type: None,
             profile,
+            id: None,
+            mode: None,
         };
         let verdict = match verdict::validate(&asked, &rules) {
             Ok(verdict) => verdict,

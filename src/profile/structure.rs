@@ -72,6 +72,11 @@ pub struct Element {
     pub constraints: Vec<Constraint>,
     /// For an element defined elsewhere (`#Observation.referenceRange`): that path.
     pub content_ref: Option<String>,
+    /// The longest a string value may be, in characters.
+    pub max_length: Option<usize>,
+    /// The bounds of a value (`minValueInteger`, `maxValueDate` …).
+    pub min_value: Option<Value>,
+    pub max_value: Option<Value>,
 }
 
 impl Element {
@@ -190,6 +195,9 @@ fn parse_element(e: &Value) -> Option<Element> {
         })
         .collect();
     Some(Element {
+        max_length: e["maxLength"].as_u64().map(|n| n as usize),
+        min_value: choice_value(e, "minValue"),
+        max_value: choice_value(e, "maxValue"),
         content_ref: text(e, "contentReference").map(|r| {
             let r = r.rsplit_once('#').map_or(r.as_str(), |(_, p)| p);
             r.to_owned()
@@ -267,6 +275,9 @@ fn merge(base: &Element, diff: &Element, raw: &Value) -> Element {
     merged.pattern = diff.pattern.clone().or(merged.pattern);
     merged.binding = diff.binding.clone().or(merged.binding);
     merged.slicing = diff.slicing.clone().or(merged.slicing);
+    merged.max_length = diff.max_length.or(merged.max_length);
+    merged.min_value = diff.min_value.clone().or(merged.min_value);
+    merged.max_value = diff.max_value.clone().or(merged.max_value);
     merged.constraints.extend(diff.constraints.iter().cloned());
     merged
 }
@@ -305,6 +316,9 @@ fn with_ancestors(mut elements: Vec<Element>) -> Vec<Element> {
                     slicing: None,
                     constraints: Vec::new(),
                     content_ref: None,
+                    max_length: None,
+                    min_value: None,
+                    max_value: None,
                 },
                 &Value::Null,
             ));
@@ -370,6 +384,9 @@ impl StructureDef {
                                 slicing: None,
                                 constraints: Vec::new(),
                                 content_ref: None,
+                                max_length: None,
+                                min_value: None,
+                                max_value: None,
                             },
                             &Value::Null,
                         );

@@ -315,6 +315,7 @@ impl<'c> Run<'c> {
                 );
             }
         }
+        self.bounds(sd, e, value, path);
         let type_code =
             type_code.or_else(|| (e.types.len() == 1).then(|| e.types[0].code.as_str()));
         if let Some(t) = type_code {
@@ -337,6 +338,57 @@ impl<'c> Run<'c> {
             }
         }
         self.depth -= 1;
+    }
+
+    /// `maxLength`, `minValue[x]` and `maxValue[x]` of a primitive value:
+    /// numbers by value, dates and times by the instants they start at, the
+    /// rest as text.
+    fn bounds(&mut self, sd: &StructureDef, e: &Element, value: &Value, path: &str) {
+        if let (Some(max), Some(text)) = (e.max_length, value.as_str()) {
+            let length = text.chars().count();
+            if length > max {
+                self.error(
+                    "value",
+                    format!(
+                        "{length} characters, more than the {max} of {}",
+                        element_label(sd, e)
+                    ),
+                    path,
+                );
+            }
+        }
+        let order = |a: &Value, b: &Value| -> Option<std::cmp::Ordering> {
+            match (a, b) {
+                (Value::Number(x), Value::Number(y)) => x.as_f64()?.partial_cmp(&y.as_f64()?),
+                (Value::String(x), Value::String(y)) => {
+                    match (
+                        crate::fhir::datetime::parse_range(x),
+                        crate::fhir::datetime::parse_range(y),
+                    ) {
+                        (Some(rx), Some(ry)) => Some(rx.low.cmp(&ry.low)),
+                        _ => Some(x.cmp(y)),
+                    }
+                }
+                _ => None,
+            }
+        };
+        let below = e
+            .min_value
+            .as_ref()
+            .filter(|min| order(value, min) == Some(std::cmp::Ordering::Less));
+        let above = e
+            .max_value
+            .as_ref()
+            .filter(|max| order(value, max) == Some(std::cmp::Ordering::Greater));
+        for (bound, word) in [(below, "below the minimum"), (above, "above the maximum")] {
+            if let Some(bound) = bound {
+                self.error(
+                    "value",
+                    format!("{value} is {word} {bound} of {}", element_label(sd, e)),
+                    path,
+                );
+            }
+        }
     }
 
     /// The element's invariants of severity error, each evaluated once per
@@ -1636,6 +1688,39 @@ mod tests {
             ["CommunicationRequest.subject", "CommunicationRequest"]
         );
         assert!(findings.errors[0].message.contains("aggregation"));
+    }
+
+    #[test]
+    fn lengths_and_bounds_are_held() {
+        let sd = serde_json::json!({"resourceType": "StructureDefinition", "url": "bounded",
+            "type": "Patient", "snapshot": {"element": [
+                {"id": "Patient", "path": "Patient", "min": 0, "max": "*"},
+                {"id": "Patient.birthDate", "path": "Patient.birthDate", "min": 0, "max": "1",
+                 "type": [{"code": "date"}], "minValueDate": "1900-01-01"},
+                {"id": "Patient.multipleBirth[x]", "path": "Patient.multipleBirth[x]", "min": 0,
+                 "max": "1", "type": [{"code": "integer"}], "maxValueInteger": 9},
+                {"id": "Patient.name", "path": "Patient.name", "min": 0, "max": "*",
+                 "type": [{"code": "HumanName"}]},
+                {"id": "Patient.name.family", "path": "Patient.name.family", "min": 0, "max": "1",
+                 "type": [{"code": "string"}], "maxLength": 5}]}});
+        let conf = Conformance::new(vec![sd]);
+        let profile = conf.structure("bounded").expect("profile");
+        let good = serde_json::json!({"resourceType": "Patient", "birthDate": "1950-02-03",
+            "multipleBirthInteger": 2, "name": [{"family": "Léa"}]});
+        assert!(validate(&conf, &good, &[profile]).errors.is_empty());
+        let bad = serde_json::json!({"resourceType": "Patient", "birthDate": "1850",
+            "multipleBirthInteger": 12, "name": [{"family": "Durandal"}]});
+        let findings = validate(&conf, &bad, &[profile]);
+        let mut paths = error_paths(&findings);
+        paths.sort();
+        assert_eq!(
+            paths,
+            [
+                "Patient.birthDate",
+                "Patient.multipleBirthInteger",
+                "Patient.name[0].family"
+            ]
+        );
     }
 
     #[test]

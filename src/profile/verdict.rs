@@ -17,6 +17,21 @@ pub struct Asked<'a> {
     pub format: Format,
     pub res_type: Option<&'a str>,
     pub profile: Option<&'a str>,
+    /// The id of `[type]/[id]/$validate`.
+    pub id: Option<&'a str>,
+    /// `?mode=` (`create`, `update`, `delete`, `profile`); a `Parameters` may say it too.
+    pub mode: Option<&'a str>,
+}
+
+const MODES: &[&str] = &["create", "update", "delete", "profile"];
+
+fn check_mode(mode: Option<&str>) -> FhirResult<()> {
+    match mode {
+        Some(m) if !MODES.contains(&m) => Err(FhirError::bad_request(format!(
+            "the mode of $validate is create, update, delete or profile, not '{m}'"
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// Issues found, by severity.
@@ -50,6 +65,12 @@ impl Verdict {
 /// Checks what was asked. A body that is no JSON or XML at all is a bad request
 /// (400); anything wrong with the resource is in the verdict.
 pub fn validate(asked: &Asked<'_>, rules: &ProfileRules) -> FhirResult<Verdict> {
+    check_mode(asked.mode)?;
+    // Whether a resource may be deleted: nothing of its content is checked
+    // (there may be none), and this server refuses no delete by profile.
+    if asked.mode == Some("delete") {
+        return Ok(Verdict::default());
+    }
     if asked.format == Format::Json {
         serde_json::from_slice::<serde::de::IgnoredAny>(asked.body)
             .map_err(|e| FhirError::bad_request(format!("the body is not JSON: {e}")))?;
@@ -63,10 +84,33 @@ pub fn validate(asked: &Asked<'_>, rules: &ProfileRules) -> FhirResult<Verdict> 
         }
         Err(e) => return Err(e),
     };
-    let (resource, named) = match parsed["resourceType"].as_str() {
+    let (resource, named, mode) = match parsed["resourceType"].as_str() {
         Some("Parameters") if asked.res_type != Some("Parameters") => parameters(&parsed)?,
-        _ => (parsed, None),
+        _ => (parsed, None, None),
     };
+    check_mode(mode.as_deref())?;
+    let mode = mode.as_deref().or(asked.mode);
+    if mode == Some("delete") {
+        return Ok(Verdict::default());
+    }
+    // An update names the resource it replaces.
+    if mode == Some("update") {
+        let id = resource["id"].as_str();
+        let wrong = match (id, asked.id) {
+            (None, _) => Some("a resource validated for an update has an id".to_owned()),
+            (Some(id), Some(url)) if id != url => {
+                Some(format!("the resource's id is {id}, the URL's {url}"))
+            }
+            _ => None,
+        };
+        if let Some(message) = wrong {
+            let at = format!(
+                "{}.id",
+                resource["resourceType"].as_str().unwrap_or_default()
+            );
+            verdict.errors.push(Issue::new("invalid", message).at(at));
+        }
+    }
     let res_type = resource["resourceType"].as_str().unwrap_or_default();
     if let Some(expected) = asked.res_type.filter(|t| *t != res_type) {
         verdict.errors.push(
@@ -84,14 +128,16 @@ pub fn validate(asked: &Asked<'_>, rules: &ProfileRules) -> FhirResult<Verdict> 
     Ok(verdict)
 }
 
-/// The `resource` and `profile` of a `$validate` Parameters (already checked as
-/// a resource, its `resource` with it).
-fn parameters(parameters: &Value) -> FhirResult<(Value, Option<String>)> {
+/// The `resource`, `profile` and `mode` of a `$validate` Parameters (already
+/// checked as a resource, its `resource` with it).
+fn parameters(parameters: &Value) -> FhirResult<(Value, Option<String>, Option<String>)> {
     let mut resource = None;
     let mut profile = None;
+    let mut mode = None;
     for p in parameters["parameter"].as_array().into_iter().flatten() {
         match p["name"].as_str() {
             Some("resource") => resource = p.get("resource").cloned(),
+            Some("mode") => mode = p["valueCode"].as_str().map(str::to_owned),
             Some("profile") => {
                 profile = p["valueUri"]
                     .as_str()
@@ -104,7 +150,7 @@ fn parameters(parameters: &Value) -> FhirResult<(Value, Option<String>)> {
     let resource = resource.ok_or_else(|| {
         FhirError::bad_request("the Parameters of $validate have no 'resource' parameter")
     })?;
-    Ok((resource, profile))
+    Ok((resource, profile, mode))
 }
 
 #[cfg(test)]
@@ -121,6 +167,8 @@ mod tests {
             format: Format::Json,
             res_type,
             profile: None,
+            id: None,
+            mode: None,
         }
     }
 
@@ -163,6 +211,37 @@ mod tests {
         assert_eq!(verdict.warnings.len(), 2);
         let said = |url: &str| verdict.warnings.iter().any(|w| w.message.contains(url));
         assert!(said("fr-core-patient") && said("example.org/other"));
+    }
+
+    #[test]
+    fn modes_are_read_and_held() {
+        let rules = ProfileRules::default();
+        let with = |body: &'static str, id, mode| Asked {
+            id,
+            mode,
+            ..asked(body, Some("Patient"))
+        };
+        let patient = r#"{"resourceType":"Patient","id":"a"}"#;
+        assert!(validate(&with(patient, Some("a"), Some("update")), &rules)
+            .expect("verdict")
+            .errors
+            .is_empty());
+        let other = validate(&with(patient, Some("b"), Some("update")), &rules).expect("verdict");
+        assert_eq!(other.errors[0].expression.as_deref(), Some("Patient.id"));
+        // Delete: nothing of the body is looked at, not even its presence.
+        assert!(validate(&with("", Some("a"), Some("delete")), &rules)
+            .expect("verdict")
+            .errors
+            .is_empty());
+        assert!(matches!(
+            validate(&with(patient, None, Some("replace")), &rules),
+            Err(FhirError::BadRequest(_))
+        ));
+        let in_parameters = r#"{"resourceType":"Parameters","parameter":[
+            {"name":"mode","valueCode":"update"},
+            {"name":"resource","resource":{"resourceType":"Patient"}}]}"#;
+        let verdict = validate(&with(in_parameters, None, None), &rules).expect("verdict");
+        assert_eq!(verdict.errors.len(), 1, "{:?}", verdict.errors);
     }
 
     #[test]

@@ -95,6 +95,30 @@ async fn validate_tells_what_a_write_would_refuse_and_writes_nothing() {
         400
     );
     assert_eq!(s.get("Patient/$validate").await.status(), 405);
+    // Modes: an update names its resource; a delete needs no body.
+    let named = json!({"resourceType": "Patient", "id": "p-2"});
+    let outcome = json_of(
+        validate(&s, "Patient/p-1/$validate?mode=update", &named.to_string()).await,
+        200,
+    )
+    .await;
+    assert_eq!(severities(&outcome), ["error"], "{outcome}");
+    let deleted = s
+        .http
+        .post(s.url("Patient/p-1/$validate?mode=delete"))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(
+        json_of(deleted, 200).await["issue"][0]["severity"],
+        "information"
+    );
+    assert_eq!(
+        validate(&s, "Patient/$validate?mode=replace", &named.to_string())
+            .await
+            .status(),
+        400
+    );
     assert_eq!(s.version_count().await, before, "nothing written");
 
     let capability = json_of(s.get("metadata").await, 200).await;
@@ -370,6 +394,8 @@ fn the_fixtures_validate_against_the_projects_profiles() {
                 format: passerelle::fhir::Format::Json,
                 res_type: None,
                 profile: None,
+                id: None,
+                mode: None,
             },
             &rules,
         )

@@ -197,7 +197,9 @@ pub async fn handle(state: &AppState, mut req: FhirRequest) -> FhirResult<Reply>
         (&Method::GET, Route::InstanceHistory(t, id)) => {
             history(state, &req, Some(t), Some(id)).await
         }
-        (&Method::POST, Route::Validate(t, _)) => validate(&req, t, &state.rules.profiles),
+        (&Method::POST, Route::Validate(t, id)) => {
+            validate(&req, t, id.as_deref(), &state.rules.profiles)
+        }
         (&Method::GET, Route::Export(t, id)) => export_kick_off(state, &req, t, id).await,
         (&Method::GET, Route::ExportStatus(job)) => export_status(state, &req, job).await,
         (&Method::DELETE, Route::ExportStatus(job)) => export_delete(state, &req, job).await,

@@ -202,20 +202,30 @@ pub(super) async fn export_kick_off(
 pub(super) fn validate(
     req: &FhirRequest,
     res_type: &str,
+    id: Option<&str>,
     profiles: &crate::profile::ProfileRules,
 ) -> FhirResult<Reply> {
-    let format = super::negotiate::request_format(req.header(header::CONTENT_TYPE), &req.body)?;
-    let profile = req
-        .params
-        .iter()
-        .find(|(k, _)| k == "profile")
-        .map(|(_, v)| v.as_str());
+    let param = |name: &str| {
+        req.params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let mode = param("mode");
+    // A delete's validation may come without a body.
+    let format = if mode == Some("delete") && req.body.is_empty() {
+        crate::fhir::Format::Json
+    } else {
+        super::negotiate::request_format(req.header(header::CONTENT_TYPE), &req.body)?
+    };
     let verdict = crate::profile::verdict::validate(
         &crate::profile::verdict::Asked {
             body: &req.body,
             format,
             res_type: Some(res_type),
-            profile,
+            profile: param("profile"),
+            id,
+            mode,
         },
         profiles,
     )?;
