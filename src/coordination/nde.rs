@@ -407,7 +407,7 @@ mod tests {
         let d = event_declaration(EventType::Discharge, "s1", &stay, now).unwrap();
         let patient = json!({"resourceType": "Patient", "id": "p1",
             "meta": {"versionId": "3"},
-            "identifier": [{"system": "urn:oid:1.2.250.1.213.1.4.10", "value": "2800175123456"}]});
+            "identifier": [{"system": "urn:oid:1.2.250.1.213.1.4.10", "value": "280017512345610"}]});
         let recipient = super::super::recipients::Recipient {
             reference: Some("Practitioner/gp".into()),
             address: "https://cabinet.example/hook".into(),
@@ -427,7 +427,7 @@ mod tests {
             "SOR"
         );
         let contained = n["contained"].as_array().unwrap();
-        assert_eq!(contained[0]["identifier"][0]["value"], "2800175123456");
+        assert_eq!(contained[0]["identifier"][0]["value"], "280017512345610");
         assert_eq!(contained[0]["id"], "patient");
         assert!(contained[0].get("meta").is_none());
         assert_eq!(contained[1]["subject"]["reference"], "#patient");

@@ -20,8 +20,12 @@ use serde_json::Value;
 use structure::StructureDef;
 use terminology::{unversioned, Terminology};
 
-/// The project's own profiles, always known.
-const OWN_PROFILES: &str = include_str!("../../profiles/coordination-profiles.json");
+/// The project's own profiles, and the NdE extensions it writes (generated from
+/// the guide's FSH by `scripts/gen_nde_extensions.py`), always known.
+const OWN_PROFILES: &[&str] = &[
+    include_str!("../../profiles/coordination-profiles.json"),
+    include_str!("../../profiles/nde-extensions.json"),
+];
 
 /// The definitions a validator works with. Building one only files the
 /// resources by URL: a StructureDefinition is read (its snapshot made) on first
@@ -66,9 +70,11 @@ pub fn flatten(loaded: Vec<Value>) -> Vec<Arc<Value>> {
 
 /// The project's own profiles, read once.
 static OWN: LazyLock<Vec<Arc<Value>>> = LazyLock::new(|| {
-    serde_json::from_str(OWN_PROFILES)
-        .map(|v| flatten(vec![v]))
-        .unwrap_or_default()
+    let parsed = OWN_PROFILES
+        .iter()
+        .filter_map(|text| serde_json::from_str(text).ok())
+        .collect();
+    flatten(parsed)
 });
 
 impl Conformance {
@@ -333,6 +339,32 @@ impl ProfileRules {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn the_own_definitions_are_valid_r4_and_known() {
+        for text in OWN_PROFILES {
+            let bundle: Value = serde_json::from_str(text).expect("JSON");
+            crate::fhir::validate::validate_resource(&bundle).expect("a valid R4 Bundle");
+        }
+        let conformance = Conformance::new(Vec::new());
+        let event_type = conformance
+            .structure("https://interop.esante.gouv.fr/ig/fhir/nde/StructureDefinition/event-type")
+            .expect("the NdE event-type extension");
+        assert_eq!(
+            event_type.contexts,
+            ["Subscription", "CommunicationRequest"]
+        );
+        // A declaration's event time as a string is refused.
+        let request = serde_json::json!({"resourceType": "CommunicationRequest", "status": "active",
+            "extension": [{"url": "https://interop.esante.gouv.fr/ig/fhir/nde/StructureDefinition/event-time",
+                "valueString": "hier"}]});
+        let findings = validator::validate(&conformance, &request, &[]);
+        assert_eq!(findings.errors.len(), 1, "{:?}", findings.errors);
+        assert_eq!(
+            findings.errors[0].expression.as_deref(),
+            Some("CommunicationRequest.extension[0].valueString")
+        );
+    }
 
     #[test]
     fn required_profiles_are_read_per_type() {

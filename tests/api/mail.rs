@@ -109,7 +109,7 @@ async fn mailing_server(smtp: &SmtpListener) -> TestServer {
         json!({"resourceType": "PractitionerRole", "id": "stay-gp-role", "active": true,
             "practitioner": {"reference": "Practitioner/stay-gp"}, "endpoint": [{"reference": "Endpoint/stay-gp-mss"}]}),
         json!({"resourceType": "Patient", "id": "stay-patient",
-            "identifier": [{"system": "urn:oid:1.2.250.1.213.1.4.10", "value": "2800175123456"}],
+            "identifier": [{"system": "urn:oid:1.2.250.1.213.1.4.10", "value": "280017512345610"}],
             "name": [{"family": "Chabrol", "given": ["Henri"]}],
             "generalPractitioner": [{"reference": "Practitioner/stay-gp"}]}),
     ] {
@@ -149,7 +149,7 @@ async fn a_gp_with_secure_mail_only_gets_the_discharge_by_mail() {
     for part in [
         "Sortie d'un patient",
         "Henri Chabrol",
-        "INS 2800175123456",
+        "INS 280017512345610",
         "Mode de sortie : Retour",
         "notification.json",
         "nde-notificationrequest",

@@ -315,7 +315,7 @@ pub async fn reachable_gp(s: &TestServer, address: &str) {
             "practitioner": {"reference": "Practitioner/stay-gp"},
             "endpoint": [{"reference": "Endpoint/stay-gp-ep"}]}),
         json!({"resourceType": "Patient", "id": "stay-patient",
-            "identifier": [{"system": "urn:oid:1.2.250.1.213.1.4.10", "value": "2800175123456"}],
+            "identifier": [{"system": "urn:oid:1.2.250.1.213.1.4.10", "value": "280017512345610"}],
             "name": [{"family": "Chabrol", "given": ["Henri"]}],
             "generalPractitioner": [{"reference": "Practitioner/stay-gp"}]}),
     ];
@@ -345,7 +345,7 @@ async fn the_gp_is_called_back_without_writing_a_subscription() {
     assert_eq!(adm["encounter"]["reference"], "Encounter/st8");
     assert_eq!(adm["status"], "active");
     let patient = &adm["contained"][0];
-    assert_eq!(patient["identifier"][0]["value"], "2800175123456");
+    assert_eq!(patient["identifier"][0]["value"], "280017512345610");
     let standing = adm["basedOn"][0]["reference"].as_str().unwrap().to_owned();
 
     put(&s, &discharged("st8"), 200).await;
@@ -384,6 +384,50 @@ async fn the_gp_is_called_back_without_writing_a_subscription() {
     )
     .await;
     assert_eq!(notices["total"], 2, "{notices}");
+
+    // What the server writes and sends passes $validate: the notices as
+    // stored and as called back, the declarations, the standing Subscription
+    // (the NdE profiles they claim are not loaded: warnings, their extensions
+    // and identifiers checked).
+    let declarations = json_of(
+        s.get("CommunicationRequest?encounter=Encounter/st8&event-type=ADM,SOR")
+            .await,
+        200,
+    )
+    .await;
+    // The stay's declarations and notices, ADM and SOR.
+    let mut written: Vec<Value> = declarations["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| e["resource"].clone())
+        .collect();
+    assert_eq!(written.len(), 4, "two notices, two declarations");
+    written.extend([adm, sor, sub]);
+    for resource in written {
+        let rt = resource["resourceType"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let outcome = json_of(
+            s.http
+                .post(s.url(&format!("{rt}/$validate")))
+                .header("content-type", "application/fhir+json")
+                .body(resource.to_string())
+                .send()
+                .await
+                .expect("$validate"),
+            200,
+        )
+        .await;
+        let errors: Vec<&Value> = outcome["issue"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|i| i["severity"] == "error")
+            .collect();
+        assert!(errors.is_empty(), "{rt}: {outcome}");
+    }
 }
 
 #[tokio::test]
