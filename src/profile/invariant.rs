@@ -897,44 +897,26 @@ impl<'a> Ctx<'a> {
         // anyway is harmless (no side effects) but may fail: only when needed.
         let lb = || boolean(&left);
         let truth = |b: Option<bool>| b.map(|b| vec![Item::Bool(b)]).unwrap_or_default();
-        match op {
-            "and" => {
-                let a = lb()?;
-                if a == Some(false) {
-                    return Ok(truth(Some(false)));
-                }
-                let b = boolean(&self.eval(r, input, this)?)?;
-                return Ok(truth(match (a, b) {
-                    (_, Some(false)) => Some(false),
-                    (Some(true), Some(true)) => Some(true),
-                    _ => None,
-                }));
+        if matches!(op, "and" | "or" | "implies") {
+            let a = lb()?;
+            // The left side alone may decide: false and …, true or …, false implies ….
+            let decided = match (op, a) {
+                ("and", Some(false)) => Some(false),
+                ("or", Some(true)) | ("implies", Some(false)) => Some(true),
+                _ => None,
+            };
+            if decided.is_some() {
+                return Ok(truth(decided));
             }
-            "or" => {
-                let a = lb()?;
-                if a == Some(true) {
-                    return Ok(truth(Some(true)));
-                }
-                let b = boolean(&self.eval(r, input, this)?)?;
-                return Ok(truth(match (a, b) {
-                    (_, Some(true)) => Some(true),
-                    (Some(false), Some(false)) => Some(false),
-                    _ => None,
-                }));
-            }
-            "implies" => {
-                let a = lb()?;
-                if a == Some(false) {
-                    return Ok(truth(Some(true)));
-                }
-                let b = boolean(&self.eval(r, input, this)?)?;
-                return Ok(truth(match (a, b) {
-                    (_, Some(true)) => Some(true),
-                    (Some(true), Some(false)) => Some(false),
-                    _ => None,
-                }));
-            }
-            _ => {}
+            let b = boolean(&self.eval(r, input, this)?)?;
+            return Ok(truth(match (op, a, b) {
+                ("and", _, Some(false)) => Some(false),
+                ("and", Some(true), Some(true)) => Some(true),
+                ("or" | "implies", _, Some(true)) => Some(true),
+                ("or", Some(false), Some(false)) => Some(false),
+                ("implies", Some(true), Some(false)) => Some(false),
+                _ => None,
+            }));
         }
         let right = self.eval(r, input, this)?;
         Ok(match op {

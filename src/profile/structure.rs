@@ -80,6 +80,28 @@ pub struct Element {
 }
 
 impl Element {
+    /// An element that says nothing yet but where it is (completed from R4
+    /// by the caller).
+    fn bare(id: String, path: String, slice_name: Option<String>) -> Element {
+        Element {
+            id,
+            path,
+            slice_name,
+            min: 0,
+            max: None,
+            types: Vec::new(),
+            fixed: None,
+            pattern: None,
+            binding: None,
+            slicing: None,
+            constraints: Vec::new(),
+            content_ref: None,
+            max_length: None,
+            min_value: None,
+            max_value: None,
+        }
+    }
+
     /// The last segment of the path: `value[x]`, `identifier`.
     pub fn name(&self) -> &str {
         self.path.rsplit('.').next().unwrap_or(&self.path)
@@ -303,23 +325,7 @@ fn with_ancestors(mut elements: Vec<Element>) -> Vec<Element> {
                 .collect::<Vec<_>>()
                 .join(".");
             added.push(complete_from_r4(
-                Element {
-                    id: parent.to_owned(),
-                    path,
-                    slice_name,
-                    min: 0,
-                    max: None,
-                    types: Vec::new(),
-                    fixed: None,
-                    pattern: None,
-                    binding: None,
-                    slicing: None,
-                    constraints: Vec::new(),
-                    content_ref: None,
-                    max_length: None,
-                    min_value: None,
-                    max_value: None,
-                },
+                Element::bare(parent.to_owned(), path, slice_name),
                 &Value::Null,
             ));
             id = parent;
@@ -371,23 +377,7 @@ impl StructureDef {
                         .collect();
                     if elements.first().is_none_or(|e| e.path != type_name) {
                         let root = complete_from_r4(
-                            Element {
-                                id: type_name.clone(),
-                                path: type_name.clone(),
-                                slice_name: None,
-                                min: 0,
-                                max: None,
-                                types: Vec::new(),
-                                fixed: None,
-                                pattern: None,
-                                binding: None,
-                                slicing: None,
-                                constraints: Vec::new(),
-                                content_ref: None,
-                                max_length: None,
-                                min_value: None,
-                                max_value: None,
-                            },
+                            Element::bare(type_name.clone(), type_name.clone(), None),
                             &Value::Null,
                         );
                         elements.insert(0, root);

@@ -1500,17 +1500,29 @@ mod tests {
         assert!(findings.errors.is_empty(), "{:#?}", findings.errors);
     }
 
-    #[test]
-    fn a_required_element_removed_is_named() {
-        let Some(findings) = patient_errors(|p| {
-            p["name"][0].as_object_mut().expect("name").remove("family");
-        }) else {
+    /// The corrected Patient changed by `mutate` has one error, at `path`,
+    /// whose message names `named`.
+    fn one_error(mutate: impl FnOnce(&mut Value), path: &str, named: &str) {
+        let Some(findings) = patient_errors(mutate) else {
             return;
         };
-        assert_eq!(error_paths(&findings), ["Patient.name[0].family"]);
-        assert!(findings.errors[0]
-            .message
-            .contains("Patient.name:officialName.family"));
+        assert_eq!(error_paths(&findings), [path]);
+        assert!(
+            findings.errors[0].message.contains(named),
+            "{:?}",
+            findings.errors
+        );
+    }
+
+    #[test]
+    fn a_required_element_removed_is_named() {
+        one_error(
+            |p| {
+                p["name"][0].as_object_mut().expect("name").remove("family");
+            },
+            "Patient.name[0].family",
+            "Patient.name:officialName.family",
+        );
     }
 
     #[test]
@@ -1533,47 +1545,42 @@ mod tests {
 
     #[test]
     fn a_broken_invariant_is_named() {
-        let Some(findings) = patient_errors(|p| {
-            p["address"][0]["period"] =
-                serde_json::json!({"start": "2018-06-01", "end": "2017-01-01"});
-        }) else {
-            return;
-        };
-        assert_eq!(error_paths(&findings), ["Patient.address[0].period"]);
-        assert!(findings.errors[0].message.contains("per-1"));
+        one_error(
+            |p| {
+                p["address"][0]["period"] =
+                    serde_json::json!({"start": "2018-06-01", "end": "2017-01-01"});
+            },
+            "Patient.address[0].period",
+            "per-1",
+        );
     }
 
     #[test]
     fn a_code_outside_a_required_binding_is_named() {
-        let Some(findings) = patient_errors(|p| {
-            p["extension"][0]["extension"]
-                .as_array_mut()
-                .expect("sub-extensions")
-                .push(serde_json::json!({"url": "validationMode", "valueCoding": {
-                    "system": "https://hl7.fr/ig/fhir/core/CodeSystem/fr-core-cs-mode-validation-identity",
-                    "code": "NOT-A-MODE"}}));
-        }) else {
-            return;
-        };
-        assert_eq!(
-            error_paths(&findings),
-            ["Patient.extension[0].extension[1].valueCoding"]
+        one_error(
+            |p| {
+                p["extension"][0]["extension"]
+                    .as_array_mut()
+                    .expect("sub-extensions")
+                    .push(serde_json::json!({"url": "validationMode", "valueCoding": {
+                        "system": "https://hl7.fr/ig/fhir/core/CodeSystem/fr-core-cs-mode-validation-identity",
+                        "code": "NOT-A-MODE"}}));
+            },
+            "Patient.extension[0].extension[1].valueCoding",
+            "strength required",
         );
-        assert_eq!(findings.errors[0].code, "code-invalid");
     }
 
     #[test]
     fn an_extension_out_of_its_context_is_named() {
-        let Some(findings) = patient_errors(|p| {
-            let ext = p["extension"][0].clone();
-            p["address"][0]["extension"] = Value::Array(vec![ext]);
-        }) else {
-            return;
-        };
-        assert_eq!(error_paths(&findings), ["Patient.address[0].extension[0]"]);
-        assert!(findings.errors[0]
-            .message
-            .contains("fr-core-identity-reliability"));
+        one_error(
+            |p| {
+                let ext = p["extension"][0].clone();
+                p["address"][0]["extension"] = Value::Array(vec![ext]);
+            },
+            "Patient.address[0].extension[0]",
+            "fr-core-identity-reliability",
+        );
     }
 
     #[test]
