@@ -55,6 +55,8 @@ pub struct Definitions {
     /// The invariants of severity error declared on a resource, a backbone
     /// element or a data type (`Patient`, `Patient.contact`, `Period`).
     invariants: HashMap<String, Vec<BaseInvariant>>,
+    /// A path bound to each of those ValueSets, by URL (for `value_set_codes`).
+    value_set_paths: HashMap<String, String>,
 }
 
 /// An invariant of the base specification: key, what it says, its FHIRPath.
@@ -100,10 +102,8 @@ impl Definitions {
     /// The codes of an R4 ValueSet that binds some `code` element with strength
     /// `required` (by its URL, without version).
     pub fn value_set_codes(&self, url: &str) -> Option<&std::collections::BTreeSet<String>> {
-        self.bindings
-            .values()
-            .find(|b| b.value_set.split('|').next() == Some(url))
-            .map(|b| &b.codes)
+        let path = self.value_set_paths.get(url)?;
+        self.bindings.get(path).map(|b| &b.codes)
     }
 
     fn parse(table: &str) -> Self {
@@ -147,6 +147,16 @@ impl Definitions {
                         value_set: (*value_set).to_owned(),
                         codes: codes.split(' ').map(str::to_owned).collect(),
                     };
+                    defs.value_set_paths
+                        .entry(
+                            binding
+                                .value_set
+                                .split('|')
+                                .next()
+                                .unwrap_or_default()
+                                .to_owned(),
+                        )
+                        .or_insert_with(|| (*path).to_owned());
                     defs.bindings.insert((*path).to_owned(), binding);
                 }
                 _ => {}

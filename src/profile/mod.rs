@@ -139,15 +139,6 @@ impl Conformance {
         }
         false
     }
-
-    /// The codes of an R4 ValueSet bound to `code` elements, known without loading R4.
-    pub fn r4_codes(&self, url: &str) -> Option<&std::collections::BTreeSet<String>> {
-        crate::fhir::definitions::R4.value_set_codes(url)
-    }
-
-    pub fn structure_count(&self) -> usize {
-        self.structures.len()
-    }
 }
 
 /// What a deployment asks of profiles: the definitions known, whether a
@@ -289,7 +280,10 @@ impl ProfileRules {
     /// Validates `resource` against its profiles (see `profiles`), its known
     /// extensions and its French identifiers.
     pub fn check(&self, resource: &Value, named: &[&str]) -> validator::Findings {
-        let urls = self.profiles(resource, named);
+        self.check_against(resource, &self.profiles(resource, named))
+    }
+
+    fn check_against(&self, resource: &Value, urls: &[&str]) -> validator::Findings {
         let conformance = self.conformance.load();
         let known: Vec<&StructureDef> = urls
             .iter()
@@ -323,10 +317,14 @@ impl ProfileRules {
         resource: &Value,
         derived: bool,
     ) -> Result<(), Vec<crate::error::Issue>> {
-        if derived || self.profiles(resource, &[]).is_empty() {
+        if derived {
             return Ok(());
         }
-        let findings = self.check(resource, &[]);
+        let urls = self.profiles(resource, &[]);
+        if urls.is_empty() {
+            return Ok(());
+        }
+        let findings = self.check_against(resource, &urls);
         if findings.errors.is_empty() {
             Ok(())
         } else {
@@ -364,6 +362,23 @@ mod tests {
             findings.errors[0].expression.as_deref(),
             Some("CommunicationRequest.extension[0].valueString")
         );
+    }
+
+    #[test]
+    fn a_definition_without_its_root_is_unusable_not_a_panic() {
+        let empty = serde_json::json!({"resourceType": "StructureDefinition", "url": "empty",
+            "type": "Patient", "snapshot": {"element": []}});
+        let headless = serde_json::json!({"resourceType": "StructureDefinition", "url": "headless",
+            "type": "Patient", "snapshot": {"element": [
+                {"id": "Patient.name", "path": "Patient.name", "min": 1, "max": "*"}]}});
+        let rules = ProfileRules::new(vec![empty, headless]);
+        assert!(rules.conformance().structure("empty").is_none());
+        assert!(rules.conformance().structure("headless").is_none());
+        let patient = serde_json::json!({"resourceType": "Patient",
+            "meta": {"profile": ["empty", "headless"]}});
+        let findings = rules.check(&patient, &[]);
+        assert!(findings.errors.is_empty());
+        assert_eq!(findings.warnings.len(), 2, "{:?}", findings.warnings);
     }
 
     #[test]

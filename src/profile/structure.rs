@@ -114,7 +114,6 @@ pub struct StructureDef {
     pub name: String,
     /// The type it constrains: `Patient`, `Extension`, `Address`.
     pub type_name: String,
-    pub base: Option<String>,
     /// Where an extension may be used: the expressions of its `element` contexts.
     pub contexts: Vec<String>,
     pub elements: Vec<Element>,
@@ -386,11 +385,14 @@ impl StructureDef {
                 }
             }
         };
+        // The walk starts at the first element: it must be the type itself.
+        if elements.first().is_none_or(|e| e.path != type_name) {
+            return None;
+        }
         Some(Self::index(
             url,
             text(sd, "name").unwrap_or_default(),
             type_name,
-            base,
             contexts,
             elements,
         ))
@@ -400,7 +402,6 @@ impl StructureDef {
         url: String,
         name: String,
         type_name: String,
-        base: Option<String>,
         contexts: Vec<String>,
         elements: Vec<Element>,
     ) -> StructureDef {
@@ -430,7 +431,6 @@ impl StructureDef {
             url,
             name,
             type_name,
-            base,
             contexts,
             elements,
             by_id,

@@ -87,7 +87,6 @@ pub fn validate(conf: &Conformance, resource: &Value, profiles: &[&StructureDef]
         run.base_invariants(&root, res_type, 0, (resource, resource));
     }
     run.extensions(resource, res_type, res_type, 0);
-    run.identifiers(resource, res_type, 0);
     // A nested resource checked both as an element and as itself says it once.
     let mut said = HashSet::new();
     run.findings
@@ -419,28 +418,13 @@ impl<'c> Run<'c> {
             if !self.evaluated.insert(format!("{path}|{}", c.key)) {
                 continue;
             }
-            let outcome = match compiled.as_ref() {
-                Ok(invariant) => {
-                    invariant.holds(self.resource, self.container, value, type_code, def_path)
-                }
-                Err(why) => Err(why.clone()),
-            };
-            match outcome {
-                Ok(true) => {}
-                Ok(false) => self.error(
-                    "invariant",
-                    format!(
-                        "constraint {} failed: {} ({})",
-                        c.key,
-                        c.human.trim_end_matches('.'),
-                        element_label(sd, e)
-                    ),
-                    path,
-                ),
-                Err(why) => {
-                    self.invariants.insert(format!("{} ({})", c.key, why.0));
-                }
-            }
+            let outcome = compiled
+                .as_ref()
+                .as_ref()
+                .map_err(Clone::clone)
+                .and_then(|i| i.holds(self.resource, self.container, value, type_code, def_path));
+            let whose = element_label(sd, e);
+            self.judge(outcome, &c.key, &c.human, &whose, path);
         }
     }
 
@@ -530,6 +514,33 @@ impl<'c> Run<'c> {
         }
     }
 
+    /// What an invariant evaluated to: nothing said when it holds, an error
+    /// naming it (`whose`: the element and profile) when it fails, the reason
+    /// kept for the warning when it could not be evaluated.
+    fn judge(
+        &mut self,
+        outcome: Result<bool, super::invariant::NotEvaluated>,
+        key: &str,
+        human: &str,
+        whose: &str,
+        path: &str,
+    ) {
+        match outcome {
+            Ok(true) => {}
+            Ok(false) => self.error(
+                "invariant",
+                format!(
+                    "constraint {key} failed: {} ({whose})",
+                    human.trim_end_matches('.')
+                ),
+                path,
+            ),
+            Err(why) => {
+                self.invariants.insert(format!("{key} ({})", why.0));
+            }
+        }
+    }
+
     /// The R4 invariants of every resource, backbone element and data type of
     /// the resource (`per-1` of each Period …), typed by the R4 definitions;
     /// those a profile's snapshot holds too are evaluated once.
@@ -547,32 +558,17 @@ impl<'c> Run<'c> {
             if !self.evaluated.insert(format!("{path}|{}", rule.key)) {
                 continue;
             }
-            let outcome = match &rule.invariant {
-                Ok(invariant) => invariant.holds(
+            let outcome = rule.invariant.as_ref().map_err(Clone::clone).and_then(|i| {
+                i.holds(
                     resource,
                     container,
                     node.value,
                     &node.type_code,
                     &node.def_path,
-                ),
-                Err(why) => Err(why.clone()),
-            };
-            match outcome {
-                Ok(true) => {}
-                Ok(false) => self.error(
-                    "invariant",
-                    format!(
-                        "constraint {} failed: {} (R4 {})",
-                        rule.key,
-                        rule.human.trim_end_matches('.'),
-                        node.def_path
-                    ),
-                    path,
-                ),
-                Err(why) => {
-                    self.invariants.insert(format!("{} ({})", rule.key, why.0));
-                }
-            }
+                )
+            });
+            let whose = format!("R4 {}", node.def_path);
+            self.judge(outcome, &rule.key, &rule.human, &whose, path);
         }
         let Some(obj) = node.value.as_object() else {
             return;
@@ -1123,9 +1119,8 @@ impl<'c> Run<'c> {
         let vs = super::terminology::unversioned(value_set);
         let known = match self.conf.terminology.expansion(vs) {
             Some(expansion) => Some(codes.iter().any(|(s, c)| expansion.has(*s, c))),
-            None if type_code == "code" => self
-                .conf
-                .r4_codes(vs)
+            None if type_code == "code" => R4
+                .value_set_codes(vs)
                 .map(|set| codes.iter().any(|(_, c)| set.contains(*c))),
             None => None,
         };
@@ -1273,6 +1268,19 @@ impl<'c> Run<'c> {
         }
         match value {
             Value::Object(obj) => {
+                // A French identifier, in the same walk.
+                if let (Some(system), Some(v)) = (
+                    obj.get("system").and_then(Value::as_str),
+                    obj.get("value").and_then(Value::as_str),
+                ) {
+                    if let Some(broken) = identifiers::check(system, v) {
+                        self.error(
+                            "value",
+                            format!("{} ({})", broken.message, broken.rule),
+                            &format!("{path}.value"),
+                        );
+                    }
+                }
                 let element = match obj.get("resourceType").and_then(Value::as_str) {
                     Some(rt) if depth > 0 => rt,
                     _ => element,
@@ -1349,38 +1357,6 @@ impl<'c> Run<'c> {
             }
         }
         self.element(definition, definition.root(), ext, at, Some("Extension"));
-    }
-
-    /// The French identifiers of the resource, wherever they are.
-    fn identifiers(&mut self, value: &Value, path: &str, depth: usize) {
-        if depth > MAX_DEPTH {
-            return;
-        }
-        match value {
-            Value::Object(obj) => {
-                if let (Some(system), Some(v)) = (
-                    obj.get("system").and_then(Value::as_str),
-                    obj.get("value").and_then(Value::as_str),
-                ) {
-                    if let Some(broken) = identifiers::check(system, v) {
-                        self.error(
-                            "value",
-                            format!("{} ({})", broken.message, broken.rule),
-                            &format!("{path}.value"),
-                        );
-                    }
-                }
-                for (key, child) in obj {
-                    self.identifiers(child, &format!("{path}.{key}"), depth + 1);
-                }
-            }
-            Value::Array(items) => {
-                for (i, item) in items.iter().enumerate() {
-                    self.identifiers(item, &format!("{path}[{i}]"), depth + 1);
-                }
-            }
-            _ => {}
-        }
     }
 }
 
