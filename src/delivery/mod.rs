@@ -193,9 +193,9 @@ pub fn start(
         })
     };
     for n in 0..settings.tuning.workers {
-        tasks.push(tokio::spawn(worker(n).run(wake.clone(), false)));
+        tasks.push(tokio::spawn(worker(n).run(wake.clone())));
     }
-    tasks.push(tokio::spawn(worker(usize::MAX).run(wake, true)));
+    tasks.push(tokio::spawn(worker(usize::MAX).run_heartbeats()));
     Ok(Delivery {
         tasks,
         instance,
@@ -246,32 +246,38 @@ async fn listen_for_commits(config: tokio_postgres::Config, wake: Arc<Notify>) {
 }
 
 impl Worker {
-    async fn run(self: Arc<Self>, wake: Arc<Notify>, heartbeats: bool) {
+    /// Delivers what commits bring, woken by `wake` (the poll as a safety net).
+    async fn run(self: Arc<Self>, wake: Arc<Notify>) {
         loop {
             // Registered before looking, so that a commit in between still wakes us.
             let notified = wake.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let worked = match self.lease_and_deliver(heartbeats).await {
-                Ok(worked) => worked,
-                Err(e) => {
-                    tracing::warn!(error = %e, "delivery worker");
-                    false
-                }
-            };
-            if !worked {
-                let poll = if heartbeats {
-                    Duration::from_secs(1)
-                } else {
-                    self.settings.tuning.poll
-                };
-                if heartbeats {
-                    tokio::time::sleep(poll).await;
-                } else {
-                    let _ = tokio::time::timeout(poll, notified).await;
-                }
+            if !self.work(false).await {
+                let _ = tokio::time::timeout(self.settings.tuning.poll, notified).await;
             }
         }
+    }
+
+    /// Sends the heartbeats due, once a second. It never waits on the commits'
+    /// wake-ups: a waiter that sleeps through one keeps it from the workers (a
+    /// callback a second late).
+    async fn run_heartbeats(self: Arc<Self>) {
+        loop {
+            if !self.work(true).await {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+
+    /// One lease and its deliveries; false when nothing was due or it failed.
+    async fn work(&self, heartbeats: bool) -> bool {
+        self.lease_and_deliver(heartbeats)
+            .await
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "delivery worker");
+                false
+            })
     }
 
     /// Leases one subscription and delivers what is due; false when nothing was.

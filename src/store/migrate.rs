@@ -67,6 +67,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "background jobs, leased",
         include_str!("migrations/0013_background_jobs.sql"),
     ),
+    (
+        14,
+        "delivery workers woken only by subscriptions gaining work",
+        include_str!("migrations/0014_wake_on_work_only.sql"),
+    ),
 ];
 
 /// Arbitrary constant naming the migration lock.

@@ -494,6 +494,79 @@ async fn two_instances_on_one_database_deliver_each_event_once() {
     assert_eq!(numbers, (1..=writes as i64).collect::<Vec<_>>());
 }
 
+/// Counts the `passerelle_outbox` notifications the database sends from now on.
+async fn count_outbox_wakes(
+    config: &tokio_postgres::Config,
+) -> (
+    tokio_postgres::Client,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use futures_util::StreamExt;
+    let (client, mut connection) = config
+        .connect(tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = count.clone();
+    tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(message)) = messages.next().await {
+            if let tokio_postgres::AsyncMessage::Notification(_) = message {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    });
+    client
+        .batch_execute("LISTEN passerelle_outbox")
+        .await
+        .expect("LISTEN");
+    (client, count)
+}
+
+/// Commits wake the delivery workers; the poll is only a safety net. With one
+/// worker and an hour's poll, every callback comes from a commit's wake-up, and
+/// each write wakes the workers once: a delivery's own bookkeeping does not
+/// (it once did, a wasted look per callback).
+#[tokio::test]
+async fn each_commit_wakes_a_delivery_worker_once() {
+    let mut options = test_options();
+    options.delivery.workers = 1;
+    options.delivery.poll = Duration::from_secs(3600);
+    let s = TestServer::start_on(fresh_database().await, options).await;
+    let gp = Receiver::start().await;
+    subscribe(&s, &r4_subscription("Encounter?status=finished", &gp.url())).await;
+    let (_listening, wakes) = count_outbox_wakes(&s.config).await;
+    let writes = 12;
+    for n in 0..writes {
+        put(&s, &encounter(&format!("stay-{n}"), "finished", "p1")).await;
+        let received = gp
+            .next(Duration::from_secs(10))
+            .await
+            .expect("a callback without any poll");
+        assert_eq!(received.json()["id"], format!("stay-{n}"));
+    }
+    // The last delivery's bookkeeping is done once its events read delivered.
+    let delivered = || async {
+        let client = s.pool.get().await.expect("connection");
+        let row = client
+            .query_one(
+                "SELECT count(*) FROM subscription_event WHERE status = 'delivered'",
+                &[],
+            )
+            .await
+            .expect("count");
+        row.get::<_, i64>(0)
+    };
+    while delivered().await < writes {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        wakes.load(std::sync::atomic::Ordering::SeqCst),
+        writes as usize
+    );
+}
+
 fn parameter<'a>(parameters: &'a Value, name: &str) -> Vec<&'a Value> {
     parameters["parameter"]
         .as_array()
