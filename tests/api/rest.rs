@@ -1,4 +1,4 @@
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::support::{json_of, next_link, outcome_of, TestServer};
 
@@ -409,4 +409,65 @@ async fn browser_apps_of_the_allowed_origins_get_cors_answers() {
         .await
         .expect("OPTIONS");
     assert!(header(&refused, "access-control-allow-origin").is_none());
+}
+
+/// Shared records read on one instance right after writing on another: every
+/// read sees the version committed before it was sent (no cache to go stale),
+/// by id, by version, in a search and in history, 1,000 times over.
+#[tokio::test]
+async fn a_read_on_one_instance_sees_the_write_just_made_on_another() {
+    let a = TestServer::start_on(
+        crate::support::fresh_database().await,
+        crate::support::test_options(),
+    )
+    .await;
+    let b = TestServer::start_on(a.config.clone(), crate::support::test_options()).await;
+    let instances = [&a, &b];
+    for n in 0..1000usize {
+        let (writer, reader) = (instances[n % 2], instances[(n + 1) % 2]);
+        let id = format!("shared-{}", n % 7);
+        let family = format!("Family{n}");
+        let patient = json!({"resourceType": "Patient", "id": id, "name": [{"family": family}]});
+        let written = writer.put_json(&format!("Patient/{id}"), &patient).await;
+        assert!(written.status().is_success(), "PUT {n}");
+        let version = written
+            .headers()
+            .get("etag")
+            .and_then(|e| e.to_str().ok())
+            .map(str::to_owned)
+            .expect("ETag");
+        // Each round asks the other instance one of four ways.
+        let seen = match n % 4 {
+            0 | 1 => {
+                let read = reader.get(&format!("Patient/{id}")).await;
+                let etag = read.headers().get("etag").and_then(|e| e.to_str().ok());
+                assert_eq!(etag, Some(version.as_str()), "read {n}");
+                read.json::<Value>().await.expect("JSON")
+            }
+            2 => {
+                let bundle: Value = reader
+                    .get(&format!("Patient?_id={id}"))
+                    .await
+                    .json()
+                    .await
+                    .expect("JSON");
+                bundle["entry"][0]["resource"].clone()
+            }
+            _ => {
+                let bundle: Value = reader
+                    .get(&format!("Patient/{id}/_history?_count=1"))
+                    .await
+                    .json()
+                    .await
+                    .expect("JSON");
+                bundle["entry"][0]["resource"].clone()
+            }
+        };
+        assert_eq!(seen["name"][0]["family"], family.as_str(), "round {n}");
+        assert_eq!(
+            format!("W/\"{}\"", seen["meta"]["versionId"].as_str().unwrap_or("")),
+            version,
+            "round {n}"
+        );
+    }
 }
