@@ -322,6 +322,11 @@ pub async fn load(target: &Target, paths: &[PathBuf]) -> FhirResult<Summary> {
     if terminal {
         eprintln!();
     }
+    if let Target::Database(pool, _) = target {
+        // Searches planned on the statistics of an empty database scan whole
+        // tables once it is full: analyze now rather than wait for autovacuum.
+        crate::store::statistics::analyze_all(&mut pool.get().await?).await?;
+    }
     Ok(summary)
 }
 

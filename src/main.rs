@@ -269,6 +269,11 @@ enum Command {
         /// instance that stopped renewing it before another takes it up.
         #[arg(long, env = "PASSERELLE_JOB_LEASE", default_value = "60s", value_parser = server::parse_duration)]
         job_lease: Duration,
+        /// How often the server looks at how much its tables changed and
+        /// analyzes those a tenth changed (the planner's statistics, kept
+        /// current without autovacuum); 0 turns it off.
+        #[arg(long, env = "PASSERELLE_ANALYZE_INTERVAL", default_value = "10s", value_parser = server::parse_duration)]
+        analyze_interval: Duration,
         /// Database connections in the pool.
         #[arg(long, env = "PASSERELLE_POOL_SIZE", default_value_t = 16)]
         pool_size: usize,
@@ -471,6 +476,7 @@ async fn main() -> ExitCode {
             cors_origins,
             trusted_proxies,
             job_lease,
+            analyze_interval,
             pool_size,
             pool_timeout,
             statement_timeout,
@@ -522,6 +528,8 @@ async fn main() -> ExitCode {
                             trusted_proxies,
                             jobs: passerelle::service::jobs::JobTuning {
                                 lease: job_lease,
+                                analyze_every: (!analyze_interval.is_zero())
+                                    .then_some(analyze_interval),
                                 ..Default::default()
                             },
                         };

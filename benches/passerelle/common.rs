@@ -106,6 +106,7 @@ pub struct Connection {
 pub struct HttpReply {
     pub status: u16,
     pub location: Option<String>,
+    pub body: Bytes,
 }
 
 impl Connection {
@@ -190,12 +191,17 @@ impl Connection {
             .get("location")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        response
+        let body = response
             .into_body()
             .collect()
             .await
-            .map_err(|e| e.to_string())?;
-        Ok(HttpReply { status, location })
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok(HttpReply {
+            status,
+            location,
+            body,
+        })
     }
 }
 

@@ -82,6 +82,9 @@ enum Command {
         queries: usize,
         #[arg(long, default_value_t = 16)]
         concurrency: usize,
+        /// Who gives the planner its statistics after the load.
+        #[arg(long, value_enum, default_value = "vacuum")]
+        statistics: search::Statistics,
         #[command(flatten)]
         db: DatabaseArgs,
     },
@@ -184,6 +187,7 @@ async fn main() -> ExitCode {
             patients,
             queries,
             concurrency,
+            statistics,
             db,
         } => {
             search::run(search::SearchBenchOptions {
@@ -191,6 +195,7 @@ async fn main() -> ExitCode {
                 patients: patients.max(1),
                 queries: queries.max(1),
                 concurrency: concurrency.max(1),
+                statistics,
             })
             .await
         }

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
-use crate::common::{run_phase, start_server, Connection, Phase};
+use crate::common::{run_phase, Connection, Phase};
 use passerelle::server::{self, DatabaseChoice, StartError};
 
 pub struct SearchBenchOptions {
@@ -18,6 +18,22 @@ pub struct SearchBenchOptions {
     pub concurrency: usize,
     /// Searches timed per query kind.
     pub queries: usize,
+    /// Who gives the planner its statistics after the load.
+    pub statistics: Statistics,
+}
+
+/// Who gives the planner its statistics after the load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Statistics {
+    /// `VACUUM ANALYZE` by the bench, as a settled database with autovacuum has
+    /// them.
+    Vacuum,
+    /// The server's own analyzing (`PASSERELLE_ANALYZE_INTERVAL`), waited for:
+    /// a database whose autovacuum is off.
+    Server,
+    /// Nobody: the statistics of the empty database (autovacuum off, and the
+    /// server's analyzing turned off).
+    None,
 }
 
 /// A deterministic pseudo-random number for `(i, salt)` (splitmix64).
@@ -149,8 +165,9 @@ fn resource(sizes: &Sizes, n: usize) -> Value {
     }
     i -= sizes.care_teams;
     if i < sizes.care_plans {
+        // A plan is created draft or active (`careplan-starts-draft-or-active`).
         return json!({"resourceType":"CarePlan","id":format!("cp{i}"),
-            "status": if pick(i, 21, 4) == 0 { "completed" } else { "active" },"intent":"plan",
+            "status": if pick(i, 21, 4) == 0 { "draft" } else { "active" },"intent":"plan",
             "subject":{"reference":patient(pick(i, 22, sizes.patients))},
             "period":{"start":day(i, 23)},
             "careTeam":[{"reference":format!("CareTeam/ct{}", pick(i, 24, sizes.care_teams))}]});
@@ -260,10 +277,37 @@ fn queries(sizes: &Sizes) -> Vec<(&'static str, Query)> {
     ]
 }
 
+/// Waits until the server has analyzed every table the load made stale.
+async fn server_analyzed(database: &server::Database) -> Result<(), StartError> {
+    let err = |e: String| StartError::Database(e);
+    let client = database.pool.get().await.map_err(|e| err(e.to_string()))?;
+    let deadline = Instant::now() + std::time::Duration::from_secs(600);
+    loop {
+        let tables = passerelle::store::statistics::table_changes(&client)
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        if !tables.iter().any(passerelle::store::statistics::is_stale) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(err("the server did not analyze its tables".to_owned()));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}
+
 pub async fn run(options: SearchBenchOptions) -> Result<String, StartError> {
     let db_err = |e: String| StartError::Database(e);
     let database = server::open_bench_database(&options.database, options.concurrency).await?;
-    let server = start_server(&database).await?;
+    let mut serve = crate::common::bench_options(
+        passerelle::delivery::Tuning::default(),
+        passerelle::auth::AuthSetting::Unset,
+        true,
+    );
+    if options.statistics == Statistics::None {
+        serve.jobs.analyze_every = None;
+    }
+    let server = crate::common::start_options(&database, &serve).await?;
     let addr = server.addr;
     let sizes = Arc::new(Sizes::for_patients(options.patients));
     let total = sizes.total();
@@ -290,7 +334,11 @@ pub async fn run(options: SearchBenchOptions) -> Result<String, StartError> {
                     let reply = conn.send("PUT", &path, Some(body.as_bytes())).await?;
                     latencies.push(t.elapsed());
                     if reply.status != 201 && reply.status != 200 {
-                        return Err(format!("PUT {path} answered {}", reply.status));
+                        return Err(format!(
+                            "PUT {path} answered {}: {}",
+                            reply.status,
+                            String::from_utf8_lossy(&reply.body)
+                        ));
                     }
                 }
                 Ok(latencies)
@@ -299,9 +347,15 @@ pub async fn run(options: SearchBenchOptions) -> Result<String, StartError> {
     )
     .await
     .map_err(db_err)?;
-    // Statistics and visibility maps, as a production database has them once its
-    // autovacuum has run after a bulk load.
-    crate::common::vacuum_analyze(&database).await?;
+    let settled = Instant::now();
+    match options.statistics {
+        // Statistics and visibility maps, as a production database has them once
+        // its autovacuum has run after a bulk load.
+        Statistics::Vacuum => crate::common::vacuum_analyze(&database).await?,
+        Statistics::Server => server_analyzed(&database).await?,
+        Statistics::None => {}
+    }
+    let settled = settled.elapsed();
 
     let mut phases: Vec<Phase> = Vec::new();
     for (name, query) in queries(&sizes) {
@@ -330,10 +384,12 @@ pub async fn run(options: SearchBenchOptions) -> Result<String, StartError> {
     server.stop();
     database.close().await;
     let mut report = format!(
-        "Passerelle search bench: {total} resources ({} patients), {} cores\n{}\nsearches, {} each, {} concurrent clients:",
+        "Passerelle search bench: {total} resources ({} patients), {} cores\n{}\nstatistics: {:?} ({:.1} s after the load)\nsearches, {} each, {} concurrent clients:",
         sizes.patients,
         std::thread::available_parallelism().map_or(0, |p| p.get()),
         ingest.line(),
+        options.statistics,
+        settled.as_secs_f64(),
         options.queries,
         options.concurrency.min(4),
     );

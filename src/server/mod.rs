@@ -301,7 +301,14 @@ pub async fn start(
         every,
     ));
     let job_instance = format!("{}-jobs", uuid::Uuid::new_v4().simple());
-    let jobs = crate::service::jobs::start_runners(&pool, &rules, options.jobs, &job_instance);
+    let mut jobs = crate::service::jobs::start_runners(&pool, &rules, options.jobs, &job_instance);
+    crate::service::report_database_settings(&pool, options.jobs.analyze_every).await;
+    if let Some(every) = options.jobs.analyze_every {
+        jobs.push(tokio::spawn(crate::service::watch_statistics(
+            pool.clone(),
+            every,
+        )));
+    }
     let serving = tokio::spawn(serve_on(listener, state, options.limits.clone(), shutdown));
     Ok(Running {
         local,

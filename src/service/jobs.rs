@@ -25,6 +25,9 @@ pub struct JobTuning {
     /// Jobs one instance runs at once (a long export does not hold up a
     /// reindex).
     pub runners: usize,
+    /// How often the tables' changes are looked at and the stale ones analyzed
+    /// (`service::watch_statistics`); `None`: never.
+    pub analyze_every: Option<Duration>,
 }
 
 impl Default for JobTuning {
@@ -33,6 +36,7 @@ impl Default for JobTuning {
             lease: Duration::from_secs(60),
             poll: Duration::from_secs(1),
             runners: 2,
+            analyze_every: Some(Duration::from_secs(10)),
         }
     }
 }

@@ -15,6 +15,7 @@ mod populations;
 mod read;
 mod search_parameters;
 mod searches;
+mod statistics;
 pub mod subscriptions;
 mod turnaround;
 pub mod write;
@@ -36,6 +37,7 @@ pub use search_parameters::{
     load_profiles, load_search_parameters, reindex, watch_definitions, Fingerprints,
 };
 pub use searches::{everything, search, searchset, Scope, SearchPage};
+pub use statistics::{report_database_settings, watch_statistics};
 pub use turnaround::turnaround;
 pub use write::{Change, ChangeKind, Written};
 use writes::{conditional_match, Matches};

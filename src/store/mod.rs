@@ -15,6 +15,7 @@ pub mod pool;
 mod search;
 mod search_parameters;
 mod search_sql;
+pub mod statistics;
 pub mod subscriptions;
 mod versions;
 mod writes;

@@ -158,6 +158,18 @@ async fn load_command_straight_into_the_database_is_idempotent() {
         ),
         "{text}"
     );
+    // The load leaves the planner's statistics current.
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(connection);
+    let tables = crate::statistics::analyzed(&client).await;
+    for table in ["resource", "resource_version", "search_reference"] {
+        assert!(
+            tables.get(table).is_some_and(|a| a.is_some()),
+            "{table}: {tables:?}"
+        );
+    }
     let text = run();
     assert!(
         text.contains(

@@ -28,6 +28,7 @@ mod referrals;
 mod rest;
 mod robustness;
 mod search;
+mod statistics;
 mod stays;
 mod subscriptions;
 mod support;

@@ -1,0 +1,140 @@
+//! The planner's statistics of Passerelle's own tables, kept current by the
+//! server itself: a search plan chosen on statistics from before a bulk load
+//! scans whole tables (seconds instead of milliseconds), and a PostgreSQL whose
+//! autovacuum is off or behind never refreshes them.
+
+use deadpool_postgres::GenericClient;
+
+use crate::error::FhirResult;
+
+/// Rows changed since a table's last analyze, and its live rows, as
+/// `pg_stat_user_tables` counts them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TableChanges {
+    pub table: String,
+    pub live_rows: i64,
+    pub changed_since_analyze: i64,
+}
+
+/// Whether a table's statistics are stale: autovacuum's default rule (50 rows
+/// plus a tenth of the table changed), so that with autovacuum on and keeping up
+/// this finds nothing to do.
+pub fn is_stale(t: &TableChanges) -> bool {
+    t.changed_since_analyze > 50 + t.live_rows / 10
+}
+
+/// Arbitrary constant naming the advisory lock of the analyzing instance.
+const STATISTICS_LOCK: i64 = 0x5041_5353_5354_4154; // "PASSSTAT"
+
+/// The changes of every table of the schema Passerelle lives in.
+pub async fn table_changes(client: &impl GenericClient) -> FhirResult<Vec<TableChanges>> {
+    let stmt = client
+        .prepare_cached(
+            "SELECT relname::text, n_live_tup, n_mod_since_analyze FROM pg_stat_user_tables
+              WHERE schemaname = current_schema() ORDER BY relname",
+        )
+        .await?;
+    Ok(client
+        .query(&stmt, &[])
+        .await?
+        .iter()
+        .map(|r| TableChanges {
+            table: r.get(0),
+            live_rows: r.get(1),
+            changed_since_analyze: r.get(2),
+        })
+        .collect())
+}
+
+/// Analyzes the tables whose statistics are stale and returns their names; none
+/// when another instance is at it (one instance analyzes at a time, under a
+/// transaction's advisory lock).
+pub async fn analyze_stale(client: &mut deadpool_postgres::Object) -> FhirResult<Vec<String>> {
+    let tx = client.transaction().await?;
+    let held: bool = tx
+        .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&STATISTICS_LOCK])
+        .await?
+        .get(0);
+    if !held {
+        return Ok(Vec::new());
+    }
+    let stale: Vec<String> = table_changes(&tx)
+        .await?
+        .into_iter()
+        .filter(is_stale)
+        .map(|t| t.table)
+        .collect();
+    analyze(&tx, &stale).await?;
+    tx.commit().await?;
+    Ok(stale)
+}
+
+/// Analyzes every table of the schema: after a bulk load, whatever the counters
+/// (which the loading sessions may not have reported yet) say.
+pub async fn analyze_all(client: &mut deadpool_postgres::Object) -> FhirResult<()> {
+    let tx = client.transaction().await?;
+    let tables: Vec<String> = table_changes(&tx)
+        .await?
+        .into_iter()
+        .map(|t| t.table)
+        .collect();
+    analyze(&tx, &tables).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn analyze(tx: &deadpool_postgres::Transaction<'_>, tables: &[String]) -> FhirResult<()> {
+    // A large table's sample may take longer than a request's statement bound.
+    tx.batch_execute("SET LOCAL statement_timeout = 0").await?;
+    for table in tables {
+        tx.batch_execute(&format!("ANALYZE {}", quoted(table)))
+            .await?;
+    }
+    Ok(())
+}
+
+/// Whether the database analyzes by itself (`autovacuum`), and counts the
+/// changes the server's own analyzing relies on (`track_counts`).
+pub async fn database_settings(client: &impl GenericClient) -> FhirResult<(bool, bool)> {
+    let row = client
+        .query_one(
+            "SELECT current_setting('autovacuum') = 'on', current_setting('track_counts') = 'on'",
+            &[],
+        )
+        .await?;
+    Ok((row.get(0), row.get(1)))
+}
+
+/// A table name as an SQL identifier.
+fn quoted(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(live_rows: i64, changed_since_analyze: i64) -> TableChanges {
+        TableChanges {
+            table: "resource".to_owned(),
+            live_rows,
+            changed_since_analyze,
+        }
+    }
+
+    #[test]
+    fn a_table_is_stale_past_fifty_rows_and_a_tenth_changed() {
+        assert!(!is_stale(&table(0, 50)));
+        assert!(is_stale(&table(0, 51)));
+        assert!(!is_stale(&table(10_000, 1_050)));
+        assert!(is_stale(&table(10_000, 1_051)));
+        // A bulk load into an empty table: every row is a change.
+        assert!(is_stale(&table(0, 100_000)));
+    }
+
+    #[test]
+    fn table_names_are_quoted_as_identifiers() {
+        assert_eq!(quoted("search_token"), "\"search_token\"");
+        assert_eq!(quoted("odd\"name"), "\"odd\"\"name\"");
+    }
+}
