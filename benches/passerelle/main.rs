@@ -1,8 +1,9 @@
 //! Passerelle's benchmarks, over real HTTP against a real database, each on a fresh
 //! `passerelle_bench` database with the server started in this process:
-//! `cargo bench --bench passerelle -- <rest|search|transaction|subscriptions|workflow|security|proxy|validation> [options]`.
+//! `cargo bench --bench passerelle -- <rest|ceiling|search|transaction|subscriptions|workflow|security|proxy|validation> [options]`.
 //! The figures are in the README.
 
+mod ceiling;
 mod common;
 mod proxy;
 mod rest;
@@ -69,6 +70,28 @@ enum Command {
         read_passes: usize,
         #[arg(long, default_value_t = 16)]
         concurrency: usize,
+        #[command(flatten)]
+        db: DatabaseArgs,
+    },
+    /// Reads by id, searches by identifier and creates as shares of the
+    /// database's ceiling (pgbench, the server's read statement prepared) and
+    /// beside the HTTP floor (`GET /health/live`), in one run.
+    Ceiling {
+        /// Patients written first, then read and searched.
+        #[arg(long, default_value_t = 2_000)]
+        patients: usize,
+        /// Requests per read phase (half as many searches).
+        #[arg(long, default_value_t = 40_000)]
+        requests: usize,
+        /// Patients created in the create phase.
+        #[arg(long, default_value_t = 10_000)]
+        creates: usize,
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// Audit every request (`--audit false`: the trail off, as other
+        /// servers are measured).
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        audit: bool,
         #[command(flatten)]
         db: DatabaseArgs,
     },
@@ -180,6 +203,24 @@ async fn main() -> ExitCode {
                 resources: resources.max(1),
                 read_passes: read_passes.max(1),
                 concurrency: concurrency.max(1),
+            })
+            .await
+        }
+        Command::Ceiling {
+            patients,
+            requests,
+            creates,
+            concurrency,
+            audit,
+            db,
+        } => {
+            ceiling::run(ceiling::CeilingOptions {
+                database: db.choice(),
+                patients,
+                requests: requests.max(1),
+                creates: creates.max(1),
+                concurrency,
+                audit,
             })
             .await
         }
