@@ -60,6 +60,10 @@ impl PoolSettings {
 /// The default of `PASSERELLE_POOL_TIMEOUT`.
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(5);
 
+/// Statements one connection keeps prepared (a few dozen in steady use: the
+/// write path's and the search shapes clients use).
+const MAX_PREPARED_STATEMENTS: usize = 500;
+
 /// A pool as `settings` say.
 pub fn build(mut config: tokio_postgres::Config, settings: PoolSettings) -> Result<Pool, String> {
     if let Some(timeout) = settings.statement_timeout {
@@ -102,6 +106,12 @@ pub fn build(mut config: tokio_postgres::Config, settings: PoolSettings) -> Resu
         }))
         .post_recycle(Hook::sync_fn(|client, _| {
             note_taken(client);
+            // Searches are prepared once per connection, and a client can ask
+            // for ever new shapes of them: past this many, the connection starts
+            // afresh (the statements closed on the server too).
+            if client.statement_cache.size() > MAX_PREPARED_STATEMENTS {
+                client.statement_cache.clear();
+            }
             Ok(())
         }))
         .build()

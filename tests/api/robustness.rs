@@ -734,3 +734,30 @@ async fn a_change_saved_but_not_recorded_in_the_audit_trail_says_so() {
     // It was: a client that reads before sending again finds it.
     json_of(s.get("Patient/unrecorded").await, 200).await;
 }
+
+/// Searches are prepared once per connection; a client asking for ever new
+/// shapes of them does not grow a connection's prepared statements (here and in
+/// its PostgreSQL backend) without bound.
+#[tokio::test]
+async fn a_connection_keeps_a_bounded_number_of_prepared_statements() {
+    let config = crate::support::fresh_database().await;
+    let pool =
+        passerelle::store::pool::build(config, passerelle::store::pool::PoolSettings::sized(1))
+            .expect("pool");
+    let mut most = 0;
+    for shape in 0..1200 {
+        let client = pool.get().await.expect("connection");
+        client
+            .prepare_cached(&format!("SELECT {shape}"))
+            .await
+            .expect("prepare");
+        let backend: i64 = client
+            .query_one("SELECT count(*) FROM pg_prepared_statements", &[])
+            .await
+            .expect("count")
+            .get(0);
+        most = most.max(backend);
+    }
+    assert!(most > 100, "statements are kept prepared: {most}");
+    assert!(most <= 502, "at most 500 (and this count's own): {most}");
+}
