@@ -444,24 +444,8 @@ async fn a_read_on_one_instance_sees_the_write_just_made_on_another() {
                 assert_eq!(etag, Some(version.as_str()), "read {n}");
                 read.json::<Value>().await.expect("JSON")
             }
-            2 => {
-                let bundle: Value = reader
-                    .get(&format!("Patient?_id={id}"))
-                    .await
-                    .json()
-                    .await
-                    .expect("JSON");
-                bundle["entry"][0]["resource"].clone()
-            }
-            _ => {
-                let bundle: Value = reader
-                    .get(&format!("Patient/{id}/_history?_count=1"))
-                    .await
-                    .json()
-                    .await
-                    .expect("JSON");
-                bundle["entry"][0]["resource"].clone()
-            }
+            2 => first_entry(reader, &format!("Patient?_id={id}")).await,
+            _ => first_entry(reader, &format!("Patient/{id}/_history?_count=1")).await,
         };
         assert_eq!(seen["name"][0]["family"], family.as_str(), "round {n}");
         assert_eq!(
@@ -470,4 +454,10 @@ async fn a_read_on_one_instance_sees_the_write_just_made_on_another() {
             "round {n}"
         );
     }
+}
+
+/// The resource of the first entry of the Bundle at `path`.
+async fn first_entry(server: &TestServer, path: &str) -> Value {
+    let bundle: Value = server.get(path).await.json().await.expect("JSON");
+    bundle["entry"][0]["resource"].clone()
 }
