@@ -128,6 +128,47 @@ fn pgbench(
     }
 }
 
+/// This process's resident set in MiB (Linux; the server runs in it, beside
+/// the bench's client).
+fn resident_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(kib / 1024.0)
+}
+
+/// The largest resident set seen while it runs, sampled every 50 ms.
+struct PeakResident {
+    peak_kib: Arc<std::sync::atomic::AtomicU64>,
+    sampler: tokio::task::JoinHandle<()>,
+}
+
+impl PeakResident {
+    fn start() -> Self {
+        let peak_kib = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let peak = peak_kib.clone();
+        let sampler = tokio::spawn(async move {
+            loop {
+                if let Some(mib) = resident_mib() {
+                    peak.fetch_max((mib * 1024.0) as u64, std::sync::atomic::Ordering::Relaxed);
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        });
+        PeakResident { peak_kib, sampler }
+    }
+
+    fn stop(self) -> f64 {
+        self.sampler.abort();
+        self.peak_kib.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1024.0
+    }
+}
+
 pub async fn run(options: CeilingOptions) -> Result<String, StartError> {
     let err = |e: String| StartError::Database(e);
     let (n, c) = (options.patients.max(1), options.concurrency.max(1));
@@ -165,6 +206,8 @@ pub async fn run(options: CeilingOptions) -> Result<String, StartError> {
     .await
     .map_err(err)?;
     crate::common::vacuum_analyze(&database).await?;
+    let idle_before = resident_mib().unwrap_or(0.0);
+    let peak = PeakResident::start();
 
     // Reads in a scrambled order (7919 is prime).
     let floor = gets(
@@ -214,6 +257,9 @@ pub async fn run(options: CeilingOptions) -> Result<String, StartError> {
     )
     .await
     .map_err(err)?;
+    let peak = peak.stop();
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let idle_after = resident_mib().unwrap_or(0.0);
     server.stop();
     database.close().await;
 
@@ -221,7 +267,8 @@ pub async fn run(options: CeilingOptions) -> Result<String, StartError> {
     Ok(format!(
         "Passerelle ceiling bench: {n} Patients, {c} concurrent clients, {} cores, audit {}\n{}\n\
          database ceiling (pgbench, the read statement prepared) {ceiling_tps:>9.0}/s   latency average {ceiling_ms:.2} ms\n\
-         {}   share {:.2}\n{}   share {:.3}\n{}   share {:.3}\n{}   share {:.2}",
+         {}   share {:.2}\n{}   share {:.3}\n{}   share {:.3}\n{}   share {:.2}\n\
+         resident set of the bench process (server and client): {idle_before:.0} MiB before the phases, {peak:.0} MiB at most during them, {idle_after:.0} MiB 2 s after",
         std::thread::available_parallelism().map_or(0, |p| p.get()),
         if options.audit { "on" } else { "off" },
         load.line(),
