@@ -359,6 +359,7 @@ pub(crate) fn is_of_type(node: &Node<'_>, wanted: &str) -> bool {
                 "Age" | "Count" | "Distance" | "Duration" | "SimpleQuantity" | "MoneyQuantity"
             )
             | ("string", "markdown" | "code" | "id")
+            | ("integer", "positiveInt" | "unsignedInt")
             | ("dateTime", "instant")
     ) || (wanted == "Resource"
         && R4
@@ -505,6 +506,18 @@ mod tests {
             types("Resource.id", &json!({"resourceType":"Patient","id":"x"})),
             vec![r#"string:"x""#]
         );
+        // R4 derives positiveInt and unsignedInt from integer.
+        let patient = json!({"resourceType":"Patient","multipleBirthInteger":2,
+            "photo":[{"size":1024}]});
+        assert_eq!(
+            types("Patient.photo.size.ofType(integer)", &patient),
+            vec!["unsignedInt:1024"]
+        );
+        assert_eq!(
+            types("Patient.multipleBirth.ofType(integer)", &patient).len(),
+            1
+        );
+        assert!(types("Patient.photo.size.ofType(string)", &patient).is_empty());
     }
 
     #[test]
