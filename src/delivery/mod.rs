@@ -290,7 +290,7 @@ impl Worker {
                 self.sink.set_status(sub_id, Outcome::Ended, reason).await;
             }
         }
-        let leased = subscriptions::lease(
+        let (leased, with_work) = subscriptions::lease(
             &client,
             &self.id,
             self.settings.lease_secs(),
@@ -303,8 +303,9 @@ impl Worker {
         let Some(sub) = leased.into_iter().next() else {
             return Ok(false);
         };
-        if !heartbeats {
-            // There may be more: another worker looks while this one delivers.
+        if !heartbeats && with_work > 1 {
+            // Others had work too: another worker looks while this one delivers.
+            // (Work committed meanwhile wakes one by its own notification.)
             self.hub.wake.notify_one();
         }
         let sub_id = sub.sub_id.clone();

@@ -254,6 +254,7 @@ fn leased(row: &tokio_postgres::Row) -> Leased {
 /// Leases up to `limit` active subscriptions with something due (events, a
 /// handshake, or with `heartbeats`, a heartbeat), none leased by a live worker.
 /// A lease expires by itself: a worker that dies gives its subscriptions back.
+/// With them, how many subscriptions had something due when it looked.
 pub async fn lease(
     client: &impl GenericClient,
     worker: &str,
@@ -261,7 +262,7 @@ pub async fn lease(
     limit: i64,
     heartbeats: bool,
     bound_websockets: &[String],
-) -> FhirResult<Vec<Leased>> {
+) -> FhirResult<(Vec<Leased>, usize)> {
     // The few subscriptions with work, from the partial indexes (pending events,
     // handshakes, heartbeats), then each by its key: whatever the statistics say,
     // a lease never scans every subscription.
@@ -282,7 +283,7 @@ pub async fn lease(
         .map(|r| r.get(0))
         .collect();
     if ids.is_empty() {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), 0));
     }
     let stmt = client
         .prepare_cached(&format!(
@@ -304,7 +305,7 @@ pub async fn lease(
             &[&worker, &lease_secs, &limit, &ids, &bound_websockets],
         )
         .await?;
-    Ok(rows.iter().map(leased).collect())
+    Ok((rows.iter().map(leased).collect(), ids.len()))
 }
 
 /// Who wrote a subscription (`Candidate::owner`): `None` when it is not filed,
