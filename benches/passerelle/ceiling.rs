@@ -91,11 +91,14 @@ fn pgbench(
         .arg("-t")
         .arg((total / concurrency).max(1).to_string());
     command.arg("-f").arg(&file);
-    if let Some(tokio_postgres::config::Host::Tcp(host)) = config.get_hosts().first() {
-        command.arg("-h").arg(host);
-    }
-    if let Some(tokio_postgres::config::Host::Unix(path)) = config.get_hosts().first() {
-        command.arg("-h").arg(path);
+    match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(host)) => {
+            command.arg("-h").arg(host);
+        }
+        Some(tokio_postgres::config::Host::Unix(path)) => {
+            command.arg("-h").arg(path);
+        }
+        None => {}
     }
     if let Some(port) = config.get_ports().first() {
         command.arg("-p").arg(port.to_string());
@@ -235,7 +238,13 @@ pub async fn run(options: CeilingOptions) -> Result<String, StartError> {
         addr,
         options.requests / 2,
         c,
-        Arc::new(move |i| format!("/fhir/Patient?identifier={}", identifier((i * 7919) % n))),
+        {
+            // Written before the phase: the client's work is not the server's.
+            let paths: Vec<String> = (0..n)
+                .map(|k| format!("/fhir/Patient?identifier={}", identifier(k)))
+                .collect();
+            Arc::new(move |i| paths[(i * 7919) % n].clone())
+        },
     )
     .await
     .map_err(err)?;

@@ -68,7 +68,7 @@ pub static BASE: LazyLock<HashMap<String, Vec<BaseRule>>> = LazyLock::new(|| {
         .collect()
 });
 
-/// R4 invariants as the reference validator evaluates them: three whose
+/// R4 invariants as the reference validator evaluates them: two whose
 /// published expression is wrong on valid data (an empty `probability`; a
 /// contained resource referring to its container with `#`, which `dom-3`
 /// allows), corrected the way the HL7 validator corrects them.

@@ -50,47 +50,47 @@ pub async fn table_changes(client: &impl GenericClient) -> FhirResult<Vec<TableC
 /// when another instance is at it (one instance analyzes at a time, under a
 /// transaction's advisory lock).
 pub async fn analyze_stale(client: &mut deadpool_postgres::Object) -> FhirResult<Vec<String>> {
-    let tx = client.transaction().await?;
-    let held: bool = tx
-        .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&STATISTICS_LOCK])
-        .await?
-        .get(0);
-    if !held {
-        return Ok(Vec::new());
-    }
-    let stale: Vec<String> = table_changes(&tx)
-        .await?
-        .into_iter()
-        .filter(is_stale)
-        .map(|t| t.table)
-        .collect();
-    analyze(&tx, &stale).await?;
-    tx.commit().await?;
-    Ok(stale)
+    analyze_where(client, is_stale, false).await
 }
 
 /// Analyzes every table of the schema: after a bulk load, whatever the counters
-/// (which the loading sessions may not have reported yet) say.
-pub async fn analyze_all(client: &mut deadpool_postgres::Object) -> FhirResult<()> {
+/// (which the loading sessions may not have reported yet) say, after any
+/// instance analyzing now.
+pub async fn analyze_all(client: &mut deadpool_postgres::Object) -> FhirResult<Vec<String>> {
+    analyze_where(client, |_| true, true).await
+}
+
+/// Analyzes the tables `wanted` picks under the lock, waiting for it or (without
+/// `wait`) giving up when another session holds it.
+async fn analyze_where(
+    client: &mut deadpool_postgres::Object,
+    wanted: fn(&TableChanges) -> bool,
+    wait: bool,
+) -> FhirResult<Vec<String>> {
     let tx = client.transaction().await?;
+    let lock = if wait {
+        "SELECT pg_advisory_xact_lock($1) IS NOT NULL"
+    } else {
+        "SELECT pg_try_advisory_xact_lock($1)"
+    };
+    let held: bool = tx.query_one(lock, &[&STATISTICS_LOCK]).await?.get(0);
+    if !held {
+        return Ok(Vec::new());
+    }
     let tables: Vec<String> = table_changes(&tx)
         .await?
         .into_iter()
+        .filter(wanted)
         .map(|t| t.table)
         .collect();
-    analyze(&tx, &tables).await?;
-    tx.commit().await?;
-    Ok(())
-}
-
-async fn analyze(tx: &deadpool_postgres::Transaction<'_>, tables: &[String]) -> FhirResult<()> {
     // A large table's sample may take longer than a request's statement bound.
     tx.batch_execute("SET LOCAL statement_timeout = 0").await?;
-    for table in tables {
+    for table in &tables {
         tx.batch_execute(&format!("ANALYZE {}", quoted(table)))
             .await?;
     }
-    Ok(())
+    tx.commit().await?;
+    Ok(tables)
 }
 
 /// Whether the database analyzes by itself (`autovacuum`), and counts the

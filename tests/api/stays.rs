@@ -410,13 +410,7 @@ async fn the_gp_is_called_back_without_writing_a_subscription() {
             .unwrap_or_default()
             .to_owned();
         let outcome = json_of(
-            s.http
-                .post(s.url(&format!("{rt}/$validate")))
-                .header("content-type", "application/fhir+json")
-                .body(resource.to_string())
-                .send()
-                .await
-                .expect("$validate"),
+            s.post_json(&format!("{rt}/$validate"), &resource).await,
             200,
         )
         .await;
