@@ -283,6 +283,7 @@ pub fn search_reaches(
     table: &crate::search::params::ParamTable,
 ) -> Vec<(String, Interaction)> {
     let mut reached = Vec::new();
+    let mut through = false;
     for (name, value) in params {
         let base = name.split(':').next().unwrap_or_default();
         match base {
@@ -308,30 +309,25 @@ pub fn search_reaches(
                     reached.push((source.to_owned(), Interaction::Read));
                 }
             }
-            "_has" => {
-                // `_has:Type:param:…`
-                let source = name.split(':').nth(1).unwrap_or(EVERY_TYPE);
-                reached.push((source.to_owned(), Interaction::Search));
-            }
-            _ if name.contains('.') => {
-                // `param:Type.chained` or `param.chained`: the type named, else
-                // the parameter's targets.
-                let first = base.split('.').next().unwrap_or_default();
-                let named = name
-                    .split('.')
-                    .next()
-                    .and_then(|head| head.split_once(':'))
-                    .map(|(_, t)| t.to_owned());
-                let targets = match named {
-                    Some(t) => vec![t],
-                    None => table
-                        .get(res_type, first)
-                        .map(|p| p.targets.clone())
-                        .unwrap_or_else(|| vec![EVERY_TYPE.to_owned()]),
-                };
-                reached.extend(targets.into_iter().map(|t| (t, Interaction::Search)));
-            }
+            "_has" => through = true,
+            _ if name.contains('.') => through = true,
             _ => {}
+        }
+    }
+    // Chains and `_has`, at every depth, as the search will run them (a search
+    // that does not parse runs nothing).
+    if through {
+        if let Ok(plan) =
+            crate::search::parse(table, res_type, params, crate::search::Handling::Lenient)
+        {
+            for condition in &plan.conditions {
+                reached.extend(
+                    condition
+                        .searched_through()
+                        .into_iter()
+                        .map(|t| (t.to_owned(), Interaction::Search)),
+                );
+            }
         }
     }
     reached
@@ -555,6 +551,18 @@ pub enum Holder {
     /// The records of the patients whose care circle names these members now
     /// (`user/` scopes of a practitioner, `fhirUser`).
     Circle(Vec<(String, String)>),
+}
+
+impl Holder {
+    /// The records a search by this holder reaches; `None`: every one.
+    pub fn reach(&self) -> Option<crate::search::compartment::Reach<'_>> {
+        use crate::search::compartment::Reach;
+        match self {
+            Holder::Free => None,
+            Holder::Patient(patient) => Some(Reach::Patient(patient)),
+            Holder::Circle(members) => Some(Reach::Circle(members)),
+        }
+    }
 }
 
 /// Who a `user/` token stands for, as members of care circles.

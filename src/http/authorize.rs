@@ -180,11 +180,10 @@ fn get_method(method: &Method) -> bool {
 }
 
 /// How the client's context narrows what the request asks for: searches run
-/// within whose records it may see, a request about one resource answers only if
-/// it may see it; 403 for what cannot be narrowed yet (writes by criteria,
-/// histories across resources, exports, searches reaching records through
-/// includes, chains or `_has`), under a `patient/` or practitioner's context.
-/// Pure.
+/// within whose records it may see (and so do their chains and `_has`), a
+/// request about one resource answers only if it may see it; 403 for what cannot
+/// be narrowed yet (writes by criteria), under a `patient/` or practitioner's
+/// context. Pure.
 pub fn narrowing(
     access: &Access,
     method: &Method,
@@ -233,16 +232,11 @@ pub fn narrowing(
     match route {
         Route::Type(t) | Route::TypeSearch(t) if search => {
             // What `_include` and `_revinclude` bring is filtered to what the
-            // client sees; chains and `_has` that search records are not narrowed.
-            let mut includes_records = false;
+            // client sees, and what chains and `_has` search through is held to
+            // it (`search::compartment::hold_reached`).
+            let mut reaches_records = false;
             for (reached, interaction) in crate::auth::search_reaches(t, params, table) {
-                let held = holder(&reached, interaction)? != Holder::Free;
-                if held && interaction == Search {
-                    return Err(not_yet(
-                        "searching a patient's record through chains or _has",
-                    ));
-                }
-                includes_records |= held;
+                reaches_records |= holder(&reached, interaction)? != Holder::Free;
             }
             let query = match access.decide(t, Search) {
                 Decision::Restricted(list) if list.len() > 1 => {
@@ -254,8 +248,8 @@ pub fn narrowing(
                 _ => Vec::new(),
             };
             let holder = match holder(t, Search)? {
-                // A directory search including records: held for its includes.
-                Holder::Free if includes_records => holder("Patient", Read)?,
+                // A directory search reaching records: held for what it reaches.
+                Holder::Free if reaches_records => holder("Patient", Read)?,
                 held => held,
             };
             match (&holder, query.is_empty()) {
@@ -287,21 +281,9 @@ pub fn narrowing(
             },
         }),
         // The patient's record, or a stay's: the patient, or the stay, must be seen.
-        Route::Compartment(c, id, t) => {
-            let held = glass(c, Read)?;
-            // What includes bring is filtered by the handler; chains and `_has`
-            // through records are not narrowed yet.
-            if held != Holder::Free {
-                for (reached, interaction) in crate::auth::search_reaches(t, params, table) {
-                    if interaction == Search && holder(&reached, interaction)? != Holder::Free {
-                        return Err(not_yet(
-                            "searching a patient's record through chains or _has",
-                        ));
-                    }
-                }
-            }
-            Ok(member(held, c, id))
-        }
+        // What includes bring is filtered by the handler, what chains and `_has`
+        // search through held by the search, as for any search.
+        Route::Compartment(c, id, _) => Ok(member(glass(c, Read)?, c, id)),
         Route::Everything(c, id) => Ok(member(glass(c, Read)?, c, id)),
         // Histories across resources: each page kept to what the client sees.
         Route::SystemHistory | Route::TypeHistory(_) => {
@@ -544,5 +526,13 @@ mod tests {
         );
         let chained = needs_of(Method::GET, "Encounter", "service-provider.name=CH");
         assert_eq!(chained, pairs(&[("Encounter", 's'), ("Organization", 's')]));
+        // Every hop, as the search runs it.
+        let deep = needs_of(
+            Method::GET,
+            "Encounter",
+            "subject:Patient._has:Observation:patient:code=x",
+        );
+        assert!(deep.contains(&("Observation".to_owned(), 's')), "{deep:?}");
+        assert!(deep.contains(&("Patient".to_owned(), 's')), "{deep:?}");
     }
 }

@@ -130,6 +130,64 @@ pub fn is_supported(compartment_type: &str) -> bool {
     compartment_type == "Patient"
 }
 
+/// The records a client held to a patient's record or to care circles reaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach<'a> {
+    /// The record of one patient (`patient/` scopes, a patient's own app).
+    Patient(&'a str),
+    /// The records of the patients whose care circle names one of these members
+    /// (type, id), or a role of theirs, now.
+    Circle(&'a [(String, String)]),
+}
+
+impl Reach<'_> {
+    /// The condition that keeps resources of `res_type` to the records reached;
+    /// `None` for a type that is no part of a patient's record (directory data).
+    pub fn condition(&self, table: &ParamTable, res_type: &str) -> Option<Condition> {
+        if !in_patient_compartment(res_type) {
+            return None;
+        }
+        match self {
+            Reach::Patient(patient) => membership(table, "Patient", patient, res_type),
+            Reach::Circle(members) => Some(Condition::InCircle {
+                members: members.to_vec(),
+                res_type: res_type.to_owned(),
+            }),
+        }
+    }
+}
+
+/// Holds what a condition searches through to the records reached: a chained
+/// target or a `_has` source of a record type must be reached as well, at every
+/// depth. Otherwise a search of what the client sees would tell of records it
+/// does not (`Practitioner?_has:Encounter:participant:subject=…` names who cared
+/// for another patient). Pure.
+pub fn hold_reached(table: &ParamTable, reach: Reach<'_>, condition: &mut Condition) {
+    let hold = |res_type: &str, inner: &mut Condition| {
+        hold_reached(table, reach, inner);
+        if let Some(held) = reach.condition(table, res_type) {
+            let searched = std::mem::replace(inner, Condition::AllOf(Vec::new()));
+            *inner = Condition::AllOf(vec![searched, held]);
+        }
+    };
+    match condition {
+        Condition::Chain { targets, .. } => {
+            for (target_type, inner) in targets {
+                hold(target_type, inner);
+            }
+        }
+        Condition::Has {
+            source_type, inner, ..
+        } => hold(source_type, inner),
+        Condition::AnyOf(conditions) | Condition::AllOf(conditions) => {
+            for c in conditions {
+                hold_reached(table, reach, c);
+            }
+        }
+        _ => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,5 +235,62 @@ mod tests {
             "Encounter"
         )
         .is_none());
+    }
+
+    #[test]
+    fn chains_and_has_are_held_to_the_records_reached() {
+        let table = super::super::params::test_table();
+        let members = [("Practitioner".to_owned(), "gp".to_owned())];
+        let plan = |query: &str, res_type: &str| {
+            super::super::parse(
+                table,
+                res_type,
+                &super::super::parse_form(query),
+                super::super::Handling::Strict,
+            )
+            .expect("plan")
+            .conditions
+        };
+        let held = |conditions: &mut Vec<Condition>, reach| {
+            for c in conditions.iter_mut() {
+                hold_reached(table, reach, c);
+            }
+        };
+        // Who cared for another patient: the Encounters searched through must be
+        // of her circles' records.
+        let mut has = plan(
+            "_has:Encounter:participant:subject=Patient/b",
+            "Practitioner",
+        );
+        held(&mut has, Reach::Circle(&members));
+        let Condition::Has { inner, .. } = &has[0] else {
+            panic!("{has:?}")
+        };
+        let Condition::AllOf(all) = inner.as_ref() else {
+            panic!("{inner:?}")
+        };
+        assert!(
+            matches!(&all[1], Condition::InCircle { res_type, .. } if res_type == "Encounter"),
+            "{all:?}"
+        );
+        // A chain to the patient, two hops deep: each record type held, the
+        // directory (Organization) left alone.
+        let mut chain = plan(
+            "subject:Patient.organization.name=CH&encounter.subject:Patient.name=x",
+            "Observation",
+        );
+        held(&mut chain, Reach::Patient("p1"));
+        let text = format!("{chain:?}");
+        assert_eq!(text.matches("AllOf").count(), 3, "{text}");
+        assert_eq!(text.matches("Id([\"p1\"])").count(), 2, "{text}");
+        // Nothing reached through: unchanged.
+        let mut plain = plan("type=x&_has:Group:member:_id=g", "Device");
+        let before = plain.clone();
+        held(&mut plain, Reach::Circle(&members));
+        assert_ne!(plain, before, "Group is a record type");
+        let mut directory = plan("organization.name=CH", "PractitionerRole");
+        let before = directory.clone();
+        held(&mut directory, Reach::Circle(&members));
+        assert_eq!(directory, before);
     }
 }

@@ -117,6 +117,7 @@ fn condition(tested: &Condition, s: &Subject<'_>) -> Truth {
         Condition::AnyOf(conditions) => conditions
             .iter()
             .fold(Truth::No, |acc, c| acc.or(condition(c, s))),
+        Condition::AllOf(conditions) => evaluate(conditions, s),
         // Who is in a circle is the database's to say.
         Condition::SameRow { .. }
         | Condition::Chain { .. }

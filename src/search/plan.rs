@@ -96,6 +96,9 @@ pub enum Condition {
     },
     /// Any of these conditions (compartment membership).
     AnyOf(Vec<Condition>),
+    /// All of these conditions (a chained or reverse-chained search held to the
+    /// records its client reaches).
+    AllOf(Vec<Condition>),
     /// `param:missing=true|false`
     Missing {
         param: String,
@@ -123,6 +126,36 @@ pub enum Condition {
         members: Vec<(String, String)>,
         res_type: String,
     },
+}
+
+impl Condition {
+    /// The types this condition searches through, at any depth: each chained
+    /// target and each `_has` source.
+    pub fn searched_through(&self) -> Vec<&str> {
+        let mut types = Vec::new();
+        let mut stack = vec![self];
+        while let Some(condition) = stack.pop() {
+            match condition {
+                Condition::Chain { targets, .. } => {
+                    for (target_type, inner) in targets {
+                        types.push(target_type.as_str());
+                        stack.push(inner);
+                    }
+                }
+                Condition::Has {
+                    source_type, inner, ..
+                } => {
+                    types.push(source_type.as_str());
+                    stack.push(inner);
+                }
+                Condition::AnyOf(conditions) | Condition::AllOf(conditions) => {
+                    stack.extend(conditions)
+                }
+                _ => {}
+            }
+        }
+        types
+    }
 }
 
 /// A parsed search over one resource type.

@@ -5,6 +5,7 @@ use deadpool_postgres::Pool;
 
 use crate::error::{FhirError, FhirResult};
 use crate::fhir;
+use crate::search::compartment::Reach;
 use crate::search::params::ParamTable;
 use crate::search::{self, Cursor, Handling, SearchPlan, TotalMode};
 use crate::store::{self, StoredVersion};
@@ -100,6 +101,7 @@ pub fn searchset(
     ))
 }
 
+/// Runs a search; `reach`: the client is held to those records.
 pub async fn search(
     client: &impl deadpool_postgres::GenericClient,
     params_in_force: &ParamTable,
@@ -107,14 +109,16 @@ pub async fn search(
     params: &[(String, String)],
     handling: Handling,
     scope: Scope<'_>,
-    circle: Option<&[(String, String)]>,
+    reach: Option<Reach<'_>>,
 ) -> FhirResult<SearchPage> {
     let mut plan = search::parse(params_in_force, res_type, params, handling)?;
-    if let Some(members) = circle {
-        plan.conditions.push(search::Condition::InCircle {
-            members: members.to_vec(),
-            res_type: res_type.to_owned(),
-        });
+    // Held to records: what is searched, and what chains and `_has` search through.
+    if let Some(reach) = reach {
+        for condition in &mut plan.conditions {
+            search::compartment::hold_reached(params_in_force, reach, condition);
+        }
+        plan.conditions
+            .extend(reach.condition(params_in_force, res_type));
     }
     if let Scope::System(types) = &scope {
         // Every type must understand every parameter: parse for each, strictly.

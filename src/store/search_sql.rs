@@ -171,6 +171,17 @@ fn render(sql: &mut SqlCondition, a: &str, depth: usize, condition: &Condition) 
                 format!("({})", alternatives.join(" OR "))
             }
         }
+        Condition::AllOf(conditions) => {
+            let all: Vec<String> = conditions
+                .iter()
+                .map(|c| render(sql, a, depth, c))
+                .collect();
+            if all.is_empty() {
+                "true".to_owned()
+            } else {
+                format!("({})", all.join(" AND "))
+            }
+        }
         Condition::SameRow {
             param,
             kind,

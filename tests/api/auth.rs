@@ -535,12 +535,18 @@ async fn a_patient_token_sees_the_patients_record_and_nothing_else() {
         403,
     )
     .await;
-    // What cannot be narrowed to the record yet is refused.
-    outcome_of(
-        get_with(&s, "Encounter?subject:Patient.name=x", &app).await,
-        403,
-    )
-    .await;
+    // Chains and `_has` search through her record only.
+    for (path, found) in [
+        (
+            "Patient?_has:Observation:subject:code:text=vital-signs",
+            vec!["pt-1"],
+        ),
+        ("Encounter?subject:Patient._id=pt-1", vec!["pt-1-stay"]),
+        ("Encounter?subject:Patient._id=pt-2", vec![]),
+    ] {
+        let bundle = json_of(get_with(&s, path, &app).await, 200).await;
+        assert_eq!(ids(&bundle), found, "{path}: {bundle}");
+    }
     // The history of every resource: her record's, and directory data.
     let history = json_of(get_with(&s, "_history", &app).await, 200).await;
     assert_eq!(
@@ -739,11 +745,54 @@ async fn a_practitioner_sees_the_records_of_her_care_circle_only() {
             "{id}: {history}"
         );
     }
+    // Chains and `_has` search only through the records she reaches: nothing
+    // tells her who the other patient's GP is, nor whose record has a weight.
     for path in [
         "Encounter?subject:Patient.name=x",
         "Observation?subject:Patient.identifier=urn:oid:1.2.250.1.213.1.4.10|2700100000001",
+        "Practitioner?_has:Patient:general-practitioner:_id=cc-a",
+        "Practitioner?_id=cc-gp&_has:Patient:general-practitioner:identifier=2700100000001",
+        "Patient?_has:Observation:subject:code:text=Poids",
     ] {
-        outcome_of(get_with(&s, path, &outsider).await, 403).await;
+        let found = json_of(get_with(&s, path, &outsider).await, 200).await;
+        assert_eq!(found["total"], 0, "{path}: {found}");
+    }
+    outcome_of(
+        get_with(
+            &s,
+            "Patient/cc-a/Encounter?subject:Patient.name=x",
+            &outsider,
+        )
+        .await,
+        404,
+    )
+    .await;
+    // Through her own records, the same searches find what she sees.
+    let through = [
+        (
+            &gp,
+            "Practitioner?_has:Patient:general-practitioner:_id=cc-a",
+            "cc-gp",
+        ),
+        (
+            &gp,
+            "Encounter?subject:Patient.identifier=urn:oid:1.2.250.1.213.1.4.10|2700100000001",
+            "cc-a-visit",
+        ),
+        (
+            &gp,
+            "Patient/cc-a/Encounter?subject:Patient._id=cc-a",
+            "cc-a-visit",
+        ),
+        (
+            &nurse,
+            "Patient?_has:Observation:subject:code:text=Poids",
+            "cc-b",
+        ),
+    ];
+    for (token, path, id) in through {
+        let found = json_of(get_with(&s, path, token).await, 200).await;
+        assert_eq!(ids_of(&found), [id], "{path}: {found}");
     }
     let get_entry = json!({"resourceType": "Bundle", "type": "batch", "entry": [
         {"request": {"method": "GET", "url": "Patient/cc-a"}}]});

@@ -319,33 +319,33 @@ async fn visible(
 ) -> FhirResult<()> {
     let client = state.pool.get().await?;
     let criteria = [("_id".to_owned(), id.to_owned())];
-    let (scope, circle) = match holder {
-        Holder::Free => return Ok(()),
-        Holder::Patient(patient) => (Scope::Compartment("Patient", patient), None),
-        Holder::Circle(members) => (Scope::Type, Some(members.as_slice())),
-    };
-    // A record of a circle: one prepared probe of the circle's rows.
-    if let Some(members) = circle {
-        let params = crate::search::compartment::record_params(res_type);
-        if crate::store::circle_sees(&client, members, res_type, id, &params).await? {
-            return Ok(());
-        }
-    }
-    let search = |scope, circle| {
+    let search = |reach| {
         crate::service::search(
             &client,
             params_in_force,
             res_type,
             &criteria,
             Handling::Strict,
-            scope,
-            circle,
+            Scope::Type,
+            reach,
         )
     };
-    if circle.is_none() && !search(scope, None).await?.matches.is_empty() {
-        return Ok(());
+    match holder {
+        Holder::Free => return Ok(()),
+        // A record of a circle: one prepared probe of the circle's rows.
+        Holder::Circle(members) => {
+            let params = crate::search::compartment::record_params(res_type);
+            if crate::store::circle_sees(&client, members, res_type, id, &params).await? {
+                return Ok(());
+            }
+        }
+        Holder::Patient(_) => {
+            if !search(holder.reach()).await?.matches.is_empty() {
+                return Ok(());
+            }
+        }
     }
-    if creates && search(Scope::Type, None).await?.matches.is_empty() {
+    if creates && search(None).await?.matches.is_empty() {
         return Ok(());
     }
     Err(FhirError::NotFound(format!("{res_type}/{id} is not known")))

@@ -129,10 +129,8 @@ pub(super) async fn search(
     // Narrowed to what the client may see: the path stays the one asked, the
     // query gains the scope's restriction.
     let mut params = params;
-    let mut scope = scope;
-    let mut circle = None;
     let params_in_force = state.rules.catalog.params.current();
-    if let Narrowing::Search { holder, query } = &req.narrowing {
+    if let Narrowing::Search { query, .. } = &req.narrowing {
         // A restriction the server cannot apply whole would widen the scope.
         if !query.is_empty() {
             crate::search::parse(&params_in_force, res_type, query, crate::search::Handling::Strict).map_err(
@@ -144,16 +142,13 @@ pub(super) async fn search(
             )?;
         }
         params.extend(query.iter().cloned());
-        match (holder, &scope) {
-            (Holder::Patient(patient), Scope::Type)
-                if crate::search::compartment::in_patient_compartment(res_type) =>
-            {
-                scope = Scope::Compartment("Patient", patient)
-            }
-            (Holder::Circle(members), _) => circle = Some(members.as_slice()),
-            _ => {}
-        }
     }
+    // A compartment search of a record seen (`Member`) is held too: its chains and
+    // `_has` reach other records.
+    let reach = match &req.narrowing {
+        Narrowing::Search { holder, .. } | Narrowing::Member { holder, .. } => holder.reach(),
+        Narrowing::None => None,
+    };
     let client = state.pool.get().await?;
     let mut page = service::search(
         &client,
@@ -162,7 +157,7 @@ pub(super) async fn search(
         &params,
         req.handling(),
         scope,
-        circle,
+        reach,
     )
     .await?;
     // A search narrowed, or a compartment search of a record seen: what its
@@ -195,10 +190,8 @@ pub(super) async fn seen_only(
     let mut seen: std::collections::HashSet<(String, String)> = Default::default();
     for (res_type, ids) in by_type {
         for chunk in ids.chunks(crate::search::MAX_COUNT) {
-            let (scope, circle) = match holder {
-                Holder::Free => return Ok(()),
-                Holder::Patient(patient) => (Scope::Compartment("Patient", patient), None),
-                Holder::Circle(members) => (Scope::Type, Some(members.as_slice())),
+            let Some(reach) = holder.reach() else {
+                return Ok(());
             };
             let criteria = [
                 ("_id".to_owned(), chunk.join(",")),
@@ -211,8 +204,8 @@ pub(super) async fn seen_only(
                 res_type,
                 &criteria,
                 crate::search::Handling::Strict,
-                scope,
-                circle,
+                Scope::Type,
+                Some(reach),
             )
             .await?;
             seen.extend(page.matches.into_iter().map(|v| (v.res_type, v.res_id)));
