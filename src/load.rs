@@ -210,7 +210,14 @@ impl Target {
                             id: None,
                         },
                     };
-                    service::write(pool, rules, request, &crate::auth::Access::Open).await
+                    service::write(
+                        pool,
+                        rules,
+                        request,
+                        &crate::auth::Access::Open,
+                        &crate::auth::Holder::Free,
+                    )
+                    .await
                 }
                 .await
                 .map_err(|e: FhirError| e.to_string())?;

@@ -15,10 +15,10 @@ use deadpool_postgres::{GenericClient, Pool, Transaction};
 use serde_json::{json, Value};
 
 use super::{
-    conditional_match, definitions_changed, notify, plan, write, Change, Fact, Matches,
+    conditional_match, definitions_changed, held, notify, plan, write, Change, Fact, Matches,
     PatchTarget, Planned, Rules, Scope, WriteRequest, Written,
 };
-use crate::auth::Access;
+use crate::auth::{Access, Holder};
 use crate::error::{FhirError, FhirResult};
 use crate::fhir::bundle::{
     at_entry, parse_target, patch_document, rank, rewrite_references, Head, Kind, RawBundle, Target,
@@ -41,16 +41,20 @@ pub struct Answering<'a> {
 }
 
 /// Holds an entry against the client's scopes: what its method and target ask,
-/// and, for a search, the types it reaches (403 otherwise). A `patient/` or
-/// `user/` context is not narrowed inside a Bundle yet: its entries on a patient's
-/// record are refused.
-fn check_entry(access: &Access, params: &ParamTable, head: &Head) -> FhirResult<()> {
+/// and, for a search, the types it reaches (403 otherwise). Returns whose records
+/// the entry may touch, held at its turn as the REST API holds a request
+/// (`held`): a read or a search to what the client sees, a write to the records
+/// it reaches. A held client's conditional writes and Subscriptions are refused
+/// here, before anything is searched.
+fn check_entry(access: &Access, params: &ParamTable, head: &Head) -> FhirResult<Holder> {
     use crate::auth::scopes::Interaction::*;
     if let Access::Open = access {
-        return Ok(());
+        return Ok(Holder::Free);
     }
     let res_type = head.target.res_type();
-    let mut needs = match (head.method.as_str(), &head.target) {
+    let conditional_write = head.method != "GET"
+        && (head.if_none_exist.is_some() || matches!(head.target, Target::Criteria(..)));
+    let needs = match (head.method.as_str(), &head.target) {
         ("GET", Target::Instance(..) | Target::Version(..)) => vec![(res_type.to_owned(), Read)],
         ("GET", Target::Criteria(t, criteria)) => {
             let mut needs = vec![(t.clone(), Search)];
@@ -71,9 +75,6 @@ fn check_entry(access: &Access, params: &ParamTable, head: &Head) -> FhirResult<
         ("DELETE", _) => vec![(res_type.to_owned(), Delete)],
         _ => vec![(res_type.to_owned(), Update)],
     };
-    let held = |t: &str, interaction| -> FhirResult<bool> {
-        Ok(crate::auth::holder(access, t, interaction, false)? != crate::auth::Holder::Free)
-    };
     // A held client's Subscriptions are checked one by one (`http::handlers`).
     if res_type == "Subscription" && !crate::auth::sees_every_subscription(access) {
         return Err(FhirError::Forbidden(
@@ -82,21 +83,31 @@ fn check_entry(access: &Access, params: &ParamTable, head: &Head) -> FhirResult<
         ));
     }
     // Roles decide circles: see `http::authorize::narrowing`.
-    if res_type == "PractitionerRole" && head.method != "GET" && held("Patient", Read)? {
+    if res_type == "PractitionerRole"
+        && head.method != "GET"
+        && crate::auth::holder(access, "Patient", Read, false)? != Holder::Free
+    {
         return Err(FhirError::Forbidden(
             "a token held to patients' records or care circles does not write PractitionerRoles"
                 .to_owned(),
         ));
     }
-    for (t, interaction) in needs.drain(..) {
+    // The entry's holder: that of the first of its needs that is held (a
+    // directory search reaching records is held for them).
+    let mut holder = Holder::Free;
+    for (t, interaction) in needs {
         access.require(&t, interaction)?;
-        if held(&t, interaction)? {
-            return Err(FhirError::Forbidden(format!(
-                "Bundle entries on a patient's record ({t}) are not available yet to a token held to a patient's record or to care circles"
-            )));
+        let held = crate::auth::holder(access, &t, interaction, false)?;
+        if holder == Holder::Free {
+            holder = held;
         }
     }
-    Ok(())
+    if holder != Holder::Free && conditional_write {
+        return Err(FhirError::Forbidden(
+            "a conditional write (by criteria, or ifNoneExist) is not available yet to a token held to a patient's record or a care circle".to_owned(),
+        ));
+    }
+    Ok(holder)
 }
 
 /// Runs a transaction or batch Bundle (JSON text); the response Bundle.
@@ -144,19 +155,28 @@ fn write_response(written: Option<&Written>, representation: bool) -> String {
 
 /// Runs a GET entry (in a transaction, inside it): a read or vread (honouring
 /// `ifNoneMatch` and `ifModifiedSince`), or a search answered with a searchset
-/// Bundle. The entry as JSON text.
+/// Bundle, held to what the client sees. The entry as JSON text.
 async fn get_entry(
     client: &impl GenericClient,
     params_in_force: &ParamTable,
     answering: &Answering<'_>,
     head: &Head,
+    holder: &Holder,
 ) -> FhirResult<String> {
     let (t, params) = match &head.target {
         Target::Instance(t, id) => {
+            held::visible(client, params_in_force, holder, t, id, false).await?;
             return Ok(read_entry(head, super::read(client, t, id).await?));
         }
         Target::Version(t, id, vid) => {
-            return Ok(read_entry(head, super::vread(client, t, id, vid).await?));
+            held::visible(client, params_in_force, holder, t, id, false).await?;
+            let version = super::vread(client, t, id, vid).await?;
+            if !held::version_reached(client, params_in_force, holder, &version).await? {
+                return Err(FhirError::NotFound(format!(
+                    "{t}/{id}/_history/{vid} is not known"
+                )));
+            }
+            return Ok(read_entry(head, version));
         }
         Target::Type(t) => (t, Vec::new()),
         Target::Criteria(t, criteria) => (t, criteria.clone()),
@@ -166,16 +186,17 @@ async fn get_entry(
             "ifNoneMatch and ifModifiedSince make a read conditional, not a search",
         ));
     }
-    let page = super::search(
+    let mut page = super::search(
         client,
         params_in_force,
         t,
         &params,
         answering.handling,
         Scope::Type,
-        None,
+        holder.reach(),
     )
     .await?;
+    held::seen_only(client, params_in_force, holder, &mut page.included).await?;
     let searchset = super::searchset(answering.base, &format!("/{t}"), &params, &page)?;
     Ok(fhir::render::with_raw_member(
         r#"{"response":{"status":"200 OK"}}"#,
@@ -510,9 +531,12 @@ async fn transaction(
     let mut heads = heads(bundle)?;
     fhir::bundle::check_full_urls(&heads)?;
     let params = rules.catalog.params.current();
-    for head in &heads {
-        check_entry(answering.access, &params, head).map_err(|e| at_entry(head.index, e))?;
-    }
+    let holders = heads
+        .iter()
+        .map(|head| {
+            check_entry(answering.access, &params, head).map_err(|e| at_entry(head.index, e))
+        })
+        .collect::<FhirResult<Vec<Holder>>>()?;
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     // 1. Ids of what will be created, and the map from fullUrls to local references.
@@ -553,6 +577,16 @@ async fn transaction(
             let (path, _) = reference.split_once('?').unwrap_or((&reference, ""));
             if path.contains("://") || reference.starts_with("urn:") {
                 continue;
+            }
+            // Resolved over every record, its match or failure would tell a held
+            // client of records it does not see.
+            if holders[head.index] != Holder::Free {
+                return Err(at_entry(
+                    head.index,
+                    FhirError::Forbidden(format!(
+                        "the conditional reference '{reference}' is not available yet to a token held to a patient's record or a care circle: refer to the resource by id"
+                    )),
+                ));
             }
             let Some(Target::Criteria(t, criteria)) = parse_target(&reference) else {
                 return Err(at_entry(
@@ -614,9 +648,10 @@ async fn transaction(
                 }
             }
         }
+        let holder = &holders[i];
         if head.method == "GET" {
             pending.flush(&tx, rules, now, &mut out).await?;
-            let read = get_entry(&tx, &params, answering, head)
+            let read = get_entry(&tx, &params, answering, head, holder)
                 .await
                 .map_err(|e| at_entry(i, e))?;
             out.responses[i] = read.into();
@@ -641,14 +676,27 @@ async fn transaction(
             }
         };
         let request = write_request(head, resource, id, search).map_err(|e| at_entry(i, e))?;
-        if request.reads_first() {
+        // A held client's entry is checked against what the entries before it
+        // wrote, as its REST request would be after theirs.
+        let held = *holder != Holder::Free;
+        if request.reads_first() || held {
             pending.flush(&tx, rules, now, &mut out).await?;
+        }
+        if held {
+            held::before_write(&tx, &params, holder, &request)
+                .await
+                .map_err(|e| at_entry(i, e))?;
         }
         match plan(&tx, &params, request)
             .await
             .map_err(|e| at_entry(i, e))?
         {
             Planned::Change(change) => {
+                if held {
+                    held::check_change(&tx, &params, holder, &change)
+                        .await
+                        .map_err(|e| at_entry(i, e))?;
+                }
                 let target = (change.res_type.clone(), change.res_id.clone());
                 if let Some(first) = changed.insert(target, i) {
                     return Err(at_entry(
@@ -692,13 +740,13 @@ async fn batch_entry(
 ) -> FhirResult<String> {
     let head = bundle.head(index)?;
     let params = rules.catalog.params.current();
-    check_entry(answering.access, &params, &head)?;
+    let holder = check_entry(answering.access, &params, &head)?;
     let resource = bundle.resource(index)?;
     if head.method == "GET" {
-        return get_entry(&pool.get().await?, &params, answering, &head).await;
+        return get_entry(&pool.get().await?, &params, answering, &head, &holder).await;
     }
     let request = write_request(&head, resource, None, true)?;
-    let written = super::write(pool, rules, request, answering.access).await?;
+    let written = super::write(pool, rules, request, answering.access, &holder).await?;
     Ok(write_response(written.as_ref(), answering.representation))
 }
 

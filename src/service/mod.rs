@@ -7,6 +7,7 @@ pub mod capability;
 mod circle;
 mod escalation;
 pub mod export;
+pub mod held;
 mod history;
 pub mod jobs;
 mod notices;

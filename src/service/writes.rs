@@ -5,6 +5,7 @@
 use deadpool_postgres::Pool;
 use serde_json::Value;
 
+use crate::auth::Holder;
 use crate::error::{FhirError, FhirResult};
 use crate::fhir;
 use crate::search::params::ParamTable;
@@ -185,20 +186,30 @@ pub async fn patched_current(
 /// Runs one write interaction in its own transaction: its conditions resolved
 /// (`plan`), then the single write path, then the subscriptions' events, all before
 /// the commit. `None`: a conditional delete that matched nothing. `access`: who
-/// writes (a Subscription's owner).
+/// writes (a Subscription's owner); `holder`: whose records it may write, checked
+/// in the transaction before the write is planned and once it is
+/// (`held::before_write`, `held::check_change`).
 pub async fn write(
     pool: &Pool,
     rules: &Rules,
     request: WriteRequest,
     access: &crate::auth::Access,
+    holder: &Holder,
 ) -> FhirResult<Option<Written>> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     let now = store::clock(&tx).await?;
     let mut facts = Vec::new();
     let params = rules.catalog.params.current();
+    let held = *holder != Holder::Free;
+    if held {
+        super::held::before_write(&tx, &params, holder, &request).await?;
+    }
     let written = match plan(&tx, &params, request).await? {
         Planned::Change(change) => {
+            if held {
+                super::held::check_change(&tx, &params, holder, &change).await?;
+            }
             let change = change.written_by(access);
             Some(super::write::apply(&tx, rules, now, change, &mut facts).await?)
         }
@@ -397,7 +408,15 @@ pub async fn subscription_status(
         if_match: Some(current.version_id),
     };
     // The server's own write: the subscription keeps its owner.
-    match write(pool, rules, request, &crate::auth::Access::Open).await {
+    match write(
+        pool,
+        rules,
+        request,
+        &crate::auth::Access::Open,
+        &Holder::Free,
+    )
+    .await
+    {
         Ok(_) | Err(FhirError::PreconditionFailed(_)) => Ok(()),
         Err(e) => Err(e),
     }

@@ -801,7 +801,7 @@ async fn a_practitioner_sees_the_records_of_her_care_circle_only() {
         200,
     )
     .await;
-    assert_eq!(answered["entry"][0]["response"]["status"], "403");
+    assert_eq!(answered["entry"][0]["response"]["status"], "404");
     // Nor write it: a record it cannot see does not exist; a new one about a
     // patient outside its circles is refused.
     let visit = json!({"resourceType": "Encounter", "id": "cc-a-visit", "status": "cancelled",
@@ -867,6 +867,190 @@ async fn a_practitioner_sees_the_records_of_her_care_circle_only() {
     // user/ scopes with no one named: nothing of any record.
     let nobody = sign(&rsa, &claims("user/*.rs", json!({})));
     outcome_of(get_with(&s, "Patient/cc-a", &nobody).await, 403).await;
+}
+
+/// Transaction and batch entries of a practitioner's app are held as her REST
+/// requests are, each against what the entries before it wrote: her patients'
+/// records read, searched and written; another patient's neither seen nor
+/// written, and a transaction that tries writes nothing.
+#[tokio::test]
+async fn a_practitioners_bundles_are_held_entry_by_entry() {
+    let (s, rsa, _) = smart_server().await;
+    let admin = sign(&rsa, &claims("system/*.*", json!({})));
+    for resource in [
+        json!({"resourceType": "Practitioner", "id": "hb-gp"}),
+        json!({"resourceType": "Patient", "id": "hb-mine",
+            "generalPractitioner": [{"reference": "Practitioner/hb-gp"}]}),
+        json!({"resourceType": "Patient", "id": "hb-other"}),
+        json!({"resourceType": "Encounter", "id": "hb-mine-visit", "status": "in-progress",
+            "class": {"code": "AMB"}, "subject": {"reference": "Patient/hb-mine"}}),
+        json!({"resourceType": "Encounter", "id": "hb-other-visit", "status": "in-progress",
+            "class": {"code": "AMB"}, "subject": {"reference": "Patient/hb-other"}}),
+    ] {
+        put_with(&s, &admin, &resource).await;
+    }
+    let gp = sign(
+        &rsa,
+        &claims(
+            "openid fhirUser user/*.cruds",
+            json!({"fhirUser": "Practitioner/hb-gp"}),
+        ),
+    );
+    let post = |bundle: Value| {
+        let (s, gp) = (&s, gp.clone());
+        async move { send_with(s, reqwest::Method::POST, "", &gp, &bundle).await }
+    };
+    let note = |patient: &str| {
+        json!({"resourceType": "Observation", "status": "final", "code": {"text": "Note HB"},
+            "subject": {"reference": patient}})
+    };
+    let visit = |id: &str, patient: &str| {
+        json!({"resourceType": "Encounter", "id": id, "status": "finished",
+            "class": {"code": "AMB"}, "subject": {"reference": format!("Patient/{patient}")}})
+    };
+
+    // Her patient's record, and a new patient of hers with a first visit that
+    // refers to her by fullUrl: written, read and searched in one transaction.
+    let mine = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": note("Patient/hb-mine"), "request": {"method": "POST", "url": "Observation"}},
+        {"resource": visit("hb-mine-visit", "hb-mine"),
+         "request": {"method": "PUT", "url": "Encounter/hb-mine-visit"}},
+        {"fullUrl": "urn:uuid:3f1c2a9e-0c2b-4d43-9a55-6a1f0f7e0001",
+         "resource": {"resourceType": "Patient", "generalPractitioner": [{"reference": "Practitioner/hb-gp"}]},
+         "request": {"method": "POST", "url": "Patient"}},
+        {"resource": note("urn:uuid:3f1c2a9e-0c2b-4d43-9a55-6a1f0f7e0001"),
+         "request": {"method": "POST", "url": "Observation"}},
+        {"request": {"method": "GET", "url": "Patient/hb-mine"}},
+        {"request": {"method": "GET", "url": "Encounter"}}]});
+    let done = json_of(post(mine).await, 200).await;
+    let statuses: Vec<&str> = done["entry"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|e| e["response"]["status"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            "201 Created",
+            "200 OK",
+            "201 Created",
+            "201 Created",
+            "200 OK",
+            "200 OK"
+        ]
+    );
+    let searched = &done["entry"][5]["resource"];
+    assert_eq!(searched["total"], 1, "{searched}");
+    assert_eq!(searched["entry"][0]["resource"]["id"], "hb-mine-visit");
+
+    // The other patient: each way in fails the whole transaction, 404 where her
+    // record's existence is not hers to know, 403 where the content says whom it
+    // is about; nothing of the transaction is written.
+    let first = json!({"resource": note("Patient/hb-mine"),
+        "request": {"method": "POST", "url": "Observation"}});
+    for (entry, status) in [
+        (
+            json!({"resource": note("Patient/hb-other"),
+            "request": {"method": "POST", "url": "Observation"}}),
+            403,
+        ),
+        (
+            json!({"resource": visit("hb-other-visit", "hb-other"),
+            "request": {"method": "PUT", "url": "Encounter/hb-other-visit"}}),
+            404,
+        ),
+        (
+            json!({"request": {"method": "DELETE", "url": "Encounter/hb-other-visit"}}),
+            404,
+        ),
+        (
+            json!({"request": {"method": "GET", "url": "Patient/hb-other"}}),
+            404,
+        ),
+        (
+            json!({"request": {"method": "GET", "url": "Encounter/hb-other-visit/_history/1"}}),
+            404,
+        ),
+        // Her own visit moved to the other patient.
+        (
+            json!({"resource": visit("hb-mine-visit", "hb-other"),
+            "request": {"method": "PUT", "url": "Encounter/hb-mine-visit"}}),
+            403,
+        ),
+        // Joining the other patient's circle by writing its team.
+        (
+            json!({"resource": {"resourceType": "CareTeam", "status": "active",
+            "subject": {"reference": "Patient/hb-other"},
+            "participant": [{"member": {"reference": "Practitioner/hb-gp"}}]},
+            "request": {"method": "POST", "url": "CareTeam"}}),
+            403,
+        ),
+        // Conditional references and writes would match over every record.
+        (
+            json!({"resource": note("Patient?_id=hb-other"),
+            "request": {"method": "POST", "url": "Observation"}}),
+            403,
+        ),
+        (
+            json!({"request": {"method": "DELETE", "url": "Encounter?subject=Patient/hb-other"}}),
+            403,
+        ),
+    ] {
+        let bundle = json!({"resourceType": "Bundle", "type": "transaction",
+            "entry": [first.clone(), entry.clone()]});
+        let refused = outcome_of(post(bundle).await, status).await;
+        assert!(
+            refused.to_string().contains("Bundle.entry[1]"),
+            "{entry}: {refused}"
+        );
+    }
+    let notes = json_of(
+        get_with(&s, "Observation?code:text=Note HB&_total=accurate", &admin).await,
+        200,
+    )
+    .await;
+    assert_eq!(
+        notes["total"], 2,
+        "only the first transaction's notes: {notes}"
+    );
+    let other = json_of(get_with(&s, "Encounter/hb-other-visit", &admin).await, 200).await;
+    assert_eq!(other["status"], "in-progress");
+    assert_eq!(
+        json_of(
+            get_with(&s, "CareTeam?subject=Patient/hb-other", &admin).await,
+            200
+        )
+        .await["total"],
+        0
+    );
+
+    // A batch answers each entry on its own: hers done, the other's refused;
+    // a search sees her records only.
+    let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+        {"resource": note("Patient/hb-mine"), "request": {"method": "POST", "url": "Observation"}},
+        {"resource": note("Patient/hb-other"), "request": {"method": "POST", "url": "Observation"}},
+        {"request": {"method": "GET", "url": "Encounter/hb-other-visit"}},
+        {"request": {"method": "GET", "url": "Encounter?_include=Encounter:subject"}}]});
+    let answered = json_of(post(batch).await, 200).await;
+    let status = |i: usize| answered["entry"][i]["response"]["status"].clone();
+    assert_eq!(
+        [status(0), status(1), status(2), status(3)],
+        [
+            json!("201 Created"),
+            json!("403"),
+            json!("404"),
+            json!("200 OK")
+        ]
+    );
+    let searched = &answered["entry"][3]["resource"];
+    let mut seen: Vec<String> = crate::support::ids_in(searched);
+    seen.sort();
+    assert!(
+        !seen.iter().any(|id| id.starts_with("hb-other")),
+        "{searched}"
+    );
+    assert!(seen.contains(&"hb-mine-visit".to_owned()), "{searched}");
 }
 
 /// The subtypes and statuses of an audit search, newest first.

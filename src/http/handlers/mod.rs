@@ -7,7 +7,7 @@ use axum::http::{header, HeaderMap, Method};
 use crate::error::{FhirError, FhirResult};
 use crate::fhir;
 use crate::search::Handling;
-use crate::service::{PatchTarget, Scope};
+use crate::service::{held, PatchTarget};
 use crate::state::AppState;
 use crate::store::StoredVersion;
 
@@ -45,6 +45,15 @@ pub struct FhirRequest {
 }
 
 impl FhirRequest {
+    /// Whose records a write may touch: the narrowing's holder, checked by the
+    /// write path.
+    fn write_holder(&self) -> Holder {
+        match &self.narrowing {
+            Narrowing::Member { holder, .. } => holder.clone(),
+            _ => Holder::Free,
+        }
+    }
+
     fn header(&self, name: header::HeaderName) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
@@ -143,27 +152,24 @@ pub async fn handle(state: &AppState, mut req: FhirRequest) -> FhirResult<Reply>
     if let Some(reply) = audit_trail(state, &req, &method, &route, &asked).await {
         return reply;
     }
-    let mut pinned = None;
-    if let Narrowing::Member {
-        holder,
-        res_type,
-        id,
-    } = &req.narrowing
+    // A read or an operation about one resource; a write's target and content
+    // are held by the write path, in its transaction (`service::held`).
+    let writes = matches!(
+        method,
+        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+    );
+    if let (
+        Narrowing::Member {
+            holder,
+            res_type,
+            id,
+        },
+        false,
+    ) = (&req.narrowing, writes)
     {
-        let writes = matches!(method, Method::POST | Method::PUT | Method::PATCH);
         if !id.is_empty() {
-            visible(state, &params_in_force, holder, res_type, id, writes).await?;
-        }
-        if method == Method::PATCH {
-            pinned = Some(held_patch(state, &req, &params_in_force, holder, res_type, id).await?);
-        } else if writes {
-            held_content(state, &req, &params_in_force, holder, res_type, id).await?;
-        }
-    }
-    // The patch checked is the patch written: to the version it was checked on.
-    if let (Some(version), None) = (pinned, req.if_match()?) {
-        if let Ok(etag) = header::HeaderValue::from_str(&format!("W/\"{version}\"")) {
-            req.headers.insert(header::IF_MATCH, etag);
+            let client = state.pool.get().await?;
+            held::visible(&client, &params_in_force, holder, res_type, id, false).await?;
         }
     }
     match (&method, &route) {
@@ -171,7 +177,9 @@ pub async fn handle(state: &AppState, mut req: FhirRequest) -> FhirResult<Reply>
         (&Method::GET, Route::SmartConfiguration) => smart_configuration(state),
         (&Method::POST, Route::System) => transaction(state, &req).await,
         (&Method::GET, Route::System) => system_search(state, &req).await,
-        (&Method::GET, Route::Type(t)) => search(state, &req, t, req.criteria(), Scope::Type).await,
+        (&Method::GET, Route::Type(t)) => {
+            search(state, &req, t, req.criteria(), crate::service::Scope::Type).await
+        }
         (&Method::POST, Route::TypeSearch(t)) => form_search(state, &req, t).await,
         (&Method::GET, Route::Compartment(compartment, id, t)) => {
             compartment_search(state, &req, compartment, id, t).await
@@ -262,8 +270,6 @@ async fn audit_trail(
     Some(reply.await)
 }
 
-/// 404 unless the client may see `res_type/id`, as if it did not exist; for a
-/// write (`creates`), a resource that does not exist yet may be created.
 /// A client that does not see every Subscription (`auth::sees_every_subscription`)
 /// reads, changes and asks about only those it wrote: another's is 404, as if it
 /// did not exist. Searches and histories of Subscriptions, and the operations on
@@ -307,169 +313,6 @@ async fn subscriptions_held(
             "Subscription/{id} is not known"
         ))),
     }
-}
-
-async fn visible(
-    state: &AppState,
-    params_in_force: &crate::search::params::ParamTable,
-    holder: &Holder,
-    res_type: &str,
-    id: &str,
-    creates: bool,
-) -> FhirResult<()> {
-    let client = state.pool.get().await?;
-    let criteria = [("_id".to_owned(), id.to_owned())];
-    let search = |reach| {
-        crate::service::search(
-            &client,
-            params_in_force,
-            res_type,
-            &criteria,
-            Handling::Strict,
-            Scope::Type,
-            reach,
-        )
-    };
-    match holder {
-        Holder::Free => return Ok(()),
-        // A record of a circle: one prepared probe of the circle's rows.
-        Holder::Circle(members) => {
-            let params = crate::search::compartment::record_params(res_type);
-            if crate::store::circle_sees(&client, members, res_type, id, &params).await? {
-                return Ok(());
-            }
-        }
-        Holder::Patient(_) => {
-            if !search(holder.reach()).await?.matches.is_empty() {
-                return Ok(());
-            }
-        }
-    }
-    if creates && search(None).await?.matches.is_empty() {
-        return Ok(());
-    }
-    Err(FhirError::NotFound(format!("{res_type}/{id} is not known")))
-}
-
-/// A PATCH by a client held to records: applied here to the current version,
-/// its result must be of the client's records as a PUT's would; returns that
-/// version, which the write is then pinned to.
-async fn held_patch(
-    state: &AppState,
-    req: &FhirRequest,
-    params_in_force: &crate::search::params::ParamTable,
-    holder: &Holder,
-    res_type: &str,
-    id: &str,
-) -> FhirResult<i64> {
-    let document = writes::patch_document(req)?;
-    let (version, result) =
-        crate::service::patched_current(&state.pool.get().await?, res_type, id, &document).await?;
-    let refusal =
-        "this patch makes the resource about a patient whose record the token does not reach";
-    require_reached(
-        state,
-        params_in_force,
-        holder,
-        (res_type, id),
-        &result,
-        refusal,
-    )
-    .await?;
-    Ok(version)
-}
-
-/// A create or update by a client held to a patient's record or a care circle:
-/// what it writes must be about that patient, or about patients of the circle
-/// (a resource about no patient is not a record).
-async fn held_content(
-    state: &AppState,
-    req: &FhirRequest,
-    params_in_force: &crate::search::params::ParamTable,
-    holder: &Holder,
-    res_type: &str,
-    id: &str,
-) -> FhirResult<()> {
-    let refusal = "this resource is about a patient whose record the token does not reach";
-    require_reached(
-        state,
-        params_in_force,
-        holder,
-        (res_type, id),
-        &req.resource()?,
-        refusal,
-    )
-    .await
-}
-
-/// Refuses (403, saying `refusal`) a write whose content is not of the records
-/// the holder reaches.
-async fn require_reached(
-    state: &AppState,
-    params_in_force: &crate::search::params::ParamTable,
-    holder: &Holder,
-    (res_type, id): (&str, &str),
-    resource: &serde_json::Value,
-    refusal: &str,
-) -> FhirResult<()> {
-    match content_reached(state, params_in_force, holder, res_type, id, resource).await? {
-        true => Ok(()),
-        false => Err(FhirError::Forbidden(format!("{res_type}/{id}: {refusal}"))),
-    }
-}
-
-/// Whether what `resource` says (of `res_type/id`) is of the records the holder
-/// reaches: about its patient, or about patients of its circles (a resource about
-/// no patient is no one's record; a Patient, seen already, is her own).
-async fn content_reached(
-    state: &AppState,
-    params_in_force: &crate::search::params::ParamTable,
-    holder: &Holder,
-    res_type: &str,
-    id: &str,
-    resource: &serde_json::Value,
-) -> FhirResult<bool> {
-    let rows = crate::search::index::extract(params_in_force, res_type, resource);
-    let patients = crate::search::compartment::patients_of(res_type, &rows);
-    Ok(match holder {
-        Holder::Free => true,
-        Holder::Patient(patient) => match res_type {
-            "Patient" => id == patient,
-            _ => !patients.is_empty() && patients.iter().all(|p| p == patient),
-        },
-        // A new patient is no one's record yet; an existing one was seen above.
-        Holder::Circle(_) if res_type == "Patient" => true,
-        Holder::Circle(members) => {
-            let client = state.pool.get().await?;
-            crate::store::circle_covers(&client, members, &patients).await?
-        }
-    })
-}
-
-/// Whether an older version (a vread, an instance's history) is of the records
-/// the holder reaches, as its own content says: the current version was seen,
-/// but a resource may have been about another patient before.
-pub(super) async fn version_reached(
-    state: &AppState,
-    holder: &Holder,
-    v: &StoredVersion,
-) -> FhirResult<bool> {
-    let Some(json) = v.json.as_deref() else {
-        // A deletion shows nothing of the record.
-        return Ok(true);
-    };
-    let resource: serde_json::Value =
-        serde_json::from_str(json).map_err(|e| FhirError::Internal(e.to_string()))?;
-    let params_in_force = state.rules.catalog.params.current();
-    content_reached(
-        state,
-        &params_in_force,
-        holder,
-        &v.res_type,
-        &v.res_id,
-        &resource,
-    )
-    .await
 }
 
 fn version_ref(v: &StoredVersion) -> VersionRef<'_> {

@@ -34,9 +34,11 @@ pub(super) async fn vread(
     id: &str,
     vid: &str,
 ) -> FhirResult<Reply> {
-    let version = service::vread(&state.pool.get().await?, res_type, id, vid).await?;
+    let client = state.pool.get().await?;
+    let version = service::vread(&client, res_type, id, vid).await?;
     if let Narrowing::Member { holder, .. } = &req.narrowing {
-        if !super::version_reached(state, holder, &version).await? {
+        let params_in_force = state.rules.catalog.params.current();
+        if !service::held::version_reached(&client, &params_in_force, holder, &version).await? {
             return Err(FhirError::NotFound(format!(
                 "{res_type}/{id}/_history/{vid} is not known"
             )));
@@ -77,17 +79,17 @@ pub(super) async fn history(
     // Held to records: the versions of what the client sees now, and of one
     // resource those whose content is of its records; a page may come out
     // shorter than asked, its `next` link stands.
+    let params_in_force = state.rules.catalog.params.current();
     match &req.narrowing {
         Narrowing::Search { holder, .. } => {
-            let params_in_force = state.rules.catalog.params.current();
             let client = state.pool.get().await?;
-            super::searches::seen_only(&client, &params_in_force, holder, &mut page.versions)
-                .await?;
+            service::held::seen_only(&client, &params_in_force, holder, &mut page.versions).await?;
         }
         Narrowing::Member { holder, .. } => {
+            let client = state.pool.get().await?;
             let mut kept = Vec::with_capacity(page.versions.len());
             for v in std::mem::take(&mut page.versions) {
-                if super::version_reached(state, holder, &v).await? {
+                if service::held::version_reached(&client, &params_in_force, holder, &v).await? {
                     kept.push(v);
                 }
             }

@@ -11,7 +11,7 @@ use crate::service::{self, Scope};
 use crate::state::AppState;
 
 use super::FhirRequest;
-use crate::http::authorize::{Holder, Narrowing};
+use crate::http::authorize::Narrowing;
 
 /// `GET [base]?_type=…`: one search over several types.
 pub(super) async fn system_search(state: &AppState, req: &FhirRequest) -> FhirResult<Reply> {
@@ -163,59 +163,9 @@ pub(super) async fn search(
     // A search narrowed, or a compartment search of a record seen: what its
     // includes bring is held the same way.
     if let Narrowing::Search { holder, .. } | Narrowing::Member { holder, .. } = &req.narrowing {
-        seen_only(&client, &params_in_force, holder, &mut page.included).await?;
+        service::held::seen_only(&client, &params_in_force, holder, &mut page.included).await?;
     }
     searchset_reply(req, &path, &params, &page)
-}
-
-/// Keeps, of `versions` (what `_include` and `_revinclude` brought, a history's
-/// page), those of resources the client may see now: what is nobody's record,
-/// and the records of the patient or the circles it is held to (asked as a
-/// search would be, by `_id`, one search per type; a deleted resource is seen by
-/// no one held).
-pub(super) async fn seen_only(
-    client: &deadpool_postgres::Client,
-    params_in_force: &crate::search::params::ParamTable,
-    holder: &Holder,
-    included: &mut Vec<crate::store::StoredVersion>,
-) -> FhirResult<()> {
-    use crate::search::compartment::in_patient_compartment;
-    let mut by_type: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
-    for v in included
-        .iter()
-        .filter(|v| in_patient_compartment(&v.res_type))
-    {
-        by_type.entry(&v.res_type).or_default().push(&v.res_id);
-    }
-    let mut seen: std::collections::HashSet<(String, String)> = Default::default();
-    for (res_type, ids) in by_type {
-        for chunk in ids.chunks(crate::search::MAX_COUNT) {
-            let Some(reach) = holder.reach() else {
-                return Ok(());
-            };
-            let criteria = [
-                ("_id".to_owned(), chunk.join(",")),
-                ("_count".to_owned(), chunk.len().to_string()),
-                ("_total".to_owned(), "none".to_owned()),
-            ];
-            let page = service::search(
-                client,
-                params_in_force,
-                res_type,
-                &criteria,
-                crate::search::Handling::Strict,
-                Scope::Type,
-                Some(reach),
-            )
-            .await?;
-            seen.extend(page.matches.into_iter().map(|v| (v.res_type, v.res_id)));
-        }
-    }
-    included.retain(|v| {
-        !in_patient_compartment(&v.res_type)
-            || seen.contains(&(v.res_type.clone(), v.res_id.clone()))
-    });
-    Ok(())
 }
 
 /// A page of results as a searchset Bundle, with its self and next links.

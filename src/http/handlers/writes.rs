@@ -59,8 +59,16 @@ pub(super) async fn create(
         if_none_exist,
         id: None,
     };
-    let written =
-        written_of(service::write(&state.pool, &state.rules, request, &req.access).await?)?;
+    let written = written_of(
+        service::write(
+            &state.pool,
+            &state.rules,
+            request,
+            &req.access,
+            &req.write_holder(),
+        )
+        .await?,
+    )?;
     written_reply(req, &written, true)
 }
 
@@ -76,8 +84,16 @@ pub(super) async fn conditional_update(
         resource: req.resource()?,
         if_match: req.if_match()?,
     };
-    let written =
-        written_of(service::write(&state.pool, &state.rules, request, &req.access).await?)?;
+    let written = written_of(
+        service::write(
+            &state.pool,
+            &state.rules,
+            request,
+            &req.access,
+            &req.write_holder(),
+        )
+        .await?,
+    )?;
     written_reply(req, &written, true)
 }
 
@@ -91,7 +107,15 @@ pub(super) async fn conditional_delete(
         res_type: res_type.to_owned(),
         criteria: req.criteria(),
     };
-    match service::write(&state.pool, &state.rules, request, &req.access).await? {
+    match service::write(
+        &state.pool,
+        &state.rules,
+        request,
+        &req.access,
+        &req.write_holder(),
+    )
+    .await?
+    {
         Some(written) => written_reply(req, &written, false),
         None => Ok(Reply::new(StatusCode::NO_CONTENT, None)),
     }
@@ -110,8 +134,16 @@ pub(super) async fn update(
         resource: req.resource()?,
         if_match: req.if_match()?,
     };
-    let written =
-        written_of(service::write(&state.pool, &state.rules, request, &req.access).await?)?;
+    let written = written_of(
+        service::write(
+            &state.pool,
+            &state.rules,
+            request,
+            &req.access,
+            &req.write_holder(),
+        )
+        .await?,
+    )?;
     written_reply(req, &written, true)
 }
 
@@ -127,8 +159,16 @@ pub(super) async fn delete(
         res_id: id.to_owned(),
         if_match: req.if_match()?,
     };
-    let written =
-        written_of(service::write(&state.pool, &state.rules, request, &req.access).await?)?;
+    let written = written_of(
+        service::write(
+            &state.pool,
+            &state.rules,
+            request,
+            &req.access,
+            &req.write_holder(),
+        )
+        .await?,
+    )?;
     written_reply(req, &written, false)
 }
 
@@ -164,8 +204,16 @@ pub(super) async fn patch(
         document,
         if_match: req.if_match()?,
     };
-    let written =
-        written_of(service::write(&state.pool, &state.rules, request, &req.access).await?)?;
+    let written = written_of(
+        service::write(
+            &state.pool,
+            &state.rules,
+            request,
+            &req.access,
+            &req.write_holder(),
+        )
+        .await?,
+    )?;
     written_reply(req, &written, true)
 }
 

@@ -1,0 +1,219 @@
+//! What a client held to a patient's record or to care circles
+//! (`auth::Holder`) may see and write, asked of the database on the connection
+//! the interaction runs on: the request's, or the transaction's for writes and
+//! Bundle entries, so that a check sees the entries written before it and holds
+//! until the commit of what it allowed.
+
+use deadpool_postgres::GenericClient;
+use serde_json::Value;
+
+use crate::auth::Holder;
+use crate::error::{FhirError, FhirResult};
+use crate::search::compartment::{in_patient_compartment, patients_of, record_params};
+use crate::search::params::ParamTable;
+use crate::search::Handling;
+use crate::store::StoredVersion;
+
+use super::searches::{search, Scope};
+use super::writes::{PatchTarget, WriteRequest};
+use super::Change;
+
+/// 404 unless the client may see `res_type/id`, as if it did not exist; for a
+/// write (`creates`), a resource that does not exist yet may be created.
+pub async fn visible(
+    client: &impl GenericClient,
+    params: &ParamTable,
+    holder: &Holder,
+    res_type: &str,
+    id: &str,
+    creates: bool,
+) -> FhirResult<()> {
+    let criteria = [("_id".to_owned(), id.to_owned())];
+    let found = |reach| {
+        search(
+            client,
+            params,
+            res_type,
+            &criteria,
+            Handling::Strict,
+            Scope::Type,
+            reach,
+        )
+    };
+    match holder {
+        Holder::Free => return Ok(()),
+        // A record of a circle: one prepared probe of the circle's rows.
+        Holder::Circle(members) => {
+            let record = record_params(res_type);
+            if crate::store::circle_sees(client, members, res_type, id, &record).await? {
+                return Ok(());
+            }
+        }
+        Holder::Patient(_) => {
+            if !found(holder.reach()).await?.matches.is_empty() {
+                return Ok(());
+            }
+        }
+    }
+    if creates && found(None).await?.matches.is_empty() {
+        return Ok(());
+    }
+    Err(FhirError::NotFound(format!("{res_type}/{id} is not known")))
+}
+
+/// Whether what `resource` says (of `res_type/id`) is of the records the holder
+/// reaches: about its patient, or about patients of its circles (a resource about
+/// no patient is no one's record; a Patient, seen already, is her own).
+pub async fn content_reached(
+    client: &impl GenericClient,
+    params: &ParamTable,
+    holder: &Holder,
+    res_type: &str,
+    id: &str,
+    resource: &Value,
+) -> FhirResult<bool> {
+    let rows = crate::search::index::extract(params, res_type, resource);
+    let patients = patients_of(res_type, &rows);
+    Ok(match holder {
+        Holder::Free => true,
+        Holder::Patient(patient) => match res_type {
+            "Patient" => id == patient,
+            _ => !patients.is_empty() && patients.iter().all(|p| p == patient),
+        },
+        // A new patient is no one's record yet; an existing one was seen before.
+        Holder::Circle(_) if res_type == "Patient" => true,
+        Holder::Circle(members) => crate::store::circle_covers(client, members, &patients).await?,
+    })
+}
+
+/// Whether an older version (a vread, an instance's history) is of the records
+/// the holder reaches, as its own content says: the current version was seen,
+/// but a resource may have been about another patient before.
+pub async fn version_reached(
+    client: &impl GenericClient,
+    params: &ParamTable,
+    holder: &Holder,
+    v: &StoredVersion,
+) -> FhirResult<bool> {
+    let Some(json) = v.json.as_deref() else {
+        // A deletion shows nothing of the record.
+        return Ok(true);
+    };
+    let resource: Value =
+        serde_json::from_str(json).map_err(|e| FhirError::Internal(e.to_string()))?;
+    content_reached(client, params, holder, &v.res_type, &v.res_id, &resource).await
+}
+
+/// Keeps, of `versions` (what `_include` and `_revinclude` brought, a history's
+/// page), those of resources the client may see now: what is nobody's record,
+/// and the records of the patient or the circles it is held to (asked as a
+/// search would be, by `_id`, one search per type; a deleted resource is seen by
+/// no one held).
+pub async fn seen_only(
+    client: &impl GenericClient,
+    params: &ParamTable,
+    holder: &Holder,
+    versions: &mut Vec<StoredVersion>,
+) -> FhirResult<()> {
+    let Some(reach) = holder.reach() else {
+        return Ok(());
+    };
+    let mut by_type: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+    for v in versions
+        .iter()
+        .filter(|v| in_patient_compartment(&v.res_type))
+    {
+        by_type.entry(&v.res_type).or_default().push(&v.res_id);
+    }
+    let mut seen: std::collections::HashSet<(String, String)> = Default::default();
+    for (res_type, ids) in by_type {
+        for chunk in ids.chunks(crate::search::MAX_COUNT) {
+            let criteria = [
+                ("_id".to_owned(), chunk.join(",")),
+                ("_count".to_owned(), chunk.len().to_string()),
+                ("_total".to_owned(), "none".to_owned()),
+            ];
+            let page = search(
+                client,
+                params,
+                res_type,
+                &criteria,
+                Handling::Strict,
+                Scope::Type,
+                Some(reach),
+            )
+            .await?;
+            seen.extend(page.matches.into_iter().map(|v| (v.res_type, v.res_id)));
+        }
+    }
+    versions.retain(|v| {
+        !in_patient_compartment(&v.res_type)
+            || seen.contains(&(v.res_type.clone(), v.res_id.clone()))
+    });
+    Ok(())
+}
+
+/// Before a held client's write is planned: the resource it replaces or deletes
+/// must be one the client sees (404, as if it did not exist, before anything of
+/// it is read); what is not narrowed yet is refused (403): writes by criteria,
+/// whose match would run over every record and answer with it.
+pub async fn before_write(
+    client: &impl GenericClient,
+    params: &ParamTable,
+    holder: &Holder,
+    request: &WriteRequest,
+) -> FhirResult<()> {
+    let (res_type, id, creates) = match request {
+        WriteRequest::Create {
+            if_none_exist: None,
+            ..
+        } => return Ok(()),
+        WriteRequest::Update {
+            res_type, res_id, ..
+        } => (res_type, res_id, true),
+        WriteRequest::Patch {
+            res_type,
+            target: PatchTarget::Id(res_id),
+            ..
+        } => (res_type, res_id, false),
+        WriteRequest::Delete {
+            res_type, res_id, ..
+        } => (res_type, res_id, false),
+        _ => {
+            return Err(FhirError::Forbidden(
+                "a conditional write (by criteria, or ifNoneExist) is not available yet to a token held to a patient's record or a care circle".to_owned(),
+            ))
+        }
+    };
+    visible(client, params, holder, res_type, id, creates).await
+}
+
+/// Once a held client's write is planned: what the change writes must be of the
+/// records the client reaches (403 otherwise): a create, an update, a patch's
+/// result.
+pub async fn check_change(
+    client: &impl GenericClient,
+    params: &ParamTable,
+    holder: &Holder,
+    change: &Change,
+) -> FhirResult<()> {
+    let Some(resource) = &change.resource else {
+        return Ok(());
+    };
+    match content_reached(
+        client,
+        params,
+        holder,
+        &change.res_type,
+        &change.res_id,
+        resource,
+    )
+    .await?
+    {
+        true => Ok(()),
+        false => Err(FhirError::Forbidden(format!(
+            "{}/{}: this resource is about a patient whose record the token does not reach",
+            change.res_type, change.res_id
+        ))),
+    }
+}
