@@ -181,9 +181,8 @@ fn get_method(method: &Method) -> bool {
 
 /// How the client's context narrows what the request asks for: searches run
 /// within whose records it may see (and so do their chains and `_has`), a
-/// request about one resource answers only if it may see it; 403 for what cannot
-/// be narrowed yet (writes by criteria), under a `patient/` or practitioner's
-/// context. Pure.
+/// request about one resource answers only if it may see it, a write holds to
+/// the records it reaches (by criteria: matched among them). Pure.
 pub fn narrowing(
     access: &Access,
     method: &Method,
@@ -263,7 +262,7 @@ pub fn narrowing(
             Ok(member(glass(t, Read)?, t, id))
         }
         // A write replaces a resource the client must see; what it writes is
-        // held by the handler once parsed.
+        // held by the write path (`service::held`).
         Route::Instance(t, id) => {
             let interaction = if *method == Method::DELETE {
                 Delete
@@ -272,14 +271,17 @@ pub fn narrowing(
             };
             Ok(member(glass(t, interaction)?, t, id))
         }
-        Route::Type(t) if *method == Method::POST => Ok(match glass(t, Create)? {
-            Holder::Free => Narrowing::None,
-            holder => Narrowing::Member {
-                holder,
-                res_type: t.clone(),
-                id: String::new(),
-            },
-        }),
+        Route::Type(t) if *method == Method::POST => Ok(member(glass(t, Create)?, t, "")),
+        // A write by criteria matches among the records the client sees (the
+        // glass opens a record named, not a search).
+        Route::Type(t) => {
+            let interaction = if *method == Method::DELETE {
+                Delete
+            } else {
+                Update
+            };
+            Ok(member(holder(t, interaction)?, t, ""))
+        }
         // The patient's record, or a stay's: the patient, or the stay, must be seen.
         // What includes bring is filtered by the handler, what chains and `_has`
         // search through held by the search, as for any search.

@@ -157,6 +157,16 @@ impl Reach<'_> {
     }
 }
 
+/// Holds a search to the records reached: the resources it finds, and what its
+/// chains and `_has` search through. Pure.
+pub fn hold(table: &ParamTable, reach: Reach<'_>, plan: &mut super::SearchPlan) {
+    for condition in &mut plan.conditions {
+        hold_reached(table, reach, condition);
+    }
+    plan.conditions
+        .extend(reach.condition(table, &plan.resource_type));
+}
+
 /// Holds what a condition searches through to the records reached: a chained
 /// target or a `_has` source of a record type must be reached as well, at every
 /// depth. Otherwise a search of what the client sees would tell of records it

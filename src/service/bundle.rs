@@ -18,6 +18,7 @@ use super::{
     conditional_match, definitions_changed, held, notify, plan, write, Change, Fact, Matches,
     PatchTarget, Planned, Rules, Scope, WriteRequest, Written,
 };
+use crate::auth::scopes::Interaction;
 use crate::auth::{Access, Holder};
 use crate::error::{FhirError, FhirResult};
 use crate::fhir::bundle::{
@@ -44,16 +45,14 @@ pub struct Answering<'a> {
 /// and, for a search, the types it reaches (403 otherwise). Returns whose records
 /// the entry may touch, held at its turn as the REST API holds a request
 /// (`held`): a read or a search to what the client sees, a write to the records
-/// it reaches. A held client's conditional writes and Subscriptions are refused
-/// here, before anything is searched.
+/// it reaches, its conditions matched among the records it sees. A held client's
+/// Subscriptions are refused here.
 fn check_entry(access: &Access, params: &ParamTable, head: &Head) -> FhirResult<Holder> {
-    use crate::auth::scopes::Interaction::*;
+    use Interaction::*;
     if let Access::Open = access {
         return Ok(Holder::Free);
     }
     let res_type = head.target.res_type();
-    let conditional_write = head.method != "GET"
-        && (head.if_none_exist.is_some() || matches!(head.target, Target::Criteria(..)));
     let needs = match (head.method.as_str(), &head.target) {
         ("GET", Target::Instance(..) | Target::Version(..)) => vec![(res_type.to_owned(), Read)],
         ("GET", Target::Criteria(t, criteria)) => {
@@ -101,11 +100,6 @@ fn check_entry(access: &Access, params: &ParamTable, head: &Head) -> FhirResult<
         if holder == Holder::Free {
             holder = held;
         }
-    }
-    if holder != Holder::Free && conditional_write {
-        return Err(FhirError::Forbidden(
-            "a conditional write (by criteria, or ifNoneExist) is not available yet to a token held to a patient's record or a care circle".to_owned(),
-        ));
     }
     Ok(holder)
 }
@@ -326,6 +320,7 @@ async fn assign_ids(
     tx: &Transaction<'_>,
     params: &ParamTable,
     heads: &[Head],
+    holders: &[Holder],
 ) -> FhirResult<HashMap<usize, Assigned>> {
     let new = || uuid::Uuid::new_v4().to_string();
     let mut assigned = HashMap::new();
@@ -365,7 +360,7 @@ async fn assign_ids(
     }
     let outcomes =
         futures_util::future::try_join_all(searched.iter().map(|(i, (t, c))| async move {
-            conditional_match(tx, params, t, c)
+            conditional_match(tx, params, t, c, holders[*i].reach())
                 .await
                 .map_err(|e| at_entry(*i, e))
         }))
@@ -540,7 +535,7 @@ async fn transaction(
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     // 1. Ids of what will be created, and the map from fullUrls to local references.
-    let assigned = assign_ids(&tx, &params, &heads).await?;
+    let assigned = assign_ids(&tx, &params, &heads, &holders).await?;
     let mut ids: HashMap<String, String> = HashMap::new();
     // The conditional creates and updates of the Bundle by their criteria: a
     // conditional reference with the same criteria means that entry's resource.
@@ -578,16 +573,6 @@ async fn transaction(
             if path.contains("://") || reference.starts_with("urn:") {
                 continue;
             }
-            // Resolved over every record, its match or failure would tell a held
-            // client of records it does not see.
-            if holders[head.index] != Holder::Free {
-                return Err(at_entry(
-                    head.index,
-                    FhirError::Forbidden(format!(
-                        "the conditional reference '{reference}' is not available yet to a token held to a patient's record or a care circle: refer to the resource by id"
-                    )),
-                ));
-            }
             let Some(Target::Criteria(t, criteria)) = parse_target(&reference) else {
                 return Err(at_entry(
                     head.index,
@@ -600,7 +585,15 @@ async fn transaction(
                 ids.insert(reference, local.clone());
                 continue;
             }
-            match conditional_match(&tx, &params, &t, &criteria)
+            // A search of `t`: allowed by the scopes, and for a client held to
+            // records among those it sees (what it does not see does not exist
+            // for it).
+            let searcher = answering
+                .access
+                .require(&t, Interaction::Search)
+                .and_then(|_| crate::auth::holder(answering.access, &t, Interaction::Search, false))
+                .map_err(|e| at_entry(head.index, e))?;
+            match conditional_match(&tx, &params, &t, &criteria, searcher.reach())
                 .await
                 .map_err(|e| at_entry(head.index, e))?
             {
@@ -687,7 +680,7 @@ async fn transaction(
                 .await
                 .map_err(|e| at_entry(i, e))?;
         }
-        match plan(&tx, &params, request)
+        match plan(&tx, &params, request, holder.reach())
             .await
             .map_err(|e| at_entry(i, e))?
         {

@@ -16,7 +16,7 @@ use crate::store::StoredVersion;
 
 use super::searches::{search, Scope};
 use super::writes::{PatchTarget, WriteRequest};
-use super::Change;
+use super::{Change, ChangeKind};
 
 /// 404 unless the client may see `res_type/id`, as if it did not exist; for a
 /// write (`creates`), a resource that does not exist yet may be created.
@@ -153,67 +153,51 @@ pub async fn seen_only(
     Ok(())
 }
 
-/// Before a held client's write is planned: the resource it replaces or deletes
+/// Before a held client's PATCH by id is planned: the resource it applies to
 /// must be one the client sees (404, as if it did not exist, before anything of
-/// it is read); what is not narrowed yet is refused (403): writes by criteria,
-/// whose match would run over every record and answer with it.
+/// it is read and patched). Other writes are held once planned
+/// ([`check_change`]); conditional ones match among what the client sees.
 pub async fn before_write(
     client: &impl GenericClient,
     params: &ParamTable,
     holder: &Holder,
     request: &WriteRequest,
 ) -> FhirResult<()> {
-    let (res_type, id, creates) = match request {
-        WriteRequest::Create {
-            if_none_exist: None,
-            ..
-        } => return Ok(()),
-        WriteRequest::Update {
-            res_type, res_id, ..
-        } => (res_type, res_id, true),
+    match request {
         WriteRequest::Patch {
             res_type,
             target: PatchTarget::Id(res_id),
             ..
-        } => (res_type, res_id, false),
-        WriteRequest::Delete {
-            res_type, res_id, ..
-        } => (res_type, res_id, false),
-        _ => {
-            return Err(FhirError::Forbidden(
-                "a conditional write (by criteria, or ifNoneExist) is not available yet to a token held to a patient's record or a care circle".to_owned(),
-            ))
-        }
-    };
-    visible(client, params, holder, res_type, id, creates).await
+        } => visible(client, params, holder, res_type, res_id, false).await,
+        _ => Ok(()),
+    }
 }
 
-/// Once a held client's write is planned: what the change writes must be of the
-/// records the client reaches (403 otherwise): a create, an update, a patch's
-/// result.
+/// Once a held client's write is planned: the resource it replaces or deletes
+/// must be one the client sees (404 as if absent; an update may create a
+/// resource that does not exist), and what it writes must be of the records the
+/// client reaches (403): a create, an update, a patch's result.
 pub async fn check_change(
     client: &impl GenericClient,
     params: &ParamTable,
     holder: &Holder,
     change: &Change,
 ) -> FhirResult<()> {
+    let (res_type, res_id) = (change.res_type.as_str(), change.res_id.as_str());
+    match change.kind {
+        ChangeKind::Create => {}
+        ChangeKind::Update => visible(client, params, holder, res_type, res_id, true).await?,
+        ChangeKind::Patch | ChangeKind::Delete => {
+            visible(client, params, holder, res_type, res_id, false).await?
+        }
+    }
     let Some(resource) = &change.resource else {
         return Ok(());
     };
-    match content_reached(
-        client,
-        params,
-        holder,
-        &change.res_type,
-        &change.res_id,
-        resource,
-    )
-    .await?
-    {
+    match content_reached(client, params, holder, res_type, res_id, resource).await? {
         true => Ok(()),
         false => Err(FhirError::Forbidden(format!(
-            "{}/{}: this resource is about a patient whose record the token does not reach",
-            change.res_type, change.res_id
+            "{res_type}/{res_id}: this resource is about a patient whose record the token does not reach"
         ))),
     }
 }

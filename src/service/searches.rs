@@ -112,13 +112,8 @@ pub async fn search(
     reach: Option<Reach<'_>>,
 ) -> FhirResult<SearchPage> {
     let mut plan = search::parse(params_in_force, res_type, params, handling)?;
-    // Held to records: what is searched, and what chains and `_has` search through.
     if let Some(reach) = reach {
-        for condition in &mut plan.conditions {
-            search::compartment::hold_reached(params_in_force, reach, condition);
-        }
-        plan.conditions
-            .extend(reach.condition(params_in_force, res_type));
+        search::compartment::hold(params_in_force, reach, &mut plan);
     }
     if let Scope::System(types) = &scope {
         // Every type must understand every parameter: parse for each, strictly.

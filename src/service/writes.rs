@@ -8,6 +8,7 @@ use serde_json::Value;
 use crate::auth::Holder;
 use crate::error::{FhirError, FhirResult};
 use crate::fhir;
+use crate::search::compartment::Reach;
 use crate::search::params::ParamTable;
 use crate::search::{self, Handling};
 use crate::store::{self, StoredVersion};
@@ -23,18 +24,24 @@ pub(super) enum Matches {
 /// Runs the search of a conditional interaction inside `tx`; more than one match is
 /// a 412, as the spec says. The criteria are locked for the transaction so that two
 /// requests with the same criteria cannot both see "no match" and both create.
+/// `reach`: a client held to records matches among those alone (what it does
+/// not see does not exist for it).
 pub(super) async fn conditional_match(
     tx: &deadpool_postgres::Transaction<'_>,
     params: &ParamTable,
     res_type: &str,
     criteria: &[(String, String)],
+    reach: Option<Reach<'_>>,
 ) -> FhirResult<Matches> {
     if criteria.is_empty() {
         return Err(FhirError::bad_request(
             "a conditional interaction needs search criteria",
         ));
     }
-    let plan = search::parse(params, res_type, criteria, Handling::Strict)?;
+    let mut plan = search::parse(params, res_type, criteria, Handling::Strict)?;
+    if let Some(reach) = reach {
+        search::compartment::hold(params, reach, &mut plan);
+    }
     let mut key: Vec<String> = criteria.iter().map(|(k, v)| format!("{k}={v}")).collect();
     key.sort();
     store::lock_key(tx, &format!("{res_type}?{}", key.join("&"))).await?;
@@ -118,11 +125,12 @@ async fn patched(
     res_type: &str,
     target: PatchTarget,
     document: &Value,
+    reach: Option<Reach<'_>>,
 ) -> FhirResult<(String, Value)> {
     let res_id = match target {
         PatchTarget::Id(id) => id,
         PatchTarget::Criteria(criteria) => {
-            match conditional_match(tx, params, res_type, &criteria).await? {
+            match conditional_match(tx, params, res_type, &criteria, reach).await? {
                 Matches::One(id) => id,
                 Matches::None => {
                     return Err(FhirError::NotFound(format!(
@@ -205,7 +213,7 @@ pub async fn write(
     if held {
         super::held::before_write(&tx, &params, holder, &request).await?;
     }
-    let written = match plan(&tx, &params, request).await? {
+    let written = match plan(&tx, &params, request, holder.reach()).await? {
         Planned::Change(change) => {
             if held {
                 super::held::check_change(&tx, &params, holder, &change).await?;
@@ -246,11 +254,13 @@ impl WriteRequest {
     }
 }
 
-/// The change a write interaction asks for: its checks, its conditions resolved.
+/// The change a write interaction asks for: its checks, its conditions resolved
+/// (among the records `reach`es, for a client held to them).
 pub async fn plan(
     tx: &deadpool_postgres::Transaction<'_>,
     params: &ParamTable,
     request: WriteRequest,
+    reach: Option<Reach<'_>>,
 ) -> FhirResult<Planned> {
     let change = match request {
         WriteRequest::Create {
@@ -262,7 +272,7 @@ pub async fn plan(
             check_type(&res_type, &resource)?;
             if let Some(criteria) = if_none_exist {
                 if let Matches::One(id) =
-                    conditional_match(tx, params, &res_type, &criteria).await?
+                    conditional_match(tx, params, &res_type, &criteria, reach).await?
                 {
                     let existing = store::read_latest(tx, &res_type, &id)
                         .await?
@@ -309,7 +319,7 @@ pub async fn plan(
         } => {
             check_type(&res_type, &resource)?;
             let body_id = fhir::resource_id(&resource).map(str::to_owned);
-            let res_id = match conditional_match(tx, params, &res_type, &criteria).await? {
+            let res_id = match conditional_match(tx, params, &res_type, &criteria, reach).await? {
                 Matches::One(id) => {
                     if body_id.as_ref().is_some_and(|b| *b != id) {
                         return Err(FhirError::bad_request(format!(
@@ -328,7 +338,8 @@ pub async fn plan(
             document,
             if_match,
         } => {
-            let (res_id, resource) = patched(tx, params, &res_type, target, &document).await?;
+            let (res_id, resource) =
+                patched(tx, params, &res_type, target, &document, reach).await?;
             Change {
                 res_type,
                 res_id,
@@ -351,7 +362,8 @@ pub async fn plan(
             owner: None,
         },
         WriteRequest::ConditionalDelete { res_type, criteria } => {
-            let Matches::One(res_id) = conditional_match(tx, params, &res_type, &criteria).await?
+            let Matches::One(res_id) =
+                conditional_match(tx, params, &res_type, &criteria, reach).await?
             else {
                 return Ok(Planned::Answered(None));
             };

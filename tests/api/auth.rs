@@ -986,15 +986,11 @@ async fn a_practitioners_bundles_are_held_entry_by_entry() {
             "request": {"method": "POST", "url": "CareTeam"}}),
             403,
         ),
-        // Conditional references and writes would match over every record.
+        // A conditional reference matches among what she sees: as if absent.
         (
             json!({"resource": note("Patient?_id=hb-other"),
             "request": {"method": "POST", "url": "Observation"}}),
-            403,
-        ),
-        (
-            json!({"request": {"method": "DELETE", "url": "Encounter?subject=Patient/hb-other"}}),
-            403,
+            412,
         ),
     ] {
         let bundle = json!({"resourceType": "Bundle", "type": "transaction",
@@ -1026,23 +1022,27 @@ async fn a_practitioners_bundles_are_held_entry_by_entry() {
     );
 
     // A batch answers each entry on its own: hers done, the other's refused;
-    // a search sees her records only.
+    // a search sees her records only; a conditional delete of the other's
+    // stay matches nothing.
     let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [
         {"resource": note("Patient/hb-mine"), "request": {"method": "POST", "url": "Observation"}},
         {"resource": note("Patient/hb-other"), "request": {"method": "POST", "url": "Observation"}},
         {"request": {"method": "GET", "url": "Encounter/hb-other-visit"}},
-        {"request": {"method": "GET", "url": "Encounter?_include=Encounter:subject"}}]});
+        {"request": {"method": "GET", "url": "Encounter?_include=Encounter:subject"}},
+        {"request": {"method": "DELETE", "url": "Encounter?_id=hb-other-visit"}}]});
     let answered = json_of(post(batch).await, 200).await;
     let status = |i: usize| answered["entry"][i]["response"]["status"].clone();
     assert_eq!(
-        [status(0), status(1), status(2), status(3)],
+        [status(0), status(1), status(2), status(3), status(4)],
         [
             json!("201 Created"),
             json!("403"),
             json!("404"),
-            json!("200 OK")
+            json!("200 OK"),
+            json!("204 No Content")
         ]
     );
+    json_of(get_with(&s, "Encounter/hb-other-visit", &admin).await, 200).await;
     let searched = &answered["entry"][3]["resource"];
     let mut seen: Vec<String> = crate::support::ids_in(searched);
     seen.sort();
@@ -1487,22 +1487,85 @@ async fn the_ways_around_the_circle_are_closed() {
         get_with(&s, "Encounter/way-other-stay", &gp).await.status(),
         404
     );
-    // A conditional create would match over every record.
-    let probe = s
-        .http
-        .post(s.url("Observation"))
-        .bearer_auth(&gp)
+    // Conditional writes match among what she sees: another patient's stay does
+    // not exist for them (the same answer whether it exists or not).
+    let conditional_create = |criteria: &'static str| {
+        s.http
+            .post(s.url("Encounter"))
+            .bearer_auth(&gp)
+            .header("content-type", "application/fhir+json")
+            .header("if-none-exist", criteria)
+            .body(
+                json!({"resourceType": "Encounter", "status": "finished", "class": {"code": "AMB"},
+                "subject": {"reference": "Patient/way-mine"}})
+                .to_string(),
+            )
+            .send()
+    };
+    let created = json_of(
+        conditional_create("_id=way-other-stay")
+            .await
+            .expect("POST"),
+        201,
+    )
+    .await;
+    let mine = created["id"].as_str().expect("id").to_owned();
+    assert_ne!(mine, "way-other-stay");
+    let matched = json_of(
+        conditional_create("subject=Patient/way-mine")
+            .await
+            .expect("POST"),
+        200,
+    )
+    .await;
+    assert_eq!(matched["id"], mine.as_str());
+    let by_criteria = |method: reqwest::Method, query: &str| {
+        s.http
+            .request(method, s.url(&format!("Encounter?{query}")))
+            .bearer_auth(&gp)
+    };
+    // A conditional delete of the other's stay matches nothing and deletes
+    // nothing; a conditional update of it creates a stay of hers, under a new id.
+    let deleted = by_criteria(reqwest::Method::DELETE, "_id=way-other-stay")
+        .send()
+        .await
+        .expect("DELETE");
+    assert!(deleted.status().is_success(), "{}", deleted.status());
+    json_of(get_with(&s, "Encounter/way-other-stay", &admin).await, 200).await;
+    let update = by_criteria(reqwest::Method::PUT, "subject=Patient/way-other")
         .header("content-type", "application/fhir+json")
-        .header("if-none-exist", "_id=way-other-stay")
         .body(
-            json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
-            "subject": {"reference": "Patient/way-mine"}})
+            json!({"resourceType": "Encounter", "status": "cancelled", "class": {"code": "AMB"},
+                "subject": {"reference": "Patient/way-mine"}})
             .to_string(),
         )
         .send()
         .await
-        .expect("POST");
-    forbidden(probe, "If-None-Exist").await;
+        .expect("PUT");
+    let update = json_of(update, 201).await;
+    assert_ne!(update["id"], "way-other-stay");
+    let other = json_of(get_with(&s, "Encounter/way-other-stay", &admin).await, 200).await;
+    assert_eq!(other["status"], "finished");
+    // Nor can a conditional update take another's id by naming it in its body.
+    let taken = by_criteria(reqwest::Method::PUT, "_id=no-such-stay")
+        .header("content-type", "application/fhir+json")
+        .body(
+            json!({"resourceType": "Encounter", "id": "way-other-stay", "status": "cancelled",
+                "class": {"code": "AMB"}, "subject": {"reference": "Patient/way-mine"}})
+            .to_string(),
+        )
+        .send()
+        .await
+        .expect("PUT");
+    outcome_of(taken, 404).await;
+    // Her own stay, by criteria: patched.
+    let patched = by_criteria(reqwest::Method::PATCH, &format!("_id={mine}"))
+        .header("content-type", "application/json-patch+json")
+        .body(json!([{"op": "replace", "path": "/status", "value": "cancelled"}]).to_string())
+        .send()
+        .await
+        .expect("PATCH");
+    assert_eq!(json_of(patched, 200).await["status"], "cancelled");
     // A compartment search's includes are held the same way.
     let hers = json_of(
         get_with(&s, "Patient/way-mine/Group?_include=Group:member", &gp).await,
@@ -1537,7 +1600,12 @@ async fn the_ways_around_the_circle_are_closed() {
             .send()
     };
     let stays = json_of(glass("Encounter").await.expect("GET"), 200).await;
-    assert_eq!(stays["total"], 0, "{stays}");
+    // Her two, written above by criteria; not the other patient's.
+    assert_eq!(stays["total"], 2, "{stays}");
+    assert!(
+        !crate::support::ids_in(&stays).contains(&"way-other-stay".to_owned()),
+        "{stays}"
+    );
     assert_eq!(glass("AuditEvent").await.expect("GET").status(), 403);
     assert_eq!(
         glass("Encounter/way-other-stay")

@@ -5,7 +5,6 @@ use axum::http::{header, HeaderName, StatusCode};
 
 use crate::error::{operation_outcome, FhirError, FhirResult, Issue};
 use crate::fhir;
-use crate::http::authorize::Narrowing;
 use crate::http::negotiate;
 use crate::http::respond::{Reply, VersionRef};
 use crate::search;
@@ -47,12 +46,6 @@ pub(super) async fn create(
     let if_none_exist = req
         .header(HeaderName::from_static("if-none-exist"))
         .map(search::parse_criteria);
-    // Its match would run over every record, and answer with what it finds.
-    if if_none_exist.is_some() && matches!(req.narrowing, Narrowing::Member { .. }) {
-        return Err(FhirError::Forbidden(
-            "a conditional create (If-None-Exist) is not available yet to a token held to a patient's record or to care circles".to_owned(),
-        ));
-    }
     let request = WriteRequest::Create {
         res_type: res_type.to_owned(),
         resource,
