@@ -650,14 +650,26 @@ pub fn sees_every_subscription(access: &Access) -> bool {
 /// export): the same client, for the same user (`sub` and `fhirUser`) and the
 /// same patient in context.
 pub fn owns(access: &Access, owner: Option<&serde_json::Value>) -> bool {
-    let (Access::Token(principal), Some(owner)) = (access, owner) else {
+    let (Some(key), Some(owner)) = (owner_key(access), owner) else {
         return false;
     };
-    let field = |name: &str| owner[name].as_str().map(str::to_owned);
-    field("client") == principal.client
-        && field("subject") == principal.subject
-        && field("fhir_user") == principal.fhir_user
-        && field("patient") == principal.patient
+    key.iter()
+        .all(|(field, value)| owner[field.as_str()].as_str() == value.as_deref())
+}
+
+/// What makes a client the owner of a Subscription ([`owns`]): the fields of its
+/// filed owner (`Access::owner`) and their values, the same client for the same
+/// user and launch patient; `None` without a token.
+pub fn owner_key(access: &Access) -> Option<Vec<(String, Option<String>)>> {
+    let Access::Token(principal) = access else {
+        return None;
+    };
+    Some(vec![
+        ("client".to_owned(), principal.client.clone()),
+        ("subject".to_owned(), principal.subject.clone()),
+        ("fhir_user".to_owned(), principal.fhir_user.clone()),
+        ("patient".to_owned(), principal.patient.clone()),
+    ])
 }
 
 /// Whose resources of `res_type` a subscription's owner (its stored `Principal`)

@@ -122,7 +122,8 @@ fn condition(tested: &Condition, s: &Subject<'_>) -> Truth {
         Condition::SameRow { .. }
         | Condition::Chain { .. }
         | Condition::Has { .. }
-        | Condition::InCircle { .. } => Truth::Unknown,
+        | Condition::InCircle { .. }
+        | Condition::OwnedBy(_) => Truth::Unknown,
     }
 }
 

@@ -126,6 +126,10 @@ pub enum Condition {
         members: Vec<(String, String)>,
         res_type: String,
     },
+    /// Subscriptions filed with this owner (never parsed from a query): each
+    /// field of the owner as filed and its value, an absent value matching an
+    /// absent field (`auth::owns`).
+    OwnedBy(Vec<(String, Option<String>)>),
 }
 
 impl Condition {

@@ -32,6 +32,9 @@ pub enum Scope<'a> {
     Compartment(&'a str, &'a str),
     /// `GET [base]?_type=…`: these types (the first is `res_type`).
     System(Vec<String>),
+    /// `GET Subscription?…` by a client that sees the Subscriptions it wrote
+    /// only: those filed with this owner (`search::Condition::OwnedBy`).
+    Owned(Vec<(String, Option<String>)>),
 }
 
 /// A page of results as a searchset Bundle (JSON text), with its self and next
@@ -121,6 +124,10 @@ pub async fn search(
             search::parse(params_in_force, other, params, Handling::Strict)?;
             plan.other_types.push(other.clone());
         }
+    }
+    if let Scope::Owned(owner) = &scope {
+        plan.conditions
+            .push(search::Condition::OwnedBy(owner.clone()));
     }
     if let Scope::Compartment(compartment_type, id) = scope {
         let membership =

@@ -160,6 +160,19 @@ fn render(sql: &mut SqlCondition, a: &str, depth: usize, condition: &Condition) 
             }
         }
         Condition::InCircle { members, res_type } => circle_clause(sql, a, members, res_type),
+        Condition::OwnedBy(fields) => {
+            let mut same = vec![format!("s.sub_id = {a}.res_id")];
+            for (field, value) in fields {
+                let (f, v) = (sql.text(field), sql.bind(Box::new(value.clone())));
+                same.push(format!(
+                    "s.owner ->> {f}::text IS NOT DISTINCT FROM {v}::text"
+                ));
+            }
+            format!(
+                "EXISTS (SELECT 1 FROM subscription s WHERE {})",
+                same.join(" AND ")
+            )
+        }
         Condition::AnyOf(conditions) => {
             let alternatives: Vec<String> = conditions
                 .iter()

@@ -1265,8 +1265,9 @@ async fn a_subscription_tells_its_owner_only_what_she_may_see() {
         let created = json_of(created.await, 201).await;
         ids.push(created["id"].as_str().expect("id").to_owned());
     }
-    // Hers is hers: a colleague neither reads it nor asks about it, nor lists
-    // Subscriptions; a backend that reads records sees them all.
+    // Hers is hers: a colleague neither reads it nor asks about it, nor finds it
+    // by searching Subscriptions (she lists her own); a backend that reads
+    // records sees them all.
     let colleague = sign(
         &rsa,
         &claims(
@@ -1280,7 +1281,33 @@ async fn a_subscription_tells_its_owner_only_what_she_may_see() {
     let status = format!("{hers}/$status");
     assert_eq!(get_with(&s, &status, &gp_token).await.status(), 200);
     assert_eq!(get_with(&s, &status, &colleague).await.status(), 404);
-    assert_eq!(get_with(&s, "Subscription", &colleague).await.status(), 403);
+    let none = json_of(get_with(&s, "Subscription", &colleague).await, 200).await;
+    assert_eq!(none["total"], 0, "{none}");
+    for path in ["Subscription", "Subscription?status=requested,active"] {
+        let mine = json_of(get_with(&s, path, &gp_token).await, 200).await;
+        assert_eq!(ids_of(&mine), [ids[0].clone()], "{path}: {mine}");
+        assert_eq!(mine["total"], 1, "{path}: {mine}");
+    }
+    // The same app for another user, or for another patient, is someone else.
+    let same_app_other_user = sign(
+        &rsa,
+        &claims(
+            "openid fhirUser user/*.cruds",
+            json!({"fhirUser": "Practitioner/owner-gp", "sub": "someone-else"}),
+        ),
+    );
+    let theirs = json_of(
+        get_with(&s, "Subscription", &same_app_other_user).await,
+        200,
+    )
+    .await;
+    assert_eq!(theirs["total"], 0, "{theirs}");
+    assert_eq!(
+        get_with(&s, "Subscription/_history", &colleague)
+            .await
+            .status(),
+        403
+    );
     let all = json_of(get_with(&s, "Subscription", &admin).await, 200).await;
     assert_eq!(all["total"], 2);
 

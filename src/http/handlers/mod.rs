@@ -148,7 +148,7 @@ pub async fn handle(state: &AppState, mut req: FhirRequest) -> FhirResult<Reply>
         &params_in_force,
         break_glass,
     )?;
-    subscriptions_held(state, &req, &method, &route).await?;
+    subscriptions_held(state, &req, &route).await?;
     if let Some(reply) = audit_trail(state, &req, &method, &route, &asked).await {
         return reply;
     }
@@ -272,14 +272,10 @@ async fn audit_trail(
 
 /// A client that does not see every Subscription (`auth::sees_every_subscription`)
 /// reads, changes and asks about only those it wrote: another's is 404, as if it
-/// did not exist. Searches and histories of Subscriptions, and the operations on
-/// several, are not narrowed to its own yet: 403.
-async fn subscriptions_held(
-    state: &AppState,
-    req: &FhirRequest,
-    method: &Method,
-    route: &Route,
-) -> FhirResult<()> {
+/// did not exist; its searches find its own (the search handler's `Scope::Owned`).
+/// Histories of Subscriptions and the operations on several are not narrowed to
+/// its own yet: 403.
+async fn subscriptions_held(state: &AppState, req: &FhirRequest, route: &Route) -> FhirResult<()> {
     let id = match route {
         Route::Instance(t, id) | Route::InstanceHistory(t, id) | Route::Version(t, id, _)
             if t == "Subscription" =>
@@ -297,10 +293,11 @@ async fn subscriptions_held(
         return Ok(());
     }
     let Some(id) = id else {
-        return match (route, method) {
-            (Route::Type(_), &Method::POST) => Ok(()),
+        return match route {
+            // A create, or a search of its own (`Scope::Owned`).
+            Route::Type(_) | Route::TypeSearch(_) => Ok(()),
             _ => Err(FhirError::Forbidden(
-                "searching or listing Subscriptions is not available yet to a client held to records: read yours by id".to_owned(),
+                "the history of Subscriptions, and operations on several, are not available yet to a client that sees only its own: read and search yours".to_owned(),
             )),
         };
     };

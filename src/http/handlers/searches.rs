@@ -123,8 +123,17 @@ pub(super) async fn search(
 ) -> FhirResult<Reply> {
     let path = match &scope {
         Scope::Compartment(c, id) => format!("/{c}/{id}/{res_type}"),
-        Scope::Type => format!("/{res_type}"),
+        Scope::Type | Scope::Owned(_) => format!("/{res_type}"),
         Scope::System(_) => String::new(),
+    };
+    // A client that sees only the Subscriptions it wrote searches those.
+    let scope = match scope {
+        Scope::Type
+            if res_type == "Subscription" && !crate::auth::sees_every_subscription(&req.access) =>
+        {
+            Scope::Owned(crate::auth::owner_key(&req.access).unwrap_or_default())
+        }
+        scope => scope,
     };
     // Narrowed to what the client may see: the path stays the one asked, the
     // query gains the scope's restriction.
