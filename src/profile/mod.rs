@@ -20,9 +20,12 @@ use serde_json::Value;
 use structure::StructureDef;
 use terminology::{unversioned, Terminology};
 
-/// The project's own profiles, and the NdE extensions it writes (generated from
-/// the guide's FSH by `scripts/gen_nde_extensions.py`), always known.
+/// R4's own extensions (generated from the specification's
+/// `extension-definitions.json` by `scripts/gen_r4_extensions.py`), the
+/// project's own profiles, and the NdE extensions it writes (generated from the
+/// guide's FSH by `scripts/gen_nde_extensions.py`), always known.
 const OWN_PROFILES: &[&str] = &[
+    include_str!("../../profiles/r4-extensions.json"),
     include_str!("../../profiles/coordination-profiles.json"),
     include_str!("../../profiles/nde-extensions.json"),
 ];

@@ -1325,11 +1325,22 @@ impl<'c> Run<'c> {
             .structure(url)
             .filter(|sd| sd.type_name == "Extension")
         else {
-            self.warn(
-                format!("extension {url}"),
-                format!("the extension {url} is not known here: it was not checked"),
-                at,
-            );
+            match unknown_extension_allowed(url) {
+                true => self.warn(
+                    format!("extension {url}"),
+                    format!("the extension {url} is not known here: it was not checked"),
+                    at,
+                ),
+                // As the HL7 validator (Extension_EXT_Unknown_NotHere): an
+                // extension nobody defines is no extension.
+                false => self.error(
+                    "structure",
+                    format!(
+                        "the extension {url} could not be found so is not allowed here (R4's, FR Core's with its package, the NdE guide's and the loaded packages' are known)"
+                    ),
+                    at,
+                ),
+            }
             return;
         };
         self.extensions_checked.insert(at.to_owned());
@@ -1386,6 +1397,22 @@ fn type_at(path: &str) -> Option<String> {
         [one] => Some(one.clone()),
         _ => None,
     }
+}
+
+/// Extensions let through unknown, said not checked: those the HL7 validator
+/// lets through (DICOM's, the FHIR tools', the cross-version ones of other FHIR
+/// releases, which it reads from the element they stand for), and the Subscriptions
+/// Backport guide's, which the server reads itself (`subscription`) without
+/// shipping their definitions. Any other unknown extension is an error.
+fn unknown_extension_allowed(url: &str) -> bool {
+    url.contains("nema.org")
+        || url.starts_with("http://hl7.org/fhir/tools/StructureDefinition/")
+        || url.starts_with("http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/")
+        || ["1.0", "3.0", "4.3", "5.0"].iter().any(|release| {
+            url.starts_with(&format!(
+                "http://hl7.org/fhir/{release}/StructureDefinition/extension-"
+            ))
+        })
 }
 
 #[cfg(test)]
@@ -1545,6 +1572,55 @@ mod tests {
             "Patient.extension[0].extension[1].valueCoding",
             "strength required",
         );
+    }
+
+    #[test]
+    fn an_extension_nobody_defines_is_an_error_and_r4_ones_are_checked() {
+        let conf = Conformance::new(Vec::new());
+        let with = |url: &str, value: Value| {
+            let mut extension = serde_json::json!({"url": url});
+            if let (Some(ext), Some(value)) = (extension.as_object_mut(), value.as_object()) {
+                ext.extend(value.clone());
+            }
+            serde_json::json!({"resourceType": "Patient", "extension": [extension]})
+        };
+        let unknown = check(
+            &conf,
+            &with(
+                "https://editeur.example/fhir/ext/x",
+                serde_json::json!({"valueString": "a"}),
+            ),
+        );
+        assert_eq!(error_paths(&unknown), ["Patient.extension[0]"]);
+        assert!(unknown.errors[0].message.contains("could not be found"));
+        // R4's own are known, and checked: a birth place is an Address.
+        let birth_place = "http://hl7.org/fhir/StructureDefinition/patient-birthPlace";
+        let wrong = check(
+            &conf,
+            &with(birth_place, serde_json::json!({"valueString": "Lyon"})),
+        );
+        assert_eq!(wrong.errors.len(), 1, "{:?}", wrong.errors);
+        let right = check(
+            &conf,
+            &with(
+                birth_place,
+                serde_json::json!({"valueAddress": {"city": "Lyon"}}),
+            ),
+        );
+        assert!(right.errors.is_empty(), "{:?}", right.errors);
+        // DICOM's and other releases' pass unknown, said not checked.
+        for url in [
+            "http://nema.org/fhir/ext/x",
+            "http://hl7.org/fhir/5.0/StructureDefinition/extension-Patient.x",
+        ] {
+            let let_through = check(&conf, &with(url, serde_json::json!({"valueString": "a"})));
+            assert!(
+                let_through.errors.is_empty(),
+                "{url}: {:?}",
+                let_through.errors
+            );
+            assert_eq!(let_through.warnings.len(), 1, "{url}");
+        }
     }
 
     #[test]
