@@ -28,18 +28,8 @@ pub async fn visible(
     id: &str,
     creates: bool,
 ) -> FhirResult<()> {
-    let criteria = [("_id".to_owned(), id.to_owned())];
-    let found = |reach| {
-        search(
-            client,
-            params,
-            res_type,
-            &criteria,
-            Handling::Strict,
-            Scope::Type,
-            reach,
-        )
-    };
+    let ids = [id];
+    let found = |reach| by_ids(client, params, res_type, &ids, reach);
     match holder {
         Holder::Free => return Ok(()),
         // A record of a circle: one prepared probe of the circle's rows.
@@ -50,15 +40,43 @@ pub async fn visible(
             }
         }
         Holder::Patient(_) => {
-            if !found(holder.reach()).await?.matches.is_empty() {
+            if !found(holder.reach()).await?.is_empty() {
                 return Ok(());
             }
         }
     }
-    if creates && found(None).await?.matches.is_empty() {
+    if creates && found(None).await?.is_empty() {
         return Ok(());
     }
     Err(FhirError::NotFound(format!("{res_type}/{id} is not known")))
+}
+
+/// The resources of `res_type` with these ids (at most `search::MAX_COUNT`)
+/// that `reach` reaches (all: `None`), found as a search by `_id` would.
+async fn by_ids(
+    client: &impl GenericClient,
+    params: &ParamTable,
+    res_type: &str,
+    ids: &[&str],
+    reach: Option<crate::search::compartment::Reach<'_>>,
+) -> FhirResult<Vec<StoredVersion>> {
+    let criteria = [
+        ("_id".to_owned(), ids.join(",")),
+        ("_count".to_owned(), ids.len().to_string()),
+        ("_total".to_owned(), "none".to_owned()),
+    ];
+    let scope = Scope::Type;
+    let page = search(
+        client,
+        params,
+        res_type,
+        &criteria,
+        Handling::Strict,
+        scope,
+        reach,
+    )
+    .await?;
+    Ok(page.matches)
 }
 
 /// Whether what `resource` says (of `res_type/id`) is of the records the holder
@@ -128,22 +146,8 @@ pub async fn seen_only(
     let mut seen: std::collections::HashSet<(String, String)> = Default::default();
     for (res_type, ids) in by_type {
         for chunk in ids.chunks(crate::search::MAX_COUNT) {
-            let criteria = [
-                ("_id".to_owned(), chunk.join(",")),
-                ("_count".to_owned(), chunk.len().to_string()),
-                ("_total".to_owned(), "none".to_owned()),
-            ];
-            let page = search(
-                client,
-                params,
-                res_type,
-                &criteria,
-                Handling::Strict,
-                Scope::Type,
-                Some(reach),
-            )
-            .await?;
-            seen.extend(page.matches.into_iter().map(|v| (v.res_type, v.res_id)));
+            let found = by_ids(client, params, res_type, chunk, Some(reach)).await?;
+            seen.extend(found.into_iter().map(|v| (v.res_type, v.res_id)));
         }
     }
     versions.retain(|v| {

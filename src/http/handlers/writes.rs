@@ -36,6 +36,16 @@ pub(super) async fn transaction(state: &AppState, req: &FhirRequest) -> FhirResu
     Ok(Reply::new(StatusCode::OK, Some(response)))
 }
 
+/// The request's write, by the one write path, held to what the client reaches.
+async fn write(
+    state: &AppState,
+    req: &FhirRequest,
+    request: WriteRequest,
+) -> FhirResult<Option<service::Written>> {
+    let holder = req.write_holder();
+    service::write(&state.pool, &state.rules, request, &req.access, &holder).await
+}
+
 /// `POST [type]`, conditional with `If-None-Exist`.
 pub(super) async fn create(
     state: &AppState,
@@ -52,16 +62,7 @@ pub(super) async fn create(
         if_none_exist,
         id: None,
     };
-    let written = written_of(
-        service::write(
-            &state.pool,
-            &state.rules,
-            request,
-            &req.access,
-            &req.write_holder(),
-        )
-        .await?,
-    )?;
+    let written = written_of(write(state, req, request).await?)?;
     written_reply(req, &written, true)
 }
 
@@ -77,16 +78,7 @@ pub(super) async fn conditional_update(
         resource: req.resource()?,
         if_match: req.if_match()?,
     };
-    let written = written_of(
-        service::write(
-            &state.pool,
-            &state.rules,
-            request,
-            &req.access,
-            &req.write_holder(),
-        )
-        .await?,
-    )?;
+    let written = written_of(write(state, req, request).await?)?;
     written_reply(req, &written, true)
 }
 
@@ -100,15 +92,7 @@ pub(super) async fn conditional_delete(
         res_type: res_type.to_owned(),
         criteria: req.criteria(),
     };
-    match service::write(
-        &state.pool,
-        &state.rules,
-        request,
-        &req.access,
-        &req.write_holder(),
-    )
-    .await?
-    {
+    match write(state, req, request).await? {
         Some(written) => written_reply(req, &written, false),
         None => Ok(Reply::new(StatusCode::NO_CONTENT, None)),
     }
@@ -127,16 +111,7 @@ pub(super) async fn update(
         resource: req.resource()?,
         if_match: req.if_match()?,
     };
-    let written = written_of(
-        service::write(
-            &state.pool,
-            &state.rules,
-            request,
-            &req.access,
-            &req.write_holder(),
-        )
-        .await?,
-    )?;
+    let written = written_of(write(state, req, request).await?)?;
     written_reply(req, &written, true)
 }
 
@@ -152,16 +127,7 @@ pub(super) async fn delete(
         res_id: id.to_owned(),
         if_match: req.if_match()?,
     };
-    let written = written_of(
-        service::write(
-            &state.pool,
-            &state.rules,
-            request,
-            &req.access,
-            &req.write_holder(),
-        )
-        .await?,
-    )?;
+    let written = written_of(write(state, req, request).await?)?;
     written_reply(req, &written, false)
 }
 
@@ -197,16 +163,7 @@ pub(super) async fn patch(
         document,
         if_match: req.if_match()?,
     };
-    let written = written_of(
-        service::write(
-            &state.pool,
-            &state.rules,
-            request,
-            &req.access,
-            &req.write_holder(),
-        )
-        .await?,
-    )?;
+    let written = written_of(write(state, req, request).await?)?;
     written_reply(req, &written, true)
 }
 
