@@ -317,6 +317,12 @@ pub(crate) fn children<'a>(node: &Node<'a>, name: &str, out: &mut Vec<Node<'a>>)
         };
         return push_values(out, value, type_code, def_path);
     }
+    // The extensions of a primitive held as an object (`_birthDate`): Element's.
+    if name == "extension" {
+        if let Some(extensions) = obj.get("extension") {
+            return push_values(out, extensions, "Extension", "Extension");
+        }
+    }
     // A choice element: `effective` selects `effectiveDateTime`, `effectivePeriod` …
     for (key, value) in obj {
         let Some(suffix) = key.strip_prefix(name) else {
@@ -330,6 +336,25 @@ pub(crate) fn children<'a>(node: &Node<'a>, name: &str, out: &mut Vec<Node<'a>>)
                 push_values(out, value, type_code, type_code);
             }
         }
+    }
+}
+
+/// The primitives named `name` of a node that carry extensions and no value
+/// (`_birthDate` without `birthDate`): elements that are there, without a
+/// `value`, whose extensions can be read.
+pub(crate) fn valueless_primitives<'a>(node: &Node<'a>, name: &str, out: &mut Vec<Node<'a>>) {
+    let Some(obj) = node.value.as_object() else {
+        return;
+    };
+    if obj.contains_key(name) {
+        return;
+    }
+    let Some(extended) = obj.get(&format!("_{name}")) else {
+        return;
+    };
+    let path = format!("{}.{name}", node.def_path);
+    if let Some(type_code) = R4.element(&path).and_then(|def| def.types.first()) {
+        push_values(out, extended, type_code, type_code);
     }
 }
 

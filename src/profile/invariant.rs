@@ -16,7 +16,9 @@ use std::sync::LazyLock;
 use serde_json::Value;
 
 use crate::fhir::datetime::parse_range;
-use crate::fhir::fhirpath::{children, is_of_type, node_of, resource_node, Node};
+use crate::fhir::fhirpath::{
+    children, is_of_type, node_of, resource_node, valueless_primitives, Node,
+};
 
 /// Deeper nesting than this is not parsed (stack safety).
 const MAX_NESTING: usize = 48;
@@ -878,6 +880,9 @@ impl<'a> Ctx<'a> {
                 }
                 let mut found = Vec::new();
                 children(n, name, &mut found);
+                if found.is_empty() {
+                    valueless_primitives(n, name, &mut found);
+                }
                 out.extend(found.into_iter().map(Item::Node));
             }
         }
@@ -1375,6 +1380,21 @@ mod tests {
             on(ref1, &obs, &json!({"reference": "#p"}), "Reference"),
             Ok(true)
         );
+    }
+
+    #[test]
+    fn a_primitive_with_extensions_alone_exists_without_a_value() {
+        let absent = "http://hl7.org/fhir/StructureDefinition/data-absent-reason";
+        let r = json!({"resourceType": "Patient",
+            "_birthDate": {"extension": [{"url": absent, "valueCode": "unknown"}]}});
+        assert_eq!(on_resource("birthDate.exists()", &r), Ok(true));
+        assert_eq!(on_resource("birthDate.hasValue()", &r), Ok(false));
+        assert_eq!(on_resource("birthDate.value.exists()", &r), Ok(false));
+        assert_eq!(
+            on_resource(&format!("birthDate.extension('{absent}').exists()"), &r),
+            Ok(true)
+        );
+        assert_eq!(on_resource("gender.exists()", &r), Ok(false));
     }
 
     #[test]

@@ -116,6 +116,9 @@ pub struct StructureDef {
     pub type_name: String,
     /// Where an extension may be used: the expressions of its `element` contexts.
     pub contexts: Vec<String>,
+    /// An extension that changes the meaning of what holds it: used in
+    /// `modifierExtension`, and only there (its root's `isModifier`).
+    pub is_modifier: bool,
     pub elements: Vec<Element>,
     by_id: HashMap<String, usize>,
     children: HashMap<usize, Vec<usize>>,
@@ -389,13 +392,27 @@ impl StructureDef {
         if elements.first().is_none_or(|e| e.path != type_name) {
             return None;
         }
-        Some(Self::index(
+        // The root's `isModifier`, as given, else as the profile it builds on says.
+        let root_of = |list: &str| {
+            sd[list]["element"]
+                .as_array()?
+                .iter()
+                .find(|e| e["path"].as_str() == Some(type_name.as_str()))?["isModifier"]
+                .as_bool()
+        };
+        let is_modifier = root_of("snapshot")
+            .or_else(|| root_of("differential"))
+            .or_else(|| base.as_deref().and_then(&base_of).map(|p| p.is_modifier))
+            .unwrap_or(false);
+        let mut parsed = Self::index(
             url,
             text(sd, "name").unwrap_or_default(),
             type_name,
             contexts,
             elements,
-        ))
+        );
+        parsed.is_modifier = is_modifier;
+        Some(parsed)
     }
 
     fn index(
@@ -432,6 +449,7 @@ impl StructureDef {
             name,
             type_name,
             contexts,
+            is_modifier: false,
             elements,
             by_id,
             children,

@@ -1367,6 +1367,25 @@ impl<'c> Run<'c> {
                 );
             }
         }
+        // As the HL7 validator (Extension_EXT_Modifier_MismatchY/N): a modifier
+        // extension only in `modifierExtension`, and nothing else there.
+        let in_modifiers = at
+            .rsplit('.')
+            .next()
+            .is_some_and(|last| last.starts_with("modifierExtension"));
+        match (in_modifiers, definition.is_modifier) {
+            (true, false) => self.error(
+                "structure",
+                format!("the extension {url} is not a modifier extension: it may not be in modifierExtension"),
+                at,
+            ),
+            (false, true) => self.error(
+                "structure",
+                format!("the extension {url} is a modifier extension: it must be in modifierExtension"),
+                at,
+            ),
+            _ => {}
+        }
         self.element(definition, definition.root(), ext, at, Some("Extension"));
     }
 }
@@ -1608,6 +1627,26 @@ mod tests {
             ),
         );
         assert!(right.errors.is_empty(), "{:?}", right.errors);
+        // A modifier extension goes in modifierExtension, and nothing else does.
+        let do_not_perform = |key: &str| {
+            serde_json::json!({"resourceType": "NutritionOrder", "status": "active", "intent": "order",
+                "patient": {"reference": "Patient/p"}, "dateTime": "2026-11-29",
+                key: [{"url": "http://hl7.org/fhir/StructureDefinition/request-doNotPerform", "valueBoolean": true}]})
+        };
+        let misplaced = check(&conf, &do_not_perform("extension"));
+        assert_eq!(error_paths(&misplaced), ["NutritionOrder.extension[0]"]);
+        assert!(check(&conf, &do_not_perform("modifierExtension"))
+            .errors
+            .is_empty());
+        let not_a_modifier = check(
+            &conf,
+            &serde_json::json!({"resourceType": "Patient", "modifierExtension": [
+                {"url": birth_place, "valueAddress": {"city": "Lyon"}}]}),
+        );
+        assert_eq!(
+            error_paths(&not_a_modifier),
+            ["Patient.modifierExtension[0]"]
+        );
         // DICOM's and other releases' pass unknown, said not checked.
         for url in [
             "http://nema.org/fhir/ext/x",
