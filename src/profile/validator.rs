@@ -1287,6 +1287,30 @@ impl<'c> Run<'c> {
                 };
                 for (key, child) in obj {
                     let name = key.strip_prefix('_').unwrap_or(key);
+                    // ele-1: an element has a value or children; an `id` alone
+                    // is neither (a primitive's `_x` with its value beside it is).
+                    let valued = key.starts_with('_') && obj.contains_key(name);
+                    let items = match child {
+                        Value::Array(items) if !key.starts_with('_') => items.iter().collect(),
+                        Value::Object(_) if !valued => vec![child],
+                        _ => Vec::new(),
+                    };
+                    for (i, item) in items.into_iter().enumerate() {
+                        if item
+                            .as_object()
+                            .is_some_and(|o| !o.is_empty() && o.keys().all(|k| k == "id"))
+                        {
+                            let at = match child {
+                                Value::Array(_) => format!("{path}.{name}[{i}]"),
+                                _ => format!("{path}.{name}"),
+                            };
+                            self.error(
+                                "invariant",
+                                "ele-1: All FHIR elements must have a @value or children (an id alone is neither)".to_owned(),
+                                &at,
+                            );
+                        }
+                    }
                     if matches!(name, "extension" | "modifierExtension") {
                         if let Value::Array(items) = child {
                             for (i, ext) in items.iter().enumerate() {
@@ -1646,6 +1670,16 @@ mod tests {
         assert_eq!(
             error_paths(&not_a_modifier),
             ["Patient.modifierExtension[0]"]
+        );
+        // ele-1: an element with only an id is no element.
+        let ids_only = serde_json::json!({"resourceType": "Patient",
+            "name": [{"family": "A"}, {"id": "n2"}],
+            "maritalStatus": {"id": "m"},
+            "birthDate": "1970-01-01", "_birthDate": {"id": "b"},
+            "_gender": {"id": "g"}});
+        assert_eq!(
+            error_paths(&check(&conf, &ids_only)),
+            ["Patient.name[1]", "Patient.maritalStatus", "Patient.gender"]
         );
         // DICOM's and other releases' pass unknown, said not checked.
         for url in [
