@@ -41,6 +41,10 @@ pub enum DiscriminatorKind {
 pub struct Slicing {
     pub discriminators: Vec<(DiscriminatorKind, String)>,
     pub closed: bool,
+    /// `rules` `openAtEnd`: what matches no slice comes after the slices.
+    pub open_at_end: bool,
+    /// The slices appear in the order they are defined.
+    pub ordered: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -198,6 +202,8 @@ fn parse_element(e: &Value) -> Option<Element> {
             })
             .collect(),
         closed: s["rules"].as_str() == Some("closed"),
+        open_at_end: s["rules"].as_str() == Some("openAtEnd"),
+        ordered: s["ordered"].as_bool() == Some(true),
     });
     let constraints = e["constraint"]
         .as_array()

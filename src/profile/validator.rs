@@ -850,10 +850,40 @@ impl<'c> Run<'c> {
             return;
         }
         let mut counts = vec![0usize; slices.len()];
+        // Where the elements met so far were: the last slice, and whether one
+        // matched none (for `ordered` and `openAtEnd`).
+        let (mut last_slice, mut unsliced_before) = (None, false);
         for f in &found {
             let slice = slices
                 .iter()
                 .position(|&s| self.in_slice(sd, s, slicing, f.value, f.type_code.as_deref()));
+            if let Some(i) = slice {
+                let e = &sd.elements[kid];
+                if slicing.ordered && last_slice.is_some_and(|last| i < last) {
+                    self.error(
+                        "structure",
+                        format!(
+                            "the slices of {} are ordered: this element of slice '{}' comes after one of a later slice",
+                            element_label(sd, e),
+                            sd.elements[slices[i]].slice_name.as_deref().unwrap_or_default()
+                        ),
+                        &f.path,
+                    );
+                }
+                if slicing.open_at_end && unsliced_before {
+                    self.error(
+                        "structure",
+                        format!(
+                            "the slicing of {} is open at the end: this element of a slice comes after one that matches no slice",
+                            element_label(sd, e)
+                        ),
+                        &f.path,
+                    );
+                }
+                last_slice = Some(i);
+            } else {
+                unsliced_before = true;
+            }
             match slice {
                 Some(i) => {
                     counts[i] += 1;
@@ -1869,6 +1899,55 @@ mod tests {
             &serde_json::json!({"a": 1, "b": 2}),
             &serde_json::json!({"a": 1.0})
         ));
+    }
+
+    #[test]
+    fn ordered_slices_and_open_at_end_hold_their_order() {
+        let profile = |url: &str, rules: &str, ordered: bool| {
+            let slice = |name: &str| {
+                [
+                    serde_json::json!({"id": format!("Patient.identifier:{name}"),
+                        "path": "Patient.identifier", "sliceName": name}),
+                    serde_json::json!({"id": format!("Patient.identifier:{name}.system"),
+                        "path": "Patient.identifier.system", "fixedUri": format!("urn:{name}")}),
+                ]
+            };
+            let mut elements = vec![serde_json::json!({"id": "Patient.identifier",
+                "path": "Patient.identifier", "slicing": {
+                    "discriminator": [{"type": "value", "path": "system"}],
+                    "rules": rules, "ordered": ordered}})];
+            elements.extend(slice("a"));
+            elements.extend(slice("b"));
+            serde_json::json!({"resourceType": "StructureDefinition", "url": url,
+                "name": "Ordered", "status": "active", "kind": "resource", "abstract": false,
+                "type": "Patient", "derivation": "constraint",
+                "baseDefinition": "http://hl7.org/fhir/StructureDefinition/Patient",
+                "differential": {"element": elements}})
+        };
+        let conf = Conformance::new(vec![
+            profile("urn:test:ordered", "open", true),
+            profile("urn:test:open-at-end", "openAtEnd", false),
+        ]);
+        let patient = |url: &str, systems: &[&str]| {
+            let identifiers: Vec<Value> = systems
+                .iter()
+                .map(|s| serde_json::json!({"system": format!("urn:{s}"), "value": "1"}))
+                .collect();
+            serde_json::json!({"resourceType": "Patient", "meta": {"profile": [url]},
+                "identifier": identifiers})
+        };
+        let errors =
+            |url: &str, systems: &[&str]| error_paths(&check(&conf, &patient(url, systems)));
+        assert!(errors("urn:test:ordered", &["a", "b", "x"]).is_empty());
+        assert_eq!(
+            errors("urn:test:ordered", &["b", "a"]),
+            ["Patient.identifier[1]"]
+        );
+        assert!(errors("urn:test:open-at-end", &["b", "a", "x"]).is_empty());
+        assert_eq!(
+            errors("urn:test:open-at-end", &["a", "x", "b"]),
+            ["Patient.identifier[2]"]
+        );
     }
 
     #[test]
