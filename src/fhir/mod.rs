@@ -12,6 +12,7 @@ pub mod query;
 pub mod render;
 pub mod subset;
 pub mod validate;
+pub mod xhtml;
 pub mod xml;
 
 use chrono::{DateTime, Utc};

@@ -1311,6 +1311,17 @@ impl<'c> Run<'c> {
                         );
                     }
                 }
+                // A resource's narrative: txt-1 and txt-2 (`fhir::xhtml`).
+                if let (Some(_), Some(div)) = (
+                    obj.get("resourceType"),
+                    obj.get("text")
+                        .and_then(|t| t.get("div"))
+                        .and_then(Value::as_str),
+                ) {
+                    for problem in crate::fhir::xhtml::problems(div) {
+                        self.error("invariant", problem, &format!("{path}.text.div"));
+                    }
+                }
                 let element = match obj.get("resourceType").and_then(Value::as_str) {
                     Some(rt) if depth > 0 => rt,
                     _ => element,
@@ -1701,6 +1712,23 @@ mod tests {
             error_paths(&not_a_modifier),
             ["Patient.modifierExtension[0]"]
         );
+        // A narrative holds basic HTML only (txt-1), and something (txt-2).
+        let narrated = |div: &str| {
+            serde_json::json!({"resourceType": "Patient",
+                "text": {"status": "generated", "div": div}})
+        };
+        let script = check(
+            &conf,
+            &narrated(
+                r#"<div xmlns="http://www.w3.org/1999/xhtml"><script>x()</script>Mme D</div>"#,
+            ),
+        );
+        assert_eq!(error_paths(&script), ["Patient.text.div"]);
+        let plain = check(
+            &conf,
+            &narrated(r#"<div xmlns="http://www.w3.org/1999/xhtml"><p>Mme D</p></div>"#),
+        );
+        assert!(plain.errors.is_empty(), "{:?}", plain.errors);
         // ele-1: an element with only an id is no element.
         let ids_only = serde_json::json!({"resourceType": "Patient",
             "name": [{"family": "A"}, {"id": "n2"}],
