@@ -9,8 +9,11 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, Notify};
 
+/// A message for a socket: the subscription it is of, and its text.
+pub type Outgoing = (String, String);
+
 /// A socket: its number on this instance and where its messages go.
-type Socket = (u64, mpsc::UnboundedSender<String>);
+type Socket = (u64, mpsc::UnboundedSender<Outgoing>);
 
 /// The sockets bound on this instance, by subscription.
 pub struct Hub {
@@ -34,8 +37,8 @@ impl Hub {
         &self,
     ) -> (
         u64,
-        mpsc::UnboundedSender<String>,
-        mpsc::UnboundedReceiver<String>,
+        mpsc::UnboundedSender<Outgoing>,
+        mpsc::UnboundedReceiver<Outgoing>,
     ) {
         let (sender, receiver) = mpsc::unbounded_channel();
         (
@@ -46,7 +49,7 @@ impl Hub {
     }
 
     /// Binds a socket to a subscription and wakes a worker.
-    pub fn bind(&self, socket: u64, sender: &mpsc::UnboundedSender<String>, sub_id: &str) {
+    pub fn bind(&self, socket: u64, sender: &mpsc::UnboundedSender<Outgoing>, sub_id: &str) {
         if let Ok(mut sockets) = self.sockets.lock() {
             sockets
                 .entry(sub_id.to_owned())
@@ -82,7 +85,7 @@ impl Hub {
         sockets.get(sub_id).is_some_and(|bound| {
             bound
                 .iter()
-                .filter(|(_, s)| s.send(message.to_owned()).is_ok())
+                .filter(|(_, s)| s.send((sub_id.to_owned(), message.to_owned())).is_ok())
                 .count()
                 > 0
         })
@@ -101,7 +104,10 @@ mod tests {
         hub.bind(a, &sender_a, "s1");
         hub.bind(b, &sender_b, "s2");
         assert!(hub.send("s1", "hello"));
-        assert_eq!(inbox_a.try_recv().ok().as_deref(), Some("hello"));
+        assert_eq!(
+            inbox_a.try_recv().ok(),
+            Some(("s1".to_owned(), "hello".to_owned()))
+        );
         assert!(inbox_b.try_recv().is_err());
         hub.close(a);
         assert!(!hub.send("s1", "again"));

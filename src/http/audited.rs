@@ -129,6 +129,40 @@ pub fn row(
     }
 }
 
+/// The audit record of what a websocket carried (`subtype`: its binding to a
+/// Subscription, or a notification sent), for the Subscription's owner (`None`:
+/// filed without one, authentication off).
+pub fn websocket_row(
+    subtype: &str,
+    status: u16,
+    sub_id: Option<&str>,
+    owner: Option<&Access>,
+    source: Option<String>,
+) -> AuditRow {
+    let principal = match owner {
+        Some(Access::Token(principal)) => Some(principal),
+        _ => None,
+    };
+    AuditRow {
+        seq: 0,
+        recorded: chrono::Utc::now(),
+        action: "E".to_owned(),
+        subtype: subtype.to_owned(),
+        status: i32::from(status),
+        client_id: principal.and_then(|p| p.client.clone()),
+        subject: principal.and_then(|p| p.subject.clone()),
+        fhir_user: principal.and_then(|p| p.fhir_user.clone()),
+        source,
+        method: "WEBSOCKET".to_owned(),
+        path: "/fhir/$websocket".to_owned(),
+        query: None,
+        entity_type: sub_id.map(|_| "Subscription".to_owned()),
+        entity_id: sub_id.map(str::to_owned),
+        patient_id: None,
+        break_glass: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -791,6 +791,44 @@ async fn a_websocket_bound_with_a_token_receives_the_handshake_then_notification
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(rows, delivered_once(2));
+    // Each binding and each notification the socket carried is in the audit
+    // trail (the refused binding too), recorded before it left.
+    let trail = json_of(s.get("AuditEvent?_count=100").await, 200).await;
+    let carried: Vec<(String, String, String)> = trail["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| &e["resource"])
+        .filter(|event| {
+            event["subtype"][0]["code"]
+                .as_str()
+                .is_some_and(|code| code.starts_with("$websocket"))
+        })
+        .map(|event| {
+            let what = event["entity"][0]["what"]["reference"]
+                .as_str()
+                .unwrap_or_default();
+            (
+                event["subtype"][0]["code"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                event["outcomeDesc"].as_str().unwrap_or_default().to_owned(),
+                what.to_owned(),
+            )
+        })
+        .collect();
+    let subscription = format!("Subscription/{sub_id}");
+    let expected: Vec<(String, String, String)> = [
+        ("$websocket-notification", "HTTP 200", subscription.as_str()),
+        ("$websocket-notification", "HTTP 200", subscription.as_str()),
+        ("$websocket-bind", "HTTP 200", subscription.as_str()),
+        ("$websocket-bind", "HTTP 400", ""),
+    ]
+    .iter()
+    .map(|(a, b, c)| ((*a).to_owned(), (*b).to_owned(), (*c).to_owned()))
+    .collect();
+    assert_eq!(carried, expected, "{trail}");
 }
 
 #[tokio::test]
