@@ -1,10 +1,11 @@
 //! Passerelle's benchmarks, over real HTTP against a real database, each on a fresh
 //! `passerelle_bench` database with the server started in this process:
-//! `cargo bench --bench passerelle -- <rest|ceiling|search|transaction|subscriptions|workflow|security|proxy|validation> [options]`.
+//! `cargo bench --bench passerelle -- <rest|ceiling|search|transaction|subscriptions|workflow|security|proxy|validation|framing> [options]`.
 //! The figures are in the README.
 
 mod ceiling;
 mod common;
+mod framing;
 mod proxy;
 mod rest;
 mod search;
@@ -45,6 +46,13 @@ enum Command {
         concurrency: usize,
         #[command(flatten)]
         db: DatabaseArgs,
+    },
+    /// The searchset's framing per entry, in one thread (no database, no HTTP).
+    Framing {
+        #[arg(long, default_value_t = 50)]
+        entries: usize,
+        #[arg(long, default_value_t = 20_000)]
+        pages: usize,
     },
     /// The profile validator: validations per second of FR Core examples, and
     /// creates claiming an FR Core profile beside creates claiming none.
@@ -279,6 +287,13 @@ async fn main() -> ExitCode {
                 patients: patients.max(1),
                 read_passes: read_passes.max(1),
                 concurrency: concurrency.max(1),
+            })
+            .await
+        }
+        Command::Framing { entries, pages } => {
+            framing::run(framing::FramingBenchOptions {
+                entries: entries.max(1),
+                pages: pages.max(1),
             })
             .await
         }

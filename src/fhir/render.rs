@@ -23,6 +23,25 @@ pub fn bundle(
     links: &[(&str, String)],
     entries: &[impl AsRef<str>],
 ) -> String {
+    let length: usize = entries.iter().map(|e| e.as_ref().len() + 1).sum();
+    let mut joined = String::with_capacity(length);
+    for (n, entry) in entries.iter().enumerate() {
+        if n > 0 {
+            joined.push(',');
+        }
+        joined.push_str(entry.as_ref());
+    }
+    bundle_around(kind, total, links, &joined)
+}
+
+/// A Bundle of the given type around `entries`, its entries already serialised
+/// and joined with commas (empty: none).
+pub fn bundle_around(
+    kind: &str,
+    total: Option<i64>,
+    links: &[(&str, String)],
+    entries: &str,
+) -> String {
     let links: Vec<Value> = links
         .iter()
         .map(|(relation, url)| serde_json::json!({"relation": relation, "url": url}))
@@ -43,18 +62,23 @@ pub fn bundle(
     if entries.is_empty() {
         return head;
     }
-    let length: usize = entries.iter().map(|e| e.as_ref().len() + 1).sum();
-    let mut text = String::with_capacity(head.len() + length + 16);
+    let mut text = String::with_capacity(head.len() + entries.len() + 16);
     text.push_str(head.strip_suffix('}').unwrap_or(&head));
     text.push_str(",\"entry\":[");
-    for (n, entry) in entries.iter().enumerate() {
-        if n > 0 {
-            text.push(',');
-        }
-        text.push_str(entry.as_ref());
-    }
+    text.push_str(entries);
     text.push_str("]}");
     text
+}
+
+/// Appends `text` as a JSON string (quoted, escaped when it must be).
+pub fn push_json_string(out: &mut String, text: &str) {
+    if text.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+        out.push_str(&Value::from(text).to_string());
+    } else {
+        out.push('"');
+        out.push_str(text);
+        out.push('"');
+    }
 }
 
 #[cfg(test)]
@@ -75,5 +99,14 @@ mod tests {
         assert_eq!(v["entry"][0]["fullUrl"], "x");
         assert_eq!(v["total"], 1);
         crate::fhir::validate::validate_resource(&v).expect("valid Bundle");
+    }
+
+    #[test]
+    fn json_strings_are_escaped_when_they_must_be() {
+        for text in ["https://h/fhir/Patient/p1", "a\"b", "a\\b\n", ""] {
+            let mut out = String::new();
+            push_json_string(&mut out, text);
+            assert_eq!(serde_json::from_str::<String>(&out).expect("json"), text);
+        }
     }
 }
