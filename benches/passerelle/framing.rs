@@ -1,6 +1,7 @@
 //! The searchset's framing: what wrapping stored resources (their text as
 //! stored) in a `searchset` Bundle costs per entry, in one thread, without the
-//! database or HTTP (issue #18: "the searchset framing cost per entry halved").
+//! database or HTTP (issue #18: "the searchset framing cost per entry halved"),
+//! and the same versions as a history page.
 //! `cargo bench --bench passerelle -- framing [--entries 50] [--pages 20000]`.
 
 use std::time::Instant;
@@ -69,19 +70,37 @@ pub async fn run(options: FramingBenchOptions) -> Result<String, StartError> {
             .map_err(|e| failed("searchset", e))?;
         bytes += body.len();
     }
-    let elapsed = started.elapsed();
+    let searchset = figures(&options, started.elapsed(), bytes, resource_bytes);
+    // The same versions as a history page (`_history`, what shared records pull).
+    let links = [("self", format!("{base}/_history"))];
+    let mut bytes = 0usize;
+    let started = Instant::now();
+    for _ in 0..options.pages {
+        bytes += service::history_bundle(base, &links, &page.matches).len();
+    }
+    let history = figures(&options, started.elapsed(), bytes, resource_bytes);
+    Ok(format!(
+        "Framing bench: {} pages of {} stored Patients ({} bytes of resources per page), one thread\n\
+         searchset: {searchset}\nhistory:   {history}",
+        options.pages, options.entries, resource_bytes,
+    ))
+}
+
+/// Time and bytes of framing per page and per entry.
+fn figures(
+    options: &FramingBenchOptions,
+    elapsed: std::time::Duration,
+    bytes: usize,
+    resource_bytes: usize,
+) -> String {
     let per_page = elapsed.as_nanos() as f64 / options.pages as f64;
     let per_entry = per_page / options.entries.max(1) as f64;
     let framing = (bytes / options.pages).saturating_sub(resource_bytes);
-    Ok(format!(
-        "Framing bench: {} pages of {} stored Patients ({} bytes of resources per page), one thread\n\
-         searchset: {:.1} µs per page, {:.0} ns per entry, {} bytes of framing per page ({:.0} per entry)",
-        options.pages,
-        options.entries,
-        resource_bytes,
+    format!(
+        "{:.1} µs per page, {:.0} ns per entry, {} bytes of framing per page ({:.0} per entry)",
         per_page / 1000.0,
         per_entry,
         framing,
         framing as f64 / options.entries.max(1) as f64
-    ))
+    )
 }

@@ -15,6 +15,48 @@ pub struct HistoryPage {
     pub next: Option<String>,
 }
 
+/// A page of history as a `history` Bundle (JSON text) with its `links`: each
+/// entry written straight into one buffer around the stored text, as a
+/// searchset's (`searches::searchset`).
+pub fn history_bundle(base: &str, links: &[(&str, String)], versions: &[StoredVersion]) -> String {
+    use crate::fhir::render::push_json_string;
+    let stored: usize = versions
+        .iter()
+        .filter_map(|v| v.json.as_deref().map(str::len))
+        .sum();
+    let mut entries = String::with_capacity(stored + versions.len() * (base.len() + 200));
+    for v in versions {
+        let (request_url, status) = match v.method {
+            store::Method::Post => (v.res_type.clone(), "201 Created"),
+            store::Method::Put | store::Method::Patch => {
+                (format!("{}/{}", v.res_type, v.res_id), "200 OK")
+            }
+            store::Method::Delete => (format!("{}/{}", v.res_type, v.res_id), "204 No Content"),
+        };
+        if !entries.is_empty() {
+            entries.push(',');
+        }
+        entries.push_str("{\"fullUrl\":");
+        push_json_string(&mut entries, &format!("{base}/{}/{}", v.res_type, v.res_id));
+        if let Some(resource) = &v.json {
+            entries.push_str(",\"resource\":");
+            entries.push_str(resource);
+        }
+        entries.push_str(",\"request\":{\"method\":\"");
+        entries.push_str(v.method.as_str());
+        entries.push_str("\",\"url\":");
+        push_json_string(&mut entries, &request_url);
+        entries.push_str("},\"response\":{\"status\":\"");
+        entries.push_str(status);
+        entries.push_str("\",\"etag\":\"W/\\\"");
+        entries.push_str(&v.version_id.to_string());
+        entries.push_str("\\\"\",\"lastModified\":\"");
+        entries.push_str(&datetime::format_instant(v.last_updated));
+        entries.push_str("\"}}");
+    }
+    crate::fhir::render::bundle_around("history", None, links, &entries)
+}
+
 /// The opaque cursor of history paging: the (last_updated, seq) of the last entry.
 fn encode_cursor(v: &StoredVersion) -> String {
     format!("{}.{}", v.last_updated.timestamp_micros(), v.seq)
@@ -83,4 +125,52 @@ pub async fn history(
         None
     };
     Ok(HistoryPage { versions, next })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_history_page_is_a_valid_bundle_around_the_stored_text() {
+        let version = |method, id: &str, vid, json: Option<&str>| StoredVersion {
+            res_type: "Patient".to_owned(),
+            res_id: id.to_owned(),
+            version_id: vid,
+            last_updated: DateTime::<Utc>::from_timestamp_micros(1_764_000_000_000_000)
+                .unwrap_or_default(),
+            method,
+            seq: vid,
+            json: json.map(str::to_owned),
+        };
+        let p1 = r#"{"resourceType":"Patient","id":"p1","meta":{"versionId":"2"}}"#;
+        let versions = [
+            version(store::Method::Delete, "p2", 3, None),
+            version(store::Method::Put, "p1", 2, Some(p1)),
+            version(store::Method::Post, "p1", 1, Some(p1)),
+        ];
+        let links = [("self", "https://h/fhir/_history".to_owned())];
+        let text = history_bundle("https://h/fhir", &links, &versions);
+        let bundle: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+        crate::fhir::validate::validate_resource(&bundle).expect("a valid R4 Bundle");
+        let entry = &bundle["entry"];
+        assert_eq!(
+            entry[0]["request"],
+            serde_json::json!({"method": "DELETE", "url": "Patient/p2"})
+        );
+        assert_eq!(entry[0]["response"]["status"], "204 No Content");
+        assert!(entry[0].get("resource").is_none());
+        assert_eq!(entry[1]["response"]["etag"], "W/\"2\"");
+        assert_eq!(entry[1]["resource"]["id"], "p1");
+        assert_eq!(entry[2]["request"]["url"], "Patient");
+        assert_eq!(entry[2]["fullUrl"], "https://h/fhir/Patient/p1");
+        assert_eq!(
+            entry[2]["response"]["lastModified"],
+            datetime::format_instant(versions[2].last_updated)
+        );
+        // A base that must be escaped still makes JSON.
+        let odd = history_bundle("https://h/\"fhir", &links, &versions);
+        let odd: serde_json::Value = serde_json::from_str(&odd).expect("JSON");
+        assert_eq!(odd["entry"][1]["fullUrl"], "https://h/\"fhir/Patient/p1");
+    }
 }

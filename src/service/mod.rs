@@ -30,7 +30,7 @@ use crate::search::params::ParamTable;
 
 pub use circle::care_circle;
 pub use escalation::{escalate_due, watch_escalations};
-pub use history::{history, HistoryPage};
+pub use history::{history, history_bundle, HistoryPage};
 pub use notify::Fact;
 pub use read::{read, vread};
 use search_parameters::definitions_changed;

@@ -1,17 +1,16 @@
 //! Reads: read, vread and history, with their conditional headers.
 
 use axum::http::{header, StatusCode};
-use serde_json::json;
 
 use crate::error::{FhirError, FhirResult};
-use crate::fhir::render::with_raw_member;
+
 use crate::fhir::{self, datetime, subset};
 use crate::http::authorize::Narrowing;
 use crate::http::respond::Reply;
 use crate::search;
 use crate::service;
 use crate::state::AppState;
-use crate::store::{Method as StoreMethod, StoredVersion};
+use crate::store::StoredVersion;
 
 use super::{route_path, self_url, version_ref, FhirRequest};
 
@@ -111,37 +110,8 @@ pub(super) async fn history(
             search::page_url(&req.base, &path, &keep, &[("_page", cursor.clone())]),
         ));
     }
-    let entries: Vec<String> = page
-        .versions
-        .iter()
-        .map(|v| history_entry(&req.base, v))
-        .collect();
     Ok(Reply::new(
         StatusCode::OK,
-        Some(crate::fhir::render::bundle(
-            "history", None, &links, &entries,
-        )),
+        Some(service::history_bundle(&req.base, &links, &page.versions)),
     ))
-}
-
-pub(super) fn history_entry(base: &str, v: &StoredVersion) -> String {
-    let (request_url, status) = match v.method {
-        StoreMethod::Post => (v.res_type.clone(), "201 Created"),
-        StoreMethod::Put | StoreMethod::Patch => (format!("{}/{}", v.res_type, v.res_id), "200 OK"),
-        StoreMethod::Delete => (format!("{}/{}", v.res_type, v.res_id), "204 No Content"),
-    };
-    let entry = json!({
-        "fullUrl": format!("{base}/{}/{}", v.res_type, v.res_id),
-        "request": {"method": v.method.as_str(), "url": request_url},
-        "response": {
-            "status": status,
-            "etag": format!("W/\"{}\"", v.version_id),
-            "lastModified": datetime::format_instant(v.last_updated),
-        },
-    })
-    .to_string();
-    match &v.json {
-        Some(resource) => with_raw_member(&entry, "resource", resource),
-        None => entry,
-    }
 }
