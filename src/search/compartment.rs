@@ -172,7 +172,7 @@ pub fn hold(table: &ParamTable, reach: Reach<'_>, plan: &mut super::SearchPlan) 
 /// depth. Otherwise a search of what the client sees would tell of records it
 /// does not (`Practitioner?_has:Encounter:participant:subject=…` names who cared
 /// for another patient). Pure.
-pub fn hold_reached(table: &ParamTable, reach: Reach<'_>, condition: &mut Condition) {
+fn hold_reached(table: &ParamTable, reach: Reach<'_>, condition: &mut Condition) {
     let hold = |res_type: &str, inner: &mut Condition| {
         hold_reached(table, reach, inner);
         if let Some(held) = reach.condition(table, res_type) {

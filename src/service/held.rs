@@ -189,11 +189,11 @@ pub async fn check_change(
 ) -> FhirResult<()> {
     let (res_type, res_id) = (change.res_type.as_str(), change.res_id.as_str());
     match change.kind {
-        ChangeKind::Create => {}
+        // A patch's target was seen already: by id in `before_write`, by
+        // criteria matched among what the client sees.
+        ChangeKind::Create | ChangeKind::Patch => {}
         ChangeKind::Update => visible(client, params, holder, res_type, res_id, true).await?,
-        ChangeKind::Patch | ChangeKind::Delete => {
-            visible(client, params, holder, res_type, res_id, false).await?
-        }
+        ChangeKind::Delete => visible(client, params, holder, res_type, res_id, false).await?,
     }
     let Some(resource) = &change.resource else {
         return Ok(());

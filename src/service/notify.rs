@@ -316,18 +316,8 @@ fn held_to_owner(params: &ParamTable, owner: &Value, w: &Fact) -> Option<Vec<Con
     if w.rows.is_none() && (holder != Holder::Free || !conditions.is_empty()) {
         return None;
     }
-    match holder {
-        Holder::Free => {}
-        Holder::Patient(patient) => conditions.push(crate::search::compartment::membership(
-            params,
-            "Patient",
-            &patient,
-            &w.res_type,
-        )?),
-        Holder::Circle(members) => conditions.push(Condition::InCircle {
-            members,
-            res_type: w.res_type.clone(),
-        }),
+    if let Some(reach) = holder.reach() {
+        conditions.extend(reach.condition(params, &w.res_type));
     }
     Some(conditions)
 }

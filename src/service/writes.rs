@@ -150,7 +150,7 @@ async fn patched(
         }],
     )
     .await?;
-    let (_, result) = patched_current(tx, res_type, &res_id, document).await?;
+    let result = patched_current(tx, res_type, &res_id, document).await?;
     if fhir::resource_type(&result) != res_type
         || fhir::resource_id(&result) != Some(res_id.as_str())
     {
@@ -167,14 +167,14 @@ async fn patched(
     Ok((res_id, result))
 }
 
-/// The current version of `res_type/res_id` and the result of `document` (a
-/// JSON Patch or a FHIRPath Patch `Parameters`) applied to it, unchecked.
-pub async fn patched_current(
+/// The result of `document` (a JSON Patch or a FHIRPath Patch `Parameters`)
+/// applied to the current version of `res_type/res_id`, unchecked.
+async fn patched_current(
     client: &impl deadpool_postgres::GenericClient,
     res_type: &str,
     res_id: &str,
     document: &Value,
-) -> FhirResult<(i64, Value)> {
+) -> FhirResult<Value> {
     let current = store::read_latest(client, res_type, res_id)
         .await?
         .ok_or_else(|| FhirError::NotFound(format!("{res_type}/{res_id} is not known")))?;
@@ -188,7 +188,7 @@ pub async fn patched_current(
     } else {
         fhir::patch::apply(&resource, document)?
     };
-    Ok((current.version_id, result))
+    Ok(result)
 }
 
 /// Runs one write interaction in its own transaction: its conditions resolved

@@ -173,26 +173,20 @@ fn render(sql: &mut SqlCondition, a: &str, depth: usize, condition: &Condition) 
                 same.join(" AND ")
             )
         }
-        Condition::AnyOf(conditions) => {
-            let alternatives: Vec<String> = conditions
+        Condition::AnyOf(conditions) | Condition::AllOf(conditions) => {
+            // An empty disjunction holds for nothing, an empty conjunction for all.
+            let (joiner, empty) = match condition {
+                Condition::AnyOf(_) => (" OR ", "false"),
+                _ => (" AND ", "true"),
+            };
+            let parts: Vec<String> = conditions
                 .iter()
                 .map(|c| render(sql, a, depth, c))
                 .collect();
-            if alternatives.is_empty() {
-                "false".to_owned()
+            if parts.is_empty() {
+                empty.to_owned()
             } else {
-                format!("({})", alternatives.join(" OR "))
-            }
-        }
-        Condition::AllOf(conditions) => {
-            let all: Vec<String> = conditions
-                .iter()
-                .map(|c| render(sql, a, depth, c))
-                .collect();
-            if all.is_empty() {
-                "true".to_owned()
-            } else {
-                format!("({})", all.join(" AND "))
+                format!("({})", parts.join(joiner))
             }
         }
         Condition::SameRow {
