@@ -2,19 +2,23 @@
 //! leaves, as the IHE Basic Audit Log Patterns describe a RESTful access (who, from
 //! where, what, when, the outcome), and served back as R4 `AuditEvent`s.
 //!
-//! Recording is a group commit: requests hand their record to the writers, each
-//! of which appends whatever has queued up in one statement and then lets those
-//! requests answer; a few writers keep commits overlapping. An answer never
-//! leaves before its record is stored; a record that cannot be stored turns the
-//! answer into a 503.
+//! Recording is a group commit: requests hand their record to the writer, which
+//! appends whatever has queued up in one statement and then lets those requests
+//! answer. The writer runs on a thread of its own with its own connection: its
+//! steps do not queue behind the requests' tasks, and a pool that slow requests
+//! hold does not hold every answer behind the records. An answer never leaves
+//! before its record is stored; a record that cannot be stored turns the answer
+//! into a 503.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::{Client, NoTls, Statement};
 
 use crate::error::{FhirError, FhirResult};
 use crate::fhir::datetime;
@@ -23,30 +27,38 @@ use crate::store::audit::{AuditQuery, AuditRow};
 /// Records appended in one statement at most.
 const MAX_BATCH: usize = 512;
 
-/// Records waiting for the writers at most; requests beyond wait their turn.
+/// Records waiting for the writer at most; requests beyond wait their turn.
 const QUEUE: usize = 8192;
 
-/// Appends in flight at once: while one batch commits, the next gathers and
-/// goes. Two gather more records per commit than four did (bench `security`:
-/// reads 7,425 → 8,103/s audited), and a commit that stalls holds only half.
-const WRITERS: usize = 2;
+/// The longest a batch may take to be stored (connecting included); past it,
+/// its requests are answered 503 and the connection is made afresh.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
 type Pending = (AuditRow, oneshot::Sender<bool>);
 
-/// The writers of the audit trail of a server.
+/// The writer of the audit trail of a server.
 pub struct Auditor {
     sender: mpsc::Sender<Pending>,
 }
 
 impl Auditor {
-    /// Starts the writers over `pool`; they stop when the auditor is dropped.
-    pub fn start(pool: Pool) -> Arc<Auditor> {
+    /// Starts the writer, on a thread of its own, appending to the database
+    /// `config` names; it stops when the auditor is dropped.
+    pub fn start(config: tokio_postgres::Config) -> std::io::Result<Arc<Auditor>> {
         let (sender, receiver) = mpsc::channel::<Pending>(QUEUE);
-        let receiver = Arc::new(tokio::sync::Mutex::new(receiver));
-        for _ in 0..WRITERS {
-            tokio::spawn(write_batches(pool.clone(), receiver.clone()));
-        }
-        Arc::new(Auditor { sender })
+        std::thread::Builder::new()
+            .name("audit-writer".into())
+            .spawn(move || {
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime.block_on(write_batches(config, receiver)),
+                    // The receiver dropped: every record is refused, loudly.
+                    Err(e) => tracing::error!(error = %e, "the audit writer could not start"),
+                }
+            })?;
+        Ok(Arc::new(Auditor { sender }))
     }
 
     /// Stores `row`; `false` when it could not be.
@@ -59,37 +71,70 @@ impl Auditor {
     }
 }
 
-/// One writer: takes what has queued up (waiting for the first record), appends
+/// The writer's connection and its prepared append.
+struct Appender {
+    client: Client,
+    append: Statement,
+}
+
+/// The writer: takes what has queued up (waiting for the first record), appends
 /// it, tells each request whether its record is stored; until the queue closes.
-async fn write_batches(pool: Pool, receiver: Arc<tokio::sync::Mutex<mpsc::Receiver<Pending>>>) {
-    loop {
-        let batch = {
-            let mut receiver = receiver.lock().await;
-            let Some(first) = receiver.recv().await else {
-                return;
-            };
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
-                match receiver.try_recv() {
-                    Ok(pending) => batch.push(pending),
-                    Err(_) => break,
-                }
+async fn write_batches(config: tokio_postgres::Config, mut receiver: mpsc::Receiver<Pending>) {
+    let mut appender: Option<Appender> = None;
+    while let Some(first) = receiver.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match receiver.try_recv() {
+                Ok(pending) => batch.push(pending),
+                Err(_) => break,
             }
-            batch
-        };
+        }
         let (rows, waiting): (Vec<AuditRow>, Vec<oneshot::Sender<bool>>) =
             batch.into_iter().unzip();
-        let stored = match pool.get().await {
-            Ok(client) => crate::store::audit::append(&client, &rows).await,
-            Err(e) => Err(e.into()),
+        let stored = match tokio::time::timeout(
+            WRITE_TIMEOUT,
+            append(&config, &mut appender, &rows),
+        )
+        .await
+        {
+            Ok(stored) => stored,
+            Err(_) => Err(FhirError::Unavailable(
+                "the audit trail did not answer in time".into(),
+            )),
         };
         if let Err(e) = &stored {
             tracing::error!(error = %e, records = rows.len(), "audit records not stored");
+            // Made afresh for the next batch: the database may have gone away.
+            appender = None;
         }
         for done in waiting {
             let _ = done.send(stored.is_ok());
         }
     }
+}
+
+/// Appends `rows` over the writer's connection, connecting first when it has none.
+async fn append(
+    config: &tokio_postgres::Config,
+    appender: &mut Option<Appender>,
+    rows: &[AuditRow],
+) -> FhirResult<()> {
+    let ready = match appender.take() {
+        Some(ready) if !ready.client.is_closed() => ready,
+        _ => {
+            let (client, connection) = config.connect(NoTls).await?;
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::warn!(error = %e, "the audit writer's connection ended");
+                }
+            });
+            let append = crate::store::audit::prepare_append(&client).await?;
+            Appender { client, append }
+        }
+    };
+    crate::store::audit::append(&ready.client, &ready.append, rows).await?;
+    *appender = Some(ready);
+    Ok(())
 }
 
 const DCM: &str = "http://dicom.nema.org/resources/ontology/DCM";

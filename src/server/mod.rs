@@ -178,6 +178,7 @@ fn app_state(
     options: &ServeOptions,
     hub: Arc<delivery::websocket::Hub>,
     metrics: Arc<crate::metrics::Metrics>,
+    auditor: Option<Arc<crate::audit::Auditor>>,
 ) -> AppState {
     // Never below the body limit, so that any one body fits.
     let budget = options
@@ -190,9 +191,7 @@ fn app_state(
     AppState {
         hub,
         metrics,
-        auditor: options
-            .audit
-            .then(|| crate::audit::Auditor::start(pool.clone())),
+        auditor,
         pool,
         guard: crate::auth::Guard::new(&options.auth),
         body_budget: Arc::new(tokio::sync::Semaphore::new(budget_kib)),
@@ -287,7 +286,11 @@ pub async fn start(
     let hub = delivery::websocket::Hub::new();
     let metrics = Arc::new(crate::metrics::Metrics::new());
     let delivery = start_delivery(&pool, config, options, local, hub.clone(), metrics.clone())?;
-    let state = app_state(pool.clone(), options, hub, metrics);
+    let auditor = match options.audit {
+        true => Some(crate::audit::Auditor::start(config.clone())?),
+        false => None,
+    };
+    let state = app_state(pool.clone(), options, hub, metrics, auditor);
     let rules = state.rules.clone();
     // A short delay (tests, drills) is looked at more often than the poll.
     let acks = options.rules.acks;

@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
+use tokio_postgres::Statement;
 
 use crate::error::FhirResult;
 
@@ -35,14 +36,27 @@ pub struct AuditRow {
 const COLUMNS: &str = "recorded, action, subtype, status, client_id, subject, fhir_user, \
                        source, method, path, query, entity_type, entity_id, patient_id, break_glass";
 
-/// Appends `rows` in one statement.
-pub async fn append(client: &impl GenericClient, rows: &[AuditRow]) -> FhirResult<()> {
+/// The statement that appends a batch of rows, one array per column.
+pub async fn prepare_append(client: &tokio_postgres::Client) -> FhirResult<Statement> {
+    let sql = format!(
+        "INSERT INTO audit_event ({COLUMNS}) SELECT * FROM unnest($1::timestamptz[], \
+         $2::text[], $3::text[], $4::int4[], $5::text[], $6::text[], $7::text[], $8::text[], \
+         $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[])"
+    );
+    Ok(client.prepare(&sql).await?)
+}
+
+/// Appends `rows` in one statement, `append` as [`prepare_append`] made it.
+pub async fn append(
+    client: &tokio_postgres::Client,
+    append: &Statement,
+    rows: &[AuditRow],
+) -> FhirResult<()> {
     if rows.is_empty() {
         return Ok(());
     }
-    let text = |f: fn(&AuditRow) -> Option<&str>| -> Vec<Option<String>> {
-        rows.iter().map(|r| f(r).map(str::to_owned)).collect()
-    };
+    let text =
+        |f: fn(&AuditRow) -> Option<&str>| -> Vec<Option<&str>> { rows.iter().map(f).collect() };
     let recorded: Vec<DateTime<Utc>> = rows.iter().map(|r| r.recorded).collect();
     let actions = text(|r| Some(&r.action));
     let subtypes = text(|r| Some(&r.subtype));
@@ -56,17 +70,13 @@ pub async fn append(client: &impl GenericClient, rows: &[AuditRow]) -> FhirResul
     let queries = text(|r| r.query.as_deref());
     let entity_types = text(|r| r.entity_type.as_deref());
     let entity_ids = text(|r| r.entity_id.as_deref());
-    let patients = text(|r| r.patient_id.as_deref());
+    // A request about a Patient is about her: the entity index finds it, and a
+    // second index entry per read would cost every request (bench `security`).
+    let patients = text(|r| r.patient_id.as_deref().filter(|p| !names_patient(r, p)));
     let glass = text(|r| r.break_glass.as_deref());
-    let sql = format!(
-        "INSERT INTO audit_event ({COLUMNS}) SELECT * FROM unnest($1::timestamptz[], \
-         $2::text[], $3::text[], $4::int4[], $5::text[], $6::text[], $7::text[], $8::text[], \
-         $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[])"
-    );
-    let stmt = client.prepare_cached(&sql).await?;
     client
         .execute(
-            &stmt,
+            append,
             &[
                 &recorded,
                 &actions,
@@ -87,6 +97,11 @@ pub async fn append(client: &impl GenericClient, rows: &[AuditRow]) -> FhirResul
         )
         .await?;
     Ok(())
+}
+
+/// Whether `patient` is the Patient `row` is about, as its entity.
+fn names_patient(row: &AuditRow, patient: &str) -> bool {
+    row.entity_type.as_deref() == Some("Patient") && row.entity_id.as_deref() == Some(patient)
 }
 
 /// What an audit search asks for; every criterion given must hold.
@@ -124,6 +139,7 @@ pub async fn search(
         "SELECT seq, {COLUMNS} FROM audit_event a \
          WHERE ($1::int8 IS NULL OR a.seq = $1) \
            AND ($2::text IS NULL OR a.patient_id = $2 \
+                OR (a.entity_type = 'Patient' AND a.entity_id = $2) \
                 OR (a.entity_type, a.entity_id) IN (SELECT x.res_type, x.res_id FROM search_reference x \
                     WHERE x.target_type = 'Patient' AND x.target_id = $2 \
                       AND (x.res_type, x.param) IN (SELECT * FROM unnest($11::text[], $12::text[])))) \
@@ -158,23 +174,29 @@ pub async fn search(
         .await?;
     Ok(rows
         .iter()
-        .map(|r| AuditRow {
-            seq: r.get(0),
-            recorded: r.get(1),
-            action: r.get(2),
-            subtype: r.get(3),
-            status: r.get(4),
-            client_id: r.get(5),
-            subject: r.get(6),
-            fhir_user: r.get(7),
-            source: r.get(8),
-            method: r.get(9),
-            path: r.get(10),
-            query: r.get(11),
-            entity_type: r.get(12),
-            entity_id: r.get(13),
-            patient_id: r.get(14),
-            break_glass: r.get(15),
+        .map(|r| {
+            let mut row = AuditRow {
+                seq: r.get(0),
+                recorded: r.get(1),
+                action: r.get(2),
+                subtype: r.get(3),
+                status: r.get(4),
+                client_id: r.get(5),
+                subject: r.get(6),
+                fhir_user: r.get(7),
+                source: r.get(8),
+                method: r.get(9),
+                path: r.get(10),
+                query: r.get(11),
+                entity_type: r.get(12),
+                entity_id: r.get(13),
+                patient_id: r.get(14),
+                break_glass: r.get(15),
+            };
+            if row.entity_type.as_deref() == Some("Patient") {
+                row.patient_id = row.patient_id.or_else(|| row.entity_id.clone());
+            }
+            row
         })
         .collect())
 }
