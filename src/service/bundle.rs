@@ -159,11 +159,11 @@ async fn get_entry(
 ) -> FhirResult<String> {
     let (t, params) = match &head.target {
         Target::Instance(t, id) => {
-            held::visible(client, params_in_force, holder, t, id, false).await?;
+            held::visible(client, params_in_force, holder, t, id).await?;
             return Ok(read_entry(head, super::read(client, t, id).await?));
         }
         Target::Version(t, id, vid) => {
-            held::visible(client, params_in_force, holder, t, id, false).await?;
+            held::visible(client, params_in_force, holder, t, id).await?;
             let version = super::vread(client, t, id, vid).await?;
             if !held::version_reached(client, params_in_force, holder, &version).await? {
                 return Err(FhirError::NotFound(format!(

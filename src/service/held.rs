@@ -18,18 +18,17 @@ use super::searches::{search, Scope};
 use super::writes::{PatchTarget, WriteRequest};
 use super::{Change, ChangeKind};
 
-/// 404 unless the client may see `res_type/id`, as if it did not exist; for a
-/// write (`creates`), a resource that does not exist yet may be created.
+/// 404 unless the client may see `res_type/id`, as if it did not exist. A held
+/// client's update never creates: were an id it does not see free to take, the
+/// answer (201 or 404) would tell whether another's record holds it; it creates
+/// with POST.
 pub async fn visible(
     client: &impl GenericClient,
     params: &ParamTable,
     holder: &Holder,
     res_type: &str,
     id: &str,
-    creates: bool,
 ) -> FhirResult<()> {
-    let ids = [id];
-    let found = |reach| by_ids(client, params, res_type, &ids, reach);
     match holder {
         Holder::Free => return Ok(()),
         // A record of a circle: one prepared probe of the circle's rows.
@@ -40,15 +39,17 @@ pub async fn visible(
             }
         }
         Holder::Patient(_) => {
-            if !found(holder.reach()).await?.is_empty() {
+            if !by_ids(client, params, res_type, &[id], holder.reach())
+                .await?
+                .is_empty()
+            {
                 return Ok(());
             }
         }
     }
-    if creates && found(None).await?.is_empty() {
-        return Ok(());
-    }
-    Err(FhirError::NotFound(format!("{res_type}/{id} is not known")))
+    Err(FhirError::NotFound(format!(
+        "{res_type}/{id} is not known to this token (which creates with POST)"
+    )))
 }
 
 /// The resources of `res_type` with these ids (at most `search::MAX_COUNT`)
@@ -172,14 +173,14 @@ pub async fn before_write(
             res_type,
             target: PatchTarget::Id(res_id),
             ..
-        } => visible(client, params, holder, res_type, res_id, false).await,
+        } => visible(client, params, holder, res_type, res_id).await,
         _ => Ok(()),
     }
 }
 
 /// Once a held client's write is planned: the resource it replaces or deletes
-/// must be one the client sees (404 as if absent; an update may create a
-/// resource that does not exist), and what it writes must be of the records the
+/// must be one the client sees (404 as if absent, also for an update that would
+/// create it), and what it writes must be of the records the
 /// client reaches (403): a create, an update, a patch's result.
 pub async fn check_change(
     client: &impl GenericClient,
@@ -192,8 +193,9 @@ pub async fn check_change(
         // A patch's target was seen already: by id in `before_write`, by
         // criteria matched among what the client sees.
         ChangeKind::Create | ChangeKind::Patch => {}
-        ChangeKind::Update => visible(client, params, holder, res_type, res_id, true).await?,
-        ChangeKind::Delete => visible(client, params, holder, res_type, res_id, false).await?,
+        ChangeKind::Update | ChangeKind::Delete => {
+            visible(client, params, holder, res_type, res_id).await?
+        }
     }
     let Some(resource) = &change.resource else {
         return Ok(());

@@ -319,18 +319,24 @@ pub async fn plan(
         } => {
             check_type(&res_type, &resource)?;
             let body_id = fhir::resource_id(&resource).map(str::to_owned);
-            let res_id = match conditional_match(tx, params, &res_type, &criteria, reach).await? {
-                Matches::One(id) => {
-                    if body_id.as_ref().is_some_and(|b| *b != id) {
-                        return Err(FhirError::bad_request(format!(
-                            "the body's id differs from the id '{id}' of the matching resource"
-                        )));
-                    }
-                    id
+            match (
+                conditional_match(tx, params, &res_type, &criteria, reach).await?,
+                body_id,
+            ) {
+                (Matches::One(id), Some(body_id)) if body_id != id => {
+                    return Err(FhirError::bad_request(format!(
+                        "the body's id differs from the id '{id}' of the matching resource"
+                    )))
                 }
-                Matches::None => body_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
-            };
-            Change::update(&res_type, res_id, resource, if_match)
+                (Matches::One(id), _) | (Matches::None, Some(id)) => {
+                    Change::update(&res_type, id, resource, if_match)
+                }
+                // No match and no id: a create under a new id, as R4 has it.
+                (Matches::None, None) => Change {
+                    if_match,
+                    ..Change::create(&res_type, resource)
+                },
+            }
         }
         WriteRequest::Patch {
             res_type,

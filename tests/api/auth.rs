@@ -1584,7 +1584,31 @@ async fn the_ways_around_the_circle_are_closed() {
         .send()
         .await
         .expect("PUT");
-    outcome_of(taken, 404).await;
+    let taken = outcome_of(taken, 404).await;
+    // Nor does an update of hers take a free id: were it free to take, 201 or
+    // 404 would tell whether another's record holds it. The same answer either
+    // way, the same text but for the id; she creates with POST.
+    let put_stay = |id: &'static str| {
+        s.http
+            .put(s.url(&format!("Encounter/{id}")))
+            .bearer_auth(&gp)
+            .header("content-type", "application/fhir+json")
+            .body(
+                json!({"resourceType": "Encounter", "id": id, "status": "finished",
+                    "class": {"code": "AMB"}, "subject": {"reference": "Patient/way-mine"}})
+                .to_string(),
+            )
+            .send()
+    };
+    let free = outcome_of(put_stay("way-free-stay").await.expect("PUT"), 404).await;
+    let held = outcome_of(put_stay("way-other-stay").await.expect("PUT"), 404).await;
+    let text = |o: &Value, id: &str| o["issue"][0]["diagnostics"].to_string().replace(id, "…");
+    assert_eq!(text(&free, "way-free-stay"), text(&held, "way-other-stay"));
+    assert_eq!(
+        text(&taken, "way-other-stay"),
+        text(&held, "way-other-stay")
+    );
+    outcome_of(get_with(&s, "Encounter/way-free-stay", &admin).await, 404).await;
     // Her own stay, by criteria: patched.
     let patched = by_criteria(reqwest::Method::PATCH, &format!("_id={mine}"))
         .header("content-type", "application/json-patch+json")

@@ -169,7 +169,7 @@ pub async fn handle(state: &AppState, mut req: FhirRequest) -> FhirResult<Reply>
     {
         if !id.is_empty() {
             let client = state.pool.get().await?;
-            held::visible(&client, &params_in_force, holder, res_type, id, false).await?;
+            held::visible(&client, &params_in_force, holder, res_type, id).await?;
         }
     }
     match (&method, &route) {
