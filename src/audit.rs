@@ -128,7 +128,7 @@ async fn append(
                     tracing::warn!(error = %e, "the audit writer's connection ended");
                 }
             });
-            let append = crate::store::audit::prepare_append(&client).await?;
+            let append = client.prepare(crate::store::audit::APPEND).await?;
             Appender { client, append }
         }
     };

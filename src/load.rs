@@ -216,6 +216,7 @@ impl Target {
                         request,
                         &crate::auth::Access::Open,
                         &crate::auth::Holder::Free,
+                        None,
                     )
                     .await
                 }

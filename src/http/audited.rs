@@ -1,6 +1,9 @@
 //! What the audit record of a request says: the interaction, the resource and
 //! patient it was about, who asked and from where, and the outcome. Pure.
 
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 
 use crate::auth::Access;
@@ -20,6 +23,17 @@ pub struct Asked<'a> {
     pub access: Option<&'a Access>,
     pub source: Option<String>,
     pub break_glass: Option<String>,
+}
+
+/// What a write needs to store its request's audit record in its own
+/// transaction (the request's start, path and peer; the rest is in the request);
+/// `stored` says it did, and the request is not recorded again.
+#[derive(Debug, Clone)]
+pub struct Recording {
+    pub recorded: DateTime<Utc>,
+    pub path: String,
+    pub source: Option<String>,
+    pub stored: Arc<AtomicBool>,
 }
 
 /// AuditEvent.action and the interaction (or operation) of a request.

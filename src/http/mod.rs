@@ -11,6 +11,8 @@ mod respond;
 mod route;
 mod websocket;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Body;
@@ -157,7 +159,7 @@ async fn fhir(State(state): State<AppState>, req: Request) -> Response {
 async fn answer_audited(
     state: &AppState,
     auditor: &crate::audit::Auditor,
-    req: Request,
+    mut req: Request,
     seen: &mut Seen,
 ) -> Response {
     let recorded = chrono::Utc::now();
@@ -173,8 +175,16 @@ async fn answer_audited(
         .get(BREAK_GLASS)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    let stored = Arc::new(AtomicBool::new(false));
+    req.extensions_mut().insert(audited::Recording {
+        recorded,
+        path: path.clone(),
+        source: source.clone(),
+        stored: stored.clone(),
+    });
     let response = answer(state, req, seen).await;
-    if seen.route.as_ref().is_some_and(authorize::is_public) {
+    // A write stored its record with its change.
+    if stored.load(Ordering::Acquire) || seen.route.as_ref().is_some_and(authorize::is_public) {
         return response;
     }
     let location = response
@@ -215,7 +225,7 @@ async fn answer_audited(
 }
 
 async fn answer(state: &AppState, req: Request, seen: &mut Seen) -> Response {
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let raw_query = parts.uri.query().map(str::to_owned);
     let params = crate::search::parse_form(raw_query.as_deref().unwrap_or(""));
     let param = |name: &str| {
@@ -283,6 +293,7 @@ async fn answer(state: &AppState, req: Request, seen: &mut Seen) -> Response {
         body,
         access,
         narrowing: authorize::Narrowing::None,
+        recording: parts.extensions.remove::<audited::Recording>(),
     };
     // The database work is cancelled if the client goes away before the answer;
     // the connections that carried a large body are closed after it.

@@ -739,7 +739,8 @@ async fn batch_entry(
         return get_entry(&pool.get().await?, &params, answering, &head, &holder).await;
     }
     let request = write_request(&head, resource, None, true)?;
-    let written = super::write(pool, rules, request, answering.access, &holder).await?;
+    // A batch's entries are recorded with the batch.
+    let written = super::write(pool, rules, request, answering.access, &holder, None).await?;
     Ok(write_response(written.as_ref(), answering.representation))
 }
 

@@ -42,7 +42,9 @@ pub use statistics::{report_database_settings, watch_statistics};
 pub use turnaround::turnaround;
 pub use write::{Change, ChangeKind, Written};
 use writes::{conditional_match, Matches};
-pub use writes::{plan, subscription_status, write, PatchTarget, Planned, WriteRequest};
+pub use writes::{
+    plan, subscription_status, write, PatchTarget, Planned, WriteRecord, WriteRequest,
+};
 
 /// The server's policies that every write obeys, whoever asks for it, and the
 /// definitions in force that every interaction reads.

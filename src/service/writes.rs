@@ -203,6 +203,7 @@ pub async fn write(
     request: WriteRequest,
     access: &crate::auth::Access,
     holder: &Holder,
+    record: Option<WriteRecord<'_>>,
 ) -> FhirResult<Option<Written>> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
@@ -224,12 +225,30 @@ pub async fn write(
         Planned::Answered(written) => written,
     };
     notify::record_events(&tx, &rules.catalog, &facts).await?;
+    if let Some(record) = record {
+        let row = record(written.as_ref());
+        let append = tx.prepare_cached(store::audit::APPEND).await?;
+        store::audit::append(&*tx, &append, &[row])
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "a write's audit record not stored");
+                FhirError::Unavailable(
+                    "the access could not be recorded in the audit trail: nothing was changed"
+                        .into(),
+                )
+            })?;
+    }
     store::commit(tx).await?;
     if let Some(w) = &written {
         definitions_changed(pool, rules, w).await;
     }
     Ok(written)
 }
+
+/// The audit record of a write once its result is known, stored in the write's
+/// transaction: no change is committed without it, and none waits for a
+/// commit of its own.
+pub type WriteRecord<'a> = &'a (dyn Fn(Option<&Written>) -> crate::store::audit::AuditRow + Sync);
 
 /// What a write interaction comes to once its conditions are resolved.
 pub enum Planned {
@@ -432,6 +451,7 @@ pub async fn subscription_status(
         request,
         &crate::auth::Access::Open,
         &Holder::Free,
+        None,
     )
     .await
     {

@@ -33,22 +33,29 @@ pub struct AuditRow {
     pub break_glass: Option<String>,
 }
 
-const COLUMNS: &str = "recorded, action, subtype, status, client_id, subject, fhir_user, \
-                       source, method, path, query, entity_type, entity_id, patient_id, break_glass";
-
-/// The statement that appends a batch of rows, one array per column.
-pub async fn prepare_append(client: &tokio_postgres::Client) -> FhirResult<Statement> {
-    let sql = format!(
-        "INSERT INTO audit_event ({COLUMNS}) SELECT * FROM unnest($1::timestamptz[], \
-         $2::text[], $3::text[], $4::int4[], $5::text[], $6::text[], $7::text[], $8::text[], \
-         $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[])"
-    );
-    Ok(client.prepare(&sql).await?)
+/// The columns of a row, in the order [`APPEND`] takes them.
+macro_rules! columns {
+    () => {
+        "recorded, action, subtype, status, client_id, subject, fhir_user, source, method, \
+         path, query, entity_type, entity_id, patient_id, break_glass"
+    };
 }
+const COLUMNS: &str = columns!();
 
-/// Appends `rows` in one statement, `append` as [`prepare_append`] made it.
+/// The statement that appends a batch of rows, one array per column, for
+/// [`append`] (prepared once per connection).
+pub const APPEND: &str = concat!(
+    "INSERT INTO audit_event (",
+    columns!(),
+    ") SELECT * FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::int4[], \
+     $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], \
+     $12::text[], $13::text[], $14::text[], $15::text[])"
+);
+
+/// Appends `rows` in one statement, `append` being [`APPEND`] prepared on
+/// `client`'s connection (a connection of its own, or a write's transaction).
 pub async fn append(
-    client: &tokio_postgres::Client,
+    client: &impl tokio_postgres::GenericClient,
     append: &Statement,
     rows: &[AuditRow],
 ) -> FhirResult<()> {

@@ -707,9 +707,9 @@ async fn a_client_that_stops_reading_is_dropped() {
 }
 
 #[tokio::test]
-async fn a_change_saved_but_not_recorded_in_the_audit_trail_says_so() {
+async fn a_write_is_not_saved_without_its_audit_record() {
     let s = TestServer::start().await;
-    // PostgreSQL refuses the audit record of a PUT (the write itself succeeds).
+    // PostgreSQL refuses the audit records of updates and transactions.
     s.pool
         .get()
         .await
@@ -717,11 +717,14 @@ async fn a_change_saved_but_not_recorded_in_the_audit_trail_says_so() {
         .batch_execute(
             "CREATE FUNCTION refuse_record() RETURNS trigger LANGUAGE plpgsql AS
                $$ BEGIN RAISE EXCEPTION 'audit record refused by the test'; END $$;
-             CREATE TRIGGER refuse_put_records BEFORE INSERT ON audit_event
-               FOR EACH ROW WHEN (NEW.method = 'PUT') EXECUTE FUNCTION refuse_record();",
+             CREATE TRIGGER refuse_records BEFORE INSERT ON audit_event
+               FOR EACH ROW WHEN (NEW.subtype IN ('update', 'transaction'))
+               EXECUTE FUNCTION refuse_record();",
         )
         .await
         .expect("trigger");
+    // A REST write stores its record in its own transaction: refused, nothing
+    // written.
     let answer = s
         .put_json(
             "Patient/unrecorded",
@@ -730,9 +733,17 @@ async fn a_change_saved_but_not_recorded_in_the_audit_trail_says_so() {
         .await;
     let outcome = outcome_of(answer, 503).await;
     let text = outcome["issue"][0]["diagnostics"].to_string();
+    assert!(text.contains("nothing was changed"), "{text}");
+    outcome_of(s.get("Patient/unrecorded").await, 404).await;
+    // A transaction is recorded once committed: saved, and said so, lest a
+    // client send it again.
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": {"resourceType": "Patient", "id": "saved"},
+         "request": {"method": "PUT", "url": "Patient/saved"}}]});
+    let outcome = outcome_of(s.post_json("", &bundle).await, 503).await;
+    let text = outcome["issue"][0]["diagnostics"].to_string();
     assert!(text.contains("the change was saved"), "{text}");
-    // It was: a client that reads before sending again finds it.
-    json_of(s.get("Patient/unrecorded").await, 200).await;
+    json_of(s.get("Patient/saved").await, 200).await;
 }
 
 /// Searches are prepared once per connection; a client asking for ever new

@@ -42,6 +42,8 @@ pub struct FhirRequest {
     pub access: crate::auth::Access,
     /// How the client's context narrows the request (set by `handle`).
     pub narrowing: Narrowing,
+    /// Set when the request is audited: a write stores its record itself.
+    pub recording: Option<super::audited::Recording>,
 }
 
 impl FhirRequest {

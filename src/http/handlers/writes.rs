@@ -1,12 +1,14 @@
 //! Writes: create, update, patch, delete and their conditional forms, and
 //! transaction and batch Bundles; `Location`, `ETag`, `Prefer` on the answer.
 
+use std::sync::atomic::Ordering;
+
 use axum::http::{header, HeaderName, StatusCode};
 
 use crate::error::{operation_outcome, FhirError, FhirResult, Issue};
 use crate::fhir;
-use crate::http::negotiate;
 use crate::http::respond::{Reply, VersionRef};
+use crate::http::{audited, negotiate};
 use crate::search;
 use crate::service::{self, PatchTarget, WriteRequest, Written};
 use crate::state::AppState;
@@ -36,14 +38,54 @@ pub(super) async fn transaction(state: &AppState, req: &FhirRequest) -> FhirResu
     Ok(Reply::new(StatusCode::OK, Some(response)))
 }
 
-/// The request's write, by the one write path, held to what the client reaches.
+/// The request's write, by the one write path, held to what the client reaches;
+/// when audited, its record stored in the write's transaction.
 async fn write(
     state: &AppState,
     req: &FhirRequest,
     request: WriteRequest,
 ) -> FhirResult<Option<service::Written>> {
     let holder = req.write_holder();
-    service::write(&state.pool, &state.rules, request, &req.access, &holder).await
+    let record = req.recording.as_ref().map(|recording| {
+        move |written: Option<&Written>| {
+            let location = written
+                .filter(|w| w.json.is_some())
+                .map(|w| version_ref(w).url(&req.base));
+            let asked = audited::Asked {
+                method: req.method.as_str(),
+                path: &recording.path,
+                query: req.raw_query.as_deref(),
+                route: Some(&req.route),
+                params: &req.params,
+                access: Some(&req.access),
+                source: recording.source.clone(),
+                break_glass: req
+                    .header(HeaderName::from_static(crate::http::BREAK_GLASS))
+                    .map(str::to_owned),
+            };
+            let status = write_status(req, written);
+            audited::row(
+                recording.recorded,
+                &asked,
+                status.as_u16(),
+                location.as_deref(),
+            )
+        }
+    });
+    let recorded = record.as_ref().map(|r| r as service::WriteRecord<'_>);
+    let written = service::write(
+        &state.pool,
+        &state.rules,
+        request,
+        &req.access,
+        &holder,
+        recorded,
+    )
+    .await?;
+    if let Some(recording) = &req.recording {
+        recording.stored.store(true, Ordering::Release);
+    }
+    Ok(written)
 }
 
 /// `POST [type]`, conditional with `If-None-Exist`.
@@ -63,7 +105,7 @@ pub(super) async fn create(
         id: None,
     };
     let written = written_of(write(state, req, request).await?)?;
-    written_reply(req, &written, true)
+    written_reply(req, &written)
 }
 
 /// `PUT [type]?criteria`.
@@ -79,7 +121,7 @@ pub(super) async fn conditional_update(
         if_match: req.if_match()?,
     };
     let written = written_of(write(state, req, request).await?)?;
-    written_reply(req, &written, true)
+    written_reply(req, &written)
 }
 
 /// `DELETE [type]?criteria`: 204 when nothing matched.
@@ -93,7 +135,7 @@ pub(super) async fn conditional_delete(
         criteria: req.criteria(),
     };
     match write(state, req, request).await? {
-        Some(written) => written_reply(req, &written, false),
+        Some(written) => written_reply(req, &written),
         None => Ok(Reply::new(StatusCode::NO_CONTENT, None)),
     }
 }
@@ -112,7 +154,7 @@ pub(super) async fn update(
         if_match: req.if_match()?,
     };
     let written = written_of(write(state, req, request).await?)?;
-    written_reply(req, &written, true)
+    written_reply(req, &written)
 }
 
 /// `DELETE [type]/[id]`.
@@ -128,7 +170,7 @@ pub(super) async fn delete(
         if_match: req.if_match()?,
     };
     let written = written_of(write(state, req, request).await?)?;
-    written_reply(req, &written, false)
+    written_reply(req, &written)
 }
 
 /// A PATCH's document: JSON Patch, or FHIRPath Patch (a Parameters resource in
@@ -164,7 +206,7 @@ pub(super) async fn patch(
         if_match: req.if_match()?,
     };
     let written = written_of(write(state, req, request).await?)?;
-    written_reply(req, &written, true)
+    written_reply(req, &written)
 }
 
 /// The result of a write that always yields one (all but conditional delete).
@@ -172,25 +214,41 @@ pub(super) fn written_of(written: Option<Written>) -> FhirResult<Written> {
     written.ok_or_else(|| FhirError::Internal("a write returned nothing".to_owned()))
 }
 
-/// The reply to a write, shaped by `Prefer: return=`.
-pub(super) fn written_reply(req: &FhirRequest, w: &Written, has_body: bool) -> FhirResult<Reply> {
-    let status = match (&w.json, w.created) {
-        (None, _) => StatusCode::NO_CONTENT,
-        (Some(_), true) => StatusCode::CREATED,
-        (Some(_), false) => StatusCode::OK,
-    };
-    let reference = VersionRef {
+/// The status of the answer to a write (`None`: a conditional delete that
+/// matched nothing): 201 for a creation, 204 for a deletion without a body
+/// (`Prefer: return=OperationOutcome` gives it one, and 200), else 200. Also the
+/// status its audit record states, stored before the answer is shaped.
+fn write_status(req: &FhirRequest, written: Option<&Written>) -> StatusCode {
+    match written.map(|w| (&w.json, w.created)) {
+        None => StatusCode::NO_CONTENT,
+        Some((None, _)) if req.prefer("return").as_deref() == Some("OperationOutcome") => {
+            StatusCode::OK
+        }
+        Some((None, _)) => StatusCode::NO_CONTENT,
+        Some((Some(_), true)) => StatusCode::CREATED,
+        Some((Some(_), false)) => StatusCode::OK,
+    }
+}
+
+fn version_ref(w: &Written) -> VersionRef<'_> {
+    VersionRef {
         res_type: &w.res_type,
         res_id: &w.res_id,
         version_id: w.version_id,
         last_updated: w.last_updated,
-    };
+    }
+}
+
+/// The reply to a write, shaped by `Prefer: return=`.
+pub(super) fn written_reply(req: &FhirRequest, w: &Written) -> FhirResult<Reply> {
+    let status = write_status(req, Some(w));
+    let reference = version_ref(w);
     let body = match req.prefer("return").as_deref() {
         Some("minimal") => None,
         Some("OperationOutcome") => {
-            let message = match (status, has_body) {
-                (StatusCode::NO_CONTENT, _) => format!("{}/{} deleted", w.res_type, w.res_id),
-                (StatusCode::CREATED, _) => format!("{}/{} created", w.res_type, w.res_id),
+            let message = match (&w.json, w.created) {
+                (None, _) => format!("{}/{} deleted", w.res_type, w.res_id),
+                (Some(_), true) => format!("{}/{} created", w.res_type, w.res_id),
                 _ => format!("{}/{} is at version {}", w.res_type, w.res_id, w.version_id),
             };
             Some(
@@ -199,11 +257,6 @@ pub(super) fn written_reply(req: &FhirRequest, w: &Written, has_body: bool) -> F
             )
         }
         _ => w.json.clone(),
-    };
-    let status = if status == StatusCode::NO_CONTENT && body.is_some() {
-        StatusCode::OK
-    } else {
-        status
     };
     if w.version_id == 0 {
         // Nothing existed to delete: no version to name.
