@@ -157,6 +157,7 @@ impl Target {
                     // The loader writes straight into the database: it is the
                     // deployer's own tool.
                     access: &crate::auth::Access::Open,
+                    record: None,
                 };
                 bundle::process(pool, rules, &answering, &body)
                     .await

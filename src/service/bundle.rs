@@ -28,6 +28,7 @@ use crate::fhir::{self, datetime};
 use crate::search::params::ParamTable;
 use crate::search::{self, Handling};
 use crate::store;
+use crate::store::audit::AuditRow;
 
 /// How a Bundle's entries are answered, from the request that carries it.
 pub struct Answering<'a> {
@@ -39,6 +40,9 @@ pub struct Answering<'a> {
     pub representation: bool,
     /// Who asks: each entry is held against its scopes.
     pub access: &'a Access,
+    /// A transaction's audit record, stored in its transaction (a batch's
+    /// entries commit one by one: it is recorded once answered).
+    pub record: Option<&'a (dyn Fn() -> AuditRow + Sync)>,
 }
 
 /// Holds an entry against the client's scopes: what its method and target ask,
@@ -711,6 +715,9 @@ async fn transaction(
     }
     pending.flush(&tx, rules, now, &mut out).await?;
     notify::record_events(&tx, &rules.catalog, &out.facts).await?;
+    if let Some(record) = answering.record {
+        super::writes::store_record(&tx, record()).await?;
+    }
     store::commit(tx).await?;
     for w in &out.definitions {
         definitions_changed(pool, rules, w).await;

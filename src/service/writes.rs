@@ -11,6 +11,7 @@ use crate::fhir;
 use crate::search::compartment::Reach;
 use crate::search::params::ParamTable;
 use crate::search::{self, Handling};
+use crate::store::audit::AuditRow;
 use crate::store::{self, StoredVersion};
 
 use super::{definitions_changed, notify, read, Change, ChangeKind, Rules, Written};
@@ -226,17 +227,7 @@ pub async fn write(
     };
     notify::record_events(&tx, &rules.catalog, &facts).await?;
     if let Some(record) = record {
-        let row = record(written.as_ref());
-        let append = tx.prepare_cached(store::audit::APPEND).await?;
-        store::audit::append(&*tx, &append, &[row])
-            .await
-            .map_err(|e| {
-                tracing::error!(error = %e, "a write's audit record not stored");
-                FhirError::Unavailable(
-                    "the access could not be recorded in the audit trail: nothing was changed"
-                        .into(),
-                )
-            })?;
+        store_record(&tx, record(written.as_ref())).await?;
     }
     store::commit(tx).await?;
     if let Some(w) = &written {
@@ -248,7 +239,24 @@ pub async fn write(
 /// The audit record of a write once its result is known, stored in the write's
 /// transaction: no change is committed without it, and none waits for a
 /// commit of its own.
-pub type WriteRecord<'a> = &'a (dyn Fn(Option<&Written>) -> crate::store::audit::AuditRow + Sync);
+pub type WriteRecord<'a> = &'a (dyn Fn(Option<&Written>) -> AuditRow + Sync);
+
+/// Stores a write's audit record in its transaction (503 if it cannot be: the
+/// transaction is then rolled back).
+pub(super) async fn store_record(
+    tx: &deadpool_postgres::Transaction<'_>,
+    row: AuditRow,
+) -> FhirResult<()> {
+    let append = tx.prepare_cached(store::audit::APPEND).await?;
+    store::audit::append(&**tx, &append, &[row])
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "a write's audit record not stored");
+            FhirError::Unavailable(
+                "the access could not be recorded in the audit trail: nothing was changed".into(),
+            )
+        })
+}
 
 /// What a write interaction comes to once its conditions are resolved.
 pub enum Planned {

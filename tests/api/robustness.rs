@@ -718,7 +718,7 @@ async fn a_write_is_not_saved_without_its_audit_record() {
             "CREATE FUNCTION refuse_record() RETURNS trigger LANGUAGE plpgsql AS
                $$ BEGIN RAISE EXCEPTION 'audit record refused by the test'; END $$;
              CREATE TRIGGER refuse_records BEFORE INSERT ON audit_event
-               FOR EACH ROW WHEN (NEW.subtype IN ('update', 'transaction'))
+               FOR EACH ROW WHEN (NEW.subtype IN ('update', 'transaction', 'batch'))
                EXECUTE FUNCTION refuse_record();",
         )
         .await
@@ -735,12 +735,23 @@ async fn a_write_is_not_saved_without_its_audit_record() {
     let text = outcome["issue"][0]["diagnostics"].to_string();
     assert!(text.contains("nothing was changed"), "{text}");
     outcome_of(s.get("Patient/unrecorded").await, 404).await;
-    // A transaction is recorded once committed: saved, and said so, lest a
-    // client send it again.
-    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
-        {"resource": {"resourceType": "Patient", "id": "saved"},
-         "request": {"method": "PUT", "url": "Patient/saved"}}]});
-    let outcome = outcome_of(s.post_json("", &bundle).await, 503).await;
+    // A transaction too.
+    let bundle = |kind: &str, id: &str| {
+        json!({"resourceType": "Bundle", "type": kind, "entry": [
+            {"resource": {"resourceType": "Patient", "id": id},
+             "request": {"method": "PUT", "url": format!("Patient/{id}")}}]})
+    };
+    let outcome = outcome_of(
+        s.post_json("", &bundle("transaction", "unrecorded")).await,
+        503,
+    )
+    .await;
+    let text = outcome["issue"][0]["diagnostics"].to_string();
+    assert!(text.contains("nothing was changed"), "{text}");
+    outcome_of(s.get("Patient/unrecorded").await, 404).await;
+    // A batch's entries commit one by one, and the batch is recorded once
+    // answered: saved, and said so, lest a client send it again.
+    let outcome = outcome_of(s.post_json("", &bundle("batch", "saved")).await, 503).await;
     let text = outcome["issue"][0]["diagnostics"].to_string();
     assert!(text.contains("the change was saved"), "{text}");
     json_of(s.get("Patient/saved").await, 200).await;

@@ -1,7 +1,7 @@
 //! Writes: create, update, patch, delete and their conditional forms, and
 //! transaction and batch Bundles; `Location`, `ETag`, `Prefer` on the answer.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::http::{header, HeaderName, StatusCode};
 
@@ -17,11 +17,22 @@ use super::FhirRequest;
 
 /// `POST [base]` with a transaction or batch Bundle.
 pub(super) async fn transaction(state: &AppState, req: &FhirRequest) -> FhirResult<Reply> {
+    // A transaction stores its record with its changes (a batch is recorded
+    // once answered).
+    let stored = AtomicBool::new(false);
+    let record = req.recording.as_ref().map(|recording| {
+        let stored = &stored;
+        move || {
+            stored.store(true, Ordering::Relaxed);
+            audit_row(req, recording, StatusCode::OK, None)
+        }
+    });
     let answering = service::bundle::Answering {
         base: &req.base,
         handling: req.handling(),
         representation: req.prefer("return").as_deref() == Some("representation"),
         access: &req.access,
+        record: record.as_ref().map(|r| r as &(dyn Fn() -> _ + Sync)),
     };
     let pool = &state.pool;
     // JSON is read one entry at a time; XML goes through the typed model whole.
@@ -35,7 +46,37 @@ pub(super) async fn transaction(state: &AppState, req: &FhirRequest) -> FhirResu
             service::bundle::process(pool, &state.rules, &answering, &json).await?
         }
     };
+    if let Some(recording) = req
+        .recording
+        .as_ref()
+        .filter(|_| stored.load(Ordering::Relaxed))
+    {
+        recording.stored.store(true, Ordering::Release);
+    }
     Ok(Reply::new(StatusCode::OK, Some(response)))
+}
+
+/// The audit record of this write request, answered with `status` (and
+/// `location`), as the request's own record would say.
+fn audit_row(
+    req: &FhirRequest,
+    recording: &audited::Recording,
+    status: StatusCode,
+    location: Option<&str>,
+) -> crate::store::audit::AuditRow {
+    let asked = audited::Asked {
+        method: req.method.as_str(),
+        path: &recording.path,
+        query: req.raw_query.as_deref(),
+        route: Some(&req.route),
+        params: &req.params,
+        access: Some(&req.access),
+        source: recording.source.clone(),
+        break_glass: req
+            .header(HeaderName::from_static(crate::http::BREAK_GLASS))
+            .map(str::to_owned),
+    };
+    audited::row(recording.recorded, &asked, status.as_u16(), location)
 }
 
 /// The request's write, by the one write path, held to what the client reaches;
@@ -51,23 +92,10 @@ async fn write(
             let location = written
                 .filter(|w| w.json.is_some())
                 .map(|w| version_ref(w).url(&req.base));
-            let asked = audited::Asked {
-                method: req.method.as_str(),
-                path: &recording.path,
-                query: req.raw_query.as_deref(),
-                route: Some(&req.route),
-                params: &req.params,
-                access: Some(&req.access),
-                source: recording.source.clone(),
-                break_glass: req
-                    .header(HeaderName::from_static(crate::http::BREAK_GLASS))
-                    .map(str::to_owned),
-            };
-            let status = write_status(req, written);
-            audited::row(
-                recording.recorded,
-                &asked,
-                status.as_u16(),
+            audit_row(
+                req,
+                recording,
+                write_status(req, written),
                 location.as_deref(),
             )
         }
