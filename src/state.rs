@@ -43,3 +43,12 @@ pub struct AppState {
 /// The address a request came from (set per connection by the accept loop).
 #[derive(Debug, Clone, Copy)]
 pub struct Peer(pub std::net::SocketAddr);
+
+/// The connection a request came on, as the accept loop counts it: a websocket
+/// keeps its slot (one of `PASSERELLE_MAX_CONNECTIONS`) while it is open, and
+/// closes when the server stops.
+#[derive(Debug, Clone)]
+pub struct ConnectionSlot {
+    pub slot: Arc<tokio::sync::OwnedSemaphorePermit>,
+    pub stopping: tokio::sync::watch::Receiver<bool>,
+}

@@ -30,19 +30,46 @@ pub async fn upgrade(
         .extensions
         .get::<crate::state::Peer>()
         .map(|p| p.0.ip().to_string());
-    ws.on_upgrade(move |socket| serve(state, base, source, socket))
+    // Counted as the connection it came on, until it closes.
+    let connection = parts
+        .extensions
+        .get::<crate::state::ConnectionSlot>()
+        .cloned();
+    ws.on_upgrade(move |socket| serve(state, base, source, socket, connection))
 }
 
 /// What a socket has been bound to: each Subscription and its owner, who is
 /// the recipient named in the audit records of its notifications.
 type Bound = HashMap<String, Option<Access>>;
 
-async fn serve(state: AppState, base: String, source: Option<String>, mut socket: WebSocket) {
+async fn serve(
+    state: AppState,
+    base: String,
+    source: Option<String>,
+    mut socket: WebSocket,
+    connection: Option<crate::state::ConnectionSlot>,
+) {
     let hub = state.hub.clone();
     let (id, sender, mut outgoing) = hub.open();
     let mut bound = Bound::new();
+    let mut stopping = connection.as_ref().map(|c| c.stopping.clone());
+    let stopped = async move {
+        match stopping.as_mut() {
+            Some(stopping) => {
+                let _ = stopping.wait_for(|stopping| *stopping).await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(stopped);
     loop {
         let reply = tokio::select! {
+            // The server stops: the client reconnects to another instance and
+            // replays what it missed (`$events`).
+            () = &mut stopped => {
+                let _ = socket.send(Message::Close(None)).await;
+                break;
+            }
             message = outgoing.recv() => match message {
                 Some((sub_id, text)) => {
                     // Sent only once recorded; unrecorded, the socket closes and
@@ -81,6 +108,7 @@ async fn serve(state: AppState, base: String, source: Option<String>, mut socket
         }
     }
     hub.close(id);
+    drop(connection);
 }
 
 /// Binds the socket with a token: the handshake (or the error) to answer, its

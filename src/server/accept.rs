@@ -49,11 +49,18 @@ pub(super) async fn serve_on(
         };
         // Responses are written whole; do not let Nagle hold back the last segment.
         let _ = tcp.set_nodelay(true);
+        // Shared with a websocket this connection becomes: its slot is given
+        // back when both have ended.
+        let connection_slot = crate::state::ConnectionSlot {
+            slot: Arc::new(slot),
+            stopping: stop.clone(),
+        };
         let service =
             hyper_util::service::TowerToHyperService::new(tower::ServiceExt::map_request(
                 app.clone(),
                 move |mut request: hyper::Request<hyper::body::Incoming>| {
                     request.extensions_mut().insert(crate::state::Peer(peer));
+                    request.extensions_mut().insert(connection_slot.clone());
                     request
                 },
             ));
@@ -77,13 +84,13 @@ pub(super) async fn serve_on(
             if let Err(e) = ended {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
-            drop(slot);
         });
     }
     drop(listener);
     let _ = stopping.send(true);
-    // Every connection holds a slot until it ends: all slots back means all ended.
-    // A connection that does not end within the shutdown timeout is dropped.
+    // Every connection (and websocket) holds a slot until it ends: all slots back
+    // means all ended. A connection that does not end within the shutdown
+    // timeout is dropped.
     let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
     let ended = tokio::time::timeout(limits.shutdown_timeout, slots.acquire_many(all)).await;
     if ended.is_err() {

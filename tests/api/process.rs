@@ -461,9 +461,11 @@ async fn an_escalation_due_after_a_sigkill_happens_once_after_restart() {
 }
 
 /// SIGTERM: the listener closes at once, the request in flight is finished and
-/// answered, and the process exits 0.
+/// answered, open websockets are closed, and the process exits 0 (well before
+/// the shutdown timeout).
 #[tokio::test]
 async fn sigterm_finishes_the_request_in_flight_then_exits_cleanly() {
+    use futures_util::StreamExt;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let port = free_port();
     let child = spawn_on_database(
@@ -486,11 +488,16 @@ async fn sigterm_finishes_the_request_in_flight_then_exits_cleanly() {
         .write_all(format!("{head}{first}").as_bytes())
         .await
         .expect("half a request");
+    let (mut websocket, _) =
+        tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/fhir/$websocket"))
+            .await
+            .expect("websocket");
     tokio::time::sleep(Duration::from_millis(300)).await;
     // SAFETY: sending SIGTERM to a child process we spawned.
     unsafe {
         libc::kill(child.id() as i32, libc::SIGTERM);
     }
+    let terminated = Instant::now();
     let deadline = Instant::now() + Duration::from_secs(5);
     while tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
@@ -506,9 +513,24 @@ async fn sigterm_finishes_the_request_in_flight_then_exits_cleanly() {
         .await
         .expect("the answer");
     assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+    // The websocket is closed by the server (not left to the shutdown timeout).
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(Ok(message)) = websocket.next().await {
+            if message.is_close() {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the websocket stayed open");
     let mut child = child;
     let status = child.wait().expect("wait");
     assert!(status.success(), "serve exited with {status}");
+    assert!(
+        terminated.elapsed() < Duration::from_secs(15),
+        "exit waited for the shutdown timeout: {:?}",
+        terminated.elapsed()
+    );
 }
 
 /// With traces exported, a subscription's callback carries the W3C trace context

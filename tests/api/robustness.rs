@@ -472,6 +472,40 @@ async fn slow_clients_are_timed_out_and_connections_are_capped() {
     drop(idle);
 }
 
+#[tokio::test]
+async fn websockets_count_among_the_connections_served() {
+    let options = with_limits(passerelle::server::RequestLimits {
+        max_connections: 2,
+        ..Default::default()
+    });
+    let s = TestServer::start_on(crate::support::fresh_database().await, options).await;
+    let url = format!("{}/$websocket", s.base.replacen("http://", "ws://", 1));
+    let mut sockets = Vec::new();
+    for _ in 0..2 {
+        let (socket, _) = tokio_tungstenite::connect_async(url.as_str())
+            .await
+            .expect("connect");
+        sockets.push(socket);
+    }
+    // Both slots are the websockets': a third client waits in the backlog…
+    let waiting = tokio::spawn({
+        let (http, url) = (reqwest::Client::new(), s.url("metadata"));
+        async move { http.get(url).send().await.map(|r| r.status()) }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    assert!(!waiting.is_finished(), "served past the cap");
+    // … and is served once one of them closes.
+    let mut first = sockets.remove(0);
+    first.close(None).await.expect("close");
+    drop(first);
+    let served = tokio::time::timeout(std::time::Duration::from_secs(10), waiting)
+        .await
+        .expect("served once a websocket closed")
+        .expect("task")
+        .expect("GET");
+    assert_eq!(served, 200);
+}
+
 /// `POST [type]/_search` with a form body (long values do not fit a URL well).
 async fn search_form(s: &TestServer, resource_type: &str, pairs: &[(&str, &str)]) -> Vec<String> {
     let body: String = pairs
