@@ -271,11 +271,11 @@ async fn answer(state: &AppState, req: Request, seen: &mut Seen) -> Response {
         },
     };
     seen.access = Some(access.clone());
-    let memory = match reserve_body_memory(state, &parts.headers).await {
+    let mut memory = match reserve_body_memory(state, &parts.headers).await {
         Ok(memory) => memory,
         Err(err) => return respond::error_response(&err, rendering),
     };
-    let body = match read_body(body, &parts.headers, &state.settings).await {
+    let body = match read_body(body, &parts.headers, state, &mut memory).await {
         Ok(body) => body,
         Err(err) => return respond::error_response(&err, rendering),
     };
@@ -298,7 +298,7 @@ async fn answer(state: &AppState, req: Request, seen: &mut Seen) -> Response {
     // The database work is cancelled if the client goes away before the answer;
     // the connections that carried a large body are closed after it.
     let pool = state.pool.clone();
-    let large = memory.is_some();
+    let large = memory.is_large();
     let handled = crate::store::pool::track(pool, handlers::handle(state, request), large).await;
     let response = match handled {
         Ok(reply) => respond::render(reply, rendering),
@@ -314,39 +314,74 @@ const MAX_FORM_BYTES: usize = 1 << 20;
 /// Bodies from this size on draw on the state's budget of large bodies in flight.
 const LARGE_BODY: usize = 64 * 1024;
 
-/// Holds, from before a large body is read until its answer is rendered, its size
-/// (as declared, or the body limit when it comes in chunks) out of the budget of
-/// large bodies in flight: a burst of large requests waits rather than multiplying
-/// the server's memory. `None` for small or no bodies; a body over the limit is
-/// refused at once (413), and one that cannot get its share within the body read
-/// timeout is answered 503.
+/// What a request's body holds, from before it is read until its answer is
+/// rendered, of the budget of large bodies in flight: its size as declared, or,
+/// for a body that comes in chunks, what has arrived (grown by doubling as it
+/// does). A burst of large requests waits rather than multiplying the server's
+/// memory; small bodies take nothing. A body over the limit is refused at once
+/// (413), and one that cannot get its share within the body read timeout is
+/// answered 503.
+struct BodyMemory {
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// Bytes the permit covers.
+    covered: usize,
+}
+
+impl BodyMemory {
+    fn is_large(&self) -> bool {
+        self.permit.is_some()
+    }
+
+    /// Covers `size` bytes (at least), if large.
+    async fn cover(&mut self, state: &AppState, size: usize) -> Result<(), FhirError> {
+        if size < LARGE_BODY || size <= self.covered {
+            return Ok(());
+        }
+        let kib = |bytes: usize| u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX);
+        let more = kib(size).saturating_sub(kib(self.covered));
+        let wait = state.settings.body_read_timeout;
+        let permit =
+            match tokio::time::timeout(wait, state.body_budget.clone().acquire_many_owned(more))
+                .await
+            {
+                Ok(Ok(permit)) => permit,
+                _ => {
+                    return Err(FhirError::Busy(
+                        "the server is busy with other large requests; retry later".to_owned(),
+                    ))
+                }
+            };
+        match &mut self.permit {
+            Some(held) => held.merge(permit),
+            None => self.permit = Some(permit),
+        }
+        self.covered = size;
+        Ok(())
+    }
+}
+
+/// The body's share of the budget before it is read: its declared size (the
+/// budget is never below the body limit: the permits always exist).
 async fn reserve_body_memory(
     state: &AppState,
     headers: &axum::http::HeaderMap,
-) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, FhirError> {
+) -> Result<BodyMemory, FhirError> {
     let limit = state.settings.max_body_bytes;
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
-    let size = match declared {
-        Some(n) if n > limit => return Err(FhirError::PayloadTooLarge(limit)),
-        Some(n) => n,
-        None if headers.contains_key(header::TRANSFER_ENCODING) => limit,
-        None => 0,
+    let mut memory = BodyMemory {
+        permit: None,
+        covered: 0,
     };
-    if size < LARGE_BODY {
-        return Ok(None);
+    match declared {
+        Some(n) if n > limit => return Err(FhirError::PayloadTooLarge(limit)),
+        Some(n) => memory.cover(state, n).await?,
+        // Chunks: covered as they arrive (`read_body`).
+        None => {}
     }
-    // The budget is never below the body limit: the permits always exist.
-    let kib = u32::try_from(size.div_ceil(1024)).unwrap_or(u32::MAX);
-    let wait = state.settings.body_read_timeout;
-    match tokio::time::timeout(wait, state.body_budget.clone().acquire_many_owned(kib)).await {
-        Ok(Ok(permit)) => Ok(Some(permit)),
-        _ => Err(FhirError::Busy(
-            "the server is busy with other large requests; retry later".to_owned(),
-        )),
-    }
+    Ok(memory)
 }
 
 /// Refuses a JSON or XML body nested too deeply for the recursive parsers below,
@@ -368,13 +403,16 @@ fn check_nesting(headers: &axum::http::HeaderMap, body: &[u8]) -> Result<(), Fhi
     }
 }
 
-/// Reads the whole body, refusing more than the limit with 413 and a body that
-/// does not arrive in time with 408.
+/// Reads the whole body, its memory covered as it arrives: more than the limit
+/// is refused with 413, a body that does not arrive in time with 408.
 async fn read_body(
     body: Body,
     headers: &axum::http::HeaderMap,
-    settings: &crate::state::Settings,
+    state: &AppState,
+    memory: &mut BodyMemory,
 ) -> Result<axum::body::Bytes, FhirError> {
+    use http_body_util::BodyExt;
+    let settings = &state.settings;
     let is_form = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -395,23 +433,50 @@ async fn read_body(
         return Err(FhirError::PayloadTooLarge(limit));
     }
     let timeout = settings.body_read_timeout;
-    let read = tokio::time::timeout(timeout, axum::body::to_bytes(body, limit))
-        .await
-        .map_err(|_| {
-            FhirError::RequestTimeout(format!(
-                "the request body did not arrive within {} s",
-                timeout.as_secs_f64()
-            ))
-        })?;
-    read.map_err(|e| {
-        let inner = e.into_inner();
-        if inner
-            .downcast_ref::<http_body_util::LengthLimitError>()
-            .is_some()
-        {
-            FhirError::PayloadTooLarge(limit)
-        } else {
-            FhirError::bad_request(format!("could not read the request body: {inner}"))
+    let deadline = tokio::time::Instant::now() + timeout;
+    let late = || {
+        FhirError::RequestTimeout(format!(
+            "the request body did not arrive within {} s",
+            timeout.as_secs_f64()
+        ))
+    };
+    let mut body = body;
+    let mut read = axum::body::Bytes::new();
+    let mut buffer: Option<Vec<u8>> = None;
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => return Err(late()),
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                return Err(FhirError::bad_request(format!(
+                    "could not read the request body: {e}"
+                )))
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        let size = buffer.as_ref().map_or(read.len(), Vec::len) + data.len();
+        if size > limit {
+            return Err(FhirError::PayloadTooLarge(limit));
         }
-    })
+        if size > memory.covered {
+            memory
+                .cover(state, size.max(memory.covered * 2).min(limit))
+                .await?;
+        }
+        // One chunk (a body with a length, most often) is kept as it came.
+        match &mut buffer {
+            None if read.is_empty() => read = data,
+            None => {
+                let mut joined = Vec::with_capacity(declared.unwrap_or(size).max(size));
+                joined.extend_from_slice(&read);
+                joined.extend_from_slice(&data);
+                buffer = Some(joined);
+            }
+            Some(joined) => joined.extend_from_slice(&data),
+        }
+    }
+    Ok(buffer.map_or(read, axum::body::Bytes::from))
 }
