@@ -503,20 +503,7 @@ async fn chunked_post(addr: &str, path: &str, body: &[u8], chunk: usize) -> Stri
 #[tokio::test]
 async fn chunked_bodies_take_the_memory_they_use() {
     use tokio::io::AsyncWriteExt;
-    let options = passerelle::server::ServeOptions {
-        max_body_bytes: 1 << 20,
-        ..with_limits(passerelle::server::RequestLimits {
-            large_bodies_in_flight: 1 << 20,
-            body_read_timeout: std::time::Duration::from_secs(3),
-            ..Default::default()
-        })
-    };
-    let s = TestServer::start_on(crate::support::fresh_database().await, options).await;
-    let addr = s
-        .base
-        .trim_start_matches("http://")
-        .trim_end_matches("/fhir")
-        .to_owned();
+    let (_server, addr) = with_one_mib_of_bodies(std::time::Duration::from_secs(3)).await;
     // A client sending its body in chunks, slowly: it holds what it has sent,
     // not the whole budget of large bodies (here the body limit).
     let mut slow = tokio::net::TcpStream::connect(&addr)
@@ -703,23 +690,33 @@ async fn wide_arrays_are_refused_before_parsing_but_large_bundles_are_not() {
     );
 }
 
-/// Large bodies share a budget: while one holds it (here a chunked body that never
-/// ends, counted at the body limit), the next large one waits; small ones do not.
-#[tokio::test]
-async fn large_bodies_wait_for_their_share_of_memory() {
-    use tokio::io::AsyncWriteExt;
-    let mut options = with_limits(passerelle::server::RequestLimits {
-        body_read_timeout: std::time::Duration::from_secs(5),
-        large_bodies_in_flight: 1 << 20,
-        ..Default::default()
-    });
-    options.max_body_bytes = 1 << 20;
+/// A server whose body limit and budget of large bodies in flight are both
+/// 1 MiB, and its address.
+async fn with_one_mib_of_bodies(body_read_timeout: std::time::Duration) -> (TestServer, String) {
+    let options = passerelle::server::ServeOptions {
+        max_body_bytes: 1 << 20,
+        ..with_limits(passerelle::server::RequestLimits {
+            large_bodies_in_flight: 1 << 20,
+            body_read_timeout,
+            ..Default::default()
+        })
+    };
     let s = TestServer::start_on(crate::support::fresh_database().await, options).await;
     let addr = s
         .base
         .trim_start_matches("http://")
         .trim_end_matches("/fhir")
         .to_owned();
+    (s, addr)
+}
+
+/// Large bodies share a budget: while one holds it (here a body that never
+/// ends, counted at its declared length), the next large one waits; small ones
+/// do not.
+#[tokio::test]
+async fn large_bodies_wait_for_their_share_of_memory() {
+    use tokio::io::AsyncWriteExt;
+    let (s, addr) = with_one_mib_of_bodies(std::time::Duration::from_secs(5)).await;
     let mut stalled = tokio::net::TcpStream::connect(&addr)
         .await
         .expect("connect");
