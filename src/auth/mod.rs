@@ -588,6 +588,21 @@ fn user_members(access: &Access) -> FhirResult<Holder> {
     }
 }
 
+/// Refuses a change of a `res_type` resource that a client held to patients'
+/// records or care circles may not make: roles decide whose circles a
+/// practitioner is in (a role's practitioner is her), so such a token does not
+/// write them.
+pub fn may_change(access: &Access, res_type: &str) -> FhirResult<()> {
+    if res_type == "PractitionerRole"
+        && holder(access, "Patient", Interaction::Read, false)? != Holder::Free
+    {
+        return Err(FhirError::Forbidden(
+            "a token held to patients' records or care circles does not write PractitionerRoles: a role's practitioner is in the circles that name it".to_owned(),
+        ));
+    }
+    Ok(())
+}
+
 /// Whose records of `res_type` the client may see for `interaction`. A
 /// practitioner who breaks the glass (a reason given) sees any record, audited.
 pub fn holder(

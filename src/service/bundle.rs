@@ -85,15 +85,8 @@ fn check_entry(access: &Access, params: &ParamTable, head: &Head) -> FhirResult<
                 .to_owned(),
         ));
     }
-    // Roles decide circles: see `http::authorize::narrowing`.
-    if res_type == "PractitionerRole"
-        && head.method != "GET"
-        && crate::auth::holder(access, "Patient", Read, false)? != Holder::Free
-    {
-        return Err(FhirError::Forbidden(
-            "a token held to patients' records or care circles does not write PractitionerRoles"
-                .to_owned(),
-        ));
+    if head.method != "GET" {
+        crate::auth::may_change(access, res_type)?;
     }
     // The entry's holder: that of the first of its needs that is held (a
     // directory search reaching records is held for them).
