@@ -201,9 +201,9 @@ pub(super) async fn run_job(
         Some(export) if export.status == "in-progress" => {}
         _ => return Ok(super::jobs::Ended::Done),
     }
-    if job.attempts > 1 {
-        export::clear_files(&client, &job.job_id).await?;
-    }
+    // The files of an earlier holder that stopped before the end (killed, or
+    // given its lease back at a stop, which does not count as an attempt).
+    export::clear_files(&client, &job.job_id).await?;
     drop(client);
     let ended = run(pool, lease, &selection).await?;
     if let super::jobs::Ended::Done = ended {

@@ -13,7 +13,8 @@ pub struct LeasedJob {
     pub kind: String,
     pub spec: Value,
     pub checkpoint: Option<Value>,
-    /// This lease included: above one, an earlier holder stopped before the end.
+    /// Leases taken and not given back, this one included: above one, an
+    /// earlier holder failed or was killed before the end.
     pub attempts: i32,
 }
 
@@ -121,12 +122,15 @@ pub async fn give_back(client: &impl GenericClient, job_id: &str, worker: &str) 
 }
 
 /// Gives back every lease of the runners of `instance` (ids `{instance}-{n}`),
-/// when it stops: another instance takes its jobs up at once.
+/// when it stops: another instance takes its jobs up at once. A stop is no
+/// failure: the attempt each lease counted is given back too (restarts and
+/// deployments do not use up a job's attempts).
 pub async fn release(client: &impl GenericClient, instance: &str) -> FhirResult<u64> {
     let runners = format!("{instance}-%");
     Ok(client
         .execute(
-            "UPDATE background_job SET leased_by = NULL, leased_until = NULL
+            "UPDATE background_job
+                SET leased_by = NULL, leased_until = NULL, attempts = greatest(attempts - 1, 0)
               WHERE leased_by LIKE $1 AND status = 'pending'",
             &[&runners],
         )

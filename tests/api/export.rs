@@ -225,3 +225,42 @@ async fn large_exports_are_split_into_files_of_a_thousand() {
     all.dedup();
     assert_eq!(all.len(), 1005, "each resource once, in id order");
 }
+
+/// An instance that stops gives its jobs back without using up their attempts:
+/// restarts and deployments are no failures (a job interrupted three times
+/// fails). A lease lost otherwise (a kill) still counts.
+#[tokio::test]
+async fn a_job_given_back_at_a_stop_keeps_its_attempts() {
+    use passerelle::store::jobs;
+    let pool = passerelle::store::pool::build(
+        crate::support::fresh_database().await,
+        passerelle::store::pool::PoolSettings::sized(1),
+    )
+    .expect("pool");
+    let client = pool.get().await.expect("connection");
+    jobs::create(&client, "job-1", "export", &json!({}))
+        .await
+        .expect("job");
+    for _ in 0..5 {
+        let job = jobs::lease(&client, "instance-a-0", 60.0)
+            .await
+            .expect("lease")
+            .expect("the job");
+        assert_eq!(job.attempts, 1, "a stop used up an attempt");
+        assert_eq!(
+            jobs::release(&client, "instance-a").await.expect("release"),
+            1
+        );
+    }
+    // Killed: its lease expires, and the next holder's attempt is the second.
+    jobs::lease(&client, "instance-a-0", 0.0)
+        .await
+        .expect("lease")
+        .expect("the job");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let job = jobs::lease(&client, "instance-b-0", 60.0)
+        .await
+        .expect("lease")
+        .expect("the job");
+    assert_eq!(job.attempts, 2);
+}
