@@ -246,19 +246,14 @@ fn write_request(
             resource: resource()?,
             if_match: head.if_match,
         },
-        ("PUT", Target::Criteria(t, criteria)) => {
-            let mut resource = resource()?;
+        ("PUT", Target::Criteria(t, criteria)) => WriteRequest::ConditionalUpdate {
+            res_type: t.clone(),
+            criteria: criteria.clone(),
+            resource: resource()?,
+            if_match: head.if_match,
             // The id its fullUrl stands for (its match, or the one it creates).
-            if let (Some(id), None) = (id, fhir::resource_id(&resource)) {
-                resource["id"] = Value::from(id);
-            }
-            WriteRequest::ConditionalUpdate {
-                res_type: t.clone(),
-                criteria: criteria.clone(),
-                resource,
-                if_match: head.if_match,
-            }
-        }
+            assigned_id: id,
+        },
         ("PATCH", Target::Instance(t, id)) => WriteRequest::Patch {
             res_type: t.clone(),
             target: PatchTarget::Id(id.clone()),

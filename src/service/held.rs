@@ -48,7 +48,7 @@ pub async fn visible(
         }
     }
     Err(FhirError::NotFound(format!(
-        "{res_type}/{id} is not known to this token (which creates with POST)"
+        "{res_type}/{id} is not known to this token"
     )))
 }
 

@@ -90,6 +90,9 @@ pub enum WriteRequest {
         criteria: Vec<(String, String)>,
         resource: Value,
         if_match: Option<i64>,
+        /// The id the server chose for it (a Bundle entry's `fullUrl` stands
+        /// for it): its match's, or the one it creates under.
+        assigned_id: Option<String>,
     },
     /// `PATCH [type]/[id]` or `PATCH [type]?criteria` with a JSON Patch document.
     Patch {
@@ -252,7 +255,7 @@ pub(super) async fn store_record(
         .await
         .map_err(|e| {
             tracing::error!(error = %e, "a write's audit record not stored");
-            FhirError::Unavailable(
+            FhirError::Transient(
                 "the access could not be recorded in the audit trail: nothing was changed".into(),
             )
         })
@@ -343,14 +346,16 @@ pub async fn plan(
             criteria,
             resource,
             if_match,
+            assigned_id,
         } => {
             check_type(&res_type, &resource)?;
             let body_id = fhir::resource_id(&resource).map(str::to_owned);
+            let named = body_id.clone().or_else(|| assigned_id.clone());
             match (
                 conditional_match(tx, params, &res_type, &criteria, reach).await?,
                 body_id,
             ) {
-                (Matches::One(id), Some(body_id)) if body_id != id => {
+                (Matches::One(id), _) if named.as_ref().is_some_and(|n| *n != id) => {
                     return Err(FhirError::bad_request(format!(
                         "the body's id differs from the id '{id}' of the matching resource"
                     )))
@@ -359,10 +364,14 @@ pub async fn plan(
                     Change::update(&res_type, id, resource, if_match)
                 }
                 // No match and no id: a create under a new id, as R4 has it.
-                (Matches::None, None) => Change {
-                    if_match,
-                    ..Change::create(&res_type, resource)
-                },
+                (Matches::None, None) => {
+                    let mut created = Change::create(&res_type, resource);
+                    if let Some(id) = assigned_id {
+                        created.res_id = id;
+                    }
+                    created.if_match = if_match;
+                    created
+                }
             }
         }
         WriteRequest::Patch {

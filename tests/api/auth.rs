@@ -943,6 +943,19 @@ async fn a_practitioners_bundles_are_held_entry_by_entry() {
     let searched = &done["entry"][5]["resource"];
     assert_eq!(searched["total"], 1, "{searched}");
     assert_eq!(searched["entry"][0]["resource"]["id"], "hb-mine-visit");
+    // A conditional update matching nothing creates under the id its fullUrl
+    // stands for, as by REST (it names no id of its own).
+    let mut follow_up = visit("unused", "hb-mine");
+    follow_up.as_object_mut().map(|v| v.remove("id"));
+    follow_up["identifier"] = json!([{"system": "urn:example:visit", "value": "hb-follow-up"}]);
+    let conditional = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": "urn:uuid:3f1c2a9e-0c2b-4d43-9a55-6a1f0f7e0002", "resource": follow_up,
+         "request": {"method": "PUT", "url": "Encounter?identifier=urn:example:visit|hb-follow-up"}}]});
+    let done = json_of(post(conditional).await, 200).await;
+    assert_eq!(
+        done["entry"][0]["response"]["status"], "201 Created",
+        "{done}"
+    );
 
     // The other patient: each way in fails the whole transaction, 404 where her
     // record's existence is not hers to know, 403 where the content says whom it

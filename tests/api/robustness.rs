@@ -842,7 +842,10 @@ async fn a_write_is_not_saved_without_its_audit_record() {
         .await;
     let outcome = outcome_of(answer, 503).await;
     let text = outcome["issue"][0]["diagnostics"].to_string();
-    assert!(text.contains("nothing was changed"), "{text}");
+    assert!(
+        text.contains("could not be recorded in the audit trail: nothing was changed"),
+        "{text}"
+    );
     outcome_of(s.get("Patient/unrecorded").await, 404).await;
     // A transaction too.
     let bundle = |kind: &str, id: &str| {
@@ -856,7 +859,10 @@ async fn a_write_is_not_saved_without_its_audit_record() {
     )
     .await;
     let text = outcome["issue"][0]["diagnostics"].to_string();
-    assert!(text.contains("nothing was changed"), "{text}");
+    assert!(
+        text.contains("could not be recorded in the audit trail: nothing was changed"),
+        "{text}"
+    );
     outcome_of(s.get("Patient/unrecorded").await, 404).await;
     // A batch's entries commit one by one, and the batch is recorded once
     // answered: saved, and said so, lest a client send it again.

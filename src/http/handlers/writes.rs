@@ -147,6 +147,7 @@ pub(super) async fn conditional_update(
         criteria: req.criteria(),
         resource: req.resource()?,
         if_match: req.if_match()?,
+        assigned_id: None,
     };
     let written = written_of(write(state, req, request).await?)?;
     written_reply(req, &written)
