@@ -332,28 +332,46 @@ impl BodyMemory {
         self.permit.is_some()
     }
 
-    /// Covers `size` bytes (at least), if large.
-    async fn cover(&mut self, state: &AppState, size: usize) -> Result<(), FhirError> {
+    /// Covers `size` bytes (at least), if large, waiting until `deadline` at
+    /// most. More is taken at once when free; otherwise what is held is given
+    /// back and the whole share waited for, so that bodies growing side by side
+    /// never hold parts each other waits for.
+    async fn cover(
+        &mut self,
+        state: &AppState,
+        size: usize,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), FhirError> {
         if size < LARGE_BODY || size <= self.covered {
             return Ok(());
         }
         let kib = |bytes: usize| u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX);
+        let budget = state.body_budget.clone();
         let more = kib(size).saturating_sub(kib(self.covered));
-        let wait = state.settings.body_read_timeout;
-        let permit =
-            match tokio::time::timeout(wait, state.body_budget.clone().acquire_many_owned(more))
-                .await
-            {
-                Ok(Ok(permit)) => permit,
-                _ => {
-                    return Err(FhirError::Busy(
-                        "the server is busy with other large requests; retry later".to_owned(),
-                    ))
+        let permit = match (
+            self.permit.as_mut(),
+            budget.clone().try_acquire_many_owned(more),
+        ) {
+            (Some(held), Ok(permit)) => {
+                held.merge(permit);
+                None
+            }
+            (None, Ok(permit)) => Some(permit),
+            (_, Err(_)) => {
+                self.permit = None;
+                let whole = budget.acquire_many_owned(kib(size));
+                match tokio::time::timeout_at(deadline, whole).await {
+                    Ok(Ok(permit)) => Some(permit),
+                    _ => {
+                        return Err(FhirError::Busy(
+                            "the server is busy with other large requests; retry later".to_owned(),
+                        ))
+                    }
                 }
-            };
-        match &mut self.permit {
-            Some(held) => held.merge(permit),
-            None => self.permit = Some(permit),
+            }
+        };
+        if permit.is_some() {
+            self.permit = permit;
         }
         self.covered = size;
         Ok(())
@@ -375,9 +393,10 @@ async fn reserve_body_memory(
         permit: None,
         covered: 0,
     };
+    let deadline = tokio::time::Instant::now() + state.settings.body_read_timeout;
     match declared {
         Some(n) if n > limit => return Err(FhirError::PayloadTooLarge(limit)),
-        Some(n) => memory.cover(state, n).await?,
+        Some(n) => memory.cover(state, n, deadline).await?,
         // Chunks: covered as they arrive (`read_body`).
         None => {}
     }
@@ -463,7 +482,7 @@ async fn read_body(
         }
         if size > memory.covered {
             memory
-                .cover(state, size.max(memory.covered * 2).min(limit))
+                .cover(state, size.max(memory.covered * 2).min(limit), deadline)
                 .await?;
         }
         // One chunk (a body with a length, most often) is kept as it came.

@@ -527,6 +527,17 @@ async fn chunked_bodies_take_the_memory_they_use() {
         json!({"resourceType": "Binary", "contentType": "text/plain", "data": data}).to_string();
     let answer = chunked_post(&addr, "/fhir/Binary", binary.as_bytes(), 64 * 1024).await;
     assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+    // Two large ones side by side, each growing past half the budget: neither
+    // holds a part the other waits for; both are created.
+    let data = "QUJD".repeat(170_000);
+    let binary =
+        json!({"resourceType": "Binary", "contentType": "text/plain", "data": data}).to_string();
+    let (first, second) = tokio::join!(
+        chunked_post(&addr, "/fhir/Binary", binary.as_bytes(), 16 * 1024),
+        chunked_post(&addr, "/fhir/Binary", binary.as_bytes(), 16 * 1024)
+    );
+    assert!(first.starts_with("HTTP/1.1 201"), "{first}");
+    assert!(second.starts_with("HTTP/1.1 201"), "{second}");
     // Over the limit: 413.
     let data = "QUJD".repeat(300_000);
     let binary =
