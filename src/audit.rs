@@ -44,20 +44,23 @@ pub struct Auditor {
 impl Auditor {
     /// Starts the writer, on a thread of its own, appending to the database
     /// `config` names; it stops when the auditor is dropped.
-    pub fn start(config: tokio_postgres::Config) -> std::io::Result<Arc<Auditor>> {
+    pub fn start(mut config: tokio_postgres::Config) -> std::io::Result<Arc<Auditor>> {
+        // A statement that outlives its batch's timeout is stopped by PostgreSQL
+        // (its requests were answered 503; it must not commit later nor pile up).
+        let options = format!(
+            "{} -c statement_timeout={}",
+            config.get_options().unwrap_or_default(),
+            WRITE_TIMEOUT.as_millis()
+        );
+        config.options(options.trim());
+        config.connect_timeout(WRITE_TIMEOUT);
         let (sender, receiver) = mpsc::channel::<Pending>(QUEUE);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
         std::thread::Builder::new()
             .name("audit-writer".into())
-            .spawn(move || {
-                match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(runtime) => runtime.block_on(write_batches(config, receiver)),
-                    // The receiver dropped: every record is refused, loudly.
-                    Err(e) => tracing::error!(error = %e, "the audit writer could not start"),
-                }
-            })?;
+            .spawn(move || runtime.block_on(write_batches(config, receiver)))?;
         Ok(Arc::new(Auditor { sender }))
     }
 

@@ -588,12 +588,13 @@ fn user_members(access: &Access) -> FhirResult<Holder> {
     }
 }
 
-/// Refuses a change of a `res_type` resource that a client held to patients'
-/// records or care circles may not make: roles decide whose circles a
-/// practitioner is in (a role's practitioner is her), so such a token does not
-/// write them.
-pub fn may_change(access: &Access, res_type: &str) -> FhirResult<()> {
+/// Refuses a request (`method`, by REST or in a Bundle) changing a `res_type`
+/// resource that a client held to patients' records or care circles may not
+/// change: roles decide whose circles a practitioner is in (a role's
+/// practitioner is her), so such a token does not write them.
+pub fn may_change(access: &Access, method: &str, res_type: &str) -> FhirResult<()> {
     if res_type == "PractitionerRole"
+        && !matches!(method, "GET" | "HEAD")
         && holder(access, "Patient", Interaction::Read, false)? != Holder::Free
     {
         return Err(FhirError::Forbidden(

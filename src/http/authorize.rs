@@ -203,9 +203,7 @@ pub fn narrowing(
         crate::auth::holder(access, t, i, break_glass && t != "AuditEvent")
     };
     if let Route::Type(t) | Route::Instance(t, _) = route {
-        if !get_method(method) {
-            crate::auth::may_change(access, t)?;
-        }
+        crate::auth::may_change(access, method.as_str(), t)?;
     }
     let not_yet = |what: &str| {
         FhirError::Forbidden(format!(

@@ -85,9 +85,7 @@ fn check_entry(access: &Access, params: &ParamTable, head: &Head) -> FhirResult<
                 .to_owned(),
         ));
     }
-    if head.method != "GET" {
-        crate::auth::may_change(access, res_type)?;
-    }
+    crate::auth::may_change(access, &head.method, res_type)?;
     // The entry's holder: that of the first of its needs that is held (a
     // directory search reaching records is held for them).
     let mut holder = Holder::Free;

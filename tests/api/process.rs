@@ -517,12 +517,17 @@ async fn sigterm_finishes_the_request_in_flight_then_exits_cleanly() {
     let closed = tokio::time::timeout(Duration::from_secs(10), async {
         while let Some(Ok(message)) = websocket.next().await {
             if message.is_close() {
-                break;
+                return true;
             }
         }
+        false
     })
     .await;
-    assert!(closed.is_ok(), "the websocket stayed open");
+    assert_eq!(
+        closed,
+        Ok(true),
+        "the websocket was not closed by the server"
+    );
     let mut child = child;
     let status = child.wait().expect("wait");
     assert!(status.success(), "serve exited with {status}");
