@@ -351,6 +351,12 @@ pub async fn plan(
             check_type(&res_type, &resource)?;
             let body_id = fhir::resource_id(&resource).map(str::to_owned);
             let named = body_id.clone().or_else(|| assigned_id.clone());
+            // The body names the id its fullUrl stands for, as the entries that
+            // refer to it do (but it is not the client's id: see below).
+            let mut resource = resource;
+            if let (Some(id), None) = (&assigned_id, &body_id) {
+                resource["id"] = Value::from(id.as_str());
+            }
             match (
                 conditional_match(tx, params, &res_type, &criteria, reach).await?,
                 body_id,
