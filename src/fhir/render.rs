@@ -70,14 +70,36 @@ pub fn bundle_around(
     text
 }
 
+/// Whether `text` goes into JSON as it is, between quotes.
+fn plain(text: &str) -> bool {
+    !text.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20)
+}
+
 /// Appends `text` as a JSON string (quoted, escaped when it must be).
 pub fn push_json_string(out: &mut String, text: &str) {
-    if text.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
-        out.push_str(&Value::from(text).to_string());
-    } else {
+    if plain(text) {
         out.push('"');
         out.push_str(text);
         out.push('"');
+    } else {
+        out.push_str(&Value::from(text).to_string());
+    }
+}
+
+/// Opens a Bundle entry in `out`, after a comma when entries precede it: `{`
+/// and its `fullUrl`, `{base}/{res_type}/{res_id}` (written in place unless it
+/// must be escaped).
+pub fn open_entry(out: &mut String, base: &str, res_type: &str, res_id: &str) {
+    if !out.is_empty() {
+        out.push(',');
+    }
+    out.push_str("{\"fullUrl\":");
+    if plain(base) && plain(res_type) && plain(res_id) {
+        for part in ["\"", base, "/", res_type, "/", res_id, "\""] {
+            out.push_str(part);
+        }
+    } else {
+        push_json_string(out, &format!("{base}/{res_type}/{res_id}"));
     }
 }
 

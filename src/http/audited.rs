@@ -26,13 +26,15 @@ pub struct Asked<'a> {
 }
 
 /// What a write needs to store its request's audit record in its own
-/// transaction (the request's start, path and peer; the rest is in the request);
-/// `stored` says it did, and the request is not recorded again.
+/// transaction (the request's start, path, peer and break-the-glass reason; the
+/// rest is in the request); `stored` says it did, and the request is not
+/// recorded again.
 #[derive(Debug, Clone)]
 pub struct Recording {
     pub recorded: DateTime<Utc>,
     pub path: String,
     pub source: Option<String>,
+    pub break_glass: Option<String>,
     pub stored: Arc<AtomicBool>,
 }
 
@@ -109,6 +111,15 @@ fn patient(entity: Option<&(String, String)>, params: &[(String, String)]) -> Op
     })
 }
 
+/// Who a record names: the token's client, subject and `fhirUser` (none
+/// without a token).
+fn who(access: Option<&Access>) -> (Option<String>, Option<String>, Option<String>) {
+    match access {
+        Some(Access::Token(p)) => (p.client.clone(), p.subject.clone(), p.fhir_user.clone()),
+        _ => (None, None, None),
+    }
+}
+
 /// The audit record of a request answered with `status` (and `location`).
 pub fn row(
     recorded: DateTime<Utc>,
@@ -119,19 +130,16 @@ pub fn row(
     let (action, subtype) = action(asked.method, asked.route);
     let entity = entity(asked.route, location);
     let patient_id = patient(entity.as_ref(), asked.params);
-    let principal = match asked.access {
-        Some(Access::Token(principal)) => Some(principal),
-        _ => None,
-    };
+    let (client_id, subject, fhir_user) = who(asked.access);
     AuditRow {
         seq: 0,
         recorded,
         action: action.to_owned(),
         subtype,
         status: i32::from(status),
-        client_id: principal.and_then(|p| p.client.clone()),
-        subject: principal.and_then(|p| p.subject.clone()),
-        fhir_user: principal.and_then(|p| p.fhir_user.clone()),
+        client_id,
+        subject,
+        fhir_user,
         source: asked.source.clone(),
         method: asked.method.to_owned(),
         path: asked.path.to_owned(),
@@ -153,19 +161,16 @@ pub fn websocket_row(
     owner: Option<&Access>,
     source: Option<String>,
 ) -> AuditRow {
-    let principal = match owner {
-        Some(Access::Token(principal)) => Some(principal),
-        _ => None,
-    };
+    let (client_id, subject, fhir_user) = who(owner);
     AuditRow {
         seq: 0,
         recorded: chrono::Utc::now(),
         action: "E".to_owned(),
         subtype: subtype.to_owned(),
         status: i32::from(status),
-        client_id: principal.and_then(|p| p.client.clone()),
-        subject: principal.and_then(|p| p.subject.clone()),
-        fhir_user: principal.and_then(|p| p.fhir_user.clone()),
+        client_id,
+        subject,
+        fhir_user,
         source,
         method: "WEBSOCKET".to_owned(),
         path: "/fhir/$websocket".to_owned(),

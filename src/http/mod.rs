@@ -180,6 +180,7 @@ async fn answer_audited(
         recorded,
         path: path.clone(),
         source: source.clone(),
+        break_glass: break_glass.clone(),
         stored: stored.clone(),
     });
     let response = answer(state, req, seen).await;
@@ -346,36 +347,36 @@ impl BodyMemory {
             return Ok(());
         }
         let kib = |bytes: usize| u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX);
-        let budget = state.body_budget.clone();
+        let budget = &state.body_budget;
         let more = kib(size).saturating_sub(kib(self.covered));
-        let permit = match (
+        match (
             self.permit.as_mut(),
             budget.clone().try_acquire_many_owned(more),
         ) {
-            (Some(held), Ok(permit)) => {
-                held.merge(permit);
-                None
-            }
-            (None, Ok(permit)) => Some(permit),
+            (Some(held), Ok(permit)) => held.merge(permit),
+            (None, Ok(permit)) => self.permit = Some(permit),
             (_, Err(_)) => {
                 self.permit = None;
-                let whole = budget.acquire_many_owned(kib(size));
-                match tokio::time::timeout_at(deadline, whole).await {
-                    Ok(Ok(permit)) => Some(permit),
-                    _ => {
-                        return Err(FhirError::Busy(
-                            "the server is busy with other large requests; retry later".to_owned(),
-                        ))
-                    }
-                }
+                let whole = budget.clone().acquire_many_owned(kib(size));
+                let Ok(Ok(permit)) = tokio::time::timeout_at(deadline, whole).await else {
+                    return Err(FhirError::Busy(
+                        "the server is busy with other large requests; retry later".to_owned(),
+                    ));
+                };
+                self.permit = Some(permit);
             }
-        };
-        if permit.is_some() {
-            self.permit = permit;
         }
         self.covered = size;
         Ok(())
     }
+}
+
+/// The body's length as its `Content-Length` declares it (none: chunks).
+fn declared_length(headers: &axum::http::HeaderMap) -> Option<usize> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
 }
 
 /// The body's share of the budget before it is read: its declared size (the
@@ -385,10 +386,7 @@ async fn reserve_body_memory(
     headers: &axum::http::HeaderMap,
 ) -> Result<BodyMemory, FhirError> {
     let limit = state.settings.max_body_bytes;
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
+    let declared = declared_length(headers);
     let mut memory = BodyMemory {
         permit: None,
         covered: 0,
@@ -444,10 +442,7 @@ async fn read_body(
         true => settings.max_body_bytes.min(MAX_FORM_BYTES),
         false => settings.max_body_bytes,
     };
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
+    let declared = declared_length(headers);
     if declared.is_some_and(|n| n > limit) {
         return Err(FhirError::PayloadTooLarge(limit));
     }

@@ -47,6 +47,7 @@ async fn serve(
     base: String,
     source: Option<String>,
     mut socket: WebSocket,
+    // Held until the socket closes: its slot among the connections served.
     connection: Option<crate::state::ConnectionSlot>,
 ) {
     let hub = state.hub.clone();
@@ -108,7 +109,6 @@ async fn serve(
         }
     }
     hub.close(id);
-    drop(connection);
 }
 
 /// Binds the socket with a token: the handshake (or the error) to answer, its

@@ -66,14 +66,13 @@ async fn by_ids(
         ("_count".to_owned(), ids.len().to_string()),
         ("_total".to_owned(), "none".to_owned()),
     ];
-    let scope = Scope::Type;
     let page = search(
         client,
         params,
         res_type,
         &criteria,
         Handling::Strict,
-        scope,
+        Scope::Type,
         reach,
     )
     .await?;

@@ -19,7 +19,7 @@ pub struct HistoryPage {
 /// entry written straight into one buffer around the stored text, as a
 /// searchset's (`searches::searchset`).
 pub fn history_bundle(base: &str, links: &[(&str, String)], versions: &[StoredVersion]) -> String {
-    use crate::fhir::render::push_json_string;
+    use crate::fhir::render::{open_entry, push_json_string};
     let stored: usize = versions
         .iter()
         .filter_map(|v| v.json.as_deref().map(str::len))
@@ -33,11 +33,7 @@ pub fn history_bundle(base: &str, links: &[(&str, String)], versions: &[StoredVe
             }
             store::Method::Delete => (format!("{}/{}", v.res_type, v.res_id), "204 No Content"),
         };
-        if !entries.is_empty() {
-            entries.push(',');
-        }
-        entries.push_str("{\"fullUrl\":");
-        push_json_string(&mut entries, &format!("{base}/{}/{}", v.res_type, v.res_id));
+        open_entry(&mut entries, base, &v.res_type, &v.res_id);
         if let Some(resource) = &v.json {
             entries.push_str(",\"resource\":");
             entries.push_str(resource);

@@ -81,14 +81,7 @@ pub fn searchset(
         let Some(resource) = v.json.as_deref() else {
             return Ok(());
         };
-        if !entries.is_empty() {
-            entries.push(',');
-        }
-        entries.push_str("{\"fullUrl\":");
-        fhir::render::push_json_string(
-            &mut entries,
-            &format!("{base}/{}/{}", v.res_type, v.res_id),
-        );
+        fhir::render::open_entry(&mut entries, base, &v.res_type, &v.res_id);
         entries.push_str(",\"resource\":");
         match &subset {
             Some(subset) => entries.push_str(&fhir::subset::apply(resource, subset)?),

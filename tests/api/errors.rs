@@ -176,39 +176,16 @@ async fn bodies_over_the_limit_are_413() {
     let big = json!({"resourceType":"Patient","name":[{"family": "x".repeat(2000)}]});
     outcome_of(s.post_json("Patient", &big).await, 413).await;
     // Without a Content-Length (chunked), the limit holds too.
-    let response = chunked_post(&s, "/fhir/Patient", &big.to_string()).await;
+    let response = crate::support::chunked_post(
+        &s.authority(),
+        "/fhir/Patient",
+        big.to_string().as_bytes(),
+        256,
+    )
+    .await;
     assert!(response.starts_with("HTTP/1.1 413"), "{response}");
     assert!(response.contains("OperationOutcome"), "{response}");
     assert_eq!(s.version_count().await, 0);
-}
-
-/// Sends a body of undeclared length (Transfer-Encoding: chunked) over a raw socket.
-async fn chunked_post(s: &TestServer, path: &str, body: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let authority = s
-        .base
-        .trim_start_matches("http://")
-        .trim_end_matches("/fhir");
-    let mut socket = tokio::net::TcpStream::connect(authority)
-        .await
-        .expect("connect");
-    let mut request = format!(
-        "POST {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/fhir+json\r\n\
-         Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
-    );
-    for chunk in body.as_bytes().chunks(256) {
-        request.push_str(&format!(
-            "{:x}\r\n{}\r\n",
-            chunk.len(),
-            String::from_utf8_lossy(chunk)
-        ));
-    }
-    request.push_str("0\r\n\r\n");
-    socket.write_all(request.as_bytes()).await.expect("write");
-    let mut response = Vec::new();
-    // The server may answer before reading the whole body; read what it says.
-    let _ = socket.read_to_end(&mut response).await;
-    String::from_utf8_lossy(&response).into_owned()
 }
 
 /// Values that PostgreSQL cannot take (NUL, a cursor of the wrong type, a number

@@ -226,7 +226,7 @@ async fn the_embedded_cluster_is_started_again_when_its_postmaster_dies() {
 #[tokio::test]
 async fn two_instances_behind_nginx_ride_out_a_database_restart() {
     use crate::nginx::{nginx, start_nginx};
-    use crate::proxy::{server_trusting, upstream_of};
+    use crate::proxy::server_trusting;
     let Some(binary) = nginx() else {
         return;
     };
@@ -234,7 +234,7 @@ async fn two_instances_behind_nginx_ride_out_a_database_restart() {
     let cluster = database.cluster.clone().expect("embedded cluster");
     let one = server_trusting(database.config.clone(), "127.0.0.1").await;
     let two = server_trusting(database.config.clone(), "127.0.0.1").await;
-    let proxy = start_nginx(&binary, &[upstream_of(&one), upstream_of(&two)]).await;
+    let proxy = start_nginx(&binary, &[one.authority(), two.authority()]).await;
     let public = format!("http://127.0.0.1:{}/fhir", proxy.port);
     let http = reqwest::Client::new();
     let create = |family: &str| {

@@ -84,14 +84,6 @@ async fn forwarding_headers_are_believed_only_from_trusted_proxies() {
     );
 }
 
-/// A test server's `host:port`, as nginx's upstream names it.
-pub fn upstream_of(s: &TestServer) -> String {
-    s.base
-        .trim_start_matches("http://")
-        .trim_end_matches("/fhir")
-        .to_owned()
-}
-
 /// FHIR requests an instance answered, from its own metrics.
 async fn requests_served(s: &TestServer) -> f64 {
     let root = s.base.trim_end_matches("/fhir");
@@ -121,7 +113,7 @@ async fn two_instances_behind_nginx_serve_one_public_address() {
     let config = fresh_database().await;
     let one = server_trusting(config.clone(), "127.0.0.1").await;
     let two = server_trusting(config, "127.0.0.1").await;
-    let upstreams = [upstream_of(&one), upstream_of(&two)];
+    let upstreams = [one.authority(), two.authority()];
     let proxy = start_nginx(&binary, &upstreams).await;
     let public = format!("http://127.0.0.1:{}/fhir", proxy.port);
     let http = reqwest::Client::new();

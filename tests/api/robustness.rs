@@ -435,11 +435,7 @@ async fn slow_clients_are_timed_out_and_connections_are_capped() {
         ..Default::default()
     });
     let s = TestServer::start_on(crate::support::fresh_database().await, options).await;
-    let addr = s
-        .base
-        .trim_start_matches("http://")
-        .trim_end_matches("/fhir")
-        .to_owned();
+    let addr = s.authority();
 
     // A head that never ends: the server closes the connection.
     let answer = half_sent(&addr, b"GET /fhir/metadata HTTP/1.1\r\nHost: x\r\n").await;
@@ -472,34 +468,6 @@ async fn slow_clients_are_timed_out_and_connections_are_capped() {
     drop(idle);
 }
 
-/// A request sent with a chunked body (`Transfer-Encoding: chunked`), in chunks
-/// of `chunk` bytes, on a connection of its own; the answer's status line.
-async fn chunked_post(addr: &str, path: &str, body: &[u8], chunk: usize) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut socket = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let head = format!(
-        "POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/fhir+json\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
-    );
-    socket.write_all(head.as_bytes()).await.expect("head");
-    for part in body.chunks(chunk) {
-        let mut framed = format!("{:x}\r\n", part.len()).into_bytes();
-        framed.extend_from_slice(part);
-        framed.extend_from_slice(b"\r\n");
-        // The server may answer (413) before the rest is sent.
-        if socket.write_all(&framed).await.is_err() {
-            break;
-        }
-    }
-    let _ = socket.write_all(b"0\r\n\r\n").await;
-    let mut answer = Vec::new();
-    let _ = socket.read_to_end(&mut answer).await;
-    String::from_utf8_lossy(&answer)
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .to_owned()
-}
-
 #[tokio::test]
 async fn chunked_bodies_take_the_memory_they_use() {
     use tokio::io::AsyncWriteExt;
@@ -516,7 +484,7 @@ async fn chunked_bodies_take_the_memory_they_use() {
     let patient = json!({"resourceType": "Patient", "name": [{"family": "Morceaux"}]}).to_string();
     let answer = tokio::time::timeout(
         std::time::Duration::from_secs(2),
-        chunked_post(&addr, "/fhir/Patient", patient.as_bytes(), 16),
+        crate::support::chunked_post(&addr, "/fhir/Patient", patient.as_bytes(), 16),
     )
     .await
     .expect("answered while the slow client sends");
@@ -525,7 +493,8 @@ async fn chunked_bodies_take_the_memory_they_use() {
     let data = "QUJD".repeat(100_000);
     let binary =
         json!({"resourceType": "Binary", "contentType": "text/plain", "data": data}).to_string();
-    let answer = chunked_post(&addr, "/fhir/Binary", binary.as_bytes(), 64 * 1024).await;
+    let answer =
+        crate::support::chunked_post(&addr, "/fhir/Binary", binary.as_bytes(), 64 * 1024).await;
     assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
     // Two large ones side by side, each growing past half the budget: neither
     // holds a part the other waits for; both are created.
@@ -533,8 +502,8 @@ async fn chunked_bodies_take_the_memory_they_use() {
     let binary =
         json!({"resourceType": "Binary", "contentType": "text/plain", "data": data}).to_string();
     let (first, second) = tokio::join!(
-        chunked_post(&addr, "/fhir/Binary", binary.as_bytes(), 16 * 1024),
-        chunked_post(&addr, "/fhir/Binary", binary.as_bytes(), 16 * 1024)
+        crate::support::chunked_post(&addr, "/fhir/Binary", binary.as_bytes(), 16 * 1024),
+        crate::support::chunked_post(&addr, "/fhir/Binary", binary.as_bytes(), 16 * 1024)
     );
     assert!(first.starts_with("HTTP/1.1 201"), "{first}");
     assert!(second.starts_with("HTTP/1.1 201"), "{second}");
@@ -542,7 +511,8 @@ async fn chunked_bodies_take_the_memory_they_use() {
     let data = "QUJD".repeat(300_000);
     let binary =
         json!({"resourceType": "Binary", "contentType": "text/plain", "data": data}).to_string();
-    let answer = chunked_post(&addr, "/fhir/Binary", binary.as_bytes(), 64 * 1024).await;
+    let answer =
+        crate::support::chunked_post(&addr, "/fhir/Binary", binary.as_bytes(), 64 * 1024).await;
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     drop(slow);
 }
@@ -713,11 +683,7 @@ async fn with_one_mib_of_bodies(body_read_timeout: std::time::Duration) -> (Test
         })
     };
     let s = TestServer::start_on(crate::support::fresh_database().await, options).await;
-    let addr = s
-        .base
-        .trim_start_matches("http://")
-        .trim_end_matches("/fhir")
-        .to_owned();
+    let addr = s.authority();
     (s, addr)
 }
 
@@ -796,11 +762,7 @@ async fn a_client_that_stops_reading_is_dropped() {
         .expect("PUT");
     assert_eq!(resp.status(), 201);
     drop(resp);
-    let addr = s
-        .base
-        .trim_start_matches("http://")
-        .trim_end_matches("/fhir")
-        .to_owned();
+    let addr = s.authority();
     let socket = tokio::net::TcpSocket::new_v4().expect("socket");
     socket
         .set_recv_buffer_size(4_096)

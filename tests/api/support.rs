@@ -229,6 +229,14 @@ impl TestServer {
         format!("{}/{}", self.base, path.trim_start_matches('/'))
     }
 
+    /// The server's `host:port`, for raw sockets.
+    pub fn authority(&self) -> String {
+        self.base
+            .trim_start_matches("http://")
+            .trim_end_matches("/fhir")
+            .to_owned()
+    }
+
     pub async fn post_json(&self, path: &str, body: &Value) -> reqwest::Response {
         self.http
             .post(self.url(path))
@@ -400,4 +408,32 @@ pub fn ids_in(bundle: &Value) -> Vec<String> {
         .collect();
     ids.sort();
     ids
+}
+
+/// Sends `body` as a chunked body (`Transfer-Encoding: chunked`, no length), in
+/// chunks of `chunk` bytes, on a raw connection of its own to `authority`; the
+/// whole answer (the server may answer before reading the whole body).
+pub async fn chunked_post(authority: &str, path: &str, body: &[u8], chunk: usize) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut socket = tokio::net::TcpStream::connect(authority)
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/fhir+json\r\n\
+         Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    );
+    socket.write_all(head.as_bytes()).await.expect("head");
+    for part in body.chunks(chunk) {
+        let mut framed = format!("{:x}\r\n", part.len()).into_bytes();
+        framed.extend_from_slice(part);
+        framed.extend_from_slice(b"\r\n");
+        // Refused (413) before the rest is sent: the answer says so.
+        if socket.write_all(&framed).await.is_err() {
+            break;
+        }
+    }
+    let _ = socket.write_all(b"0\r\n\r\n").await;
+    let mut answer = Vec::new();
+    let _ = socket.read_to_end(&mut answer).await;
+    String::from_utf8_lossy(&answer).into_owned()
 }

@@ -72,9 +72,7 @@ fn audit_row(
         params: &req.params,
         access: Some(&req.access),
         source: recording.source.clone(),
-        break_glass: req
-            .header(HeaderName::from_static(crate::http::BREAK_GLASS))
-            .map(str::to_owned),
+        break_glass: recording.break_glass.clone(),
     };
     audited::row(recording.recorded, &asked, status.as_u16(), location)
 }
