@@ -28,6 +28,7 @@ pub struct Metrics {
     outbox_pending: IntGauge,
     outbox_oldest: Gauge,
     jobs: IntGaugeVec,
+    reads_by_id: IntCounterVec,
 }
 
 /// What a delivery attempt came to.
@@ -68,6 +69,9 @@ pub struct PoolState {
     pub in_use: i64,
     pub idle: i64,
     pub waiting: i64,
+    /// Reads by id sent to the database so far, and the statements that
+    /// carried them (`store::LatestReads`).
+    pub reads_by_id: (u64, u64),
 }
 
 fn registered<M: prometheus::core::Collector + Clone + 'static>(
@@ -183,6 +187,14 @@ impl Metrics {
                     &["kind", "state"],
                 ),
             ),
+            reads_by_id: registered(
+                &registry,
+                counter(
+                    "passerelle_db_reads_by_id_total",
+                    "Reads by id sent to the database (sent=\"reads\"), and the statements that carried them together (sent=\"statements\")",
+                    &["sent"],
+                ),
+            ),
             registry,
         }
     }
@@ -213,6 +225,11 @@ impl Metrics {
         self.pool.with_label_values(&["in-use"]).set(pool.in_use);
         self.pool.with_label_values(&["idle"]).set(pool.idle);
         self.pool_waiting.set(pool.waiting);
+        let (reads, statements) = pool.reads_by_id;
+        for (label, total) in [("reads", reads), ("statements", statements)] {
+            let counter = self.reads_by_id.with_label_values(&[label]);
+            counter.inc_by(total.saturating_sub(counter.get()));
+        }
         self.database_up.set(i64::from(backlog.is_some()));
         if let Some(backlog) = backlog {
             self.outbox_pending.set(backlog.outbox_pending);
@@ -290,6 +307,7 @@ mod tests {
             in_use: 3,
             idle: 5,
             waiting: 1,
+            reads_by_id: (40, 3),
         };
         let text = metrics.render(pool, Some(&backlog));
         for line in [
@@ -298,6 +316,8 @@ mod tests {
             "passerelle_http_request_duration_seconds_count{interaction=\"read\"} 2",
             "passerelle_http_request_duration_seconds_bucket{interaction=\"read\",le=\"0.0025\"} 1",
             "passerelle_deliveries_total{outcome=\"gave-up\"} 1",
+            "passerelle_db_reads_by_id_total{sent=\"reads\"} 40",
+            "passerelle_db_reads_by_id_total{sent=\"statements\"} 3",
             "passerelle_delivery_duration_seconds_bucket{le=\"0.05\"} 1",
             "passerelle_db_pool_connections{state=\"in-use\"} 3",
             "passerelle_db_pool_waiting 1",

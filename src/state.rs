@@ -23,9 +23,30 @@ pub struct Settings {
     pub trusted_proxies: crate::http::forwarded::TrustedProxies,
 }
 
+/// What every request handler shares, behind one `Arc`: axum clones the state
+/// for each request, and one shared count is cheaper to clone and drop than one
+/// per field (measured: the fields' counts were 2.5% of a read's CPU).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    pub fn new(shared: Shared) -> Self {
+        AppState(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+pub struct Shared {
     pub pool: Pool,
+    /// Reads by id, answered together when they arrive together.
+    pub reads: crate::store::LatestReads,
     pub settings: Arc<Settings>,
     pub rules: Arc<crate::service::Rules>,
     /// Large request bodies in flight, in KiB permits (`http::reserve_body_memory`).

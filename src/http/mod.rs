@@ -64,6 +64,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
         in_use: (status.size - status.available) as i64,
         idle: status.available as i64,
         waiting: status.waiting as i64,
+        reads_by_id: state.reads.sent(),
     };
     let asked = async {
         let client = state.pool.get().await?;

@@ -173,6 +173,12 @@ fn start_delivery(
         .map_err(|e| StartError::Database(format!("delivery client: {e}")))
 }
 
+/// Batches of reads by id at the database at once (`store::LatestReads`): one,
+/// so that the reads arriving meanwhile all wait for the next (measured on two
+/// cores, 16 clients: 19,100–19,700 reads/s with one, 17,800–18,100 with two,
+/// 14,150–14,600 reading each alone).
+const READ_BATCHES_IN_FLIGHT: usize = 1;
+
 fn app_state(
     pool: Pool,
     options: &ServeOptions,
@@ -188,10 +194,11 @@ fn app_state(
     let budget_kib = budget
         .div_ceil(1024)
         .min(tokio::sync::Semaphore::MAX_PERMITS);
-    AppState {
+    AppState::new(crate::state::Shared {
         hub,
         metrics,
         auditor,
+        reads: crate::store::LatestReads::start(pool.clone(), READ_BATCHES_IN_FLIGHT),
         pool,
         guard: crate::auth::Guard::new(&options.auth),
         body_budget: Arc::new(tokio::sync::Semaphore::new(budget_kib)),
@@ -204,7 +211,7 @@ fn app_state(
             trusted_proxies: options.trusted_proxies.clone(),
         }),
         rules: Arc::new(options.rules.clone()),
-    }
+    })
 }
 
 /// A server started by [`start`]: its address, the accept loop, the delivery

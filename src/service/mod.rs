@@ -32,7 +32,7 @@ pub use circle::care_circle;
 pub use escalation::{escalate_due, watch_escalations};
 pub use history::{history, history_bundle, HistoryPage};
 pub use notify::Fact;
-pub use read::{read, vread};
+pub use read::{read, read_joined, vread};
 use search_parameters::definitions_changed;
 pub use search_parameters::{
     load_profiles, load_search_parameters, reindex, watch_definitions, Fingerprints,

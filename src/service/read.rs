@@ -9,9 +9,28 @@ pub async fn read(
     res_type: &str,
     res_id: &str,
 ) -> FhirResult<StoredVersion> {
-    let version = store::read_latest(client, res_type, res_id)
-        .await?
-        .ok_or_else(|| FhirError::NotFound(format!("{res_type}/{res_id} is not known")))?;
+    let latest = store::read_latest(client, res_type, res_id).await?;
+    readable(res_type, res_id, latest)
+}
+
+/// [`read`] outside any transaction, with the reads that arrive with it
+/// (`store::LatestReads`): the REST read.
+pub async fn read_joined(
+    reads: &store::LatestReads,
+    res_type: &str,
+    res_id: &str,
+) -> FhirResult<StoredVersion> {
+    let latest = reads.read(res_type, res_id).await?;
+    readable(res_type, res_id, latest)
+}
+
+fn readable(
+    res_type: &str,
+    res_id: &str,
+    latest: Option<StoredVersion>,
+) -> FhirResult<StoredVersion> {
+    let version =
+        latest.ok_or_else(|| FhirError::NotFound(format!("{res_type}/{res_id} is not known")))?;
     if version.is_deleted() {
         return Err(FhirError::Gone(format!(
             "{res_type}/{res_id} was deleted (version {})",

@@ -31,7 +31,6 @@ pub(crate) const HORIZON: &str = "SELECT coalesce(min(a.xact_start), clock_times
        AND a.pid <> pg_backend_pid()";
 
 /// Versions newest first, at most `count`.
-#[tracing::instrument(skip(client))]
 #[tracing::instrument(
     target = "passerelle::db",
     name = "db.history",

@@ -12,6 +12,7 @@ pub mod jobs;
 pub mod migrate;
 pub mod ops;
 pub mod pool;
+mod read_batches;
 mod search;
 mod search_parameters;
 mod search_sql;
@@ -24,6 +25,7 @@ use deadpool_postgres::Pool;
 
 pub(crate) use history::HORIZON;
 pub use history::{history, HistoryFilter};
+pub use read_batches::LatestReads;
 pub use search::{
     circle_covers, circle_patients, circle_sees, count, everything, included, matching_ids, search,
     EverythingQuery, MAX_INCLUDED,

@@ -97,7 +97,6 @@ pub(super) fn version_from_row(row: &Row) -> StoredVersion {
 }
 
 /// The newest version of a resource (deleted or not), `None` if it never existed.
-#[tracing::instrument(skip(client))]
 #[tracing::instrument(
     target = "passerelle::db",
     name = "db.read_latest",
@@ -141,7 +140,6 @@ pub async fn created_here_referring(
     Ok(rows.iter().map(version_from_row).collect())
 }
 
-#[tracing::instrument(skip(client))]
 #[tracing::instrument(
     target = "passerelle::db",
     name = "db.read_version",

@@ -456,6 +456,96 @@ async fn a_read_on_one_instance_sees_the_write_just_made_on_another() {
     }
 }
 
+/// Reads by id that arrive together are read together (one statement for many,
+/// `passerelle_db_reads_by_id_total` says how many), and each still gets its own
+/// answer: its resource and version, 404 for an id never written, 410 for a
+/// deleted one.
+#[tokio::test]
+async fn reads_that_arrive_together_each_get_their_own_answer() {
+    let s = TestServer::start().await;
+    for i in 0..30 {
+        let patient = json!({"resourceType": "Patient", "id": format!("r{i}"), "name": [{"family": format!("Family{i}")}]});
+        assert!(s
+            .put_json(&format!("Patient/r{i}"), &patient)
+            .await
+            .status()
+            .is_success());
+        if i % 3 == 0 {
+            // A second version for some.
+            let mut changed = patient.clone();
+            changed["active"] = json!(true);
+            let put = s.put_json(&format!("Patient/r{i}"), &changed).await;
+            assert!(put.status().is_success());
+        }
+    }
+    let deleted = s
+        .http
+        .delete(s.url("Patient/r29"))
+        .send()
+        .await
+        .expect("DELETE");
+    assert!(deleted.status().is_success());
+
+    let reads = (0..600).map(|n| {
+        let s = &s;
+        async move {
+            let i = (n * 7) % 31;
+            let read = s.get(&format!("Patient/r{i}")).await;
+            let etag = read
+                .headers()
+                .get("etag")
+                .and_then(|e| e.to_str().ok())
+                .map(str::to_owned);
+            (
+                i,
+                read.status().as_u16(),
+                etag,
+                read.text().await.expect("body"),
+            )
+        }
+    });
+    use futures_util::StreamExt;
+    let answers: Vec<_> = futures_util::stream::iter(reads)
+        .buffer_unordered(48)
+        .collect()
+        .await;
+    for (i, status, etag, body) in answers {
+        match i {
+            30 => assert_eq!(status, 404, "never written: {body}"),
+            29 => assert_eq!(status, 410, "deleted: {body}"),
+            _ => {
+                assert_eq!(status, 200, "r{i}: {body}");
+                let resource: Value = serde_json::from_str(&body).expect("JSON");
+                assert_eq!(resource["id"], format!("r{i}").as_str());
+                assert_eq!(resource["name"][0]["family"], format!("Family{i}").as_str());
+                let version = if i % 3 == 0 { "2" } else { "1" };
+                assert_eq!(resource["meta"]["versionId"], version, "r{i}");
+                assert_eq!(etag.as_deref(), Some(format!("W/\"{version}\"").as_str()));
+            }
+        }
+    }
+
+    let metrics = reqwest::get(format!("http://{}/metrics", s.authority()))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let sent = |what: &str| -> u64 {
+        let name = format!("passerelle_db_reads_by_id_total{{sent=\"{what}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name.as_str()))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {metrics}"))
+    };
+    assert!(sent("reads") >= 600, "{metrics}");
+    assert!(
+        sent("statements") < sent("reads"),
+        "reads that came together were read together: {metrics}"
+    );
+}
+
 /// The resource of the first entry of the Bundle at `path`.
 async fn first_entry(server: &TestServer, path: &str) -> Value {
     let bundle: Value = server.get(path).await.json().await.expect("JSON");

@@ -21,7 +21,7 @@ pub(super) async fn read(
     res_type: &str,
     id: &str,
 ) -> FhirResult<Reply> {
-    let version = service::read(&state.pool.get().await?, res_type, id).await?;
+    let version = service::read_joined(&state.reads, res_type, id).await?;
     read_reply(req, &version)
 }
 

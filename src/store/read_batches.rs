@@ -1,0 +1,163 @@
+//! Reads by id that arrive together, answered by one query (issue #18).
+//!
+//! A read puts its key in a queue; a few gatherers each take what is waiting,
+//! up to [`MAX_BATCH`], and read it in one statement on one connection. While
+//! one batch is at the database the next gathers, so under load one round trip
+//! carries many reads, and alone a read waits for nothing but a hand-over.
+//!
+//! Always current, unlike a cache: a read only ever joins a batch that has not
+//! been sent, so its query starts after the read arrived and sees every write
+//! committed before that, on any instance.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use deadpool_postgres::Pool;
+use tokio::sync::{mpsc, oneshot, Mutex};
+
+use super::versions::{read_latest, version_from_row, StoredVersion, VERSION_COLUMNS};
+use crate::error::{FhirError, FhirResult};
+
+/// The most reads one statement carries.
+const MAX_BATCH: usize = 64;
+
+type Answer = FhirResult<Option<StoredVersion>>;
+
+/// One read waiting for its batch.
+struct Wanted {
+    res_type: String,
+    res_id: String,
+    answer: oneshot::Sender<Answer>,
+}
+
+/// The queue of reads by id, and its gatherers (tasks that end with the queue).
+#[derive(Clone)]
+pub struct LatestReads {
+    wanted: mpsc::UnboundedSender<Wanted>,
+    sent: Arc<Sent>,
+}
+
+/// What the gatherers sent to the database: reads, and the statements that
+/// carried them (their ratio is what batching saves; `GET /metrics`).
+#[derive(Default)]
+struct Sent {
+    reads: AtomicU64,
+    statements: AtomicU64,
+}
+
+impl Sent {
+    fn count(&self, reads: usize, statements: usize) {
+        self.reads.fetch_add(reads as u64, Ordering::Relaxed);
+        self.statements
+            .fetch_add(statements as u64, Ordering::Relaxed);
+    }
+}
+
+impl LatestReads {
+    /// Starts `batches_in_flight` gatherers (at least one) on the current runtime.
+    pub fn start(pool: Pool, batches_in_flight: usize) -> Self {
+        let (wanted, queue) = mpsc::unbounded_channel();
+        let queue = Arc::new(Mutex::new(queue));
+        let sent = Arc::new(Sent::default());
+        for _ in 0..batches_in_flight.max(1) {
+            tokio::spawn(gather(pool.clone(), queue.clone(), sent.clone()));
+        }
+        LatestReads { wanted, sent }
+    }
+
+    /// Reads and statements sent so far.
+    pub fn sent(&self) -> (u64, u64) {
+        (
+            self.sent.reads.load(Ordering::Relaxed),
+            self.sent.statements.load(Ordering::Relaxed),
+        )
+    }
+
+    /// The newest version of a resource (deleted or not), `None` if it never
+    /// existed: [`read_latest`], read with the reads that came with it.
+    #[tracing::instrument(
+        target = "passerelle::db",
+        name = "db.read_latest",
+        level = "debug",
+        skip(self)
+    )]
+    pub async fn read(&self, res_type: &str, res_id: &str) -> Answer {
+        let (answer, answered) = oneshot::channel();
+        let stopped = || FhirError::Unavailable("the server is stopping".to_owned());
+        self.wanted
+            .send(Wanted {
+                res_type: res_type.to_owned(),
+                res_id: res_id.to_owned(),
+                answer,
+            })
+            .map_err(|_| stopped())?;
+        answered.await.map_err(|_| stopped())?
+    }
+}
+
+/// Takes the reads waiting (one at least), lets the next gatherer take the lock
+/// while they are read, and answers them.
+async fn gather(pool: Pool, queue: Arc<Mutex<mpsc::UnboundedReceiver<Wanted>>>, sent: Arc<Sent>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    loop {
+        if queue.lock().await.recv_many(&mut batch, MAX_BATCH).await == 0 {
+            return;
+        }
+        answer_batch(&pool, &mut batch, &sent).await;
+    }
+}
+
+/// Reads a batch and answers each read; a batch that fails is read again one by
+/// one, so each read gets its own answer (or its own error).
+async fn answer_batch(pool: &Pool, batch: &mut Vec<Wanted>, sent: &Sent) {
+    let together = match batch.len() {
+        1 => None,
+        _ => read_together(pool, batch).await.ok(),
+    };
+    match together {
+        Some(mut found) => {
+            sent.count(batch.len(), 1);
+            for (wanted, version) in batch.drain(..).zip(found.drain(..)) {
+                let _ = wanted.answer.send(Ok(version));
+            }
+        }
+        None => {
+            sent.count(batch.len(), batch.len());
+            for wanted in batch.drain(..) {
+                let alone = async {
+                    let client = pool.get().await?;
+                    read_latest(&client, &wanted.res_type, &wanted.res_id).await
+                };
+                let _ = wanted.answer.send(alone.await);
+            }
+        }
+    }
+}
+
+/// The newest version of each key of `batch`, in its order (the key's position
+/// comes after the version's columns, which [`version_from_row`] reads from the first).
+async fn read_together(pool: &Pool, batch: &[Wanted]) -> FhirResult<Vec<Option<StoredVersion>>> {
+    let sql = format!(
+        "SELECT {VERSION_COLUMNS}, k.n
+         FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS k(res_type, res_id, n)
+         CROSS JOIN LATERAL (
+             SELECT * FROM resource_version r
+             WHERE r.res_type = k.res_type AND r.res_id = k.res_id
+             ORDER BY r.version_id DESC LIMIT 1
+         ) v"
+    );
+    let types: Vec<&str> = batch.iter().map(|w| w.res_type.as_str()).collect();
+    let ids: Vec<&str> = batch.iter().map(|w| w.res_id.as_str()).collect();
+    let client = pool.get().await?;
+    let stmt = client.prepare_cached(&sql).await?;
+    let rows = client.query(&stmt, &[&types, &ids]).await?;
+    let mut found = vec![None; batch.len()];
+    for row in &rows {
+        let n: i64 = row.get(7);
+        let slot = usize::try_from(n - 1).ok().and_then(|i| found.get_mut(i));
+        if let Some(slot) = slot {
+            *slot = Some(version_from_row(row));
+        }
+    }
+    Ok(found)
+}
