@@ -73,18 +73,26 @@ pub(super) const VERSION_COLUMNS: &str =
 /// JSONB sorts keys; FHIR readers expect `resourceType` first, so it is put back
 /// in front of the stored text (which the query returns without it).
 pub(super) fn with_type_first(res_type: &str, rest: &str) -> String {
-    let inner = rest.trim_start().strip_prefix('{').unwrap_or(rest);
-    if inner.trim_start().starts_with('}') {
-        format!("{{\"resourceType\": \"{res_type}\"}}")
-    } else {
-        format!("{{\"resourceType\": \"{res_type}\", {}", inner.trim_start())
+    let inner = rest.trim_start();
+    let inner = inner.strip_prefix('{').unwrap_or(inner).trim_start();
+    let mut json = String::with_capacity(inner.len() + res_type.len() + 22);
+    json.push_str("{\"resourceType\": \"");
+    json.push_str(res_type);
+    match inner.starts_with('}') {
+        true => json.push_str("\"}"),
+        false => {
+            json.push_str("\", ");
+            json.push_str(inner);
+        }
     }
+    json
 }
 
 pub(super) fn version_from_row(row: &Row) -> StoredVersion {
     let res_type: String = row.get(0);
-    let rest: Option<String> = row.get(6);
-    let json = rest.map(|rest| with_type_first(&res_type, &rest));
+    // Borrowed from the row: the text is copied once, into its final place.
+    let rest: Option<&str> = row.get(6);
+    let json = rest.map(|rest| with_type_first(&res_type, rest));
     StoredVersion {
         res_id: row.get(1),
         version_id: row.get(2),

@@ -22,7 +22,7 @@ pub(super) async fn read(
     id: &str,
 ) -> FhirResult<Reply> {
     let version = service::read_joined(&state.reads, res_type, id).await?;
-    read_reply(req, &version)
+    read_reply(req, version)
 }
 
 /// `GET [type]/[id]/_history/[vid]`.
@@ -43,11 +43,11 @@ pub(super) async fn vread(
             )));
         }
     }
-    read_reply(req, &version)
+    read_reply(req, version)
 }
 
 /// A read or vread, honouring `If-None-Match` and `If-Modified-Since` (304).
-pub(super) fn read_reply(req: &FhirRequest, v: &StoredVersion) -> FhirResult<Reply> {
+pub(super) fn read_reply(req: &FhirRequest, v: StoredVersion) -> FhirResult<Reply> {
     let not_modified = fhir::not_modified(
         req.header(header::IF_NONE_MATCH),
         req.header(header::IF_MODIFIED_SINCE)
@@ -60,12 +60,13 @@ pub(super) fn read_reply(req: &FhirRequest, v: &StoredVersion) -> FhirResult<Rep
     } else {
         StatusCode::OK
     };
-    let body = match (not_modified, &v.json, subset::from_params(&req.params)?) {
+    let reply = Reply::new(status, None).versioned(&req.base, &version_ref(&v));
+    let body = match (not_modified, v.json, subset::from_params(&req.params)?) {
         (true, _, _) | (_, None, _) => None,
-        (false, Some(json), Some(subset)) => Some(subset::apply(json, &subset)?),
-        (false, Some(json), None) => Some(json.clone()),
+        (false, Some(json), Some(subset)) => Some(subset::apply(&json, &subset)?),
+        (false, Some(json), None) => Some(json),
     };
-    Ok(Reply::new(status, body).versioned(&req.base, &version_ref(v)))
+    Ok(Reply { body, ..reply })
 }
 
 pub(super) async fn history(
