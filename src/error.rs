@@ -36,7 +36,7 @@ pub enum Challenge {
     Invalid,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum FhirError {
     /// 400: the request is malformed (bad id, bad parameter, unparseable body).
     #[error("{}", first_message(.0))]

@@ -107,28 +107,30 @@ async fn gather(pool: Pool, queue: Arc<Mutex<mpsc::UnboundedReceiver<Wanted>>>, 
     }
 }
 
-/// Reads a batch and answers each read; a batch that fails is read again one by
-/// one, so each read gets its own answer (or its own error).
+/// Reads a batch and answers each read. A batch fails as a whole (the database
+/// out of reach, the pool exhausted, the statement timeout: nothing that one
+/// key brings, the ids being checked before), so each read gets its error.
 async fn answer_batch(pool: &Pool, batch: &mut Vec<Wanted>, sent: &Sent) {
-    let together = match batch.len() {
-        1 => None,
-        _ => read_together(pool, batch).await.ok(),
-    };
-    match together {
-        Some(mut found) => {
-            sent.count(batch.len(), 1);
-            for (wanted, version) in batch.drain(..).zip(found.drain(..)) {
+    sent.count(batch.len(), 1);
+    if let [_] = batch.as_slice() {
+        // Alone: the plain statement, planned for one key.
+        let wanted = batch.remove(0);
+        let alone = async {
+            let client = pool.get().await?;
+            read_latest(&client, &wanted.res_type, &wanted.res_id).await
+        };
+        let _ = wanted.answer.send(alone.await);
+        return;
+    }
+    match read_together(pool, batch).await {
+        Ok(found) => {
+            for (wanted, version) in batch.drain(..).zip(found) {
                 let _ = wanted.answer.send(Ok(version));
             }
         }
-        None => {
-            sent.count(batch.len(), batch.len());
+        Err(e) => {
             for wanted in batch.drain(..) {
-                let alone = async {
-                    let client = pool.get().await?;
-                    read_latest(&client, &wanted.res_type, &wanted.res_id).await
-                };
-                let _ = wanted.answer.send(alone.await);
+                let _ = wanted.answer.send(Err(e.clone()));
             }
         }
     }

@@ -37,7 +37,6 @@ fn one_plan_fits(sql: &str) -> bool {
 /// Current, non-deleted resources matching a search, in the plan's order, at most
 /// `limit`, from the plan's cursor; with each, the values of its sort keys (as text,
 /// for the next page's cursor).
-#[tracing::instrument(skip(client, plan), fields(res_type = %plan.resource_type))]
 #[tracing::instrument(
     target = "passerelle::db",
     name = "db.search",
@@ -102,12 +101,17 @@ pub async fn search(
     } else {
         format!("WHERE {}", outer.join(" AND "))
     };
+    // The page is cut from the keys before any version is read: only its
+    // resources' bodies are fetched, not those of every match (measured at
+    // 200,000 patients: 1,062 matches of a name search read for a page of 50).
+    // A subquery with LIMIT is never flattened into the join.
+    let order = order.join(", ");
     let sql = format!(
-        "SELECT {VERSION_COLUMNS}{key_texts} FROM ({inner}) s
+        "SELECT {VERSION_COLUMNS}{key_texts}
+         FROM (SELECT * FROM ({inner}) s {where_sql} ORDER BY {order} LIMIT {limit} OFFSET {offset}) s
          JOIN resource_version v ON v.res_type = s.res_type AND v.res_id = s.res_id
                                 AND v.version_id = s.version_id
-         {where_sql} ORDER BY {} LIMIT {limit} OFFSET {offset}",
-        order.join(", ")
+         ORDER BY {order}"
     );
     let rows = prepared(client, &sql, &query.param_refs()).await?;
     Ok(rows
@@ -164,7 +168,6 @@ pub(super) fn current_filters(
 
 /// The resource itself and the current resources that point to it (through the
 /// given parameters), in (type, id) order.
-#[tracing::instrument(skip_all, fields(res_type = q.res_type))]
 #[tracing::instrument(
     target = "passerelle::db",
     name = "db.everything",
@@ -221,7 +224,6 @@ pub(super) async fn current_versions(
 
 /// Current resources reached by one `_include`/`_revinclude` from `sources` (all of
 /// `include.source_type` for `_include`, of one target type for `_revinclude`).
-#[tracing::instrument(skip(client, sources), fields(sources = sources.len()))]
 #[tracing::instrument(
     target = "passerelle::db",
     name = "db.included",
@@ -273,7 +275,6 @@ pub async fn included(
 pub const MAX_INCLUDED: usize = 1000;
 
 /// How many current resources match a search.
-#[tracing::instrument(skip(client, plan), fields(res_type = %plan.resource_type))]
 #[tracing::instrument(
     target = "passerelle::db",
     name = "db.count",
@@ -292,7 +293,12 @@ pub async fn count(client: &impl GenericClient, plan: &SearchPlan) -> FhirResult
 
 /// The ids of current resources matching a search (for conditional interactions),
 /// at most `limit`.
-#[tracing::instrument(skip(client, plan), fields(res_type = %plan.resource_type))]
+#[tracing::instrument(
+    target = "passerelle::db",
+    name = "db.matching_ids",
+    level = "debug",
+    skip_all
+)]
 pub async fn matching_ids(
     client: &impl GenericClient,
     plan: &SearchPlan,

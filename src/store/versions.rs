@@ -127,7 +127,12 @@ pub async fn read_latest(
 
 /// The `res_type` resources created by the current transaction whose reference
 /// search parameter `param` points at `target_type/target_id`.
-#[tracing::instrument(skip(client))]
+#[tracing::instrument(
+    target = "passerelle::db",
+    name = "db.created_here_referring",
+    level = "debug",
+    skip_all
+)]
 pub async fn created_here_referring(
     client: &impl GenericClient,
     res_type: &str,

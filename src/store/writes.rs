@@ -41,7 +41,6 @@ pub struct LockKey<'a> {
 /// that locks in several calls can still deadlock with another: PostgreSQL
 /// detects it and the loser answers 409). The current state of each one that has
 /// a version, by key.
-#[tracing::instrument(skip_all, fields(keys = keys.len()))]
 #[tracing::instrument(
     target = "passerelle::db",
     name = "db.lock_all",
@@ -104,7 +103,6 @@ pub async fn lock_all(
 /// Writes new versions of several resources (each at most once) in one statement,
 /// one round trip: the version rows, the current pointers and every index row
 /// (data-modifying CTEs over arrays all run, in one snapshot).
-#[tracing::instrument(skip_all, fields(versions = news.len()))]
 #[tracing::instrument(
     target = "passerelle::db",
     name = "db.write_versions",

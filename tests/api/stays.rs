@@ -559,3 +559,40 @@ async fn a_discharge_with_its_letter_tells_the_gp_sor_and_doc() {
         .await
         .is_none());
 }
+
+/// A letter filed after the discharge by a conditional update that names no id
+/// (the hospital's software knows its own identifier of the letter only) is the
+/// stay's DOC event all the same, once: sent again unchanged, it is no new event.
+#[tokio::test]
+async fn a_letter_filed_by_conditional_update_after_the_discharge_is_a_doc_event() {
+    let s = TestServer::start().await;
+    let gp = Receiver::start().await;
+    reachable_gp(&s, &gp.url()).await;
+    put(&s, &stay("st11", "in-progress"), 201).await;
+    gp.expect().await;
+    put(&s, &discharged("st11"), 200).await;
+    gp.expect().await;
+
+    let letter = json!({"resourceType": "DocumentReference", "status": "current",
+        "identifier": [{"system": "urn:oid:1.2.250.1.999.1", "value": "lettre-st11"}],
+        "type": {"coding": [{"system": "http://loinc.org", "code": "11490-0", "display": "Lettre de sortie"}]},
+        "subject": {"reference": "Patient/stay-patient"},
+        "content": [{"attachment": {"contentType": "application/pdf", "url": "https://ch.example/lettres/st11.pdf"}}],
+        "context": {"encounter": [{"reference": "Encounter/st11"}]}});
+    let path = "DocumentReference?identifier=urn:oid:1.2.250.1.999.1%7Clettre-st11";
+    let filed = json_of(s.put_json(path, &letter).await, 201).await;
+    assert!(filed["id"].is_string(), "{filed}");
+    let notice = gp.expect().await.json();
+    assert_eq!(
+        notice["extension"][0]["valueCodeableConcept"]["coding"][0]["code"],
+        "DOC"
+    );
+    assert_eq!(declarations(&s, "st11", "DOC").await.len(), 1);
+
+    json_of(s.put_json(path, &letter).await, 200).await;
+    assert!(gp
+        .next(std::time::Duration::from_millis(700))
+        .await
+        .is_none());
+    assert_eq!(declarations(&s, "st11", "DOC").await.len(), 1);
+}
