@@ -312,11 +312,13 @@ pub async fn start(
     ));
     let job_instance = format!("{}-jobs", uuid::Uuid::new_v4().simple());
     let mut jobs = crate::service::jobs::start_runners(&pool, &rules, options.jobs, &job_instance);
-    crate::service::report_database_settings(&pool, options.jobs.analyze_every).await;
+    let autovacuum =
+        crate::service::report_database_settings(&pool, options.jobs.analyze_every).await;
     if let Some(every) = options.jobs.analyze_every {
         jobs.push(tokio::spawn(crate::service::watch_statistics(
             pool.clone(),
             every,
+            !autovacuum,
         )));
     }
     let serving = tokio::spawn(serve_on(listener, state, options.limits.clone(), shutdown));

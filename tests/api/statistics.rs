@@ -89,3 +89,72 @@ async fn tables_a_large_bundle_changed_are_analyzed_and_the_others_left_alone() 
         assert_eq!(tables.get(untouched), Some(&None), "{untouched}");
     }
 }
+
+/// Where autovacuum is off, the server vacuums what a bulk load appended: the
+/// visibility map set (the covering indexes read alone), the connection's
+/// statement bound restored after.
+#[tokio::test]
+async fn tables_a_bulk_load_appended_to_are_vacuumed() {
+    let s = TestServer::start_on(fresh_database().await, test_options()).await;
+    let client = s.pool.get().await.expect("connection");
+    // As on a database whose autovacuum is off (the test cluster's is on).
+    client
+        .batch_execute("ALTER TABLE resource SET (autovacuum_enabled = false)")
+        .await
+        .expect("autovacuum off for the table");
+    let entries: Vec<_> = (0..1_500)
+        .map(|n| {
+            json!({"resource": {"resourceType": "Patient", "name": [{"family": format!("Vidal{n}")}]},
+             "request": {"method": "POST", "url": "Patient"}})
+        })
+        .collect();
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": entries});
+    json_of(s.post_json("", &bundle).await, 200).await;
+
+    let before = statement_bound(&**client).await;
+    // The sessions report their inserts within seconds.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let vacuumed = passerelle::store::statistics::vacuum_stale(&client)
+            .await
+            .expect("vacuum");
+        if vacuumed.iter().any(|t| t == "resource") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "resource never vacuumed: {:?}",
+            passerelle::store::statistics::table_changes(&client).await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        statement_bound(&**client).await,
+        before,
+        "the statement bound restored"
+    );
+    let row = client
+        .query_one(
+            "SELECT c.relallvisible, s.last_vacuum IS NOT NULL FROM pg_class c
+               JOIN pg_stat_user_tables s ON s.relid = c.oid
+              WHERE c.relname = 'resource' AND s.schemaname = current_schema()",
+            &[],
+        )
+        .await
+        .expect("pg_class");
+    let (visible, vacuumed): (i32, bool) = (row.get(0), row.get(1));
+    assert!(vacuumed, "last_vacuum set");
+    assert!(
+        visible > 0,
+        "visibility map set: {visible} pages all visible"
+    );
+}
+
+/// The connection's `statement_timeout`, as PostgreSQL shows it.
+async fn statement_bound(client: &impl tokio_postgres::GenericClient) -> String {
+    client
+        .query_one("SHOW statement_timeout", &[])
+        .await
+        .expect("statement_timeout")
+        .get(0)
+}
