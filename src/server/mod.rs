@@ -173,12 +173,6 @@ fn start_delivery(
         .map_err(|e| StartError::Database(format!("delivery client: {e}")))
 }
 
-/// Batches of reads by id at the database at once (`store::LatestReads`): one,
-/// so that the reads arriving meanwhile all wait for the next (measured on two
-/// cores, 16 clients: 19,100–19,700 reads/s with one, 17,800–18,100 with two,
-/// 14,150–14,600 reading each alone).
-const READ_BATCHES_IN_FLIGHT: usize = 1;
-
 fn app_state(
     pool: Pool,
     options: &ServeOptions,
@@ -198,7 +192,7 @@ fn app_state(
         hub,
         metrics,
         auditor,
-        reads: crate::store::LatestReads::start(pool.clone(), READ_BATCHES_IN_FLIGHT),
+        reads: crate::store::LatestReads::start(pool.clone()),
         pool,
         guard: crate::auth::Guard::new(&options.auth),
         body_budget: Arc::new(tokio::sync::Semaphore::new(budget_kib)),

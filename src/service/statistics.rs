@@ -52,8 +52,7 @@ pub async fn watch_statistics(pool: Pool, every: Duration, vacuum: bool) {
             tables.extend(statistics::analyze_stale(&mut client).await?);
             Ok::<_, FhirError>(tables)
         };
-        let analyzed = round.await;
-        match analyzed {
+        match round.await {
             Ok(tables) if !tables.is_empty() => {
                 tracing::info!(tables = ?tables, "statistics refreshed")
             }

@@ -1,19 +1,22 @@
 //! Reads by id that arrive together, answered by one query (issue #18).
 //!
-//! A read puts its key in a queue; a few gatherers each take what is waiting,
-//! up to [`MAX_BATCH`], and read it in one statement on one connection. While
-//! one batch is at the database the next gathers, so under load one round trip
-//! carries many reads, and alone a read waits for nothing but a hand-over.
+//! A read puts its key in a queue; one gatherer takes what is waiting, up to
+//! [`MAX_BATCH`], and reads it in one statement on one connection. While one
+//! batch is at the database the next gathers, so under load one round trip
+//! carries many reads, and alone a read waits for nothing but a hand-over. One
+//! batch at a time gathers the most reads per statement (measured on two cores,
+//! 16 clients: 19,100–19,700 reads/s with one gatherer, 17,800–18,100 with two,
+//! 14,150–14,600 reading each alone).
 //!
 //! Always current, unlike a cache: a read only ever joins a batch that has not
 //! been sent, so its query starts after the read arrived and sees every write
 //! committed before that, on any instance.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use deadpool_postgres::Pool;
-use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio::sync::{mpsc, oneshot};
 
 use super::versions::{read_latest, version_from_row, StoredVersion, VERSION_COLUMNS};
 use crate::error::{FhirError, FhirResult};
@@ -30,14 +33,14 @@ struct Wanted {
     answer: oneshot::Sender<Answer>,
 }
 
-/// The queue of reads by id, and its gatherers (tasks that end with the queue).
+/// The queue of reads by id, and its gatherer (a task that ends with the queue).
 #[derive(Clone)]
 pub struct LatestReads {
     wanted: mpsc::UnboundedSender<Wanted>,
     sent: Arc<Sent>,
 }
 
-/// What the gatherers sent to the database: reads, and the statements that
+/// What the gatherer sent to the database: reads, and the statements that
 /// carried them (their ratio is what batching saves; `GET /metrics`).
 #[derive(Default)]
 struct Sent {
@@ -46,22 +49,19 @@ struct Sent {
 }
 
 impl Sent {
-    fn count(&self, reads: usize, statements: usize) {
+    /// One statement carrying `reads` reads.
+    fn count(&self, reads: usize) {
         self.reads.fetch_add(reads as u64, Ordering::Relaxed);
-        self.statements
-            .fetch_add(statements as u64, Ordering::Relaxed);
+        self.statements.fetch_add(1, Ordering::Relaxed);
     }
 }
 
 impl LatestReads {
-    /// Starts `batches_in_flight` gatherers (at least one) on the current runtime.
-    pub fn start(pool: Pool, batches_in_flight: usize) -> Self {
+    /// Starts the gatherer on the current runtime.
+    pub fn start(pool: Pool) -> Self {
         let (wanted, queue) = mpsc::unbounded_channel();
-        let queue = Arc::new(Mutex::new(queue));
         let sent = Arc::new(Sent::default());
-        for _ in 0..batches_in_flight.max(1) {
-            tokio::spawn(gather(pool.clone(), queue.clone(), sent.clone()));
-        }
+        tokio::spawn(gather(pool, queue, sent.clone()));
         LatestReads { wanted, sent }
     }
 
@@ -95,14 +95,11 @@ impl LatestReads {
     }
 }
 
-/// Takes the reads waiting (one at least), lets the next gatherer take the lock
-/// while they are read, and answers them.
-async fn gather(pool: Pool, queue: Arc<Mutex<mpsc::UnboundedReceiver<Wanted>>>, sent: Arc<Sent>) {
+/// Takes the reads waiting (one at least) and answers them, until the queue
+/// closes.
+async fn gather(pool: Pool, mut queue: mpsc::UnboundedReceiver<Wanted>, sent: Arc<Sent>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    loop {
-        if queue.lock().await.recv_many(&mut batch, MAX_BATCH).await == 0 {
-            return;
-        }
+    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
         answer_batch(&pool, &mut batch, &sent).await;
     }
 }
@@ -111,7 +108,7 @@ async fn gather(pool: Pool, queue: Arc<Mutex<mpsc::UnboundedReceiver<Wanted>>>, 
 /// out of reach, the pool exhausted, the statement timeout: nothing that one
 /// key brings, the ids being checked before), so each read gets its error.
 async fn answer_batch(pool: &Pool, batch: &mut Vec<Wanted>, sent: &Sent) {
-    sent.count(batch.len(), 1);
+    sent.count(batch.len());
     if let [_] = batch.as_slice() {
         // Alone: the plain statement, planned for one key.
         let wanted = batch.remove(0);
@@ -136,10 +133,10 @@ async fn answer_batch(pool: &Pool, batch: &mut Vec<Wanted>, sent: &Sent) {
     }
 }
 
-/// The newest version of each key of `batch`, in its order (the key's position
-/// comes after the version's columns, which [`version_from_row`] reads from the first).
-async fn read_together(pool: &Pool, batch: &[Wanted]) -> FhirResult<Vec<Option<StoredVersion>>> {
-    let sql = format!(
+/// The newest version of each of a batch's keys, with the key's position after
+/// the version's columns (which [`version_from_row`] reads from the first).
+static READ_TOGETHER: LazyLock<String> = LazyLock::new(|| {
+    format!(
         "SELECT {VERSION_COLUMNS}, k.n
          FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS k(res_type, res_id, n)
          CROSS JOIN LATERAL (
@@ -147,11 +144,15 @@ async fn read_together(pool: &Pool, batch: &[Wanted]) -> FhirResult<Vec<Option<S
              WHERE r.res_type = k.res_type AND r.res_id = k.res_id
              ORDER BY r.version_id DESC LIMIT 1
          ) v"
-    );
+    )
+});
+
+/// The newest version of each key of `batch`, in its order.
+async fn read_together(pool: &Pool, batch: &[Wanted]) -> FhirResult<Vec<Option<StoredVersion>>> {
     let types: Vec<&str> = batch.iter().map(|w| w.res_type.as_str()).collect();
     let ids: Vec<&str> = batch.iter().map(|w| w.res_id.as_str()).collect();
     let client = pool.get().await?;
-    let stmt = client.prepare_cached(&sql).await?;
+    let stmt = client.prepare_cached(&READ_TOGETHER).await?;
     let rows = client.query(&stmt, &[&types, &ids]).await?;
     let mut found = vec![None; batch.len()];
     for row in &rows {

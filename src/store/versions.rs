@@ -104,6 +104,14 @@ pub(super) fn version_from_row(row: &Row) -> StoredVersion {
     }
 }
 
+/// The newest version of a resource, written once (the REST read's statement).
+static READ_LATEST: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "SELECT {VERSION_COLUMNS} FROM resource_version v
+         WHERE v.res_type = $1 AND v.res_id = $2 ORDER BY v.version_id DESC LIMIT 1"
+    )
+});
+
 /// The newest version of a resource (deleted or not), `None` if it never existed.
 #[tracing::instrument(
     target = "passerelle::db",
@@ -116,11 +124,7 @@ pub async fn read_latest(
     res_type: &str,
     res_id: &str,
 ) -> FhirResult<Option<StoredVersion>> {
-    let sql = format!(
-        "SELECT {VERSION_COLUMNS} FROM resource_version v
-         WHERE v.res_type = $1 AND v.res_id = $2 ORDER BY v.version_id DESC LIMIT 1"
-    );
-    let stmt = client.prepare_cached(&sql).await?;
+    let stmt = client.prepare_cached(&READ_LATEST).await?;
     let row = client.query_opt(&stmt, &[&res_type, &res_id]).await?;
     Ok(row.as_ref().map(version_from_row))
 }
